@@ -1,0 +1,43 @@
+//! The one error type of the core. The Python bindings map each variant onto
+//! the `kiq.errors` hierarchy in exactly one place (`python/errors.rs`).
+
+use std::fmt;
+
+/// Every failure the core can report.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KiqError {
+    /// Redis could not be reached, or a command failed on the wire.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// A job payload (or a value for one) is not what Sidekiq's format allows.
+    #[error("{0}")]
+    Codec(String),
+    /// A setting given to kiq is invalid.
+    #[error("{0}")]
+    Config(String),
+    /// A wait ran out of time.
+    #[error("{0}")]
+    Timeout(String),
+    /// The component was stopped and accepts no more work.
+    #[error("{0}")]
+    Shutdown(String),
+}
+
+impl KiqError {
+    pub fn codec(msg: impl fmt::Display) -> Self {
+        Self::Codec(msg.to_string())
+    }
+
+    pub fn config(msg: impl fmt::Display) -> Self {
+        Self::Config(msg.to_string())
+    }
+}
+
+impl From<serde_json::Error> for KiqError {
+    fn from(e: serde_json::Error) -> Self {
+        Self::Codec(format!("invalid JSON: {e}"))
+    }
+}
+
+pub type Result<T> = std::result::Result<T, KiqError>;

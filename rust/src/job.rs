@@ -1,0 +1,474 @@
+//! The job payload: Sidekiq's JSON hash, read and written field by field.
+//!
+//! A payload is kept as its ordered list of top-level fields, each value held
+//! as the JSON text it arrived with. Only the fields kiq changes are
+//! re-serialised, so everything else (unknown keys from Sidekiq Pro, ActiveJob,
+//! OpenTelemetry, big integers, float digits) survives retries and reschedules
+//! byte for byte. This is the only file that spells wire field names.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::ops::Range;
+
+use serde::Deserialize;
+use serde::de::{self, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::error::{KiqError, Result};
+use crate::timestamp::{self, TimestampUnit};
+
+/// Wire field names, as Sidekiq spells them.
+pub mod field {
+    pub const CLASS: &str = "class";
+    pub const ARGS: &str = "args";
+    pub const QUEUE: &str = "queue";
+    pub const JID: &str = "jid";
+    pub const RETRY: &str = "retry";
+    pub const CREATED_AT: &str = "created_at";
+    pub const ENQUEUED_AT: &str = "enqueued_at";
+    pub const AT: &str = "at";
+    pub const RETRY_COUNT: &str = "retry_count";
+    pub const FAILED_AT: &str = "failed_at";
+    pub const RETRIED_AT: &str = "retried_at";
+    pub const ERROR_MESSAGE: &str = "error_message";
+    pub const ERROR_CLASS: &str = "error_class";
+    pub const ERROR_BACKTRACE: &str = "error_backtrace";
+    pub const BACKTRACE: &str = "backtrace";
+    pub const RETRY_QUEUE: &str = "retry_queue";
+    pub const RETRY_FOR: &str = "retry_for";
+    pub const DEAD: &str = "dead";
+    pub const TAGS: &str = "tags";
+    pub const WRAPPED: &str = "wrapped";
+    pub const DISPLAY_CLASS: &str = "display_class";
+}
+
+/// Sidekiq's default queue name.
+pub const DEFAULT_QUEUE: &str = "default";
+
+/// The `retry` option of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// `true`: retry up to the configured maximum (Sidekiq's default, 25).
+    Default,
+    /// `false`: no retries, and no dead set either.
+    Never,
+    /// An integer: at most this many retries (0 = straight to dead).
+    Times(u32),
+}
+
+impl Retry {
+    pub fn to_json(self) -> String {
+        match self {
+            Self::Default => "true".to_owned(),
+            Self::Never => "false".to_owned(),
+            Self::Times(n) => n.to_string(),
+        }
+    }
+}
+
+/// The `backtrace` option: how many backtrace lines a failure keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backtrace {
+    Off,
+    All,
+    Lines(usize),
+}
+
+#[derive(Debug, Clone)]
+enum Text {
+    /// A slice of the payload's source text.
+    Src(Range<usize>),
+    Owned(String),
+}
+
+/// A decoded job payload that re-encodes without disturbing what it did not change.
+#[derive(Debug, Clone)]
+pub struct Payload {
+    src: String,
+    entries: Vec<(String, Text)>,
+}
+
+struct Entries<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Entries<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Entries<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self::Value, A::Error> {
+                let mut out: Vec<(Cow<'de, str>, &'de RawValue)> = Vec::with_capacity(12);
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    let value: &'de RawValue = map.next_value()?;
+                    // A repeated key keeps its first position and its last value, as Ruby's JSON.parse does.
+                    if let Some(slot) = out.iter_mut().find(|(k, _)| *k == key) {
+                        slot.1 = value;
+                    } else {
+                        out.push((key, value));
+                    }
+                }
+                Ok(Entries(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl Payload {
+    /// Parses a payload; anything but a JSON object is an error.
+    pub fn parse(src: impl Into<String>) -> Result<Self> {
+        let src: String = src.into();
+        let base = src.as_ptr() as usize;
+        let entries = {
+            let parsed: Entries<'_> = serde_json::from_str(&src)
+                .map_err(|e| KiqError::codec(format!("job payload is not a JSON object: {e}")))?;
+            parsed
+                .0
+                .into_iter()
+                .map(|(k, v)| {
+                    let start = v.get().as_ptr() as usize - base;
+                    (k.into_owned(), Text::Src(start..start + v.get().len()))
+                })
+                .collect()
+        };
+        Ok(Self { src, entries })
+    }
+
+    fn text<'a>(&'a self, t: &'a Text) -> &'a str {
+        match t {
+            Text::Src(r) => &self.src[r.clone()],
+            Text::Owned(s) => s,
+        }
+    }
+
+    /// The JSON text of a top-level field.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.entries.iter().find(|(k, _)| k == key).map(|(_, t)| self.text(t))
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.entries.iter().any(|(k, _)| k == key)
+    }
+
+    /// Sets a field to the given JSON text, in place if present, else at the end.
+    pub fn set_json(&mut self, key: &str, json: String) {
+        if let Some(slot) = self.entries.iter_mut().find(|(k, _)| k == key) {
+            slot.1 = Text::Owned(json);
+        } else {
+            self.entries.push((key.to_owned(), Text::Owned(json)));
+        }
+    }
+
+    pub fn set_str(&mut self, key: &str, value: &str) {
+        self.set_json(key, json_string(value));
+    }
+
+    /// Inserts a field at the front unless present (Sidekiq's normalise puts `retry` first).
+    pub fn insert_front_if_absent(&mut self, key: &str, json: String) {
+        if !self.contains(key) {
+            self.entries.insert(0, (key.to_owned(), Text::Owned(json)));
+        }
+    }
+
+    pub fn remove(&mut self, key: &str) {
+        self.entries.retain(|(k, _)| k != key);
+    }
+
+    /// The payload as JSON text: untouched fields are copied verbatim.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(self.src.len() + 64);
+        out.push('{');
+        for (i, (k, t)) in self.entries.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&json_string(k));
+            out.push(':');
+            out.push_str(self.text(t));
+        }
+        out.push('}');
+        out
+    }
+
+    fn parsed<'a, T: Deserialize<'a>>(&'a self, key: &str) -> Option<T> {
+        self.get(key).and_then(|t| serde_json::from_str(t).ok())
+    }
+
+    fn string(&self, key: &str) -> Option<String> {
+        self.parsed::<String>(key)
+    }
+
+    /// `class`, when it is a string.
+    pub fn class(&self) -> Option<String> {
+        self.string(field::CLASS)
+    }
+
+    pub fn queue(&self) -> Option<String> {
+        self.string(field::QUEUE).filter(|q| !q.is_empty())
+    }
+
+    pub fn jid(&self) -> Option<String> {
+        self.string(field::JID)
+    }
+
+    /// The JSON text of `args`, when it is an array.
+    pub fn args(&self) -> Option<&str> {
+        self.get(field::ARGS).filter(|t| t.starts_with('['))
+    }
+
+    /// `retry` as written, or `None` when missing or null (the worker's option then decides).
+    pub fn retry(&self) -> Option<Retry> {
+        match serde_json::from_str::<serde_json::Value>(self.get(field::RETRY)?).ok()? {
+            serde_json::Value::Bool(true) => Some(Retry::Default),
+            serde_json::Value::Bool(false) => Some(Retry::Never),
+            serde_json::Value::Number(n) => Some(n.as_i64().map_or(Retry::Default, |n| Retry::Times(n.max(0) as u32))),
+            _ => None,
+        }
+    }
+
+    pub fn retry_count(&self) -> Option<i64> {
+        self.parsed::<serde_json::Number>(field::RETRY_COUNT)
+            .and_then(|n| n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)))
+    }
+
+    /// `dead`: `Some(false)` keeps an exhausted job out of the dead set.
+    pub fn dead(&self) -> Option<bool> {
+        self.parsed::<bool>(field::DEAD)
+    }
+
+    pub fn backtrace(&self) -> Option<Backtrace> {
+        match serde_json::from_str::<serde_json::Value>(self.get(field::BACKTRACE)?).ok()? {
+            serde_json::Value::Bool(true) => Some(Backtrace::All),
+            serde_json::Value::Bool(false) | serde_json::Value::Null => Some(Backtrace::Off),
+            serde_json::Value::Number(n) => Some(match n.as_u64() {
+                Some(0) | None => Backtrace::Off,
+                Some(n) => Backtrace::Lines(n as usize),
+            }),
+            _ => None,
+        }
+    }
+
+    pub fn retry_queue(&self) -> Option<String> {
+        self.string(field::RETRY_QUEUE).filter(|q| !q.is_empty())
+    }
+
+    /// `retry_for` in seconds (Sidekiq 7.1.3+ time-based retry window).
+    pub fn retry_for(&self) -> Option<f64> {
+        self.parsed::<serde_json::Number>(field::RETRY_FOR).and_then(|n| n.as_f64())
+    }
+
+    /// A job timestamp field in epoch seconds, whichever unit it was written in.
+    pub fn time(&self, key: &str) -> Option<f64> {
+        self.parsed::<serde_json::Number>(key).and_then(|n| timestamp::decode(&n))
+    }
+
+    pub fn failed_at(&self) -> Option<f64> {
+        self.time(field::FAILED_AT)
+    }
+}
+
+/// A JSON string literal.
+pub fn json_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned())
+}
+
+/// A fresh job id: 12 random bytes as 24 lowercase hex digits, like Sidekiq's.
+pub fn new_jid() -> String {
+    let bytes: [u8; 12] = rand::random();
+    let mut s = String::with_capacity(24);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Validates the JSON text of `args`: it must parse and be an array.
+pub fn check_args(args_json: &str) -> Result<()> {
+    let raw: &RawValue =
+        serde_json::from_str(args_json).map_err(|e| KiqError::codec(format!("job args are not valid JSON: {e}")))?;
+    if raw.get().starts_with('[') {
+        Ok(())
+    } else {
+        Err(KiqError::codec("job args must be a JSON array"))
+    }
+}
+
+/// Everything needed to write a new job payload.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub class: String,
+    pub queue: String,
+    /// JSON text of the argument array (see [`check_args`]).
+    pub args: String,
+    pub retry: Retry,
+    /// Further fields as (name, JSON text), written between `queue` and `args`
+    /// as Sidekiq places a class's options (`backtrace`, `retry_queue`, `dead`, `tags`, ...).
+    pub options: Vec<(String, String)>,
+    /// A caller-chosen jid; a fresh one otherwise.
+    pub jid: Option<String>,
+}
+
+impl NewJob {
+    pub fn new(class: impl Into<String>, args: impl Into<String>) -> Self {
+        Self {
+            class: class.into(),
+            queue: DEFAULT_QUEUE.to_owned(),
+            args: args.into(),
+            retry: Retry::Default,
+            options: Vec::new(),
+            jid: None,
+        }
+    }
+
+    /// Checks the parts Sidekiq requires before anything is written.
+    pub fn validate(&self) -> Result<()> {
+        if self.class.is_empty() {
+            return Err(KiqError::codec("job class must be a non-empty string"));
+        }
+        check_queue_name(&self.queue)?;
+        for (name, value) in &self.options {
+            if RESERVED.contains(&name.as_str()) {
+                return Err(KiqError::codec(format!("job option {name:?} is set by kiq and cannot be given")));
+            }
+            serde_json::from_str::<&RawValue>(value)
+                .map_err(|e| KiqError::codec(format!("job option {name:?} is not valid JSON: {e}")))?;
+        }
+        check_args(&self.args)
+    }
+
+    /// Encodes the payload in Sidekiq's key order: `retry`, `queue`, options,
+    /// `args`, `class`, `jid`, `created_at`, then `enqueued_at` for immediate pushes.
+    pub fn encode(&self, jid: &str, now: f64, unit: TimestampUnit, enqueued: bool) -> String {
+        let mut out = String::with_capacity(96 + self.args.len() + self.class.len());
+        let _ = write!(out, "{{\"{}\":{},\"{}\":{}", field::RETRY, self.retry.to_json(), field::QUEUE, json_string(&self.queue));
+        for (k, v) in &self.options {
+            let _ = write!(out, ",{}:{v}", json_string(k));
+        }
+        let stamp = unit.encode(now);
+        let _ = write!(
+            out,
+            ",\"{}\":{},\"{}\":{},\"{}\":\"{jid}\",\"{}\":{stamp}",
+            field::ARGS,
+            self.args,
+            field::CLASS,
+            json_string(&self.class),
+            field::JID,
+            field::CREATED_AT
+        );
+        if enqueued {
+            let _ = write!(out, ",\"{}\":{stamp}", field::ENQUEUED_AT);
+        }
+        out.push('}');
+        out
+    }
+}
+
+/// Fields kiq itself sets on a new job, which options must not override.
+const RESERVED: &[&str] = &[
+    field::CLASS,
+    field::ARGS,
+    field::QUEUE,
+    field::JID,
+    field::RETRY,
+    field::CREATED_AT,
+    field::ENQUEUED_AT,
+    field::AT,
+];
+
+/// Queue names are limited to what Sidekiq's Web UI can show (`[a-z_:.\-0-9]`,
+/// any case); `|` would also break kiq's in-progress list names.
+pub fn check_queue_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(KiqError::codec(format!(
+            "invalid queue name {name:?}: use letters, digits, '_', ':', '.' and '-' (what Sidekiq's Web UI accepts)"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_is_byte_exact() {
+        let src = r#"{"retry":true,"queue":"default","args":[1,"two",{"k":3.5},123456789012345678901234567890],"class":"HardJob","jid":"0895ff12a0bb053e87f6f620","created_at":1796108970.1376758,"enqueued_at":1796108970.1377625,"x-trace":{"a":[1.10,2]}}"#;
+        let p = Payload::parse(src).unwrap();
+        assert_eq!(p.encode(), src);
+        assert_eq!(p.class().as_deref(), Some("HardJob"));
+        assert_eq!(p.args(), Some(r#"[1,"two",{"k":3.5},123456789012345678901234567890]"#));
+        assert_eq!(p.retry(), Some(Retry::Default));
+        assert_eq!(p.time(field::CREATED_AT), Some(1_796_108_970.137_675_8));
+    }
+
+    #[test]
+    fn set_keeps_order_and_other_bytes() {
+        let mut p = Payload::parse(r#"{"a":1.50,"enqueued_at":1,"z":"\u00e9"}"#).unwrap();
+        p.set_json("enqueued_at", "2.5".into());
+        p.set_str("new", "v");
+        assert_eq!(p.encode(), r#"{"a":1.50,"enqueued_at":2.5,"z":"\u00e9","new":"v"}"#);
+        p.remove("a");
+        p.insert_front_if_absent("retry", "true".into());
+        assert_eq!(p.encode(), r#"{"retry":true,"enqueued_at":2.5,"z":"\u00e9","new":"v"}"#);
+    }
+
+    #[test]
+    fn rejects_non_objects() {
+        assert!(Payload::parse("[1,2]").is_err());
+        assert!(Payload::parse("not json").is_err());
+        assert!(Payload::parse(r#"{"a":1"#).is_err());
+    }
+
+    #[test]
+    fn typed_fields() {
+        let p = Payload::parse(r#"{"retry":5,"backtrace":10,"dead":false,"retry_count":2,"failed_at":1739522600123}"#).unwrap();
+        assert_eq!(p.retry(), Some(Retry::Times(5)));
+        assert_eq!(p.backtrace(), Some(Backtrace::Lines(10)));
+        assert_eq!(p.dead(), Some(false));
+        assert_eq!(p.retry_count(), Some(2));
+        assert!((p.failed_at().unwrap() - 1_739_522_600.123).abs() < 1e-6);
+        let q = Payload::parse(r#"{"retry":null,"args":"str"}"#).unwrap();
+        assert_eq!(q.retry(), None);
+        assert_eq!(q.args(), None);
+        assert_eq!(Payload::parse(r#"{"retry":false}"#).unwrap().retry(), Some(Retry::Never));
+    }
+
+    #[test]
+    fn new_job_in_sidekiq_order() {
+        let mut j = NewJob::new("HardJob", "[1,2]");
+        j.options.push(("backtrace".into(), "true".into()));
+        j.validate().unwrap();
+        let s = j.encode("aaaaaaaaaaaaaaaaaaaaaaaa", 1_700_000_000.0, TimestampUnit::Seconds, true);
+        assert_eq!(
+            s,
+            r#"{"retry":true,"queue":"default","backtrace":true,"args":[1,2],"class":"HardJob","jid":"aaaaaaaaaaaaaaaaaaaaaaaa","created_at":1700000000.0,"enqueued_at":1700000000.0}"#
+        );
+        let ms = j.encode("b", 1_700_000_000.5, TimestampUnit::Millis, false);
+        assert!(ms.ends_with(r#""created_at":1700000000500}"#));
+    }
+
+    #[test]
+    fn validation_errors_name_the_problem() {
+        let mut j = NewJob::new("X", "{}");
+        assert!(j.validate().unwrap_err().to_string().contains("array"));
+        j.args = "[]".into();
+        j.queue = "bad queue".into();
+        assert!(j.validate().unwrap_err().to_string().contains("queue name"));
+        j.queue = "ok".into();
+        j.options.push(("jid".into(), "\"x\"".into()));
+        assert!(j.validate().unwrap_err().to_string().contains("jid"));
+    }
+
+    #[test]
+    fn jids_are_24_hex() {
+        let a = new_jid();
+        assert_eq!(a.len(), 24);
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert_ne!(a, new_jid());
+    }
+}

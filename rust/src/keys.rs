@@ -1,0 +1,109 @@
+//! Every Redis key kiq reads or writes, spelled once.
+//!
+//! The names are Sidekiq's (no prefix by default, as in Sidekiq 7+). Sidekiq 6
+//! deployments that use `redis-namespace` set `namespace`, and every key below
+//! gains `<namespace>:` in front, exactly as that gem does.
+
+/// Builds key names for one Sidekiq keyspace.
+#[derive(Debug, Clone, Default)]
+pub struct Keys {
+    prefix: String,
+}
+
+/// Daily stat keys live five years, as Sidekiq sets them.
+pub const DAILY_STAT_TTL_SECS: i64 = 157_680_000;
+
+impl Keys {
+    pub fn new(namespace: Option<&str>) -> Self {
+        let prefix = match namespace {
+            Some(ns) if !ns.is_empty() => format!("{ns}:"),
+            _ => String::new(),
+        };
+        Self { prefix }
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// SET of known queue names (bare, without `queue:`).
+    pub fn queues(&self) -> String {
+        self.key("queues")
+    }
+
+    /// LIST of job payloads: LPUSH on the left, consumers take from the right.
+    pub fn queue(&self, name: &str) -> String {
+        format!("{}queue:{name}", self.prefix)
+    }
+
+    /// ZSET of jobs to run later, score = run time in epoch seconds.
+    pub fn schedule(&self) -> String {
+        self.key("schedule")
+    }
+
+    /// ZSET of failed jobs waiting for their next attempt.
+    pub fn retry(&self) -> String {
+        self.key("retry")
+    }
+
+    /// ZSET of jobs that ran out of retries, score = time of death.
+    pub fn dead(&self) -> String {
+        self.key("dead")
+    }
+
+    /// SET of live process identities (heartbeats).
+    pub fn processes(&self) -> String {
+        self.key("processes")
+    }
+
+    pub fn stat_processed(&self) -> String {
+        self.key("stat:processed")
+    }
+
+    pub fn stat_failed(&self) -> String {
+        self.key("stat:failed")
+    }
+
+    /// Per-day counter; `day` is UTC `YYYY-MM-DD`.
+    pub fn stat_processed_day(&self, day: &str) -> String {
+        format!("{}stat:processed:{day}", self.prefix)
+    }
+
+    pub fn stat_failed_day(&self, day: &str) -> String {
+        format!("{}stat:failed:{day}", self.prefix)
+    }
+
+    /// LIST of the jobs one process has taken from one queue and not yet
+    /// acknowledged. Fetching moves a job here atomically; the ack removes
+    /// it; a stop or orphan recovery moves what is left back to the queue.
+    /// `|` separates the parts because neither identities nor Web-UI-safe
+    /// queue names contain it.
+    pub fn in_progress(&self, identity: &str, queue: &str) -> String {
+        format!("{}kiq:wip|{identity}|{queue}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_names_match_sidekiq() {
+        let k = Keys::new(None);
+        assert_eq!(k.queue("default"), "queue:default");
+        assert_eq!(k.queues(), "queues");
+        assert_eq!(k.schedule(), "schedule");
+        assert_eq!(k.retry(), "retry");
+        assert_eq!(k.dead(), "dead");
+        assert_eq!(k.stat_processed_day("2026-12-01"), "stat:processed:2026-12-01");
+        assert_eq!(k.in_progress("h:1:ab", "q"), "kiq:wip|h:1:ab|q");
+    }
+
+    #[test]
+    fn namespace_prefixes_every_key() {
+        let k = Keys::new(Some("myapp"));
+        assert_eq!(k.queue("default"), "myapp:queue:default");
+        assert_eq!(k.stat_failed(), "myapp:stat:failed");
+        assert_eq!(Keys::new(Some("")).dead(), "dead");
+    }
+}
