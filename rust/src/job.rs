@@ -136,6 +136,11 @@ impl Payload {
         Ok(Self { src, entries })
     }
 
+    /// The JSON text this payload was parsed from, byte for byte.
+    pub fn source(&self) -> &str {
+        &self.src
+    }
+
     fn text<'a>(&'a self, t: &'a Text) -> &'a str {
         match t {
             Text::Src(r) => &self.src[r.clone()],

@@ -3,11 +3,21 @@
 //! Everything here is free of Python types; `python/` (behind the `python`
 //! feature) holds the PyO3 bindings, which only convert and call in.
 
+pub mod ack;
 pub mod backtrace;
+pub mod client;
+pub mod control;
 pub mod error;
+pub mod fetch;
 pub mod job;
 pub mod keys;
+pub mod lane;
+pub mod pool;
 pub mod retry;
+pub mod runtime;
+pub mod scheduled;
+pub mod scripts;
+pub mod server;
 pub mod timestamp;
 
 pub use error::{KiqError, Result};

@@ -1,0 +1,178 @@
+//! The dequeue loop: one task per queue, fetching only for idle workers.
+//!
+//! Each round asks for `concurrency - out` jobs with `fetch.lua`, which moves
+//! them from the queue into this process's in-progress list in one atomic
+//! step. When the queue is empty the task blocks in `BLMOVE` on a connection
+//! of its own, so an idle queue costs one command per 2 s (Sidekiq's fetch
+//! timeout) and a new job is picked up as soon as it is pushed. When every
+//! worker is busy it sleeps until a job finishes. Payloads that cannot run
+//! (not JSON, no class, args not an array) never reach a worker: they go to
+//! the dead set or the retry path with an error saying what is wrong.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::ack::{Msg, Settle, Settlement};
+use crate::control::{Control, RunState};
+use crate::job::Payload;
+use crate::keys::Keys;
+use crate::lane::{Delivery, Lane};
+use crate::pool::Pool;
+use crate::retry::{self, Disposition, Failure, RetryPolicy, WorkerOptions};
+use crate::scripts;
+use crate::timestamp;
+
+/// Sidekiq's fetch timeout: how long one blocking wait lasts.
+pub const BLOCK: Duration = Duration::from_secs(2);
+
+/// The error class recorded for payloads kiq cannot run.
+pub const INVALID_JOB_ERROR: &str = "kiq.errors.InvalidJobError";
+
+pub struct Fetcher {
+    pub lane_index: usize,
+    pub lane: Arc<Lane>,
+    pub queue_key: String,
+    pub wip_key: Arc<str>,
+    pub pool: Arc<Pool>,
+    pub keys: Keys,
+    pub policy: RetryPolicy,
+    pub acks: mpsc::UnboundedSender<Msg>,
+    pub control: Control,
+    /// The blocking connection's Redis client id while it exists, so a stop
+    /// can `CLIENT UNBLOCK` it instead of waiting out the block.
+    pub blocked_id: Arc<AtomicI64>,
+}
+
+impl Fetcher {
+    pub async fn run(self) {
+        let mut blocking = self.pool.blocking(BLOCK);
+        let mut state = self.control.subscribe();
+        let mut failing = false;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let now = *state.borrow_and_update();
+            match now {
+                RunState::Stopping => break,
+                RunState::Quiet => {
+                    if state.changed().await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                RunState::Running => {}
+            }
+            let free = self.lane.free();
+            if free == 0 {
+                tokio::select! {
+                    () = self.lane.demand.notified() => {}
+                    _ = state.changed() => {}
+                }
+                continue;
+            }
+            let result = match self.fetch(free).await {
+                Ok(jobs) if !jobs.is_empty() => Ok(jobs),
+                Ok(_) => self.wait_for_one(&mut blocking).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(jobs) => {
+                    if failing {
+                        log::warn!("kiq: fetching from queue {:?} works again", self.lane.name);
+                        failing = false;
+                        delay = Duration::from_millis(100);
+                    }
+                    self.deliver(jobs);
+                }
+                Err(e) => {
+                    if !failing {
+                        log::error!("kiq: cannot fetch from queue {:?}, pausing until Redis answers: {e}", self.lane.name);
+                        failing = true;
+                    }
+                    blocking.reset();
+                    self.blocked_id.store(0, Ordering::Release);
+                    if !self.control.sleep(delay).await {
+                        break;
+                    }
+                    delay = (delay * 3 / 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    async fn fetch(&self, n: usize) -> redis::RedisResult<Vec<Vec<u8>>> {
+        scripts::FETCH.key(&self.queue_key).key(&*self.wip_key).arg(n).invoke_async(&mut self.pool.get()).await
+    }
+
+    async fn wait_for_one(&self, blocking: &mut crate::pool::BlockingConn) -> redis::RedisResult<Vec<Vec<u8>>> {
+        blocking.connect().await?;
+        self.blocked_id.store(blocking.client_id().unwrap_or(0), Ordering::Release);
+        // A stop that began before the id was published would miss this
+        // connection; checking again here closes that gap.
+        if self.control.state() == RunState::Stopping {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("BLMOVE");
+        cmd.arg(&self.queue_key).arg(&*self.wip_key).arg("RIGHT").arg("LEFT").arg(BLOCK.as_secs_f64());
+        let job: Option<Vec<u8>> = blocking.query(&cmd).await?;
+        Ok(job.into_iter().collect())
+    }
+
+    fn deliver(&self, raws: Vec<Vec<u8>>) {
+        let mut good = Vec::with_capacity(raws.len());
+        for raw in raws {
+            match self.decode(raw) {
+                Ok(d) => good.push(d),
+                Err(s) => {
+                    let _ = self.acks.send(Msg::Settle(s));
+                }
+            }
+        }
+        // Jobs offered after a stop began stay in the in-progress list, which
+        // the stop hands back to the queue.
+        let _ = self.lane.offer(good);
+    }
+
+    /// A runnable delivery, or the settlement for a payload that cannot run.
+    fn decode(&self, raw: Vec<u8>) -> Result<Delivery, Settlement> {
+        let bury = |raw: Vec<u8>, why: &str| {
+            log::error!("kiq: queue {:?} held a job that is not a JSON object ({why}); moved to the dead set", self.lane.name);
+            Settlement { wip_key: self.wip_key.clone(), raw: raw.clone(), settle: Settle::Dead { payload: raw }, processed: false, failed: false }
+        };
+        let text = match String::from_utf8(raw) {
+            Ok(t) => t,
+            Err(e) => return Err(bury(e.into_bytes(), "not UTF-8")),
+        };
+        let payload = match Payload::parse(text.clone()) {
+            Ok(p) => p,
+            Err(e) => return Err(bury(text.into_bytes(), &e.to_string())),
+        };
+        let problem = match (payload.class(), payload.args()) {
+            (Some(class), Some(_)) if !class.is_empty() => {
+                let jid = payload.jid().unwrap_or_default();
+                return Ok(Delivery { lane: self.lane_index, payload, class, jid });
+            }
+            (None, _) => "the job has no \"class\" string",
+            (Some(_), None) => "the job's \"args\" is missing or not an array",
+            (Some(_), Some(_)) => "the job's \"class\" is empty",
+        };
+        log::error!("kiq: cannot run a job from queue {:?}: {problem}", self.lane.name);
+        let failure = Failure { error_class: INVALID_JOB_ERROR.to_owned(), error_message: problem.to_owned(), ..Failure::default() };
+        let settle = match retry::on_failure(
+            payload,
+            &self.lane.name,
+            &failure,
+            &WorkerOptions::default(),
+            &self.policy,
+            timestamp::now(),
+            rand::random(),
+        ) {
+            Disposition::Retry { at, payload } => Settle::Retry { at, payload },
+            Disposition::Dead { payload } => Settle::Dead { payload: payload.into_bytes() },
+            Disposition::Discard => Settle::Discard,
+        };
+        Err(Settlement { wip_key: self.wip_key.clone(), raw: text.into_bytes(), settle, processed: true, failed: true })
+    }
+}

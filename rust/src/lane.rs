@@ -1,0 +1,214 @@
+//! The hand-off between one queue's fetcher and the threads that run its jobs.
+//!
+//! A lane holds the jobs fetched for its queue that no thread has taken yet,
+//! and counts the jobs it has out (fetched and not yet finished). The fetcher
+//! only asks Redis for `concurrency - out` jobs, so a process never holds more
+//! jobs of a queue than it can run at once. Taking a ready job is a mutex pop;
+//! only an empty lane makes a thread sleep (on a condvar, so it costs nothing).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::job::Payload;
+
+/// A job taken from Redis, waiting for or being run by a thread.
+#[derive(Debug)]
+pub struct Delivery {
+    /// Index of the lane (queue) it came from.
+    pub lane: usize,
+    /// The payload, whose `source()` is the exact string in Redis.
+    pub payload: Payload,
+    pub class: String,
+    pub jid: String,
+}
+
+impl Delivery {
+    /// JSON text of the job's arguments (always an array: checked at fetch).
+    pub fn args(&self) -> &str {
+        self.payload.args().unwrap_or("[]")
+    }
+}
+
+#[derive(Default)]
+struct Ready {
+    jobs: VecDeque<Delivery>,
+    closed: bool,
+}
+
+/// What waiting for a job gave.
+#[derive(Debug)]
+pub enum Take {
+    Job(Delivery),
+    /// The lane was closed (stop): no job will come.
+    Closed,
+    TimedOut,
+}
+
+pub struct Lane {
+    pub name: String,
+    pub concurrency: usize,
+    ready: Mutex<Ready>,
+    cond: Condvar,
+    out: AtomicUsize,
+    /// Woken whenever a job finishes, so the fetcher can fetch again.
+    pub(crate) demand: Notify,
+}
+
+impl Lane {
+    pub fn new(name: impl Into<String>, concurrency: usize) -> Self {
+        Self {
+            name: name.into(),
+            concurrency,
+            ready: Mutex::new(Ready::default()),
+            cond: Condvar::new(),
+            out: AtomicUsize::new(0),
+            demand: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Ready> {
+        self.ready.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How many more jobs the fetcher may take for this lane.
+    pub fn free(&self) -> usize {
+        self.concurrency.saturating_sub(self.out.load(Ordering::Acquire))
+    }
+
+    /// Jobs fetched and not yet finished.
+    pub fn out(&self) -> usize {
+        self.out.load(Ordering::Acquire)
+    }
+
+    /// Adds freshly fetched jobs. Returns them if the lane is closed (stop),
+    /// since they then stay in the in-progress list for the requeue.
+    pub fn offer(&self, jobs: Vec<Delivery>) -> Option<Vec<Delivery>> {
+        if jobs.is_empty() {
+            return None;
+        }
+        let n = jobs.len();
+        let mut ready = self.lock();
+        if ready.closed {
+            return Some(jobs);
+        }
+        self.out.fetch_add(n, Ordering::AcqRel);
+        ready.jobs.extend(jobs);
+        drop(ready);
+        for _ in 0..n {
+            self.cond.notify_one();
+        }
+        None
+    }
+
+    /// A ready job, without waiting.
+    pub fn try_take(&self) -> Option<Delivery> {
+        self.lock().jobs.pop_front()
+    }
+
+    /// Waits for a job until `timeout` (forever when `None`) or until the lane closes.
+    pub fn take(&self, timeout: Option<Duration>) -> Take {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut ready = self.lock();
+        loop {
+            if let Some(job) = ready.jobs.pop_front() {
+                return Take::Job(job);
+            }
+            if ready.closed {
+                return Take::Closed;
+            }
+            ready = match deadline {
+                None => self.cond.wait(ready).unwrap_or_else(PoisonError::into_inner),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Take::TimedOut;
+                    }
+                    self.cond.wait_timeout(ready, left).unwrap_or_else(PoisonError::into_inner).0
+                }
+            };
+        }
+    }
+
+    /// Records that a job taken from this lane is finished (or given up).
+    pub fn finish(&self) {
+        let _ = self.out.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        self.demand.notify_one();
+    }
+
+    /// Closes the lane: waiting threads get `Closed`, and the jobs no thread
+    /// took are returned (they are still in the in-progress list).
+    pub fn close(&self) -> Vec<Delivery> {
+        let mut ready = self.lock();
+        ready.closed = true;
+        let left: Vec<Delivery> = ready.jobs.drain(..).collect();
+        drop(ready);
+        let _ = self.out.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(left.len())));
+        self.cond.notify_all();
+        self.demand.notify_one();
+        left
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn job(n: u32) -> Delivery {
+        let payload = Payload::parse(format!(r#"{{"class":"X","args":[{n}],"jid":"j{n}"}}"#)).unwrap();
+        Delivery { lane: 0, payload, class: "X".into(), jid: format!("j{n}") }
+    }
+
+    #[test]
+    fn counts_out_jobs_and_frees_on_finish() {
+        let lane = Lane::new("q", 3);
+        assert_eq!(lane.free(), 3);
+        assert!(lane.offer(vec![job(1), job(2)]).is_none());
+        assert_eq!(lane.free(), 1);
+        let Take::Job(j) = lane.take(Some(Duration::from_millis(1))) else { panic!() };
+        assert_eq!(j.args(), "[1]");
+        lane.finish();
+        assert_eq!(lane.free(), 2);
+        assert!(matches!(lane.take(Some(Duration::ZERO)), Take::Job(_)));
+        assert!(matches!(lane.take(Some(Duration::from_millis(5))), Take::TimedOut));
+    }
+
+    #[test]
+    fn close_wakes_waiters_and_returns_untaken_jobs() {
+        let lane = Arc::new(Lane::new("q", 5));
+        let waiter = {
+            let lane = lane.clone();
+            std::thread::spawn(move || matches!(lane.take(None), Take::Closed))
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        let left = lane.close();
+        assert!(left.is_empty());
+        assert!(waiter.join().unwrap());
+        let back = lane.offer(vec![job(3)]).unwrap();
+        assert_eq!(back.len(), 1);
+        assert_eq!(lane.out(), 0);
+    }
+
+    #[test]
+    fn a_waiting_thread_gets_a_new_job() {
+        let lane = Arc::new(Lane::new("q", 5));
+        let waiter = {
+            let lane = lane.clone();
+            std::thread::spawn(move || match lane.take(Some(Duration::from_secs(5))) {
+                Take::Job(j) => j.jid,
+                other => panic!("{other:?}"),
+            })
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        lane.offer(vec![job(7)]);
+        assert_eq!(waiter.join().unwrap(), "j7");
+    }
+}

@@ -1,0 +1,12 @@
+//! The Lua scripts, one per file; each file's header lists its KEYS and ARGV.
+//! `redis::Script` sends EVALSHA and reloads a script Redis has forgotten
+//! (after a restart, failover or SCRIPT FLUSH), so no job waits on a boot-time load.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+pub static FETCH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("fetch.lua")));
+pub static REQUEUE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("requeue.lua")));
+pub static ENQUEUE_DUE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("enqueue_due.lua")));
+pub static BURY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("bury.lua")));

@@ -1,0 +1,172 @@
+//! The core against a real redis-server: push, fetch, settle, schedule, stop.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use _kiq::client::{self, PushItem};
+use _kiq::job::{NewJob, Payload};
+use _kiq::keys::Keys;
+use _kiq::lane::Take;
+use _kiq::pool::{Pool, RedisConfig};
+use _kiq::retry::{Failure, RetryPolicy, WorkerOptions};
+use _kiq::scheduled::{self, PollConfig};
+use _kiq::server::{Server, ServerConfig};
+use _kiq::timestamp::{self, TimestampUnit};
+use redis::AsyncCommands;
+
+fn config(queues: &[(&str, usize)]) -> ServerConfig {
+    ServerConfig {
+        identity: "test:1:abcdefabcdef".into(),
+        queues: queues.iter().map(|(q, n)| ((*q).to_owned(), *n)).collect(),
+        policy: RetryPolicy::default(),
+        poll: PollConfig { average_scheduled_poll_interval: 5.0, poll_interval_average: Some(0.1) },
+        scheduler: true,
+    }
+}
+
+fn push_jobs(rt: &tokio::runtime::Runtime, pool: &Pool, queue: &str, n: usize) {
+    let now = timestamp::now();
+    let items: Vec<PushItem> = (0..n)
+        .map(|i| {
+            let mut job = NewJob::new("Echo", format!("[{i}]"));
+            job.queue = queue.to_owned();
+            client::prepare(&job, None, now, TimestampUnit::Seconds).1
+        })
+        .collect();
+    rt.block_on(client::push(&mut pool.get(), &Keys::default(), &items)).unwrap();
+}
+
+fn take(server: &Server, lane: usize) -> _kiq::lane::Delivery {
+    match server.take(lane, Some(Duration::from_secs(5))).unwrap() {
+        Take::Job(d) => d,
+        other => panic!("no job: {other:?}"),
+    }
+}
+
+#[test]
+fn jobs_flow_through_fetch_and_ack() {
+    let redis = support::RedisServer::start();
+    let rt = _kiq::runtime::get();
+    let _g = rt.enter();
+    let pool = Pool::new(RedisConfig::new(redis.url())).unwrap();
+    let server = Server::start(pool.clone(), Keys::default(), config(&[("default", 3)])).unwrap();
+    push_jobs(&rt, &pool, "default", 10);
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        let d = take(&server, 0);
+        seen.push(d.args().to_owned());
+        // Never more than the concurrency out at once.
+        assert!(server.lanes()[0].out() <= 3);
+        server.complete(d);
+    }
+    assert_eq!(seen.first().map(String::as_str), Some("[0]"), "FIFO order");
+    let mut conn = pool.get();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let processed: Option<i64> = rt.block_on(conn.get("stat:processed")).unwrap();
+        let wip: i64 = rt.block_on(conn.llen("kiq:wip|test:1:abcdefabcdef|default")).unwrap();
+        if processed == Some(10) && wip == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "processed={processed:?} wip={wip}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    rt.block_on(server.begin_stop());
+    let report = rt.block_on(server.finish_stop(Instant::now() + Duration::from_secs(2))).unwrap();
+    assert_eq!(report.requeued, 0);
+}
+
+#[test]
+fn failures_go_to_retry_and_stop_requeues_the_rest() {
+    let redis = support::RedisServer::start();
+    let rt = _kiq::runtime::get();
+    let _g = rt.enter();
+    let pool = Pool::new(RedisConfig::new(redis.url())).unwrap();
+    let mut cfg = config(&[("default", 2)]);
+    cfg.scheduler = false;
+    let server = Server::start(pool.clone(), Keys::default(), cfg).unwrap();
+    push_jobs(&rt, &pool, "default", 5);
+    let d = take(&server, 0);
+    let failure = Failure { error_class: "ValueError".into(), error_message: "boom".into(), ..Default::default() };
+    server.fail(d, &failure, &WorkerOptions::default());
+    let running = take(&server, 0);
+    // Stop with one job running and one fetched: both must go back.
+    std::thread::sleep(Duration::from_millis(100));
+    rt.block_on(server.begin_stop());
+    server.abandon(&running);
+    let report = rt.block_on(server.finish_stop(Instant::now() + Duration::from_secs(2))).unwrap();
+    let mut conn = pool.get();
+    let retry: Vec<String> = rt.block_on(conn.zrange("retry", 0, -1)).unwrap();
+    assert_eq!(retry.len(), 1);
+    let p = Payload::parse(retry[0].clone()).unwrap();
+    assert_eq!(p.retry_count(), Some(0));
+    assert_eq!(p.get("error_class"), Some("\"ValueError\""));
+    let queued: i64 = rt.block_on(conn.llen("queue:default")).unwrap();
+    assert_eq!(queued + 1, 5, "every job not failed is back in the queue (report {report:?})");
+    assert!(report.requeued >= 1);
+    let wip: i64 = rt.block_on(conn.llen("kiq:wip|test:1:abcdefabcdef|default")).unwrap();
+    assert_eq!(wip, 0);
+    let failed: Option<i64> = rt.block_on(conn.get("stat:failed")).unwrap();
+    assert_eq!(failed, Some(1));
+}
+
+#[test]
+fn due_jobs_move_to_their_queues_once() {
+    let redis = support::RedisServer::start();
+    let rt = _kiq::runtime::get();
+    let _g = rt.enter();
+    let pool = Pool::new(RedisConfig::new(redis.url())).unwrap();
+    let mut conn = pool.get();
+    let now = timestamp::now();
+    let _: () = rt
+        .block_on(conn.zadd_multiple(
+            "schedule",
+            &[
+                (now - 1.0, r#"{"class":"A","args":[1],"queue":"q2","jid":"a","at":1.0,"x":1.50}"#),
+                (now + 100.0, r#"{"class":"B","args":[],"queue":"q2","jid":"b"}"#),
+                (now - 2.0, "garbage"),
+            ],
+        ))
+        .unwrap();
+    let moved = rt
+        .block_on(scheduled::enqueue_due(&pool, &Keys::default(), &RetryPolicy::default(), "schedule", now))
+        .unwrap();
+    assert_eq!(moved, 1);
+    let again = rt
+        .block_on(scheduled::enqueue_due(&pool, &Keys::default(), &RetryPolicy::default(), "schedule", now))
+        .unwrap();
+    assert_eq!(again, 0);
+    let q: Vec<String> = rt.block_on(conn.lrange("queue:q2", 0, -1)).unwrap();
+    assert_eq!(q.len(), 1);
+    assert!(q[0].starts_with(r#"{"retry":true,"class":"A","args":[1],"queue":"q2","jid":"a","x":1.50,"enqueued_at":"#), "{}", q[0]);
+    let queues: Vec<String> = rt.block_on(conn.smembers("queues")).unwrap();
+    assert_eq!(queues, vec!["q2".to_owned()]);
+    let dead: Vec<String> = rt.block_on(conn.zrange("dead", 0, -1)).unwrap();
+    assert_eq!(dead, vec!["garbage".to_owned()]);
+    let left: i64 = rt.block_on(conn.zcard("schedule")).unwrap();
+    assert_eq!(left, 1);
+}
+
+#[test]
+fn an_idle_fetcher_picks_up_a_new_job_quickly() {
+    let redis = support::RedisServer::start();
+    let rt = _kiq::runtime::get();
+    let _g = rt.enter();
+    let pool = Pool::new(RedisConfig::new(redis.url())).unwrap();
+    let server = Server::start(pool.clone(), Keys::default(), config(&[("default", 5)])).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    push_jobs(&rt, &pool, "default", 1);
+    let d = take(&server, 0);
+    let waited = t0.elapsed();
+    assert!(waited < Duration::from_millis(500), "took {waited:?}");
+    server.complete(d);
+    let t1 = Instant::now();
+    rt.block_on(server.begin_stop());
+    rt.block_on(server.finish_stop(Instant::now() + Duration::from_secs(2))).unwrap();
+    // CLIENT UNBLOCK ends the blocked fetch at once instead of after its 2 s.
+    assert!(t1.elapsed() < Duration::from_millis(1500), "stop took {:?}", t1.elapsed());
+    let _ = Arc::strong_count(&pool);
+}
