@@ -80,14 +80,14 @@ pub async fn run(mut rx: mpsc::UnboundedReceiver<Msg>, pool: std::sync::Arc<Pool
             match write(&pool, &keys, &policy, &batch).await {
                 Ok(()) => {
                     if failing {
-                        log::warn!("kiq: writing job results to Redis works again");
+                        log::warn!("writing job results to Redis works again");
                         failing = false;
                     }
                     batch.clear();
                 }
                 Err(e) => {
                     if !failing {
-                        log::error!("kiq: cannot write {} job results to Redis, will retry: {e}", batch.len());
+                        log::error!("cannot write {} job results to Redis, will retry: {e}", batch.len());
                         failing = true;
                     }
                     if close.as_ref().is_some_and(|(deadline, _)| Instant::now() >= *deadline) {

@@ -80,7 +80,7 @@ impl Fetcher {
             match result {
                 Ok(jobs) => {
                     if failing {
-                        log::warn!("kiq: fetching from queue {:?} works again", self.lane.name);
+                        log::warn!("fetching from queue {:?} works again", self.lane.name);
                         failing = false;
                         delay = Duration::from_millis(100);
                     }
@@ -88,7 +88,7 @@ impl Fetcher {
                 }
                 Err(e) => {
                     if !failing {
-                        log::error!("kiq: cannot fetch from queue {:?}, pausing until Redis answers: {e}", self.lane.name);
+                        log::error!("cannot fetch from queue {:?}, pausing until Redis answers: {e}", self.lane.name);
                         failing = true;
                     }
                     blocking.reset();
@@ -138,7 +138,7 @@ impl Fetcher {
     /// A runnable delivery, or the settlement for a payload that cannot run.
     fn decode(&self, raw: Vec<u8>) -> Result<Delivery, Settlement> {
         let bury = |raw: Vec<u8>, why: &str| {
-            log::error!("kiq: queue {:?} held a job that is not a JSON object ({why}); moved to the dead set", self.lane.name);
+            log::error!("queue {:?} held a job that is not a JSON object ({why}); moved to the dead set", self.lane.name);
             Settlement { wip_key: self.wip_key.clone(), raw: raw.clone(), settle: Settle::Dead { payload: raw }, processed: false, failed: false }
         };
         let text = match String::from_utf8(raw) {
@@ -158,7 +158,7 @@ impl Fetcher {
             (Some(_), None) => "the job's \"args\" is missing or not an array",
             (Some(_), Some(_)) => "the job's \"class\" is empty",
         };
-        log::error!("kiq: cannot run a job from queue {:?}: {problem}", self.lane.name);
+        log::error!("cannot run a job from queue {:?}: {problem}", self.lane.name);
         let failure = Failure { error_class: INVALID_JOB_ERROR.to_owned(), error_message: problem.to_owned(), ..Failure::default() };
         let settle = match retry::on_failure(
             payload,

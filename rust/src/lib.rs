@@ -12,6 +12,7 @@ pub mod fetch;
 pub mod job;
 pub mod keys;
 pub mod lane;
+pub mod logbridge;
 pub mod pool;
 pub mod retry;
 pub mod runtime;
@@ -21,3 +22,6 @@ pub mod server;
 pub mod timestamp;
 
 pub use error::{KiqError, Result};
+
+#[cfg(feature = "python")]
+mod python;

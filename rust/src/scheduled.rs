@@ -65,12 +65,12 @@ impl Poller {
             if self.control.state() == RunState::Running {
                 match self.enqueue_all().await {
                     Ok(()) if failing => {
-                        log::warn!("kiq: the scheduler reaches Redis again");
+                        log::warn!("the scheduler reaches Redis again");
                         failing = false;
                     }
                     Ok(()) => {}
                     Err(e) if !failing => {
-                        log::error!("kiq: the scheduler cannot move due jobs: {e}");
+                        log::error!("the scheduler cannot move due jobs: {e}");
                         failing = true;
                     }
                     Err(_) => {}
@@ -139,7 +139,7 @@ pub async fn enqueue_due(pool: &Pool, keys: &Keys, policy: &RetryPolicy, set: &s
                     ready += 1;
                 }
                 None => {
-                    log::error!("kiq: an entry of {set:?} is not a JSON job; moved to the dead set");
+                    log::error!("an entry of {set:?} is not a JSON job; moved to the dead set");
                     let _: i64 = scripts::BURY
                         .key(set)
                         .key(keys.dead())

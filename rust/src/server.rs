@@ -202,7 +202,7 @@ impl Server {
             if id > 0 {
                 let r: redis::RedisResult<i64> = redis::cmd("CLIENT").arg("UNBLOCK").arg(id).query_async(&mut self.pool.get()).await;
                 if let Err(e) = r {
-                    log::debug!("kiq: CLIENT UNBLOCK {id} failed: {e}");
+                    log::debug!("CLIENT UNBLOCK {id} failed: {e}");
                 }
             }
         }

@@ -1,0 +1,374 @@
+"""The Kiq application object: configuration, enqueueing, and the worker process.
+
+A :class:`Kiq` is owned by the application (no global state; several may
+coexist with different Redis URLs). Enqueueing needs no ``start()``; running
+jobs does.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from types import FrameType, TracebackType
+from typing import Any
+
+from kiq import _kiq, corelog
+from kiq.errors import ConfigError, ShutdownError
+from kiq.identity import new_identity
+from kiq.job import Job
+from kiq.pool import WorkerThreads
+from kiq.processor import Processor, Registered, register
+from kiq.worker import FunctionWorker, Worker, WorkerLike
+
+__all__ = ["Kiq", "StopResult"]
+
+logger = logging.getLogger("kiq")
+
+DEFAULT_URL = "redis://localhost:6379/0"
+#: Below this an ``at`` value looks like a relative delay, not an epoch time (Sidekiq's rule).
+_EPOCH_FLOOR = 1_000_000_000
+Seconds = int | float | dt.timedelta
+
+
+def seconds(value: Seconds, name: str) -> float:
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number of seconds or a timedelta, not {value!r}")
+    return float(value)
+
+
+class StopResult:
+    """What :meth:`Kiq.stop` did."""
+
+    __slots__ = ("requeued", "timed_out", "unwritten")
+
+    def __init__(self, requeued: int = 0, unwritten: int = 0, timed_out: int = 0) -> None:
+        #: Jobs handed back to their queues (not started, or still running at the deadline).
+        self.requeued = requeued
+        #: Results that could not be written to Redis in time (their jobs were requeued).
+        self.unwritten = unwritten
+        #: Jobs still running when the deadline passed.
+        self.timed_out = timed_out
+
+    def __repr__(self) -> str:
+        return f"StopResult(requeued={self.requeued}, unwritten={self.unwritten}, timed_out={self.timed_out})"
+
+
+class Kiq:
+    """A Sidekiq-compatible job queue client and worker process.
+
+    Args:
+        redis_url: ``redis://[user:password@]host:port/db`` or ``rediss://``;
+            defaults to ``$REDIS_URL``, then ``redis://localhost:6379/0``.
+        queues: queue name → the most jobs of that queue run at once, in
+            fetch order, e.g. ``{"default": 25, "events": 5}``.
+        workers: worker classes and ``@worker`` functions this process runs.
+        pool_size: Redis connections shared by short commands.
+        namespace: key prefix for Sidekiq 6 apps that use ``redis-namespace``.
+        timestamps: ``"seconds"`` (float seconds, read by Sidekiq 6.4–8.x) or
+            ``"milliseconds"`` (Sidekiq 8's integers, for all-8.x clusters).
+        shutdown_timeout: seconds running jobs get on stop (Sidekiq's ``-t``, 25).
+        max_retries: retries of a job with ``retry: true`` (25).
+        dead_limit: dead-set size cap (10,000, trimmed as Sidekiq trims).
+        dead_timeout: seconds a dead job is kept (180 days).
+        scheduler: move due scheduled and retry jobs (on by default).
+        poll_interval_average: fixed average seconds between scheduler polls,
+            ignoring the process count (Sidekiq's ``poll_interval_average``).
+        average_scheduled_poll_interval: seconds per live process between
+            polls (Sidekiq's default 5).
+        identity: the process identity; ``hostname:pid:<12 hex>`` by default.
+    """
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        *,
+        queues: Mapping[str, int] | None = None,
+        workers: Iterable[WorkerLike] = (),
+        pool_size: int = 5,
+        namespace: str | None = None,
+        timestamps: str = "seconds",
+        shutdown_timeout: Seconds = 25,
+        max_retries: int = 25,
+        dead_limit: int = 10_000,
+        dead_timeout: Seconds = dt.timedelta(days=180),
+        scheduler: bool = True,
+        poll_interval_average: Seconds | None = None,
+        average_scheduled_poll_interval: Seconds = 5,
+        identity: str | None = None,
+    ) -> None:
+        self.redis_url = redis_url or os.environ.get("REDIS_URL") or DEFAULT_URL
+        self.queues = self._check_queues(queues if queues is not None else {"default": 25})
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+            raise ConfigError(f"pool_size must be an int >= 1, not {pool_size!r}")
+        if timestamps not in ("seconds", "milliseconds"):
+            raise ConfigError(f'timestamps must be "seconds" or "milliseconds", not {timestamps!r}')
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ConfigError(f"max_retries must be an int >= 0, not {max_retries!r}")
+        if isinstance(dead_limit, bool) or not isinstance(dead_limit, int) or dead_limit < 1:
+            raise ConfigError(f"dead_limit must be an int >= 1, not {dead_limit!r}")
+        self.pool_size = pool_size
+        self.namespace = namespace
+        self.timestamps = timestamps
+        self.shutdown_timeout = seconds(shutdown_timeout, "shutdown_timeout")
+        self.max_retries = max_retries
+        self.dead_limit = dead_limit
+        self.dead_timeout = seconds(dead_timeout, "dead_timeout")
+        self.scheduler = scheduler
+        self.poll_interval_average = (
+            None if poll_interval_average is None else seconds(poll_interval_average, "poll_interval_average")
+        )
+        self.average_scheduled_poll_interval = seconds(
+            average_scheduled_poll_interval, "average_scheduled_poll_interval"
+        )
+        for name, value in (
+            ("shutdown_timeout", self.shutdown_timeout),
+            ("dead_timeout", self.dead_timeout),
+            ("average_scheduled_poll_interval", self.average_scheduled_poll_interval),
+        ):
+            if value < 0:
+                raise ConfigError(f"{name} must not be negative")
+        if self.poll_interval_average is not None and self.poll_interval_average <= 0:
+            raise ConfigError("poll_interval_average must be positive")
+        self.identity = identity or new_identity()
+        self._workers: dict[str, Registered] = {}
+        self._client: _kiq.Client | None = None
+        self._server: _kiq.Server | None = None
+        self._threads: WorkerThreads | None = None
+        self._lock = threading.Lock()
+        self._stop_requested = threading.Event()
+        self.register(*workers)
+
+    @staticmethod
+    def _check_queues(queues: Mapping[str, int]) -> dict[str, int]:
+        if not isinstance(queues, Mapping) or not queues:
+            raise ConfigError('queues must be a non-empty mapping of queue name to concurrency, e.g. {"default": 25}')
+        out: dict[str, int] = {}
+        for name, n in queues.items():
+            if not isinstance(name, str) or not name:
+                raise ConfigError(f"queue names must be non-empty str, not {name!r}")
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ConfigError(f"queue {name!r} needs an int concurrency >= 1, not {n!r}")
+            out[name] = n
+        return out
+
+    def __repr__(self) -> str:
+        return f"<Kiq {self.identity} queues={self.queues}>"
+
+    # -- workers ---------------------------------------------------------
+
+    def register(self, *workers: WorkerLike) -> None:
+        """Adds workers this process runs (before :meth:`start`)."""
+        for w in workers:
+            reg = register(w)
+            existing = self._workers.get(reg.name)
+            if existing is not None and existing.call is not reg.call and existing != reg:
+                raise ConfigError(f"two workers are registered under the name {reg.name!r}")
+            self._workers[reg.name] = reg
+        if self._server is not None and workers:
+            raise ConfigError("register workers before start()")
+
+    @property
+    def workers(self) -> dict[str, Registered]:
+        """Registered workers by wire name."""
+        return dict(self._workers)
+
+    # -- client ----------------------------------------------------------
+
+    @property
+    def client(self) -> _kiq.Client:
+        """The native client (created on first use)."""
+        with self._lock:
+            if self._client is None:
+                self._client = _kiq.Client(
+                    self.redis_url, pool_size=self.pool_size, namespace=self.namespace, timestamps=self.timestamps
+                )
+            return self._client
+
+    @staticmethod
+    def _when(delay: Seconds | None, at: dt.datetime | float | None) -> float | None:
+        if delay is not None and at is not None:
+            raise ConfigError("give either delay or at, not both")
+        if delay is not None:
+            return time.time() + seconds(delay, "delay")
+        if at is None:
+            return None
+        if isinstance(at, dt.datetime):
+            return at.timestamp()
+        if isinstance(at, bool) or not isinstance(at, (int, float)):
+            raise ConfigError(f"at must be a datetime or epoch seconds, not {at!r}")
+        if at < _EPOCH_FLOOR:
+            raise ConfigError(f"at={at!r} looks like a relative delay; pass delay= for that, or an epoch time")
+        return float(at)
+
+    def enqueue(self, job: Job, *, delay: Seconds | None = None, at: dt.datetime | float | None = None) -> str:
+        """Pushes a job to Redis and returns its jid.
+
+        ``delay`` (seconds or a timedelta) or ``at`` (a datetime or epoch
+        seconds) schedules it; a time already past pushes it now. Arguments
+        that JSON cannot carry raise :class:`~kiq.errors.CodecError` here,
+        never later at run time.
+        """
+        if not isinstance(job, Job):
+            raise ConfigError(f"enqueue() takes a kiq.Job (e.g. MyWorker.new(...)), not {type(job).__name__}")
+        return self.client.push(
+            job.class_name,
+            job.args,
+            queue=job.queue,
+            retry=job.retry,
+            options=dict(job.options) or None,
+            jid=job.jid,
+            at=self._when(delay, at),
+        )
+
+    def enqueue_bulk(
+        self,
+        template: Job | WorkerLike | str,
+        args_list: Iterable[Sequence[Any]],
+        *,
+        delay: Seconds | None = None,
+        at: dt.datetime | float | None = None,
+    ) -> list[str]:
+        """Pushes one job per argument list in a single round trip (Sidekiq's ``push_bulk``).
+
+        ``template`` is a worker, a :class:`Job` whose class and options every
+        job shares, or a class name. Returns the jids in order.
+        """
+        job = self._template(template)
+        return self.client.push_bulk(
+            job.class_name,
+            args_list,
+            queue=job.queue,
+            retry=job.retry,
+            options=dict(job.options) or None,
+            at=self._when(delay, at),
+        )
+
+    def enqueue_all(
+        self, jobs: Iterable[Job], *, delay: Seconds | None = None, at: dt.datetime | float | None = None
+    ) -> list[str]:
+        """Pushes several jobs (of any classes) in a single round trip. Returns the jids."""
+        when = self._when(delay, at)
+        specs = []
+        for job in jobs:
+            if not isinstance(job, Job):
+                raise ConfigError(f"enqueue_all() takes kiq.Job objects, not {type(job).__name__}")
+            specs.append((job.class_name, job.args, job.queue, job.retry, dict(job.options) or None, job.jid, when))
+        return self.client.push_jobs(specs)
+
+    @staticmethod
+    def _template(template: Job | WorkerLike | str) -> Job:
+        if isinstance(template, Job):
+            return template
+        if isinstance(template, str):
+            return Job(template)
+        if isinstance(template, FunctionWorker) or (isinstance(template, type) and issubclass(template, Worker)):
+            return template.new()
+        raise ConfigError(f"expected a Job, a worker or a class name, not {template!r}")
+
+    # -- server ----------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def start(self) -> None:
+        """Starts fetching and running jobs; returns once the threads run."""
+        with self._lock:
+            if self._server is not None:
+                raise ConfigError("this Kiq is already started")
+        corelog.start()
+        server = _kiq.Server(
+            self.client,
+            self.identity,
+            list(self.queues.items()),
+            max_retries=self.max_retries,
+            dead_limit=self.dead_limit,
+            dead_timeout=self.dead_timeout,
+            poll_interval_average=self.poll_interval_average,
+            average_scheduled_poll_interval=self.average_scheduled_poll_interval,
+            scheduler=self.scheduler,
+        )
+        threads = WorkerThreads(Processor(server, self._workers), list(self.queues.items()))
+        with self._lock:
+            self._server, self._threads = server, threads
+        self._stop_requested.clear()
+        threads.start()
+        logger.info("kiq %s started: queues %s, %d workers", self.identity, self.queues, len(self._workers))
+
+    def quiet(self) -> None:
+        """Stops fetching new jobs; running ones finish (Sidekiq's TSTP)."""
+        if self._server is not None:
+            self._server.set_quiet(True)
+
+    def stop(self, timeout: Seconds | None = None) -> StopResult:
+        """Stops gracefully: no new fetches, running jobs get ``timeout``
+        seconds (default ``shutdown_timeout``), then every job not finished,
+        running or never started, goes back to its queue. None is lost."""
+        with self._lock:
+            server, threads = self._server, self._threads
+            self._server = self._threads = None
+        if server is None or threads is None:
+            return StopResult()
+        limit = self.shutdown_timeout if timeout is None else seconds(timeout, "timeout")
+        deadline = time.monotonic() + limit
+        server.begin_stop()
+        alive = threads.join(deadline)
+        if alive:
+            logger.warning("kiq: %d jobs still running after %.1fs; handing them back to their queues", len(alive), limit)
+            threads.interrupt(alive)
+            alive = threads.join(time.monotonic() + 1.0)
+        requeued, unwritten = server.finish_stop(max(5.0, deadline - time.monotonic()))
+        result = StopResult(requeued, unwritten, len(alive))
+        logger.info("kiq %s stopped: %s", self.identity, result)
+        return result
+
+    def run(self) -> None:
+        """Starts, then blocks until SIGTERM or SIGINT, then stops gracefully.
+
+        SIGTSTP quiets the process (no new fetches), as it does Sidekiq.
+        Must be called from the main thread.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            raise ShutdownError("Kiq.run() handles signals and must run in the main thread")
+        stop = self._stop_requested
+
+        def on_stop(signum: int, _frame: FrameType | None) -> None:
+            logger.info("kiq: got %s, stopping", signal.Signals(signum).name)
+            stop.set()
+
+        def on_quiet(_signum: int, _frame: FrameType | None) -> None:
+            logger.info("kiq: got SIGTSTP, quieting")
+            self.quiet()
+
+        previous = {sig: signal.signal(sig, on_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous[signal.SIGTSTP] = signal.signal(signal.SIGTSTP, on_quiet)
+        try:
+            self.start()
+            while not stop.wait(1.0):
+                pass
+        finally:
+            try:
+                self.stop()
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    def request_stop(self) -> None:
+        """Makes a running :meth:`run` return (after a graceful stop)."""
+        self._stop_requested.set()
+
+    def __enter__(self) -> Kiq:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,59 @@
+"""Re-emits the core's log records through stdlib ``logging``.
+
+Core threads never wait for the GIL, so they queue their records; one daemon
+thread per process (started on first use) moves them into the ``kiq``
+logger. The core only produces records at or above the level the ``kiq``
+logger has when a Kiq app starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from kiq import _kiq
+
+__all__ = ["start"]
+
+_LEVELS = {
+    "error": logging.ERROR,
+    "warn": logging.WARNING,
+    "info": logging.INFO,
+    "debug": logging.DEBUG,
+    "trace": logging.DEBUG,
+}
+_lock = threading.Lock()
+_thread: threading.Thread | None = None
+
+
+def _core_level(logger: logging.Logger) -> str:
+    level = logger.getEffectiveLevel()
+    if level <= logging.DEBUG:
+        return "debug"
+    if level <= logging.INFO:
+        return "info"
+    if level <= logging.WARNING:
+        return "warning"
+    if level <= logging.ERROR:
+        return "error"
+    return "off"
+
+
+def _pump() -> None:
+    logger = logging.getLogger("kiq")
+    while True:
+        records, dropped = _kiq.drain_logs(3600.0)
+        if dropped:
+            logger.warning("kiq core dropped %d log records (nobody read them in time)", dropped)
+        for level, _target, message in records:
+            logger.log(_LEVELS.get(level, logging.INFO), "%s", message)
+
+
+def start() -> None:
+    """Sets the core's level from the ``kiq`` logger and starts the pump once."""
+    global _thread
+    _kiq.set_log_level(_core_level(logging.getLogger("kiq")))
+    with _lock:
+        if _thread is None:
+            _thread = threading.Thread(target=_pump, name="kiq-core-log", daemon=True)
+            _thread.start()

@@ -1,0 +1,53 @@
+"""Exceptions raised by kiq.
+
+Every error kiq raises derives from :class:`KiqError`; the classes defined in
+the native module are re-exported here so ``except kiq.errors.ConnectionError``
+works without importing ``kiq._kiq``.
+"""
+
+from __future__ import annotations
+
+from kiq._kiq import (
+    CodecError,
+    ConfigError,
+    ConnectionError,
+    KiqError,
+    ShutdownError,
+    TimeoutError,
+)
+
+__all__ = [
+    "CodecError",
+    "ConfigError",
+    "ConnectionError",
+    "InvalidJobError",
+    "KiqError",
+    "Shutdown",
+    "ShutdownError",
+    "TimeoutError",
+    "UnknownWorkerError",
+]
+
+
+class UnknownWorkerError(KiqError):
+    """A job names a class no worker of this process is registered for.
+
+    Such a job is never imported by name (that would let anyone who can write
+    to Redis run code); it fails with this error and takes the retry path.
+    """
+
+
+class InvalidJobError(KiqError):
+    """A payload in a queue cannot run: no ``class``, or ``args`` not a list.
+
+    Raised by the core; recorded as the job's ``error_class``.
+    """
+
+
+class Shutdown(BaseException):  # noqa: N818 - Sidekiq's name for the same signal
+    """Raised inside a job still running when a stop's deadline passes.
+
+    The job is handed back to its queue, as Sidekiq does; user code should let
+    it propagate (it derives from ``BaseException`` so ``except Exception``
+    does not swallow it).
+    """

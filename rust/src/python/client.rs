@@ -1,0 +1,184 @@
+//! `kiq._kiq.Client`: pushes jobs (bindings only; the logic is `crate::client`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+
+use super::convert::{args_json, value_json};
+use super::errors::{ConfigError, py_result};
+use super::{gil, options};
+use crate::client::{self, PushItem};
+use crate::job::{NewJob, Retry};
+use crate::keys::Keys;
+use crate::pool::{Pool, RedisConfig};
+use crate::runtime;
+use crate::timestamp::{self, TimestampUnit};
+
+/// A connection pool to one Redis and the means to push jobs to it.
+#[pyclass(module = "kiq._kiq", frozen)]
+pub struct Client {
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) keys: Keys,
+    pub(crate) unit: TimestampUnit,
+}
+
+fn new_job(
+    class_name: String,
+    args: &Bound<'_, PyAny>,
+    queue: String,
+    retry: Option<&Bound<'_, PyAny>>,
+    options: Option<&Bound<'_, PyDict>>,
+    jid: Option<String>,
+) -> PyResult<NewJob> {
+    let mut job = NewJob::new(class_name, args_json(args)?);
+    job.queue = queue;
+    job.retry = match retry {
+        Some(r) => options::retry(r)?,
+        None => Retry::Default,
+    };
+    job.jid = jid;
+    if let Some(opts) = options {
+        for (k, v) in opts.iter() {
+            let name: String = k
+                .extract()
+                .map_err(|_| ConfigError::new_err("job option names must be str"))?;
+            let value = value_json(&v, &name)?;
+            job.options.push((name, value));
+        }
+    }
+    py_result(job.validate())?;
+    Ok(job)
+}
+
+impl Client {
+    fn send(&self, py: Python<'_>, items: Vec<PushItem>) -> PyResult<()> {
+        let pool = self.pool.clone();
+        let keys = self.keys.clone();
+        gil::block_on(py, async move { client::push(&mut pool.get(), &keys, &items).await })
+    }
+}
+
+#[pymethods]
+impl Client {
+    #[new]
+    #[pyo3(signature = (url, *, pool_size = 5, namespace = None, timestamps = "seconds", response_timeout = 5.0, connect_timeout = 2.0))]
+    fn new(
+        url: String,
+        pool_size: usize,
+        namespace: Option<String>,
+        timestamps: &str,
+        response_timeout: f64,
+        connect_timeout: f64,
+    ) -> PyResult<Self> {
+        let unit = options::unit(timestamps)?;
+        if !(response_timeout > 0.0 && connect_timeout > 0.0) {
+            return Err(ConfigError::new_err("timeouts must be positive numbers of seconds"));
+        }
+        let mut config = RedisConfig::new(url);
+        config.pool_size = pool_size;
+        config.response_timeout = Duration::from_secs_f64(response_timeout);
+        config.connect_timeout = Duration::from_secs_f64(connect_timeout);
+        let rt = runtime::get();
+        let _guard = rt.enter();
+        let pool = py_result(Pool::new(config))?;
+        Ok(Self { pool, keys: Keys::new(namespace.as_deref()), unit })
+    }
+
+    /// Pushes one job and returns its jid. `at` (epoch seconds) in the future
+    /// schedules it; otherwise it is pushed to its queue now.
+    #[pyo3(signature = (class_name, args, *, queue = "default".to_owned(), retry = None, options = None, jid = None, at = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &self,
+        py: Python<'_>,
+        class_name: String,
+        args: &Bound<'_, PyAny>,
+        queue: String,
+        retry: Option<&Bound<'_, PyAny>>,
+        options: Option<&Bound<'_, PyDict>>,
+        jid: Option<String>,
+        at: Option<f64>,
+    ) -> PyResult<String> {
+        let job = new_job(class_name, args, queue, retry, options, jid)?;
+        let (jid, item) = client::prepare(&job, at, timestamp::now(), self.unit);
+        self.send(py, vec![item])?;
+        Ok(jid)
+    }
+
+    /// Pushes one job per element of `args_list`, all of one class and
+    /// options, in one round trip. Returns the jids in order.
+    #[pyo3(signature = (class_name, args_list, *, queue = "default".to_owned(), retry = None, options = None, at = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn push_bulk(
+        &self,
+        py: Python<'_>,
+        class_name: String,
+        args_list: &Bound<'_, PyAny>,
+        queue: String,
+        retry: Option<&Bound<'_, PyAny>>,
+        options: Option<&Bound<'_, PyDict>>,
+        at: Option<f64>,
+    ) -> PyResult<Vec<String>> {
+        let template = new_job(class_name, &PyTuple::empty(py), queue, retry, options, None)?;
+        let now = timestamp::now();
+        let mut jids = Vec::new();
+        let mut items = Vec::new();
+        for args in args_list.try_iter()? {
+            let mut job = template.clone();
+            job.args = args_json(&args?)?;
+            let (jid, item) = client::prepare(&job, at, now, self.unit);
+            jids.push(jid);
+            items.push(item);
+        }
+        self.send(py, items)?;
+        Ok(jids)
+    }
+
+    /// Pushes jobs given as `(class_name, args, queue, retry, options, jid, at)`
+    /// tuples in one round trip. Returns the jids in order.
+    fn push_jobs(&self, py: Python<'_>, jobs: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+        let now = timestamp::now();
+        let mut jids = Vec::new();
+        let mut items = Vec::new();
+        for spec in jobs.try_iter()? {
+            let spec = spec?;
+            let spec = spec.cast::<PyTuple>()?;
+            let at: Option<f64> = spec.get_item(6)?.extract()?;
+            let retry = spec.get_item(3)?;
+            let retry = if retry.is_none() { None } else { Some(retry) };
+            let opts = spec.get_item(4)?;
+            let opts = if opts.is_none() { None } else { Some(opts.cast_into::<PyDict>()?) };
+            let job = new_job(
+                spec.get_item(0)?.extract()?,
+                &spec.get_item(1)?,
+                spec.get_item(2)?.extract()?,
+                retry.as_ref(),
+                opts.as_ref(),
+                spec.get_item(5)?.extract()?,
+            )?;
+            let (jid, item) = client::prepare(&job, at, now, self.unit);
+            jids.push(jid);
+            items.push(item);
+        }
+        self.send(py, items)?;
+        Ok(jids)
+    }
+
+    /// Round-trip time of a PING, in seconds.
+    fn ping(&self, py: Python<'_>) -> PyResult<f64> {
+        let pool = self.pool.clone();
+        gil::block_on(py, async move {
+            let t = std::time::Instant::now();
+            let _: String = redis::cmd("PING").query_async(&mut pool.get()).await?;
+            Ok(t.elapsed().as_secs_f64())
+        })
+    }
+
+    /// The key prefix in use ("" without a namespace).
+    #[getter]
+    fn namespace_prefix(&self) -> String {
+        self.keys.queue("").trim_end_matches("queue:").to_owned()
+    }
+}

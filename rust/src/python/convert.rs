@@ -1,0 +1,182 @@
+//! Python values ⇄ JSON text, under Sidekiq's strict-args rule.
+//!
+//! Arguments must survive a JSON round trip unchanged: None, bool, int
+//! (any size), finite float, str, list, and dict with str keys. Tuples become
+//! lists and dataclass instances become dicts of their fields; anything else is
+//! refused at enqueue time with the path of the offending value.
+
+use std::fmt::Write as _;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+
+use super::errors::CodecError;
+use crate::job::json_string;
+use crate::timestamp::float_json;
+
+const MAX_DEPTH: usize = 200;
+
+/// Appends `obj` as JSON to `out`; `path` names it in errors (e.g. `args[1]["when"]`).
+pub fn write_json(obj: &Bound<'_, PyAny>, out: &mut String, path: &mut String, depth: usize) -> PyResult<()> {
+    if depth > MAX_DEPTH {
+        return Err(CodecError::new_err(format!(
+            "job argument {path} is nested more than {MAX_DEPTH} levels deep (a reference cycle?)"
+        )));
+    }
+    if obj.is_none() {
+        out.push_str("null");
+    } else if let Ok(b) = obj.cast::<PyBool>() {
+        out.push_str(if b.is_true() { "true" } else { "false" });
+    } else if let Ok(i) = obj.cast::<PyInt>() {
+        match i.extract::<i64>() {
+            Ok(v) => {
+                let _ = write!(out, "{v}");
+            }
+            // Big integers keep every digit, as Ruby's Bignum does.
+            Err(_) => out.push_str(&obj.py().get_type::<PyInt>().call_method1("__repr__", (obj,))?.extract::<String>()?),
+        }
+    } else if let Ok(f) = obj.cast::<PyFloat>() {
+        let v = f.value();
+        if !v.is_finite() {
+            return Err(CodecError::new_err(format!("job argument {path} is {v}, which JSON cannot carry")));
+        }
+        out.push_str(&float_json(v));
+    } else if let Ok(s) = obj.cast::<PyString>() {
+        out.push_str(&json_string(&s.to_str()?));
+    } else if let Ok(list) = obj.cast::<PyList>() {
+        write_seq(list.iter(), out, path, depth)?;
+    } else if let Ok(tuple) = obj.cast::<PyTuple>() {
+        write_seq(tuple.iter(), out, path, depth)?;
+    } else if let Ok(dict) = obj.cast::<PyDict>() {
+        out.push('{');
+        for (n, (k, v)) in dict.iter().enumerate() {
+            let Ok(key) = k.cast::<PyString>() else {
+                return Err(CodecError::new_err(format!(
+                    "job argument {path} has a key of type {}: Sidekiq job hashes need str keys",
+                    type_name(&k)
+                )));
+            };
+            let key = key.to_str()?;
+            if n > 0 {
+                out.push(',');
+            }
+            out.push_str(&json_string(&key));
+            out.push(':');
+            let len = path.len();
+            let _ = write!(path, "[{}]", json_string(&key));
+            write_json(&v, out, path, depth + 1)?;
+            path.truncate(len);
+        }
+        out.push('}');
+    } else if !obj.is_instance_of::<pyo3::types::PyType>() && obj.hasattr("__dataclass_fields__")? {
+        let fields = obj.getattr("__dataclass_fields__")?;
+        let fields = fields.cast::<PyDict>()?;
+        out.push('{');
+        for (n, name) in fields.keys().iter().enumerate() {
+            let name: String = name.extract()?;
+            if n > 0 {
+                out.push(',');
+            }
+            out.push_str(&json_string(&name));
+            out.push(':');
+            let len = path.len();
+            let _ = write!(path, ".{name}");
+            write_json(&obj.getattr(name.as_str())?, out, path, depth + 1)?;
+            path.truncate(len);
+        }
+        out.push('}');
+    } else {
+        return Err(CodecError::new_err(format!(
+            "job argument {path} has type {}, which Sidekiq jobs cannot carry: use None, bool, int, float, str, list or dict with str keys",
+            type_name(obj)
+        )));
+    }
+    Ok(())
+}
+
+fn write_seq<'py>(
+    items: impl Iterator<Item = Bound<'py, PyAny>>,
+    out: &mut String,
+    path: &mut String,
+    depth: usize,
+) -> PyResult<()> {
+    out.push('[');
+    for (n, item) in items.enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        let len = path.len();
+        let _ = write!(path, "[{n}]");
+        write_json(&item, out, path, depth + 1)?;
+        path.truncate(len);
+    }
+    out.push(']');
+    Ok(())
+}
+
+fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    let t = obj.get_type();
+    let module = t.module().map(|m| m.to_string()).unwrap_or_default();
+    let name = t.qualname().map(|n| n.to_string()).unwrap_or_else(|_| "object".to_owned());
+    if module == "builtins" || module.is_empty() { name } else { format!("{module}.{name}") }
+}
+
+/// JSON text of a sequence of job arguments (`args`).
+pub fn args_json(args: &Bound<'_, PyAny>) -> PyResult<String> {
+    let mut out = String::with_capacity(64);
+    let mut path = String::from("args");
+    if args.cast::<PyList>().is_err() && args.cast::<PyTuple>().is_err() {
+        return Err(CodecError::new_err(format!("job args must be a list or tuple, not {}", type_name(args))));
+    }
+    write_json(args, &mut out, &mut path, 0)?;
+    Ok(out)
+}
+
+/// JSON text of one option value (for payload fields such as `tags`).
+pub fn value_json(value: &Bound<'_, PyAny>, name: &str) -> PyResult<String> {
+    let mut out = String::new();
+    let mut path = format!("option {name:?}");
+    write_json(value, &mut out, &mut path, 0)?;
+    Ok(out)
+}
+
+/// Python objects for JSON text (big integers stay exact).
+pub fn json_to_py<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyAny>> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| CodecError::new_err(format!("invalid JSON: {e}")))?;
+    value_to_py(py, &value)
+}
+
+fn value_to_py<'py>(py: Python<'py>, v: &serde_json::Value) -> PyResult<Bound<'py, PyAny>> {
+    use serde_json::Value;
+    Ok(match v {
+        Value::Null => py.None().into_bound(py),
+        Value::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                i.into_pyobject(py)?.into_any()
+            } else if let Some(u) = n.as_u64() {
+                u.into_pyobject(py)?.into_any()
+            } else if n.is_f64() {
+                PyFloat::new(py, n.as_f64().unwrap_or(f64::NAN)).into_any()
+            } else {
+                py.get_type::<PyInt>().call1((n.to_string(),))?
+            }
+        }
+        Value::String(s) => PyString::new(py, s).into_any(),
+        Value::Array(items) => {
+            let list = PyList::empty(py);
+            for item in items {
+                list.append(value_to_py(py, item)?)?;
+            }
+            list.into_any()
+        }
+        Value::Object(map) => {
+            let dict = PyDict::new(py);
+            for (k, item) in map {
+                dict.set_item(k, value_to_py(py, item)?)?;
+            }
+            dict.into_any()
+        }
+    })
+}

@@ -1,0 +1,41 @@
+//! The Python exception hierarchy, and the one mapping from `KiqError` to it.
+
+use pyo3::PyErr;
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+
+use crate::error::KiqError as CoreError;
+
+create_exception!(kiq.errors, KiqError, PyException, "Base class of every error kiq raises.");
+create_exception!(kiq.errors, ConnectionError, KiqError, "Redis could not be reached or a command failed.");
+create_exception!(kiq.errors, CodecError, KiqError, "A job or argument does not fit Sidekiq's JSON format.");
+create_exception!(kiq.errors, ConfigError, KiqError, "A setting given to kiq is invalid.");
+create_exception!(kiq.errors, TimeoutError, KiqError, "A wait ran out of time.");
+create_exception!(kiq.errors, ShutdownError, KiqError, "The component was stopped and accepts no more work.");
+
+/// Wraps a core error so `?` converts it inside `#[pymethods]`.
+pub struct PyKiqError(pub CoreError);
+
+impl From<CoreError> for PyKiqError {
+    fn from(e: CoreError) -> Self {
+        Self(e)
+    }
+}
+
+impl From<PyKiqError> for PyErr {
+    fn from(e: PyKiqError) -> Self {
+        let msg = e.0.to_string();
+        match e.0 {
+            CoreError::Redis(_) => ConnectionError::new_err(msg),
+            CoreError::Codec(_) => CodecError::new_err(msg),
+            CoreError::Config(_) => ConfigError::new_err(msg),
+            CoreError::Timeout(_) => TimeoutError::new_err(msg),
+            CoreError::Shutdown(_) => ShutdownError::new_err(msg),
+        }
+    }
+}
+
+/// Converts a core result for returning to Python.
+pub fn py_result<T>(r: crate::Result<T>) -> pyo3::PyResult<T> {
+    r.map_err(|e| PyKiqError(e).into())
+}

@@ -1,0 +1,56 @@
+//! Job option values given from Python: `retry`, `backtrace`, timestamp units.
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyInt};
+
+use super::errors::ConfigError;
+use crate::job::{Backtrace, Retry};
+use crate::retry::Jitter;
+use crate::timestamp::TimestampUnit;
+
+/// `retry=True/False/N`.
+pub fn retry(value: &Bound<'_, PyAny>) -> PyResult<Retry> {
+    if let Ok(b) = value.cast::<PyBool>() {
+        return Ok(if b.is_true() { Retry::Default } else { Retry::Never });
+    }
+    if value.cast::<PyInt>().is_ok() {
+        let n: i64 = value.extract()?;
+        return u32::try_from(n)
+            .map(Retry::Times)
+            .map_err(|_| ConfigError::new_err(format!("retry must be True, False or a count >= 0, not {n}")));
+    }
+    Err(ConfigError::new_err(format!("retry must be True, False or an int, not {}", value.repr()?)))
+}
+
+/// `backtrace=True/False/N` (lines kept).
+pub fn backtrace(value: &Bound<'_, PyAny>) -> PyResult<Backtrace> {
+    if let Ok(b) = value.cast::<PyBool>() {
+        return Ok(if b.is_true() { Backtrace::All } else { Backtrace::Off });
+    }
+    let n: i64 = value
+        .extract()
+        .map_err(|_| ConfigError::new_err(format!("backtrace must be True, False or a line count, not {}", value.repr().map(|r| r.to_string()).unwrap_or_default())))?;
+    Ok(match n {
+        n if n <= 0 => Backtrace::Off,
+        n => Backtrace::Lines(n as usize),
+    })
+}
+
+/// `timestamps="seconds"|"milliseconds"`.
+pub fn unit(value: &str) -> PyResult<TimestampUnit> {
+    match value {
+        "seconds" => Ok(TimestampUnit::Seconds),
+        "milliseconds" => Ok(TimestampUnit::Millis),
+        other => Err(ConfigError::new_err(format!(
+            "timestamps must be \"seconds\" (Sidekiq 6.4-8.x) or \"milliseconds\" (Sidekiq 8 only), not {other:?}"
+        ))),
+    }
+}
+
+/// The retry jitter that goes with the timestamp unit's Sidekiq generation.
+pub fn jitter(unit: TimestampUnit) -> Jitter {
+    match unit {
+        TimestampUnit::Seconds => Jitter::Sidekiq7,
+        TimestampUnit::Millis => Jitter::Sidekiq8,
+    }
+}

@@ -1,0 +1,239 @@
+//! `kiq._kiq.Server` and `Delivery`: the processing side, for the Python
+//! thread pool (bindings only; the logic is `crate::server`).
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyString};
+
+use super::client::Client;
+use super::convert::json_to_py;
+use super::errors::{ShutdownError, py_result};
+use super::{gil, options};
+use crate::job::{Backtrace, field};
+use crate::lane::{self, Take};
+use crate::retry::{Failure, RetryPolicy, WorkerOptions};
+use crate::runtime;
+use crate::scheduled::PollConfig;
+use crate::server::{self, ServerConfig};
+
+/// One job handed to a Python thread.
+#[pyclass(module = "kiq._kiq", frozen)]
+pub struct Delivery {
+    inner: Mutex<Option<lane::Delivery>>,
+    /// The job's `class` as written by its producer.
+    #[pyo3(get)]
+    class_name: Py<PyString>,
+    #[pyo3(get)]
+    jid: Py<PyString>,
+    /// The queue the job was fetched from.
+    #[pyo3(get)]
+    queue: Py<PyString>,
+    /// Index of that queue in the server's queue list.
+    #[pyo3(get)]
+    lane: usize,
+    /// The decoded arguments.
+    #[pyo3(get)]
+    args: Py<PyList>,
+}
+
+impl Delivery {
+    fn take(&self) -> PyResult<lane::Delivery> {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .ok_or_else(|| ShutdownError::new_err("this job was already completed, failed or abandoned"))
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&lane::Delivery) -> T) -> Option<T> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(f)
+    }
+}
+
+#[pymethods]
+impl Delivery {
+    /// The payload exactly as stored in Redis (None once settled).
+    #[getter]
+    fn payload(&self) -> Option<String> {
+        self.with(|d| d.payload.source().to_owned())
+    }
+
+    /// The job's own `backtrace` option: None when absent, else True/False or a line count.
+    #[getter]
+    fn backtrace(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let bt = self.with(|d| d.payload.backtrace()).flatten();
+        Ok(match bt {
+            None => py.None(),
+            Some(Backtrace::Off) => false.into_pyobject(py)?.to_owned().into_any().unbind(),
+            Some(Backtrace::All) => true.into_pyobject(py)?.to_owned().into_any().unbind(),
+            Some(Backtrace::Lines(n)) => n.into_pyobject(py)?.into_any().unbind(),
+        })
+    }
+
+    /// `retry_count` of a job that failed before, else None.
+    #[getter]
+    fn retry_count(&self) -> Option<i64> {
+        self.with(|d| d.payload.retry_count()).flatten()
+    }
+
+    /// Epoch seconds the job was enqueued at (`enqueued_at`, any unit), if known.
+    #[getter]
+    fn enqueued_at(&self) -> Option<f64> {
+        self.with(|d| d.payload.time(field::ENQUEUED_AT)).flatten()
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!("<Delivery {} jid={} queue={}>", self.class_name.bind(py), self.jid.bind(py), self.queue.bind(py))
+    }
+}
+
+/// The fetchers, result writer and scheduler of one Kiq process.
+#[pyclass(module = "kiq._kiq", frozen)]
+pub struct Server {
+    inner: Arc<server::Server>,
+    names: Vec<Py<PyString>>,
+}
+
+#[pymethods]
+impl Server {
+    #[new]
+    #[pyo3(signature = (client, identity, queues, *, max_retries = 25, dead_limit = 10_000, dead_timeout = 15_552_000.0, poll_interval_average = None, average_scheduled_poll_interval = 5.0, scheduler = true))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        client: &Client,
+        identity: String,
+        queues: Vec<(String, usize)>,
+        max_retries: u32,
+        dead_limit: u64,
+        dead_timeout: f64,
+        poll_interval_average: Option<f64>,
+        average_scheduled_poll_interval: f64,
+        scheduler: bool,
+    ) -> PyResult<Self> {
+        let names = queues.iter().map(|(q, _)| PyString::new(py, q).unbind()).collect();
+        let config = ServerConfig {
+            identity,
+            queues,
+            policy: RetryPolicy {
+                max_retries,
+                unit: client.unit,
+                jitter: options::jitter(client.unit),
+                dead_limit,
+                dead_timeout_secs: dead_timeout,
+            },
+            poll: PollConfig { average_scheduled_poll_interval, poll_interval_average },
+            scheduler,
+        };
+        let rt = runtime::get();
+        let _guard = rt.enter();
+        let inner = py_result(server::Server::start(client.pool.clone(), client.keys.clone(), config))?;
+        Ok(Self { inner, names })
+    }
+
+    /// The next job of queue number `lane`, waiting (without the GIL) up to
+    /// `timeout` seconds, forever when None. None once the server stops.
+    #[pyo3(signature = (lane, timeout = None))]
+    fn next_job(&self, py: Python<'_>, lane: usize, timeout: Option<f64>) -> PyResult<Option<Delivery>> {
+        let l = py_result(self.inner.lane(lane))?.clone();
+        // A ready job is taken without releasing the GIL: no thread switch.
+        let d = match l.try_take() {
+            Some(d) => d,
+            None => match py.detach(|| l.take(timeout.map(Duration::from_secs_f64))) {
+                Take::Job(d) => d,
+                Take::Closed | Take::TimedOut => return Ok(None),
+            },
+        };
+        let args = json_to_py(py, d.args())?.cast_into::<PyList>()?.unbind();
+        Ok(Some(Delivery {
+            class_name: PyString::new(py, &d.class).unbind(),
+            jid: PyString::new(py, &d.jid).unbind(),
+            queue: self.names[d.lane].clone_ref(py),
+            lane: d.lane,
+            args,
+            inner: Mutex::new(Some(d)),
+        }))
+    }
+
+    /// The job succeeded. Returns at once; the result is written in a batch.
+    fn complete(&self, delivery: &Delivery) -> PyResult<()> {
+        self.inner.complete(delivery.take()?);
+        Ok(())
+    }
+
+    /// The job raised. The worker's options apply where the payload has none.
+    #[pyo3(signature = (delivery, error_class, error_message, *, backtrace = None, retry = None, dead = None, backtrace_option = None, retry_queue = None, retry_in = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn fail(
+        &self,
+        py: Python<'_>,
+        delivery: &Delivery,
+        error_class: String,
+        error_message: String,
+        backtrace: Option<Vec<String>>,
+        retry: Option<&Bound<'_, PyAny>>,
+        dead: Option<bool>,
+        backtrace_option: Option<&Bound<'_, PyAny>>,
+        retry_queue: Option<String>,
+        retry_in: Option<f64>,
+    ) -> PyResult<()> {
+        let worker = WorkerOptions {
+            retry: retry.map(options::retry).transpose()?,
+            dead,
+            backtrace: backtrace_option.map(options::backtrace).transpose()?,
+            retry_queue,
+        };
+        let failure = Failure { error_class, error_message, backtrace: backtrace.unwrap_or_default(), retry_in };
+        let d = delivery.take()?;
+        let inner = self.inner.clone();
+        gil::run(py, move || {
+            inner.fail(d, &failure, &worker);
+            Ok(())
+        })
+    }
+
+    /// Gives the job up without a result; a stop hands it back to its queue.
+    fn abandon(&self, delivery: &Delivery) -> PyResult<()> {
+        let d = delivery.take()?;
+        self.inner.abandon(&d);
+        Ok(())
+    }
+
+    /// Stops or resumes fetching new jobs.
+    fn set_quiet(&self, quiet: bool) {
+        self.inner.set_quiet(quiet);
+    }
+
+    /// "running", "quiet" or "stopping".
+    #[getter]
+    fn state(&self) -> &'static str {
+        match self.inner.state() {
+            crate::control::RunState::Running => "running",
+            crate::control::RunState::Quiet => "quiet",
+            crate::control::RunState::Stopping => "stopping",
+        }
+    }
+
+    /// Jobs of queue `lane` fetched and not finished.
+    fn out(&self, lane: usize) -> PyResult<usize> {
+        Ok(py_result(self.inner.lane(lane))?.out())
+    }
+
+    /// Stops fetching and wakes every waiting thread with None. Returns the
+    /// number of fetched jobs no thread had started.
+    fn begin_stop(&self, py: Python<'_>) -> PyResult<usize> {
+        let inner = self.inner.clone();
+        gil::block_on(py, async move { Ok(inner.begin_stop().await) })
+    }
+
+    /// Writes pending results (for up to `timeout` seconds) and hands every
+    /// job still in progress back to its queue. Returns (requeued, unwritten).
+    fn finish_stop(&self, py: Python<'_>, timeout: f64) -> PyResult<(usize, usize)> {
+        let inner = self.inner.clone();
+        let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
+        let r = gil::block_on(py, async move { inner.finish_stop(deadline).await })?;
+        Ok((r.requeued, r.unwritten))
+    }
+}
