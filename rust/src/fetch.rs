@@ -52,6 +52,9 @@ impl Fetcher {
         let mut state = self.control.subscribe();
         let mut failing = false;
         let mut delay = Duration::from_millis(100);
+        // After a blocking wait timed out the queue was empty a moment ago:
+        // wait again straight away instead of asking with fetch.lua first.
+        let mut idle = false;
         loop {
             let now = *state.borrow_and_update();
             match now {
@@ -72,11 +75,13 @@ impl Fetcher {
                 }
                 continue;
             }
-            let result = match self.fetch(free).await {
+            let fetched = if idle { Ok(Vec::new()) } else { self.fetch(free).await };
+            let result = match fetched {
                 Ok(jobs) if !jobs.is_empty() => Ok(jobs),
                 Ok(_) => self.wait_for_one(&mut blocking).await,
                 Err(e) => Err(e),
             };
+            idle = matches!(&result, Ok(jobs) if jobs.is_empty());
             match result {
                 Ok(jobs) => {
                     if failing {

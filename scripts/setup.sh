@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Shared set-up for scripts/demo.sh and scripts/test.sh: system packages (when
+# missing and running as root), the virtualenv in .venv, and the Rust build.
+# Source it; it leaves PY pointing at the venv's python.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+need_apt=()
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+if [ "${KIQ_WITH_RUBY:-1}" = "1" ]; then
+  command -v sidekiq >/dev/null 2>&1 || need_apt+=(ruby-sidekiq)
+  ruby -e 'require "rack"; require "webrick"' >/dev/null 2>&1 || need_apt+=(ruby-rack ruby-webrick)
+fi
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing ${need_apt[*]} from Debian's packages"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    echo "warning: missing ${need_apt[*]}; install them (apt-get install ${need_apt[*]}) or run as root" >&2
+  fi
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+fi
+command -v cargo >/dev/null 2>&1 || { echo "error: cargo (the Rust toolchain) is required to build kiq" >&2; exit 1; }
+
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv"
+  python3 -m venv .venv
+fi
+PY="$ROOT/.venv/bin/python"
+if ! "$PY" -c 'import maturin, pytest, pytest_timeout, hypothesis, redis, croniter, mypy, pytest_benchmark' >/dev/null 2>&1; then
+  echo "==> installing Python build and test tools into .venv"
+  "$PY" -m pip install -q -U pip
+  "$PY" -m pip install -q "maturin>=1.9.4,<2" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6" "redis>=5" \
+    "croniter>=2" "mypy>=1.10" "pytest-benchmark>=4"
+fi
+
+echo "==> building kiq (release)"
+"$ROOT/.venv/bin/maturin" develop --release --quiet 2>&1 | grep -v -E '^(📦|✏️|🛠|🔗|🐍|⚠️ Warning: .*editable)' || true
+"$PY" -c 'import kiq' || { echo "error: the kiq build failed" >&2; exit 1; }
+export PY

@@ -1,0 +1,153 @@
+"""Running jobs: per-queue concurrency, fetching only for idle workers, the
+in-progress list, fast pickup, and idle cost."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+
+from kiq import Job, Worker, worker
+from support import wait_for
+
+
+class Recorder:
+    """Counts concurrent runs per queue, thread-safely."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.now: Counter[str] = Counter()
+        self.peak: Counter[str] = Counter()
+        self.done: list[tuple[str, object]] = []
+
+    def enter(self, queue: str) -> None:
+        with self.lock:
+            self.now[queue] += 1
+            self.peak[queue] = max(self.peak[queue], self.now[queue])
+
+    def leave(self, queue: str, arg: object) -> None:
+        with self.lock:
+            self.now[queue] -= 1
+            self.done.append((queue, arg))
+
+
+def test_each_queue_runs_at_most_its_own_limit(make_app, r):
+    rec = Recorder()
+
+    @worker(name="Slow")
+    def slow(queue: str, n: int) -> None:
+        rec.enter(queue)
+        time.sleep(0.05)
+        rec.leave(queue, n)
+
+    app = make_app(queues={"default": 25, "events": 5}, workers=[slow])
+    app.enqueue_bulk(Job("Slow", queue="default"), [["default", i] for i in range(200)])
+    app.enqueue_bulk(Job("Slow", queue="events"), [["events", i] for i in range(60)])
+    peak_wip = Counter[str]()
+
+    def watch() -> bool:
+        for q in ("default", "events"):
+            peak_wip[q] = max(peak_wip[q], r.llen(f"kiq:wip|{app.identity}|{q}"))
+        return len(rec.done) == 260
+
+    app.start()
+    wait_for(watch, timeout=30, interval=0.005, what="260 jobs")
+    assert rec.peak["default"] == 25 and rec.peak["events"] == 5, rec.peak
+    # Fetching only for idle workers: never more in progress than the limit
+    # (plus finished jobs whose acks are still in flight).
+    assert peak_wip["default"] <= 25 + 25 and peak_wip["events"] <= 5 + 5, peak_wip
+    wait_for(lambda: r.llen(f"kiq:wip|{app.identity}|default") == 0, what="acks written")
+    assert r.get("stat:processed") == "260"
+
+
+def test_fetched_jobs_sit_in_the_in_progress_list_until_acked(make_app, r):
+    gate = threading.Event()
+
+    @worker(name="Gated")
+    def gated(n: int) -> None:
+        gate.wait(10)
+
+    app = make_app(queues={"default": 3}, workers=[gated])
+    app.enqueue_bulk(gated, [[i] for i in range(5)])
+    app.start()
+    wip = f"kiq:wip|{app.identity}|default"
+    wait_for(lambda: r.llen(wip) == 3, what="3 jobs in progress")
+    assert r.llen("queue:default") == 2, "only as many fetched as there are idle workers"
+    time.sleep(0.2)
+    assert r.llen(wip) == 3 and r.llen("queue:default") == 2
+    in_progress = {json.loads(j)["args"][0] for j in r.lrange(wip, 0, -1)}
+    assert in_progress == {0, 1, 2}, "oldest first"
+    gate.set()
+    wait_for(lambda: r.llen(wip) == 0 and r.llen("queue:default") == 0, what="all acked")
+
+
+def test_a_new_job_starts_within_milliseconds_of_its_push(make_app, r):
+    started: list[float] = []
+
+    @worker(name="Stamp")
+    def stamp(pushed_at: float) -> None:
+        started.append(time.time() - pushed_at)
+
+    app = make_app(queues={"default": 5, "other": 2}, workers=[stamp])
+    app.start()
+    time.sleep(0.5)  # every fetcher is now blocked waiting
+    for _ in range(20):
+        n = len(started)
+        app.enqueue(stamp.new(time.time()))
+        wait_for(lambda n=n: len(started) > n, interval=0.001, what="pickup")
+        time.sleep(0.02)
+    started.sort()
+    assert started[len(started) // 2] < 0.005, f"median pickup {started[len(started) // 2] * 1000:.1f} ms"
+    assert started[-1] < 0.05, f"worst pickup {started[-1] * 1000:.1f} ms"
+
+
+def test_idle_queues_cost_no_flood_of_commands(make_app, r):
+    app = make_app(queues={"a": 5, "b": 5, "c": 5}, poll_interval_average=5)
+    app.start()
+    time.sleep(0.5)
+    r.config_resetstat()
+    before = time.process_time()
+    time.sleep(4)
+    cpu = time.process_time() - before
+    stats = r.info("commandstats")
+    calls = {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items()}
+    total = sum(v for k, v in calls.items() if k not in ("info", "config|resetstat"))
+    # Three idle queues block in BLMOVE for 2 s each: about 6 commands in 4 s,
+    # plus at most one scheduler poll (ZRANGE twice, SCARD).
+    assert calls.get("blmove", 0) <= 9, calls
+    assert total <= 15, calls
+    assert cpu < 0.2, f"idle process used {cpu:.3f}s CPU in 4 s"
+
+
+def test_jobs_run_with_their_args_and_jid(make_app, r):
+    seen: list[tuple[object, ...]] = []
+
+    class Echo(Worker, name="Echo"):
+        def perform(self, *args: object) -> None:
+            seen.append((self.jid, *args))
+
+    app = make_app(workers=[Echo])
+    args = [1, "two", {"nested": {"list": [1.5, None, True, False]}}, 2**80, "é✓ \u2028", -7, 1e-7]
+    jid = app.enqueue(Echo.new(*args))
+    app.start()
+    wait_for(lambda: seen, what="job")
+    assert seen[0] == (jid, *args)
+    assert type(seen[0][4]) is int and type(seen[0][-1]) is float
+
+
+def test_stats_count_processed_and_failed_like_sidekiq(make_app, r):
+    @worker(name="Flaky", retry=False)
+    def flaky(ok: bool) -> None:
+        if not ok:
+            raise RuntimeError("no")
+
+    app = make_app(workers=[flaky])
+    app.enqueue_bulk(flaky, [[True]] * 7 + [[False]] * 3)
+    app.start()
+    wait_for(lambda: r.get("stat:processed") == "10", what="10 processed")
+    assert r.get("stat:failed") == "3"
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    assert r.get(f"stat:processed:{day}") == "10" and r.get(f"stat:failed:{day}") == "3"
+    assert 157_000_000 < r.ttl(f"stat:processed:{day}") <= 157_680_000
+    assert r.ttl("stat:processed") == -1
