@@ -35,6 +35,14 @@ def r(redis_server: RedisServer) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
+def rb(redis_server: RedisServer, r: redis.Redis) -> Iterator[redis.Redis]:
+    """Like ``r`` but returning bytes, for payloads that are not UTF-8."""
+    client = redis.Redis(port=redis_server.port)
+    yield client
+    client.close()
+
+
+@pytest.fixture
 def make_app(redis_url: str, r: redis.Redis) -> Iterator[Callable[..., Kiq]]:
     apps: list[Kiq] = []
 

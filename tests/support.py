@@ -102,6 +102,7 @@ def raw_fields(text: str) -> dict[str, str]:
 
 RUBY_PRELUDE = """
 require "sidekiq"
+require "sidekiq/api"
 require "json"
 Redis.silence_deprecations = true if Redis.respond_to?(:silence_deprecations=)
 Sidekiq.configure_client { |c| c.redis = { url: ENV.fetch("REDIS_URL") } }
@@ -139,10 +140,11 @@ def sidekiq_server(redis_url: str, workers_rb: str, *args: str) -> Iterator[subp
     with tempfile.NamedTemporaryFile("w", suffix=".rb", delete=False) as f:
         f.write(RUBY_PRELUDE + workers_rb)
         path = f.name
+    log = open(path + ".log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         ["sidekiq", "-r", path, *args],
         env={**os.environ, "REDIS_URL": redis_url},
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
     )
@@ -155,4 +157,6 @@ def sidekiq_server(redis_url: str, workers_rb: str, *args: str) -> Iterator[subp
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        log.close()
         os.unlink(path)
+        os.unlink(path + ".log")

@@ -1,0 +1,131 @@
+"""Graceful stop: running jobs get their time, then everything unfinished goes
+back to its queue. Counted job by job, in-process and with a real SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+from kiq import Worker
+from support import wait_for
+
+
+def test_stop_waits_for_running_jobs_and_requeues_the_unstarted(make_app, r):
+    done: list[int] = []
+    started = threading.Semaphore(0)
+
+    class Slow(Worker, name="Slow"):
+        def perform(self, n: int) -> None:
+            started.release()
+            time.sleep(0.3)
+            done.append(n)
+
+    app = make_app(queues={"default": 4}, workers=[Slow])
+    app.enqueue_bulk(Slow, [[i] for i in range(20)])
+    app.start()
+    for _ in range(4):
+        assert started.acquire(timeout=5)
+    result = app.stop(timeout=5)
+    assert result.timed_out == 0
+    queued = r.lrange("queue:default", 0, -1)
+    assert len(done) + len(queued) == 20, (done, result)
+    assert len(done) >= 4, "running jobs were allowed to finish"
+    assert r.keys("kiq:wip|*") == []
+    order = [json.loads(j)["args"][0] for j in reversed(queued)]
+    assert order == sorted(order), "the queue still runs oldest first"
+
+
+def test_jobs_past_the_deadline_are_interrupted_and_requeued(make_app, r):
+    done: list[int] = []
+    interrupted: list[int] = []
+
+    class Spin(Worker, name="Spin"):
+        def perform(self, n: int) -> None:
+            try:
+                end = time.monotonic() + 30
+                while time.monotonic() < end:
+                    time.sleep(0.01)
+                done.append(n)
+            except BaseException:
+                interrupted.append(n)
+                raise
+
+    app = make_app(queues={"default": 3}, workers=[Spin])
+    app.enqueue_bulk(Spin, [[i] for i in range(5)])
+    app.start()
+    wait_for(lambda: r.llen(f"kiq:wip|{app.identity}|default") == 3, what="3 running")
+    t0 = time.monotonic()
+    result = app.stop(timeout=0.3)
+    assert time.monotonic() - t0 < 5
+    assert sorted(interrupted) == [0, 1, 2] and done == []
+    assert r.llen("queue:default") == 5, "the 3 interrupted and the 2 never fetched are all back"
+    order = [json.loads(j)["args"][0] for j in reversed(r.lrange("queue:default", 0, -1))]
+    assert order == [0, 1, 2, 3, 4], "requeued jobs are the next to run, oldest first"
+    assert result.requeued == 3
+    assert r.get("stat:failed") is None, "a stop is not a failure"
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    import redis
+    from kiq import Kiq, Worker
+
+    url, seconds, timeout = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+    r = redis.Redis.from_url(url)
+
+    class Slow(Worker, name="Slow"):
+        def perform(self, n):
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                time.sleep(0.01)
+            r.rpush("done", n)
+
+    app = Kiq(url, queues={"default": 5}, workers=[Slow], shutdown_timeout=timeout)
+    app.enqueue_bulk(Slow, [[i] for i in range(40)])
+    print("ready", flush=True)
+    app.run()
+    print("exited", flush=True)
+    """
+)
+
+
+def run_and_term(redis_url: str, job_seconds: float, timeout: float) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, redis_url, str(job_seconds), str(timeout)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_sigterm_with_room_to_finish(redis_url, r):
+    result = run_and_term(redis_url, job_seconds=0.4, timeout=10)
+    assert result.returncode == 0, result.stderr
+    assert "exited" in result.stdout
+    done = [int(x) for x in r.lrange("done", 0, -1)]
+    queued = r.llen("queue:default")
+    assert len(done) == len(set(done)), "no job ran twice"
+    assert len(done) + queued == 40, (len(done), queued)
+    assert len(done) >= 5 and r.keys("kiq:wip|*") == []
+
+
+def test_sigterm_with_jobs_outliving_the_timeout(redis_url, r):
+    result = run_and_term(redis_url, job_seconds=20, timeout=0.5)
+    assert result.returncode == 0, result.stderr
+    assert r.llen("done") == 0
+    assert r.llen("queue:default") == 40, "every job is back in its queue"
+    assert r.keys("kiq:wip|*") == []
