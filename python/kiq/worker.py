@@ -118,7 +118,8 @@ class Worker:
         **kwargs: Any,
     ) -> None:
         super().__init_subclass__(**kwargs)
-        parent = cls.__dict__.get("kiq_options") or getattr(super(cls, cls), "kiq_options", WorkerOptions())
+        # The class body's own kiq_options if it set one, else the parent's.
+        parent = cls.kiq_options
         # A name is the class's own: subclasses get theirs unless they set one.
         inherited = dataclasses.replace(parent, name=None)
         cls.kiq_options = inherited.updated(

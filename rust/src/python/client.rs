@@ -88,20 +88,20 @@ impl Client {
 
     /// Pushes one job and returns its jid. `at` (epoch seconds) in the future
     /// schedules it; otherwise it is pushed to its queue now.
-    #[pyo3(signature = (class_name, args, *, queue = "default".to_owned(), retry = None, options = None, jid = None, at = None))]
+    #[pyo3(signature = (class_name, args, *, queue = "default", retry = None, options = None, jid = None, at = None))]
     #[allow(clippy::too_many_arguments)]
     fn push(
         &self,
         py: Python<'_>,
         class_name: String,
         args: &Bound<'_, PyAny>,
-        queue: String,
+        queue: &str,
         retry: Option<&Bound<'_, PyAny>>,
         options: Option<&Bound<'_, PyDict>>,
         jid: Option<String>,
         at: Option<f64>,
     ) -> PyResult<String> {
-        let job = new_job(class_name, args, queue, retry, options, jid)?;
+        let job = new_job(class_name, args, queue.to_owned(), retry, options, jid)?;
         let (jid, item) = client::prepare(&job, at, timestamp::now(), self.unit);
         self.send(py, vec![item])?;
         Ok(jid)
@@ -109,19 +109,19 @@ impl Client {
 
     /// Pushes one job per element of `args_list`, all of one class and
     /// options, in one round trip. Returns the jids in order.
-    #[pyo3(signature = (class_name, args_list, *, queue = "default".to_owned(), retry = None, options = None, at = None))]
+    #[pyo3(signature = (class_name, args_list, *, queue = "default", retry = None, options = None, at = None))]
     #[allow(clippy::too_many_arguments)]
     fn push_bulk(
         &self,
         py: Python<'_>,
         class_name: String,
         args_list: &Bound<'_, PyAny>,
-        queue: String,
+        queue: &str,
         retry: Option<&Bound<'_, PyAny>>,
         options: Option<&Bound<'_, PyDict>>,
         at: Option<f64>,
     ) -> PyResult<Vec<String>> {
-        let template = new_job(class_name, &PyTuple::empty(py), queue, retry, options, None)?;
+        let template = new_job(class_name, &PyTuple::empty(py), queue.to_owned(), retry, options, None)?;
         let now = timestamp::now();
         let mut jids = Vec::new();
         let mut items = Vec::new();

@@ -1,0 +1,75 @@
+"""One kiq worker process draining N no-op jobs; prints a JSON report.
+
+Run by bench_throughput.py. Timing runs from the first job started to the
+last finished; CPU time is split between kiq's Rust core threads and the
+Python threads (from /proc/self/task)."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import threading
+import time
+
+from kiq import Kiq, worker
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds per thread-name group of this process."""
+    tick = os.sysconf("SC_CLK_TCK")
+    groups: dict[str, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                name = f.read().strip()
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        cpu = (int(fields[11]) + int(fields[12])) / tick
+        # CPython 3.11 does not name OS threads, so every thread but the
+        # core's (named by tokio) counts as Python.
+        group = "core" if name.startswith("kiq-core") else "python"
+        groups[group] = groups.get(group, 0.0) + cpu
+    return groups
+
+
+def main() -> None:
+    url, n, concurrency = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    state = {"count": 0, "first": 0.0, "last": 0.0}
+    done = threading.Event()
+    lock = threading.Lock()
+
+    @worker(name="NoopJob")
+    def noop(i: int) -> None:
+        with lock:
+            state["count"] += 1
+            c = state["count"]
+        if c == 1:
+            state["first"] = time.perf_counter()
+            state["cpu0"] = thread_cpu()  # type: ignore[assignment]
+        elif c == n:
+            state["last"] = time.perf_counter()
+            done.set()
+
+    app = Kiq(url, queues={"default": concurrency}, workers=[noop])
+    app.start()
+    done.wait(600)
+    cpu1 = thread_cpu()
+    app.stop()
+    cpu0: dict[str, float] = state.get("cpu0", {})  # type: ignore[assignment]
+    elapsed = state["last"] - state["first"]
+    print(json.dumps({
+        "jobs": state["count"],
+        "seconds": elapsed,
+        "rate": n / elapsed if elapsed else 0.0,
+        "cpu_core_us_per_job": (cpu1.get("core", 0) - cpu0.get("core", 0)) / n * 1e6,
+        "cpu_python_us_per_job": (cpu1.get("python", 0) - cpu0.get("python", 0)) / n * 1e6,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Type stubs of the native module ``kiq._kiq`` (the Rust core's bindings)."""
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, final
+
+__version__: str
+__all__ = [
+    "Client",
+    "CodecError",
+    "ConfigError",
+    "ConnectionError",
+    "Delivery",
+    "KiqError",
+    "Server",
+    "ShutdownError",
+    "TimeoutError",
+    "__version__",
+    "decode_backtrace",
+    "drain_logs",
+    "encode_backtrace",
+    "new_jid",
+    "set_log_level",
+]
+
+class KiqError(Exception):
+    """Base class of every error kiq raises."""
+
+class ConnectionError(KiqError):
+    """Redis could not be reached or a command failed."""
+
+class CodecError(KiqError):
+    """A job or argument does not fit Sidekiq's JSON format."""
+
+class ConfigError(KiqError):
+    """A setting given to kiq is invalid."""
+
+class TimeoutError(KiqError):
+    """A wait ran out of time."""
+
+class ShutdownError(KiqError):
+    """The component was stopped and accepts no more work."""
+
+@final
+class Client:
+    """A connection pool to one Redis and the means to push jobs to it."""
+
+    def __new__(
+        cls,
+        url: str,
+        *,
+        pool_size: int = 5,
+        namespace: str | None = None,
+        timestamps: str = "seconds",
+        response_timeout: float = 5.0,
+        connect_timeout: float = 2.0,
+    ) -> Client: ...
+    def push(
+        self,
+        class_name: str,
+        args: Sequence[Any],
+        *,
+        queue: str = "default",
+        retry: bool | int | None = None,
+        options: Mapping[str, Any] | None = None,
+        jid: str | None = None,
+        at: float | None = None,
+    ) -> str:
+        """Pushes one job and returns its jid; a future ``at`` (epoch seconds) schedules it."""
+    def push_bulk(
+        self,
+        class_name: str,
+        args_list: Iterable[Sequence[Any]],
+        *,
+        queue: str = "default",
+        retry: bool | int | None = None,
+        options: Mapping[str, Any] | None = None,
+        at: float | None = None,
+    ) -> list[str]:
+        """Pushes one job per argument list in one round trip; returns the jids."""
+    def push_jobs(
+        self,
+        jobs: Iterable[
+            tuple[str, Sequence[Any], str, bool | int | None, Mapping[str, Any] | None, str | None, float | None]
+        ],
+    ) -> list[str]:
+        """Pushes ``(class_name, args, queue, retry, options, jid, at)`` jobs in one round trip."""
+    def ping(self) -> float:
+        """Round-trip time of a PING, in seconds."""
+    @property
+    def namespace_prefix(self) -> str: ...
+
+@final
+class Delivery:
+    """One job handed to a Python thread."""
+
+    @property
+    def class_name(self) -> str: ...
+    @property
+    def jid(self) -> str: ...
+    @property
+    def queue(self) -> str: ...
+    @property
+    def lane(self) -> int: ...
+    @property
+    def args(self) -> list[Any]: ...
+    @property
+    def payload(self) -> str | None: ...
+    @property
+    def backtrace(self) -> bool | int | None: ...
+    @property
+    def retry_count(self) -> int | None: ...
+    @property
+    def enqueued_at(self) -> float | None: ...
+
+@final
+class Server:
+    """The fetchers, result writer and scheduler of one Kiq process."""
+
+    def __new__(
+        cls,
+        client: Client,
+        identity: str,
+        queues: Sequence[tuple[str, int]],
+        *,
+        max_retries: int = 25,
+        dead_limit: int = 10_000,
+        dead_timeout: float = 15_552_000.0,
+        poll_interval_average: float | None = None,
+        average_scheduled_poll_interval: float = 5.0,
+        scheduler: bool = True,
+    ) -> Server: ...
+    def next_job(self, lane: int, timeout: float | None = None) -> Delivery | None:
+        """The next job of queue number ``lane``; None once the server stops (or on timeout)."""
+    def complete(self, delivery: Delivery) -> None: ...
+    def fail(
+        self,
+        delivery: Delivery,
+        error_class: str,
+        error_message: str,
+        *,
+        backtrace: list[str] | None = None,
+        retry: bool | int | None = None,
+        dead: bool | None = None,
+        backtrace_option: bool | int | None = None,
+        retry_queue: str | None = None,
+        retry_in: float | None = None,
+    ) -> None: ...
+    def abandon(self, delivery: Delivery) -> None: ...
+    def set_quiet(self, quiet: bool) -> None: ...
+    @property
+    def state(self) -> str: ...
+    def out(self, lane: int) -> int: ...
+    def begin_stop(self) -> int: ...
+    def finish_stop(self, timeout: float) -> tuple[int, int]: ...
+
+def encode_backtrace(lines: list[str]) -> str:
+    """Encodes backtrace lines as Sidekiq's ``error_backtrace`` (JSON, zlib, Base64)."""
+
+def decode_backtrace(value: str) -> list[str]:
+    """Decodes an ``error_backtrace`` value written by Sidekiq or kiq."""
+
+def new_jid() -> str:
+    """A new 24-hex-digit job id."""
+
+def set_log_level(level: str) -> None: ...
+def drain_logs(timeout: float) -> tuple[list[tuple[str, str, str]], int]: ...
