@@ -52,13 +52,15 @@ class RedisServer:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
                 return self
             except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("redis-server did not start") from None
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"redis-server did not start (args {self.extra})") from None
                 time.sleep(0.02)
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.kill()
+            if self.proc.poll() is None:
+                self.proc.kill()
             self.proc.wait()
             self.proc = None
 

@@ -1,5 +1,6 @@
 """Type stubs of the native module ``kiq._kiq`` (the Rust core's bindings)."""
 
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, final
 
@@ -53,6 +54,9 @@ class Client:
         timestamps: str = "seconds",
         response_timeout: float = 5.0,
         connect_timeout: float = 2.0,
+        tls_ca_file: str | os.PathLike[str] | None = None,
+        tls_cert_file: str | os.PathLike[str] | None = None,
+        tls_key_file: str | os.PathLike[str] | None = None,
     ) -> Client: ...
     def push(
         self,

@@ -18,7 +18,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from kiq import _kiq, corelog
-from kiq.errors import ConfigError, ShutdownError
+from kiq.errors import ConfigError, KiqError, ShutdownError
 from kiq.identity import new_identity
 from kiq.job import Job
 from kiq.pool import WorkerThreads
@@ -46,18 +46,24 @@ def seconds(value: Seconds, name: str) -> float:
 class StopResult:
     """What :meth:`Kiq.stop` did."""
 
-    __slots__ = ("requeued", "timed_out", "unwritten")
+    __slots__ = ("error", "requeued", "timed_out", "unwritten")
 
-    def __init__(self, requeued: int = 0, unwritten: int = 0, timed_out: int = 0) -> None:
+    def __init__(self, requeued: int = 0, unwritten: int = 0, timed_out: int = 0, error: str | None = None) -> None:
         #: Jobs handed back to their queues (not started, or still running at the deadline).
         self.requeued = requeued
         #: Results that could not be written to Redis in time (their jobs were requeued).
         self.unwritten = unwritten
         #: Jobs still running when the deadline passed.
         self.timed_out = timed_out
+        #: Why unfinished jobs could not be handed back (Redis unreachable); they
+        #: then stay in this process's in-progress lists.
+        self.error = error
 
     def __repr__(self) -> str:
-        return f"StopResult(requeued={self.requeued}, unwritten={self.unwritten}, timed_out={self.timed_out})"
+        return (
+            f"StopResult(requeued={self.requeued}, unwritten={self.unwritten}, timed_out={self.timed_out}, "
+            f"error={self.error!r})"
+        )
 
 
 class Kiq:
@@ -83,6 +89,10 @@ class Kiq:
         average_scheduled_poll_interval: seconds per live process between
             polls (Sidekiq's default 5).
         identity: the process identity; ``hostname:pid:<12 hex>`` by default.
+        tls_ca_file: for ``rediss://``, a PEM file of CA certificates to trust
+            instead of the system's.
+        tls_cert_file, tls_key_file: a client certificate and key (PEM) for
+            Redis servers that require mutual TLS.
     """
 
     def __init__(
@@ -102,6 +112,9 @@ class Kiq:
         poll_interval_average: Seconds | None = None,
         average_scheduled_poll_interval: Seconds = 5,
         identity: str | None = None,
+        tls_ca_file: str | os.PathLike[str] | None = None,
+        tls_cert_file: str | os.PathLike[str] | None = None,
+        tls_key_file: str | os.PathLike[str] | None = None,
     ) -> None:
         self.redis_url = redis_url or os.environ.get("REDIS_URL") or DEFAULT_URL
         self.queues = self._check_queues(queues if queues is not None else {"default": 25})
@@ -137,6 +150,7 @@ class Kiq:
         if self.poll_interval_average is not None and self.poll_interval_average <= 0:
             raise ConfigError("poll_interval_average must be positive")
         self.identity = identity or new_identity()
+        self.tls_ca_file, self.tls_cert_file, self.tls_key_file = tls_ca_file, tls_cert_file, tls_key_file
         self._workers: dict[str, Registered] = {}
         self._client: _kiq.Client | None = None
         self._server: _kiq.Server | None = None
@@ -187,7 +201,13 @@ class Kiq:
         with self._lock:
             if self._client is None:
                 self._client = _kiq.Client(
-                    self.redis_url, pool_size=self.pool_size, namespace=self.namespace, timestamps=self.timestamps
+                    self.redis_url,
+                    pool_size=self.pool_size,
+                    namespace=self.namespace,
+                    timestamps=self.timestamps,
+                    tls_ca_file=self.tls_ca_file,
+                    tls_cert_file=self.tls_cert_file,
+                    tls_key_file=self.tls_key_file,
                 )
             return self._client
 
@@ -324,7 +344,17 @@ class Kiq:
             logger.warning("kiq: %d jobs still running after %.1fs; handing them back to their queues", len(alive), limit)
             threads.interrupt(alive)
             alive = threads.join(time.monotonic() + 1.0)
-        requeued, unwritten = server.finish_stop(max(5.0, deadline - time.monotonic()))
+        try:
+            requeued, unwritten = server.finish_stop(max(5.0, deadline - time.monotonic()))
+        except KiqError as exc:
+            logger.error(
+                "kiq %s: could not hand unfinished jobs back to their queues (%s); they stay in its "
+                "in-progress lists (kiq:wip|%s|<queue>)",
+                self.identity,
+                exc,
+                self.identity,
+            )
+            return StopResult(timed_out=len(alive), error=str(exc))
         result = StopResult(requeued, unwritten, len(alive))
         logger.info("kiq %s stopped: %s", self.identity, result)
         return result

@@ -68,13 +68,7 @@ pub async fn run(mut rx: mpsc::UnboundedReceiver<Msg>, pool: std::sync::Arc<Pool
                 None => return,
             }
         }
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(Msg::Settle(s)) => batch.push(s),
-                Ok(Msg::Close { deadline, done }) => close = Some((deadline, done)),
-                Err(_) => break,
-            }
-        }
+        take_pending(&mut rx, &mut batch, &mut close);
         let mut delay = Duration::from_millis(20);
         while !batch.is_empty() {
             match write(&pool, &keys, &policy, &batch).await {
@@ -90,6 +84,8 @@ pub async fn run(mut rx: mpsc::UnboundedReceiver<Msg>, pool: std::sync::Arc<Pool
                         log::error!("cannot write {} job results to Redis, will retry: {e}", batch.len());
                         failing = true;
                     }
+                    // A stop may arrive while Redis is away: its deadline ends the retries.
+                    take_pending(&mut rx, &mut batch, &mut close);
                     if close.as_ref().is_some_and(|(deadline, _)| Instant::now() >= *deadline) {
                         break;
                     }
@@ -101,12 +97,27 @@ pub async fn run(mut rx: mpsc::UnboundedReceiver<Msg>, pool: std::sync::Arc<Pool
         if let Some((_, done)) = close.take() {
             if !batch.is_empty() {
                 log::error!(
-                    "kiq: {} job results were not written before the stop deadline; those jobs stay in the in-progress list and will run again",
+                    "{} job results were not written before the stop deadline; those jobs stay in the in-progress list and will run again",
                     batch.len()
                 );
             }
             let _ = done.send(batch.len());
             return;
+        }
+    }
+}
+
+/// Moves whatever is waiting in the channel into the batch (up to its cap).
+fn take_pending(
+    rx: &mut mpsc::UnboundedReceiver<Msg>,
+    batch: &mut Vec<Settlement>,
+    close: &mut Option<(Instant, oneshot::Sender<usize>)>,
+) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(Msg::Settle(s)) => batch.push(s),
+            Ok(Msg::Close { deadline, done }) => *close = Some((deadline, done)),
+            Err(_) => break,
         }
     }
 }

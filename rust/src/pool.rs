@@ -27,6 +27,10 @@ pub struct RedisConfig {
     pub response_timeout: Duration,
     /// How long connecting may take.
     pub connect_timeout: Duration,
+    /// For `rediss://`: PEM CA certificate(s) to trust instead of the system's.
+    pub tls_ca: Option<Vec<u8>>,
+    /// For `rediss://` with client certificates (mutual TLS): PEM cert and key.
+    pub tls_client: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl RedisConfig {
@@ -36,6 +40,8 @@ impl RedisConfig {
             pool_size: 5,
             response_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
+            tls_ca: None,
+            tls_client: None,
         }
     }
 }
@@ -58,8 +64,22 @@ impl Pool {
         }
         // rustls needs a process-wide crypto provider for rediss:// URLs.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = Client::open(config.url.as_str())
-            .map_err(|e| KiqError::config(format!("invalid Redis URL {:?}: {e}", redact(&config.url))))?;
+        let bad_url = |e: redis::RedisError| KiqError::config(format!("invalid Redis URL {:?}: {e}", redact(&config.url)));
+        let client = if config.tls_ca.is_some() || config.tls_client.is_some() {
+            if !config.url.starts_with("rediss://") {
+                return Err(KiqError::config("TLS certificates were given but the Redis URL is not rediss://"));
+            }
+            let certs = redis::TlsCertificates {
+                client_tls: config
+                    .tls_client
+                    .clone()
+                    .map(|(client_cert, client_key)| redis::ClientTlsConfig { client_cert, client_key }),
+                root_cert: config.tls_ca.clone(),
+            };
+            Client::build_with_tls(config.url.as_str(), certs).map_err(bad_url)?
+        } else {
+            Client::open(config.url.as_str()).map_err(bad_url)?
+        };
         let manager_config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(config.response_timeout))
             .set_connection_timeout(Some(config.connect_timeout))

@@ -63,7 +63,8 @@ impl Client {
 #[pymethods]
 impl Client {
     #[new]
-    #[pyo3(signature = (url, *, pool_size = 5, namespace = None, timestamps = "seconds", response_timeout = 5.0, connect_timeout = 2.0))]
+    #[pyo3(signature = (url, *, pool_size = 5, namespace = None, timestamps = "seconds", response_timeout = 5.0, connect_timeout = 2.0, tls_ca_file = None, tls_cert_file = None, tls_key_file = None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         url: String,
         pool_size: usize,
@@ -71,6 +72,9 @@ impl Client {
         timestamps: &str,
         response_timeout: f64,
         connect_timeout: f64,
+        tls_ca_file: Option<std::path::PathBuf>,
+        tls_cert_file: Option<std::path::PathBuf>,
+        tls_key_file: Option<std::path::PathBuf>,
     ) -> PyResult<Self> {
         let unit = options::unit(timestamps)?;
         if !(response_timeout > 0.0 && connect_timeout > 0.0) {
@@ -80,6 +84,15 @@ impl Client {
         config.pool_size = pool_size;
         config.response_timeout = Duration::from_secs_f64(response_timeout);
         config.connect_timeout = Duration::from_secs_f64(connect_timeout);
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| ConfigError::new_err(format!("cannot read TLS file {}: {e}", p.display())))
+        };
+        config.tls_ca = tls_ca_file.as_deref().map(read).transpose()?;
+        config.tls_client = match (tls_cert_file, tls_key_file) {
+            (Some(c), Some(k)) => Some((read(&c)?, read(&k)?)),
+            (None, None) => None,
+            _ => return Err(ConfigError::new_err("tls_cert_file and tls_key_file go together")),
+        };
         let rt = runtime::get();
         let _guard = rt.enter();
         let pool = py_result(Pool::new(config))?;
