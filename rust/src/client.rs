@@ -8,8 +8,10 @@
 
 use redis::aio::ConnectionLike;
 
+use std::sync::Arc;
+
 use crate::error::Result;
-use crate::job::{NewJob, new_jid};
+use crate::job::{NewJob, Template, new_jid};
 use crate::keys::Keys;
 use crate::timestamp::{self, TimestampUnit};
 
@@ -20,7 +22,7 @@ const LPUSH_SLICE: usize = 1000;
 /// One encoded job ready for Redis.
 #[derive(Debug, Clone)]
 pub struct PushItem {
-    pub queue: String,
+    pub queue: Arc<str>,
     pub payload: String,
     /// Run time in epoch seconds; `None` pushes to the queue now.
     pub at: Option<f64>,
@@ -32,7 +34,30 @@ pub fn prepare(job: &NewJob, at: Option<f64>, now: f64, unit: TimestampUnit) -> 
     let jid = job.jid.clone().unwrap_or_else(new_jid);
     let at = at.filter(|t| *t > now);
     let payload = job.encode(&jid, now, unit, at.is_none());
-    (jid, PushItem { queue: job.queue.clone(), payload, at })
+    (jid, PushItem { queue: Arc::from(job.queue.as_str()), payload, at })
+}
+
+/// Many jobs of one class and options, differing only in their args (a bulk push).
+pub struct Bulk {
+    template: Template,
+    queue: Arc<str>,
+    stamp: String,
+    at: Option<f64>,
+}
+
+impl Bulk {
+    /// Jobs like `job` (whose own `args` and `jid` are ignored) at `at`, as [`prepare`] would time them.
+    pub fn new(job: &NewJob, at: Option<f64>, now: f64, unit: TimestampUnit) -> Self {
+        let at = at.filter(|t| *t > now);
+        Self { template: job.template(), queue: Arc::from(job.queue.as_str()), stamp: unit.encode(now), at }
+    }
+
+    /// One job with these args (JSON text of an array): its jid and item.
+    pub fn item(&self, args: &str) -> (String, PushItem) {
+        let jid = new_jid();
+        let payload = self.template.render(args, &jid, &self.stamp, self.at.is_none());
+        (jid, PushItem { queue: self.queue.clone(), payload, at: self.at })
+    }
 }
 
 /// Writes the items to Redis in one round trip.
@@ -44,7 +69,7 @@ pub async fn push<C: ConnectionLike>(conn: &mut C, keys: &Keys, items: &[PushIte
     pipe.atomic();
     let mut queues: Vec<&str> = Vec::new();
     for item in items.iter().filter(|i| i.at.is_none()) {
-        if !queues.contains(&item.queue.as_str()) {
+        if !queues.contains(&&*item.queue) {
             queues.push(&item.queue);
         }
     }
@@ -53,7 +78,7 @@ pub async fn push<C: ConnectionLike>(conn: &mut C, keys: &Keys, items: &[PushIte
     }
     for queue in &queues {
         let payloads: Vec<&str> =
-            items.iter().filter(|i| i.at.is_none() && i.queue == *queue).map(|i| i.payload.as_str()).collect();
+            items.iter().filter(|i| i.at.is_none() && &*i.queue == *queue).map(|i| i.payload.as_str()).collect();
         for slice in payloads.chunks(LPUSH_SLICE) {
             pipe.cmd("LPUSH").arg(keys.queue(queue)).arg(slice).ignore();
         }

@@ -150,9 +150,9 @@ impl Fetcher {
             Ok(t) => t,
             Err(e) => return Err(bury(e.into_bytes(), "not UTF-8")),
         };
-        let payload = match Payload::parse(text.clone()) {
+        let payload = match Payload::try_parse(text) {
             Ok(p) => p,
-            Err(e) => return Err(bury(text.into_bytes(), &e.to_string())),
+            Err((e, text)) => return Err(bury(text.into_bytes(), &e.to_string())),
         };
         let problem = match (payload.class(), payload.args()) {
             (Some(class), Some(_)) if !class.is_empty() => {
@@ -164,6 +164,7 @@ impl Fetcher {
             (Some(_), Some(_)) => "the job's \"class\" is empty",
         };
         log::error!("cannot run a job from queue {:?}: {problem}", self.lane.name);
+        let raw = payload.source().as_bytes().to_vec();
         let failure = Failure { error_class: INVALID_JOB_ERROR.to_owned(), error_message: problem.to_owned(), ..Failure::default() };
         let settle = match retry::on_failure(
             payload,
@@ -178,6 +179,6 @@ impl Fetcher {
             Disposition::Dead { payload } => Settle::Dead { payload: payload.into_bytes() },
             Disposition::Discard => Settle::Discard,
         };
-        Err(Settlement { wip_key: self.wip_key.clone(), raw: text.into_bytes(), settle, processed: true, failed: true })
+        Err(Settlement { wip_key: self.wip_key.clone(), raw, settle, processed: true, failed: true })
     }
 }

@@ -7,7 +7,6 @@
 //! byte for byte. This is the only file that spells wire field names.
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
 use std::ops::Range;
 
 use serde::Deserialize;
@@ -119,21 +118,29 @@ impl<'de> Deserialize<'de> for Entries<'de> {
 impl Payload {
     /// Parses a payload; anything but a JSON object is an error.
     pub fn parse(src: impl Into<String>) -> Result<Self> {
-        let src: String = src.into();
+        Self::try_parse(src.into()).map_err(|(e, _)| e)
+    }
+
+    /// Like [`Payload::parse`], handing the text back on error (to bury it as it was).
+    pub fn try_parse(src: String) -> std::result::Result<Self, (KiqError, String)> {
         let base = src.as_ptr() as usize;
-        let entries = {
-            let parsed: Entries<'_> = serde_json::from_str(&src)
-                .map_err(|e| KiqError::codec(format!("job payload is not a JSON object: {e}")))?;
-            parsed
+        let entries = match serde_json::from_str::<Entries<'_>>(&src) {
+            Ok(parsed) => parsed
                 .0
                 .into_iter()
                 .map(|(k, v)| {
                     let start = v.get().as_ptr() as usize - base;
                     (k.into_owned(), Text::Src(start..start + v.get().len()))
                 })
-                .collect()
+                .collect(),
+            Err(e) => return Err((KiqError::codec(format!("job payload is not a JSON object: {e}")), src)),
         };
         Ok(Self { src, entries })
+    }
+
+    /// The text this payload was parsed from, without copying.
+    pub fn into_source(self) -> String {
+        self.src
     }
 
     /// The JSON text this payload was parsed from, byte for byte.
@@ -281,12 +288,14 @@ pub fn json_string(s: &str) -> String {
 
 /// A fresh job id: 12 random bytes as 24 lowercase hex digits, like Sidekiq's.
 pub fn new_jid() -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes: [u8; 12] = rand::random();
-    let mut s = String::with_capacity(24);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
+    let mut out = [0u8; 24];
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = HEX[usize::from(b >> 4)];
+        out[2 * i + 1] = HEX[usize::from(b & 0xf)];
     }
-    s
+    out.iter().map(|&c| char::from(c)).collect()
 }
 
 /// Validates the JSON text of `args`: it must parse and be an array.
@@ -346,24 +355,59 @@ impl NewJob {
     /// Encodes the payload in Sidekiq's key order: `retry`, `queue`, options,
     /// `args`, `class`, `jid`, `created_at`, then `enqueued_at` for immediate pushes.
     pub fn encode(&self, jid: &str, now: f64, unit: TimestampUnit, enqueued: bool) -> String {
-        let mut out = String::with_capacity(96 + self.args.len() + self.class.len());
-        let _ = write!(out, "{{\"{}\":{},\"{}\":{}", field::RETRY, self.retry.to_json(), field::QUEUE, json_string(&self.queue));
+        self.template().render(&self.args, jid, &unit.encode(now), enqueued)
+    }
+
+    /// The parts of the payload every job of a bulk push shares.
+    pub fn template(&self) -> Template {
+        let mut head = String::with_capacity(64);
+        head.push_str("{\"");
+        head.push_str(field::RETRY);
+        head.push_str("\":");
+        head.push_str(&self.retry.to_json());
+        head.push_str(",\"");
+        head.push_str(field::QUEUE);
+        head.push_str("\":");
+        head.push_str(&json_string(&self.queue));
         for (k, v) in &self.options {
-            let _ = write!(out, ",{}:{v}", json_string(k));
+            head.push(',');
+            head.push_str(&json_string(k));
+            head.push(':');
+            head.push_str(v);
         }
-        let stamp = unit.encode(now);
-        let _ = write!(
-            out,
-            ",\"{}\":{},\"{}\":{},\"{}\":\"{jid}\",\"{}\":{stamp}",
-            field::ARGS,
-            self.args,
-            field::CLASS,
-            json_string(&self.class),
-            field::JID,
-            field::CREATED_AT
-        );
+        head.push_str(",\"");
+        head.push_str(field::ARGS);
+        head.push_str("\":");
+        let mid = format!(",\"{}\":{},\"{}\":\"", field::CLASS, json_string(&self.class), field::JID);
+        let tail = format!("\",\"{}\":", field::CREATED_AT);
+        let enqueued = format!(",\"{}\":", field::ENQUEUED_AT);
+        Template { head, mid, tail, enqueued }
+    }
+}
+
+/// A new job's payload with holes for `args`, `jid` and the timestamps.
+#[derive(Debug, Clone)]
+pub struct Template {
+    head: String,
+    mid: String,
+    tail: String,
+    enqueued: String,
+}
+
+impl Template {
+    /// The payload for these args (JSON text), jid and timestamp (JSON text).
+    pub fn render(&self, args: &str, jid: &str, stamp: &str, enqueued: bool) -> String {
+        let len = self.head.len() + args.len() + self.mid.len() + jid.len() + self.tail.len() + 2 * stamp.len() + 20;
+        let mut out = String::with_capacity(len);
+        out.push_str(&self.head);
+        out.push_str(args);
+        out.push_str(&self.mid);
+        out.push_str(jid);
+        out.push_str(&self.tail);
+        out.push_str(stamp);
         if enqueued {
-            let _ = write!(out, ",\"{}\":{stamp}", field::ENQUEUED_AT);
+            out.push_str(&self.enqueued);
+            out.push_str(stamp);
         }
         out.push('}');
         out

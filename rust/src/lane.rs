@@ -5,6 +5,12 @@
 //! only asks Redis for `concurrency - out` jobs, so a process never holds more
 //! jobs of a queue than it can run at once. Taking a ready job is a mutex pop;
 //! only an empty lane makes a thread sleep (on a condvar, so it costs nothing).
+//!
+//! Waking is a relay: new jobs wake one sleeping thread, and a thread woken
+//! from sleep that leaves jobs behind wakes the next. Threads busy with short
+//! jobs come back for more on their own, so a batch of quick jobs does not
+//! wake (and make fight for the GIL) a thread per job, while a batch of slow
+//! ones still reaches every idle thread, one wake-up apart.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -98,9 +104,7 @@ impl Lane {
         self.out.fetch_add(n, Ordering::AcqRel);
         ready.jobs.extend(jobs);
         drop(ready);
-        for _ in 0..n {
-            self.cond.notify_one();
-        }
+        self.cond.notify_one();
         None
     }
 
@@ -113,13 +117,19 @@ impl Lane {
     pub fn take(&self, timeout: Option<Duration>) -> Take {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut ready = self.lock();
+        let mut slept = false;
         loop {
             if let Some(job) = ready.jobs.pop_front() {
+                if slept && !ready.jobs.is_empty() {
+                    // Pass the wake-up on: more jobs wait than this thread can take.
+                    self.cond.notify_one();
+                }
                 return Take::Job(job);
             }
             if ready.closed {
                 return Take::Closed;
             }
+            slept = true;
             ready = match deadline {
                 None => self.cond.wait(ready).unwrap_or_else(PoisonError::into_inner),
                 Some(d) => {
@@ -195,6 +205,26 @@ mod tests {
         let back = lane.offer(vec![job(3)]).unwrap();
         assert_eq!(back.len(), 1);
         assert_eq!(lane.out(), 0);
+    }
+
+    #[test]
+    fn a_batch_reaches_every_sleeping_thread() {
+        let lane = Arc::new(Lane::new("q", 8));
+        let waiters: Vec<_> = (0..4)
+            .map(|_| {
+                let lane = lane.clone();
+                std::thread::spawn(move || match lane.take(Some(Duration::from_secs(5))) {
+                    // Hold the job so this thread cannot take a second one.
+                    Take::Job(j) => j.jid,
+                    other => panic!("{other:?}"),
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(50));
+        lane.offer((0..4).map(job).collect());
+        let mut got: Vec<String> = waiters.into_iter().map(|w| w.join().unwrap()).collect();
+        got.sort();
+        assert_eq!(got, vec!["j0", "j1", "j2", "j3"]);
     }
 
     #[test]

@@ -181,8 +181,7 @@ impl Server {
 
     fn settle(&self, d: Delivery, settle: Settle, failed: bool) {
         let lane = d.lane;
-        let raw = d.payload.source().as_bytes().to_vec();
-        self.send(lane, raw, settle, failed);
+        self.send(lane, d.payload.into_source().into_bytes(), settle, failed);
     }
 
     fn send(&self, lane: usize, raw: Vec<u8>, settle: Settle, failed: bool) {

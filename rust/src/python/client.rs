@@ -135,13 +135,11 @@ impl Client {
         at: Option<f64>,
     ) -> PyResult<Vec<String>> {
         let template = new_job(class_name, &PyTuple::empty(py), queue.to_owned(), retry, options, None)?;
-        let now = timestamp::now();
+        let bulk = client::Bulk::new(&template, at, timestamp::now(), self.unit);
         let mut jids = Vec::new();
         let mut items = Vec::new();
         for args in args_list.try_iter()? {
-            let mut job = template.clone();
-            job.args = args_json(&args?)?;
-            let (jid, item) = client::prepare(&job, at, now, self.unit);
+            let (jid, item) = bulk.item(&args_json(&args?)?);
             jids.push(jid);
             items.push(item);
         }
