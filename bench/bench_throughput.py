@@ -141,6 +141,10 @@ def main() -> None:
                 name = "Ruby Sidekiq 6.4.1"
             print(f"| {name} | {med('enqueue_rate'):,.0f} | {med('rate'):,.0f} | {max(x['peak_rss_mb'] for x in rs):.0f} | "
                   f"{cpu} | {med('redis_cmds_per_job'):.2f} | {med('redis_cpu_us_per_job'):.1f} |")
+        if "kiq" in systems:
+            k = results["kiq"]
+            print(f"\nkiq: {statistics.median(x['wakeups_per_job'] for x in k):.2f} thread wake-ups per job, "
+                  f"{statistics.median(x['gil_wait_us_per_job'] for x in k):.1f} us per job waiting for the GIL after one")
         if len(systems) == 2:
             k, s = results["kiq"], results["sidekiq"]
             print(f"\nkiq / Sidekiq: drain {statistics.median(x['rate'] for x in k) / statistics.median(x['rate'] for x in s):.1f}x, "

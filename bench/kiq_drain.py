@@ -58,6 +58,8 @@ def main() -> None:
     app.start()
     done.wait(600)
     cpu1 = thread_cpu()
+    assert app._server is not None
+    waits, gil_s = app._server.gil_wait_stats()
     app.stop()
     cpu0: dict[str, float] = state.get("cpu0", {})  # type: ignore[assignment]
     elapsed = state["last"] - state["first"]
@@ -68,6 +70,8 @@ def main() -> None:
         "cpu_core_us_per_job": (cpu1.get("core", 0) - cpu0.get("core", 0)) / n * 1e6,
         "cpu_python_us_per_job": (cpu1.get("python", 0) - cpu0.get("python", 0)) / n * 1e6,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "wakeups_per_job": waits / n,
+        "gil_wait_us_per_job": gil_s / n * 1e6,
     }))
 
 

@@ -84,7 +84,9 @@ enum Text {
 #[derive(Debug, Clone)]
 pub struct Payload {
     src: String,
-    entries: Vec<(String, Text)>,
+    /// (key, value) pairs in order; keys without escapes point into `src`
+    /// too, so decoding a payload allocates little.
+    entries: Vec<(Text, Text)>,
 }
 
 struct Entries<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
@@ -124,13 +126,20 @@ impl Payload {
     /// Like [`Payload::parse`], handing the text back on error (to bury it as it was).
     pub fn try_parse(src: String) -> std::result::Result<Self, (KiqError, String)> {
         let base = src.as_ptr() as usize;
+        let span = |s: &str| {
+            let start = s.as_ptr() as usize - base;
+            start..start + s.len()
+        };
         let entries = match serde_json::from_str::<Entries<'_>>(&src) {
             Ok(parsed) => parsed
                 .0
                 .into_iter()
                 .map(|(k, v)| {
-                    let start = v.get().as_ptr() as usize - base;
-                    (k.into_owned(), Text::Src(start..start + v.get().len()))
+                    let key = match k {
+                        Cow::Borrowed(k) => Text::Src(span(k)),
+                        Cow::Owned(k) => Text::Owned(k),
+                    };
+                    (key, Text::Src(span(v.get())))
                 })
                 .collect(),
             Err(e) => return Err((KiqError::codec(format!("job payload is not a JSON object: {e}")), src)),
@@ -155,21 +164,24 @@ impl Payload {
         }
     }
 
+    fn position(&self, key: &str) -> Option<usize> {
+        self.entries.iter().position(|(k, _)| self.text(k) == key)
+    }
+
     /// The JSON text of a top-level field.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.entries.iter().find(|(k, _)| k == key).map(|(_, t)| self.text(t))
+        self.position(key).map(|i| self.text(&self.entries[i].1))
     }
 
     pub fn contains(&self, key: &str) -> bool {
-        self.entries.iter().any(|(k, _)| k == key)
+        self.position(key).is_some()
     }
 
     /// Sets a field to the given JSON text, in place if present, else at the end.
     pub fn set_json(&mut self, key: &str, json: String) {
-        if let Some(slot) = self.entries.iter_mut().find(|(k, _)| k == key) {
-            slot.1 = Text::Owned(json);
-        } else {
-            self.entries.push((key.to_owned(), Text::Owned(json)));
+        match self.position(key) {
+            Some(i) => self.entries[i].1 = Text::Owned(json),
+            None => self.entries.push((Text::Owned(key.to_owned()), Text::Owned(json))),
         }
     }
 
@@ -180,12 +192,14 @@ impl Payload {
     /// Inserts a field at the front unless present (Sidekiq's normalise puts `retry` first).
     pub fn insert_front_if_absent(&mut self, key: &str, json: String) {
         if !self.contains(key) {
-            self.entries.insert(0, (key.to_owned(), Text::Owned(json)));
+            self.entries.insert(0, (Text::Owned(key.to_owned()), Text::Owned(json)));
         }
     }
 
     pub fn remove(&mut self, key: &str) {
-        self.entries.retain(|(k, _)| k != key);
+        while let Some(i) = self.position(key) {
+            self.entries.remove(i);
+        }
     }
 
     /// The payload as JSON text: untouched fields are copied verbatim.
@@ -196,7 +210,7 @@ impl Payload {
             if i > 0 {
                 out.push(',');
             }
-            out.push_str(&json_string(k));
+            out.push_str(&json_string(self.text(k)));
             out.push(':');
             out.push_str(self.text(t));
         }

@@ -1,6 +1,7 @@
 //! `kiq._kiq.Server` and `Delivery`: the processing side, for the Python
 //! thread pool (bindings only; the logic is `crate::server`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -94,6 +95,10 @@ impl Delivery {
 pub struct Server {
     inner: Arc<server::Server>,
     names: Vec<Py<PyString>>,
+    /// Waits that ended with a job, and the nanoseconds spent getting the GIL
+    /// back after them (what a woken thread pays before it can run Python).
+    gil_waits: AtomicU64,
+    gil_wait_ns: AtomicU64,
 }
 
 #[pymethods]
@@ -130,7 +135,7 @@ impl Server {
         let rt = runtime::get();
         let _guard = rt.enter();
         let inner = py_result(server::Server::start(client.pool.clone(), client.keys.clone(), config))?;
-        Ok(Self { inner, names })
+        Ok(Self { inner, names, gil_waits: AtomicU64::new(0), gil_wait_ns: AtomicU64::new(0) })
     }
 
     /// The next job of queue number `lane`, waiting (without the GIL) up to
@@ -141,10 +146,17 @@ impl Server {
         // A ready job is taken without releasing the GIL: no thread switch.
         let d = match l.try_take() {
             Some(d) => d,
-            None => match py.detach(|| l.take(timeout.map(Duration::from_secs_f64))) {
-                Take::Job(d) => d,
-                Take::Closed | Take::TimedOut => return Ok(None),
-            },
+            None => {
+                let (taken, woke) = py.detach(|| (l.take(timeout.map(Duration::from_secs_f64)), Instant::now()));
+                match taken {
+                    Take::Job(d) => {
+                        self.gil_waits.fetch_add(1, Ordering::Relaxed);
+                        self.gil_wait_ns.fetch_add(woke.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                        d
+                    }
+                    Take::Closed | Take::TimedOut => return Ok(None),
+                }
+            }
         };
         let args = json_to_py(py, d.args())?.cast_into::<PyList>()?.unbind();
         Ok(Some(Delivery {
@@ -214,6 +226,12 @@ impl Server {
             crate::control::RunState::Quiet => "quiet",
             crate::control::RunState::Stopping => "stopping",
         }
+    }
+
+    /// `(waits, seconds)`: how often a thread slept for a job, and the total
+    /// time those threads then waited to get the GIL back.
+    fn gil_wait_stats(&self) -> (u64, f64) {
+        (self.gil_waits.load(Ordering::Relaxed), self.gil_wait_ns.load(Ordering::Relaxed) as f64 / 1e9)
     }
 
     /// Jobs of queue `lane` fetched and not finished.
