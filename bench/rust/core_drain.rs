@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use _kiq::client::{self, Bulk};
+use _kiq::heartbeat::{BeatConfig, ProcessInfo};
 use _kiq::job::NewJob;
 use _kiq::keys::Keys;
 use _kiq::lane::Take;
@@ -32,11 +33,20 @@ fn main() {
     }
     println!("push: {:.0} jobs/s", n as f64 / t0.elapsed().as_secs_f64());
     let config = ServerConfig {
-        identity: format!("bench:{}:000000000000", std::process::id()),
-        queues: vec![("default".to_owned(), concurrency)],
+        process: ProcessInfo {
+            identity: format!("bench:{}:000000000000", std::process::id()),
+            hostname: "bench".to_owned(),
+            pid: std::process::id(),
+            tag: String::new(),
+            labels: Vec::new(),
+            queues: vec![("default".to_owned(), concurrency)],
+            started_at: timestamp::now(),
+            version: "kiq-bench".to_owned(),
+        },
         policy: RetryPolicy::default(),
         poll: PollConfig::default(),
         scheduler: false,
+        beat: Some(BeatConfig::default()),
     };
     let server = Server::start(pool, Keys::default(), config).unwrap();
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -46,7 +56,8 @@ fn main() {
             let server = server.clone();
             let done = done.clone();
             std::thread::spawn(move || {
-                while let Take::Job(d) = server.take(0, None).unwrap() {
+                while let Take::Job(mut d) = server.take(0, None).unwrap() {
+                    server.begin(&mut d);
                     server.complete(d);
                     if done.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1 == n {
                         return true;

@@ -13,20 +13,32 @@ both directions, with Sidekiq's retry, schedule and dead-set semantics::
     app.run()
 """
 
+import logging as _logging
+
 from kiq import errors
 from kiq._kiq import __version__
 from kiq.app import Kiq, StopResult
 from kiq.job import Job
+from kiq.logs import JobContext, current_job
+from kiq.reporters import JobInfo, Reporter
 from kiq.worker import FunctionWorker, Worker, WorkerOptions, worker
+
+# A library never configures logging for the application; records of the
+# ``kiq`` logger go nowhere until it does.
+_logging.getLogger("kiq").addHandler(_logging.NullHandler())
 
 __all__ = [
     "FunctionWorker",
     "Job",
+    "JobContext",
+    "JobInfo",
     "Kiq",
+    "Reporter",
     "StopResult",
     "Worker",
     "WorkerOptions",
     "__version__",
+    "current_job",
     "errors",
     "worker",
 ]

@@ -126,12 +126,19 @@ class Server:
         identity: str,
         queues: Sequence[tuple[str, int]],
         *,
+        hostname: str,
+        tag: str | None = None,
+        labels: Sequence[str] | None = None,
         max_retries: int = 25,
         dead_limit: int = 10_000,
         dead_timeout: float = 15_552_000.0,
         poll_interval_average: float | None = None,
         average_scheduled_poll_interval: float = 5.0,
         scheduler: bool = True,
+        heartbeat: bool = True,
+        heartbeat_interval: float = 5.0,
+        heartbeat_ttl: float = 60.0,
+        metrics: bool = True,
     ) -> Server: ...
     def next_job(self, lane: int, timeout: float | None = None) -> Delivery | None:
         """The next job of queue number ``lane``; None once the server stops (or on timeout)."""
@@ -153,6 +160,11 @@ class Server:
     def set_quiet(self, quiet: bool) -> None: ...
     @property
     def state(self) -> str: ...
+    @property
+    def busy(self) -> int:
+        """Jobs running now (the heartbeat's ``busy``)."""
+    def next_signal(self, timeout: float) -> str | None:
+        """A signal sent through Redis ("TSTP", "TERM" or "TTIN") within ``timeout`` seconds, else None."""
     def out(self, lane: int) -> int: ...
     def gil_wait_stats(self) -> tuple[int, float]:
         """``(waits, seconds)``: how often a thread slept for a job, and the total

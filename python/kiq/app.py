@@ -11,18 +11,22 @@ import datetime as dt
 import logging
 import os
 import signal
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Iterable, Mapping, Sequence
 from types import FrameType, TracebackType
 from typing import Any
 
 from kiq import _kiq, corelog
 from kiq.errors import ConfigError, KiqError, ShutdownError
-from kiq.identity import new_identity
+from kiq.identity import hostname, new_identity
+from kiq.instrument import Instrumenter
 from kiq.job import Job
 from kiq.pool import WorkerThreads
 from kiq.processor import Processor, Registered, register
+from kiq.reporters import Reporter, ReporterThread
 from kiq.worker import FunctionWorker, Worker, WorkerLike
 
 __all__ = ["Kiq", "StopResult"]
@@ -93,6 +97,11 @@ class Kiq:
             instead of the system's.
         tls_cert_file, tls_key_file: a client certificate and key (PEM) for
             Redis servers that require mutual TLS.
+        tag: shown next to the process on Sidekiq's Busy page (Sidekiq's ``-g``).
+        labels: more tags for the Busy page.
+        extra_reporters: :class:`~kiq.reporters.Reporter` instances told about every job.
+        heartbeat_interval: seconds between heartbeats (Sidekiq 6's 5).
+        metrics: write per-class execution metrics for Sidekiq 7/8's Metrics tab.
     """
 
     def __init__(
@@ -115,6 +124,11 @@ class Kiq:
         tls_ca_file: str | os.PathLike[str] | None = None,
         tls_cert_file: str | os.PathLike[str] | None = None,
         tls_key_file: str | os.PathLike[str] | None = None,
+        tag: str = "",
+        labels: Iterable[str] = (),
+        extra_reporters: Iterable[Reporter] = (),
+        heartbeat_interval: Seconds = 5,
+        metrics: bool = True,
     ) -> None:
         self.redis_url = redis_url or os.environ.get("REDIS_URL") or DEFAULT_URL
         self.queues = self._check_queues(queues if queues is not None else {"default": 25})
@@ -150,11 +164,25 @@ class Kiq:
         if self.poll_interval_average is not None and self.poll_interval_average <= 0:
             raise ConfigError("poll_interval_average must be positive")
         self.identity = identity or new_identity()
+        self.tag = tag
+        self.labels = [str(label) for label in labels]
+        self.extra_reporters = list(extra_reporters)
+        for rep in self.extra_reporters:
+            if not isinstance(rep, Reporter):
+                raise ConfigError(f"extra_reporters takes kiq.Reporter instances, not {rep!r}")
+        self.heartbeat_interval = seconds(heartbeat_interval, "heartbeat_interval")
+        if not 0 < self.heartbeat_interval < 60:
+            raise ConfigError("heartbeat_interval must be between 0 and 60 seconds (the heartbeat's TTL)")
+        self.metrics = metrics
+        #: Instrumentation hooks: ``app.instrument.attach(handler)``; see :mod:`kiq.instrument`.
+        self.instrument = Instrumenter()
         self.tls_ca_file, self.tls_cert_file, self.tls_key_file = tls_ca_file, tls_cert_file, tls_key_file
         self._workers: dict[str, Registered] = {}
         self._client: _kiq.Client | None = None
         self._server: _kiq.Server | None = None
         self._threads: WorkerThreads | None = None
+        self._reporters: list[ReporterThread] = []
+        self._running_main = False
         self._lock = threading.Lock()
         self._stop_requested = threading.Event()
         self.register(*workers)
@@ -308,6 +336,11 @@ class Kiq:
             self.client,
             self.identity,
             list(self.queues.items()),
+            hostname=hostname(),
+            tag=self.tag,
+            labels=self.labels,
+            heartbeat_interval=self.heartbeat_interval,
+            metrics=self.metrics,
             max_retries=self.max_retries,
             dead_limit=self.dead_limit,
             dead_timeout=self.dead_timeout,
@@ -315,25 +348,64 @@ class Kiq:
             average_scheduled_poll_interval=self.average_scheduled_poll_interval,
             scheduler=self.scheduler,
         )
-        threads = WorkerThreads(Processor(server, self._workers), list(self.queues.items()))
+        reporters = [ReporterThread(r) for r in self.extra_reporters]
+        if self.instrument.attached:
+            reporters.append(ReporterThread(self.instrument))
+        for rt in reporters:
+            rt.start()
+        threads = WorkerThreads(Processor(server, self._workers, reporters), list(self.queues.items()))
         with self._lock:
-            self._server, self._threads = server, threads
+            self._server, self._threads, self._reporters = server, threads, reporters
         self._stop_requested.clear()
         threads.start()
+        threading.Thread(target=self._listen, args=(server,), name="kiq-signals", daemon=True).start()
         logger.info("kiq %s started: queues %s, %d workers", self.identity, self.queues, len(self._workers))
 
     def quiet(self) -> None:
         """Stops fetching new jobs; running ones finish (Sidekiq's TSTP)."""
-        if self._server is not None:
-            self._server.set_quiet(True)
+        self.configure(quiet=True)
+
+    def configure(self, *, quiet: bool) -> None:
+        """Changes the running process (Kiq's ``configure``): ``quiet=True``
+        stops fetching (running jobs finish, the heartbeat says quiet),
+        ``quiet=False`` resumes."""
+        server = self._server
+        if server is not None:
+            server.set_quiet(quiet)
+            logger.info("kiq %s %s", self.identity, "quiet" if quiet else "resumed")
+
+    def _listen(self, server: _kiq.Server) -> None:
+        """Acts on signals sent through Redis (the Web UI's Quiet and Stop buttons)."""
+        while self._server is server:
+            sig = server.next_signal(1.0)
+            if sig == "TERM":
+                logger.info("kiq %s: stop requested through Redis", self.identity)
+                if self._running_main:
+                    self._stop_requested.set()
+                else:
+                    threading.Thread(target=self.stop, name="kiq-remote-stop", daemon=True).start()
+                return
+            if sig == "TSTP":
+                logger.info("kiq %s: quiet requested through Redis", self.identity)
+            elif sig == "TTIN":
+                self.dump_threads()
+
+    @staticmethod
+    def dump_threads() -> None:
+        """Logs every thread's stack at WARNING (Sidekiq's TTIN)."""
+        names = {t.ident: t.name for t in threading.enumerate()}
+        for ident, frame in sys._current_frames().items():
+            stack = "".join(traceback.format_stack(frame)).rstrip()
+            logger.warning("thread %s (%s):\n%s", names.get(ident, "?"), ident, stack)
 
     def stop(self, timeout: Seconds | None = None) -> StopResult:
         """Stops gracefully: no new fetches, running jobs get ``timeout``
         seconds (default ``shutdown_timeout``), then every job not finished,
         running or never started, goes back to its queue. None is lost."""
         with self._lock:
-            server, threads = self._server, self._threads
+            server, threads, reporters = self._server, self._threads, self._reporters
             self._server = self._threads = None
+            self._reporters = []
         if server is None or threads is None:
             return StopResult()
         limit = self.shutdown_timeout if timeout is None else seconds(timeout, "timeout")
@@ -347,6 +419,7 @@ class Kiq:
         try:
             requeued, unwritten = server.finish_stop(max(5.0, deadline - time.monotonic()))
         except KiqError as exc:
+            self._stop_reporters(reporters)
             logger.error(
                 "kiq %s: could not hand unfinished jobs back to their queues (%s); they stay in its "
                 "in-progress lists (kiq:wip|%s|<queue>)",
@@ -355,15 +428,23 @@ class Kiq:
                 self.identity,
             )
             return StopResult(timed_out=len(alive), error=str(exc))
+        self._stop_reporters(reporters)
         result = StopResult(requeued, unwritten, len(alive))
         logger.info("kiq %s stopped: %s", self.identity, result)
         return result
 
-    def run(self) -> None:
-        """Starts, then blocks until SIGTERM or SIGINT, then stops gracefully.
+    @staticmethod
+    def _stop_reporters(reporters: list[ReporterThread]) -> None:
+        deadline = time.monotonic() + 5.0
+        for rt in reporters:
+            rt.stop(max(0.0, deadline - time.monotonic()))
 
-        SIGTSTP quiets the process (no new fetches), as it does Sidekiq.
-        Must be called from the main thread.
+    def run(self) -> None:
+        """Starts, then blocks until SIGTERM or SIGINT (or the Web UI's Stop),
+        then stops gracefully.
+
+        As with Sidekiq, SIGTSTP quiets the process (no new fetches) and
+        SIGTTIN logs every thread's stack. Must be called from the main thread.
         """
         if threading.current_thread() is not threading.main_thread():
             raise ShutdownError("Kiq.run() handles signals and must run in the main thread")
@@ -377,13 +458,19 @@ class Kiq:
             logger.info("kiq: got SIGTSTP, quieting")
             self.quiet()
 
+        def on_ttin(_signum: int, _frame: FrameType | None) -> None:
+            self.dump_threads()
+
         previous = {sig: signal.signal(sig, on_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         previous[signal.SIGTSTP] = signal.signal(signal.SIGTSTP, on_quiet)
+        previous[signal.SIGTTIN] = signal.signal(signal.SIGTTIN, on_ttin)
+        self._running_main = True
         try:
             self.start()
             while not stop.wait(1.0):
                 pass
         finally:
+            self._running_main = False
             try:
                 self.stop()
             finally:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from kiq import _kiq
 from kiq.errors import Shutdown, UnknownWorkerError
+from kiq.logs import _current
+from kiq.reporters import JobInfo, ReporterThread
 from kiq.worker import FunctionWorker, Worker, WorkerLike, WorkerOptions
 
 __all__ = ["Processor", "Registered", "register"]
@@ -73,9 +76,12 @@ def backtrace_lines(exc: BaseException) -> list[str]:
 class Processor:
     """Runs the jobs of one server's lanes on the calling threads."""
 
-    def __init__(self, server: _kiq.Server, workers: Mapping[str, Registered]) -> None:
+    def __init__(
+        self, server: _kiq.Server, workers: Mapping[str, Registered], reporters: Sequence[ReporterThread] = ()
+    ) -> None:
         self.server = server
         self.workers = dict(workers)
+        self.reporters = list(reporters)
 
     def run_lane(self, lane: int) -> None:
         """Takes and runs jobs of one lane until the server stops."""
@@ -83,48 +89,113 @@ class Processor:
         next_job = server.next_job
         complete = server.complete
         workers = self.workers
+        observe = bool(self.reporters)
+        enabled = logger.isEnabledFor
+        set_current = _current.set
+        reset_current = _current.reset
         while True:
             d = next_job(lane)
             if d is None:
                 return
-            reg = workers.get(d.class_name)
-            if reg is None:
-                self.unknown(d)
-                continue
+            token = set_current(d)
             try:
-                reg.call(d.args, d.jid)
-            except Shutdown:
-                server.abandon(d)
-                return
-            except BaseException as exc:  # noqa: BLE001 - every failure is recorded, as Sidekiq's retry does
-                # SystemExit or KeyboardInterrupt from a job fail that job
-                # only; the thread keeps serving its queue.
-                self.failed(d, reg, exc)
-            else:
-                complete(d)
+                if observe or enabled(logging.INFO):
+                    if not self.run_observed(d):
+                        return
+                    continue
+                reg = workers.get(d.class_name)
+                if reg is None:
+                    self.failed(d, None, self.unknown(d))
+                    continue
+                try:
+                    reg.call(d.args, d.jid)
+                except Shutdown:
+                    server.abandon(d)
+                    return
+                except BaseException as exc:  # noqa: BLE001 - every failure is recorded, as Sidekiq's retry does
+                    # SystemExit or KeyboardInterrupt from a job fail that job
+                    # only; the thread keeps serving its queue.
+                    self.failed(d, reg, exc)
+                else:
+                    complete(d)
+            finally:
+                reset_current(token)
+
+    def run_observed(self, d: _kiq.Delivery) -> bool:
+        """Runs one job with its log lines and reporter events. False means: stop the thread."""
+        reporters = self.reporters
+        job = JobInfo(d.class_name, d.jid, d.queue, d.args, d.retry_count, d.enqueued_at) if reporters else None
+        fields = {"class": d.class_name, "queue": d.queue, "jid": d.jid}
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("job_started %s jid=%s queue=%s", d.class_name, d.jid, d.queue,
+                        extra={"kiq": {"event": "job_started", **fields}})
+        for r in reporters:
+            r.put(("handle_started", job, ()))  # type: ignore[arg-type]
+        start = time.perf_counter()
+        reg = self.workers.get(d.class_name)
+        go_on = True
+        try:
+            if reg is None:
+                raise self.unknown(d)
+            reg.call(d.args, d.jid)
+        except Shutdown:
+            self.server.abandon(d)
+            logger.warning("job_aborted %s jid=%s queue=%s reason=shutdown", d.class_name, d.jid, d.queue,
+                           extra={"kiq": {"event": "job_aborted", **fields, "reason": "shutdown"}})
+            for r in reporters:
+                r.put(("handle_aborted", job, ("shutdown",)))  # type: ignore[arg-type]
+            go_on = False
+        except BaseException as exc:  # noqa: BLE001 - every failure is recorded, as Sidekiq's retry does
+            self.failed(d, reg, exc)
+            for r in reporters:
+                r.put(("handle_failure", job, (exc, exc.__traceback__)))  # type: ignore[arg-type]
+        else:
+            self.server.complete(d)
+            elapsed = time.perf_counter() - start
+            if logger.isEnabledFor(logging.INFO):
+                logger.info("job_success %s jid=%s queue=%s elapsed=%.6f", d.class_name, d.jid, d.queue, elapsed,
+                            extra={"kiq": {"event": "job_success", **fields, "elapsed": round(elapsed, 6)}})
+            for r in reporters:
+                r.put(("handle_success", job, (elapsed,)))  # type: ignore[arg-type]
+        for r in reporters:
+            r.put(("handle_stopped", job, ()))  # type: ignore[arg-type]
+        return go_on
 
     def failed(self, d: _kiq.Delivery, reg: Registered | None, exc: BaseException) -> None:
         opts = reg.options if reg is not None else None
         wanted = d.backtrace if d.backtrace is not None else (opts.backtrace if opts else False)
         lines = backtrace_lines(exc) if wanted else None
+        retry_count = d.retry_count
+        cls, message = error_class(exc), error_message(exc)
         if opts is None:
-            self.server.fail(d, error_class(exc), error_message(exc), backtrace=lines)
+            self.server.fail(d, cls, message, backtrace=lines)
         else:
             self.server.fail(
                 d,
-                error_class(exc),
-                error_message(exc),
+                cls,
+                message,
                 backtrace=lines,
                 retry=opts.retry,
                 dead=opts.dead,
                 backtrace_option=opts.backtrace,
                 retry_queue=opts.retry_queue,
             )
+        if logger.isEnabledFor(logging.WARNING):
+            logger.warning(
+                "job_failure %s jid=%s queue=%s error=%s: %s",
+                d.class_name,
+                d.jid,
+                d.queue,
+                cls,
+                message,
+                exc_info=(type(exc), exc, exc.__traceback__),
+                extra={"kiq": {"event": "job_failure", "class": d.class_name, "queue": d.queue, "jid": d.jid,
+                               "error": cls, "error_message": message, "retry_count": retry_count}},
+            )
 
-    def unknown(self, d: _kiq.Delivery) -> None:
+    def unknown(self, d: _kiq.Delivery) -> UnknownWorkerError:
+        """The error of a job whose class no registered worker has."""
         known = ", ".join(sorted(self.workers)) or "none"
-        exc = UnknownWorkerError(
+        return UnknownWorkerError(
             f"no worker is registered for class {d.class_name!r} in this process (registered: {known})"
         )
-        logger.error("job %s of unknown class %r failed: %s", d.jid, d.class_name, exc)
-        self.failed(d, None, exc)

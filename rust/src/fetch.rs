@@ -157,7 +157,7 @@ impl Fetcher {
         let problem = match (payload.class(), payload.args()) {
             (Some(class), Some(_)) if !class.is_empty() => {
                 let jid = payload.jid().unwrap_or_default();
-                return Ok(Delivery { lane: self.lane_index, payload, class, jid });
+                return Ok(Delivery::new(self.lane_index, payload, class, jid));
             }
             (None, _) => "the job has no \"class\" string",
             (Some(_), None) => "the job's \"args\" is missing or not an array",

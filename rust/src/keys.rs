@@ -73,6 +73,46 @@ impl Keys {
         format!("{}stat:failed:{day}", self.prefix)
     }
 
+    /// HASH of a live process: `info`, `busy`, `beat`, `quiet`, `rss`, `rtt_us`, `concurrency`.
+    pub fn process(&self, identity: &str) -> String {
+        self.key(identity)
+    }
+
+    /// HASH of a process's running jobs, thread id → work JSON (Sidekiq 6.4.2+).
+    pub fn work(&self, identity: &str) -> String {
+        format!("{}{identity}:work", self.prefix)
+    }
+
+    /// The same hash under the name Sidekiq 6.4.1 and older read.
+    pub fn workers(&self, identity: &str) -> String {
+        format!("{}{identity}:workers", self.prefix)
+    }
+
+    /// LIST the Web UI pushes signals (TSTP, TERM, TTIN) to.
+    pub fn signals(&self, identity: &str) -> String {
+        format!("{}{identity}-signals", self.prefix)
+    }
+
+    /// Sidekiq 7's per-minute execution metrics hash, `day` = `YYYYMMDD`, `hm` = `H:M` unpadded.
+    pub fn metrics7(&self, day: &str, hm: &str) -> String {
+        format!("{}j|{day}|{hm}", self.prefix)
+    }
+
+    /// Sidekiq 8's metrics hashes: `bucket` = `YYMMDD|H:MM` (one minute) or that minus its last digit (ten).
+    pub fn metrics8(&self, bucket: &str) -> String {
+        format!("{}j|{bucket}", self.prefix)
+    }
+
+    /// Sidekiq 7's per-class, per-minute histogram (`window` = `DD-HH:M`).
+    pub fn histogram7(&self, class: &str, window: &str) -> String {
+        format!("{}{class}-{window}", self.prefix)
+    }
+
+    /// Sidekiq 8's histogram (`window` = `D-H:M`, unpadded).
+    pub fn histogram8(&self, class: &str, window: &str) -> String {
+        format!("{}h|{class}-{window}", self.prefix)
+    }
+
     /// LIST of the jobs one process has taken from one queue and not yet
     /// acknowledged. Fetching moves a job here atomically; the ack removes
     /// it; a stop or orphan recovery moves what is left back to the queue.
@@ -97,6 +137,11 @@ mod tests {
         assert_eq!(k.dead(), "dead");
         assert_eq!(k.stat_processed_day("2026-12-01"), "stat:processed:2026-12-01");
         assert_eq!(k.in_progress("h:1:ab", "q"), "kiq:wip|h:1:ab|q");
+        assert_eq!(k.work("h:1:ab"), "h:1:ab:work");
+        assert_eq!(k.workers("h:1:ab"), "h:1:ab:workers");
+        assert_eq!(k.signals("h:1:ab"), "h:1:ab-signals");
+        assert_eq!(k.metrics7("20250214", "8:5"), "j|20250214|8:5");
+        assert_eq!(k.histogram8("HardJob", "14-8:5"), "h|HardJob-14-8:5");
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! ones still reaches every idle thread, one wake-up apart.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -24,15 +24,25 @@ use crate::job::Payload;
 /// A job taken from Redis, waiting for or being run by a thread.
 #[derive(Debug)]
 pub struct Delivery {
+    /// Unique within the process.
+    pub id: u64,
     /// Index of the lane (queue) it came from.
     pub lane: usize,
     /// The payload, whose `source()` is the exact string in Redis.
     pub payload: Payload,
     pub class: String,
     pub jid: String,
+    /// When a thread started it.
+    pub started: Option<Instant>,
 }
 
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
 impl Delivery {
+    pub fn new(lane: usize, payload: Payload, class: String, jid: String) -> Self {
+        Self { id: NEXT_ID.fetch_add(1, Ordering::Relaxed), lane, payload, class, jid, started: None }
+    }
+
     /// JSON text of the job's arguments (always an array: checked at fetch).
     pub fn args(&self) -> &str {
         self.payload.args().unwrap_or("[]")
@@ -174,7 +184,7 @@ mod tests {
 
     fn job(n: u32) -> Delivery {
         let payload = Payload::parse(format!(r#"{{"class":"X","args":[{n}],"jid":"j{n}"}}"#)).unwrap();
-        Delivery { lane: 0, payload, class: "X".into(), jid: format!("j{n}") }
+        Delivery::new(0, payload, "X".into(), format!("j{n}"))
     }
 
     #[test]

@@ -9,10 +9,12 @@ pub mod client;
 pub mod control;
 pub mod error;
 pub mod fetch;
+pub mod heartbeat;
 pub mod job;
 pub mod keys;
 pub mod lane;
 pub mod logbridge;
+pub mod metrics;
 pub mod pool;
 pub mod retry;
 pub mod runtime;
@@ -20,6 +22,7 @@ pub mod scheduled;
 pub mod scripts;
 pub mod server;
 pub mod timestamp;
+pub mod work;
 
 pub use error::{KiqError, Result};
 

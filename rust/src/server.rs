@@ -9,35 +9,39 @@
 //! where they are the next to run.
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, mpsc as sync_mpsc};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::ack::{self, Msg, Settle, Settlement};
 use crate::control::{Control, RunState};
 use crate::error::{KiqError, Result};
 use crate::fetch::Fetcher;
-use crate::job::check_queue_name;
+use crate::heartbeat::{self, BeatConfig, Heartbeat, ProcessInfo, Signal};
+use crate::job::{check_queue_name, field};
 use crate::keys::Keys;
 use crate::lane::{Delivery, Lane, Take};
 use crate::pool::Pool;
 use crate::retry::{self, Disposition, Failure, RetryPolicy, WorkerOptions};
+use crate::metrics::{self, Metrics};
 use crate::scheduled::{PollConfig, Poller};
 use crate::scripts;
 use crate::timestamp;
+use crate::work::{self, Work, WorkSet};
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// This process's identity, `hostname:pid:<12 hex>`.
-    pub identity: String,
-    /// Queue names with the most jobs each may run at once, in fetch order.
-    pub queues: Vec<(String, usize)>,
+    /// Identity, hostname, queues (name and the most jobs each may run at
+    /// once, in fetch order) and the rest of what the heartbeat shows.
+    pub process: ProcessInfo,
     pub policy: RetryPolicy,
     pub poll: PollConfig,
     /// Run the scheduler poller (off lets another system move due jobs).
     pub scheduler: bool,
+    /// Beat (and write metrics); `None` keeps the process out of `processes`.
+    pub beat: Option<BeatConfig>,
 }
 
 /// What a stop did.
@@ -60,26 +64,34 @@ pub struct Server {
     control: Control,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     acker: Mutex<Option<JoinHandle<()>>>,
+    queue_names: Vec<Arc<str>>,
+    work: Arc<WorkSet>,
+    metrics: Arc<Metrics>,
+    signals: Mutex<sync_mpsc::Receiver<Signal>>,
+    halt: watch::Sender<bool>,
+    heartbeat: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Server {
     /// Starts the background tasks on the current tokio runtime.
     pub fn start(pool: Arc<Pool>, keys: Keys, config: ServerConfig) -> Result<Arc<Self>> {
-        if config.queues.is_empty() {
+        let queues = &config.process.queues;
+        if queues.is_empty() {
             return Err(KiqError::config("queues must name at least one queue"));
         }
-        for (i, (name, limit)) in config.queues.iter().enumerate() {
+        for (i, (name, limit)) in queues.iter().enumerate() {
             check_queue_name(name).map_err(|e| KiqError::config(e.to_string()))?;
             if *limit == 0 {
                 return Err(KiqError::config(format!("queue {name:?} needs a concurrency of at least 1")));
             }
-            if config.queues[..i].iter().any(|(n, _)| n == name) {
+            if queues[..i].iter().any(|(n, _)| n == name) {
                 return Err(KiqError::config(format!("queue {name:?} is listed twice")));
             }
         }
-        let lanes: Vec<Arc<Lane>> = config.queues.iter().map(|(n, c)| Arc::new(Lane::new(n.clone(), *c))).collect();
-        let wip_keys: Vec<Arc<str>> =
-            config.queues.iter().map(|(n, _)| Arc::from(keys.in_progress(&config.identity, n))).collect();
+        let identity = &config.process.identity;
+        let lanes: Vec<Arc<Lane>> = queues.iter().map(|(n, c)| Arc::new(Lane::new(n.clone(), *c))).collect();
+        let wip_keys: Vec<Arc<str>> = queues.iter().map(|(n, _)| Arc::from(keys.in_progress(identity, n))).collect();
+        let queue_names: Vec<Arc<str>> = queues.iter().map(|(n, _)| Arc::from(n.as_str())).collect();
         let blocked: Vec<Arc<AtomicI64>> = lanes.iter().map(|_| Arc::new(AtomicI64::new(0))).collect();
         let (tx, rx) = mpsc::unbounded_channel();
         let control = Control::default();
@@ -110,6 +122,23 @@ impl Server {
             };
             tasks.push(tokio::spawn(poller.run()));
         }
+        let work = Arc::new(WorkSet::default());
+        let metrics = Arc::new(Metrics::default());
+        let (signal_tx, signal_rx) = sync_mpsc::channel();
+        let (halt, halted) = watch::channel(false);
+        let heartbeat = config.beat.map(|beat| {
+            let hb = Heartbeat {
+                pool: pool.clone(),
+                keys: keys.clone(),
+                info: config.process.clone(),
+                config: beat,
+                work: work.clone(),
+                metrics: metrics.clone(),
+                control: control.clone(),
+                signals: signal_tx,
+            };
+            tokio::spawn(hb.run(halted))
+        });
         Ok(Arc::new(Self {
             pool,
             keys,
@@ -121,6 +150,12 @@ impl Server {
             control,
             tasks: Mutex::new(tasks),
             acker: Mutex::new(Some(acker)),
+            queue_names,
+            work,
+            metrics,
+            signals: Mutex::new(signal_rx),
+            halt,
+            heartbeat: Mutex::new(heartbeat),
         }))
     }
 
@@ -145,14 +180,42 @@ impl Server {
         self.control.set(if quiet { RunState::Quiet } else { RunState::Running });
     }
 
+    /// Marks a job as started by the calling thread: it shows in the work
+    /// hash until it finishes, and its run time is measured from here.
+    pub fn begin(&self, d: &mut Delivery) {
+        d.started = Some(Instant::now());
+        self.work.insert(
+            d.id,
+            Work {
+                tid: work::current_tid(),
+                queue: self.queue_names[d.lane].clone(),
+                payload: Arc::from(d.payload.source()),
+                run_at: timestamp::now() as i64,
+            },
+        );
+    }
+
+    /// Ends the bookkeeping of a started job and counts it for the metrics tab.
+    fn end(&self, d: &Delivery, ok: bool) {
+        self.work.remove(d.id);
+        let ms = d.started.map_or(0, |t| t.elapsed().as_millis() as u64);
+        // Sidekiq counts ActiveJob jobs under the class they wrap.
+        match d.payload.get(field::WRAPPED).and_then(|w| serde_json::from_str::<String>(w).ok()) {
+            Some(wrapped) => self.metrics.record(&wrapped, ok, ms),
+            None => self.metrics.record(&d.class, ok, ms),
+        }
+    }
+
     /// Records a job as done: it leaves the in-progress list on the next write.
     pub fn complete(&self, d: Delivery) {
+        self.end(&d, true);
         self.settle(d, Settle::Done, false);
     }
 
     /// Records a job as failed, sending it to the retry set, the dead set or
     /// nowhere, as its options say.
     pub fn fail(&self, d: Delivery, failure: &Failure, worker: &WorkerOptions) {
+        self.end(&d, false);
         let queue = self.lanes[d.lane].name.clone();
         let raw = d.payload.source().to_owned();
         let lane = d.lane;
@@ -176,7 +239,18 @@ impl Server {
     /// Gives a job up without a result (stop deadline passed): it stays in
     /// the in-progress list and goes back to its queue.
     pub fn abandon(&self, d: &Delivery) {
+        self.work.remove(d.id);
         self.lanes[d.lane].finish();
+    }
+
+    /// Jobs running now.
+    pub fn busy(&self) -> usize {
+        self.work.len()
+    }
+
+    /// The next signal from the Web UI (TSTP has already quieted the server).
+    pub fn next_signal(&self, timeout: Duration) -> Option<Signal> {
+        self.signals.lock().unwrap_or_else(PoisonError::into_inner).recv_timeout(timeout).ok()
     }
 
     fn settle(&self, d: Delivery, settle: Settle, failed: bool) {
@@ -226,6 +300,15 @@ impl Server {
             }
             let _ = acker.await;
         }
+        let requeued = self.requeue_all().await;
+        self.retire().await;
+        report.requeued = requeued?;
+        Ok(report)
+    }
+
+    /// Moves every job left in this process's in-progress lists back to its queue.
+    async fn requeue_all(&self) -> Result<usize> {
+        let mut total = 0;
         for (lane, wip) in self.lanes.iter().zip(&self.wip_keys) {
             let moved: usize = scripts::REQUEUE
                 .key(&**wip)
@@ -234,9 +317,25 @@ impl Server {
                 .arg(&lane.name)
                 .invoke_async(&mut self.pool.get())
                 .await?;
-            report.requeued += moved;
+            total += moved;
         }
-        Ok(report)
+        Ok(total)
+    }
+
+    /// Ends the heartbeat and takes the process off the Web UI's Busy page.
+    async fn retire(&self) {
+        let _ = self.halt.send(true);
+        let beat = self.heartbeat.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let Some(beat) = beat else { return };
+        let _ = beat.await;
+        let stats = self.metrics.take();
+        let mut pipe = redis::pipe();
+        metrics::write(&mut pipe, &self.keys, &stats, timestamp::now());
+        let written: redis::RedisResult<()> =
+            if stats.is_empty() { Ok(()) } else { pipe.query_async(&mut self.pool.get()).await };
+        if let Err(e) = written.and(heartbeat::clear(&self.pool, &self.keys, &self.config.process.identity).await) {
+            log::warn!("could not remove this process from Redis at stop (it expires in 60 s): {e}");
+        }
     }
 
     /// Waits for a job of lane `index`; see [`Lane::take`].

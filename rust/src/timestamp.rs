@@ -69,6 +69,25 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// A UTC calendar time, to the minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Utc {
+    pub year: i64,
+    pub month: u32,
+    pub day: u32,
+    pub hour: u32,
+    pub minute: u32,
+}
+
+impl Utc {
+    pub fn at(secs: f64) -> Self {
+        let s = secs.floor() as i64;
+        let (year, month, day) = civil_from_days(s.div_euclid(86_400));
+        let rem = s.rem_euclid(86_400);
+        Self { year, month, day, hour: (rem / 3600) as u32, minute: (rem % 3600 / 60) as u32 }
+    }
+}
+
 /// UTC `YYYY-MM-DD` of an epoch-seconds instant, the suffix of daily stat keys.
 pub fn utc_date(secs: f64) -> String {
     let days = (secs.floor() as i64).div_euclid(86_400);
@@ -99,6 +118,12 @@ mod tests {
         let i: serde_json::Number = serde_json::from_str("1739522600123").unwrap();
         assert_eq!(decode(&f), Some(1_700_000_000.5));
         assert!((decode(&i).unwrap() - 1_739_522_600.123).abs() < 1e-6);
+    }
+
+    #[test]
+    fn utc_minutes() {
+        let t = Utc::at(1_739_522_600.5); // 2025-02-14 08:43:20
+        assert_eq!(t, Utc { year: 2025, month: 2, day: 14, hour: 8, minute: 43 });
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use _kiq::client::{self, PushItem};
+use _kiq::heartbeat::{BeatConfig, ProcessInfo};
 use _kiq::job::{NewJob, Payload};
 use _kiq::keys::Keys;
 use _kiq::lane::Take;
@@ -18,11 +19,20 @@ use redis::AsyncCommands;
 
 fn config(queues: &[(&str, usize)]) -> ServerConfig {
     ServerConfig {
-        identity: "test:1:abcdefabcdef".into(),
-        queues: queues.iter().map(|(q, n)| ((*q).to_owned(), *n)).collect(),
+        process: ProcessInfo {
+            identity: "test:1:abcdefabcdef".into(),
+            hostname: "test".into(),
+            pid: 1,
+            tag: String::new(),
+            labels: Vec::new(),
+            queues: queues.iter().map(|(q, n)| ((*q).to_owned(), *n)).collect(),
+            started_at: timestamp::now(),
+            version: "kiq-test".into(),
+        },
         policy: RetryPolicy::default(),
         poll: PollConfig { average_scheduled_poll_interval: 5.0, poll_interval_average: Some(0.1) },
         scheduler: true,
+        beat: Some(BeatConfig::default()),
     }
 }
 
@@ -40,7 +50,10 @@ fn push_jobs(rt: &tokio::runtime::Runtime, pool: &Pool, queue: &str, n: usize) {
 
 fn take(server: &Server, lane: usize) -> _kiq::lane::Delivery {
     match server.take(lane, Some(Duration::from_secs(5))).unwrap() {
-        Take::Job(d) => d,
+        Take::Job(mut d) => {
+            server.begin(&mut d);
+            d
+        }
         other => panic!("no job: {other:?}"),
     }
 }
@@ -169,4 +182,49 @@ fn an_idle_fetcher_picks_up_a_new_job_quickly() {
     // CLIENT UNBLOCK ends the blocked fetch at once instead of after its 2 s.
     assert!(t1.elapsed() < Duration::from_millis(1500), "stop took {:?}", t1.elapsed());
     let _ = Arc::strong_count(&pool);
+}
+
+#[test]
+fn heartbeat_registers_the_process_and_its_running_jobs() {
+    let redis = support::RedisServer::start();
+    let rt = _kiq::runtime::get();
+    let _g = rt.enter();
+    let pool = Pool::new(RedisConfig::new(redis.url())).unwrap();
+    let mut cfg = config(&[("default", 2)]);
+    cfg.beat = Some(BeatConfig { interval: Duration::from_millis(100), ..BeatConfig::default() });
+    let server = Server::start(pool.clone(), Keys::default(), cfg).unwrap();
+    push_jobs(&rt, &pool, "default", 1);
+    let d = take(&server, 0);
+    let mut conn = pool.get();
+    let id = "test:1:abcdefabcdef";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let busy: Option<String> = rt.block_on(conn.hget(id, "busy")).unwrap();
+        let work: std::collections::HashMap<String, String> = rt.block_on(conn.hgetall(format!("{id}:work"))).unwrap();
+        if busy.as_deref() == Some("1") && work.len() == 1 {
+            let w: serde_json::Value = serde_json::from_str(work.values().next().unwrap()).unwrap();
+            assert_eq!(w["queue"], "default");
+            assert!(w["payload"].as_str().unwrap().contains("\"class\":\"Echo\""));
+            break;
+        }
+        assert!(Instant::now() < deadline, "no heartbeat: busy={busy:?} work={work:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let members: Vec<String> = rt.block_on(conn.smembers("processes")).unwrap();
+    assert_eq!(members, vec![id.to_owned()]);
+    let ttl: i64 = rt.block_on(conn.ttl(id)).unwrap();
+    assert!(ttl > 50 && ttl <= 60);
+    let _: () = rt.block_on(conn.lpush(format!("{id}-signals"), "TSTP")).unwrap();
+    let sig = server.next_signal(Duration::from_secs(5));
+    assert_eq!(sig, Some(_kiq::heartbeat::Signal::Quiet));
+    assert_eq!(server.state(), _kiq::control::RunState::Quiet);
+    server.complete(d);
+    rt.block_on(server.begin_stop());
+    rt.block_on(server.finish_stop(Instant::now() + Duration::from_secs(2))).unwrap();
+    let members: Vec<String> = rt.block_on(conn.smembers("processes")).unwrap();
+    assert!(members.is_empty());
+    let exists: bool = rt.block_on(conn.exists(id)).unwrap();
+    assert!(!exists);
+    let day7: Vec<String> = rt.block_on(conn.keys("j|*")).unwrap();
+    assert_eq!(day7.len(), 3, "Sidekiq 7 minute hash and Sidekiq 8 minute and ten-minute hashes: {day7:?}");
 }

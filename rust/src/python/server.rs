@@ -16,8 +16,10 @@ use crate::job::{Backtrace, field};
 use crate::lane::{self, Take};
 use crate::retry::{Failure, RetryPolicy, WorkerOptions};
 use crate::runtime;
+use crate::heartbeat::{BeatConfig, ProcessInfo};
 use crate::scheduled::PollConfig;
 use crate::server::{self, ServerConfig};
+use crate::timestamp;
 
 /// One job handed to a Python thread.
 #[pyclass(module = "kiq._kiq", frozen)]
@@ -104,24 +106,44 @@ pub struct Server {
 #[pymethods]
 impl Server {
     #[new]
-    #[pyo3(signature = (client, identity, queues, *, max_retries = 25, dead_limit = 10_000, dead_timeout = 15_552_000.0, poll_interval_average = None, average_scheduled_poll_interval = 5.0, scheduler = true))]
+    #[pyo3(signature = (client, identity, queues, *, hostname, tag = None, labels = None, max_retries = 25, dead_limit = 10_000, dead_timeout = 15_552_000.0, poll_interval_average = None, average_scheduled_poll_interval = 5.0, scheduler = true, heartbeat = true, heartbeat_interval = 5.0, heartbeat_ttl = 60.0, metrics = true))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         client: &Client,
         identity: String,
         queues: Vec<(String, usize)>,
+        hostname: String,
+        tag: Option<String>,
+        labels: Option<Vec<String>>,
         max_retries: u32,
         dead_limit: u64,
         dead_timeout: f64,
         poll_interval_average: Option<f64>,
         average_scheduled_poll_interval: f64,
         scheduler: bool,
+        heartbeat: bool,
+        heartbeat_interval: f64,
+        heartbeat_ttl: f64,
+        metrics: bool,
     ) -> PyResult<Self> {
+        if !(heartbeat_interval > 0.0 && heartbeat_ttl > heartbeat_interval) {
+            return Err(super::errors::ConfigError::new_err(
+                "heartbeat_interval must be positive and shorter than heartbeat_ttl",
+            ));
+        }
         let names = queues.iter().map(|(q, _)| PyString::new(py, q).unbind()).collect();
         let config = ServerConfig {
-            identity,
-            queues,
+            process: ProcessInfo {
+                identity,
+                hostname,
+                pid: std::process::id(),
+                tag: tag.unwrap_or_default(),
+                labels: labels.unwrap_or_default(),
+                queues,
+                started_at: timestamp::now(),
+                version: format!("kiq-{}", env!("CARGO_PKG_VERSION")),
+            },
             policy: RetryPolicy {
                 max_retries,
                 unit: client.unit,
@@ -131,6 +153,11 @@ impl Server {
             },
             poll: PollConfig { average_scheduled_poll_interval, poll_interval_average },
             scheduler,
+            beat: heartbeat.then(|| BeatConfig {
+                interval: Duration::from_secs_f64(heartbeat_interval),
+                ttl: Duration::from_secs_f64(heartbeat_ttl),
+                metrics,
+            }),
         };
         let rt = runtime::get();
         let _guard = rt.enter();
@@ -144,7 +171,7 @@ impl Server {
     fn next_job(&self, py: Python<'_>, lane: usize, timeout: Option<f64>) -> PyResult<Option<Delivery>> {
         let l = py_result(self.inner.lane(lane))?.clone();
         // A ready job is taken without releasing the GIL: no thread switch.
-        let d = match l.try_take() {
+        let mut d = match l.try_take() {
             Some(d) => d,
             None => {
                 let (taken, woke) = py.detach(|| (l.take(timeout.map(Duration::from_secs_f64)), Instant::now()));
@@ -158,7 +185,19 @@ impl Server {
                 }
             }
         };
-        let args = json_to_py(py, d.args())?.cast_into::<PyList>()?.unbind();
+        self.inner.begin(&mut d);
+        let args = match json_to_py(py, d.args()).and_then(|a| Ok(a.cast_into::<PyList>()?.unbind())) {
+            Ok(args) => args,
+            Err(e) => {
+                // Cannot happen for payloads the fetcher accepted; never strand the job if it does.
+                self.inner.fail(
+                    d,
+                    &Failure { error_class: crate::fetch::INVALID_JOB_ERROR.into(), error_message: e.to_string(), ..Default::default() },
+                    &WorkerOptions::default(),
+                );
+                return Err(e);
+            }
+        };
         Ok(Some(Delivery {
             class_name: PyString::new(py, &d.class).unbind(),
             jid: PyString::new(py, &d.jid).unbind(),
@@ -232,6 +271,19 @@ impl Server {
     /// time those threads then waited to get the GIL back.
     fn gil_wait_stats(&self) -> (u64, f64) {
         (self.gil_waits.load(Ordering::Relaxed), self.gil_wait_ns.load(Ordering::Relaxed) as f64 / 1e9)
+    }
+
+    /// Jobs running now (the heartbeat's `busy`).
+    #[getter]
+    fn busy(&self) -> usize {
+        self.inner.busy()
+    }
+
+    /// Waits up to `timeout` seconds for a signal sent through Redis (the Web
+    /// UI's Quiet and Stop buttons): "TSTP", "TERM" or "TTIN", else None.
+    fn next_signal(&self, py: Python<'_>, timeout: f64) -> Option<&'static str> {
+        let inner = self.inner.clone();
+        py.detach(|| inner.next_signal(Duration::from_secs_f64(timeout.max(0.0)))).map(|s| s.name())
     }
 
     /// Jobs of queue `lane` fetched and not finished.

@@ -1,0 +1,122 @@
+"""Logging: kiq's job events through stdlib ``logging``, and per-job context.
+
+kiq logs under the ``kiq`` logger and never touches the root logger's
+handlers; the package adds a ``NullHandler`` so nothing prints unless the
+application configures logging. Each job logs (from the thread running it):
+
+- ``job_started`` and ``job_success`` (with ``elapsed`` seconds) at INFO,
+- ``job_failure`` (with ``error`` class, message and ``retry_count``) at WARNING,
+- ``job_aborted`` (with ``reason``) at WARNING,
+
+each record carrying the fields in ``record.kiq`` (``event``, ``class``,
+``queue``, ``jid``, ...). :class:`JsonFormatter` writes one JSON object per
+line with ``"source": "kiq"``; :class:`PlainFormatter` a readable line. Inside
+``perform``, :func:`current_job` tells which job runs, and
+:class:`JobContextFilter` stamps ``jid``, ``queue`` and ``job_class`` onto the
+application's own records.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+import json
+import logging
+import traceback
+from typing import Any
+
+__all__ = ["JobContext", "JobContextFilter", "JsonFormatter", "PlainFormatter", "configure", "current_job"]
+
+
+class JobContext:
+    """The job running in this thread (or task)."""
+
+    __slots__ = ("class_name", "jid", "queue", "retry_count")
+
+    def __init__(self, class_name: str, jid: str, queue: str, retry_count: int | None) -> None:
+        self.class_name = class_name
+        self.jid = jid
+        self.queue = queue
+        #: How many times it failed before (None on its first run).
+        self.retry_count = retry_count
+
+    def __repr__(self) -> str:
+        return f"<JobContext {self.class_name} jid={self.jid} queue={self.queue}>"
+
+
+_current: contextvars.ContextVar[Any] = contextvars.ContextVar("kiq_current_job", default=None)
+
+
+def current_job() -> JobContext | None:
+    """The job this code runs in, or None outside a job."""
+    d = _current.get()
+    if d is None or isinstance(d, JobContext):
+        return d
+    return JobContext(d.class_name, d.jid, d.queue, d.retry_count)
+
+
+class JobContextFilter(logging.Filter):
+    """Adds ``jid``, ``queue`` and ``job_class`` of the running job (or None) to every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        job = current_job()
+        record.jid = job.jid if job else None
+        record.queue = job.queue if job else None
+        record.job_class = job.class_name if job else None
+        return True
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    fields: dict[str, Any] = dict(getattr(record, "kiq", None) or {})
+    if "jid" not in fields:
+        job = current_job()
+        if job is not None:
+            fields.update({"class": job.class_name, "queue": job.queue, "jid": job.jid})
+    return fields
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, ``"source": "kiq"``, and the event's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "source": "kiq",
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+            "thread": record.threadName,
+        }
+        out.update(_fields(record))
+        if record.exc_info:
+            out["exception"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()
+        return json.dumps(out, ensure_ascii=False, default=str)
+
+
+class PlainFormatter(logging.Formatter):
+    """``2026-12-01T10:00:00.123Z INFO kiq job_success class=HardJob jid=... queue=default elapsed=0.001``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = dt.datetime.fromtimestamp(record.created, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+        fields = _fields(record)
+        event = fields.pop("event", None)
+        head = event if event is not None else record.getMessage()
+        tail = " ".join(f"{k}={v}" for k, v in fields.items())
+        line = f"{stamp}Z {record.levelname} {record.name} {head}" + (f" {tail}" if tail else "")
+        if record.exc_info:
+            line += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+        return line
+
+
+def configure(level: int | str = logging.INFO, *, json_format: bool = False) -> logging.Handler:
+    """Sends the ``kiq`` logger's records to stderr in kiq's format (the CLI's default).
+
+    Only the ``kiq`` logger is touched; returns the handler so it can be removed.
+    """
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if json_format else PlainFormatter())
+    log = logging.getLogger("kiq")
+    log.addHandler(handler)
+    log.setLevel(level)
+    return handler

@@ -1,0 +1,316 @@
+//! The process heartbeat: what makes a kiq process look like a Sidekiq process.
+//!
+//! Every beat (5 s, Sidekiq 6's pace; entries live 60 s) writes, from a core
+//! thread so a Python job holding the GIL cannot delay it:
+//! - the running jobs as `<identity>:work` (Sidekiq 6.4.2+) and
+//!   `<identity>:workers` (6.4.1 and older), thread id → work JSON;
+//! - `SADD processes <identity>` and the `<identity>` hash: `info` (the
+//!   superset of fields the Busy pages of 6.4 through 8.1 read, including
+//!   8.0.9's `capsules`), `concurrency` (8.1.2+), `busy`, `beat`, `rtt_us`,
+//!   `quiet`, `rss` (kB);
+//! - Sidekiq's execution metrics (see `metrics.rs`);
+//! and pops one Web UI signal from `<identity>-signals` (TSTP, TERM, TTIN).
+//! A clean stop removes the process and its work hashes.
+
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::control::{Control, RunState};
+use crate::job::json_string;
+use crate::keys::Keys;
+use crate::metrics::{self, Metrics};
+use crate::pool::Pool;
+use crate::timestamp::{self, float_json};
+use crate::work::WorkSet;
+
+/// Who this process is, for the `info` field.
+#[derive(Debug, Clone)]
+pub struct ProcessInfo {
+    pub identity: String,
+    pub hostname: String,
+    pub pid: u32,
+    pub tag: String,
+    pub labels: Vec<String>,
+    /// Queues and their concurrency; each is shown as its own capsule.
+    pub queues: Vec<(String, usize)>,
+    pub started_at: f64,
+    pub version: String,
+}
+
+impl ProcessInfo {
+    pub fn concurrency(&self) -> usize {
+        self.queues.iter().map(|(_, n)| n).sum()
+    }
+
+    /// The `info` JSON. Each kiq queue runs with its own limit, which is what
+    /// a Sidekiq 7+ capsule is, so each appears as a strict-mode capsule.
+    pub fn to_json(&self) -> String {
+        let names: Vec<String> = self.queues.iter().map(|(q, _)| json_string(q)).collect();
+        let weights: Vec<String> = self.queues.iter().map(|(q, _)| format!("{{{}:0}}", json_string(q))).collect();
+        let capsules: Vec<String> = self
+            .queues
+            .iter()
+            .map(|(q, n)| format!("{}:{{\"concurrency\":{n},\"mode\":\"strict\",\"weights\":{{{}:0}}}}", json_string(q), json_string(q)))
+            .collect();
+        let labels: Vec<String> = self.labels.iter().map(|l| json_string(l)).collect();
+        format!(
+            concat!(
+                "{{\"hostname\":{},\"started_at\":{},\"pid\":{},\"tag\":{},\"concurrency\":{},",
+                "\"capsules\":{{{}}},\"queues\":[{}],\"weights\":[{}],\"labels\":[{}],",
+                "\"identity\":{},\"version\":{},\"embedded\":false}}"
+            ),
+            json_string(&self.hostname),
+            float_json(self.started_at),
+            self.pid,
+            json_string(&self.tag),
+            self.concurrency(),
+            capsules.join(","),
+            names.join(","),
+            weights.join(","),
+            labels.join(","),
+            json_string(&self.identity),
+            json_string(&self.version),
+        )
+    }
+}
+
+/// A signal sent from Sidekiq's Web UI or API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// TSTP: stop fetching (already applied by the core when delivered).
+    Quiet,
+    /// TERM: stop gracefully.
+    Stop,
+    /// TTIN: log every thread's stack.
+    DumpThreads,
+}
+
+impl Signal {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name.trim().trim_start_matches("SIG") {
+            "TSTP" | "USR1" => Some(Self::Quiet),
+            "TERM" | "INT" => Some(Self::Stop),
+            "TTIN" | "INFO" => Some(Self::DumpThreads),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Quiet => "TSTP",
+            Self::Stop => "TERM",
+            Self::DumpThreads => "TTIN",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BeatConfig {
+    pub interval: Duration,
+    /// TTL of the process hash and work hashes (Sidekiq's 60 s).
+    pub ttl: Duration,
+    pub metrics: bool,
+}
+
+impl Default for BeatConfig {
+    fn default() -> Self {
+        Self { interval: Duration::from_secs(5), ttl: Duration::from_secs(60), metrics: true }
+    }
+}
+
+pub struct Heartbeat {
+    pub pool: Arc<Pool>,
+    pub keys: Keys,
+    pub info: ProcessInfo,
+    pub config: BeatConfig,
+    pub work: Arc<WorkSet>,
+    pub metrics: Arc<Metrics>,
+    pub control: Control,
+    pub signals: mpsc::Sender<Signal>,
+}
+
+impl Heartbeat {
+    /// Beats until `halt` turns true (the end of a stop: beats go on while
+    /// running jobs drain, saying the process is quiet).
+    pub async fn run(self, mut halt: watch::Receiver<bool>) {
+        let info = self.info.to_json();
+        let mut failing = false;
+        loop {
+            match self.beat(&info).await {
+                Ok(()) if failing => {
+                    log::warn!("heartbeat reaches Redis again");
+                    failing = false;
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    if !failing {
+                        log::error!("heartbeat failed, retrying: {e}");
+                        failing = true;
+                    }
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.config.interval) => {}
+                _ = halt.wait_for(|h| *h) => return,
+            }
+        }
+    }
+
+    async fn beat(&self, info: &str) -> redis::RedisResult<()> {
+        let id = &self.info.identity;
+        let ttl = self.config.ttl.as_secs().max(1) as i64;
+        let running = self.work.snapshot();
+        let mut conn = self.pool.get();
+
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for key in [self.keys.work(id), self.keys.workers(id)] {
+            pipe.cmd("UNLINK").arg(&key).ignore();
+            if !running.is_empty() {
+                let mut hset = redis::cmd("HSET");
+                hset.arg(&key);
+                for (tid, json) in &running {
+                    hset.arg(&**tid).arg(json);
+                }
+                pipe.add_command(hset).ignore();
+                pipe.cmd("EXPIRE").arg(&key).arg(ttl).ignore();
+            }
+        }
+        if self.config.metrics {
+            let stats = self.metrics.take();
+            metrics::write(&mut pipe, &self.keys, &stats, timestamp::now());
+            if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+                self.metrics.restore(stats);
+                return Err(e);
+            }
+        } else {
+            pipe.query_async::<()>(&mut conn).await?;
+        }
+
+        let t = Instant::now();
+        redis::cmd("PING").query_async::<()>(&mut conn).await?;
+        let rtt_us = t.elapsed().as_micros() as u64;
+
+        let quiet = self.control.state() != RunState::Running;
+        let (signal,): (Option<String>,) = redis::pipe()
+            .atomic()
+            .cmd("SADD")
+            .arg(self.keys.processes())
+            .arg(id)
+            .ignore()
+            .cmd("HSET")
+            .arg(self.keys.process(id))
+            .arg("info")
+            .arg(info)
+            .arg("concurrency")
+            .arg(self.info.concurrency())
+            .arg("busy")
+            .arg(running.len())
+            .arg("beat")
+            .arg(float_json(timestamp::now()))
+            .arg("rtt_us")
+            .arg(rtt_us)
+            .arg("quiet")
+            .arg(if quiet { "true" } else { "false" })
+            .arg("rss")
+            .arg(rss_kb())
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(self.keys.process(id))
+            .arg(ttl)
+            .ignore()
+            .cmd("RPOP")
+            .arg(self.keys.signals(id))
+            .query_async(&mut conn)
+            .await?;
+        if let Some(name) = signal {
+            match Signal::parse(&name) {
+                Some(sig) => {
+                    log::info!("got {} from Redis ({})", sig.name(), self.keys.signals(id));
+                    if sig == Signal::Quiet {
+                        self.control.set(RunState::Quiet);
+                    }
+                    let _ = self.signals.send(sig);
+                }
+                None => log::warn!("ignoring unknown signal {name:?} from {}", self.keys.signals(id)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Removes a stopped process: its set entry, hash and work hashes.
+pub async fn clear(pool: &Pool, keys: &Keys, identity: &str) -> redis::RedisResult<()> {
+    redis::pipe()
+        .cmd("SREM")
+        .arg(keys.processes())
+        .arg(identity)
+        .ignore()
+        .cmd("UNLINK")
+        .arg(keys.work(identity))
+        .arg(keys.workers(identity))
+        .arg(keys.process(identity))
+        .ignore()
+        .query_async(&mut pool.get())
+        .await
+}
+
+/// Resident memory in kB, as Sidekiq reports it (`VmRSS`), 0 where unknown.
+pub fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> ProcessInfo {
+        ProcessInfo {
+            identity: "web.1:42:0123456789ab".into(),
+            hostname: "web.1".into(),
+            pid: 42,
+            tag: "app".into(),
+            labels: vec!["python".into()],
+            queues: vec![("default".into(), 25), ("events".into(), 5)],
+            started_at: 1_700_000_000.5,
+            version: "kiq-0.1.0".into(),
+        }
+    }
+
+    #[test]
+    fn info_has_every_field_each_version_reads() {
+        let json = info().to_json();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["concurrency"], 30);
+        assert_eq!(v["queues"], serde_json::json!(["default", "events"]));
+        assert_eq!(v["weights"], serde_json::json!([{"default": 0}, {"events": 0}]));
+        assert_eq!(v["capsules"]["events"], serde_json::json!({"concurrency": 5, "mode": "strict", "weights": {"events": 0}}));
+        assert!(v["started_at"].is_f64());
+        for key in ["hostname", "pid", "tag", "labels", "identity", "version", "embedded"] {
+            assert!(v.get(key).is_some(), "{key}");
+        }
+    }
+
+    #[test]
+    fn signals_parse() {
+        assert_eq!(Signal::parse("TSTP"), Some(Signal::Quiet));
+        assert_eq!(Signal::parse("TERM"), Some(Signal::Stop));
+        assert_eq!(Signal::parse("TTIN"), Some(Signal::DumpThreads));
+        assert_eq!(Signal::parse("HUP"), None);
+    }
+
+    #[test]
+    fn rss_is_read() {
+        assert!(rss_kb() > 0);
+    }
+}
