@@ -90,6 +90,16 @@ class Client:
         """Pushes ``(class_name, args, queue, retry, options, jid, at)`` jobs in one round trip."""
     def ping(self) -> float:
         """Round-trip time of a PING, in seconds."""
+    def command(self, *args: str) -> Any:
+        """Runs one Redis command and returns its reply as Python values."""
+    def key(self, kind: str, name: str | None = None) -> str:
+        """The Redis key of a kind ("queue", "retry", "process", ...), namespace applied."""
+    def find_job(self, set: str, jid: str) -> list[tuple[str, float]]:
+        """``(member, score)`` of each entry of "schedule", "retry" or "dead" with this jid."""
+    def enqueue_now(self, set: str, member: str) -> bool:
+        """Moves a member of a job set to its queue now; False if it was gone."""
+    def kill(self, set: str, member: str, *, dead_limit: int = 10_000, dead_timeout: float = 15_552_000.0) -> bool:
+        """Moves a member of a job set to the dead set; False if it was gone."""
     @property
     def namespace_prefix(self) -> str: ...
 

@@ -101,6 +101,8 @@ class Kiq:
         labels: more tags for the Busy page.
         extra_reporters: :class:`~kiq.reporters.Reporter` instances told about every job.
         heartbeat_interval: seconds between heartbeats (Sidekiq 6's 5).
+        heartbeat_ttl: seconds a heartbeat lives (Sidekiq's 60; a process
+            that died vanishes from the Busy page this long after).
         metrics: write per-class execution metrics for Sidekiq 7/8's Metrics tab.
     """
 
@@ -128,6 +130,7 @@ class Kiq:
         labels: Iterable[str] = (),
         extra_reporters: Iterable[Reporter] = (),
         heartbeat_interval: Seconds = 5,
+        heartbeat_ttl: Seconds = 60,
         metrics: bool = True,
     ) -> None:
         self.redis_url = redis_url or os.environ.get("REDIS_URL") or DEFAULT_URL
@@ -171,8 +174,9 @@ class Kiq:
             if not isinstance(rep, Reporter):
                 raise ConfigError(f"extra_reporters takes kiq.Reporter instances, not {rep!r}")
         self.heartbeat_interval = seconds(heartbeat_interval, "heartbeat_interval")
-        if not 0 < self.heartbeat_interval < 60:
-            raise ConfigError("heartbeat_interval must be between 0 and 60 seconds (the heartbeat's TTL)")
+        self.heartbeat_ttl = seconds(heartbeat_ttl, "heartbeat_ttl")
+        if not 0 < self.heartbeat_interval < self.heartbeat_ttl:
+            raise ConfigError("heartbeat_interval must be positive and shorter than heartbeat_ttl (60 s)")
         self.metrics = metrics
         #: Instrumentation hooks: ``app.instrument.attach(handler)``; see :mod:`kiq.instrument`.
         self.instrument = Instrumenter()
@@ -340,6 +344,7 @@ class Kiq:
             tag=self.tag,
             labels=self.labels,
             heartbeat_interval=self.heartbeat_interval,
+            heartbeat_ttl=self.heartbeat_ttl,
             metrics=self.metrics,
             max_retries=self.max_retries,
             dead_limit=self.dead_limit,

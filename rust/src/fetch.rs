@@ -10,7 +10,6 @@
 //! the dead set or the retry path with an error saying what is wrong.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -41,9 +40,6 @@ pub struct Fetcher {
     pub policy: RetryPolicy,
     pub acks: mpsc::UnboundedSender<Msg>,
     pub control: Control,
-    /// The blocking connection's Redis client id while it exists, so a stop
-    /// can `CLIENT UNBLOCK` it instead of waiting out the block.
-    pub blocked_id: Arc<AtomicI64>,
 }
 
 impl Fetcher {
@@ -97,7 +93,6 @@ impl Fetcher {
                         failing = true;
                     }
                     blocking.reset();
-                    self.blocked_id.store(0, Ordering::Release);
                     if !self.control.sleep(delay).await {
                         break;
                     }
@@ -111,18 +106,38 @@ impl Fetcher {
         scripts::FETCH.key(&self.queue_key).key(&*self.wip_key).arg(n).invoke_async(&mut self.pool.get()).await
     }
 
+    /// Blocks in `BLMOVE` until a job is pushed or the block time ends. A
+    /// quiet or stop meanwhile ends the wait at once with `CLIENT UNBLOCK`
+    /// (a job that raced in is still delivered: it is in the in-progress list).
     async fn wait_for_one(&self, blocking: &mut crate::pool::BlockingConn) -> redis::RedisResult<Vec<Vec<u8>>> {
         blocking.connect().await?;
-        self.blocked_id.store(blocking.client_id().unwrap_or(0), Ordering::Release);
-        // A stop that began before the id was published would miss this
-        // connection; checking again here closes that gap.
-        if self.control.state() == RunState::Stopping {
+        let id = blocking.client_id();
+        let mut state = self.control.subscribe();
+        if *state.borrow_and_update() != RunState::Running {
             return Ok(Vec::new());
         }
         let mut cmd = redis::cmd("BLMOVE");
         cmd.arg(&self.queue_key).arg(&*self.wip_key).arg("RIGHT").arg("LEFT").arg(BLOCK.as_secs_f64());
-        let job: Option<Vec<u8>> = blocking.query(&cmd).await?;
-        Ok(job.into_iter().collect())
+        let wait = blocking.query::<Option<Vec<u8>>>(&cmd);
+        tokio::pin!(wait);
+        let mut unblocked = false;
+        loop {
+            tokio::select! {
+                job = &mut wait => return Ok(job?.into_iter().collect()),
+                changed = state.changed(), if !unblocked => {
+                    if changed.is_err() || *state.borrow_and_update() != RunState::Running {
+                        unblocked = true;
+                        if let Some(id) = id {
+                            let r: redis::RedisResult<i64> =
+                                redis::cmd("CLIENT").arg("UNBLOCK").arg(id).query_async(&mut self.pool.get()).await;
+                            if let Err(e) = r {
+                                log::debug!("CLIENT UNBLOCK {id} failed: {e}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     fn deliver(&self, raws: Vec<Vec<u8>>) {

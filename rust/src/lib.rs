@@ -4,6 +4,7 @@
 //! feature) holds the PyO3 bindings, which only convert and call in.
 
 pub mod ack;
+pub mod admin;
 pub mod backtrace;
 pub mod client;
 pub mod control;

@@ -18,7 +18,7 @@ use crate::keys::Keys;
 use crate::pool::Pool;
 use crate::retry::RetryPolicy;
 use crate::scripts;
-use crate::timestamp::{self, float_json};
+use crate::timestamp::{self, TimestampUnit, float_json};
 
 /// Due jobs moved per script call.
 const BATCH: usize = 100;
@@ -130,12 +130,9 @@ pub async fn enqueue_due(pool: &Pool, keys: &Keys, policy: &RetryPolicy, set: &s
         let mut ready = 0;
         for member in members {
             match std::str::from_utf8(&member).ok().and_then(|s| Payload::parse(s).ok()) {
-                Some(mut job) => {
-                    let queue = job.queue().unwrap_or_else(|| DEFAULT_QUEUE.to_owned());
-                    job.remove(field::AT);
-                    job.insert_front_if_absent(field::RETRY, Retry::Default.to_json());
-                    job.set_json(field::ENQUEUED_AT, policy.unit.encode(now));
-                    inv.key(keys.queue(&queue)).arg(&member).arg(job.encode()).arg(&queue);
+                Some(job) => {
+                    let (queue, payload) = due_payload(job, policy.unit, now);
+                    inv.key(keys.queue(&queue)).arg(&member).arg(payload).arg(&queue);
                     ready += 1;
                 }
                 None => {
@@ -160,6 +157,16 @@ pub async fn enqueue_due(pool: &Pool, keys: &Keys, policy: &RetryPolicy, set: &s
             return Ok(moved);
         }
     }
+}
+
+/// A due job's queue and the payload to push there: a fresh `enqueued_at`,
+/// `retry` added if missing, and no `at`.
+pub fn due_payload(mut job: Payload, unit: TimestampUnit, now: f64) -> (String, String) {
+    let queue = job.queue().unwrap_or_else(|| DEFAULT_QUEUE.to_owned());
+    job.remove(field::AT);
+    job.insert_front_if_absent(field::RETRY, Retry::Default.to_json());
+    job.set_json(field::ENQUEUED_AT, unit.encode(now));
+    (queue, job.encode())
 }
 
 #[cfg(test)]

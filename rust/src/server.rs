@@ -8,7 +8,6 @@
 //! still running past the deadline) back to the right end of their queues,
 //! where they are the next to run.
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc as sync_mpsc};
 use std::time::{Duration, Instant};
 
@@ -59,7 +58,6 @@ pub struct Server {
     config: ServerConfig,
     lanes: Vec<Arc<Lane>>,
     wip_keys: Vec<Arc<str>>,
-    blocked: Vec<Arc<AtomicI64>>,
     acks: mpsc::UnboundedSender<Msg>,
     control: Control,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -92,7 +90,6 @@ impl Server {
         let lanes: Vec<Arc<Lane>> = queues.iter().map(|(n, c)| Arc::new(Lane::new(n.clone(), *c))).collect();
         let wip_keys: Vec<Arc<str>> = queues.iter().map(|(n, _)| Arc::from(keys.in_progress(identity, n))).collect();
         let queue_names: Vec<Arc<str>> = queues.iter().map(|(n, _)| Arc::from(n.as_str())).collect();
-        let blocked: Vec<Arc<AtomicI64>> = lanes.iter().map(|_| Arc::new(AtomicI64::new(0))).collect();
         let (tx, rx) = mpsc::unbounded_channel();
         let control = Control::default();
         let acker = tokio::spawn(ack::run(rx, pool.clone(), keys.clone(), config.policy.clone()));
@@ -108,7 +105,6 @@ impl Server {
                 policy: config.policy.clone(),
                 acks: tx.clone(),
                 control: control.clone(),
-                blocked_id: blocked[i].clone(),
             };
             tasks.push(tokio::spawn(fetcher.run()));
         }
@@ -145,7 +141,6 @@ impl Server {
             config,
             lanes,
             wip_keys,
-            blocked,
             acks: tx,
             control,
             tasks: Mutex::new(tasks),
@@ -269,17 +264,8 @@ impl Server {
     /// Returns the number of fetched jobs that no thread had started.
     pub async fn begin_stop(&self) -> usize {
         self.control.set(RunState::Stopping);
-        let untaken: usize = self.lanes.iter().map(|l| l.close().len()).sum();
-        for id in &self.blocked {
-            let id = id.load(Ordering::Acquire);
-            if id > 0 {
-                let r: redis::RedisResult<i64> = redis::cmd("CLIENT").arg("UNBLOCK").arg(id).query_async(&mut self.pool.get()).await;
-                if let Err(e) = r {
-                    log::debug!("CLIENT UNBLOCK {id} failed: {e}");
-                }
-            }
-        }
-        untaken
+        // Fetchers blocked in BLMOVE see the state change and unblock themselves.
+        self.lanes.iter().map(|l| l.close().len()).sum()
     }
 
     /// Second half of a stop: write pending results (until `deadline`), then

@@ -6,10 +6,12 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
-use super::convert::{args_json, value_json};
+use super::convert::{args_json, redis_to_py, value_json};
 use super::errors::{ConfigError, py_result};
 use super::{gil, options};
+use crate::admin;
 use crate::client::{self, PushItem};
+use crate::retry::RetryPolicy;
 use crate::job::{NewJob, Retry};
 use crate::keys::Keys;
 use crate::pool::{Pool, RedisConfig};
@@ -53,6 +55,15 @@ fn new_job(
 }
 
 impl Client {
+    fn set_key(&self, set: &str) -> PyResult<String> {
+        match set {
+            "schedule" => Ok(self.keys.schedule()),
+            "retry" => Ok(self.keys.retry()),
+            "dead" => Ok(self.keys.dead()),
+            other => Err(ConfigError::new_err(format!("{other:?} is not a job set: use schedule, retry or dead"))),
+        }
+    }
+
     fn send(&self, py: Python<'_>, items: Vec<PushItem>) -> PyResult<()> {
         let pool = self.pool.clone();
         let keys = self.keys.clone();
@@ -185,6 +196,80 @@ impl Client {
             let _: String = redis::cmd("PING").query_async(&mut pool.get()).await?;
             Ok(t.elapsed().as_secs_f64())
         })
+    }
+
+    /// Runs one Redis command, e.g. `command("LLEN", "queue:default")`, and
+    /// returns its reply as Python values (for the introspection API).
+    #[pyo3(signature = (*args))]
+    fn command(&self, py: Python<'_>, args: Vec<String>) -> PyResult<Py<PyAny>> {
+        let Some((name, rest)) = args.split_first() else {
+            return Err(ConfigError::new_err("command() needs a command name"));
+        };
+        // Shared connections are multiplexed: transactions or blocking
+        // commands on them would tangle every other caller's commands.
+        const REFUSED: [&str; 12] =
+            ["MULTI", "EXEC", "WATCH", "UNWATCH", "DISCARD", "BLPOP", "BRPOP", "BLMOVE", "BRPOPLPUSH", "BZPOPMIN", "SUBSCRIBE", "MONITOR"];
+        if REFUSED.contains(&name.to_ascii_uppercase().as_str()) {
+            return Err(ConfigError::new_err(format!("command() cannot run {name} on kiq's shared connections")));
+        }
+        let mut cmd = redis::cmd(name);
+        for a in rest {
+            cmd.arg(a);
+        }
+        let pool = self.pool.clone();
+        let value: redis::Value = gil::block_on(py, async move { Ok(cmd.query_async(&mut pool.get()).await?) })?;
+        Ok(redis_to_py(py, &value)?.unbind())
+    }
+
+    /// The Redis key of a kind (`"queue"`, `"retry"`, `"process"`, ...) and
+    /// argument, with the namespace applied; keys are spelled in the core only.
+    #[pyo3(signature = (kind, name = None))]
+    fn key(&self, kind: &str, name: Option<&str>) -> PyResult<String> {
+        let k = &self.keys;
+        let arg = || name.ok_or_else(|| ConfigError::new_err(format!("key kind {kind:?} needs a name")));
+        Ok(match kind {
+            "queues" => k.queues(),
+            "schedule" => k.schedule(),
+            "retry" => k.retry(),
+            "dead" => k.dead(),
+            "processes" => k.processes(),
+            "stat_processed" => k.stat_processed(),
+            "stat_failed" => k.stat_failed(),
+            "queue" => k.queue(arg()?),
+            "process" => k.process(arg()?),
+            "work" => k.work(arg()?),
+            "workers" => k.workers(arg()?),
+            "signals" => k.signals(arg()?),
+            "stat_processed_day" => k.stat_processed_day(arg()?),
+            "stat_failed_day" => k.stat_failed_day(arg()?),
+            other => return Err(ConfigError::new_err(format!("unknown key kind {other:?}"))),
+        })
+    }
+
+    /// `(member, score)` of every entry of sorted set `set` ("schedule",
+    /// "retry" or "dead") whose jid is `jid`.
+    fn find_job(&self, py: Python<'_>, set: &str, jid: String) -> PyResult<Vec<(String, f64)>> {
+        let key = self.set_key(set)?;
+        let pool = self.pool.clone();
+        gil::block_on(py, async move { admin::find(&pool, &key, &jid).await })
+    }
+
+    /// Moves `member` of `set` to its queue now (from "retry", decrementing
+    /// `retry_count` as Sidekiq's Retry Now does). False if it was already gone.
+    fn enqueue_now(&self, py: Python<'_>, set: &str, member: String) -> PyResult<bool> {
+        let key = self.set_key(set)?;
+        let (pool, keys) = (self.pool.clone(), self.keys.clone());
+        let policy = RetryPolicy { unit: self.unit, ..RetryPolicy::default() };
+        gil::block_on(py, async move { admin::enqueue_now(&pool, &keys, &policy, &key, &member).await })
+    }
+
+    /// Moves `member` of `set` to the dead set, trimmed with these limits. False if it was already gone.
+    #[pyo3(signature = (set, member, *, dead_limit = 10_000, dead_timeout = 15_552_000.0))]
+    fn kill(&self, py: Python<'_>, set: &str, member: String, dead_limit: u64, dead_timeout: f64) -> PyResult<bool> {
+        let key = self.set_key(set)?;
+        let (pool, keys) = (self.pool.clone(), self.keys.clone());
+        let policy = RetryPolicy { dead_limit, dead_timeout_secs: dead_timeout, ..RetryPolicy::default() };
+        gil::block_on(py, async move { admin::kill(&pool, &keys, &policy, &key, &member).await })
     }
 
     /// The key prefix in use ("" without a namespace).

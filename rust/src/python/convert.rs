@@ -180,3 +180,33 @@ fn value_to_py<'py>(py: Python<'py>, v: &serde_json::Value) -> PyResult<Bound<'p
         }
     })
 }
+
+/// A Redis reply as Python values: bulk strings as `str` (invalid UTF-8 replaced).
+pub fn redis_to_py<'py>(py: Python<'py>, v: &redis::Value) -> PyResult<Bound<'py, PyAny>> {
+    use redis::Value;
+    Ok(match v {
+        Value::Nil => py.None().into_bound(py),
+        Value::Int(i) => i.into_pyobject(py)?.into_any(),
+        Value::BulkString(b) => PyString::new(py, &String::from_utf8_lossy(b)).into_any(),
+        Value::SimpleString(s) => PyString::new(py, s).into_any(),
+        Value::Okay => PyString::new(py, "OK").into_any(),
+        Value::Double(f) => PyFloat::new(py, *f).into_any(),
+        Value::Boolean(b) => PyBool::new(py, *b).to_owned().into_any(),
+        Value::Array(items) | Value::Set(items) => {
+            let list = PyList::empty(py);
+            for item in items {
+                list.append(redis_to_py(py, item)?)?;
+            }
+            list.into_any()
+        }
+        Value::Map(pairs) => {
+            let dict = PyDict::new(py);
+            for (k, item) in pairs {
+                dict.set_item(redis_to_py(py, k)?, redis_to_py(py, item)?)?;
+            }
+            dict.into_any()
+        }
+        Value::ServerError(e) => return Err(super::errors::ConnectionError::new_err(format!("redis: {e:?}"))),
+        other => PyString::new(py, &format!("{other:?}")).into_any(),
+    })
+}

@@ -1,0 +1,326 @@
+"""Introspection: what Sidekiq's Web UI shows and does, for scripts.
+
+    from kiq.api import Api
+    api = Api(app)                      # or Api("redis://...")
+    api.stats().processed
+    [q.name for q in api.queues()]
+    for job in api.retries.jobs():
+        print(job.class_name, job.error_message)
+    api.retries.retry(jid)              # "Retry Now"
+    api.dead.delete(jid)
+    api.processes()[0].quiet()          # the Busy page's Quiet button
+
+Reads Sidekiq's keys, so it shows Ruby and Python jobs and processes alike.
+The worker runtime never imports this module (as Sidekiq's server never
+loads ``sidekiq/api``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from kiq import _kiq
+
+if TYPE_CHECKING:
+    from kiq.app import Kiq
+
+__all__ = ["Api", "JobRecord", "JobSet", "Process", "Queue", "Stats", "Work"]
+
+
+def _time(value: Any) -> float | None:
+    """A job timestamp in epoch seconds: a float is seconds, an int milliseconds (Sidekiq 8's rule)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if isinstance(value, float) else value / 1000.0
+
+
+@dataclasses.dataclass(frozen=True)
+class JobRecord:
+    """One job as stored: in a queue, or a member of a job set with its score."""
+
+    payload: str
+    score: float | None = None
+
+    @property
+    def item(self) -> dict[str, Any]:
+        try:
+            parsed = json.loads(self.payload)
+        except ValueError:
+            return {}
+        return parsed if isinstance(parsed, dict) else {}
+
+    @property
+    def class_name(self) -> str:
+        item = self.item
+        return str(item.get("display_class") or item.get("wrapped") or item.get("class") or "")
+
+    @property
+    def args(self) -> list[Any]:
+        args = self.item.get("args")
+        return args if isinstance(args, list) else []
+
+    @property
+    def jid(self) -> str:
+        return str(self.item.get("jid", ""))
+
+    @property
+    def queue(self) -> str:
+        return str(self.item.get("queue", ""))
+
+    @property
+    def created_at(self) -> float | None:
+        return _time(self.item.get("created_at"))
+
+    @property
+    def enqueued_at(self) -> float | None:
+        return _time(self.item.get("enqueued_at"))
+
+    @property
+    def retry_count(self) -> int | None:
+        count = self.item.get("retry_count")
+        return count if isinstance(count, int) else None
+
+    @property
+    def error_class(self) -> str | None:
+        return self.item.get("error_class")
+
+    @property
+    def error_message(self) -> str | None:
+        return self.item.get("error_message")
+
+    @property
+    def error_backtrace(self) -> list[str]:
+        value = self.item.get("error_backtrace")
+        return _kiq.decode_backtrace(value) if isinstance(value, str) else []
+
+    @property
+    def at(self) -> float | None:
+        """When a set member is due (schedule, retry) or died (dead)."""
+        return self.score
+
+
+@dataclasses.dataclass(frozen=True)
+class Stats:
+    processed: int
+    failed: int
+    scheduled_size: int
+    retry_size: int
+    dead_size: int
+    processes_size: int
+    #: Jobs waiting in all queues.
+    enqueued: int
+    #: Jobs waiting per queue.
+    queues: dict[str, int]
+    default_queue_latency: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Work:
+    """A job running in some process."""
+
+    process: str
+    tid: str
+    queue: str
+    run_at: int
+    job: JobRecord
+
+
+class Queue:
+    def __init__(self, api: Api, name: str) -> None:
+        self.api = api
+        self.name = name
+        self.key = api.client.key("queue", name)
+
+    def __repr__(self) -> str:
+        return f"<Queue {self.name}>"
+
+    def size(self) -> int:
+        return int(self.api.client.command("LLEN", self.key))
+
+    def latency(self) -> float:
+        """Seconds the oldest job has waited (0 when empty), as Sidekiq computes it."""
+        oldest = self.api.client.command("LINDEX", self.key, "-1")
+        if oldest is None:
+            return 0.0
+        job = JobRecord(oldest)
+        at = job.enqueued_at or job.created_at
+        return max(0.0, time.time() - at) if at else 0.0
+
+    def jobs(self, start: int = 0, count: int = 100) -> list[JobRecord]:
+        """Jobs next to run first."""
+        raw = self.api.client.command("LRANGE", self.key, str(-start - count), str(-start - 1))
+        return [JobRecord(p) for p in reversed(raw)]
+
+    def delete(self, jid: str) -> bool:
+        for job in self.jobs(0, self.size()):
+            if job.jid == jid:
+                return bool(self.api.client.command("LREM", self.key, "1", job.payload))
+        return False
+
+    def clear(self) -> None:
+        self.api.client.command("UNLINK", self.key)
+        self.api.client.command("SREM", self.api.client.key("queues"), self.name)
+
+
+class JobSet:
+    """The ``schedule``, ``retry`` or ``dead`` sorted set."""
+
+    def __init__(self, api: Api, name: str) -> None:
+        self.api = api
+        self.name = name
+        self.key = api.client.key(name)
+
+    def __repr__(self) -> str:
+        return f"<JobSet {self.name}>"
+
+    def size(self) -> int:
+        return int(self.api.client.command("ZCARD", self.key))
+
+    def jobs(self, start: int = 0, count: int = 100) -> list[JobRecord]:
+        """Members in score order (soonest first; newest first for dead)."""
+        cmd = "ZREVRANGE" if self.name == "dead" else "ZRANGE"
+        raw = self.api.client.command(cmd, self.key, str(start), str(start + count - 1), "WITHSCORES")
+        return [JobRecord(raw[i], float(raw[i + 1])) for i in range(0, len(raw), 2)]
+
+    def find(self, jid: str) -> list[JobRecord]:
+        return [JobRecord(m, s) for m, s in self.api.client.find_job(self.name, jid)]
+
+    def retry(self, jid: str) -> bool:
+        """Runs the job now (the Web UI's "Retry Now" / "Add to queue")."""
+        return any(self.api.client.enqueue_now(self.name, job.payload) for job in self.find(jid))
+
+    def kill(self, jid: str) -> bool:
+        """Moves the job to the dead set."""
+        return any(self.api.client.kill(self.name, job.payload) for job in self.find(jid))
+
+    def delete(self, jid: str) -> bool:
+        return any(self.api.client.command("ZREM", self.key, job.payload) for job in self.find(jid))
+
+    def clear(self) -> None:
+        self.api.client.command("UNLINK", self.key)
+
+
+@dataclasses.dataclass(frozen=True)
+class Process:
+    """A live Sidekiq or kiq process, from its heartbeat."""
+
+    api: Api
+    identity: str
+    info: dict[str, Any]
+    busy: int
+    beat: float
+    quiet: bool
+    rss_kb: int
+
+    @property
+    def hostname(self) -> str:
+        return str(self.info.get("hostname", ""))
+
+    @property
+    def pid(self) -> int:
+        return int(self.info.get("pid", 0))
+
+    @property
+    def queues(self) -> list[str]:
+        return list(self.info.get("queues", []))
+
+    @property
+    def concurrency(self) -> int:
+        return int(self.info.get("concurrency", 0))
+
+    @property
+    def tag(self) -> str:
+        return str(self.info.get("tag", ""))
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.info.get("labels", []))
+
+    @property
+    def version(self) -> str:
+        return str(self.info.get("version", ""))
+
+    def signal(self, name: str) -> None:
+        """Sends a signal the process picks up on its next heartbeat (TSTP, TERM, TTIN)."""
+        key = self.api.client.key("signals", self.identity)
+        self.api.client.command("LPUSH", key, name)
+        self.api.client.command("EXPIRE", key, "60")
+
+    def quiet_down(self) -> None:
+        """The Busy page's Quiet: stop fetching new jobs."""
+        self.signal("TSTP")
+
+    def stop(self) -> None:
+        """The Busy page's Stop: stop gracefully."""
+        self.signal("TERM")
+
+    def dump_threads(self) -> None:
+        self.signal("TTIN")
+
+
+class Api:
+    """Read and act on a Sidekiq keyspace; see the module docstring."""
+
+    def __init__(self, target: Kiq | str | None = None, *, namespace: str | None = None) -> None:
+        if target is None or isinstance(target, str):
+            from kiq.app import DEFAULT_URL
+
+            url = target or os.environ.get("REDIS_URL") or DEFAULT_URL
+            self.client = _kiq.Client(url, namespace=namespace)
+        else:
+            self.client = target.client
+        self.scheduled = JobSet(self, "schedule")
+        self.retries = JobSet(self, "retry")
+        self.dead = JobSet(self, "dead")
+
+    def queue(self, name: str) -> Queue:
+        return Queue(self, name)
+
+    def queues(self) -> list[Queue]:
+        names = self.client.command("SMEMBERS", self.client.key("queues"))
+        return [Queue(self, n) for n in sorted(names)]
+
+    def stats(self) -> Stats:
+        c = self.client
+        sizes = {q.name: q.size() for q in self.queues()}
+        return Stats(
+            processed=int(c.command("GET", c.key("stat_processed")) or 0),
+            failed=int(c.command("GET", c.key("stat_failed")) or 0),
+            scheduled_size=self.scheduled.size(),
+            retry_size=self.retries.size(),
+            dead_size=self.dead.size(),
+            processes_size=len(self.processes()),
+            enqueued=sum(sizes.values()),
+            queues=sizes,
+            default_queue_latency=self.queue("default").latency(),
+        )
+
+    def processes(self) -> list[Process]:
+        """Processes with a live heartbeat (entries whose heartbeat expired are skipped)."""
+        c = self.client
+        out = []
+        for identity in sorted(c.command("SMEMBERS", c.key("processes"))):
+            info, busy, beat, quiet, rss = c.command("HMGET", c.key("process", identity), "info", "busy", "beat",
+                                                     "quiet", "rss")
+            if info is None:
+                continue
+            out.append(Process(self, identity, json.loads(info), int(busy or 0), float(beat or 0),
+                               quiet == "true", int(rss or 0)))
+        return out
+
+    def work(self) -> list[Work]:
+        """Jobs running right now in every process, oldest first."""
+        c = self.client
+        out = []
+        for p in self.processes():
+            raw = c.command("HGETALL", c.key("work", p.identity))
+            pairs = raw.items() if isinstance(raw, dict) else zip(raw[::2], raw[1::2])
+            for tid, value in pairs:
+                w = json.loads(value)
+                payload = w["payload"] if isinstance(w["payload"], str) else json.dumps(w["payload"])
+                out.append(Work(p.identity, tid, w["queue"], int(w["run_at"]), JobRecord(payload)))
+        return sorted(out, key=lambda w: w.run_at)
