@@ -7,13 +7,15 @@ Python threads (from /proc/self/task)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 import sys
 import threading
 import time
 
-from kiq import Kiq, worker
+from kiq import Kiq, Reporter, worker
+from kiq.logs import JsonFormatter
 
 
 def thread_cpu() -> dict[str, float]:
@@ -36,8 +38,22 @@ def thread_cpu() -> dict[str, float]:
     return groups
 
 
+class NoopReporter(Reporter):
+    """Receives every event and does nothing with it."""
+
+
 def main() -> None:
     url, n, concurrency = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    # none: no metrics, no log handler; warning / info: kiq's defaults with a
+    # JSON log handler (to /dev/null) at that level; reporter: warning plus
+    # one no-op extra reporter.
+    mode = sys.argv[4] if len(sys.argv) > 4 else "default"
+    if mode in ("warning", "info", "reporter"):
+        handler = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the process
+        handler.setFormatter(JsonFormatter())
+        log = logging.getLogger("kiq")
+        log.addHandler(handler)
+        log.setLevel(logging.INFO if mode == "info" else logging.WARNING)
     state = {"count": 0, "first": 0.0, "last": 0.0}
     done = threading.Event()
     lock = threading.Lock()
@@ -54,7 +70,8 @@ def main() -> None:
             state["last"] = time.perf_counter()
             done.set()
 
-    app = Kiq(url, queues={"default": concurrency}, workers=[noop])
+    app = Kiq(url, queues={"default": concurrency}, workers=[noop], metrics=mode != "none",
+              extra_reporters=[NoopReporter()] if mode == "reporter" else [])
     app.start()
     done.wait(600)
     cpu1 = thread_cpu()

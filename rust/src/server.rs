@@ -193,6 +193,9 @@ impl Server {
     /// Ends the bookkeeping of a started job and counts it for the metrics tab.
     fn end(&self, d: &Delivery, ok: bool) {
         self.work.remove(d.id);
+        if !self.config.beat.is_some_and(|b| b.metrics) {
+            return;
+        }
         let ms = d.started.map_or(0, |t| t.elapsed().as_millis() as u64);
         // Sidekiq counts ActiveJob jobs under the class they wrap.
         match d.payload.get(field::WRAPPED).and_then(|w| serde_json::from_str::<String>(w).ok()) {
