@@ -19,9 +19,9 @@ application's own records.
 from __future__ import annotations
 
 import contextvars
-import datetime as dt
 import json
 import logging
+import time
 import traceback
 from typing import Any
 
@@ -66,6 +66,11 @@ class JobContextFilter(logging.Filter):
         return True
 
 
+def _utc(created: float) -> str:
+    """``2026-12-01T10:00:00.123Z`` (cheaper than datetime for every log line)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
+
+
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     fields: dict[str, Any] = dict(getattr(record, "kiq", None) or {})
     if "jid" not in fields:
@@ -80,7 +85,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "time": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds"),
+            "time": _utc(record.created),
             "level": record.levelname.lower(),
             "source": "kiq",
             "logger": record.name,
@@ -98,12 +103,12 @@ class PlainFormatter(logging.Formatter):
     """``2026-12-01T10:00:00.123Z INFO kiq job_success class=HardJob jid=... queue=default elapsed=0.001``."""
 
     def format(self, record: logging.LogRecord) -> str:
-        stamp = dt.datetime.fromtimestamp(record.created, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+        stamp = _utc(record.created)
         fields = _fields(record)
         event = fields.pop("event", None)
         head = event if event is not None else record.getMessage()
         tail = " ".join(f"{k}={v}" for k, v in fields.items())
-        line = f"{stamp}Z {record.levelname} {record.name} {head}" + (f" {tail}" if tail else "")
+        line = f"{stamp} {record.levelname} {record.name} {head}" + (f" {tail}" if tail else "")
         if record.exc_info:
             line += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
         return line

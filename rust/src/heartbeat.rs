@@ -138,8 +138,11 @@ impl Heartbeat {
     pub async fn run(self, mut halt: watch::Receiver<bool>) {
         let info = self.info.to_json();
         let mut failing = false;
+        // Whether the work hashes may hold entries; an idle process skips
+        // rewriting them (Redis drops them itself once their TTL ends).
+        let mut had_work = true;
         loop {
-            match self.beat(&info).await {
+            match self.beat(&info, &mut had_work).await {
                 Ok(()) if failing => {
                     log::warn!("heartbeat reaches Redis again");
                     failing = false;
@@ -159,7 +162,7 @@ impl Heartbeat {
         }
     }
 
-    async fn beat(&self, info: &str) -> redis::RedisResult<()> {
+    async fn beat(&self, info: &str, had_work: &mut bool) -> redis::RedisResult<()> {
         let id = &self.info.identity;
         let ttl = self.config.ttl.as_secs().max(1) as i64;
         let running = self.work.snapshot();
@@ -167,28 +170,29 @@ impl Heartbeat {
 
         let mut pipe = redis::pipe();
         pipe.atomic();
-        for key in [self.keys.work(id), self.keys.workers(id)] {
-            pipe.cmd("UNLINK").arg(&key).ignore();
-            if !running.is_empty() {
-                let mut hset = redis::cmd("HSET");
-                hset.arg(&key);
-                for (tid, json) in &running {
-                    hset.arg(&**tid).arg(json);
+        if *had_work || !running.is_empty() {
+            for key in [self.keys.work(id), self.keys.workers(id)] {
+                pipe.cmd("UNLINK").arg(&key).ignore();
+                if !running.is_empty() {
+                    let mut hset = redis::cmd("HSET");
+                    hset.arg(&key);
+                    for (tid, json) in &running {
+                        hset.arg(&**tid).arg(json);
+                    }
+                    pipe.add_command(hset).ignore();
+                    pipe.cmd("EXPIRE").arg(&key).arg(ttl).ignore();
                 }
-                pipe.add_command(hset).ignore();
-                pipe.cmd("EXPIRE").arg(&key).arg(ttl).ignore();
             }
         }
-        if self.config.metrics {
-            let stats = self.metrics.take();
-            metrics::write(&mut pipe, &self.keys, &stats, timestamp::now());
+        let stats = if self.config.metrics { self.metrics.take() } else { Default::default() };
+        metrics::write(&mut pipe, &self.keys, &stats, timestamp::now());
+        if pipe.cmd_iter().next().is_some() {
             if let Err(e) = pipe.query_async::<()>(&mut conn).await {
                 self.metrics.restore(stats);
                 return Err(e);
             }
-        } else {
-            pipe.query_async::<()>(&mut conn).await?;
         }
+        *had_work = !running.is_empty();
 
         let t = Instant::now();
         redis::cmd("PING").query_async::<()>(&mut conn).await?;
