@@ -29,7 +29,8 @@ HERE = Path(__file__).parent
 MODES = ["none", "warning", "info", "reporter"]
 
 
-def drain(url: str, n: int, mode: str) -> float:
+def drain(url: str, n: int, mode: str) -> tuple[float, float]:
+    """(jobs/s, worker CPU µs per job)."""
     r = redis.Redis.from_url(url)
     r.flushall()
     app = Kiq(url)
@@ -38,7 +39,8 @@ def drain(url: str, n: int, mode: str) -> float:
     out = subprocess.run([sys.executable, str(HERE / "kiq_drain.py"), url, str(n), "25", mode],
                          capture_output=True, text=True, check=True, timeout=900)
     r.close()
-    return float(json.loads(out.stdout.strip().splitlines()[-1])["rate"])
+    rep = json.loads(out.stdout.strip().splitlines()[-1])
+    return float(rep["rate"]), float(rep["cpu_core_us_per_job"]) + float(rep["cpu_python_us_per_job"])
 
 
 def heartbeat_commands_per_minute(url: str, seconds: float = 60.0) -> tuple[float, dict[str, int]]:
@@ -65,17 +67,22 @@ def main() -> None:
     args = ap.parse_args()
     with throwaway_redis() as url:
         rates: dict[str, list[float]] = {m: [] for m in MODES}
+        cpus: dict[str, list[float]] = {m: [] for m in MODES}
         for run in range(args.runs):
             for mode in MODES:
-                rates[mode].append(drain(url, args.jobs, mode))
-                print(f"run {run + 1} {mode:9} {rates[mode][-1]:>9,.0f} jobs/s", file=sys.stderr)
+                rate, cpu = drain(url, args.jobs, mode)
+                rates[mode].append(rate)
+                cpus[mode].append(cpu)
+                print(f"run {run + 1} {mode:9} {rate:>9,.0f} jobs/s {cpu:6.1f} us/job", file=sys.stderr)
         base = statistics.median(rates["none"])
+        base_cpu = statistics.median(cpus["none"])
         print(f"\nN={args.jobs:,} no-op jobs, concurrency 25, median of {args.runs} runs\n")
-        print("| mode | drain jobs/s | vs none |")
-        print("|---|---|---|")
+        print("| mode | drain jobs/s | vs none | worker CPU us/job | vs none |")
+        print("|---|---|---|---|---|")
         for mode in MODES:
-            med = statistics.median(rates[mode])
-            print(f"| {mode} | {med:,.0f} | {100 * (med / base - 1):+.1f}% |")
+            med, cpu = statistics.median(rates[mode]), statistics.median(cpus[mode])
+            print(f"| {mode} | {med:,.0f} | {100 * (med / base - 1):+.1f}% | {cpu:.1f} | "
+                  f"{100 * (cpu / base_cpu - 1):+.1f}% |")
         per_min, detail = heartbeat_commands_per_minute(url)
         print(f"\nheartbeat: {per_min:.0f} Redis commands per minute per idle process ({detail})")
 
