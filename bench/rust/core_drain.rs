@@ -71,7 +71,7 @@ fn main() {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
     println!("drain: {:.0} jobs/s", n as f64 / t1.elapsed().as_secs_f64());
-    rt.block_on(server.begin_stop());
+    server.begin_stop();
     rt.block_on(server.finish_stop(Instant::now() + std::time::Duration::from_secs(5))).unwrap();
     for t in threads {
         let _ = t.join();

@@ -51,7 +51,10 @@ pub struct Settlement {
 pub enum Msg {
     Settle(Settlement),
     /// Write what is pending (retrying until the deadline), then stop.
-    Close { deadline: Instant, done: oneshot::Sender<usize> },
+    Close {
+        deadline: Instant,
+        done: oneshot::Sender<usize>,
+    },
 }
 
 /// Runs until told to close; the reply to `Close` is the number of

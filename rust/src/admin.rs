@@ -50,10 +50,10 @@ pub async fn find(pool: &Pool, set: &str, jid: &str) -> Result<Vec<(String, f64)
 /// manual retry does not use up an attempt. Returns false if it was gone.
 pub async fn enqueue_now(pool: &Pool, keys: &Keys, policy: &RetryPolicy, set: &str, member: &str) -> Result<bool> {
     let mut job = Payload::parse(member)?;
-    if set == keys.retry() {
-        if let Some(count) = job.retry_count() {
-            job.set_json(field::RETRY_COUNT, (count - 1).to_string());
-        }
+    if set == keys.retry()
+        && let Some(count) = job.retry_count()
+    {
+        job.set_json(field::RETRY_COUNT, (count - 1).to_string());
     }
     let (queue, payload) = due_payload(job, policy.unit, timestamp::now());
     let moved: i64 = scripts::ENQUEUE_DUE

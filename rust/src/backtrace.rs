@@ -56,11 +56,11 @@ mod tests {
     fn reads_line_wrapped_base64_from_old_sidekiq() {
         let lines: Vec<String> = (0..20).map(|i| format!("/usr/lib/ruby/file_{i}.rb:{i}:in `block'")).collect();
         let enc = encode(&lines);
-        let wrapped: String = enc
-            .as_bytes()
-            .chunks(60)
-            .map(|c| format!("{}\n", std::str::from_utf8(c).unwrap()))
-            .collect();
+        let mut wrapped = String::new();
+        for chunk in enc.as_bytes().chunks(60) {
+            wrapped.push_str(std::str::from_utf8(chunk).unwrap());
+            wrapped.push('\n');
+        }
         assert_eq!(decode(&wrapped).unwrap(), lines);
     }
 

@@ -158,8 +158,17 @@ impl Fetcher {
     /// A runnable delivery, or the settlement for a payload that cannot run.
     fn decode(&self, raw: Vec<u8>) -> Result<Delivery, Settlement> {
         let bury = |raw: Vec<u8>, why: &str| {
-            log::error!("queue {:?} held a job that is not a JSON object ({why}); moved to the dead set", self.lane.name);
-            Settlement { wip_key: self.wip_key.clone(), raw: raw.clone(), settle: Settle::Dead { payload: raw }, processed: false, failed: false }
+            log::error!(
+                "queue {:?} held a job that is not a JSON object ({why}); moved to the dead set",
+                self.lane.name
+            );
+            Settlement {
+                wip_key: self.wip_key.clone(),
+                raw: raw.clone(),
+                settle: Settle::Dead { payload: raw },
+                processed: false,
+                failed: false,
+            }
         };
         let text = match String::from_utf8(raw) {
             Ok(t) => t,
@@ -180,7 +189,11 @@ impl Fetcher {
         };
         log::error!("cannot run a job from queue {:?}: {problem}", self.lane.name);
         let raw = payload.source().as_bytes().to_vec();
-        let failure = Failure { error_class: INVALID_JOB_ERROR.to_owned(), error_message: problem.to_owned(), ..Failure::default() };
+        let failure = Failure {
+            error_class: INVALID_JOB_ERROR.to_owned(),
+            error_message: problem.to_owned(),
+            ..Failure::default()
+        };
         let settle = match retry::on_failure(
             payload,
             &self.lane.name,

@@ -9,9 +9,11 @@
 //!   8.0.9's `capsules`), `concurrency` (8.1.2+), `busy`, `beat`, `rtt_us`,
 //!   `quiet`, `rss` (kB);
 //! - Sidekiq's execution metrics (see `metrics.rs`);
+//!
 //! and pops one Web UI signal from `<identity>-signals` (TSTP, TERM, TTIN).
 //! A clean stop removes the process and its work hashes.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -53,7 +55,13 @@ impl ProcessInfo {
         let capsules: Vec<String> = self
             .queues
             .iter()
-            .map(|(q, n)| format!("{}:{{\"concurrency\":{n},\"mode\":\"strict\",\"weights\":{{{}:0}}}}", json_string(q), json_string(q)))
+            .map(|(q, n)| {
+                format!(
+                    "{}:{{\"concurrency\":{n},\"mode\":\"strict\",\"weights\":{{{}:0}}}}",
+                    json_string(q),
+                    json_string(q)
+                )
+            })
             .collect();
         let labels: Vec<String> = self.labels.iter().map(|l| json_string(l)).collect();
         format!(
@@ -184,13 +192,13 @@ impl Heartbeat {
                 }
             }
         }
-        let stats = if self.config.metrics { self.metrics.take() } else { Default::default() };
+        let stats = if self.config.metrics { self.metrics.take() } else { HashMap::default() };
         metrics::write(&mut pipe, &self.keys, &stats, timestamp::now());
-        if pipe.cmd_iter().next().is_some() {
-            if let Err(e) = pipe.query_async::<()>(&mut conn).await {
-                self.metrics.restore(stats);
-                return Err(e);
-            }
+        if pipe.cmd_iter().next().is_some()
+            && let Err(e) = pipe.query_async::<()>(&mut conn).await
+        {
+            self.metrics.restore(stats);
+            return Err(e);
         }
         *had_work = !running.is_empty();
 
@@ -298,7 +306,10 @@ mod tests {
         assert_eq!(v["concurrency"], 30);
         assert_eq!(v["queues"], serde_json::json!(["default", "events"]));
         assert_eq!(v["weights"], serde_json::json!([{"default": 0}, {"events": 0}]));
-        assert_eq!(v["capsules"]["events"], serde_json::json!({"concurrency": 5, "mode": "strict", "weights": {"events": 0}}));
+        assert_eq!(
+            v["capsules"]["events"],
+            serde_json::json!({"concurrency": 5, "mode": "strict", "weights": {"events": 0}})
+        );
         assert!(v["started_at"].is_f64());
         for key in ["hostname", "pid", "tag", "labels", "identity", "version", "embedded"] {
             assert!(v.get(key).is_some(), "{key}");

@@ -142,7 +142,9 @@ impl Payload {
                     (key, Text::Src(span(v.get())))
                 })
                 .collect(),
-            Err(e) => return Err((KiqError::codec(format!("job payload is not a JSON object: {e}")), src)),
+            Err(e) => {
+                return Err((KiqError::codec(format!("job payload is not a JSON object: {e}")), src));
+            }
         };
         Ok(Self { src, entries })
     }
@@ -316,11 +318,7 @@ pub fn new_jid() -> String {
 pub fn check_args(args_json: &str) -> Result<()> {
     let raw: &RawValue =
         serde_json::from_str(args_json).map_err(|e| KiqError::codec(format!("job args are not valid JSON: {e}")))?;
-    if raw.get().starts_with('[') {
-        Ok(())
-    } else {
-        Err(KiqError::codec("job args must be a JSON array"))
-    }
+    if raw.get().starts_with('[') { Ok(()) } else { Err(KiqError::codec("job args must be a JSON array")) }
 }
 
 /// Everything needed to write a new job payload.
@@ -443,8 +441,8 @@ const RESERVED: &[&str] = &[
 /// Queue names are limited to what Sidekiq's Web UI can show (`[a-z_:.\-0-9]`,
 /// any case); `|` would also break kiq's in-progress list names.
 pub fn check_queue_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'.' | b'-'));
+    let ok =
+        !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'.' | b'-'));
     if ok {
         Ok(())
     } else {
@@ -489,7 +487,8 @@ mod tests {
 
     #[test]
     fn typed_fields() {
-        let p = Payload::parse(r#"{"retry":5,"backtrace":10,"dead":false,"retry_count":2,"failed_at":1739522600123}"#).unwrap();
+        let p = Payload::parse(r#"{"retry":5,"backtrace":10,"dead":false,"retry_count":2,"failed_at":1739522600123}"#)
+            .unwrap();
         assert_eq!(p.retry(), Some(Retry::Times(5)));
         assert_eq!(p.backtrace(), Some(Backtrace::Lines(10)));
         assert_eq!(p.dead(), Some(false));

@@ -41,7 +41,8 @@ impl log::Log for Bridge {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let rec = Record { level: record.level(), target: record.target().to_owned(), message: record.args().to_string() };
+        let rec =
+            Record { level: record.level(), target: record.target().to_owned(), message: record.args().to_string() };
         let mut g = self.0.records.lock().unwrap_or_else(PoisonError::into_inner);
         if g.0.len() >= CAPACITY {
             g.0.pop_front();

@@ -64,7 +64,8 @@ impl Pool {
         }
         // rustls needs a process-wide crypto provider for rediss:// URLs.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let bad_url = |e: redis::RedisError| KiqError::config(format!("invalid Redis URL {:?}: {e}", redact(&config.url)));
+        let bad_url =
+            |e: redis::RedisError| KiqError::config(format!("invalid Redis URL {:?}: {e}", redact(&config.url)));
         let client = if config.tls_ca.is_some() || config.tls_client.is_some() {
             if !config.url.starts_with("rediss://") {
                 return Err(KiqError::config("TLS certificates were given but the Redis URL is not rediss://"));
@@ -99,7 +100,12 @@ impl Pool {
 
     /// A new dedicated connection for commands that block up to `block`.
     pub fn blocking(&self, block: Duration) -> BlockingConn {
-        BlockingConn { client: self.client.clone(), conn: None, client_id: None, timeout: block + self.config.response_timeout }
+        BlockingConn {
+            client: self.client.clone(),
+            conn: None,
+            client_id: None,
+            timeout: block + self.config.response_timeout,
+        }
     }
 }
 

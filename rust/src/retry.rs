@@ -108,15 +108,12 @@ pub fn on_failure(
     job.set_str(field::ERROR_MESSAGE, &truncate_chars(&failure.error_message, MAX_ERROR_MESSAGE_CHARS));
     job.set_str(field::ERROR_CLASS, &failure.error_class);
     let stamp = policy.unit.encode(now);
-    let count = match job.retry_count() {
-        Some(previous) => {
-            job.set_json(field::RETRIED_AT, stamp);
-            previous + 1
-        }
-        None => {
-            job.set_json(field::FAILED_AT, stamp);
-            0
-        }
+    let count = if let Some(previous) = job.retry_count() {
+        job.set_json(field::RETRIED_AT, stamp);
+        previous + 1
+    } else {
+        job.set_json(field::FAILED_AT, stamp);
+        0
     };
     job.set_json(field::RETRY_COUNT, count.to_string());
     let kept = match job.backtrace().or(worker.backtrace).unwrap_or(Backtrace::Off) {
@@ -237,15 +234,23 @@ mod tests {
         // Missing retry and no worker: retried, never silently dropped.
         assert!(matches!(fail(r#"{"class":"X","args":[]}"#, &WorkerOptions::default()), Disposition::Retry { .. }));
         let w = WorkerOptions { retry_queue: Some("slow".into()), ..Default::default() };
-        let Disposition::Retry { payload, .. } = fail(r#"{"class":"X","args":[],"queue":"default"}"#, &w) else { panic!() };
+        let Disposition::Retry { payload, .. } = fail(r#"{"class":"X","args":[],"queue":"default"}"#, &w) else {
+            panic!()
+        };
         assert_eq!(Payload::parse(payload).unwrap().queue().as_deref(), Some("slow"));
     }
 
     #[test]
     fn retry_for_window() {
-        let d = fail(r#"{"class":"X","args":[],"retry_count":40,"failed_at":1799999990.0,"retry_for":60}"#, &WorkerOptions::default());
+        let d = fail(
+            r#"{"class":"X","args":[],"retry_count":40,"failed_at":1799999990.0,"retry_for":60}"#,
+            &WorkerOptions::default(),
+        );
         assert!(matches!(d, Disposition::Retry { .. }));
-        let d = fail(r#"{"class":"X","args":[],"retry_count":0,"failed_at":1799990000.0,"retry_for":60}"#, &WorkerOptions::default());
+        let d = fail(
+            r#"{"class":"X","args":[],"retry_count":0,"failed_at":1799990000.0,"retry_for":60}"#,
+            &WorkerOptions::default(),
+        );
         assert!(matches!(d, Disposition::Dead { .. }));
     }
 

@@ -16,10 +16,10 @@ static RUNTIME: Mutex<Option<(u32, Arc<Runtime>)>> = Mutex::new(None);
 pub fn get() -> Arc<Runtime> {
     let pid = std::process::id();
     let mut slot = RUNTIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some((owner, rt)) = slot.as_ref() {
-        if *owner == pid {
-            return rt.clone();
-        }
+    if let Some((owner, rt)) = slot.as_ref()
+        && *owner == pid
+    {
+        return rt.clone();
     }
     if let Some((_, stale)) = slot.take() {
         std::mem::forget(stale);

@@ -68,12 +68,11 @@ impl Poller {
                         log::warn!("the scheduler reaches Redis again");
                         failing = false;
                     }
-                    Ok(()) => {}
                     Err(e) if !failing => {
                         log::error!("the scheduler cannot move due jobs: {e}");
                         failing = true;
                     }
-                    Err(_) => {}
+                    Ok(()) | Err(_) => {}
                 }
             }
             let count = self.process_count().await;
@@ -91,7 +90,8 @@ impl Poller {
     }
 
     async fn process_count(&self) -> u64 {
-        let n: redis::RedisResult<u64> = redis::cmd("SCARD").arg(self.keys.processes()).query_async(&mut self.pool.get()).await;
+        let n: redis::RedisResult<u64> =
+            redis::cmd("SCARD").arg(self.keys.processes()).query_async(&mut self.pool.get()).await;
         n.unwrap_or(1).max(1)
     }
 
@@ -129,24 +129,21 @@ pub async fn enqueue_due(pool: &Pool, keys: &Keys, policy: &RetryPolicy, set: &s
         inv.key(set).key(keys.queues());
         let mut ready = 0;
         for member in members {
-            match std::str::from_utf8(&member).ok().and_then(|s| Payload::parse(s).ok()) {
-                Some(job) => {
-                    let (queue, payload) = due_payload(job, policy.unit, now);
-                    inv.key(keys.queue(&queue)).arg(&member).arg(payload).arg(&queue);
-                    ready += 1;
-                }
-                None => {
-                    log::error!("an entry of {set:?} is not a JSON job; moved to the dead set");
-                    let _: i64 = scripts::BURY
-                        .key(set)
-                        .key(keys.dead())
-                        .arg(&member)
-                        .arg(float_json(now))
-                        .arg(float_json(now - policy.dead_timeout_secs))
-                        .arg(policy.dead_limit)
-                        .invoke_async(&mut pool.get())
-                        .await?;
-                }
+            if let Some(job) = std::str::from_utf8(&member).ok().and_then(|s| Payload::parse(s).ok()) {
+                let (queue, payload) = due_payload(job, policy.unit, now);
+                inv.key(keys.queue(&queue)).arg(&member).arg(payload).arg(&queue);
+                ready += 1;
+            } else {
+                log::error!("an entry of {set:?} is not a JSON job; moved to the dead set");
+                let _: i64 = scripts::BURY
+                    .key(set)
+                    .key(keys.dead())
+                    .arg(&member)
+                    .arg(float_json(now))
+                    .arg(float_json(now - policy.dead_timeout_secs))
+                    .arg(policy.dead_limit)
+                    .invoke_async(&mut pool.get())
+                    .await?;
             }
         }
         if ready > 0 {

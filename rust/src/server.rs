@@ -22,9 +22,9 @@ use crate::heartbeat::{self, BeatConfig, Heartbeat, ProcessInfo, Signal};
 use crate::job::{check_queue_name, field};
 use crate::keys::Keys;
 use crate::lane::{Delivery, Lane, Take};
+use crate::metrics::{self, Metrics};
 use crate::pool::Pool;
 use crate::retry::{self, Disposition, Failure, RetryPolicy, WorkerOptions};
-use crate::metrics::{self, Metrics};
 use crate::scheduled::{PollConfig, Poller};
 use crate::scripts;
 use crate::timestamp;
@@ -265,7 +265,7 @@ impl Server {
 
     /// First half of a stop: no more fetches, and threads take no new job.
     /// Returns the number of fetched jobs that no thread had started.
-    pub async fn begin_stop(&self) -> usize {
+    pub fn begin_stop(&self) -> usize {
         self.control.set(RunState::Stopping);
         // Fetchers blocked in BLMOVE see the state change and unblock themselves.
         self.lanes.iter().map(|l| l.close().len()).sum()
@@ -275,7 +275,8 @@ impl Server {
     /// return every job left in the in-progress lists to its queue.
     pub async fn finish_stop(&self, deadline: Instant) -> Result<StopReport> {
         self.control.set(RunState::Stopping);
-        let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(PoisonError::into_inner));
+        let tasks: Vec<JoinHandle<()>> =
+            std::mem::take(&mut *self.tasks.lock().unwrap_or_else(PoisonError::into_inner));
         for t in tasks {
             // A fetcher in BLMOVE that missed the unblock returns within its block time.
             let _ = tokio::time::timeout(crate::fetch::BLOCK + Duration::from_secs(1), t).await;

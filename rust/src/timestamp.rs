@@ -37,21 +37,13 @@ pub fn now() -> f64 {
 /// A float as JSON that always reads back as a float (`1.0`, never `1`),
 /// because Sidekiq 8 would take an integer for milliseconds.
 pub fn float_json(v: f64) -> String {
-    if v.is_finite() {
-        serde_json::to_string(&v).unwrap_or_else(|_| "0.0".to_owned())
-    } else {
-        "0.0".to_owned()
-    }
+    if v.is_finite() { serde_json::to_string(&v).unwrap_or_else(|_| "0.0".to_owned()) } else { "0.0".to_owned() }
 }
 
 /// Reads a job timestamp the way Sidekiq 8 does: a float is seconds, an
 /// integer is milliseconds. Returns epoch seconds.
 pub fn decode(number: &serde_json::Number) -> Option<f64> {
-    if number.is_f64() {
-        number.as_f64()
-    } else {
-        number.as_f64().map(|ms| ms / 1000.0)
-    }
+    if number.is_f64() { number.as_f64() } else { number.as_f64().map(|ms| ms / 1000.0) }
 }
 
 /// Civil date (proleptic Gregorian, UTC) for a count of days since 1970-01-01.

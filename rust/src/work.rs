@@ -22,7 +22,12 @@ pub struct Work {
 impl Work {
     /// The work-hash value every Sidekiq version reads: the payload as a JSON string.
     pub fn to_json(&self) -> String {
-        format!("{{\"queue\":{},\"payload\":{},\"run_at\":{}}}", json_string(&self.queue), json_string(&self.payload), self.run_at)
+        format!(
+            "{{\"queue\":{},\"payload\":{},\"run_at\":{}}}",
+            json_string(&self.queue),
+            json_string(&self.payload),
+            self.run_at
+        )
     }
 }
 
@@ -89,7 +94,12 @@ mod tests {
 
     #[test]
     fn work_json_carries_the_payload_as_a_string() {
-        let w = Work { tid: "t".into(), queue: "default".into(), payload: r#"{"class":"X","args":[1]}"#.into(), run_at: 17 };
+        let w = Work {
+            tid: "t".into(),
+            queue: "default".into(),
+            payload: r#"{"class":"X","args":[1]}"#.into(),
+            run_at: 17,
+        };
         assert_eq!(w.to_json(), r#"{"queue":"default","payload":"{\"class\":\"X\",\"args\":[1]}","run_at":17}"#);
     }
 

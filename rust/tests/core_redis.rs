@@ -41,7 +41,7 @@ fn push_jobs(rt: &tokio::runtime::Runtime, pool: &Pool, queue: &str, n: usize) {
     let items: Vec<PushItem> = (0..n)
         .map(|i| {
             let mut job = NewJob::new("Echo", format!("[{i}]"));
-            job.queue = queue.to_owned();
+            queue.clone_into(&mut job.queue);
             client::prepare(&job, None, now, TimestampUnit::Seconds).1
         })
         .collect();
@@ -86,7 +86,7 @@ fn jobs_flow_through_fetch_and_ack() {
         assert!(Instant::now() < deadline, "processed={processed:?} wip={wip}");
         std::thread::sleep(Duration::from_millis(20));
     }
-    rt.block_on(server.begin_stop());
+    server.begin_stop();
     let report = rt.block_on(server.finish_stop(Instant::now() + Duration::from_secs(2))).unwrap();
     assert_eq!(report.requeued, 0);
 }
@@ -107,7 +107,7 @@ fn failures_go_to_retry_and_stop_requeues_the_rest() {
     let running = take(&server, 0);
     // Stop with one job running and one fetched: both must go back.
     std::thread::sleep(Duration::from_millis(100));
-    rt.block_on(server.begin_stop());
+    server.begin_stop();
     server.abandon(&running);
     let report = rt.block_on(server.finish_stop(Instant::now() + Duration::from_secs(2))).unwrap();
     let mut conn = pool.get();
@@ -143,17 +143,19 @@ fn due_jobs_move_to_their_queues_once() {
             ],
         ))
         .unwrap();
-    let moved = rt
-        .block_on(scheduled::enqueue_due(&pool, &Keys::default(), &RetryPolicy::default(), "schedule", now))
-        .unwrap();
+    let moved =
+        rt.block_on(scheduled::enqueue_due(&pool, &Keys::default(), &RetryPolicy::default(), "schedule", now)).unwrap();
     assert_eq!(moved, 1);
-    let again = rt
-        .block_on(scheduled::enqueue_due(&pool, &Keys::default(), &RetryPolicy::default(), "schedule", now))
-        .unwrap();
+    let again =
+        rt.block_on(scheduled::enqueue_due(&pool, &Keys::default(), &RetryPolicy::default(), "schedule", now)).unwrap();
     assert_eq!(again, 0);
     let q: Vec<String> = rt.block_on(conn.lrange("queue:q2", 0, -1)).unwrap();
     assert_eq!(q.len(), 1);
-    assert!(q[0].starts_with(r#"{"retry":true,"class":"A","args":[1],"queue":"q2","jid":"a","x":1.50,"enqueued_at":"#), "{}", q[0]);
+    assert!(
+        q[0].starts_with(r#"{"retry":true,"class":"A","args":[1],"queue":"q2","jid":"a","x":1.50,"enqueued_at":"#),
+        "{}",
+        q[0]
+    );
     let queues: Vec<String> = rt.block_on(conn.smembers("queues")).unwrap();
     assert_eq!(queues, vec!["q2".to_owned()]);
     let dead: Vec<String> = rt.block_on(conn.zrange("dead", 0, -1)).unwrap();
@@ -177,7 +179,7 @@ fn an_idle_fetcher_picks_up_a_new_job_quickly() {
     assert!(waited < Duration::from_millis(500), "took {waited:?}");
     server.complete(d);
     let t1 = Instant::now();
-    rt.block_on(server.begin_stop());
+    server.begin_stop();
     rt.block_on(server.finish_stop(Instant::now() + Duration::from_secs(2))).unwrap();
     // CLIENT UNBLOCK ends the blocked fetch at once instead of after its 2 s.
     assert!(t1.elapsed() < Duration::from_millis(1500), "stop took {:?}", t1.elapsed());
@@ -219,7 +221,7 @@ fn heartbeat_registers_the_process_and_its_running_jobs() {
     assert_eq!(sig, Some(_kiq::heartbeat::Signal::Quiet));
     assert_eq!(server.state(), _kiq::control::RunState::Quiet);
     server.complete(d);
-    rt.block_on(server.begin_stop());
+    server.begin_stop();
     rt.block_on(server.finish_stop(Instant::now() + Duration::from_secs(2))).unwrap();
     let members: Vec<String> = rt.block_on(conn.smembers("processes")).unwrap();
     assert!(members.is_empty());

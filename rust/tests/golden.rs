@@ -55,7 +55,8 @@ fn every_golden_payload_round_trips_byte_for_byte() {
 fn a_failure_keeps_every_field_it_does_not_own() {
     for (name, raw) in payloads() {
         let before = Payload::parse(raw.clone()).unwrap();
-        let failure = Failure { error_class: "RuntimeError".into(), error_message: "again".into(), ..Default::default() };
+        let failure =
+            Failure { error_class: "RuntimeError".into(), error_message: "again".into(), ..Default::default() };
         let out = retry::on_failure(
             before.clone(),
             "default",

@@ -11,10 +11,10 @@ use super::errors::{ConfigError, py_result};
 use super::{gil, options};
 use crate::admin;
 use crate::client::{self, PushItem};
-use crate::retry::RetryPolicy;
 use crate::job::{NewJob, Retry};
 use crate::keys::Keys;
 use crate::pool::{Pool, RedisConfig};
+use crate::retry::RetryPolicy;
 use crate::runtime;
 use crate::timestamp::{self, TimestampUnit};
 
@@ -43,9 +43,7 @@ fn new_job(
     job.jid = jid;
     if let Some(opts) = options {
         for (k, v) in opts.iter() {
-            let name: String = k
-                .extract()
-                .map_err(|_| ConfigError::new_err("job option names must be str"))?;
+            let name: String = k.extract().map_err(|_| ConfigError::new_err("job option names must be str"))?;
             let value = value_json(&v, &name)?;
             job.options.push((name, value));
         }
@@ -102,7 +100,9 @@ impl Client {
         config.tls_client = match (tls_cert_file, tls_key_file) {
             (Some(c), Some(k)) => Some((read(&c)?, read(&k)?)),
             (None, None) => None,
-            _ => return Err(ConfigError::new_err("tls_cert_file and tls_key_file go together")),
+            _ => {
+                return Err(ConfigError::new_err("tls_cert_file and tls_key_file go together"));
+            }
         };
         let rt = runtime::get();
         let _guard = rt.enter();
@@ -207,8 +207,20 @@ impl Client {
         };
         // Shared connections are multiplexed: transactions or blocking
         // commands on them would tangle every other caller's commands.
-        const REFUSED: [&str; 12] =
-            ["MULTI", "EXEC", "WATCH", "UNWATCH", "DISCARD", "BLPOP", "BRPOP", "BLMOVE", "BRPOPLPUSH", "BZPOPMIN", "SUBSCRIBE", "MONITOR"];
+        const REFUSED: [&str; 12] = [
+            "MULTI",
+            "EXEC",
+            "WATCH",
+            "UNWATCH",
+            "DISCARD",
+            "BLPOP",
+            "BRPOP",
+            "BLMOVE",
+            "BRPOPLPUSH",
+            "BZPOPMIN",
+            "SUBSCRIBE",
+            "MONITOR",
+        ];
         if REFUSED.contains(&name.to_ascii_uppercase().as_str()) {
             return Err(ConfigError::new_err(format!("command() cannot run {name} on kiq's shared connections")));
         }

@@ -33,7 +33,9 @@ pub fn write_json(obj: &Bound<'_, PyAny>, out: &mut String, path: &mut String, d
                 let _ = write!(out, "{v}");
             }
             // Big integers keep every digit, as Ruby's Bignum does.
-            Err(_) => out.push_str(&obj.py().get_type::<PyInt>().call_method1("__repr__", (obj,))?.extract::<String>()?),
+            Err(_) => {
+                out.push_str(&obj.py().get_type::<PyInt>().call_method1("__repr__", (obj,))?.extract::<String>()?)
+            }
         }
     } else if let Ok(f) = obj.cast::<PyFloat>() {
         let v = f.value();
@@ -42,7 +44,7 @@ pub fn write_json(obj: &Bound<'_, PyAny>, out: &mut String, path: &mut String, d
         }
         out.push_str(&float_json(v));
     } else if let Ok(s) = obj.cast::<PyString>() {
-        out.push_str(&json_string(&s.to_str()?));
+        out.push_str(&json_string(s.to_str()?));
     } else if let Ok(list) = obj.cast::<PyList>() {
         write_seq(list.iter(), out, path, depth)?;
     } else if let Ok(tuple) = obj.cast::<PyTuple>() {
@@ -60,10 +62,10 @@ pub fn write_json(obj: &Bound<'_, PyAny>, out: &mut String, path: &mut String, d
             if n > 0 {
                 out.push(',');
             }
-            out.push_str(&json_string(&key));
+            out.push_str(&json_string(key));
             out.push(':');
             let len = path.len();
-            let _ = write!(path, "[{}]", json_string(&key));
+            let _ = write!(path, "[{}]", json_string(key));
             write_json(&v, out, path, depth + 1)?;
             path.truncate(len);
         }
@@ -117,7 +119,7 @@ fn write_seq<'py>(
 fn type_name(obj: &Bound<'_, PyAny>) -> String {
     let t = obj.get_type();
     let module = t.module().map(|m| m.to_string()).unwrap_or_default();
-    let name = t.qualname().map(|n| n.to_string()).unwrap_or_else(|_| "object".to_owned());
+    let name = t.qualname().map_or_else(|_| "object".to_owned(), |n| n.to_string());
     if module == "builtins" || module.is_empty() { name } else { format!("{module}.{name}") }
 }
 
@@ -206,7 +208,9 @@ pub fn redis_to_py<'py>(py: Python<'py>, v: &redis::Value) -> PyResult<Bound<'py
             }
             dict.into_any()
         }
-        Value::ServerError(e) => return Err(super::errors::ConnectionError::new_err(format!("redis: {e:?}"))),
+        Value::ServerError(e) => {
+            return Err(super::errors::ConnectionError::new_err(format!("redis: {e:?}")));
+        }
         other => PyString::new(py, &format!("{other:?}")).into_any(),
     })
 }

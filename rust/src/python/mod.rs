@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 
 #[pymodule]
 mod _kiq {
-    use super::*;
+    use super::{Bound, PyModule, PyModuleMethods, PyResult, Python, errors, pyfunction};
 
     #[pymodule_export]
     use super::client::Client;
@@ -50,7 +50,9 @@ mod _kiq {
             "warning" => log::LevelFilter::Warn,
             "error" => log::LevelFilter::Error,
             "off" => log::LevelFilter::Off,
-            other => return Err(errors::ConfigError::new_err(format!("unknown log level {other:?}"))),
+            other => {
+                return Err(errors::ConfigError::new_err(format!("unknown log level {other:?}")));
+            }
         };
         crate::logbridge::install(filter);
         Ok(())
@@ -62,10 +64,7 @@ mod _kiq {
     fn drain_logs(py: Python<'_>, timeout: f64) -> (Vec<(String, String, String)>, u64) {
         let (records, dropped) =
             py.detach(|| crate::logbridge::drain(std::time::Duration::from_secs_f64(timeout.max(0.0))));
-        let out = records
-            .into_iter()
-            .map(|r| (r.level.as_str().to_ascii_lowercase(), r.target, r.message))
-            .collect();
+        let out = records.into_iter().map(|r| (r.level.as_str().to_ascii_lowercase(), r.target, r.message)).collect();
         (out, dropped)
     }
 

@@ -27,9 +27,12 @@ pub fn backtrace(value: &Bound<'_, PyAny>) -> PyResult<Backtrace> {
     if let Ok(b) = value.cast::<PyBool>() {
         return Ok(if b.is_true() { Backtrace::All } else { Backtrace::Off });
     }
-    let n: i64 = value
-        .extract()
-        .map_err(|_| ConfigError::new_err(format!("backtrace must be True, False or a line count, not {}", value.repr().map(|r| r.to_string()).unwrap_or_default())))?;
+    let n: i64 = value.extract().map_err(|_| {
+        ConfigError::new_err(format!(
+            "backtrace must be True, False or a line count, not {}",
+            value.repr().map(|r| r.to_string()).unwrap_or_default()
+        ))
+    })?;
     Ok(match n {
         n if n <= 0 => Backtrace::Off,
         n => Backtrace::Lines(n as usize),

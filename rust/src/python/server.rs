@@ -12,11 +12,11 @@ use super::client::Client;
 use super::convert::json_to_py;
 use super::errors::{ShutdownError, py_result};
 use super::{gil, options};
+use crate::heartbeat::{BeatConfig, ProcessInfo};
 use crate::job::{Backtrace, field};
 use crate::lane::{self, Take};
 use crate::retry::{Failure, RetryPolicy, WorkerOptions};
 use crate::runtime;
-use crate::heartbeat::{BeatConfig, ProcessInfo};
 use crate::scheduled::PollConfig;
 use crate::server::{self, ServerConfig};
 use crate::timestamp;
@@ -171,18 +171,17 @@ impl Server {
     fn next_job(&self, py: Python<'_>, lane: usize, timeout: Option<f64>) -> PyResult<Option<Delivery>> {
         let l = py_result(self.inner.lane(lane))?.clone();
         // A ready job is taken without releasing the GIL: no thread switch.
-        let mut d = match l.try_take() {
-            Some(d) => d,
-            None => {
-                let (taken, woke) = py.detach(|| (l.take(timeout.map(Duration::from_secs_f64)), Instant::now()));
-                match taken {
-                    Take::Job(d) => {
-                        self.gil_waits.fetch_add(1, Ordering::Relaxed);
-                        self.gil_wait_ns.fetch_add(woke.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                        d
-                    }
-                    Take::Closed | Take::TimedOut => return Ok(None),
+        let mut d = if let Some(d) = l.try_take() {
+            d
+        } else {
+            let (taken, woke) = py.detach(|| (l.take(timeout.map(Duration::from_secs_f64)), Instant::now()));
+            match taken {
+                Take::Job(d) => {
+                    self.gil_waits.fetch_add(1, Ordering::Relaxed);
+                    self.gil_wait_ns.fetch_add(woke.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    d
                 }
+                Take::Closed | Take::TimedOut => return Ok(None),
             }
         };
         self.inner.begin(&mut d);
@@ -192,7 +191,11 @@ impl Server {
                 // Cannot happen for payloads the fetcher accepted; never strand the job if it does.
                 self.inner.fail(
                     d,
-                    &Failure { error_class: crate::fetch::INVALID_JOB_ERROR.into(), error_message: e.to_string(), ..Default::default() },
+                    &Failure {
+                        error_class: crate::fetch::INVALID_JOB_ERROR.into(),
+                        error_message: e.to_string(),
+                        ..Default::default()
+                    },
                     &WorkerOptions::default(),
                 );
                 return Err(e);
@@ -283,7 +286,8 @@ impl Server {
     /// UI's Quiet and Stop buttons): "TSTP", "TERM" or "TTIN", else None.
     fn next_signal(&self, py: Python<'_>, timeout: f64) -> Option<&'static str> {
         let inner = self.inner.clone();
-        py.detach(|| inner.next_signal(Duration::from_secs_f64(timeout.max(0.0)))).map(|s| s.name())
+        py.detach(|| inner.next_signal(Duration::from_secs_f64(timeout.max(0.0))))
+            .map(super::super::heartbeat::Signal::name)
     }
 
     /// Jobs of queue `lane` fetched and not finished.
@@ -295,7 +299,7 @@ impl Server {
     /// number of fetched jobs no thread had started.
     fn begin_stop(&self, py: Python<'_>) -> PyResult<usize> {
         let inner = self.inner.clone();
-        gil::block_on(py, async move { Ok(inner.begin_stop().await) })
+        gil::run(py, move || Ok(inner.begin_stop()))
     }
 
     /// Writes pending results (for up to `timeout` seconds) and hands every
