@@ -11,7 +11,8 @@ import time
 import pytest
 
 from kiq import Job, Kiq, Worker, worker
-from kiq.errors import CodecError, ConfigError, ConnectionError
+from kiq.errors import CodecError, ConfigError, ConnectionError, TimeoutError
+from support import wait_for
 
 
 class HardJob(Worker, name="HardJob"):
@@ -31,6 +32,7 @@ def invoice(invoice_id: int) -> int:
 def test_immediate_push_is_sadd_plus_lpush(make_app, r):
     app = make_app()
     jid = app.enqueue(HardJob.new(1, "two", {"k": 3.5}))
+    app.flush()
     assert len(jid) == 24 and int(jid, 16) >= 0
     assert r.smembers("queues") == {"default"}
     [raw] = r.lrange("queue:default", 0, -1)
@@ -42,7 +44,7 @@ def test_immediate_push_is_sadd_plus_lpush(make_app, r):
 
 
 def test_worker_options_are_written_like_sidekiq_options(make_app, r):
-    make_app().enqueue(Opts.new(1))
+    make_app().enqueue(Opts.new(1), sync=True)
     job = json.loads(r.lrange("queue:low", 0, -1)[0])
     assert list(job)[:7] == ["retry", "queue", "backtrace", "retry_queue", "dead", "tags", "args"]
     assert (job["retry"], job["backtrace"], job["dead"], job["tags"], job["retry_queue"]) == (5, 10, False, ["a"], "slow")
@@ -50,7 +52,7 @@ def test_worker_options_are_written_like_sidekiq_options(make_app, r):
 
 def test_function_worker_and_wire_name(make_app, r):
     assert invoice(3) == 3
-    make_app().enqueue(invoice.new(42))
+    make_app().enqueue(invoice.new(42), sync=True)
     job = json.loads(r.lrange("queue:events", 0, -1)[0])
     assert job["class"] == "Billing::InvoiceJob" and job["args"] == [42]
     with pytest.raises(ConfigError, match="positional"):
@@ -71,10 +73,10 @@ def test_default_wire_name_is_the_dotted_path():
 
 def test_enqueue_by_class_name_for_ruby_workers(make_app, r):
     app = make_app()
-    app.enqueue(Job("Ruby::Mailer", ["hi"], queue="mail", retry=3, options={"tags": ["x"]}))
+    app.enqueue(Job("Ruby::Mailer", ["hi"], queue="mail", retry=3, options={"tags": ["x"]}), sync=True)
     job = json.loads(r.lrange("queue:mail", 0, -1)[0])
     assert (job["class"], job["args"], job["retry"], job["tags"]) == ("Ruby::Mailer", ["hi"], 3, ["x"])
-    assert app.enqueue(Job("X").set(queue="other", tags=["t"]))
+    assert app.enqueue(Job("X").set(queue="other", tags=["t"]), sync=True)
     assert json.loads(r.lrange("queue:other", 0, -1)[0])["tags"] == ["t"]
 
 
@@ -85,6 +87,7 @@ def test_scheduled_push_is_zadd_without_enqueued_at_or_sadd(make_app, r):
     app.enqueue(HardJob.new("at"), at=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
     app.enqueue(HardJob.new("epoch"), at=time.time() + 120)
     app.enqueue(HardJob.new("td"), delay=dt.timedelta(minutes=5))
+    app.flush()
     assert r.smembers("queues") == set()
     entries = r.zrange("schedule", 0, -1, withscores=True)
     assert len(entries) == 4
@@ -100,6 +103,7 @@ def test_a_time_in_the_past_pushes_now(make_app, r):
     app = make_app()
     app.enqueue(HardJob.new(1), delay=-5)
     app.enqueue(HardJob.new(2), at=dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc))
+    app.flush()
     assert r.llen("queue:default") == 2 and r.zcard("schedule") == 0
 
 
@@ -115,17 +119,17 @@ def test_bad_times_are_refused(make_app):
 
 def test_bulk_push_one_round_trip(make_app, r):
     app = make_app()
-    jids = app.enqueue_bulk(HardJob, [[i, "x"] for i in range(2500)])
+    jids = app.enqueue_bulk(HardJob, [[i, "x"] for i in range(2500)], sync=True)
     assert len(jids) == len(set(jids)) == 2500
     raw = r.lrange("queue:default", 0, -1)
     assert len(raw) == 2500
     # FIFO: the first job is at the right end, where consumers take from.
     assert json.loads(raw[-1])["args"] == [0, "x"] and json.loads(raw[0])["args"] == [2499, "x"]
-    assert app.enqueue_bulk(Opts, [[1], [2]], delay=30) and r.zcard("schedule") == 2
+    assert app.enqueue_bulk(Opts, [[1], [2]], delay=30, sync=True) and r.zcard("schedule") == 2
 
 
 def test_enqueue_all_mixes_classes_and_queues(make_app, r):
-    jids = make_app().enqueue_all([HardJob.new(1), invoice.new(2), Job("Ruby", [3], queue="rb")])
+    jids = make_app().enqueue_all([HardJob.new(1), invoice.new(2), Job("Ruby", [3], queue="rb")], sync=True)
     assert len(jids) == 3
     assert r.smembers("queues") == {"default", "events", "rb"}
 
@@ -139,6 +143,7 @@ class Point:
 def test_args_sanitised_or_rejected_at_enqueue(make_app, r):
     app = make_app()
     app.enqueue(HardJob.new((1, 2), Point(1, 2.5), 2**100, "é✓", None, True, -0.0, 1e16))
+    app.flush()
     job = json.loads(r.lrange("queue:default", 0, -1)[0])
     assert job["args"] == [[1, 2], {"x": 1, "y": 2.5}, 2**100, "é✓", None, True, -0.0, 1e16]
     assert isinstance(job["args"][-1], float)
@@ -152,6 +157,7 @@ def test_args_sanitised_or_rejected_at_enqueue(make_app, r):
     ]:
         with pytest.raises(CodecError, match=needle.replace("[", r"\[").replace("]", r"\]")):
             app.enqueue(HardJob.new(bad))
+    app.flush()
     assert r.llen("queue:default") == 1, "nothing half-written"
 
 
@@ -170,9 +176,16 @@ def test_bad_queue_names_and_options(make_app):
 def test_unreachable_redis_is_a_clear_connection_error():
     app = Kiq("redis://127.0.0.1:1/0")
     with pytest.raises(ConnectionError):
-        app.enqueue(HardJob.new(1))
+        app.enqueue(HardJob.new(1), sync=True)
     with pytest.raises(ConfigError, match="invalid Redis URL"):
         Kiq("http://nope").enqueue(HardJob.new(1))
+    # Buffered, the job waits for Redis instead of failing; flush says it is not there yet.
+    app = Kiq("redis://127.0.0.1:1/0", buffer_full_timeout=0.1)
+    app.enqueue(HardJob.new(1))
+    with pytest.raises(TimeoutError, match="not all in Redis"):
+        app.flush(0.3)
+    wait_for(lambda: (app.buffer_stats() or {}).get("failing"), what="the flush error")
+    assert app.buffer_stats()["jobs"] == 1
 
 
 def test_redis_url_from_environment(monkeypatch, redis_url):
@@ -183,11 +196,11 @@ def test_redis_url_from_environment(monkeypatch, redis_url):
 
 
 def test_namespace_prefixes_keys(make_app, r):
-    make_app(namespace="myapp").enqueue(HardJob.new(1))
+    make_app(namespace="myapp").enqueue(HardJob.new(1), sync=True)
     assert r.llen("myapp:queue:default") == 1 and r.smembers("myapp:queues") == {"default"}
 
 
 def test_millisecond_timestamps_for_sidekiq_8(make_app, r):
-    make_app(timestamps="milliseconds").enqueue(HardJob.new(1))
+    make_app(timestamps="milliseconds").enqueue(HardJob.new(1), sync=True)
     job = json.loads(r.lrange("queue:default", 0, -1)[0])
     assert isinstance(job["created_at"], int) and abs(job["created_at"] / 1000 - time.time()) < 5

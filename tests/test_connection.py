@@ -24,12 +24,12 @@ def secured(tmp_path: Path):
 
 def test_password_and_acl_user(secured: RedisServer) -> None:
     port = secured.port
-    Kiq(f"redis://:s3cret@127.0.0.1:{port}/0").enqueue(Job("X", [1]))
-    Kiq(f"redis://app:apppass@127.0.0.1:{port}/0").enqueue(Job("X", [2]))
+    Kiq(f"redis://:s3cret@127.0.0.1:{port}/0").enqueue(Job("X", [1]), sync=True)
+    Kiq(f"redis://app:apppass@127.0.0.1:{port}/0").enqueue(Job("X", [2]), sync=True)
     check = redis.Redis(port=port, password="s3cret")
     assert check.llen("queue:default") == 2
     with pytest.raises(ConnectionError):
-        Kiq(f"redis://app:wrong@127.0.0.1:{port}/0").enqueue(Job("X", [3]))
+        Kiq(f"redis://app:wrong@127.0.0.1:{port}/0").enqueue(Job("X", [3]), sync=True)
     check.close()
 
 
@@ -41,7 +41,7 @@ def test_db_number_isolates(redis_server: RedisServer, r) -> None:
         ran.append(n)
 
     app = Kiq(f"redis://127.0.0.1:{redis_server.port}/3", workers=[in_db3], poll_interval_average=0.1)
-    app.enqueue(in_db3.new(1))
+    app.enqueue(in_db3.new(1), sync=True)
     db3 = redis.Redis(port=redis_server.port, db=3, decode_responses=True)
     assert db3.llen("queue:default") == 1 and r.llen("queue:default") == 0
     with app:
@@ -82,15 +82,15 @@ def test_tls_with_a_private_ca(tmp_path: Path) -> None:
 
         app = Kiq(f"rediss://127.0.0.1:{port}/0", workers=[over_tls], tls_ca_file=tmp_path / "ca.crt",
                   poll_interval_average=0.1)
-        app.enqueue(over_tls.new(7))
+        app.enqueue(over_tls.new(7), sync=True)
         plain = redis.Redis(port=server.port, decode_responses=True)
         assert json.loads(plain.lrange("queue:default", 0, -1)[0])["args"] == [7]
         with app:
             wait_for(lambda: ran == [7], what="job over TLS")
         with pytest.raises(ConnectionError):
-            Kiq(f"rediss://127.0.0.1:{port}/0").enqueue(Job("X"))  # the private CA is not trusted by default
+            Kiq(f"rediss://127.0.0.1:{port}/0").enqueue(Job("X"), sync=True)  # the private CA is not trusted by default
         with pytest.raises(ConfigError, match="rediss://"):
-            Kiq(f"redis://127.0.0.1:{port}/0", tls_ca_file=tmp_path / "ca.crt").enqueue(Job("X"))
+            Kiq(f"redis://127.0.0.1:{port}/0", tls_ca_file=tmp_path / "ca.crt").enqueue(Job("X"), sync=True)
         plain.close()
     finally:
         server.close()

@@ -6,6 +6,7 @@ from typing import Any, final
 
 __version__: str
 __all__ = [
+    "BufferFullError",
     "Client",
     "CodecError",
     "ConfigError",
@@ -41,6 +42,9 @@ class TimeoutError(KiqError):
 class ShutdownError(KiqError):
     """The component was stopped and accepts no more work."""
 
+class BufferFullError(KiqError):
+    """The push buffer stayed full (Redis away or too slow) for its whole timeout."""
+
 @final
 class Client:
     """A connection pool to one Redis and the means to push jobs to it."""
@@ -57,6 +61,12 @@ class Client:
         tls_ca_file: str | os.PathLike[str] | None = None,
         tls_cert_file: str | os.PathLike[str] | None = None,
         tls_key_file: str | os.PathLike[str] | None = None,
+        buffer: bool = False,
+        flush_interval: float = 0.01,
+        buffer_max_bytes: int = 67108864,
+        buffer_full_timeout: float = 10.0,
+        buffer_path: str | os.PathLike[str] | None = None,
+        spool_fsync: str = "interval",
     ) -> Client: ...
     def push(
         self,
@@ -68,6 +78,7 @@ class Client:
         options: Mapping[str, Any] | None = None,
         jid: str | None = None,
         at: float | None = None,
+        sync: bool = False,
     ) -> str:
         """Pushes one job and returns its jid; a future ``at`` (epoch seconds) schedules it."""
     def push_bulk(
@@ -79,6 +90,7 @@ class Client:
         retry: bool | int | None = None,
         options: Mapping[str, Any] | None = None,
         at: float | None = None,
+        sync: bool = False,
     ) -> list[str]:
         """Pushes one job per argument list in one round trip; returns the jids."""
     def push_jobs(
@@ -86,8 +98,14 @@ class Client:
         jobs: Iterable[
             tuple[str, Sequence[Any], str, bool | int | None, Mapping[str, Any] | None, str | None, float | None]
         ],
+        *,
+        sync: bool = False,
     ) -> list[str]:
         """Pushes ``(class_name, args, queue, retry, options, jid, at)`` jobs in one round trip."""
+    def flush(self, timeout: float) -> None:
+        """Waits until every buffered job is in Redis; raises TimeoutError after ``timeout`` seconds."""
+    def buffer_stats(self) -> dict[str, Any] | None:
+        """The push buffer's jobs, bytes, flushed count, failing error and spool size."""
     def ping(self) -> float:
         """Round-trip time of a PING, in seconds."""
     def command(self, *args: str) -> Any:

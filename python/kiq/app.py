@@ -7,6 +7,7 @@ jobs does.
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import logging
 import os
@@ -15,6 +16,7 @@ import sys
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from types import FrameType, TracebackType
 from typing import Any
@@ -30,6 +32,15 @@ from kiq.reporters import Reporter, ReporterThread
 from kiq.worker import FunctionWorker, Worker, WorkerLike
 
 __all__ = ["Kiq", "StopResult"]
+
+
+def _flush_at_exit(ref: weakref.ReferenceType[Kiq]) -> None:
+    app = ref()
+    if app is not None and app._client is not None:
+        try:
+            app._client.flush(app.shutdown_timeout)
+        except KiqError as exc:
+            logger.error("kiq: buffered jobs not flushed at exit: %s", exc)
 
 logger = logging.getLogger("kiq")
 
@@ -100,6 +111,20 @@ class Kiq:
         tag: shown next to the process on Sidekiq's Busy page (Sidekiq's ``-g``).
         labels: more tags for the Busy page.
         extra_reporters: :class:`~kiq.reporters.Reporter` instances told about every job.
+        buffer: buffer enqueues in memory and flush them to Redis from a core
+            thread (``enqueue`` returns at once; pass ``sync=True`` to wait for
+            Redis); while Redis is away, jobs wait, compressed, and are pushed
+            in order once it is back. ``False`` makes every enqueue synchronous.
+        flush_interval: seconds between flushes of the buffer (Kiq's 10 ms).
+        buffer_max_bytes: memory the buffer may hold; a full buffer makes
+            ``enqueue`` wait up to ``buffer_full_timeout`` seconds for room,
+            then raise :class:`~kiq.errors.BufferFullError`.
+        buffer_path: a directory for an on-disk spool: buffered jobs survive a
+            crash or ``kill -9`` and are flushed by the next start with the
+            same path (one process per path).
+        spool_fsync: ``"always"`` (fsync every enqueue: survives power loss),
+            ``"interval"`` (fsync once per flush interval) or ``"never"``;
+            all survive the process dying.
         heartbeat_interval: seconds between heartbeats (Sidekiq 6's 5).
         heartbeat_ttl: seconds a heartbeat lives (Sidekiq's 60; a process
             that died vanishes from the Busy page this long after).
@@ -126,6 +151,12 @@ class Kiq:
         tls_ca_file: str | os.PathLike[str] | None = None,
         tls_cert_file: str | os.PathLike[str] | None = None,
         tls_key_file: str | os.PathLike[str] | None = None,
+        buffer: bool = True,
+        flush_interval: Seconds = 0.01,
+        buffer_max_bytes: int = 64 << 20,
+        buffer_full_timeout: Seconds = 10,
+        buffer_path: str | os.PathLike[str] | None = None,
+        spool_fsync: str = "interval",
         tag: str = "",
         labels: Iterable[str] = (),
         extra_reporters: Iterable[Reporter] = (),
@@ -167,6 +198,16 @@ class Kiq:
         if self.poll_interval_average is not None and self.poll_interval_average <= 0:
             raise ConfigError("poll_interval_average must be positive")
         self.identity = identity or new_identity()
+        self.buffer = buffer
+        self.flush_interval = seconds(flush_interval, "flush_interval")
+        self.buffer_max_bytes = buffer_max_bytes
+        self.buffer_full_timeout = seconds(buffer_full_timeout, "buffer_full_timeout")
+        self.buffer_path = buffer_path
+        self.spool_fsync = spool_fsync
+        if spool_fsync not in ("always", "interval", "never"):
+            raise ConfigError(f'spool_fsync must be "always", "interval" or "never", not {spool_fsync!r}')
+        if buffer_path is not None and not buffer:
+            raise ConfigError("buffer_path needs buffer=True")
         self.tag = tag
         self.labels = [str(label) for label in labels]
         self.extra_reporters = list(extra_reporters)
@@ -240,8 +281,30 @@ class Kiq:
                     tls_ca_file=self.tls_ca_file,
                     tls_cert_file=self.tls_cert_file,
                     tls_key_file=self.tls_key_file,
+                    buffer=self.buffer,
+                    flush_interval=self.flush_interval,
+                    buffer_max_bytes=self.buffer_max_bytes,
+                    buffer_full_timeout=self.buffer_full_timeout,
+                    buffer_path=self.buffer_path,
+                    spool_fsync=self.spool_fsync,
                 )
+                if self.buffer:
+                    # Jobs still buffered when the interpreter exits are flushed first.
+                    atexit.register(_flush_at_exit, weakref.ref(self))
             return self._client
+
+    def flush(self, timeout: Seconds | None = None) -> None:
+        """Waits until every buffered job is in Redis (``timeout`` seconds,
+        default ``shutdown_timeout``); raises :class:`~kiq.errors.TimeoutError`
+        if Redis could not take them in time (they stay buffered)."""
+        if self._client is not None:
+            limit = self.shutdown_timeout if timeout is None else seconds(timeout, "timeout")
+            self._client.flush(limit)
+
+    def buffer_stats(self) -> dict[str, Any] | None:
+        """The push buffer: ``jobs`` and ``bytes`` held, ``flushed`` so far, ``failing`` (the last error
+        while Redis is away), ``spool_bytes``. None when enqueues are synchronous."""
+        return self.client.buffer_stats()
 
     @staticmethod
     def _when(delay: Seconds | None, at: dt.datetime | float | None) -> float | None:
@@ -259,13 +322,22 @@ class Kiq:
             raise ConfigError(f"at={at!r} looks like a relative delay; pass delay= for that, or an epoch time")
         return float(at)
 
-    def enqueue(self, job: Job, *, delay: Seconds | None = None, at: dt.datetime | float | None = None) -> str:
-        """Pushes a job to Redis and returns its jid.
+    def enqueue(
+        self,
+        job: Job,
+        *,
+        delay: Seconds | None = None,
+        at: dt.datetime | float | None = None,
+        sync: bool = False,
+    ) -> str:
+        """Enqueues a job and returns its jid.
 
-        ``delay`` (seconds or a timedelta) or ``at`` (a datetime or epoch
-        seconds) schedules it; a time already past pushes it now. Arguments
-        that JSON cannot carry raise :class:`~kiq.errors.CodecError` here,
-        never later at run time.
+        With the push buffer (the default) it returns once the job is
+        buffered (on disk too with ``buffer_path``); ``sync=True`` returns only
+        once it is in Redis. ``delay`` (seconds or a timedelta) or ``at`` (a
+        datetime or epoch seconds) schedules it; a time already past pushes it
+        now. Arguments that JSON cannot carry raise
+        :class:`~kiq.errors.CodecError` here, never later at run time.
         """
         if not isinstance(job, Job):
             raise ConfigError(f"enqueue() takes a kiq.Job (e.g. MyWorker.new(...)), not {type(job).__name__}")
@@ -277,6 +349,7 @@ class Kiq:
             options=dict(job.options) or None,
             jid=job.jid,
             at=self._when(delay, at),
+            sync=sync,
         )
 
     def enqueue_bulk(
@@ -286,6 +359,7 @@ class Kiq:
         *,
         delay: Seconds | None = None,
         at: dt.datetime | float | None = None,
+        sync: bool = False,
     ) -> list[str]:
         """Pushes one job per argument list in a single round trip (Sidekiq's ``push_bulk``).
 
@@ -300,10 +374,16 @@ class Kiq:
             retry=job.retry,
             options=dict(job.options) or None,
             at=self._when(delay, at),
+            sync=sync,
         )
 
     def enqueue_all(
-        self, jobs: Iterable[Job], *, delay: Seconds | None = None, at: dt.datetime | float | None = None
+        self,
+        jobs: Iterable[Job],
+        *,
+        delay: Seconds | None = None,
+        at: dt.datetime | float | None = None,
+        sync: bool = False,
     ) -> list[str]:
         """Pushes several jobs (of any classes) in a single round trip. Returns the jids."""
         when = self._when(delay, at)
@@ -312,7 +392,7 @@ class Kiq:
             if not isinstance(job, Job):
                 raise ConfigError(f"enqueue_all() takes kiq.Job objects, not {type(job).__name__}")
             specs.append((job.class_name, job.args, job.queue, job.retry, dict(job.options) or None, job.jid, when))
-        return self.client.push_jobs(specs)
+        return self.client.push_jobs(specs, sync=sync)
 
     @staticmethod
     def _template(template: Job | WorkerLike | str) -> Job:
@@ -407,14 +487,15 @@ class Kiq:
         """Stops gracefully: no new fetches, running jobs get ``timeout``
         seconds (default ``shutdown_timeout``), then every job not finished,
         running or never started, goes back to its queue. None is lost."""
+        limit = self.shutdown_timeout if timeout is None else seconds(timeout, "timeout")
+        deadline = time.monotonic() + limit
         with self._lock:
             server, threads, reporters = self._server, self._threads, self._reporters
             self._server = self._threads = None
             self._reporters = []
         if server is None or threads is None:
+            self._flush_before_stop(deadline)
             return StopResult()
-        limit = self.shutdown_timeout if timeout is None else seconds(timeout, "timeout")
-        deadline = time.monotonic() + limit
         server.begin_stop()
         alive = threads.join(deadline)
         if alive:
@@ -434,9 +515,20 @@ class Kiq:
             )
             return StopResult(timed_out=len(alive), error=str(exc))
         self._stop_reporters(reporters)
+        self._flush_before_stop(deadline)
         result = StopResult(requeued, unwritten, len(alive))
         logger.info("kiq %s stopped: %s", self.identity, result)
         return result
+
+    def _flush_before_stop(self, deadline: float) -> None:
+        """Jobs enqueued by this process (jobs enqueuing jobs, too) reach Redis before a stop returns."""
+        try:
+            self.flush(max(1.0, deadline - time.monotonic()))
+        except KiqError as exc:
+            left = self.buffer_stats() or {}
+            where = f"; they are in the spool at {self.buffer_path}" if self.buffer_path else ""
+            logger.error("kiq %s: %s buffered jobs are not in Redis yet (%s)%s", self.identity, left.get("jobs"), exc,
+                         where)
 
     @staticmethod
     def _stop_reporters(reporters: list[ReporterThread]) -> None:

@@ -8,6 +8,7 @@ works without importing ``kiq._kiq``.
 from __future__ import annotations
 
 from kiq._kiq import (
+    BufferFullError,
     CodecError,
     ConfigError,
     ConnectionError,
@@ -17,6 +18,7 @@ from kiq._kiq import (
 )
 
 __all__ = [
+    "BufferFullError",
     "CodecError",
     "ConfigError",
     "ConnectionError",

@@ -22,6 +22,9 @@ pub enum KiqError {
     /// The component was stopped and accepts no more work.
     #[error("{0}")]
     Shutdown(String),
+    /// The push buffer stayed full for its whole timeout.
+    #[error("{0}")]
+    BufferFull(String),
 }
 
 impl KiqError {

@@ -6,6 +6,8 @@
 pub mod ack;
 pub mod admin;
 pub mod backtrace;
+pub mod batch;
+pub mod buffer;
 pub mod client;
 pub mod control;
 pub mod error;
@@ -22,6 +24,7 @@ pub mod runtime;
 pub mod scheduled;
 pub mod scripts;
 pub mod server;
+pub mod spool;
 pub mod timestamp;
 pub mod work;
 

@@ -10,12 +10,14 @@ use super::convert::{args_json, redis_to_py, value_json};
 use super::errors::{ConfigError, py_result};
 use super::{gil, options};
 use crate::admin;
+use crate::buffer::{self, Buffer, BufferConfig};
 use crate::client::{self, PushItem};
 use crate::job::{NewJob, Retry};
 use crate::keys::Keys;
 use crate::pool::{Pool, RedisConfig};
 use crate::retry::RetryPolicy;
 use crate::runtime;
+use crate::spool::Fsync;
 use crate::timestamp::{self, TimestampUnit};
 
 /// A connection pool to one Redis and the means to push jobs to it.
@@ -24,6 +26,8 @@ pub struct Client {
     pub(crate) pool: Arc<Pool>,
     pub(crate) keys: Keys,
     pub(crate) unit: TimestampUnit,
+    /// The reliable push buffer, unless pushes are synchronous.
+    buffer: Option<Arc<Buffer>>,
 }
 
 fn new_job(
@@ -53,6 +57,17 @@ fn new_job(
 }
 
 impl Client {
+    /// Buffers the jobs (or, with `sync` or no buffer, writes them to Redis now).
+    fn deliver(&self, py: Python<'_>, items: Vec<PushItem>, sync: bool) -> PyResult<()> {
+        match &self.buffer {
+            Some(buffer) if !sync => {
+                let buffer = buffer.clone();
+                gil::run(py, move || buffer.push(items))
+            }
+            _ => self.send(py, items),
+        }
+    }
+
     fn set_key(&self, set: &str) -> PyResult<String> {
         match set {
             "schedule" => Ok(self.keys.schedule()),
@@ -72,9 +87,10 @@ impl Client {
 #[pymethods]
 impl Client {
     #[new]
-    #[pyo3(signature = (url, *, pool_size = 5, namespace = None, timestamps = "seconds", response_timeout = 5.0, connect_timeout = 2.0, tls_ca_file = None, tls_cert_file = None, tls_key_file = None))]
+    #[pyo3(signature = (url, *, pool_size = 5, namespace = None, timestamps = "seconds", response_timeout = 5.0, connect_timeout = 2.0, tls_ca_file = None, tls_cert_file = None, tls_key_file = None, buffer = false, flush_interval = 0.01, buffer_max_bytes = 67_108_864, buffer_full_timeout = 10.0, buffer_path = None, spool_fsync = "interval"))]
     #[allow(clippy::too_many_arguments)]
     fn new(
+        py: Python<'_>,
         url: String,
         pool_size: usize,
         namespace: Option<String>,
@@ -84,6 +100,12 @@ impl Client {
         tls_ca_file: Option<std::path::PathBuf>,
         tls_cert_file: Option<std::path::PathBuf>,
         tls_key_file: Option<std::path::PathBuf>,
+        buffer: bool,
+        flush_interval: f64,
+        buffer_max_bytes: usize,
+        buffer_full_timeout: f64,
+        buffer_path: Option<std::path::PathBuf>,
+        spool_fsync: &str,
     ) -> PyResult<Self> {
         let unit = options::unit(timestamps)?;
         if !(response_timeout > 0.0 && connect_timeout > 0.0) {
@@ -104,15 +126,42 @@ impl Client {
                 return Err(ConfigError::new_err("tls_cert_file and tls_key_file go together"));
             }
         };
+        if !(flush_interval > 0.0 && buffer_full_timeout >= 0.0) || buffer_max_bytes == 0 {
+            return Err(ConfigError::new_err(
+                "flush_interval must be positive, buffer_full_timeout not negative, buffer_max_bytes above 0",
+            ));
+        }
+        if buffer_path.is_some() && !buffer {
+            return Err(ConfigError::new_err("buffer_path needs the push buffer (buffer=True)"));
+        }
         let rt = runtime::get();
         let _guard = rt.enter();
         let pool = py_result(Pool::new(config))?;
-        Ok(Self { pool, keys: Keys::new(namespace.as_deref()), unit })
+        let keys = Keys::new(namespace.as_deref());
+        let buffer = if buffer {
+            let fsync = py_result(Fsync::parse(spool_fsync))?;
+            let spool = match buffer_path {
+                Some(dir) => Some(gil::run(py, move || buffer::open_spool(&dir, fsync))?),
+                None => None,
+            };
+            let cfg = BufferConfig {
+                max_bytes: buffer_max_bytes,
+                full_timeout: Duration::from_secs_f64(buffer_full_timeout),
+                flush_interval: Duration::from_secs_f64(flush_interval),
+                ..BufferConfig::default()
+            };
+            let buffer = Buffer::new(cfg, spool);
+            rt.spawn(buffer::run(buffer.clone(), pool.clone(), keys.clone()));
+            Some(buffer)
+        } else {
+            None
+        };
+        Ok(Self { pool, keys, unit, buffer })
     }
 
     /// Pushes one job and returns its jid. `at` (epoch seconds) in the future
     /// schedules it; otherwise it is pushed to its queue now.
-    #[pyo3(signature = (class_name, args, *, queue = "default", retry = None, options = None, jid = None, at = None))]
+    #[pyo3(signature = (class_name, args, *, queue = "default", retry = None, options = None, jid = None, at = None, sync = false))]
     #[allow(clippy::too_many_arguments)]
     fn push(
         &self,
@@ -124,16 +173,17 @@ impl Client {
         options: Option<&Bound<'_, PyDict>>,
         jid: Option<String>,
         at: Option<f64>,
+        sync: bool,
     ) -> PyResult<String> {
         let job = new_job(class_name, args, queue.to_owned(), retry, options, jid)?;
         let (jid, item) = client::prepare(&job, at, timestamp::now(), self.unit);
-        self.send(py, vec![item])?;
+        self.deliver(py, vec![item], sync)?;
         Ok(jid)
     }
 
     /// Pushes one job per element of `args_list`, all of one class and
     /// options, in one round trip. Returns the jids in order.
-    #[pyo3(signature = (class_name, args_list, *, queue = "default", retry = None, options = None, at = None))]
+    #[pyo3(signature = (class_name, args_list, *, queue = "default", retry = None, options = None, at = None, sync = false))]
     #[allow(clippy::too_many_arguments)]
     fn push_bulk(
         &self,
@@ -144,6 +194,7 @@ impl Client {
         retry: Option<&Bound<'_, PyAny>>,
         options: Option<&Bound<'_, PyDict>>,
         at: Option<f64>,
+        sync: bool,
     ) -> PyResult<Vec<String>> {
         let template = new_job(class_name, &PyTuple::empty(py), queue.to_owned(), retry, options, None)?;
         let bulk = client::Bulk::new(&template, at, timestamp::now(), self.unit);
@@ -154,13 +205,14 @@ impl Client {
             jids.push(jid);
             items.push(item);
         }
-        self.send(py, items)?;
+        self.deliver(py, items, sync)?;
         Ok(jids)
     }
 
     /// Pushes jobs given as `(class_name, args, queue, retry, options, jid, at)`
     /// tuples in one round trip. Returns the jids in order.
-    fn push_jobs(&self, py: Python<'_>, jobs: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+    #[pyo3(signature = (jobs, *, sync = false))]
+    fn push_jobs(&self, py: Python<'_>, jobs: &Bound<'_, PyAny>, sync: bool) -> PyResult<Vec<String>> {
         let now = timestamp::now();
         let mut jids = Vec::new();
         let mut items = Vec::new();
@@ -184,8 +236,34 @@ impl Client {
             jids.push(jid);
             items.push(item);
         }
-        self.send(py, items)?;
+        self.deliver(py, items, sync)?;
         Ok(jids)
+    }
+
+    /// Waits (without the GIL) until every buffered job is in Redis, up to
+    /// `timeout` seconds; raises `TimeoutError` if they are not.
+    fn flush(&self, py: Python<'_>, timeout: f64) -> PyResult<()> {
+        match &self.buffer {
+            Some(buffer) => {
+                let buffer = buffer.clone();
+                gil::run(py, move || buffer.flush(Duration::from_secs_f64(timeout.max(0.0))))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The push buffer's state: jobs and bytes held, jobs flushed, the last
+    /// error while flushes fail, spool file size. None without a buffer.
+    fn buffer_stats<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(buffer) = &self.buffer else { return Ok(None) };
+        let s = buffer.stats();
+        let d = PyDict::new(py);
+        d.set_item("jobs", s.jobs)?;
+        d.set_item("bytes", s.bytes)?;
+        d.set_item("flushed", s.flushed)?;
+        d.set_item("failing", s.failing)?;
+        d.set_item("spool_bytes", s.spool_bytes)?;
+        Ok(Some(d))
     }
 
     /// Round-trip time of a PING, in seconds.

@@ -34,7 +34,7 @@ pub fn write_json(obj: &Bound<'_, PyAny>, out: &mut String, path: &mut String, d
             }
             // Big integers keep every digit, as Ruby's Bignum does.
             Err(_) => {
-                out.push_str(&obj.py().get_type::<PyInt>().call_method1("__repr__", (obj,))?.extract::<String>()?)
+                out.push_str(&obj.py().get_type::<PyInt>().call_method1("__repr__", (obj,))?.extract::<String>()?);
             }
         }
     } else if let Ok(f) = obj.cast::<PyFloat>() {

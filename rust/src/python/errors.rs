@@ -12,6 +12,12 @@ create_exception!(kiq.errors, CodecError, KiqError, "A job or argument does not 
 create_exception!(kiq.errors, ConfigError, KiqError, "A setting given to kiq is invalid.");
 create_exception!(kiq.errors, TimeoutError, KiqError, "A wait ran out of time.");
 create_exception!(kiq.errors, ShutdownError, KiqError, "The component was stopped and accepts no more work.");
+create_exception!(
+    kiq.errors,
+    BufferFullError,
+    KiqError,
+    "The push buffer stayed full (Redis away or too slow) for its whole timeout."
+);
 
 /// Wraps a core error so `?` converts it inside `#[pymethods]`.
 pub struct PyKiqError(pub CoreError);
@@ -31,6 +37,7 @@ impl From<PyKiqError> for PyErr {
             CoreError::Config(_) => ConfigError::new_err(msg),
             CoreError::Timeout(_) => TimeoutError::new_err(msg),
             CoreError::Shutdown(_) => ShutdownError::new_err(msg),
+            CoreError::BufferFull(_) => BufferFullError::new_err(msg),
         }
     }
 }

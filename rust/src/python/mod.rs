@@ -18,7 +18,9 @@ mod _kiq {
     #[pymodule_export]
     use super::client::Client;
     #[pymodule_export]
-    use super::errors::{CodecError, ConfigError, ConnectionError, KiqError, ShutdownError, TimeoutError};
+    use super::errors::{
+        BufferFullError, CodecError, ConfigError, ConnectionError, KiqError, ShutdownError, TimeoutError,
+    };
     #[pymodule_export]
     use super::server::{Delivery, Server};
 
