@@ -47,6 +47,9 @@ fn main() {
         poll: PollConfig::default(),
         scheduler: false,
         beat: Some(BeatConfig::default()),
+        leader_ttl: None,
+        orphan_check: None,
+        max_recoveries: 3,
     };
     let server = Server::start(pool, Keys::default(), config).unwrap();
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));

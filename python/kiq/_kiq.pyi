@@ -167,6 +167,9 @@ class Server:
         heartbeat_interval: float = 5.0,
         heartbeat_ttl: float = 60.0,
         metrics: bool = True,
+        leader_ttl: float | None = 30.0,
+        orphan_check_interval: float | None = 60.0,
+        max_recoveries: int = 3,
     ) -> Server: ...
     def next_job(self, lane: int, timeout: float | None = None) -> Delivery | None:
         """The next job of queue number ``lane``; None once the server stops (or on timeout)."""
@@ -188,6 +191,9 @@ class Server:
     def set_quiet(self, quiet: bool) -> None: ...
     @property
     def state(self) -> str: ...
+    @property
+    def is_leader(self) -> bool:
+        """Whether this process is the kiq leader now."""
     @property
     def busy(self) -> int:
         """Jobs running now (the heartbeat's ``busy``)."""

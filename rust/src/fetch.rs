@@ -2,10 +2,11 @@
 //!
 //! Each round asks for `concurrency - out` jobs with `fetch.lua`, which moves
 //! them from the queue into this process's in-progress list in one atomic
-//! step. When the queue is empty the task blocks in `BLMOVE` on a connection
-//! of its own, so an idle queue costs one command per 2 s (Sidekiq's fetch
-//! timeout) and a new job is picked up as soon as it is pushed. When every
-//! worker is busy it sleeps until a job finishes. Payloads that cannot run
+//! step (and keeps the batch under a token, so a lost reply is read back
+//! rather than stranding jobs). When the queue is empty the task blocks in
+//! `BLMOVE` on a connection of its own, so an idle queue costs one command
+//! per 2 s (Sidekiq's fetch timeout) and a new job is picked up as soon as it
+//! is pushed. When every worker is busy it sleeps until a job finishes. Payloads that cannot run
 //! (not JSON, no class, args not an array) never reach a worker: they go to
 //! the dead set or the retry path with an error saying what is wrong.
 
@@ -35,6 +36,9 @@ pub struct Fetcher {
     pub lane: Arc<Lane>,
     pub queue_key: String,
     pub wip_key: Arc<str>,
+    /// Where fetch.lua keeps its last batch, and that batch's token.
+    pub batch_key: String,
+    pub token_key: String,
     pub pool: Arc<Pool>,
     pub keys: Keys,
     pub policy: RetryPolicy,
@@ -48,36 +52,62 @@ impl Fetcher {
         let mut state = self.control.subscribe();
         let mut failing = false;
         let mut delay = Duration::from_millis(100);
-        // After a blocking wait timed out the queue was empty a moment ago:
-        // wait again straight away instead of asking with fetch.lua first.
+        // The queue was found empty: wait for a push before asking again.
         let mut idle = false;
+        let mut token: u64 = 0;
+        // A fetch failed: find out whether it ran before fetching again.
+        let mut unsure: Option<u64> = None;
         loop {
             let now = *state.borrow_and_update();
             match now {
                 RunState::Stopping => break,
-                RunState::Quiet => {
+                RunState::Quiet if unsure.is_none() => {
                     if state.changed().await.is_err() {
                         break;
                     }
                     continue;
                 }
-                RunState::Running => {}
+                _ => {}
             }
-            let free = self.lane.free();
-            if free == 0 {
-                tokio::select! {
-                    () = self.lane.demand.notified() => {}
-                    _ = state.changed() => {}
+            let result = if let Some(t) = unsure {
+                self.read_back(t).await.map(|jobs| {
+                    unsure = None;
+                    jobs
+                })
+            } else {
+                let free = self.lane.free();
+                if free == 0 {
+                    tokio::select! {
+                        () = self.lane.demand.notified() => {}
+                        _ = state.changed() => {}
+                    }
+                    continue;
                 }
-                continue;
-            }
-            let fetched = if idle { Ok(Vec::new()) } else { self.fetch(free).await };
-            let result = match fetched {
-                Ok(jobs) if !jobs.is_empty() => Ok(jobs),
-                Ok(_) => self.wait_for_one(&mut blocking).await,
-                Err(e) => Err(e),
+                if idle {
+                    match self.wait_for_push(&mut blocking).await {
+                        Ok(pushed) => {
+                            idle = !pushed;
+                            continue;
+                        }
+                        Err(e) => {
+                            blocking.reset();
+                            Err(e)
+                        }
+                    }
+                } else {
+                    token += 1;
+                    match self.fetch(free, token).await {
+                        Ok(jobs) => {
+                            idle = jobs.is_empty();
+                            Ok(jobs)
+                        }
+                        Err(e) => {
+                            unsure = Some(token);
+                            Err(e)
+                        }
+                    }
+                }
             };
-            idle = matches!(&result, Ok(jobs) if jobs.is_empty());
             match result {
                 Ok(jobs) => {
                     if failing {
@@ -92,7 +122,6 @@ impl Fetcher {
                         log::error!("cannot fetch from queue {:?}, pausing until Redis answers: {e}", self.lane.name);
                         failing = true;
                     }
-                    blocking.reset();
                     if !self.control.sleep(delay).await {
                         break;
                     }
@@ -102,28 +131,53 @@ impl Fetcher {
         }
     }
 
-    async fn fetch(&self, n: usize) -> redis::RedisResult<Vec<Vec<u8>>> {
-        scripts::FETCH.key(&self.queue_key).key(&*self.wip_key).arg(n).invoke_async(&mut self.pool.get()).await
+    async fn fetch(&self, n: usize, token: u64) -> redis::RedisResult<Vec<Vec<u8>>> {
+        scripts::FETCH
+            .key(&self.queue_key)
+            .key(&*self.wip_key)
+            .key(&self.batch_key)
+            .key(&self.token_key)
+            .arg(n)
+            .arg(token)
+            .invoke_async(&mut self.pool.get())
+            .await
     }
 
-    /// Blocks in `BLMOVE` until a job is pushed or the block time ends. A
-    /// quiet or stop meanwhile ends the wait at once with `CLIENT UNBLOCK`
-    /// (a job that raced in is still delivered: it is in the in-progress list).
-    async fn wait_for_one(&self, blocking: &mut crate::pool::BlockingConn) -> redis::RedisResult<Vec<Vec<u8>>> {
+    /// After a failed fetch: the batch it took, if it ran (it is in the
+    /// in-progress list, so it must be delivered), else nothing.
+    async fn read_back(&self, token: u64) -> redis::RedisResult<Vec<Vec<u8>>> {
+        let mut conn = self.pool.get();
+        let stored: Option<u64> = redis::cmd("GET").arg(&self.token_key).query_async(&mut conn).await?;
+        if stored != Some(token) {
+            return Ok(Vec::new());
+        }
+        let jobs: Vec<Vec<u8>> = redis::cmd("LRANGE").arg(&self.batch_key).arg(0).arg(-1).query_async(&mut conn).await?;
+        if !jobs.is_empty() {
+            log::warn!("a fetch from queue {:?} lost its reply; delivering its {} jobs", self.lane.name, jobs.len());
+        }
+        Ok(jobs)
+    }
+
+    /// Blocks until the queue has a job (or the block time ends). It waits
+    /// with `BLMOVE queue queue RIGHT RIGHT`, which moves the oldest job onto
+    /// itself: the job never leaves the queue, so a lost reply strands
+    /// nothing, and fetch.lua then takes jobs atomically. A quiet or stop
+    /// meanwhile ends the wait at once with `CLIENT UNBLOCK`.
+    async fn wait_for_push(&self, blocking: &mut crate::pool::BlockingConn) -> redis::RedisResult<bool> {
         blocking.connect().await?;
         let id = blocking.client_id();
         let mut state = self.control.subscribe();
         if *state.borrow_and_update() != RunState::Running {
-            return Ok(Vec::new());
+            return Ok(false);
         }
         let mut cmd = redis::cmd("BLMOVE");
-        cmd.arg(&self.queue_key).arg(&*self.wip_key).arg("RIGHT").arg("LEFT").arg(BLOCK.as_secs_f64());
+        cmd.arg(&self.queue_key).arg(&self.queue_key).arg("RIGHT").arg("RIGHT").arg(BLOCK.as_secs_f64());
         let wait = blocking.query::<Option<Vec<u8>>>(&cmd);
         tokio::pin!(wait);
         let mut unblocked = false;
         loop {
             tokio::select! {
-                job = &mut wait => return Ok(job?.into_iter().collect()),
+                job = &mut wait => return Ok(job?.is_some()),
                 changed = state.changed(), if !unblocked => {
                     if changed.is_err() || *state.borrow_and_update() != RunState::Running {
                         unblocked = true;

@@ -113,6 +113,36 @@ impl Keys {
         format!("{}h|{class}-{window}", self.prefix)
     }
 
+    /// STRING naming the kiq leader (never Sidekiq Enterprise's `dear-leader`).
+    pub fn leader(&self) -> String {
+        self.key("kiq:leader")
+    }
+
+    /// HASH jid → times the job was recovered from a dead process (72 h TTL).
+    pub fn recoveries(&self) -> String {
+        self.key("kiq:recoveries")
+    }
+
+    /// Glob matching every process's in-progress lists.
+    pub fn in_progress_pattern(&self) -> String {
+        format!("{}kiq:wip|*", self.prefix)
+    }
+
+    /// The (identity, queue) an in-progress list key names.
+    pub fn parse_in_progress<'a>(&self, key: &'a str) -> Option<(&'a str, &'a str)> {
+        key.strip_prefix(&self.prefix)?.strip_prefix("kiq:wip|")?.rsplit_once('|')
+    }
+
+    /// LIST, the last batch a fetcher took (to read back after a lost reply).
+    pub fn last_fetch(&self, identity: &str, queue: &str) -> String {
+        format!("{}kiq:fetched|{identity}|{queue}", self.prefix)
+    }
+
+    /// STRING, the token of the fetch that wrote [`Keys::last_fetch`].
+    pub fn last_fetch_token(&self, identity: &str, queue: &str) -> String {
+        format!("{}kiq:fetchid|{identity}|{queue}", self.prefix)
+    }
+
     /// LIST of the jobs one process has taken from one queue and not yet
     /// acknowledged. Fetching moves a job here atomically; the ack removes
     /// it; a stop or orphan recovery moves what is left back to the queue.
@@ -137,6 +167,9 @@ mod tests {
         assert_eq!(k.dead(), "dead");
         assert_eq!(k.stat_processed_day("2026-12-01"), "stat:processed:2026-12-01");
         assert_eq!(k.in_progress("h:1:ab", "q"), "kiq:wip|h:1:ab|q");
+        assert_eq!(k.parse_in_progress("kiq:wip|h:1:ab|q"), Some(("h:1:ab", "q")));
+        assert_eq!(Keys::new(Some("ns")).parse_in_progress("ns:kiq:wip|h:1:ab|q.x"), Some(("h:1:ab", "q.x")));
+        assert_eq!(k.parse_in_progress("queue:x"), None);
         assert_eq!(k.work("h:1:ab"), "h:1:ab:work");
         assert_eq!(k.workers("h:1:ab"), "h:1:ab:workers");
         assert_eq!(k.signals("h:1:ab"), "h:1:ab-signals");

@@ -22,6 +22,8 @@ use crate::heartbeat::{self, BeatConfig, Heartbeat, ProcessInfo, Signal};
 use crate::job::{check_queue_name, field};
 use crate::keys::Keys;
 use crate::lane::{Delivery, Lane, Take};
+use crate::leader::{Elector, Leadership};
+use crate::orphans::Recoverer;
 use crate::metrics::{self, Metrics};
 use crate::pool::Pool;
 use crate::retry::{self, Disposition, Failure, RetryPolicy, WorkerOptions};
@@ -41,6 +43,12 @@ pub struct ServerConfig {
     pub scheduler: bool,
     /// Beat (and write metrics); `None` keeps the process out of `processes`.
     pub beat: Option<BeatConfig>,
+    /// Take part in leader election, with this lease.
+    pub leader_ttl: Option<Duration>,
+    /// While leading, recover dead processes' jobs this often.
+    pub orphan_check: Option<Duration>,
+    /// Recoveries after which a job is a poison pill (Sidekiq Pro's 3).
+    pub max_recoveries: u32,
 }
 
 /// What a stop did.
@@ -68,6 +76,9 @@ pub struct Server {
     signals: Mutex<sync_mpsc::Receiver<Signal>>,
     halt: watch::Sender<bool>,
     heartbeat: Mutex<Option<JoinHandle<()>>>,
+    leadership: Arc<Leadership>,
+    /// Election and recovery tasks, ended with the heartbeat.
+    background: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Server {
@@ -100,6 +111,8 @@ impl Server {
                 lane: lane.clone(),
                 queue_key: keys.queue(&lane.name),
                 wip_key: wip_keys[i].clone(),
+                batch_key: keys.last_fetch(identity, &lane.name),
+                token_key: keys.last_fetch_token(identity, &lane.name),
                 pool: pool.clone(),
                 keys: keys.clone(),
                 policy: config.policy.clone(),
@@ -133,8 +146,31 @@ impl Server {
                 control: control.clone(),
                 signals: signal_tx,
             };
-            tokio::spawn(hb.run(halted))
+            tokio::spawn(hb.run(halted.clone()))
         });
+        let leadership = Arc::new(Leadership::default());
+        let mut background = Vec::new();
+        if let Some(ttl) = config.leader_ttl {
+            let elector = Elector {
+                pool: pool.clone(),
+                keys: keys.clone(),
+                identity: config.process.identity.clone(),
+                ttl,
+                leadership: leadership.clone(),
+            };
+            background.push(tokio::spawn(elector.run(halted.clone())));
+        }
+        if let Some(interval) = config.orphan_check {
+            let recoverer = Recoverer {
+                pool: pool.clone(),
+                keys: keys.clone(),
+                policy: config.policy.clone(),
+                interval,
+                max_recoveries: config.max_recoveries,
+                leadership: leadership.clone(),
+            };
+            background.push(tokio::spawn(recoverer.run(halted)));
+        }
         Ok(Arc::new(Self {
             pool,
             keys,
@@ -151,6 +187,8 @@ impl Server {
             signals: Mutex::new(signal_rx),
             halt,
             heartbeat: Mutex::new(heartbeat),
+            leadership,
+            background: Mutex::new(background),
         }))
     }
 
@@ -308,13 +346,29 @@ impl Server {
                 .invoke_async(&mut self.pool.get())
                 .await?;
             total += moved;
+            let identity = &self.config.process.identity;
+            let _: () = redis::cmd("UNLINK")
+                .arg(self.keys.last_fetch(identity, &lane.name))
+                .arg(self.keys.last_fetch_token(identity, &lane.name))
+                .query_async(&mut self.pool.get())
+                .await?;
         }
         Ok(total)
     }
 
-    /// Ends the heartbeat and takes the process off the Web UI's Busy page.
+    /// Whether this process is the kiq leader now.
+    pub fn is_leader(&self) -> bool {
+        self.leadership.is_leader()
+    }
+
+    /// Ends the heartbeat (and election, giving leadership up) and takes the
+    /// process off the Web UI's Busy page.
     async fn retire(&self) {
         let _ = self.halt.send(true);
+        let background = std::mem::take(&mut *self.background.lock().unwrap_or_else(PoisonError::into_inner));
+        for task in background {
+            let _ = task.await;
+        }
         let beat = self.heartbeat.lock().unwrap_or_else(PoisonError::into_inner).take();
         let Some(beat) = beat else { return };
         let _ = beat.await;

@@ -33,6 +33,9 @@ fn config(queues: &[(&str, usize)]) -> ServerConfig {
         poll: PollConfig { average_scheduled_poll_interval: 5.0, poll_interval_average: Some(0.1) },
         scheduler: true,
         beat: Some(BeatConfig::default()),
+        leader_ttl: None,
+        orphan_check: None,
+        max_recoveries: 3,
     }
 }
 

@@ -106,7 +106,7 @@ pub struct Server {
 #[pymethods]
 impl Server {
     #[new]
-    #[pyo3(signature = (client, identity, queues, *, hostname, tag = None, labels = None, max_retries = 25, dead_limit = 10_000, dead_timeout = 15_552_000.0, poll_interval_average = None, average_scheduled_poll_interval = 5.0, scheduler = true, heartbeat = true, heartbeat_interval = 5.0, heartbeat_ttl = 60.0, metrics = true))]
+    #[pyo3(signature = (client, identity, queues, *, hostname, tag = None, labels = None, max_retries = 25, dead_limit = 10_000, dead_timeout = 15_552_000.0, poll_interval_average = None, average_scheduled_poll_interval = 5.0, scheduler = true, heartbeat = true, heartbeat_interval = 5.0, heartbeat_ttl = 60.0, metrics = true, leader_ttl = 30.0, orphan_check_interval = 60.0, max_recoveries = 3))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -126,7 +126,15 @@ impl Server {
         heartbeat_interval: f64,
         heartbeat_ttl: f64,
         metrics: bool,
+        leader_ttl: Option<f64>,
+        orphan_check_interval: Option<f64>,
+        max_recoveries: u32,
     ) -> PyResult<Self> {
+        if leader_ttl.is_some_and(|t| t < 0.1) || orphan_check_interval.is_some_and(|t| t <= 0.0) {
+            return Err(super::errors::ConfigError::new_err(
+                "leader_ttl must be at least 0.1 s and orphan_check_interval positive",
+            ));
+        }
         if !(heartbeat_interval > 0.0 && heartbeat_ttl > heartbeat_interval) {
             return Err(super::errors::ConfigError::new_err(
                 "heartbeat_interval must be positive and shorter than heartbeat_ttl",
@@ -158,6 +166,9 @@ impl Server {
                 ttl: Duration::from_secs_f64(heartbeat_ttl),
                 metrics,
             }),
+            leader_ttl: leader_ttl.map(Duration::from_secs_f64),
+            orphan_check: orphan_check_interval.map(Duration::from_secs_f64),
+            max_recoveries,
         };
         let rt = runtime::get();
         let _guard = rt.enter();
@@ -274,6 +285,12 @@ impl Server {
     /// time those threads then waited to get the GIL back.
     fn gil_wait_stats(&self) -> (u64, f64) {
         (self.gil_waits.load(Ordering::Relaxed), self.gil_wait_ns.load(Ordering::Relaxed) as f64 / 1e9)
+    }
+
+    /// Whether this process is the kiq leader now (no Redis round trip).
+    #[getter]
+    fn is_leader(&self) -> bool {
+        self.inner.is_leader()
     }
 
     /// Jobs running now (the heartbeat's `busy`).

@@ -10,3 +10,6 @@ pub static FETCH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("
 pub static REQUEUE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("requeue.lua")));
 pub static ENQUEUE_DUE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("enqueue_due.lua")));
 pub static BURY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("bury.lua")));
+pub static REELECT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("reelect.lua")));
+pub static RESIGN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("resign.lua")));
+pub static RECOVER: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("recover.lua")));
