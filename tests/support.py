@@ -39,6 +39,8 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
+        if self.proc is not None:  # restarting after a SHUTDOWN: reap the old process
+            self.proc.wait(10)
         binary = os.environ.get("KIQ_REDIS_SERVER", "redis-server")
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",

@@ -106,6 +106,9 @@ class Client:
         """Waits until every buffered job is in Redis; raises TimeoutError after ``timeout`` seconds."""
     def buffer_stats(self) -> dict[str, Any] | None:
         """The push buffer's jobs, bytes, flushed count, failing error and spool size."""
+    @property
+    def spool_report(self) -> tuple[list[str], int]:
+        """What opening the spool found: damage descriptions, and jobs carried over from an earlier run."""
     def ping(self) -> float:
         """Round-trip time of a PING, in seconds."""
     def command(self, *args: str) -> Any:

@@ -125,6 +125,13 @@ class Kiq:
         spool_fsync: ``"always"`` (fsync every enqueue: survives power loss),
             ``"interval"`` (fsync once per flush interval) or ``"never"``;
             all survive the process dying.
+        leader_ttl: lease of the kiq leader (``kiq:leader``); a dead leader is
+            replaced within about this many seconds. ``None`` never leads.
+        orphan_check_interval: how often the leader recovers the in-progress
+            jobs of processes whose heartbeat expired (and at its start).
+            ``None`` turns recovery off in this process.
+        max_recoveries: recoveries after which a job is a poison pill and goes
+            to the dead set (Sidekiq Pro's 3).
         heartbeat_interval: seconds between heartbeats (Sidekiq 6's 5).
         heartbeat_ttl: seconds a heartbeat lives (Sidekiq's 60; a process
             that died vanishes from the Busy page this long after).
@@ -160,6 +167,9 @@ class Kiq:
         tag: str = "",
         labels: Iterable[str] = (),
         extra_reporters: Iterable[Reporter] = (),
+        leader_ttl: Seconds | None = 30,
+        orphan_check_interval: Seconds | None = 60,
+        max_recoveries: int = 3,
         heartbeat_interval: Seconds = 5,
         heartbeat_ttl: Seconds = 60,
         metrics: bool = True,
@@ -214,6 +224,13 @@ class Kiq:
         for rep in self.extra_reporters:
             if not isinstance(rep, Reporter):
                 raise ConfigError(f"extra_reporters takes kiq.Reporter instances, not {rep!r}")
+        self.leader_ttl = None if leader_ttl is None else seconds(leader_ttl, "leader_ttl")
+        self.orphan_check_interval = (
+            None if orphan_check_interval is None else seconds(orphan_check_interval, "orphan_check_interval")
+        )
+        if isinstance(max_recoveries, bool) or not isinstance(max_recoveries, int) or max_recoveries < 0:
+            raise ConfigError(f"max_recoveries must be an int >= 0, not {max_recoveries!r}")
+        self.max_recoveries = max_recoveries
         self.heartbeat_interval = seconds(heartbeat_interval, "heartbeat_interval")
         self.heartbeat_ttl = seconds(heartbeat_ttl, "heartbeat_ttl")
         if not 0 < self.heartbeat_interval < self.heartbeat_ttl:
@@ -273,6 +290,7 @@ class Kiq:
         """The native client (created on first use)."""
         with self._lock:
             if self._client is None:
+                corelog.start()
                 self._client = _kiq.Client(
                     self.redis_url,
                     pool_size=self.pool_size,
@@ -291,6 +309,12 @@ class Kiq:
                 if self.buffer:
                     # Jobs still buffered when the interpreter exits are flushed first.
                     atexit.register(_flush_at_exit, weakref.ref(self))
+                problems, carried = self._client.spool_report
+                for problem in problems:
+                    logger.error("kiq spool: %s", problem)
+                if carried:
+                    logger.warning("kiq spool %s: %d jobs from an earlier run were not in Redis yet; flushing them",
+                                   self.buffer_path, carried)
             return self._client
 
     def flush(self, timeout: Seconds | None = None) -> None:
@@ -410,6 +434,13 @@ class Kiq:
     def running(self) -> bool:
         return self._server is not None
 
+    @property
+    def is_leader(self) -> bool:
+        """Whether this process is the kiq leader now (periodic jobs and orphan
+        recovery run only there). Answered locally, without a round trip."""
+        server = self._server
+        return server is not None and server.is_leader
+
     def start(self) -> None:
         """Starts fetching and running jobs; returns once the threads run."""
         with self._lock:
@@ -426,6 +457,9 @@ class Kiq:
             heartbeat_interval=self.heartbeat_interval,
             heartbeat_ttl=self.heartbeat_ttl,
             metrics=self.metrics,
+            leader_ttl=self.leader_ttl,
+            orphan_check_interval=self.orphan_check_interval,
+            max_recoveries=self.max_recoveries,
             max_retries=self.max_retries,
             dead_limit=self.dead_limit,
             dead_timeout=self.dead_timeout,

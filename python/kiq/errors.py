@@ -24,6 +24,7 @@ __all__ = [
     "ConnectionError",
     "InvalidJobError",
     "KiqError",
+    "PoisonPillError",
     "Shutdown",
     "ShutdownError",
     "TimeoutError",
@@ -44,6 +45,11 @@ class InvalidJobError(KiqError):
 
     Raised by the core; recorded as the job's ``error_class``.
     """
+
+
+class PoisonPillError(KiqError):
+    """Recorded on a job moved to the dead set because it was recovered from
+    dead processes more than ``max_recoveries`` times (it keeps killing its workers)."""
 
 
 class Shutdown(BaseException):  # noqa: N818 - Sidekiq's name for the same signal

@@ -121,6 +121,9 @@ pub struct BufferStats {
 
 pub struct Buffer {
     config: BufferConfig,
+    /// What opening the spool found: damage descriptions, and jobs carried over.
+    pub spool_problems: Vec<String>,
+    pub recovered: usize,
     state: Mutex<State>,
     changed: Condvar,
     wake: Notify,
@@ -131,14 +134,11 @@ impl Buffer {
     /// A buffer, with jobs recovered from a spool if one is given.
     pub fn new(config: BufferConfig, spool: Option<(Spool, Recovered)>) -> Arc<Self> {
         let mut state = State { next_seq: 1, ..State::default() };
+        let mut spool_problems = Vec::new();
+        let mut count = 0;
         let spool = spool.map(|(spool, recovered)| {
-            for problem in &recovered.problems {
-                log::error!("spool: {problem}");
-            }
-            let count: usize = recovered.batches.iter().map(|(_, b)| b.len()).sum();
-            if count > 0 {
-                log::warn!("spool: {count} jobs from an earlier run were not in Redis yet; flushing them now");
-            }
+            spool_problems.clone_from(&recovered.problems);
+            count = recovered.batches.iter().map(|(_, b)| b.len()).sum();
             for (first, items) in recovered.batches {
                 let mut seg = Segment::Open(items, 0);
                 seg.seal();
@@ -149,7 +149,15 @@ impl Buffer {
             state.next_seq = recovered.next_seq;
             Mutex::new(spool)
         });
-        Arc::new(Self { config, state: Mutex::new(state), changed: Condvar::new(), wake: Notify::new(), spool })
+        Arc::new(Self {
+            config,
+            spool_problems,
+            recovered: count,
+            state: Mutex::new(state),
+            changed: Condvar::new(),
+            wake: Notify::new(),
+            spool,
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

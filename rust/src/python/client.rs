@@ -266,6 +266,13 @@ impl Client {
         Ok(Some(d))
     }
 
+    /// What opening the spool found: `(damage descriptions, jobs carried over
+    /// from an earlier run)`; empty without a spool.
+    #[getter]
+    fn spool_report(&self) -> (Vec<String>, usize) {
+        self.buffer.as_ref().map_or_else(Default::default, |b| (b.spool_problems.clone(), b.recovered))
+    }
+
     /// Round-trip time of a PING, in seconds.
     fn ping(&self, py: Python<'_>) -> PyResult<f64> {
         let pool = self.pool.clone();
