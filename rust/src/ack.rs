@@ -83,6 +83,7 @@ pub async fn run(mut rx: mpsc::UnboundedReceiver<Msg>, pool: std::sync::Arc<Pool
                     batch.clear();
                 }
                 Err(e) => {
+                    pool.note_error(&e);
                     if !failing {
                         log::error!("cannot write {} job results to Redis, will retry: {e}", batch.len());
                         failing = true;

@@ -345,6 +345,9 @@ pub async fn run(buffer: Arc<Buffer>, pool: Arc<Pool>, keys: Keys) {
                 }
             }
             Err(e) => {
+                if let KiqError::Redis(re) = &e {
+                    pool.note_error(re);
+                }
                 buffer.restore(first, items, &e.to_string());
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff.mul_f64(1.5)).min(buffer.config.max_backoff);

@@ -70,10 +70,11 @@ impl Fetcher {
                 _ => {}
             }
             let result = if let Some(t) = unsure {
-                self.read_back(t).await.map(|jobs| {
+                let jobs = self.read_back(t).await;
+                if jobs.is_ok() {
                     unsure = None;
-                    jobs
-                })
+                }
+                jobs
             } else {
                 let free = self.lane.free();
                 if free == 0 {
@@ -118,6 +119,7 @@ impl Fetcher {
                     self.deliver(jobs);
                 }
                 Err(e) => {
+                    self.pool.note_error(&e);
                     if !failing {
                         log::error!("cannot fetch from queue {:?}, pausing until Redis answers: {e}", self.lane.name);
                         failing = true;
@@ -151,7 +153,8 @@ impl Fetcher {
         if stored != Some(token) {
             return Ok(Vec::new());
         }
-        let jobs: Vec<Vec<u8>> = redis::cmd("LRANGE").arg(&self.batch_key).arg(0).arg(-1).query_async(&mut conn).await?;
+        let jobs: Vec<Vec<u8>> =
+            redis::cmd("LRANGE").arg(&self.batch_key).arg(0).arg(-1).query_async(&mut conn).await?;
         if !jobs.is_empty() {
             log::warn!("a fetch from queue {:?} lost its reply; delivering its {} jobs", self.lane.name, jobs.len());
         }

@@ -52,7 +52,7 @@ impl Elector {
                     if !self.leadership.is_leader() {
                         log::info!("{} is now the kiq leader", self.identity);
                     }
-                    self.leadership.set(Some(sent + self.ttl - self.ttl / 10));
+                    self.leadership.set(Some(sent + self.ttl.mul_f64(0.9)));
                 }
                 Ok(false) => {
                     if self.leadership.is_leader() {
@@ -66,7 +66,7 @@ impl Elector {
             let pause = if self.leadership.is_leader() { self.ttl / 3 } else { self.ttl / 10 };
             let jitter = pause.mul_f64(rand::random::<f64>() * 0.2);
             tokio::select! {
-                () = tokio::time::sleep(pause - jitter) => {}
+                () = tokio::time::sleep(pause.saturating_sub(jitter)) => {}
                 _ = halt.wait_for(|h| *h) => break,
             }
         }
@@ -94,8 +94,12 @@ impl Elector {
     }
 
     async fn renew(&self, ms: u64) -> redis::RedisResult<bool> {
-        let r: i64 =
-            scripts::REELECT.key(self.keys.leader()).arg(&self.identity).arg(ms).invoke_async(&mut self.pool.get()).await?;
+        let r: i64 = scripts::REELECT
+            .key(self.keys.leader())
+            .arg(&self.identity)
+            .arg(ms)
+            .invoke_async(&mut self.pool.get())
+            .await?;
         Ok(r == 1)
     }
 }

@@ -7,14 +7,15 @@
 //! so each fetcher owns a dedicated [`BlockingConn`] whose response timeout
 //! exceeds its block time (redis-rs's default 500 ms would cut a 2 s wait short).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client};
 
 use crate::error::{KiqError, Result};
+use crate::sentinel::SentinelUrl;
 
 /// Where and how to connect.
 #[derive(Debug, Clone)]
@@ -46,73 +47,173 @@ impl RedisConfig {
     }
 }
 
-/// The shared connections of one Kiq instance.
-pub struct Pool {
+/// One set of connections to one Redis address.
+struct Generation {
+    id: u64,
     client: Client,
     conns: Vec<ConnectionManager>,
+    /// The master's address, when it came from Sentinel.
+    addr: Option<(String, u16)>,
+}
+
+/// The shared connections of one Kiq instance.
+pub struct Pool {
+    current: RwLock<Arc<Generation>>,
     next: AtomicUsize,
     config: RedisConfig,
+    sentinel: Option<SentinelUrl>,
+    reconnected: Mutex<Option<std::time::Instant>>,
 }
 
 impl Pool {
     /// Builds the pool without connecting; connections open on first use, so
     /// a process can start while Redis is still coming up. Must run inside the
-    /// core runtime.
+    /// core runtime. A Sentinel URL is resolved now (its sentinels must
+    /// answer), then followed: when the master moves, new connections go to it.
     pub fn new(config: RedisConfig) -> Result<Arc<Self>> {
         if config.pool_size == 0 {
             return Err(KiqError::config("pool_size must be at least 1"));
         }
         // rustls needs a process-wide crypto provider for rediss:// URLs.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let bad_url =
-            |e: redis::RedisError| KiqError::config(format!("invalid Redis URL {:?}: {e}", redact(&config.url)));
-        let client = if config.tls_ca.is_some() || config.tls_client.is_some() {
-            if !config.url.starts_with("rediss://") {
-                return Err(KiqError::config("TLS certificates were given but the Redis URL is not rediss://"));
+        let sentinel = SentinelUrl::parse(&config.url).transpose()?;
+        let (url, addr) = match &sentinel {
+            Some(s) => {
+                let addr = resolve_blocking(s, config.connect_timeout)?;
+                (s.master_url(&addr.0, addr.1), Some(addr))
             }
-            let certs = redis::TlsCertificates {
-                client_tls: config
-                    .tls_client
-                    .clone()
-                    .map(|(client_cert, client_key)| redis::ClientTlsConfig { client_cert, client_key }),
-                root_cert: config.tls_ca.clone(),
-            };
-            Client::build_with_tls(config.url.as_str(), certs).map_err(bad_url)?
-        } else {
-            Client::open(config.url.as_str()).map_err(bad_url)?
+            None => (config.url.clone(), None),
         };
-        let manager_config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(config.response_timeout))
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_max_delay(Duration::from_secs(2))
-            .set_number_of_retries(3);
-        let conns = (0..config.pool_size)
-            .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone()))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        Ok(Arc::new(Self { client, conns, next: AtomicUsize::new(0), config }))
+        let generation = build(&config, &url, 0, addr)?;
+        let pool = Arc::new(Self {
+            current: RwLock::new(Arc::new(generation)),
+            next: AtomicUsize::new(0),
+            config,
+            sentinel,
+            reconnected: Mutex::new(None),
+        });
+        if pool.sentinel.is_some() {
+            tokio::spawn(follow_master(Arc::downgrade(&pool)));
+        }
+        Ok(pool)
+    }
+
+    fn generation(&self) -> Arc<Generation> {
+        self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// A shared connection for short commands.
     pub fn get(&self) -> ConnectionManager {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
-        self.conns[i].clone()
+        let generation = self.generation();
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % generation.conns.len();
+        generation.conns[i].clone()
+    }
+
+    /// Looks at an error from a command: a `READONLY` reply means the server
+    /// was demoted to a replica (a failover behind a DNS name or proxy), so
+    /// the pool reconnects from scratch, as Sidekiq's client does.
+    pub fn note_error(&self, e: &redis::RedisError) {
+        if e.kind() != redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly) || self.sentinel.is_some() {
+            return;
+        }
+        let current = self.generation();
+        let mut last = self.reconnected.lock().unwrap_or_else(PoisonError::into_inner);
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        let url = self.config.url.clone();
+        match build(&self.config, &url, current.id + 1, None) {
+            Ok(next) => {
+                log::warn!("Redis answered READONLY (a failover?); reconnecting");
+                *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
+            }
+            Err(err) => log::error!("cannot reconnect after READONLY: {err}"),
+        }
     }
 
     /// A new dedicated connection for commands that block up to `block`.
-    pub fn blocking(&self, block: Duration) -> BlockingConn {
+    pub fn blocking(self: &Arc<Self>, block: Duration) -> BlockingConn {
         BlockingConn {
-            client: self.client.clone(),
+            pool: self.clone(),
             conn: None,
+            generation: 0,
             client_id: None,
             timeout: block + self.config.response_timeout,
         }
     }
 }
 
+fn build(config: &RedisConfig, url: &str, id: u64, addr: Option<(String, u16)>) -> Result<Generation> {
+    let bad_url = |e: redis::RedisError| KiqError::config(format!("invalid Redis URL {:?}: {e}", redact(url)));
+    let client = if config.tls_ca.is_some() || config.tls_client.is_some() {
+        if !url.starts_with("rediss://") {
+            return Err(KiqError::config("TLS certificates were given but the Redis URL is not rediss://"));
+        }
+        let certs = redis::TlsCertificates {
+            client_tls: config
+                .tls_client
+                .clone()
+                .map(|(client_cert, client_key)| redis::ClientTlsConfig { client_cert, client_key }),
+            root_cert: config.tls_ca.clone(),
+        };
+        Client::build_with_tls(url, certs).map_err(bad_url)?
+    } else {
+        Client::open(url).map_err(bad_url)?
+    };
+    let manager_config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(config.response_timeout))
+        .set_connection_timeout(Some(config.connect_timeout))
+        .set_max_delay(Duration::from_secs(2))
+        .set_number_of_retries(3);
+    let conns = (0..config.pool_size)
+        .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone()))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(Generation { id, client, conns, addr })
+}
+
+fn resolve_blocking(sentinel: &SentinelUrl, timeout: Duration) -> Result<(String, u16)> {
+    // Pool::new runs on a thread outside the runtime's workers; a small
+    // runtime of its own answers this one question.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| KiqError::config(e.to_string()))?;
+    std::thread::scope(|s| s.spawn(|| rt.block_on(sentinel.resolve(timeout))).join())
+        .unwrap_or_else(|_| Err(KiqError::config("resolving the Sentinel master panicked")))
+}
+
+/// Asks the sentinels for the master every second and moves the pool to a
+/// new master when Sentinel fails over (old connections then drain away).
+async fn follow_master(pool: Weak<Pool>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(pool) = pool.upgrade() else { return };
+        let Some(sentinel) = pool.sentinel.clone() else { return };
+        let current = pool.generation();
+        match sentinel.resolve(pool.config.connect_timeout).await {
+            Ok(addr) if current.addr.as_ref() != Some(&addr) => {
+                let url = sentinel.master_url(&addr.0, addr.1);
+                match build(&pool.config, &url, current.id + 1, Some(addr.clone())) {
+                    Ok(next) => {
+                        log::warn!("Sentinel: the master of {:?} is now {}:{}", sentinel.service, addr.0, addr.1);
+                        *pool.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
+                    }
+                    Err(e) => log::error!("Sentinel: cannot use the new master {}:{}: {e}", addr.0, addr.1),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => log::debug!("Sentinel: {e}"),
+        }
+    }
+}
+
 /// A connection of its own for blocking commands, reopened after errors.
 pub struct BlockingConn {
-    client: Client,
+    pool: Arc<Pool>,
     conn: Option<MultiplexedConnection>,
+    /// The pool generation (Redis address) the connection was opened to.
+    generation: u64,
     client_id: Option<i64>,
     timeout: Duration,
 }
@@ -120,11 +221,17 @@ pub struct BlockingConn {
 impl BlockingConn {
     /// Opens the connection unless it is open.
     pub async fn connect(&mut self) -> redis::RedisResult<()> {
+        let current = self.pool.generation();
+        if current.id != self.generation {
+            // The master moved (Sentinel): reconnect to the new one.
+            self.reset();
+        }
         if self.conn.is_none() {
             let cfg = AsyncConnectionConfig::new()
                 .set_response_timeout(Some(self.timeout))
                 .set_connection_timeout(Some(Duration::from_secs(2)));
-            let mut c = self.client.get_multiplexed_async_connection_with_config(&cfg).await?;
+            let mut c = current.client.get_multiplexed_async_connection_with_config(&cfg).await?;
+            self.generation = current.id;
             self.client_id = redis::cmd("CLIENT").arg("ID").query_async(&mut c).await.ok();
             self.conn = Some(c);
         }

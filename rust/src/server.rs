@@ -23,8 +23,8 @@ use crate::job::{check_queue_name, field};
 use crate::keys::Keys;
 use crate::lane::{Delivery, Lane, Take};
 use crate::leader::{Elector, Leadership};
-use crate::orphans::Recoverer;
 use crate::metrics::{self, Metrics};
+use crate::orphans::Recoverer;
 use crate::pool::Pool;
 use crate::retry::{self, Disposition, Failure, RetryPolicy, WorkerOptions};
 use crate::scheduled::{PollConfig, Poller};
@@ -83,6 +83,7 @@ pub struct Server {
 
 impl Server {
     /// Starts the background tasks on the current tokio runtime.
+    #[allow(clippy::too_many_lines)]
     pub fn start(pool: Arc<Pool>, keys: Keys, config: ServerConfig) -> Result<Arc<Self>> {
         let queues = &config.process.queues;
         if queues.is_empty() {
