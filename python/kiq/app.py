@@ -365,14 +365,16 @@ class Kiq:
         """
         if not isinstance(job, Job):
             raise ConfigError(f"enqueue() takes a kiq.Job (e.g. MyWorker.new(...)), not {type(job).__name__}")
-        return self.client.push(
+        client = self._client or self.client
+        options = job.options
+        return client.push(
             job.class_name,
             job.args,
             queue=job.queue,
             retry=job.retry,
-            options=dict(job.options) or None,
+            options=(options if type(options) is dict else dict(options)) or None,
             jid=job.jid,
-            at=self._when(delay, at),
+            at=None if delay is None and at is None else self._when(delay, at),
             sync=sync,
         )
 

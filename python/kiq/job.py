@@ -48,6 +48,20 @@ class Job:
             return
         raise ConfigError(f"Job retry must be True, False or a count >= 0, not {self.retry!r}")
 
+    @classmethod
+    def _checked(cls, class_name: str, args: tuple[Any, ...], queue: str, retry: bool | int,
+                 options: Mapping[str, Any]) -> Job:
+        """A job from parts already validated (a worker's options): skips ``__post_init__``."""
+        job = object.__new__(cls)
+        put = object.__setattr__
+        put(job, "class_name", class_name)
+        put(job, "args", args)
+        put(job, "queue", queue)
+        put(job, "retry", retry)
+        put(job, "options", options)
+        put(job, "jid", None)
+        return job
+
     def set(self, **changes: Any) -> Job:
         """A copy with fields changed, like Sidekiq's ``Job.set(queue: ...)``.
 

@@ -56,6 +56,7 @@ class WorkerOptions:
     retry_queue: str | None = None
     tags: tuple[str, ...] = ()
     name: str | None = None
+    _payload: dict[str, Any] = dataclasses.field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.queue, str) or not self.queue:
@@ -70,6 +71,8 @@ class WorkerOptions:
             raise ConfigError(f"retry_queue must be a non-empty str, not {self.retry_queue!r}")
         if self.name is not None and (not isinstance(self.name, str) or not self.name):
             raise ConfigError(f"name must be a non-empty str, not {self.name!r}")
+        # Written into every job: computed once.
+        object.__setattr__(self, "_payload", self.payload_options())
 
     def updated(self, **changes: Any) -> WorkerOptions:
         given = {k: v for k, v in changes.items() if v is not _UNSET}
@@ -91,7 +94,7 @@ class WorkerOptions:
         return out
 
     def job(self, name: str, args: Sequence[Any]) -> Job:
-        return Job(name, tuple(args), self.queue, self.retry, self.payload_options())
+        return Job._checked(name, tuple(args), self.queue, self.retry, self._payload)
 
 
 class Worker:

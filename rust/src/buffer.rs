@@ -100,9 +100,11 @@ struct State {
     bytes: usize,
     /// Jobs held, including the batch in flight.
     jobs: usize,
+    /// Their size before compression.
+    raw_bytes: usize,
     next_seq: u64,
-    /// The batch being sent: (first sequence number, jobs, bytes).
-    inflight: Option<(u64, usize, usize)>,
+    /// The batch being sent: (first sequence number, jobs, bytes, raw bytes).
+    inflight: Option<(u64, usize, usize, usize)>,
     failing: Option<String>,
     flushed: u64,
 }
@@ -111,7 +113,10 @@ struct State {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BufferStats {
     pub jobs: usize,
+    /// Memory the jobs take now (compressed where sealed).
     pub bytes: usize,
+    /// What they would take uncompressed.
+    pub raw_bytes: usize,
     /// Jobs flushed to Redis since start.
     pub flushed: u64,
     /// The last flush error, while flushes fail.
@@ -140,10 +145,12 @@ impl Buffer {
             spool_problems.clone_from(&recovered.problems);
             count = recovered.batches.iter().map(|(_, b)| b.len()).sum();
             for (first, items) in recovered.batches {
+                let raw: usize = items.iter().map(batch::raw_size).sum();
                 let mut seg = Segment::Open(items, 0);
                 seg.seal();
                 state.bytes += seg.bytes();
                 state.jobs += seg.len();
+                state.raw_bytes += raw;
                 state.segments.push_back((first, seg));
             }
             state.next_seq = recovered.next_seq;
@@ -193,6 +200,7 @@ impl Buffer {
         state.next_seq += items.len() as u64;
         state.jobs += items.len();
         state.bytes += size;
+        state.raw_bytes += size;
         match state.segments.back_mut() {
             Some((_, Segment::Open(open, bytes))) if *bytes < SEAL_BYTES => {
                 open.extend(items);
@@ -219,7 +227,7 @@ impl Buffer {
         let target = self.lock().next_seq;
         let mut state = self.lock();
         loop {
-            let oldest = state.inflight.map(|(first, _, _)| first).or_else(|| state.segments.front().map(|(s, _)| *s));
+            let oldest = state.inflight.map(|(first, ..)| first).or_else(|| state.segments.front().map(|(s, _)| *s));
             if oldest.is_none_or(|s| s >= target) {
                 return Ok(());
             }
@@ -242,6 +250,7 @@ impl Buffer {
         BufferStats {
             jobs: state.jobs,
             bytes: state.bytes,
+            raw_bytes: state.raw_bytes,
             flushed: state.flushed,
             failing: state.failing.clone(),
             spool_bytes,
@@ -264,16 +273,18 @@ impl Buffer {
             items.extend(seg.into_items());
         }
         let first = first?;
-        state.inflight = Some((first, items.len(), bytes));
+        let raw = items.iter().map(batch::raw_size).sum();
+        state.inflight = Some((first, items.len(), bytes, raw));
         Some((first, items))
     }
 
     /// The batch is in Redis.
     fn confirm(&self, first: u64, n: usize) {
         let mut state = self.lock();
-        if let Some((_, jobs, bytes)) = state.inflight.take() {
+        if let Some((_, jobs, bytes, raw)) = state.inflight.take() {
             state.jobs -= jobs;
             state.bytes -= bytes;
+            state.raw_bytes -= raw;
         }
         state.flushed += n as u64;
         if state.failing.take().is_some() {
@@ -294,7 +305,7 @@ impl Buffer {
         let mut state = self.lock();
         let mut seg = Segment::Open(items, 0);
         seg.seal();
-        let (_, _, bytes) = state.inflight.take().unwrap_or_default();
+        let (_, _, bytes, _) = state.inflight.take().unwrap_or_default();
         state.bytes = state.bytes - bytes + seg.bytes();
         state.segments.push_front((first, seg));
         let mut delta: isize = 0;

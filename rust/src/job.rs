@@ -350,18 +350,25 @@ impl NewJob {
 
     /// Checks the parts Sidekiq requires before anything is written.
     pub fn validate(&self) -> Result<()> {
-        if self.class.is_empty() {
-            return Err(KiqError::codec("job class must be a non-empty string"));
-        }
-        check_queue_name(&self.queue)?;
+        self.validate_names()?;
         for (name, value) in &self.options {
-            if RESERVED.contains(&name.as_str()) {
-                return Err(KiqError::codec(format!("job option {name:?} is set by kiq and cannot be given")));
-            }
             serde_json::from_str::<&RawValue>(value)
                 .map_err(|e| KiqError::codec(format!("job option {name:?} is not valid JSON: {e}")))?;
         }
         check_args(&self.args)
+    }
+
+    /// The checks [`NewJob::validate`] makes besides parsing `args` and option
+    /// values, for callers whose JSON comes from kiq's own encoder.
+    pub fn validate_names(&self) -> Result<()> {
+        if self.class.is_empty() {
+            return Err(KiqError::codec("job class must be a non-empty string"));
+        }
+        check_queue_name(&self.queue)?;
+        if let Some((name, _)) = self.options.iter().find(|(n, _)| RESERVED.contains(&n.as_str())) {
+            return Err(KiqError::codec(format!("job option {name:?} is set by kiq and cannot be given")));
+        }
+        Ok(())
     }
 
     /// Encodes the payload in Sidekiq's key order: `retry`, `queue`, options,

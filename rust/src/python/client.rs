@@ -52,7 +52,8 @@ fn new_job(
             job.options.push((name, value));
         }
     }
-    py_result(job.validate())?;
+    // Args and option values were just written by kiq's own encoder.
+    py_result(job.validate_names())?;
     Ok(job)
 }
 
@@ -260,6 +261,7 @@ impl Client {
         let d = PyDict::new(py);
         d.set_item("jobs", s.jobs)?;
         d.set_item("bytes", s.bytes)?;
+        d.set_item("raw_bytes", s.raw_bytes)?;
         d.set_item("flushed", s.flushed)?;
         d.set_item("failing", s.failing)?;
         d.set_item("spool_bytes", s.spool_bytes)?;
