@@ -36,6 +36,7 @@ def drain(url: str, n: int, mode: str) -> tuple[float, float]:
     app = Kiq(url)
     for start in range(0, n, 10_000):
         app.enqueue_bulk("NoopJob", ([i] for i in range(start, min(start + 10_000, n))))
+    app.flush()
     out = subprocess.run([sys.executable, str(HERE / "kiq_drain.py"), url, str(n), "25", mode],
                          capture_output=True, text=True, check=True, timeout=900)
     r.close()
