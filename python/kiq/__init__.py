@@ -18,6 +18,7 @@ import logging as _logging
 from kiq import errors
 from kiq._kiq import __version__
 from kiq.app import Kiq, StopResult
+from kiq.crontab import Crontab
 from kiq.job import Job
 from kiq.logs import JobContext, current_job
 from kiq.reporters import JobInfo, Reporter
@@ -28,6 +29,7 @@ from kiq.worker import FunctionWorker, Worker, WorkerOptions, worker
 _logging.getLogger("kiq").addHandler(_logging.NullHandler())
 
 __all__ = [
+    "Crontab",
     "FunctionWorker",
     "Job",
     "JobContext",

@@ -10,6 +10,8 @@ __all__ = [
     "Client",
     "CodecError",
     "ConfigError",
+    "Crontab",
+    "CrontabError",
     "ConnectionError",
     "Delivery",
     "KiqError",
@@ -41,6 +43,9 @@ class TimeoutError(KiqError):
 
 class ShutdownError(KiqError):
     """The component was stopped and accepts no more work."""
+
+class CrontabError(ConfigError):
+    """A crontab expression is invalid; the message names the field and text."""
 
 class BufferFullError(KiqError):
     """The push buffer stayed full (Redis away or too slow) for its whole timeout."""
@@ -208,6 +213,16 @@ class Server:
         time those threads then waited to get the GIL back."""
     def begin_stop(self) -> int: ...
     def finish_stop(self, timeout: float) -> tuple[int, int]: ...
+
+@final
+class Crontab:
+    """A crontab parsed by the core; times are epoch seconds, UTC."""
+
+    def __new__(cls, expr: str) -> Crontab: ...
+    def matches(self, secs: int) -> bool: ...
+    def next_after(self, secs: int) -> int | None: ...
+    def __eq__(self, value: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
 
 def encode_backtrace(lines: list[str]) -> str:
     """Encodes backtrace lines as Sidekiq's ``error_backtrace`` (JSON, zlib, Base64)."""

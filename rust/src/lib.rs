@@ -10,6 +10,7 @@ pub mod batch;
 pub mod buffer;
 pub mod client;
 pub mod control;
+pub mod crontab;
 pub mod error;
 pub mod fetch;
 pub mod heartbeat;

@@ -4,6 +4,7 @@
 
 mod client;
 mod convert;
+mod cron;
 mod errors;
 mod gil;
 mod options;
@@ -18,8 +19,10 @@ mod _kiq {
     #[pymodule_export]
     use super::client::Client;
     #[pymodule_export]
+    use super::cron::Crontab;
+    #[pymodule_export]
     use super::errors::{
-        BufferFullError, CodecError, ConfigError, ConnectionError, KiqError, ShutdownError, TimeoutError,
+        BufferFullError, CodecError, ConfigError, ConnectionError, CrontabError, KiqError, ShutdownError, TimeoutError,
     };
     #[pymodule_export]
     use super::server::{Delivery, Server};
