@@ -50,6 +50,8 @@ fn main() {
         leader_ttl: None,
         orphan_check: None,
         max_recoveries: 3,
+        periodics: Vec::new(),
+        clock: _kiq::periodic::Clock::Real,
     };
     let server = Server::start(pool, Keys::default(), config).unwrap();
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));

@@ -19,7 +19,7 @@ from kiq import errors
 from kiq._kiq import __version__
 from kiq.app import Kiq, StopResult
 from kiq.crontab import Crontab
-from kiq.job import Job
+from kiq.job import Enqueued, Job
 from kiq.logs import JobContext, current_job
 from kiq.reporters import JobInfo, Reporter
 from kiq.worker import FunctionWorker, Worker, WorkerOptions, worker
@@ -30,6 +30,7 @@ _logging.getLogger("kiq").addHandler(_logging.NullHandler())
 
 __all__ = [
     "Crontab",
+    "Enqueued",
     "FunctionWorker",
     "Job",
     "JobContext",

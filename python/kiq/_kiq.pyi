@@ -84,8 +84,11 @@ class Client:
         jid: str | None = None,
         at: float | None = None,
         sync: bool = False,
-    ) -> str:
-        """Pushes one job and returns its jid; a future ``at`` (epoch seconds) schedules it."""
+        unique_for: float | None = None,
+        unique_until: str | None = None,
+        expires_in: float | None = None,
+    ) -> tuple[str, str | None]:
+        """Pushes one job; returns ``(jid, held_by)``, ``held_by`` None unless a unique job was skipped."""
     def push_bulk(
         self,
         class_name: str,
@@ -96,17 +99,19 @@ class Client:
         options: Mapping[str, Any] | None = None,
         at: float | None = None,
         sync: bool = False,
-    ) -> list[str]:
-        """Pushes one job per argument list in one round trip; returns the jids."""
+        unique_for: float | None = None,
+        unique_until: str | None = None,
+        expires_in: float | None = None,
+    ) -> tuple[list[str], dict[str, str | None]]:
+        """Pushes one job per argument list in one round trip; returns the jids and the skipped unique ones."""
     def push_jobs(
         self,
-        jobs: Iterable[
-            tuple[str, Sequence[Any], str, bool | int | None, Mapping[str, Any] | None, str | None, float | None]
-        ],
+        jobs: Iterable[tuple[Any, ...]],
         *,
         sync: bool = False,
-    ) -> list[str]:
-        """Pushes ``(class_name, args, queue, retry, options, jid, at)`` jobs in one round trip."""
+    ) -> tuple[list[str], dict[str, str | None]]:
+        """Pushes ``(class_name, args, queue, retry, options, jid, at, unique_for, unique_until, expires_in)``
+        jobs in one round trip; returns the jids and the skipped unique ones."""
     def flush(self, timeout: float) -> None:
         """Waits until every buffered job is in Redis; raises TimeoutError after ``timeout`` seconds."""
     def buffer_stats(self) -> dict[str, Any] | None:
@@ -141,6 +146,8 @@ class Delivery:
     def queue(self) -> str: ...
     @property
     def lane(self) -> int: ...
+    @property
+    def expires_at(self) -> float | None: ...
     @property
     def args(self) -> list[Any]: ...
     @property
@@ -178,10 +185,13 @@ class Server:
         leader_ttl: float | None = 30.0,
         orphan_check_interval: float | None = 60.0,
         max_recoveries: int = 3,
+        periodics: Iterable[tuple[Any, ...]] | None = None,
+        periodic_clock: tuple[float, float, float] | None = None,
     ) -> Server: ...
     def next_job(self, lane: int, timeout: float | None = None) -> Delivery | None:
         """The next job of queue number ``lane``; None once the server stops (or on timeout)."""
     def complete(self, delivery: Delivery) -> None: ...
+    def expire(self, delivery: Delivery) -> None: ...
     def fail(
         self,
         delivery: Delivery,

@@ -25,13 +25,20 @@ from kiq import _kiq, corelog
 from kiq.errors import ConfigError, KiqError, ShutdownError
 from kiq.identity import hostname, new_identity
 from kiq.instrument import Instrumenter
-from kiq.job import Job
+from kiq.crontab import Crontab
+from kiq.job import Enqueued, Job
 from kiq.pool import WorkerThreads
 from kiq.processor import Processor, Registered, register
 from kiq.reporters import Reporter, ReporterThread
 from kiq.worker import FunctionWorker, Worker, WorkerLike
 
 __all__ = ["Kiq", "StopResult"]
+
+
+def _results(jids: list[str], skipped: dict[str, str | None]) -> list[str]:
+    if not skipped:
+        return jids
+    return [Enqueued(j, skipped[j] or "") if j in skipped else j for j in jids]
 
 
 def _flush_at_exit(ref: weakref.ReferenceType[Kiq]) -> None:
@@ -132,6 +139,14 @@ class Kiq:
             ``None`` turns recovery off in this process.
         max_recoveries: recoveries after which a job is a poison pill and goes
             to the dead set (Sidekiq Pro's 3).
+        periodics: cron entries the leader enqueues, each ``(crontab,
+            worker)`` or ``(crontab, worker, options)``, where ``worker`` is a
+            worker or a class name and ``options`` may give ``args``,
+            ``queue``, ``retry`` and any job option (``unique_for``,
+            ``expires_in``, payload fields such as ``tags``).
+        periodic_clock: a testing aid: ``(start, wall_start, speed)`` runs the
+            periodic scheduler on the simulated time ``start + (now -
+            wall_start) × speed``.
         heartbeat_interval: seconds between heartbeats (Sidekiq 6's 5).
         heartbeat_ttl: seconds a heartbeat lives (Sidekiq's 60; a process
             that died vanishes from the Busy page this long after).
@@ -170,6 +185,8 @@ class Kiq:
         leader_ttl: Seconds | None = 30,
         orphan_check_interval: Seconds | None = 60,
         max_recoveries: int = 3,
+        periodics: Iterable[tuple[Any, ...]] = (),
+        periodic_clock: tuple[float, float, float] | None = None,
         heartbeat_interval: Seconds = 5,
         heartbeat_ttl: Seconds = 60,
         metrics: bool = True,
@@ -231,6 +248,8 @@ class Kiq:
         if isinstance(max_recoveries, bool) or not isinstance(max_recoveries, int) or max_recoveries < 0:
             raise ConfigError(f"max_recoveries must be an int >= 0, not {max_recoveries!r}")
         self.max_recoveries = max_recoveries
+        self.periodics = [self._periodic(p) for p in periodics]
+        self.periodic_clock = periodic_clock
         self.heartbeat_interval = seconds(heartbeat_interval, "heartbeat_interval")
         self.heartbeat_ttl = seconds(heartbeat_ttl, "heartbeat_ttl")
         if not 0 < self.heartbeat_interval < self.heartbeat_ttl:
@@ -248,6 +267,30 @@ class Kiq:
         self._lock = threading.Lock()
         self._stop_requested = threading.Event()
         self.register(*workers)
+
+    @classmethod
+    def _periodic(cls, entry: tuple[Any, ...]) -> tuple[Any, ...]:
+        """A periodics entry as the core takes it; bad entries fail here, at construction."""
+        if not isinstance(entry, tuple) or len(entry) not in (2, 3):
+            raise ConfigError(f"a periodic entry is (crontab, worker) or (crontab, worker, options), not {entry!r}")
+        expr, target = entry[0], entry[1]
+        opts = dict(entry[2]) if len(entry) == 3 else {}
+        if not isinstance(expr, str):
+            raise ConfigError(f"a periodic entry's crontab must be a str, not {expr!r}")
+        Crontab(expr)  # raises CrontabError naming the field
+        job = cls._template(target)
+        args = opts.pop("args", ())
+        if isinstance(args, (str, bytes)) or not isinstance(args, (list, tuple)):
+            raise ConfigError(f"periodic args must be a list, not {args!r}")
+        queue = opts.pop("queue", job.queue)
+        retry = opts.pop("retry", job.retry)
+        unique_for = opts.pop("unique_for", job.unique_for)
+        unique_until = opts.pop("unique_until", job.unique_until)
+        expires_in = opts.pop("expires_in", job.expires_in)
+        payload = {**job.options, **opts}
+        Job(job.class_name, list(args), queue, retry, payload, None, unique_for, unique_until, expires_in)  # checks
+        return (expr, job.class_name, queue, list(args), retry, payload or None, unique_for,
+                unique_until if unique_for is not None else None, expires_in)
 
     @staticmethod
     def _check_queues(queues: Mapping[str, int]) -> dict[str, int]:
@@ -353,21 +396,24 @@ class Kiq:
         delay: Seconds | None = None,
         at: dt.datetime | float | None = None,
         sync: bool = False,
-    ) -> str:
-        """Enqueues a job and returns its jid.
+    ) -> Enqueued:
+        """Enqueues a job and returns its jid (an :class:`~kiq.Enqueued`).
 
         With the push buffer (the default) it returns once the job is
         buffered (on disk too with ``buffer_path``); ``sync=True`` returns only
         once it is in Redis. ``delay`` (seconds or a timedelta) or ``at`` (a
         datetime or epoch seconds) schedules it; a time already past pushes it
         now. Arguments that JSON cannot carry raise
-        :class:`~kiq.errors.CodecError` here, never later at run time.
+        :class:`~kiq.errors.CodecError` here, never later at run time. A unique
+        job (``unique_for``) is pushed synchronously, its lock taken in the same
+        step; if another job holds the lock the result says so
+        (``.skipped``, ``.held_by``) and nothing is enqueued.
         """
         if not isinstance(job, Job):
             raise ConfigError(f"enqueue() takes a kiq.Job (e.g. MyWorker.new(...)), not {type(job).__name__}")
         client = self._client or self.client
         options = job.options
-        return client.push(
+        jid, held = client.push(
             job.class_name,
             job.args,
             queue=job.queue,
@@ -376,7 +422,14 @@ class Kiq:
             jid=job.jid,
             at=None if delay is None and at is None else self._when(delay, at),
             sync=sync,
+            unique_for=job.unique_for,
+            unique_until=job.unique_until if job.unique_for is not None else None,
+            expires_in=job.expires_in,
         )
+        if held is not None:
+            logger.info("kiq: skipped enqueueing %s %s: not unique (lock held by %s)", job.class_name, jid,
+                        held or "an unknown job")
+        return Enqueued(jid, held)
 
     def enqueue_bulk(
         self,
@@ -388,12 +441,13 @@ class Kiq:
         sync: bool = False,
     ) -> list[str]:
         """Pushes one job per argument list in a single round trip (Sidekiq's ``push_bulk``).
+        For a unique template, skipped jobs are :class:`~kiq.Enqueued` with ``.skipped`` set.
 
         ``template`` is a worker, a :class:`Job` whose class and options every
         job shares, or a class name. Returns the jids in order.
         """
         job = self._template(template)
-        return self.client.push_bulk(
+        jids, skipped = self.client.push_bulk(
             job.class_name,
             args_list,
             queue=job.queue,
@@ -401,7 +455,11 @@ class Kiq:
             options=dict(job.options) or None,
             at=self._when(delay, at),
             sync=sync,
+            unique_for=job.unique_for,
+            unique_until=job.unique_until if job.unique_for is not None else None,
+            expires_in=job.expires_in,
         )
+        return _results(jids, skipped)
 
     def enqueue_all(
         self,
@@ -417,8 +475,11 @@ class Kiq:
         for job in jobs:
             if not isinstance(job, Job):
                 raise ConfigError(f"enqueue_all() takes kiq.Job objects, not {type(job).__name__}")
-            specs.append((job.class_name, job.args, job.queue, job.retry, dict(job.options) or None, job.jid, when))
-        return self.client.push_jobs(specs, sync=sync)
+            until = job.unique_until if job.unique_for is not None else None
+            specs.append((job.class_name, job.args, job.queue, job.retry, dict(job.options) or None, job.jid, when,
+                          job.unique_for, until, job.expires_in))
+        jids, skipped = self.client.push_jobs(specs, sync=sync)
+        return _results(jids, skipped)
 
     @staticmethod
     def _template(template: Job | WorkerLike | str) -> Job:
@@ -462,6 +523,8 @@ class Kiq:
             leader_ttl=self.leader_ttl,
             orphan_check_interval=self.orphan_check_interval,
             max_recoveries=self.max_recoveries,
+            periodics=self.periodics,
+            periodic_clock=self.periodic_clock,
             max_retries=self.max_retries,
             dead_limit=self.dead_limit,
             dead_timeout=self.dead_timeout,

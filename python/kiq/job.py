@@ -8,7 +8,7 @@ from typing import Any
 
 from kiq.errors import ConfigError
 
-__all__ = ["Job"]
+__all__ = ["Enqueued", "Job"]
 
 DEFAULT_QUEUE = "default"
 
@@ -28,6 +28,14 @@ class Job:
     ``options`` adds payload fields Sidekiq understands (``backtrace``,
     ``retry_queue``, ``dead``, ``tags``, ``retry_for``) or that the receiving
     side reads itself; they are written as given.
+
+    ``unique_for`` (seconds) makes the job unique: while a job of the same
+    class, queue and arguments holds the lock, enqueueing another is skipped
+    (see :class:`Enqueued`). The lock goes when the job succeeds or dies
+    (``unique_until="success"``, the default) or when it starts
+    (``"start"``), or after ``unique_for`` seconds (counted from the run time
+    of a scheduled job). ``expires_in`` (seconds, from the run time) drops a
+    job that has not started by then.
     """
 
     class_name: str
@@ -36,6 +44,9 @@ class Job:
     retry: bool | int = True
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     jid: str | None = None
+    unique_for: float | None = None
+    unique_until: str = "success"
+    expires_in: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.class_name, str) or not self.class_name:
@@ -44,13 +55,22 @@ class Job:
             raise ConfigError(f"Job args must be a list or tuple, not {type(self.args).__name__}")
         if not isinstance(self.queue, str) or not self.queue:
             raise ConfigError(f"Job queue must be a non-empty str, not {self.queue!r}")
-        if isinstance(self.retry, bool) or (isinstance(self.retry, int) and self.retry >= 0):
-            return
-        raise ConfigError(f"Job retry must be True, False or a count >= 0, not {self.retry!r}")
+        if not (isinstance(self.retry, bool) or (isinstance(self.retry, int) and self.retry >= 0)):
+            raise ConfigError(f"Job retry must be True, False or a count >= 0, not {self.retry!r}")
+        check_unique_and_expiry(self.unique_for, self.unique_until, self.expires_in)
 
     @classmethod
-    def _checked(cls, class_name: str, args: tuple[Any, ...], queue: str, retry: bool | int,
-                 options: Mapping[str, Any]) -> Job:
+    def _checked(
+        cls,
+        class_name: str,
+        args: tuple[Any, ...],
+        queue: str,
+        retry: bool | int,
+        options: Mapping[str, Any],
+        unique_for: float | None = None,
+        unique_until: str = "success",
+        expires_in: float | None = None,
+    ) -> Job:
         """A job from parts already validated (a worker's options): skips ``__post_init__``."""
         job = object.__new__(cls)
         put = object.__setattr__
@@ -60,6 +80,9 @@ class Job:
         put(job, "retry", retry)
         put(job, "options", options)
         put(job, "jid", None)
+        put(job, "unique_for", unique_for)
+        put(job, "unique_until", unique_until)
+        put(job, "expires_in", expires_in)
         return job
 
     def set(self, **changes: Any) -> Job:
@@ -74,3 +97,31 @@ class Job:
         options.update(changes.get("options", {}))
         options.update(extra)
         return dataclasses.replace(self, options=options, **direct)
+
+
+def check_unique_and_expiry(unique_for: float | None, unique_until: str, expires_in: float | None) -> None:
+    for name, value in (("unique_for", unique_for), ("expires_in", expires_in)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+            raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
+    if unique_until not in ("success", "start"):
+        raise ConfigError(f'unique_until must be "success" or "start", not {unique_until!r}')
+
+
+class Enqueued(str):
+    """The jid :meth:`kiq.Kiq.enqueue` returns, telling whether the job went in.
+
+    It is the job's jid (a ``str``). For a unique job whose lock another job
+    holds, ``skipped`` is true and ``held_by`` names that job's jid (when it
+    could be read); the job was not enqueued.
+    """
+
+    __slots__ = ("held_by", "skipped")
+
+    held_by: str | None
+    skipped: bool
+
+    def __new__(cls, jid: str, held_by: str | None = None) -> Enqueued:
+        self = super().__new__(cls, jid)
+        self.skipped = held_by is not None
+        self.held_by = held_by or None
+        return self

@@ -99,6 +99,10 @@ class Processor:
                 return
             token = set_current(d)
             try:
+                expires_at = d.expires_at
+                if expires_at is not None and time.time() > expires_at:
+                    self.expired(d)
+                    continue
                 if observe or enabled(logging.INFO):
                     if not self.run_observed(d):
                         return
@@ -160,6 +164,18 @@ class Processor:
         for r in reporters:
             r.put(("handle_stopped", job, ()))  # type: ignore[arg-type]
         return go_on
+
+    def expired(self, d: _kiq.Delivery) -> None:
+        """A job that did not start before its ``expires_at``: dropped, counted, logged, reported."""
+        job = JobInfo(d.class_name, d.jid, d.queue, d.args, d.retry_count, d.enqueued_at) if self.reporters else None
+        self.server.expire(d)
+        logger.warning("job_aborted %s jid=%s queue=%s reason=expired", d.class_name, d.jid, d.queue,
+                       extra={"kiq": {"event": "job_aborted", "class": d.class_name, "queue": d.queue, "jid": d.jid,
+                                      "reason": "expired"}})
+        for r in self.reporters:
+            r.put(("handle_started", job, ()))  # type: ignore[arg-type]
+            r.put(("handle_aborted", job, ("expired",)))  # type: ignore[arg-type]
+            r.put(("handle_stopped", job, ()))  # type: ignore[arg-type]
 
     def failed(self, d: _kiq.Delivery, reg: Registered | None, exc: BaseException) -> None:
         opts = reg.options if reg is not None else None

@@ -19,12 +19,13 @@ class name (``"HardJob"``, ``"Billing::InvoiceJob"``).
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Generic, ParamSpec, TypeVar, overload
 
 from kiq.errors import ConfigError
-from kiq.job import DEFAULT_QUEUE, Job
+from kiq.job import DEFAULT_QUEUE, Job, check_unique_and_expiry
 
 __all__ = ["FunctionWorker", "Worker", "WorkerOptions", "worker"]
 
@@ -47,6 +48,7 @@ class WorkerOptions:
     - ``retry_queue``: the queue retries go to.
     - ``tags``: shown and searchable in Sidekiq's Web UI.
     - ``name``: the wire ``class`` name.
+    - ``unique_for``, ``unique_until``, ``expires_in``: see :class:`~kiq.Job`.
     """
 
     queue: str = DEFAULT_QUEUE
@@ -56,6 +58,9 @@ class WorkerOptions:
     retry_queue: str | None = None
     tags: tuple[str, ...] = ()
     name: str | None = None
+    unique_for: float | None = None
+    unique_until: str = "success"
+    expires_in: float | None = None
     _payload: dict[str, Any] = dataclasses.field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -71,6 +76,11 @@ class WorkerOptions:
             raise ConfigError(f"retry_queue must be a non-empty str, not {self.retry_queue!r}")
         if self.name is not None and (not isinstance(self.name, str) or not self.name):
             raise ConfigError(f"name must be a non-empty str, not {self.name!r}")
+        if isinstance(self.unique_for, dt.timedelta):
+            object.__setattr__(self, "unique_for", self.unique_for.total_seconds())
+        if isinstance(self.expires_in, dt.timedelta):
+            object.__setattr__(self, "expires_in", self.expires_in.total_seconds())
+        check_unique_and_expiry(self.unique_for, self.unique_until, self.expires_in)
         # Written into every job: computed once.
         object.__setattr__(self, "_payload", self.payload_options())
 
@@ -94,7 +104,10 @@ class WorkerOptions:
         return out
 
     def job(self, name: str, args: Sequence[Any]) -> Job:
-        return Job._checked(name, tuple(args), self.queue, self.retry, self._payload)
+        return Job._checked(
+            name, tuple(args), self.queue, self.retry, self._payload, self.unique_for, self.unique_until,
+            self.expires_in,
+        )
 
 
 class Worker:
@@ -118,6 +131,9 @@ class Worker:
         retry_queue: str | None = _UNSET,
         tags: Sequence[str] = _UNSET,
         name: str | None = _UNSET,
+        unique_for: float | dt.timedelta | None = _UNSET,
+        unique_until: str = _UNSET,
+        expires_in: float | dt.timedelta | None = _UNSET,
         **kwargs: Any,
     ) -> None:
         super().__init_subclass__(**kwargs)
@@ -126,7 +142,8 @@ class Worker:
         # A name is the class's own: subclasses get theirs unless they set one.
         inherited = dataclasses.replace(parent, name=None)
         cls.kiq_options = inherited.updated(
-            queue=queue, retry=retry, dead=dead, backtrace=backtrace, retry_queue=retry_queue, tags=tags, name=name
+            queue=queue, retry=retry, dead=dead, backtrace=backtrace, retry_queue=retry_queue, tags=tags, name=name,
+            unique_for=unique_for, unique_until=unique_until, expires_in=expires_in,
         )
 
     def perform(self, *args: Any) -> Any:
@@ -192,6 +209,9 @@ def worker(
     retry_queue: str | None = ...,
     tags: Sequence[str] = ...,
     name: str | None = ...,
+    unique_for: float | dt.timedelta | None = ...,
+    unique_until: str = ...,
+    expires_in: float | dt.timedelta | None = ...,
 ) -> Callable[[Callable[P, R]], FunctionWorker[P, R]]: ...
 
 
@@ -206,10 +226,14 @@ def worker(
     retry_queue: str | None = _UNSET,
     tags: Sequence[str] = _UNSET,
     name: str | None = _UNSET,
+    unique_for: float | dt.timedelta | None = _UNSET,
+    unique_until: str = _UNSET,
+    expires_in: float | dt.timedelta | None = _UNSET,
 ) -> FunctionWorker[P, R] | Callable[[Callable[P, R]], FunctionWorker[P, R]]:
     """Makes a function a worker: ``@worker`` or ``@worker(queue=..., retry=..., name=...)``."""
     options = WorkerOptions().updated(
-        queue=queue, retry=retry, dead=dead, backtrace=backtrace, retry_queue=retry_queue, tags=tags, name=name
+        queue=queue, retry=retry, dead=dead, backtrace=backtrace, retry_queue=retry_queue, tags=tags, name=name,
+        unique_for=unique_for, unique_until=unique_until, expires_in=expires_in,
     )
 
     def wrap(f: Callable[P, R]) -> FunctionWorker[P, R]:

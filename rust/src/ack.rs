@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::keys::{DAILY_STAT_TTL_SECS, Keys};
 use crate::pool::Pool;
 use crate::retry::RetryPolicy;
+use crate::scripts;
 use crate::timestamp::{self, float_json};
 
 /// Settlements written per round trip at most.
@@ -33,6 +34,8 @@ pub enum Settle {
     Dead { payload: Vec<u8> },
     /// Dropped (`retry: false` or `dead: false`).
     Discard,
+    /// Not run: it expired before it could start (counted in `kiq:stat:expired`).
+    Expired,
 }
 
 #[derive(Debug)]
@@ -46,10 +49,14 @@ pub struct Settlement {
     pub processed: bool,
     /// Counted in `stat:failed`.
     pub failed: bool,
+    /// A unique job's lock to release with it: (key, jid).
+    pub unlock: Option<(String, String)>,
 }
 
 pub enum Msg {
     Settle(Settlement),
+    /// Release a unique job's lock (key, jid): `unique_until: start`.
+    Unlock(String, String),
     /// Write what is pending (retrying until the deadline), then stop.
     Close {
         deadline: Instant,
@@ -61,17 +68,19 @@ pub enum Msg {
 /// settlements that could not be written before the deadline.
 pub async fn run(mut rx: mpsc::UnboundedReceiver<Msg>, pool: std::sync::Arc<Pool>, keys: Keys, policy: RetryPolicy) {
     let mut batch: Vec<Settlement> = Vec::new();
+    let mut unlocks: Vec<(String, String)> = Vec::new();
     let mut close: Option<(Instant, oneshot::Sender<usize>)> = None;
     let mut failing = false;
     loop {
-        if batch.is_empty() && close.is_none() {
+        if batch.is_empty() && unlocks.is_empty() && close.is_none() {
             match rx.recv().await {
                 Some(Msg::Settle(s)) => batch.push(s),
+                Some(Msg::Unlock(k, j)) => unlocks.push((k, j)),
                 Some(Msg::Close { deadline, done }) => close = Some((deadline, done)),
                 None => return,
             }
         }
-        take_pending(&mut rx, &mut batch, &mut close);
+        take_pending(&mut rx, &mut batch, &mut unlocks, &mut close);
         let mut delay = Duration::from_millis(20);
         while !batch.is_empty() {
             match write(&pool, &keys, &policy, &batch).await {
@@ -80,7 +89,7 @@ pub async fn run(mut rx: mpsc::UnboundedReceiver<Msg>, pool: std::sync::Arc<Pool
                         log::warn!("writing job results to Redis works again");
                         failing = false;
                     }
-                    batch.clear();
+                    unlocks.extend(batch.drain(..).filter_map(|s| s.unlock));
                 }
                 Err(e) => {
                     pool.note_error(&e);
@@ -89,13 +98,24 @@ pub async fn run(mut rx: mpsc::UnboundedReceiver<Msg>, pool: std::sync::Arc<Pool
                         failing = true;
                     }
                     // A stop may arrive while Redis is away: its deadline ends the retries.
-                    take_pending(&mut rx, &mut batch, &mut close);
+                    take_pending(&mut rx, &mut batch, &mut unlocks, &mut close);
                     if close.as_ref().is_some_and(|(deadline, _)| Instant::now() >= *deadline) {
                         break;
                     }
                     tokio::time::sleep(delay).await;
                     delay = (delay * 3 / 2).min(Duration::from_secs(2));
                 }
+            }
+        }
+        // Locks go after the results that free them; a failure keeps them for the next round.
+        if !unlocks.is_empty() {
+            if let Err(e) = unlock(&pool, &unlocks).await {
+                log::warn!("cannot release {} unique-job locks yet: {e}", unlocks.len());
+                if close.is_none() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            } else {
+                unlocks.clear();
             }
         }
         if let Some((_, done)) = close.take() {
@@ -115,22 +135,32 @@ pub async fn run(mut rx: mpsc::UnboundedReceiver<Msg>, pool: std::sync::Arc<Pool
 fn take_pending(
     rx: &mut mpsc::UnboundedReceiver<Msg>,
     batch: &mut Vec<Settlement>,
+    unlocks: &mut Vec<(String, String)>,
     close: &mut Option<(Instant, oneshot::Sender<usize>)>,
 ) {
     while batch.len() < MAX_BATCH {
         match rx.try_recv() {
             Ok(Msg::Settle(s)) => batch.push(s),
+            Ok(Msg::Unlock(k, j)) => unlocks.push((k, j)),
             Ok(Msg::Close { deadline, done }) => *close = Some((deadline, done)),
             Err(_) => break,
         }
     }
 }
 
+async fn unlock(pool: &Pool, locks: &[(String, String)]) -> redis::RedisResult<()> {
+    let mut inv = scripts::UNLOCK.prepare_invoke();
+    for (key, jid) in locks {
+        inv.key(key).arg(jid);
+    }
+    inv.invoke_async::<i64>(&mut pool.get()).await.map(|_| ())
+}
+
 async fn write(pool: &Pool, keys: &Keys, policy: &RetryPolicy, batch: &[Settlement]) -> redis::RedisResult<()> {
     let now = timestamp::now();
     let mut pipe = redis::pipe();
     pipe.atomic();
-    let (mut processed, mut failed, mut buried) = (0i64, 0i64, false);
+    let (mut processed, mut failed, mut expired, mut buried) = (0i64, 0i64, 0i64, false);
     for s in batch {
         match &s.settle {
             Settle::Retry { at, payload } => {
@@ -140,6 +170,7 @@ async fn write(pool: &Pool, keys: &Keys, policy: &RetryPolicy, batch: &[Settleme
                 pipe.cmd("ZADD").arg(keys.dead()).arg(float_json(now)).arg(payload).ignore();
                 buried = true;
             }
+            Settle::Expired => expired += 1,
             Settle::Done | Settle::Discard => {}
         }
         // Ack from the tail: the in-progress list is pushed on the left, so
@@ -150,6 +181,9 @@ async fn write(pool: &Pool, keys: &Keys, policy: &RetryPolicy, batch: &[Settleme
     }
     if buried {
         trim_dead(&mut pipe, keys, policy, now);
+    }
+    if expired > 0 {
+        pipe.cmd("INCRBY").arg(keys.stat_expired()).arg(expired).ignore();
     }
     let day = timestamp::utc_date(now);
     for (n, total, daily) in [

@@ -11,9 +11,10 @@ use redis::aio::ConnectionLike;
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::job::{NewJob, Template, new_jid};
+use crate::job::{NewJob, Template, field, json_string, new_jid, unique_token};
 use crate::keys::Keys;
-use crate::timestamp::{self, TimestampUnit};
+use crate::scripts;
+use crate::timestamp::{self, TimestampUnit, float_json};
 
 /// LPUSH at most this many payloads per command, so one huge bulk push does
 /// not stall Redis for other clients in a single command.
@@ -26,6 +27,54 @@ pub struct PushItem {
     pub payload: String,
     /// Run time in epoch seconds; `None` pushes to the queue now.
     pub at: Option<f64>,
+}
+
+/// A unique job's lock, taken atomically with its push.
+#[derive(Debug, Clone)]
+pub struct Lock {
+    pub key: String,
+    pub ttl_ms: u64,
+}
+
+/// The fields a job's expiry and uniqueness add to its payload, and its lock.
+fn extras(job: &NewJob, at: Option<f64>, now: f64, keys: &Keys) -> Result<(Vec<(String, String)>, Option<Lock>)> {
+    let mut fields = Vec::new();
+    let base = at.unwrap_or(now);
+    if let Some(secs) = job.expires_in {
+        // Counted from the run time of a scheduled job, as Sidekiq Pro does.
+        fields.push((field::EXPIRES_AT.to_owned(), float_json(base + secs)));
+    }
+    let mut lock = None;
+    if let Some(u) = job.unique {
+        let token = unique_token(&job.class, &job.queue, &job.args)?;
+        fields.push((field::UNIQUE_TOKEN.to_owned(), json_string(&token)));
+        fields.push((field::UNIQUE_UNTIL.to_owned(), json_string(u.until.as_str())));
+        // A scheduled job holds its lock until its time plus unique_for.
+        let ttl = (base - now).max(0.0) + u.for_secs;
+        lock = Some(Lock { key: keys.unique(&token), ttl_ms: (ttl * 1000.0).ceil().max(1.0) as u64 });
+    }
+    Ok((fields, lock))
+}
+
+/// Encodes a job with its expiry and unique fields; returns the jid, the item
+/// and the lock to take (for unique jobs).
+pub fn prepare_full(
+    job: &NewJob,
+    at: Option<f64>,
+    now: f64,
+    unit: TimestampUnit,
+    keys: &Keys,
+) -> Result<(String, PushItem, Option<Lock>)> {
+    let at = at.filter(|t| *t > now);
+    let (fields, lock) = extras(job, at, now, keys)?;
+    if fields.is_empty() {
+        let (jid, item) = prepare(job, at, now, unit);
+        return Ok((jid, item, None));
+    }
+    let mut with = job.clone();
+    with.options.extend(fields);
+    let (jid, item) = prepare(&with, at, now, unit);
+    Ok((jid, item, lock))
 }
 
 /// Encodes a new job. A time at or before `now` pushes immediately, as
@@ -95,6 +144,45 @@ pub async fn push<C: ConnectionLike>(conn: &mut C, keys: &Keys, items: &[PushIte
     }
     pipe.query_async::<()>(conn).await?;
     Ok(())
+}
+
+/// Whether a unique push went in, or which jid holds the lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pushed {
+    Yes,
+    /// Skipped: another job holds the lock (its jid, when it could be read).
+    Held(Option<String>),
+}
+
+/// Pushes unique jobs, each atomically with its lock, in order.
+pub async fn push_unique(
+    conn: &mut (impl ConnectionLike + Send),
+    keys: &Keys,
+    jobs: &[(PushItem, Lock, String)],
+) -> Result<Vec<Pushed>> {
+    let mut out = Vec::with_capacity(jobs.len());
+    for (item, lock, jid) in jobs {
+        let target = if item.at.is_some() { keys.schedule() } else { keys.queue(&item.queue) };
+        let score = item.at.map(float_json).unwrap_or_default();
+        let reply: Vec<redis::Value> = scripts::UNIQUE_PUSH
+            .key(&lock.key)
+            .key(target)
+            .key(keys.queues())
+            .arg(jid)
+            .arg(lock.ttl_ms)
+            .arg(&item.payload)
+            .arg(score)
+            .arg(&*item.queue)
+            .invoke_async(conn)
+            .await?;
+        let pushed = matches!(reply.first(), Some(redis::Value::Int(1)));
+        out.push(if pushed {
+            Pushed::Yes
+        } else {
+            Pushed::Held(reply.get(1).and_then(|v| redis::from_redis_value::<String>(v.clone()).ok()))
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

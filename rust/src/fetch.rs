@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::ack::{Msg, Settle, Settlement};
 use crate::control::{Control, RunState};
-use crate::job::Payload;
+use crate::job::{Payload, UniqueUntil, field};
 use crate::keys::Keys;
 use crate::lane::{Delivery, Lane};
 use crate::pool::Pool;
@@ -225,6 +225,7 @@ impl Fetcher {
                 settle: Settle::Dead { payload: raw },
                 processed: false,
                 failed: false,
+                unlock: None,
             }
         };
         let text = match String::from_utf8(raw) {
@@ -238,7 +239,19 @@ impl Fetcher {
         let problem = match (payload.class(), payload.args()) {
             (Some(class), Some(_)) if !class.is_empty() => {
                 let jid = payload.jid().unwrap_or_default();
-                return Ok(Delivery::new(self.lane_index, payload, class, jid));
+                let expires_at = payload.time(field::EXPIRES_AT);
+                let lock = payload.get(field::UNIQUE_TOKEN).and_then(|t| serde_json::from_str::<String>(t).ok()).map(|token| {
+                    let until = payload
+                        .get(field::UNIQUE_UNTIL)
+                        .and_then(|u| serde_json::from_str::<String>(u).ok())
+                        .and_then(|u| UniqueUntil::parse(&u))
+                        .unwrap_or_default();
+                    (self.keys.unique(&token), until)
+                });
+                let mut d = Delivery::new(self.lane_index, payload, class, jid);
+                d.expires_at = expires_at;
+                d.lock = lock;
+                return Ok(d);
             }
             (None, _) => "the job has no \"class\" string",
             (Some(_), None) => "the job's \"args\" is missing or not an array",
@@ -264,6 +277,6 @@ impl Fetcher {
             Disposition::Dead { payload } => Settle::Dead { payload: payload.into_bytes() },
             Disposition::Discard => Settle::Discard,
         };
-        Err(Settlement { wip_key: self.wip_key.clone(), raw, settle, processed: true, failed: true })
+        Err(Settlement { wip_key: self.wip_key.clone(), raw, settle, processed: true, failed: true, unlock: None })
     }
 }

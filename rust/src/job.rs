@@ -39,6 +39,101 @@ pub mod field {
     pub const TAGS: &str = "tags";
     pub const WRAPPED: &str = "wrapped";
     pub const DISPLAY_CLASS: &str = "display_class";
+    /// Epoch seconds (float) after which a job that has not started is dropped
+    /// (the field Sidekiq Pro's expiry uses, same meaning).
+    pub const EXPIRES_AT: &str = "expires_at";
+    /// kiq's unique-job lock token and release mode (kiq's own names, so
+    /// Sidekiq Enterprise's middleware never mistakes them for its own).
+    pub const UNIQUE_TOKEN: &str = "kiq_unique";
+    pub const UNIQUE_UNTIL: &str = "kiq_unique_until";
+    /// The minute a periodic job was enqueued for (epoch seconds).
+    pub const PERIODIC_AT: &str = "kiq_periodic_at";
+}
+
+/// When a unique job's lock is released (besides its `unique_for` running out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UniqueUntil {
+    /// When the job succeeds, or dies (the default).
+    #[default]
+    Success,
+    /// When the job starts.
+    Start,
+}
+
+impl UniqueUntil {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "success" => Some(Self::Success),
+            "start" => Some(Self::Start),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Start => "start",
+        }
+    }
+}
+
+/// A unique job's settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Unique {
+    /// Seconds the lock lasts at most (counted from the run time of a scheduled job).
+    pub for_secs: f64,
+    pub until: UniqueUntil,
+}
+
+/// The unique-job token of (class, queue, args): SHA-256 hex of a canonical
+/// JSON encoding (`[class, queue, args]`, object keys sorted, no spaces), so
+/// equal arguments always collide and different ones never do.
+pub fn unique_token(class: &str, queue: &str, args_json: &str) -> Result<String> {
+    canonical_sha256(&format!("[{},{},{args_json}]", json_string(class), json_string(queue)))
+}
+
+/// SHA-256 hex of JSON text in canonical form (object keys sorted, no spaces).
+pub fn canonical_sha256(json: &str) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let value: serde_json::Value = serde_json::from_str(json)?;
+    let mut canonical = String::with_capacity(json.len());
+    write_canonical(&value, &mut canonical);
+    let digest = Sha256::digest(canonical.as_bytes());
+    let mut hex = String::with_capacity(64);
+    for b in digest {
+        let _ = std::fmt::Write::write_fmt(&mut hex, format_args!("{b:02x}"));
+    }
+    Ok(hex)
+}
+
+fn write_canonical(v: &serde_json::Value, out: &mut String) {
+    match v {
+        serde_json::Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        serde_json::Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&json_string(k));
+                out.push(':');
+                write_canonical(&map[k], out);
+            }
+            out.push('}');
+        }
+        other => out.push_str(&other.to_string()),
+    }
 }
 
 /// Sidekiq's default queue name.
@@ -334,6 +429,10 @@ pub struct NewJob {
     pub options: Vec<(String, String)>,
     /// A caller-chosen jid; a fresh one otherwise.
     pub jid: Option<String>,
+    /// Unique-job settings (the lock is taken with the push).
+    pub unique: Option<Unique>,
+    /// Seconds after its run time that a job not yet started is dropped.
+    pub expires_in: Option<f64>,
 }
 
 impl NewJob {
@@ -345,6 +444,8 @@ impl NewJob {
             retry: Retry::Default,
             options: Vec::new(),
             jid: None,
+            unique: None,
+            expires_in: None,
         }
     }
 
@@ -435,6 +536,9 @@ impl Template {
 
 /// Fields kiq itself sets on a new job, which options must not override.
 const RESERVED: &[&str] = &[
+    field::EXPIRES_AT,
+    field::UNIQUE_TOKEN,
+    field::UNIQUE_UNTIL,
     field::CLASS,
     field::ARGS,
     field::QUEUE,
@@ -531,6 +635,22 @@ mod tests {
         j.queue = "ok".into();
         j.options.push(("jid".into(), "\"x\"".into()));
         assert!(j.validate().unwrap_err().to_string().contains("jid"));
+    }
+
+    #[test]
+    fn unique_tokens_are_canonical() {
+        let a = unique_token("X", "default", r#"[1,{"b":2,"a":[3,{"d":1,"c":2}]}]"#).unwrap();
+        let b = unique_token("X", "default", r#"[1, {"a":[3,{"c":2,"d":1}], "b":2}]"#).unwrap();
+        assert_eq!(a, b, "key order and spaces do not matter");
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, unique_token("X", "default", r#"[1,{"b":2,"a":[3,{"d":1,"c":3}]}]"#).unwrap());
+        assert_ne!(a, unique_token("X", "other", r#"[1,{"b":2,"a":[3,{"d":1,"c":2}]}]"#).unwrap());
+        assert_ne!(a, unique_token("Y", "default", r#"[1,{"b":2,"a":[3,{"d":1,"c":2}]}]"#).unwrap());
+        // Long arguments that share a prefix do not collide (Kiq's inspect-based tokens did).
+        let long1 = format!("[\"{}a\"]", "x".repeat(5000));
+        let long2 = format!("[\"{}b\"]", "x".repeat(5000));
+        assert_ne!(unique_token("X", "q", &long1).unwrap(), unique_token("X", "q", &long2).unwrap());
+        assert_ne!(unique_token("X", "q", "[1]").unwrap(), unique_token("X", "q", "[\"1\"]").unwrap());
     }
 
     #[test]

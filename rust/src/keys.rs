@@ -123,6 +123,21 @@ impl Keys {
         self.key("kiq:recoveries")
     }
 
+    /// STRING lock of a unique job: the jid holding it, with a TTL.
+    pub fn unique(&self, token: &str) -> String {
+        format!("{}kiq:unique:{token}", self.prefix)
+    }
+
+    /// HASH periodic entry id → last minute enqueued (epoch seconds).
+    pub fn periodic(&self) -> String {
+        self.key("kiq:periodic")
+    }
+
+    /// Counter of jobs that expired before they could start.
+    pub fn stat_expired(&self) -> String {
+        self.key("kiq:stat:expired")
+    }
+
     /// Glob matching every process's in-progress lists.
     pub fn in_progress_pattern(&self) -> String {
         format!("{}kiq:wip|*", self.prefix)

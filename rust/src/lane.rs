@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::job::Payload;
+use crate::job::{Payload, UniqueUntil};
 
 /// A job taken from Redis, waiting for or being run by a thread.
 #[derive(Debug)]
@@ -34,13 +34,26 @@ pub struct Delivery {
     pub jid: String,
     /// When a thread started it.
     pub started: Option<Instant>,
+    /// Epoch seconds after which it must not start (`expires_at`).
+    pub expires_at: Option<f64>,
+    /// A unique job's lock key and when it is released.
+    pub lock: Option<(String, UniqueUntil)>,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Delivery {
     pub fn new(lane: usize, payload: Payload, class: String, jid: String) -> Self {
-        Self { id: NEXT_ID.fetch_add(1, Ordering::Relaxed), lane, payload, class, jid, started: None }
+        Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            lane,
+            payload,
+            class,
+            jid,
+            started: None,
+            expires_at: None,
+            lock: None,
+        }
     }
 
     /// JSON text of the job's arguments (always an array: checked at fetch).

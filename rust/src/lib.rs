@@ -21,6 +21,7 @@ pub mod leader;
 pub mod logbridge;
 pub mod metrics;
 pub mod orphans;
+pub mod periodic;
 pub mod pool;
 pub mod retry;
 pub mod runtime;

@@ -19,12 +19,13 @@ use crate::control::{Control, RunState};
 use crate::error::{KiqError, Result};
 use crate::fetch::Fetcher;
 use crate::heartbeat::{self, BeatConfig, Heartbeat, ProcessInfo, Signal};
-use crate::job::{check_queue_name, field};
+use crate::job::{UniqueUntil, check_queue_name, field};
 use crate::keys::Keys;
 use crate::lane::{Delivery, Lane, Take};
 use crate::leader::{Elector, Leadership};
 use crate::metrics::{self, Metrics};
 use crate::orphans::Recoverer;
+use crate::periodic::{Clock, Entry, Periodic};
 use crate::pool::Pool;
 use crate::retry::{self, Disposition, Failure, RetryPolicy, WorkerOptions};
 use crate::scheduled::{PollConfig, Poller};
@@ -49,6 +50,9 @@ pub struct ServerConfig {
     pub orphan_check: Option<Duration>,
     /// Recoveries after which a job is a poison pill (Sidekiq Pro's 3).
     pub max_recoveries: u32,
+    /// Cron entries the leader enqueues, and the clock they run by.
+    pub periodics: Vec<Entry>,
+    pub clock: Clock,
 }
 
 /// What a stop did.
@@ -79,6 +83,11 @@ pub struct Server {
     leadership: Arc<Leadership>,
     /// Election and recovery tasks, ended with the heartbeat.
     background: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The lock a finished unique job releases: (key, jid).
+fn unlock_of(d: &Delivery) -> Option<(String, String)> {
+    d.lock.as_ref().map(|(key, _)| (key.clone(), d.jid.clone()))
 }
 
 impl Server {
@@ -170,7 +179,18 @@ impl Server {
                 max_recoveries: config.max_recoveries,
                 leadership: leadership.clone(),
             };
-            background.push(tokio::spawn(recoverer.run(halted)));
+            background.push(tokio::spawn(recoverer.run(halted.clone())));
+        }
+        if !config.periodics.is_empty() {
+            let periodic = Periodic {
+                pool: pool.clone(),
+                keys: keys.clone(),
+                entries: config.periodics.clone(),
+                leadership: leadership.clone(),
+                clock: config.clock,
+                unit: config.policy.unit,
+            };
+            background.push(tokio::spawn(periodic.run(halted)));
         }
         Ok(Arc::new(Self {
             pool,
@@ -218,6 +238,9 @@ impl Server {
     /// hash until it finishes, and its run time is measured from here.
     pub fn begin(&self, d: &mut Delivery) {
         d.started = Some(Instant::now());
+        if let Some((key, UniqueUntil::Start)) = &d.lock {
+            let _ = self.acks.send(Msg::Unlock(key.clone(), d.jid.clone()));
+        }
         self.work.insert(
             d.id,
             Work {
@@ -243,10 +266,31 @@ impl Server {
         }
     }
 
-    /// Records a job as done: it leaves the in-progress list on the next write.
+    /// Records a job as done: it leaves the in-progress list on the next write
+    /// (and a unique job's lock goes with it).
     pub fn complete(&self, d: Delivery) {
         self.end(&d, true);
-        self.settle(d, Settle::Done, false);
+        let unlock = unlock_of(&d);
+        let lane = d.lane;
+        self.send(lane, d.payload.into_source().into_bytes(), Settle::Done, false, unlock);
+    }
+
+    /// The job expired before it could start: it is dropped, not run, not
+    /// retried, and counted (`kiq:stat:expired`); a unique lock is released.
+    pub fn expire(&self, d: Delivery) {
+        self.work.remove(d.id);
+        let unlock = unlock_of(&d);
+        let lane = d.lane;
+        let s = Settlement {
+            wip_key: self.wip_keys[lane].clone(),
+            raw: d.payload.into_source().into_bytes(),
+            settle: Settle::Expired,
+            processed: false,
+            failed: false,
+            unlock,
+        };
+        let _ = self.acks.send(Msg::Settle(s));
+        self.lanes[lane].finish();
     }
 
     /// Records a job as failed, sending it to the retry set, the dead set or
@@ -256,6 +300,7 @@ impl Server {
         let queue = self.lanes[d.lane].name.clone();
         let raw = d.payload.source().to_owned();
         let lane = d.lane;
+        let lock = unlock_of(&d);
         let disposition = retry::on_failure(
             d.payload,
             &queue,
@@ -265,12 +310,13 @@ impl Server {
             timestamp::now(),
             rand::random(),
         );
-        let settle = match disposition {
-            Disposition::Retry { at, payload } => Settle::Retry { at, payload },
-            Disposition::Dead { payload } => Settle::Dead { payload: payload.into_bytes() },
-            Disposition::Discard => Settle::Discard,
+        // A failing unique job keeps its lock while it retries; one that dies releases it.
+        let (settle, unlock) = match disposition {
+            Disposition::Retry { at, payload } => (Settle::Retry { at, payload }, None),
+            Disposition::Dead { payload } => (Settle::Dead { payload: payload.into_bytes() }, lock),
+            Disposition::Discard => (Settle::Discard, lock),
         };
-        self.send(lane, raw.into_bytes(), settle, true);
+        self.send(lane, raw.into_bytes(), settle, true, unlock);
     }
 
     /// Gives a job up without a result (stop deadline passed): it stays in
@@ -290,13 +336,8 @@ impl Server {
         self.signals.lock().unwrap_or_else(PoisonError::into_inner).recv_timeout(timeout).ok()
     }
 
-    fn settle(&self, d: Delivery, settle: Settle, failed: bool) {
-        let lane = d.lane;
-        self.send(lane, d.payload.into_source().into_bytes(), settle, failed);
-    }
-
-    fn send(&self, lane: usize, raw: Vec<u8>, settle: Settle, failed: bool) {
-        let s = Settlement { wip_key: self.wip_keys[lane].clone(), raw, settle, processed: true, failed };
+    fn send(&self, lane: usize, raw: Vec<u8>, settle: Settle, failed: bool, unlock: Option<(String, String)>) {
+        let s = Settlement { wip_key: self.wip_keys[lane].clone(), raw, settle, processed: true, failed, unlock };
         // After the final write the channel is closed; the job was requeued.
         let _ = self.acks.send(Msg::Settle(s));
         self.lanes[lane].finish();

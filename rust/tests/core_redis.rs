@@ -36,6 +36,8 @@ fn config(queues: &[(&str, usize)]) -> ServerConfig {
         leader_ttl: None,
         orphan_check: None,
         max_recoveries: 3,
+        periodics: Vec::new(),
+        clock: _kiq::periodic::Clock::Real,
     }
 }
 

@@ -1,5 +1,6 @@
 //! `kiq._kiq.Client`: pushes jobs (bindings only; the logic is `crate::client`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use super::{gil, options};
 use crate::admin;
 use crate::buffer::{self, Buffer, BufferConfig};
 use crate::client::{self, PushItem};
-use crate::job::{NewJob, Retry};
+use crate::job::{NewJob, Retry, Unique, UniqueUntil};
 use crate::keys::Keys;
 use crate::pool::{Pool, RedisConfig};
 use crate::retry::RetryPolicy;
@@ -30,7 +31,39 @@ pub struct Client {
     buffer: Option<Arc<Buffer>>,
 }
 
-fn new_job(
+/// Unique-job and expiry options of a push.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Extra<'a> {
+    pub unique_for: Option<f64>,
+    pub unique_until: Option<&'a str>,
+    pub expires_in: Option<f64>,
+}
+
+impl Extra<'_> {
+    pub(crate) fn apply(self, job: &mut NewJob) -> PyResult<()> {
+        if let Some(secs) = self.unique_for {
+            if !(secs > 0.0) {
+                return Err(ConfigError::new_err(format!("unique_for must be a positive number of seconds, not {secs}")));
+            }
+            let until = match self.unique_until {
+                None => UniqueUntil::Success,
+                Some(u) => UniqueUntil::parse(u).ok_or_else(|| {
+                    ConfigError::new_err(format!("unique_until must be \"success\" or \"start\", not {u:?}"))
+                })?,
+            };
+            job.unique = Some(Unique { for_secs: secs, until });
+        }
+        if let Some(secs) = self.expires_in {
+            if !(secs > 0.0) {
+                return Err(ConfigError::new_err(format!("expires_in must be a positive number of seconds, not {secs}")));
+            }
+            job.expires_in = Some(secs);
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn new_job(
     class_name: String,
     args: &Bound<'_, PyAny>,
     queue: String,
@@ -58,6 +91,42 @@ fn new_job(
 }
 
 impl Client {
+    /// Pushes prepared jobs: unique ones synchronously with their locks (the
+    /// caller learns which were skipped), the rest through the buffer or now.
+    /// Returns the jids skipped and who holds their locks.
+    fn deliver_all(
+        &self,
+        py: Python<'_>,
+        prepared: Vec<(String, PushItem, Option<client::Lock>)>,
+        sync: bool,
+    ) -> PyResult<HashMap<String, Option<String>>> {
+        let mut plain = Vec::with_capacity(prepared.len());
+        let mut unique = Vec::new();
+        for (jid, item, lock) in prepared {
+            match lock {
+                Some(lock) => unique.push((item, lock, jid)),
+                None => plain.push(item),
+            }
+        }
+        if !plain.is_empty() {
+            self.deliver(py, plain, sync)?;
+        }
+        let mut skipped = HashMap::new();
+        if !unique.is_empty() {
+            let pool = self.pool.clone();
+            let keys = self.keys.clone();
+            let jids: Vec<String> = unique.iter().map(|(_, _, j)| j.clone()).collect();
+            let results =
+                gil::block_on(py, async move { client::push_unique(&mut pool.get(), &keys, &unique).await })?;
+            for (jid, r) in jids.into_iter().zip(results) {
+                if let client::Pushed::Held(holder) = r {
+                    skipped.insert(jid, holder);
+                }
+            }
+        }
+        Ok(skipped)
+    }
+
     /// Buffers the jobs (or, with `sync` or no buffer, writes them to Redis now).
     fn deliver(&self, py: Python<'_>, items: Vec<PushItem>, sync: bool) -> PyResult<()> {
         match &self.buffer {
@@ -162,7 +231,9 @@ impl Client {
 
     /// Pushes one job and returns its jid. `at` (epoch seconds) in the future
     /// schedules it; otherwise it is pushed to its queue now.
-    #[pyo3(signature = (class_name, args, *, queue = "default", retry = None, options = None, jid = None, at = None, sync = false))]
+    /// Returns `(jid, held_by)`: `held_by` is None when the job went in, else
+    /// (a unique job whose lock is taken) the jid holding the lock, or "".
+    #[pyo3(signature = (class_name, args, *, queue = "default", retry = None, options = None, jid = None, at = None, sync = false, unique_for = None, unique_until = None, expires_in = None))]
     #[allow(clippy::too_many_arguments)]
     fn push(
         &self,
@@ -175,16 +246,23 @@ impl Client {
         jid: Option<String>,
         at: Option<f64>,
         sync: bool,
-    ) -> PyResult<String> {
-        let job = new_job(class_name, args, queue.to_owned(), retry, options, jid)?;
-        let (jid, item) = client::prepare(&job, at, timestamp::now(), self.unit);
-        self.deliver(py, vec![item], sync)?;
-        Ok(jid)
+        unique_for: Option<f64>,
+        unique_until: Option<&str>,
+        expires_in: Option<f64>,
+    ) -> PyResult<(String, Option<String>)> {
+        let mut job = new_job(class_name, args, queue.to_owned(), retry, options, jid)?;
+        Extra { unique_for, unique_until, expires_in }.apply(&mut job)?;
+        let prepared = py_result(client::prepare_full(&job, at, timestamp::now(), self.unit, &self.keys))?;
+        let jid = prepared.0.clone();
+        let skipped = self.deliver_all(py, vec![prepared], sync)?;
+        let held = skipped.get(&jid).map(|h| h.clone().unwrap_or_default());
+        Ok((jid, held))
     }
 
     /// Pushes one job per element of `args_list`, all of one class and
     /// options, in one round trip. Returns the jids in order.
-    #[pyo3(signature = (class_name, args_list, *, queue = "default", retry = None, options = None, at = None, sync = false))]
+    /// Returns the jids in order, and the unique ones skipped with who holds their locks.
+    #[pyo3(signature = (class_name, args_list, *, queue = "default", retry = None, options = None, at = None, sync = false, unique_for = None, unique_until = None, expires_in = None))]
     #[allow(clippy::too_many_arguments)]
     fn push_bulk(
         &self,
@@ -196,27 +274,51 @@ impl Client {
         options: Option<&Bound<'_, PyDict>>,
         at: Option<f64>,
         sync: bool,
-    ) -> PyResult<Vec<String>> {
-        let template = new_job(class_name, &PyTuple::empty(py), queue.to_owned(), retry, options, None)?;
-        let bulk = client::Bulk::new(&template, at, timestamp::now(), self.unit);
-        let mut jids = Vec::new();
-        let mut items = Vec::new();
-        for args in args_list.try_iter()? {
-            let (jid, item) = bulk.item(&args_json(&args?)?);
-            jids.push(jid);
-            items.push(item);
-        }
-        self.deliver(py, items, sync)?;
-        Ok(jids)
-    }
-
-    /// Pushes jobs given as `(class_name, args, queue, retry, options, jid, at)`
-    /// tuples in one round trip. Returns the jids in order.
-    #[pyo3(signature = (jobs, *, sync = false))]
-    fn push_jobs(&self, py: Python<'_>, jobs: &Bound<'_, PyAny>, sync: bool) -> PyResult<Vec<String>> {
+        unique_for: Option<f64>,
+        unique_until: Option<&str>,
+        expires_in: Option<f64>,
+    ) -> PyResult<(Vec<String>, HashMap<String, Option<String>>)> {
+        let mut template = new_job(class_name, &PyTuple::empty(py), queue.to_owned(), retry, options, None)?;
+        Extra { unique_for, unique_until, expires_in }.apply(&mut template)?;
         let now = timestamp::now();
         let mut jids = Vec::new();
-        let mut items = Vec::new();
+        if template.unique.is_none() && template.expires_in.is_none() {
+            // The fast path: one payload template for every job.
+            let bulk = client::Bulk::new(&template, at, now, self.unit);
+            let mut items = Vec::new();
+            for args in args_list.try_iter()? {
+                let (jid, item) = bulk.item(&args_json(&args?)?);
+                jids.push(jid);
+                items.push(item);
+            }
+            self.deliver(py, items, sync)?;
+            return Ok((jids, HashMap::new()));
+        }
+        let mut prepared = Vec::new();
+        for args in args_list.try_iter()? {
+            let mut job = template.clone();
+            job.args = args_json(&args?)?;
+            let p = py_result(client::prepare_full(&job, at, now, self.unit, &self.keys))?;
+            jids.push(p.0.clone());
+            prepared.push(p);
+        }
+        let skipped = self.deliver_all(py, prepared, sync)?;
+        Ok((jids, skipped))
+    }
+
+    /// Pushes jobs given as `(class_name, args, queue, retry, options, jid, at,
+    /// unique_for, unique_until, expires_in)` tuples in one round trip.
+    /// Returns the jids in order, and the unique ones skipped.
+    #[pyo3(signature = (jobs, *, sync = false))]
+    fn push_jobs(
+        &self,
+        py: Python<'_>,
+        jobs: &Bound<'_, PyAny>,
+        sync: bool,
+    ) -> PyResult<(Vec<String>, HashMap<String, Option<String>>)> {
+        let now = timestamp::now();
+        let mut jids = Vec::new();
+        let mut prepared = Vec::new();
         for spec in jobs.try_iter()? {
             let spec = spec?;
             let spec = spec.cast::<PyTuple>()?;
@@ -225,7 +327,7 @@ impl Client {
             let retry = if retry.is_none() { None } else { Some(retry) };
             let opts = spec.get_item(4)?;
             let opts = if opts.is_none() { None } else { Some(opts.cast_into::<PyDict>()?) };
-            let job = new_job(
+            let mut job = new_job(
                 spec.get_item(0)?.extract()?,
                 &spec.get_item(1)?,
                 spec.get_item(2)?.extract()?,
@@ -233,12 +335,15 @@ impl Client {
                 opts.as_ref(),
                 spec.get_item(5)?.extract()?,
             )?;
-            let (jid, item) = client::prepare(&job, at, now, self.unit);
-            jids.push(jid);
-            items.push(item);
+            let until: Option<String> = spec.get_item(8)?.extract()?;
+            Extra { unique_for: spec.get_item(7)?.extract()?, unique_until: until.as_deref(), expires_in: spec.get_item(9)?.extract()? }
+                .apply(&mut job)?;
+            let p = py_result(client::prepare_full(&job, at, now, self.unit, &self.keys))?;
+            jids.push(p.0.clone());
+            prepared.push(p);
         }
-        self.deliver(py, items, sync)?;
-        Ok(jids)
+        let skipped = self.deliver_all(py, prepared, sync)?;
+        Ok((jids, skipped))
     }
 
     /// Waits (without the GIL) until every buffered job is in Redis, up to

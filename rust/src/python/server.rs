@@ -6,13 +6,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyString};
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
-use super::client::Client;
+use super::client::{Client, Extra, new_job};
 use super::convert::json_to_py;
-use super::errors::{ShutdownError, py_result};
+use super::errors::{CrontabError, ShutdownError, py_result};
 use super::{gil, options};
+use crate::crontab;
 use crate::heartbeat::{BeatConfig, ProcessInfo};
+use crate::job::{canonical_sha256, json_string};
+use crate::periodic::{Clock, Entry};
 use crate::job::{Backtrace, field};
 use crate::lane::{self, Take};
 use crate::retry::{Failure, RetryPolicy, WorkerOptions};
@@ -36,6 +39,9 @@ pub struct Delivery {
     /// Index of that queue in the server's queue list.
     #[pyo3(get)]
     lane: usize,
+    /// Epoch seconds after which the job must not start (`expires_at`), if any.
+    #[pyo3(get)]
+    expires_at: Option<f64>,
     /// The decoded arguments.
     #[pyo3(get)]
     args: Py<PyList>,
@@ -92,6 +98,46 @@ impl Delivery {
     }
 }
 
+/// Periodic entries from `(crontab, class, queue, args, retry, options,
+/// unique_for, unique_until, expires_in)` tuples.
+fn periodic_entries(specs: &Bound<'_, PyAny>) -> PyResult<Vec<Entry>> {
+    let mut out = Vec::new();
+    for spec in specs.try_iter()? {
+        let spec = spec?;
+        let spec = spec.cast::<PyTuple>()?;
+        let expr: String = spec.get_item(0)?.extract()?;
+        let crontab = crontab::Crontab::parse(&expr).map_err(|e| CrontabError::new_err(e.0))?;
+        let retry = spec.get_item(4)?;
+        let opts = spec.get_item(5)?;
+        let opts = if opts.is_none() { None } else { Some(opts.cast_into::<PyDict>()?) };
+        let mut job = new_job(
+            spec.get_item(1)?.extract()?,
+            &spec.get_item(3)?,
+            spec.get_item(2)?.extract()?,
+            if retry.is_none() { None } else { Some(&retry) },
+            opts.as_ref(),
+            None,
+        )?;
+        let until: Option<String> = spec.get_item(7)?.extract()?;
+        Extra { unique_for: spec.get_item(6)?.extract()?, unique_until: until.as_deref(), expires_in: spec.get_item(8)?.extract()? }
+            .apply(&mut job)?;
+        // The same schedule, class and options give the same id in every process.
+        let options: Vec<String> = job.options.iter().map(|(k, v)| format!("[{},{v}]", json_string(k))).collect();
+        let identity = format!(
+            "[{},{},{},{},{},[{}]]",
+            json_string(&crontab.to_string()),
+            json_string(&job.class),
+            json_string(&job.queue),
+            job.args,
+            job.retry.to_json(),
+            options.join(",")
+        );
+        let id = py_result(canonical_sha256(&identity))?[..32].to_owned();
+        out.push(Entry { id, crontab, job });
+    }
+    Ok(out)
+}
+
 /// The fetchers, result writer and scheduler of one Kiq process.
 #[pyclass(module = "kiq._kiq", frozen)]
 pub struct Server {
@@ -106,7 +152,7 @@ pub struct Server {
 #[pymethods]
 impl Server {
     #[new]
-    #[pyo3(signature = (client, identity, queues, *, hostname, tag = None, labels = None, max_retries = 25, dead_limit = 10_000, dead_timeout = 15_552_000.0, poll_interval_average = None, average_scheduled_poll_interval = 5.0, scheduler = true, heartbeat = true, heartbeat_interval = 5.0, heartbeat_ttl = 60.0, metrics = true, leader_ttl = 30.0, orphan_check_interval = 60.0, max_recoveries = 3))]
+    #[pyo3(signature = (client, identity, queues, *, hostname, tag = None, labels = None, max_retries = 25, dead_limit = 10_000, dead_timeout = 15_552_000.0, poll_interval_average = None, average_scheduled_poll_interval = 5.0, scheduler = true, heartbeat = true, heartbeat_interval = 5.0, heartbeat_ttl = 60.0, metrics = true, leader_ttl = 30.0, orphan_check_interval = 60.0, max_recoveries = 3, periodics = None, periodic_clock = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -129,7 +175,13 @@ impl Server {
         leader_ttl: Option<f64>,
         orphan_check_interval: Option<f64>,
         max_recoveries: u32,
+        periodics: Option<&Bound<'_, PyAny>>,
+        periodic_clock: Option<(f64, f64, f64)>,
     ) -> PyResult<Self> {
+        let entries = match periodics {
+            Some(p) => periodic_entries(p)?,
+            None => Vec::new(),
+        };
         if leader_ttl.is_some_and(|t| t < 0.1) || orphan_check_interval.is_some_and(|t| t <= 0.0) {
             return Err(super::errors::ConfigError::new_err(
                 "leader_ttl must be at least 0.1 s and orphan_check_interval positive",
@@ -169,6 +221,11 @@ impl Server {
             leader_ttl: leader_ttl.map(Duration::from_secs_f64),
             orphan_check: orphan_check_interval.map(Duration::from_secs_f64),
             max_recoveries,
+            periodics: entries,
+            clock: match periodic_clock {
+                Some((start, wall_start, speed)) => Clock::Simulated { start, wall_start, speed },
+                None => Clock::Real,
+            },
         };
         let rt = runtime::get();
         let _guard = rt.enter();
@@ -217,9 +274,16 @@ impl Server {
             jid: PyString::new(py, &d.jid).unbind(),
             queue: self.names[d.lane].clone_ref(py),
             lane: d.lane,
+            expires_at: d.expires_at,
             args,
             inner: Mutex::new(Some(d)),
         }))
+    }
+
+    /// The job expired before it started: dropped (not run, not retried) and counted.
+    fn expire(&self, delivery: &Delivery) -> PyResult<()> {
+        self.inner.expire(delivery.take()?);
+        Ok(())
     }
 
     /// The job succeeded. Returns at once; the result is written in a batch.

@@ -13,3 +13,6 @@ pub static BURY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("b
 pub static REELECT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("reelect.lua")));
 pub static RESIGN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("resign.lua")));
 pub static RECOVER: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("recover.lua")));
+pub static UNIQUE_PUSH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("unique_push.lua")));
+pub static UNLOCK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("unlock.lua")));
+pub static PERIODIC: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("periodic.lua")));
