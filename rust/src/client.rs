@@ -56,15 +56,12 @@ fn extras(job: &NewJob, at: Option<f64>, now: f64, keys: &Keys) -> Result<(Vec<(
     Ok((fields, lock))
 }
 
+/// A job ready to push: its jid, the item, and the lock a unique job takes.
+pub type Prepared = (String, PushItem, Option<Lock>);
+
 /// Encodes a job with its expiry and unique fields; returns the jid, the item
 /// and the lock to take (for unique jobs).
-pub fn prepare_full(
-    job: &NewJob,
-    at: Option<f64>,
-    now: f64,
-    unit: TimestampUnit,
-    keys: &Keys,
-) -> Result<(String, PushItem, Option<Lock>)> {
+pub fn prepare_full(job: &NewJob, at: Option<f64>, now: f64, unit: TimestampUnit, keys: &Keys) -> Result<Prepared> {
     let at = at.filter(|t| *t > now);
     let (fields, lock) = extras(job, at, now, keys)?;
     if fields.is_empty() {

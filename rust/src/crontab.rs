@@ -74,7 +74,11 @@ fn value(text: &str, field: usize, whole: &str) -> Result<u32, CronError> {
     let (lo, hi) = RANGES[field];
     let bad = |why: String| CronError(format!("crontab {whole:?}: {} field {text:?}: {why}", NAMES[field]));
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) || text.len() > 3 {
-        let hint = if names.is_empty() { String::new() } else { format!(" or a name ({}..{})", names[0], names[names.len() - 1]) };
+        let hint = if names.is_empty() {
+            String::new()
+        } else {
+            format!(" or a name ({}..{})", names[0], names[names.len() - 1])
+        };
         return Err(bad(format!("not a number{hint}")));
     }
     let n: u32 = text.parse().map_err(|_| bad("not a number".into()))?;
@@ -380,7 +384,15 @@ mod tests {
 
     #[test]
     fn render_round_trips() {
-        for e in ["*/15 9-17 * * MON-FRI", "0 0 13 * 5", "@weekly", "1,2,3,10-20/5 * * * *", "0 0 */2 * 0-6", "0 0 1-31 * 1", "* * * * *"] {
+        for e in [
+            "*/15 9-17 * * MON-FRI",
+            "0 0 13 * 5",
+            "@weekly",
+            "1,2,3,10-20/5 * * * *",
+            "0 0 */2 * 0-6",
+            "0 0 1-31 * 1",
+            "* * * * *",
+        ] {
             let c = Crontab::parse(e).unwrap();
             let again = Crontab::parse(&c.to_string()).unwrap();
             assert_eq!(c, again, "{e} -> {c}");

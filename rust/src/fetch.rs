@@ -213,6 +213,7 @@ impl Fetcher {
     }
 
     /// A runnable delivery, or the settlement for a payload that cannot run.
+    #[allow(clippy::result_large_err)]
     fn decode(&self, raw: Vec<u8>) -> Result<Delivery, Settlement> {
         let bury = |raw: Vec<u8>, why: &str| {
             log::error!(
@@ -240,14 +241,16 @@ impl Fetcher {
             (Some(class), Some(_)) if !class.is_empty() => {
                 let jid = payload.jid().unwrap_or_default();
                 let expires_at = payload.time(field::EXPIRES_AT);
-                let lock = payload.get(field::UNIQUE_TOKEN).and_then(|t| serde_json::from_str::<String>(t).ok()).map(|token| {
-                    let until = payload
-                        .get(field::UNIQUE_UNTIL)
-                        .and_then(|u| serde_json::from_str::<String>(u).ok())
-                        .and_then(|u| UniqueUntil::parse(&u))
-                        .unwrap_or_default();
-                    (self.keys.unique(&token), until)
-                });
+                let lock = payload.get(field::UNIQUE_TOKEN).and_then(|t| serde_json::from_str::<String>(t).ok()).map(
+                    |token| {
+                        let until = payload
+                            .get(field::UNIQUE_UNTIL)
+                            .and_then(|u| serde_json::from_str::<String>(u).ok())
+                            .and_then(|u| UniqueUntil::parse(&u))
+                            .unwrap_or_default();
+                        (self.keys.unique(&token), until)
+                    },
+                );
                 let mut d = Delivery::new(self.lane_index, payload, class, jid);
                 d.expires_at = expires_at;
                 d.lock = lock;

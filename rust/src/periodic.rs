@@ -41,7 +41,11 @@ pub enum Clock {
     Real,
     /// `start + (wall - wall_start) × speed`: the same simulated time in every
     /// process given the same three numbers.
-    Simulated { start: f64, wall_start: f64, speed: f64 },
+    Simulated {
+        start: f64,
+        wall_start: f64,
+        speed: f64,
+    },
 }
 
 impl Clock {

@@ -31,6 +31,9 @@ pub struct Client {
     buffer: Option<Arc<Buffer>>,
 }
 
+/// Unique jobs not pushed, by jid, with the jid holding each lock (if known).
+type Skipped = HashMap<String, Option<String>>;
+
 /// Unique-job and expiry options of a push.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Extra<'a> {
@@ -42,8 +45,10 @@ pub(crate) struct Extra<'a> {
 impl Extra<'_> {
     pub(crate) fn apply(self, job: &mut NewJob) -> PyResult<()> {
         if let Some(secs) = self.unique_for {
-            if !(secs > 0.0) {
-                return Err(ConfigError::new_err(format!("unique_for must be a positive number of seconds, not {secs}")));
+            if secs.is_nan() || secs <= 0.0 {
+                return Err(ConfigError::new_err(format!(
+                    "unique_for must be a positive number of seconds, not {secs}"
+                )));
             }
             let until = match self.unique_until {
                 None => UniqueUntil::Success,
@@ -54,8 +59,10 @@ impl Extra<'_> {
             job.unique = Some(Unique { for_secs: secs, until });
         }
         if let Some(secs) = self.expires_in {
-            if !(secs > 0.0) {
-                return Err(ConfigError::new_err(format!("expires_in must be a positive number of seconds, not {secs}")));
+            if secs.is_nan() || secs <= 0.0 {
+                return Err(ConfigError::new_err(format!(
+                    "expires_in must be a positive number of seconds, not {secs}"
+                )));
             }
             job.expires_in = Some(secs);
         }
@@ -94,12 +101,7 @@ impl Client {
     /// Pushes prepared jobs: unique ones synchronously with their locks (the
     /// caller learns which were skipped), the rest through the buffer or now.
     /// Returns the jids skipped and who holds their locks.
-    fn deliver_all(
-        &self,
-        py: Python<'_>,
-        prepared: Vec<(String, PushItem, Option<client::Lock>)>,
-        sync: bool,
-    ) -> PyResult<HashMap<String, Option<String>>> {
+    fn deliver_all(&self, py: Python<'_>, prepared: Vec<client::Prepared>, sync: bool) -> PyResult<Skipped> {
         let mut plain = Vec::with_capacity(prepared.len());
         let mut unique = Vec::new();
         for (jid, item, lock) in prepared {
@@ -116,8 +118,7 @@ impl Client {
             let pool = self.pool.clone();
             let keys = self.keys.clone();
             let jids: Vec<String> = unique.iter().map(|(_, _, j)| j.clone()).collect();
-            let results =
-                gil::block_on(py, async move { client::push_unique(&mut pool.get(), &keys, &unique).await })?;
+            let results = gil::block_on(py, async move { client::push_unique(&mut pool.get(), &keys, &unique).await })?;
             for (jid, r) in jids.into_iter().zip(results) {
                 if let client::Pushed::Held(holder) = r {
                     skipped.insert(jid, holder);
@@ -277,7 +278,7 @@ impl Client {
         unique_for: Option<f64>,
         unique_until: Option<&str>,
         expires_in: Option<f64>,
-    ) -> PyResult<(Vec<String>, HashMap<String, Option<String>>)> {
+    ) -> PyResult<(Vec<String>, Skipped)> {
         let mut template = new_job(class_name, &PyTuple::empty(py), queue.to_owned(), retry, options, None)?;
         Extra { unique_for, unique_until, expires_in }.apply(&mut template)?;
         let now = timestamp::now();
@@ -310,12 +311,7 @@ impl Client {
     /// unique_for, unique_until, expires_in)` tuples in one round trip.
     /// Returns the jids in order, and the unique ones skipped.
     #[pyo3(signature = (jobs, *, sync = false))]
-    fn push_jobs(
-        &self,
-        py: Python<'_>,
-        jobs: &Bound<'_, PyAny>,
-        sync: bool,
-    ) -> PyResult<(Vec<String>, HashMap<String, Option<String>>)> {
+    fn push_jobs(&self, py: Python<'_>, jobs: &Bound<'_, PyAny>, sync: bool) -> PyResult<(Vec<String>, Skipped)> {
         let now = timestamp::now();
         let mut jids = Vec::new();
         let mut prepared = Vec::new();
@@ -336,8 +332,12 @@ impl Client {
                 spec.get_item(5)?.extract()?,
             )?;
             let until: Option<String> = spec.get_item(8)?.extract()?;
-            Extra { unique_for: spec.get_item(7)?.extract()?, unique_until: until.as_deref(), expires_in: spec.get_item(9)?.extract()? }
-                .apply(&mut job)?;
+            Extra {
+                unique_for: spec.get_item(7)?.extract()?,
+                unique_until: until.as_deref(),
+                expires_in: spec.get_item(9)?.extract()?,
+            }
+            .apply(&mut job)?;
             let p = py_result(client::prepare_full(&job, at, now, self.unit, &self.keys))?;
             jids.push(p.0.clone());
             prepared.push(p);

@@ -10,7 +10,12 @@ create_exception!(kiq.errors, KiqError, PyException, "Base class of every error 
 create_exception!(kiq.errors, ConnectionError, KiqError, "Redis could not be reached or a command failed.");
 create_exception!(kiq.errors, CodecError, KiqError, "A job or argument does not fit Sidekiq's JSON format.");
 create_exception!(kiq.errors, ConfigError, KiqError, "A setting given to kiq is invalid.");
-create_exception!(kiq.errors, CrontabError, ConfigError, "A crontab expression is invalid; the message names the field and text.");
+create_exception!(
+    kiq.errors,
+    CrontabError,
+    ConfigError,
+    "A crontab expression is invalid; the message names the field and text."
+);
 create_exception!(kiq.errors, TimeoutError, KiqError, "A wait ran out of time.");
 create_exception!(kiq.errors, ShutdownError, KiqError, "The component was stopped and accepts no more work.");
 create_exception!(

@@ -14,10 +14,10 @@ use super::errors::{CrontabError, ShutdownError, py_result};
 use super::{gil, options};
 use crate::crontab;
 use crate::heartbeat::{BeatConfig, ProcessInfo};
-use crate::job::{canonical_sha256, json_string};
-use crate::periodic::{Clock, Entry};
 use crate::job::{Backtrace, field};
+use crate::job::{canonical_sha256, json_string};
 use crate::lane::{self, Take};
+use crate::periodic::{Clock, Entry};
 use crate::retry::{Failure, RetryPolicy, WorkerOptions};
 use crate::runtime;
 use crate::scheduled::PollConfig;
@@ -119,8 +119,12 @@ fn periodic_entries(specs: &Bound<'_, PyAny>) -> PyResult<Vec<Entry>> {
             None,
         )?;
         let until: Option<String> = spec.get_item(7)?.extract()?;
-        Extra { unique_for: spec.get_item(6)?.extract()?, unique_until: until.as_deref(), expires_in: spec.get_item(8)?.extract()? }
-            .apply(&mut job)?;
+        Extra {
+            unique_for: spec.get_item(6)?.extract()?,
+            unique_until: until.as_deref(),
+            expires_in: spec.get_item(8)?.extract()?,
+        }
+        .apply(&mut job)?;
         // The same schedule, class and options give the same id in every process.
         let options: Vec<String> = job.options.iter().map(|(k, v)| format!("[{},{v}]", json_string(k))).collect();
         let identity = format!(
