@@ -36,8 +36,11 @@ pub struct Lock {
     pub ttl_ms: u64,
 }
 
+/// Payload fields as (name, JSON text).
+type Fields = Vec<(String, String)>;
+
 /// The fields a job's expiry and uniqueness add to its payload, and its lock.
-fn extras(job: &NewJob, at: Option<f64>, now: f64, keys: &Keys) -> Result<(Vec<(String, String)>, Option<Lock>)> {
+fn extras(job: &NewJob, at: Option<f64>, now: f64, keys: &Keys) -> Result<(Fields, Option<Lock>)> {
     let mut fields = Vec::new();
     let base = at.unwrap_or(now);
     if let Some(secs) = job.expires_in {
