@@ -7,8 +7,10 @@ jobs does.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import datetime as dt
+import functools
 import logging
 import os
 import signal
@@ -22,6 +24,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from kiq import _kiq, corelog
+from kiq.aio import AsyncRunner
 from kiq.errors import ConfigError, KiqError, ShutdownError
 from kiq.identity import hostname, new_identity
 from kiq.instrument import Instrumenter
@@ -263,6 +266,7 @@ class Kiq:
         self._server: _kiq.Server | None = None
         self._threads: WorkerThreads | None = None
         self._reporters: list[ReporterThread] = []
+        self._aio: AsyncRunner | None = None
         self._running_main = False
         self._lock = threading.Lock()
         self._stop_requested = threading.Event()
@@ -481,6 +485,36 @@ class Kiq:
         jids, skipped = self.client.push_jobs(specs, sync=sync)
         return _results(jids, skipped)
 
+    async def enqueue_async(
+        self,
+        job: Job,
+        *,
+        delay: Seconds | None = None,
+        at: dt.datetime | float | None = None,
+        sync: bool = False,
+    ) -> Enqueued:
+        """:meth:`enqueue` for ``async`` code (FastAPI and the like): never blocks the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, functools.partial(self.enqueue, job, delay=delay, at=at, sync=sync))
+
+    async def enqueue_bulk_async(
+        self,
+        template: Job | WorkerLike | str,
+        args_list: Iterable[Sequence[Any]],
+        *,
+        delay: Seconds | None = None,
+        at: dt.datetime | float | None = None,
+        sync: bool = False,
+    ) -> list[str]:
+        """:meth:`enqueue_bulk` for ``async`` code."""
+        loop = asyncio.get_running_loop()
+        call = functools.partial(self.enqueue_bulk, template, list(args_list), delay=delay, at=at, sync=sync)
+        return await loop.run_in_executor(None, call)
+
+    async def flush_async(self, timeout: Seconds | None = None) -> None:
+        """:meth:`flush` for ``async`` code."""
+        await asyncio.get_running_loop().run_in_executor(None, self.flush, timeout)
+
     @staticmethod
     def _template(template: Job | WorkerLike | str) -> Job:
         if isinstance(template, Job):
@@ -537,9 +571,10 @@ class Kiq:
             reporters.append(ReporterThread(self.instrument))
         for rt in reporters:
             rt.start()
-        threads = WorkerThreads(Processor(server, self._workers, reporters), list(self.queues.items()))
+        aio = AsyncRunner() if any(w.is_async for w in self._workers.values()) else None
+        threads = WorkerThreads(Processor(server, self._workers, reporters, aio), list(self.queues.items()))
         with self._lock:
-            self._server, self._threads, self._reporters = server, threads, reporters
+            self._server, self._threads, self._reporters, self._aio = server, threads, reporters, aio
         self._stop_requested.clear()
         threads.start()
         threading.Thread(target=self._listen, args=(server,), name="kiq-signals", daemon=True).start()
@@ -589,8 +624,8 @@ class Kiq:
         limit = self.shutdown_timeout if timeout is None else seconds(timeout, "timeout")
         deadline = time.monotonic() + limit
         with self._lock:
-            server, threads, reporters = self._server, self._threads, self._reporters
-            self._server = self._threads = None
+            server, threads, reporters, aio = self._server, self._threads, self._reporters, self._aio
+            self._server = self._threads = self._aio = None
             self._reporters = []
         if server is None or threads is None:
             self._flush_before_stop(deadline)
@@ -599,8 +634,12 @@ class Kiq:
         alive = threads.join(deadline)
         if alive:
             logger.warning("kiq: %d jobs still running after %.1fs; handing them back to their queues", len(alive), limit)
+            if aio is not None:
+                aio.cancel_all()  # async jobs: cancelled on the loop
             threads.interrupt(alive)
             alive = threads.join(time.monotonic() + 1.0)
+        if aio is not None:
+            aio.close()
         try:
             requeued, unwritten = server.finish_stop(max(5.0, deadline - time.monotonic()))
         except KiqError as exc:

@@ -25,6 +25,7 @@ __all__ = [
     "ConnectionError",
     "CrontabError",
     "InvalidJobError",
+    "JobTimeoutError",
     "KiqError",
     "PoisonPillError",
     "Shutdown",
@@ -47,6 +48,12 @@ class InvalidJobError(KiqError):
 
     Raised by the core; recorded as the job's ``error_class``.
     """
+
+
+class JobTimeoutError(KiqError):
+    """A job ran past its worker's ``timeout``: an async job is cancelled at
+    the deadline; a sync job (Python threads cannot be stopped) fails as soon
+    as it returns. Either way it takes the retry path."""
 
 
 class PoisonPillError(KiqError):

@@ -7,7 +7,9 @@ unless the logger is enabled, and locals bound once per thread.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import inspect
 import logging
 import time
 import traceback
@@ -15,7 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from kiq import _kiq
-from kiq.errors import Shutdown, UnknownWorkerError
+from kiq.aio import AsyncRunner
+from kiq.errors import JobTimeoutError, Shutdown, UnknownWorkerError
 from kiq.logs import _current
 from kiq.reporters import JobInfo, ReporterThread
 from kiq.worker import FunctionWorker, Worker, WorkerLike, WorkerOptions
@@ -33,8 +36,9 @@ class Registered:
 
     name: str
     options: WorkerOptions
-    #: Runs one job: ``call(args, jid)``.
+    #: Runs one job, ``call(args, jid)``; for an async worker it returns the coroutine.
     call: Callable[[list[Any], str], Any]
+    is_async: bool = False
 
 
 def register(w: WorkerLike) -> Registered:
@@ -47,11 +51,36 @@ def register(w: WorkerLike) -> Registered:
             instance.jid = jid
             return instance.perform(*args)
 
-        return Registered(cls.wire_name(), cls.kiq_options, call)
+        return Registered(cls.wire_name(), cls.kiq_options, call, inspect.iscoroutinefunction(cls.perform))
     if isinstance(w, FunctionWorker):
         fn = w.fn
-        return Registered(w.wire_name(), w.kiq_options, lambda args, _jid: fn(*args))
+        return Registered(w.wire_name(), w.kiq_options, lambda args, _jid: fn(*args), inspect.iscoroutinefunction(fn))
     raise TypeError(f"{w!r} is not a kiq worker: subclass kiq.Worker or decorate a function with @kiq.worker")
+
+
+def runner(reg: Registered, aio: AsyncRunner | None) -> Callable[[list[Any], str], Any]:
+    """How a thread runs one job of this worker: directly, on the event loop, with its timeout."""
+    call, timeout = reg.call, reg.options.timeout
+    if reg.is_async:
+        if aio is None:
+            raise RuntimeError("async workers need the asyncio runner")
+        run_async = aio.run
+        return lambda args, jid: run_async(call(args, jid), timeout)
+    if timeout is None:
+        return call
+
+    def timed(args: list[Any], jid: str) -> Any:
+        start = time.monotonic()
+        result = call(args, jid)
+        took = time.monotonic() - start
+        if took > timeout:
+            raise JobTimeoutError(
+                f"the job ran {took:.1f}s, past its timeout of {timeout:g}s (a sync job cannot be stopped, so it "
+                "ran to the end)"
+            )
+        return result
+
+    return timed
 
 
 def error_class(exc: BaseException) -> str:
@@ -77,11 +106,17 @@ class Processor:
     """Runs the jobs of one server's lanes on the calling threads."""
 
     def __init__(
-        self, server: _kiq.Server, workers: Mapping[str, Registered], reporters: Sequence[ReporterThread] = ()
+        self,
+        server: _kiq.Server,
+        workers: Mapping[str, Registered],
+        reporters: Sequence[ReporterThread] = (),
+        aio: AsyncRunner | None = None,
     ) -> None:
         self.server = server
         self.workers = dict(workers)
         self.reporters = list(reporters)
+        self.aio = aio
+        self.runners = {name: runner(reg, aio) for name, reg in self.workers.items()}
 
     def run_lane(self, lane: int) -> None:
         """Takes and runs jobs of one lane until the server stops."""
@@ -89,6 +124,7 @@ class Processor:
         next_job = server.next_job
         complete = server.complete
         workers = self.workers
+        runners = self.runners
         observe = bool(self.reporters)
         enabled = logger.isEnabledFor
         set_current = _current.set
@@ -107,19 +143,24 @@ class Processor:
                     if not self.run_observed(d):
                         return
                     continue
-                reg = workers.get(d.class_name)
-                if reg is None:
+                run = runners.get(d.class_name)
+                if run is None:
                     self.failed(d, None, self.unknown(d))
                     continue
                 try:
-                    reg.call(d.args, d.jid)
+                    run(d.args, d.jid)
                 except Shutdown:
                     server.abandon(d)
                     return
+                except concurrent.futures.CancelledError as exc:
+                    if self.aio is not None and self.aio.stopping:
+                        server.abandon(d)  # cancelled by a stop: back to its queue
+                        return
+                    self.failed(d, workers.get(d.class_name), exc)
                 except BaseException as exc:  # noqa: BLE001 - every failure is recorded, as Sidekiq's retry does
                     # SystemExit or KeyboardInterrupt from a job fail that job
                     # only; the thread keeps serving its queue.
-                    self.failed(d, reg, exc)
+                    self.failed(d, workers.get(d.class_name), exc)
                 else:
                     complete(d)
             finally:
@@ -141,8 +182,15 @@ class Processor:
         try:
             if reg is None:
                 raise self.unknown(d)
-            reg.call(d.args, d.jid)
-        except Shutdown:
+            self.runners[d.class_name](d.args, d.jid)
+        except (Shutdown, concurrent.futures.CancelledError) as exc:
+            if isinstance(exc, concurrent.futures.CancelledError) and not (self.aio and self.aio.stopping):
+                self.failed(d, reg, exc)
+                for r in reporters:
+                    r.put(("handle_failure", job, (exc, exc.__traceback__)))  # type: ignore[arg-type]
+                for r in reporters:
+                    r.put(("handle_stopped", job, ()))  # type: ignore[arg-type]
+                return True
             self.server.abandon(d)
             logger.warning("job_aborted %s jid=%s queue=%s reason=shutdown", d.class_name, d.jid, d.queue,
                            extra={"kiq": {"event": "job_aborted", **fields, "reason": "shutdown"}})

@@ -49,6 +49,9 @@ class WorkerOptions:
     - ``tags``: shown and searchable in Sidekiq's Web UI.
     - ``name``: the wire ``class`` name.
     - ``unique_for``, ``unique_until``, ``expires_in``: see :class:`~kiq.Job`.
+    - ``timeout``: seconds a run may take; an ``async`` job is cancelled at
+      the deadline, a sync one fails when it returns (threads cannot be
+      stopped); both with :class:`~kiq.errors.JobTimeoutError`, retried.
     """
 
     queue: str = DEFAULT_QUEUE
@@ -61,6 +64,7 @@ class WorkerOptions:
     unique_for: float | None = None
     unique_until: str = "success"
     expires_in: float | None = None
+    timeout: float | None = None
     _payload: dict[str, Any] = dataclasses.field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -80,6 +84,12 @@ class WorkerOptions:
             object.__setattr__(self, "unique_for", self.unique_for.total_seconds())
         if isinstance(self.expires_in, dt.timedelta):
             object.__setattr__(self, "expires_in", self.expires_in.total_seconds())
+        if isinstance(self.timeout, dt.timedelta):
+            object.__setattr__(self, "timeout", self.timeout.total_seconds())
+        if self.timeout is not None and (
+            isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)) or self.timeout <= 0
+        ):
+            raise ConfigError(f"timeout must be a positive number of seconds, not {self.timeout!r}")
         check_unique_and_expiry(self.unique_for, self.unique_until, self.expires_in)
         # Written into every job: computed once.
         object.__setattr__(self, "_payload", self.payload_options())
@@ -134,6 +144,7 @@ class Worker:
         unique_for: float | dt.timedelta | None = _UNSET,
         unique_until: str = _UNSET,
         expires_in: float | dt.timedelta | None = _UNSET,
+        timeout: float | dt.timedelta | None = _UNSET,
         **kwargs: Any,
     ) -> None:
         super().__init_subclass__(**kwargs)
@@ -143,11 +154,11 @@ class Worker:
         inherited = dataclasses.replace(parent, name=None)
         cls.kiq_options = inherited.updated(
             queue=queue, retry=retry, dead=dead, backtrace=backtrace, retry_queue=retry_queue, tags=tags, name=name,
-            unique_for=unique_for, unique_until=unique_until, expires_in=expires_in,
+            unique_for=unique_for, unique_until=unique_until, expires_in=expires_in, timeout=timeout,
         )
 
     def perform(self, *args: Any) -> Any:
-        """Runs one job with its arguments; raise to fail it."""
+        """Runs one job with its arguments; raise to fail it. May be ``async def``."""
         raise NotImplementedError(f"{type(self).__qualname__} must define perform()")
 
     @classmethod
@@ -212,6 +223,7 @@ def worker(
     unique_for: float | dt.timedelta | None = ...,
     unique_until: str = ...,
     expires_in: float | dt.timedelta | None = ...,
+    timeout: float | dt.timedelta | None = ...,
 ) -> Callable[[Callable[P, R]], FunctionWorker[P, R]]: ...
 
 
@@ -229,11 +241,13 @@ def worker(
     unique_for: float | dt.timedelta | None = _UNSET,
     unique_until: str = _UNSET,
     expires_in: float | dt.timedelta | None = _UNSET,
+    timeout: float | dt.timedelta | None = _UNSET,
 ) -> FunctionWorker[P, R] | Callable[[Callable[P, R]], FunctionWorker[P, R]]:
-    """Makes a function a worker: ``@worker`` or ``@worker(queue=..., retry=..., name=...)``."""
+    """Makes a function (or an ``async def`` function) a worker: ``@worker`` or
+    ``@worker(queue=..., retry=..., name=...)``."""
     options = WorkerOptions().updated(
         queue=queue, retry=retry, dead=dead, backtrace=backtrace, retry_queue=retry_queue, tags=tags, name=name,
-        unique_for=unique_for, unique_until=unique_until, expires_in=expires_in,
+        unique_for=unique_for, unique_until=unique_until, expires_in=expires_in, timeout=timeout,
     )
 
     def wrap(f: Callable[P, R]) -> FunctionWorker[P, R]:

@@ -1,0 +1,71 @@
+"""asyncio: ``async def`` jobs run on an event loop thread kiq owns.
+
+A queue's worker threads still bound how many of its jobs run at once: a
+thread that takes an async job hands the coroutine to the loop and waits
+(without the GIL) for it to finish, so async and sync workers share the same
+per-queue limits and can be mixed freely. At a stop's deadline the jobs still
+running on the loop are cancelled and handed back to their queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Coroutine
+from typing import Any
+
+from kiq.errors import JobTimeoutError
+
+__all__ = ["AsyncRunner"]
+
+
+class AsyncRunner:
+    """The event loop thread and the jobs running on it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.stopping = False
+        self._inflight: set[concurrent.futures.Future[Any]] = set()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._main, name="kiq-asyncio", daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def run(self, coro: Coroutine[Any, Any, Any], timeout: float | None) -> Any:
+        """Runs ``coro`` on the loop and waits for its result (raises what it raises)."""
+        fut = asyncio.run_coroutine_threadsafe(self._guard(coro, timeout), self.loop)
+        with self._lock:
+            self._inflight.add(fut)
+        try:
+            return fut.result()
+        finally:
+            with self._lock:
+                self._inflight.discard(fut)
+
+    @staticmethod
+    async def _guard(coro: Coroutine[Any, Any, Any], timeout: float | None) -> Any:
+        if timeout is None:
+            return await coro
+        try:
+            return await asyncio.wait_for(coro, timeout)
+        except asyncio.TimeoutError:
+            raise JobTimeoutError(f"the job was cancelled after its timeout of {timeout:g}s") from None
+
+    def cancel_all(self) -> int:
+        """Cancels every job running on the loop (a stop's deadline passed)."""
+        self.stopping = True
+        with self._lock:
+            running = list(self._inflight)
+        for fut in running:
+            fut.cancel()
+        return len(running)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        if not self._thread.is_alive():
+            self.loop.close()

@@ -1,0 +1,123 @@
+"""async def workers on kiq's event loop, mixed with sync ones; timeouts;
+cancelling at a stop; the async client."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+
+from kiq import Job, Worker, worker
+from support import wait_for
+
+
+def test_mixed_sync_and_async_10000_jobs_within_each_queues_limit(make_app, r):
+    lock = threading.Lock()
+    now: Counter[str] = Counter()
+    peak: Counter[str] = Counter()
+    done: Counter[str] = Counter()
+
+    def enter(key: str) -> None:
+        with lock:
+            now[key] += 1
+            peak[key] = max(peak[key], now[key])
+
+    def leave(key: str) -> None:
+        with lock:
+            now[key] -= 1
+            done[key] += 1
+
+    @worker(name="AsyncFast", queue="fast")
+    async def async_fast(n: int) -> None:
+        enter("fast")
+        await asyncio.sleep(0.002)
+        leave("fast")
+
+    class AsyncSlow(Worker, name="AsyncSlow", queue="slow"):
+        async def perform(self, n: int) -> None:
+            enter("slow")
+            await asyncio.sleep(0.01)
+            leave("slow")
+
+    @worker(name="SyncFast", queue="fast")
+    def sync_fast(n: int) -> None:
+        enter("fast")
+        time.sleep(0.001)
+        leave("fast")
+
+    app = make_app(queues={"fast": 20, "slow": 4}, workers=[async_fast, AsyncSlow, sync_fast])
+    app.enqueue_bulk(async_fast, [[i] for i in range(6000)])
+    app.enqueue_bulk(sync_fast, [[i] for i in range(3000)])
+    app.enqueue_bulk(AsyncSlow, [[i] for i in range(1000)])
+    app.start()
+    wait_for(lambda: sum(done.values()) == 10_000, timeout=90, what="10,000 jobs")
+    assert done == {"fast": 9000, "slow": 1000}
+    assert peak["fast"] <= 20 and peak["slow"] <= 4, peak
+    assert peak["fast"] >= 10 and peak["slow"] == 4, f"the limits were reached: {peak}"
+    wait_for(lambda: r.get("stat:processed") == "10000", what="stats")
+
+
+def test_async_job_past_its_timeout_is_cancelled_and_retried(make_app, r):
+    cancelled = threading.Event()
+
+    @worker(name="Sleepy", timeout=0.2, retry=1)
+    async def sleepy() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    app = make_app(workers=[sleepy])
+    app.enqueue(sleepy.new())
+    t0 = time.monotonic()
+    app.start()
+    [entry] = wait_for(lambda: r.zrange("retry", 0, -1), what="a retry entry")
+    assert time.monotonic() - t0 < 5 and cancelled.is_set()
+    assert '"error_class":"kiq.errors.JobTimeoutError"' in entry and "timeout of 0.2s" in entry
+
+
+def test_sync_job_past_its_timeout_fails_when_it_returns(make_app, r):
+    @worker(name="Slow", timeout=0.1, retry=1)
+    def slow() -> None:
+        time.sleep(0.3)
+
+    app = make_app(workers=[slow])
+    app.enqueue(slow.new())
+    app.start()
+    [entry] = wait_for(lambda: r.zrange("retry", 0, -1), what="a retry entry")
+    assert "kiq.errors.JobTimeoutError" in entry and "cannot be stopped" in entry
+
+
+def test_async_jobs_running_at_the_stop_deadline_are_cancelled_and_requeued(make_app, r):
+    started = threading.Semaphore(0)
+
+    @worker(name="Forever")
+    async def forever(n: int) -> None:
+        started.release()
+        await asyncio.sleep(600)
+
+    app = make_app(queues={"default": 3}, workers=[forever])
+    app.enqueue_bulk(forever, [[i] for i in range(5)])
+    app.start()
+    for _ in range(3):
+        assert started.acquire(timeout=5)
+    t0 = time.monotonic()
+    result = app.stop(timeout=0.3)
+    assert time.monotonic() - t0 < 5
+    assert r.llen("queue:default") == 5 and result.requeued == 3
+    assert r.get("stat:failed") is None
+
+
+def test_the_async_client(make_app, r):
+    app = make_app()
+
+    async def main() -> list[str]:
+        jid = await app.enqueue_async(Job("FromAsync", [1]))
+        jids = await app.enqueue_bulk_async("FromAsync", [[2], [3]])
+        await app.flush_async()
+        return [jid, *jids]
+
+    jids = asyncio.run(main())
+    assert len(jids) == 3 and r.llen("queue:default") == 3
