@@ -1,5 +1,5 @@
-"""Fixtures: one redis-server per test session (started here, on a free
-loopback port), flushed before every test, and Kiq apps that are stopped
+"""Fixtures: one redis-server per test session (started by kiq's pytest
+plugin on a free loopback port), flushed before every test, and Kiq apps that are stopped
 after the test that made them."""
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ from support import RedisServer
 
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.close()
+def redis_server(_kiq_redis_server: RedisServer) -> RedisServer:
+    """The session's redis-server: the one kiq's pytest plugin starts (loopback, a free port)."""
+    return _kiq_redis_server
 
 
 @pytest.fixture

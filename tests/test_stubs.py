@@ -19,3 +19,10 @@ def test_package_passes_mypy_strict() -> None:
         [sys.executable, "-m", "mypy", "--strict", "python/kiq"], capture_output=True, text=True, cwd=ROOT
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_examples_pass_mypy_strict() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "examples"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -19,9 +19,11 @@ __all__ = [
     "ShutdownError",
     "TimeoutError",
     "__version__",
+    "decide_failure",
     "decode_backtrace",
     "drain_logs",
     "encode_backtrace",
+    "encode_job",
     "new_jid",
     "set_log_level",
 ]
@@ -239,6 +241,38 @@ def encode_backtrace(lines: list[str]) -> str:
 
 def decode_backtrace(value: str) -> list[str]:
     """Decodes an ``error_backtrace`` value written by Sidekiq or kiq."""
+
+def encode_job(
+    class_name: str,
+    args: Sequence[Any],
+    *,
+    queue: str = "default",
+    retry: bool | int | None = None,
+    options: Mapping[str, Any] | None = None,
+    jid: str | None = None,
+    at: float | None = None,
+    unique_for: float | None = None,
+    unique_until: str | None = None,
+    expires_in: float | None = None,
+    timestamps: str = "seconds",
+) -> tuple[str, str, float | None]:
+    """The payload a push would write, without Redis: ``(jid, payload, at)``."""
+
+def decide_failure(
+    payload: str,
+    queue: str,
+    error_class: str,
+    error_message: str,
+    *,
+    backtrace: list[str] | None = None,
+    retry: bool | int | None = None,
+    dead: bool | None = None,
+    backtrace_option: bool | int | None = None,
+    retry_queue: str | None = None,
+    max_retries: int = 25,
+    timestamps: str = "seconds",
+) -> tuple[str, float | None, str | None]:
+    """What the retry path does with a failed payload: ``(kind, at, payload)``."""
 
 def new_jid() -> str:
     """A new 24-hex-digit job id."""

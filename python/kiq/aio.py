@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import threading
 from collections.abc import Coroutine
 from typing import Any
@@ -36,8 +37,11 @@ class AsyncRunner:
         self.loop.run_forever()
 
     def run(self, coro: Coroutine[Any, Any, Any], timeout: float | None) -> Any:
-        """Runs ``coro`` on the loop and waits for its result (raises what it raises)."""
-        fut = asyncio.run_coroutine_threadsafe(self._guard(coro, timeout), self.loop)
+        """Runs ``coro`` on the loop and waits for its result (raises what it raises).
+
+        The coroutine sees the calling thread's context variables (the job's
+        log context, a test's sandbox scope)."""
+        fut = asyncio.run_coroutine_threadsafe(self._guard(coro, timeout, contextvars.copy_context()), self.loop)
         with self._lock:
             self._inflight.add(fut)
         try:
@@ -47,7 +51,9 @@ class AsyncRunner:
                 self._inflight.discard(fut)
 
     @staticmethod
-    async def _guard(coro: Coroutine[Any, Any, Any], timeout: float | None) -> Any:
+    async def _guard(coro: Coroutine[Any, Any, Any], timeout: float | None, ctx: contextvars.Context) -> Any:
+        for var, value in ctx.items():
+            var.set(value)  # in this task's own context only
         if timeout is None:
             return await coro
         try:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextvars
+import dataclasses
 import datetime as dt
 import functools
 import logging
@@ -19,9 +21,9 @@ import threading
 import time
 import traceback
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from kiq import _kiq, corelog
 from kiq.aio import AsyncRunner
@@ -33,15 +35,24 @@ from kiq.job import Enqueued, Job
 from kiq.pool import WorkerThreads
 from kiq.processor import Processor, Registered, register
 from kiq.reporters import Reporter, ReporterThread
+from kiq.sandbox import Sandbox
 from kiq.worker import FunctionWorker, Worker, WorkerLike
 
 __all__ = ["Kiq", "StopResult"]
+
+T = TypeVar("T")
 
 
 def _results(jids: list[str], skipped: dict[str, str | None]) -> list[str]:
     if not skipped:
         return jids
     return [Enqueued(j, skipped[j] or "") if j in skipped else j for j in jids]
+
+
+async def _off_loop(call: Callable[[], T]) -> T:
+    """Runs a blocking call on the default executor, with the caller's context variables."""
+    ctx = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(None, ctx.run, call)
 
 
 def _flush_at_exit(ref: weakref.ReferenceType[Kiq]) -> None:
@@ -154,6 +165,8 @@ class Kiq:
         heartbeat_ttl: seconds a heartbeat lives (Sidekiq's 60; a process
             that died vanishes from the Busy page this long after).
         metrics: write per-class execution metrics for Sidekiq 7/8's Metrics tab.
+        test_mode: ``"sandbox"`` keeps enqueued jobs in memory and never
+            connects to Redis; read and run them with :mod:`kiq.testing`.
     """
 
     def __init__(
@@ -193,7 +206,11 @@ class Kiq:
         heartbeat_interval: Seconds = 5,
         heartbeat_ttl: Seconds = 60,
         metrics: bool = True,
+        test_mode: str | None = None,
     ) -> None:
+        if test_mode not in (None, "sandbox"):
+            raise ConfigError(f'test_mode must be None or "sandbox", not {test_mode!r}')
+        self._sandbox = Sandbox() if test_mode == "sandbox" else None
         self.redis_url = redis_url or os.environ.get("REDIS_URL") or DEFAULT_URL
         self.queues = self._check_queues(queues if queues is not None else {"default": 25})
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
@@ -335,6 +352,8 @@ class Kiq:
     @property
     def client(self) -> _kiq.Client:
         """The native client (created on first use)."""
+        if self._sandbox is not None:
+            raise ConfigError("a sandboxed Kiq (test_mode=\"sandbox\") never connects to Redis")
         with self._lock:
             if self._client is None:
                 corelog.start()
@@ -374,7 +393,9 @@ class Kiq:
 
     def buffer_stats(self) -> dict[str, Any] | None:
         """The push buffer: ``jobs`` and ``bytes`` held, ``flushed`` so far, ``failing`` (the last error
-        while Redis is away), ``spool_bytes``. None when enqueues are synchronous."""
+        while Redis is away), ``spool_bytes``. None when enqueues are synchronous (or sandboxed)."""
+        if self._sandbox is not None:
+            return None
         return self.client.buffer_stats()
 
     @staticmethod
@@ -415,6 +436,8 @@ class Kiq:
         """
         if not isinstance(job, Job):
             raise ConfigError(f"enqueue() takes a kiq.Job (e.g. MyWorker.new(...)), not {type(job).__name__}")
+        if self._sandbox is not None:
+            return Enqueued(self._record(job, self._when(delay, at)))
         client = self._client or self.client
         options = job.options
         jid, held = client.push(
@@ -451,6 +474,9 @@ class Kiq:
         job shares, or a class name. Returns the jids in order.
         """
         job = self._template(template)
+        if self._sandbox is not None:
+            when = self._when(delay, at)
+            return [self._record(dataclasses.replace(job, args=list(a), jid=None), when) for a in args_list]
         jids, skipped = self.client.push_bulk(
             job.class_name,
             args_list,
@@ -475,15 +501,31 @@ class Kiq:
     ) -> list[str]:
         """Pushes several jobs (of any classes) in a single round trip. Returns the jids."""
         when = self._when(delay, at)
-        specs = []
+        jobs = list(jobs)
         for job in jobs:
             if not isinstance(job, Job):
                 raise ConfigError(f"enqueue_all() takes kiq.Job objects, not {type(job).__name__}")
-            until = job.unique_until if job.unique_for is not None else None
-            specs.append((job.class_name, job.args, job.queue, job.retry, dict(job.options) or None, job.jid, when,
-                          job.unique_for, until, job.expires_in))
+        if self._sandbox is not None:
+            return [self._record(job, when) for job in jobs]
+        specs = [
+            (job.class_name, job.args, job.queue, job.retry, dict(job.options) or None, job.jid, when, job.unique_for,
+             job.unique_until if job.unique_for is not None else None, job.expires_in)
+            for job in jobs
+        ]
         jids, skipped = self.client.push_jobs(specs, sync=sync)
         return _results(jids, skipped)
+
+    def _record(self, job: Job, at: float | None) -> str:
+        """Sandbox mode: the job, encoded as a push would, kept in memory."""
+        assert self._sandbox is not None
+        options = dict(job.options) or None
+        jid, payload, when = _kiq.encode_job(
+            job.class_name, job.args, queue=job.queue, retry=job.retry, options=options, jid=job.jid, at=at,
+            unique_for=job.unique_for, unique_until=job.unique_until if job.unique_for is not None else None,
+            expires_in=job.expires_in, timestamps=self.timestamps,
+        )
+        self._sandbox.add(job.class_name, list(job.args), job.queue, jid, payload, when)
+        return jid
 
     async def enqueue_async(
         self,
@@ -494,8 +536,9 @@ class Kiq:
         sync: bool = False,
     ) -> Enqueued:
         """:meth:`enqueue` for ``async`` code (FastAPI and the like): never blocks the event loop."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, functools.partial(self.enqueue, job, delay=delay, at=at, sync=sync))
+        if self._sandbox is not None:
+            return self.enqueue(job, delay=delay, at=at)  # in memory: nothing to wait for
+        return await _off_loop(functools.partial(self.enqueue, job, delay=delay, at=at, sync=sync))
 
     async def enqueue_bulk_async(
         self,
@@ -507,13 +550,14 @@ class Kiq:
         sync: bool = False,
     ) -> list[str]:
         """:meth:`enqueue_bulk` for ``async`` code."""
-        loop = asyncio.get_running_loop()
         call = functools.partial(self.enqueue_bulk, template, list(args_list), delay=delay, at=at, sync=sync)
-        return await loop.run_in_executor(None, call)
+        if self._sandbox is not None:
+            return call()
+        return await _off_loop(call)
 
     async def flush_async(self, timeout: Seconds | None = None) -> None:
         """:meth:`flush` for ``async`` code."""
-        await asyncio.get_running_loop().run_in_executor(None, self.flush, timeout)
+        await _off_loop(functools.partial(self.flush, timeout))
 
     @staticmethod
     def _template(template: Job | WorkerLike | str) -> Job:
@@ -524,6 +568,11 @@ class Kiq:
         if isinstance(template, FunctionWorker) or (isinstance(template, type) and issubclass(template, Worker)):
             return template.new()
         raise ConfigError(f"expected a Job, a worker or a class name, not {template!r}")
+
+    @property
+    def test_mode(self) -> str | None:
+        """``"sandbox"`` while enqueued jobs stay in memory (see :mod:`kiq.testing`), else None."""
+        return "sandbox" if self._sandbox is not None else None
 
     # -- server ----------------------------------------------------------
 
@@ -540,6 +589,8 @@ class Kiq:
 
     def start(self) -> None:
         """Starts fetching and running jobs; returns once the threads run."""
+        if self._sandbox is not None:
+            raise ConfigError("a sandboxed Kiq does not fetch from Redis; run its jobs with kiq.testing.drain(app)")
         with self._lock:
             if self._server is not None:
                 raise ConfigError("this Kiq is already started")
@@ -566,11 +617,7 @@ class Kiq:
             average_scheduled_poll_interval=self.average_scheduled_poll_interval,
             scheduler=self.scheduler,
         )
-        reporters = [ReporterThread(r) for r in self.extra_reporters]
-        if self.instrument.attached:
-            reporters.append(ReporterThread(self.instrument))
-        for rt in reporters:
-            rt.start()
+        reporters = self._start_reporters()
         aio = AsyncRunner() if any(w.is_async for w in self._workers.values()) else None
         threads = WorkerThreads(Processor(server, self._workers, reporters, aio), list(self.queues.items()))
         with self._lock:
@@ -667,6 +714,15 @@ class Kiq:
             where = f"; they are in the spool at {self.buffer_path}" if self.buffer_path else ""
             logger.error("kiq %s: %s buffered jobs are not in Redis yet (%s)%s", self.identity, left.get("jobs"), exc,
                          where)
+
+    def _start_reporters(self) -> list[ReporterThread]:
+        """A thread per reporter (and one for instrumentation handlers), started."""
+        reporters = [ReporterThread(r) for r in self.extra_reporters]
+        if self.instrument.attached:
+            reporters.append(ReporterThread(self.instrument))
+        for rt in reporters:
+            rt.start()
+        return reporters
 
     @staticmethod
     def _stop_reporters(reporters: list[ReporterThread]) -> None:

@@ -12,15 +12,12 @@ import argparse
 import contextlib
 import itertools
 import os
-import shutil
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 
 from kiq import Kiq, worker
+from kiq.redis_server import RedisServer
 
 QUEUE = "kiq_demo"
 
@@ -28,33 +25,14 @@ QUEUE = "kiq_demo"
 @contextlib.contextmanager
 def throwaway_redis() -> Iterator[str]:
     """A redis-server on a free 127.0.0.1 port that keeps nothing on disk."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("redis-server is not installed (apt-get install redis-server) and REDIS_URL is not set")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    workdir = tempfile.mkdtemp(prefix="kiq-demo-")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    sys.exit("redis-server did not start")
-                time.sleep(0.02)
-        yield f"redis://127.0.0.1:{port}/0"
+        server = RedisServer().start()
+    except RuntimeError as exc:
+        sys.exit(f"{exc} (or set REDIS_URL)")
+    try:
+        yield server.url
     finally:
-        proc.kill()
-        proc.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
+        server.close()
 
 
 def bar(done: int, total: int, elapsed: float, width: int = 40) -> str:

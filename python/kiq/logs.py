@@ -114,14 +114,16 @@ class PlainFormatter(logging.Formatter):
         return line
 
 
-def configure(level: int | str = logging.INFO, *, json_format: bool = False) -> logging.Handler:
-    """Sends the ``kiq`` logger's records to stderr in kiq's format (the CLI's default).
+def configure(level: int | str = logging.INFO, *, json_format: bool = False, name: str | None = "kiq") -> logging.Handler:
+    """Sends a logger's records to stderr in kiq's format (plain or JSON).
 
-    Only the ``kiq`` logger is touched; returns the handler so it can be removed.
+    By default only the ``kiq`` logger is touched; ``name=None`` configures
+    the root logger, so the application's own loggers (in job code) print
+    the same way; ``kiq run`` does that. Returns the handler so it can be removed.
     """
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if json_format else PlainFormatter())
-    log = logging.getLogger("kiq")
+    log = logging.getLogger(name)
     log.addHandler(handler)
     log.setLevel(level)
     return handler

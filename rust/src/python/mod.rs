@@ -39,6 +39,69 @@ mod _kiq {
         errors::py_result(crate::backtrace::decode(value))
     }
 
+    /// The payload a push would write, without Redis (sandbox mode): returns
+    /// `(jid, payload, at)`, `at` None for a job to run now.
+    #[pyfunction]
+    #[pyo3(signature = (class_name, args, *, queue = "default", retry = None, options = None, jid = None, at = None, unique_for = None, unique_until = None, expires_in = None, timestamps = "seconds"))]
+    #[allow(clippy::too_many_arguments)]
+    fn encode_job(
+        class_name: String,
+        args: &Bound<'_, pyo3::PyAny>,
+        queue: &str,
+        retry: Option<&Bound<'_, pyo3::PyAny>>,
+        options: Option<&Bound<'_, pyo3::types::PyDict>>,
+        jid: Option<String>,
+        at: Option<f64>,
+        unique_for: Option<f64>,
+        unique_until: Option<&str>,
+        expires_in: Option<f64>,
+        timestamps: &str,
+    ) -> PyResult<(String, String, Option<f64>)> {
+        let mut job = super::client::new_job(class_name, args, queue.to_owned(), retry, options, jid)?;
+        super::client::Extra { unique_for, unique_until, expires_in }.apply(&mut job)?;
+        let unit = super::options::unit(timestamps)?;
+        let keys = crate::keys::Keys::default();
+        let (jid, item, _) =
+            errors::py_result(crate::client::prepare_full(&job, at, crate::timestamp::now(), unit, &keys))?;
+        Ok((jid, item.payload, item.at))
+    }
+
+    /// What the retry path does with a failed payload, without Redis (sandbox
+    /// mode): returns `(kind, at, payload)`, kind "retry", "dead" or "discard".
+    #[pyfunction]
+    #[pyo3(signature = (payload, queue, error_class, error_message, *, backtrace = None, retry = None, dead = None, backtrace_option = None, retry_queue = None, max_retries = 25, timestamps = "seconds"))]
+    #[allow(clippy::too_many_arguments)]
+    fn decide_failure(
+        payload: String,
+        queue: &str,
+        error_class: String,
+        error_message: String,
+        backtrace: Option<Vec<String>>,
+        retry: Option<&Bound<'_, pyo3::PyAny>>,
+        dead: Option<bool>,
+        backtrace_option: Option<&Bound<'_, pyo3::PyAny>>,
+        retry_queue: Option<String>,
+        max_retries: u32,
+        timestamps: &str,
+    ) -> PyResult<(&'static str, Option<f64>, Option<String>)> {
+        use crate::retry::{Disposition, Failure, RetryPolicy, WorkerOptions, on_failure};
+        let job = errors::py_result(crate::job::Payload::parse(payload))?;
+        let worker = WorkerOptions {
+            retry: retry.map(super::options::retry).transpose()?,
+            dead,
+            backtrace: backtrace_option.map(super::options::backtrace).transpose()?,
+            retry_queue,
+        };
+        let unit = super::options::unit(timestamps)?;
+        let policy = RetryPolicy { max_retries, unit, jitter: super::options::jitter(unit), ..RetryPolicy::default() };
+        let failure = Failure { error_class, error_message, backtrace: backtrace.unwrap_or_default(), retry_in: None };
+        Ok(match on_failure(job, queue, &failure, &worker, &policy, crate::timestamp::now(), rand::random()) {
+            Disposition::Retry { at, payload } => ("retry", Some(at), Some(payload)),
+            Disposition::Dead { payload } => ("dead", None, Some(payload)),
+            Disposition::Discard => ("discard", None, None),
+        })
+    }
+
     /// A new 24-hex-digit job id.
     #[pyfunction]
     fn new_jid() -> String {

@@ -1,0 +1,272 @@
+"""The ``kiq`` command (also ``python -m kiq``).
+
+    kiq run myproject.jobs:app          run workers until SIGTERM / SIGINT
+    kiq enqueue HardJob bob 5 -q critical
+    kiq stats | kiq queues
+    kiq retry JID | kiq kill JID | kiq delete JID
+    kiq gen worker SendEmail -q mail -r 5 | kiq gen reporter Audit | kiq gen app jobs
+
+Exit codes: 0 done, 1 the command found nothing to act on (an unknown jid),
+2 bad usage, module or configuration, 3 Redis unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from kiq import gen
+from kiq.api import Api
+from kiq.app import DEFAULT_URL, Kiq
+from kiq.errors import ConfigError, ConnectionError, KiqError
+from kiq.errors import TimeoutError as KiqTimeoutError
+from kiq.job import Job
+from kiq.loader import load_app
+from kiq.logs import configure
+
+__all__ = ["main"]
+
+EXIT_NOT_FOUND, EXIT_USAGE, EXIT_REDIS = 1, 2, 3
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _redis_error(url: str, exc: KiqError) -> CliError:
+    return CliError(f"cannot reach Redis at {url}: {exc}", EXIT_REDIS)
+
+
+def _arg(text: str) -> Any:
+    """A job argument from the command line: JSON when it parses, else the text itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _retry(text: str) -> bool | int:
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--retry takes true, false or a number of retries, not {text!r}") from None
+
+
+def _queue_limit(text: str) -> tuple[str, int | None]:
+    name, _, limit = text.partition(":")
+    if not name:
+        raise argparse.ArgumentTypeError(f"-q takes QUEUE or QUEUE:CONCURRENCY, not {text!r}")
+    try:
+        return name, int(limit) if limit else None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"-q {text!r}: the concurrency must be a number") from None
+
+
+# -- commands ---------------------------------------------------------------
+
+
+def cmd_run(ns: argparse.Namespace) -> int:
+    configure(ns.log_level.upper(), json_format=ns.json_logs, name=None)
+    app = load_app(ns.target)
+    if ns.queue:
+        default = ns.concurrency or 10
+        app.queues = app._check_queues({name: limit or default for name, limit in ns.queue})
+    elif ns.concurrency:
+        app.queues = app._check_queues(dict.fromkeys(app.queues, ns.concurrency))
+    if ns.timeout is not None:
+        app.shutdown_timeout = ns.timeout
+    try:
+        app.client.command("PING")
+    except KiqError as exc:
+        raise _redis_error(app.redis_url, exc) from exc
+    if not app.workers:
+        logging.getLogger("kiq").warning("kiq: %s registers no workers; jobs will fail as unknown", ns.target)
+    app.run()
+    return 0
+
+
+def _api(ns: argparse.Namespace) -> Api:
+    return Api(ns.redis_url, namespace=ns.namespace)
+
+
+def cmd_enqueue(ns: argparse.Namespace) -> int:
+    args = json.loads(ns.args_json) if ns.args_json is not None else [_arg(a) for a in ns.args]
+    if not isinstance(args, list):
+        raise CliError("--args-json must be a JSON array", EXIT_USAGE)
+    app = Kiq(ns.redis_url, namespace=ns.namespace, buffer=False)
+    job = Job(ns.class_name, args, queue=ns.queue, retry=ns.retry)
+    jid = app.enqueue(job, delay=ns.delay, at=ns.at, sync=True)
+    print(jid)
+    return 0
+
+
+def cmd_stats(ns: argparse.Namespace) -> int:
+    stats = _api(ns).stats()
+    if ns.json:
+        print(json.dumps(dataclasses.asdict(stats)))
+        return 0
+    rows = [
+        ("processed", stats.processed), ("failed", stats.failed), ("enqueued", stats.enqueued),
+        ("scheduled", stats.scheduled_size), ("retries", stats.retry_size), ("dead", stats.dead_size),
+        ("processes", stats.processes_size), ("default latency", f"{stats.default_queue_latency:.3f}s"),
+    ]
+    for name, value in rows:
+        print(f"{name:<16} {value}")
+    return 0
+
+
+def cmd_queues(ns: argparse.Namespace) -> int:
+    queues = [(q.name, q.size(), q.latency()) for q in _api(ns).queues()]
+    if ns.json:
+        print(json.dumps([{"name": n, "size": s, "latency": lat} for n, s, lat in queues]))
+        return 0
+    if not queues:
+        print("no queues")
+        return 0
+    width = max(len("queue"), *(len(n) for n, _, _ in queues))
+    print(f"{'queue':<{width}}  {'size':>10}  latency")
+    for name, size, latency in queues:
+        print(f"{name:<{width}}  {size:>10}  {latency:.3f}s")
+    return 0
+
+
+#: Where each action looks for the jid, in order.
+_SETS = {"retry": ("retries", "dead", "scheduled"), "kill": ("retries", "scheduled"),
+         "delete": ("scheduled", "retries", "dead")}
+_DONE = {"retry": "enqueued now", "kill": "moved to the dead set", "delete": "deleted"}
+
+
+def cmd_jid(ns: argparse.Namespace) -> int:
+    api = _api(ns)
+    for attr in _SETS[ns.command]:
+        jobset = getattr(api, attr)
+        if getattr(jobset, ns.command)(ns.jid):
+            print(f"{ns.jid}: {_DONE[ns.command]} (from {jobset.name})")
+            return 0
+    if ns.command == "delete":
+        for queue in api.queues():
+            if queue.delete(ns.jid):
+                print(f"{ns.jid}: deleted (from queue {queue.name})")
+                return 0
+    where = ", ".join(getattr(api, a).name for a in _SETS[ns.command])
+    raise CliError(f"no job {ns.jid} in {where}{' or any queue' if ns.command == 'delete' else ''}",
+                   EXIT_NOT_FOUND)
+
+
+def cmd_gen(ns: argparse.Namespace) -> int:
+    if ns.kind == "worker":
+        path = gen.write_worker(ns.name, ns.dir, queue=ns.queue, retry=ns.retry, dead=not ns.no_dead, force=ns.force)
+    elif ns.kind == "reporter":
+        path = gen.write_reporter(ns.name, ns.dir, force=ns.force)
+    else:
+        path = gen.write_app(ns.name, ns.dir, workers=ns.worker, force=ns.force)
+    print(f"wrote {path}")
+    return 0
+
+
+# -- parser -----------------------------------------------------------------
+
+
+def _redis_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-r", "--redis-url", default=os.environ.get("REDIS_URL") or DEFAULT_URL,
+                   help="Redis URL (default $REDIS_URL, else %(default)s)")
+    p.add_argument("--namespace", help="key prefix of a redis-namespace Sidekiq app")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="kiq", description="Sidekiq-compatible background jobs for Python.")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run an app's workers until SIGTERM or SIGINT")
+    p.add_argument("target", help="module:attribute of a Kiq (or of a function returning one), or a module")
+    p.add_argument("-q", "--queue", action="append", type=_queue_limit, metavar="QUEUE[:N]",
+                   help="queue to work and its concurrency (repeatable; replaces the app's queues)")
+    p.add_argument("-c", "--concurrency", type=int, help="concurrency of each queue without its own")
+    p.add_argument("-t", "--timeout", type=float, help="shutdown timeout in seconds (default: the app's, 25)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--json-logs", action="store_true", help="one JSON object per log line")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("enqueue", help="push one job (to a kiq or a Ruby worker)")
+    p.add_argument("class_name", metavar="CLASS", help='the job class, e.g. HardJob or "Billing::Invoice"')
+    p.add_argument("args", nargs="*", help="arguments, each JSON if it parses (5, true, {...}) else a string")
+    p.add_argument("--args-json", help="all arguments as one JSON array instead")
+    p.add_argument("-q", "--queue", default="default")
+    p.add_argument("--retry", type=_retry, default=True, help="true, false or a number of retries")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--in", dest="delay", type=float, metavar="SECONDS", help="run it this many seconds from now")
+    when.add_argument("--at", type=float, metavar="EPOCH", help="run it at this Unix time")
+    _redis_options(p)
+    p.set_defaults(func=cmd_enqueue)
+
+    for name, help_text in (("stats", "totals, as the Web UI's dashboard shows"), ("queues", "queues, sizes, latency")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--json", action="store_true", help="print JSON")
+        _redis_options(p)
+        p.set_defaults(func=cmd_stats if name == "stats" else cmd_queues)
+
+    for name, help_text in (
+        ("retry", "run a retrying, dead or scheduled job now"),
+        ("kill", "move a retrying or scheduled job to the dead set"),
+        ("delete", "delete a scheduled, retrying, dead or queued job"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("jid")
+        _redis_options(p)
+        p.set_defaults(func=cmd_jid)
+
+    g = sub.add_parser("gen", help="write a ready-to-run worker, reporter or app file")
+    gsub = g.add_subparsers(dest="kind", required=True, metavar="KIND")
+    p = gsub.add_parser("worker", help="a Worker class")
+    p.add_argument("name", help="class name, e.g. SendEmail (the file is send_email.py)")
+    p.add_argument("-q", "--queue", default="default")
+    p.add_argument("-r", "--retry", type=_retry, default=25, help="retries (or true/false; default 25)")
+    p.add_argument("--no-dead", action="store_true", help="drop the job after its last retry, not to the dead set")
+    p = gsub.add_parser("reporter", help="a Reporter class")
+    p.add_argument("name", help="class name, e.g. AuditReporter")
+    p = gsub.add_parser("app", help="the app module `kiq run` takes")
+    p.add_argument("name", help="module name, e.g. jobs (the file is jobs.py)")
+    p.add_argument("-w", "--worker", action="append", metavar="MODULE",
+                   help="worker module to include (repeatable; default: every worker module in the directory)")
+    for p in (*gsub.choices.values(),):
+        p.add_argument("-d", "--dir", default=".", help="where to write (default: the current directory)")
+        p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    g.set_defaults(func=cmd_gen)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the ``kiq`` command; returns its exit code."""
+    ns = parser().parse_args(argv)
+    try:
+        code: int = ns.func(ns)
+    except CliError as exc:
+        print(f"kiq: {exc}", file=sys.stderr)
+        return exc.code
+    except ConnectionError as exc:
+        url = getattr(ns, "redis_url", None) or "Redis"
+        print(f"kiq: cannot reach Redis at {url}: {exc}", file=sys.stderr)
+        return EXIT_REDIS
+    except (ConfigError, gen.GenError) as exc:
+        print(f"kiq: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KiqTimeoutError as exc:
+        print(f"kiq: Redis did not answer in time: {exc}", file=sys.stderr)
+        return EXIT_REDIS
+    except KiqError as exc:
+        print(f"kiq: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code

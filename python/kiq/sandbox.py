@@ -1,0 +1,82 @@
+"""Sandbox mode (``Kiq(test_mode="sandbox")``): enqueued jobs stay in memory.
+
+Nothing touches Redis. Each job is recorded with the payload a push would
+have written and the *scope* it was enqueued in: the asyncio context's scope
+if one was opened with :func:`kiq.testing.sandbox_scope`, else the thread's.
+So tests running side by side (threads, tasks) see only their own jobs,
+while ``scope="shared"`` sees every job. :mod:`kiq.testing` reads and runs them.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import json
+import threading
+import time
+from typing import Any
+
+__all__ = ["Sandbox", "SandboxJob", "current_scope"]
+
+_scope: contextvars.ContextVar[object | None] = contextvars.ContextVar("kiq_sandbox_scope", default=None)
+
+
+def current_scope() -> object:
+    """The scope jobs enqueued here belong to."""
+    scope = _scope.get()
+    return scope if scope is not None else ("thread", threading.get_ident())
+
+
+@dataclasses.dataclass
+class SandboxJob:
+    """A job held by the sandbox."""
+
+    class_name: str
+    args: list[Any]
+    queue: str
+    jid: str
+    #: The JSON payload a push would have written (the retry path updates it).
+    payload: str
+    #: When it should run (epoch seconds); None to run now.
+    at: float | None
+    enqueued: float
+    scope: object
+    #: ``"queued"``, ``"retry"`` or ``"dead"``.
+    state: str = "queued"
+
+    @property
+    def item(self) -> dict[str, Any]:
+        parsed: dict[str, Any] = json.loads(self.payload)
+        return parsed
+
+    @property
+    def delay(self) -> float | None:
+        """Seconds from the enqueue to its run time, for scheduled jobs."""
+        return None if self.at is None else self.at - self.enqueued
+
+
+class Sandbox:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.jobs: list[SandboxJob] = []
+
+    def add(self, class_name: str, args: list[Any], queue: str, jid: str, payload: str, at: float | None) -> None:
+        job = SandboxJob(class_name, args, queue, jid, payload, at, time.time(), current_scope())
+        with self._lock:
+            self.jobs.append(job)
+
+    def select(self, scope: str = "sandbox", state: str | None = "queued") -> list[SandboxJob]:
+        mine = current_scope()
+        with self._lock:
+            return [j for j in self.jobs
+                    if (scope == "shared" or j.scope == mine) and (state is None or j.state == state)]
+
+    def remove(self, job: SandboxJob) -> None:
+        with self._lock:
+            if job in self.jobs:
+                self.jobs.remove(job)
+
+    def clear(self, scope: str = "sandbox") -> None:
+        mine = current_scope()
+        with self._lock:
+            self.jobs = [j for j in self.jobs if not (scope == "shared" or j.scope == mine)]
