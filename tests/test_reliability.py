@@ -89,25 +89,38 @@ def test_redis_outage_while_enqueueing_and_processing(tmp_path: Path) -> None:
     try:
         app.start()
         enqueued: list[str] = []
+        redis_down, redis_up, produced_while_down = threading.Event(), threading.Event(), threading.Event()
 
-        def produce() -> None:
-            for i in range(10_000):
+        def produce(first: int, last: int) -> None:
+            for i in range(first, last):
                 enqueued.append(app.enqueue(Counted.new(i)))
                 if i % 100 == 0:
-                    time.sleep(0.1)  # ~10 s in all: the outage falls in the middle
+                    time.sleep(0.05)
 
-        producer = threading.Thread(target=produce)
+        def producer_main() -> None:
+            # Phases tied to the outage, not to wall-clock guesses, so a slow
+            # machine cannot make the outage miss the enqueueing.
+            produce(0, 3000)
+            redis_down.wait(60)
+            produce(3000, 7000)  # while Redis is down: must not block or fail
+            produced_while_down.set()
+            redis_up.wait(60)
+            produce(7000, 10_000)
+
+        producer = threading.Thread(target=producer_main)
         producer.start()
         wait_for(lambda: len(done) > 500, what="processing under way")
         client = redis.Redis(port=server.port)
         client.shutdown(save=True)  # AOF on: the data comes back, the script cache does not
         client.close()
         down = time.monotonic()
-        time.sleep(5)
-        assert producer.is_alive(), "enqueueing went on while Redis was down"
+        redis_down.set()
+        assert produced_while_down.wait(30), "enqueueing went on while Redis was down"
         in_memory = app.buffer_stats()
+        time.sleep(max(0.0, 5 - (time.monotonic() - down)))
         server.start()
         assert time.monotonic() - down >= 5
+        redis_up.set()
         producer.join(60)
         app.flush(60)
         wait_for(lambda: len(done) == 10_000, timeout=90, what="all 10,000 jobs processed")

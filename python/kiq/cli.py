@@ -1,6 +1,6 @@
 """The ``kiq`` command (also ``python -m kiq``).
 
-    kiq run myproject.jobs:app          run workers until SIGTERM / SIGINT
+    kiq run myproject.jobs:app          run workers until SIGTERM / SIGINT (alias: kiq worker)
     kiq enqueue HardJob bob 5 -q critical
     kiq stats | kiq queues
     kiq retry JID | kiq kill JID | kiq delete JID
@@ -85,7 +85,11 @@ def cmd_run(ns: argparse.Namespace) -> int:
     elif ns.concurrency:
         app.queues = app._check_queues(dict.fromkeys(app.queues, ns.concurrency))
     if ns.timeout is not None:
+        if ns.timeout < 0:
+            raise CliError("-t must not be negative", EXIT_USAGE)
         app.shutdown_timeout = ns.timeout
+    if ns.tag is not None:
+        app.tag = ns.tag
     try:
         app.client.command("PING")
     except KiqError as exc:
@@ -188,12 +192,13 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="kiq", description="Sidekiq-compatible background jobs for Python.")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="run an app's workers until SIGTERM or SIGINT")
+    p = sub.add_parser("run", aliases=["worker"], help="run an app's workers until SIGTERM or SIGINT")
     p.add_argument("target", help="module:attribute of a Kiq (or of a function returning one), or a module")
     p.add_argument("-q", "--queue", action="append", type=_queue_limit, metavar="QUEUE[:N]",
                    help="queue to work and its concurrency (repeatable; replaces the app's queues)")
     p.add_argument("-c", "--concurrency", type=int, help="concurrency of each queue without its own")
     p.add_argument("-t", "--timeout", type=float, help="shutdown timeout in seconds (default: the app's, 25)")
+    p.add_argument("-g", "--tag", help="tag shown next to the process on the Busy page")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--json-logs", action="store_true", help="one JSON object per log line")
     p.set_defaults(func=cmd_run)
