@@ -53,6 +53,7 @@ def test_mixed_sync_and_async_10000_jobs_within_each_queues_limit(make_app, r):
     app.start()
     wait_for(lambda: sum(done.values()) == 10_000, timeout=90, what="10,000 jobs")
     assert done == {"fast": 9000, "slow": 1000}
+    print(f"peak concurrency per queue: {dict(peak)} (limits fast=20, slow=4)")
     assert peak["fast"] <= 20 and peak["slow"] <= 4, peak
     assert peak["fast"] >= 10 and peak["slow"] == 4, f"the limits were reached: {peak}"
     wait_for(lambda: r.get("stat:processed") == "10000", what="stats")
