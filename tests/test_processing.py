@@ -99,7 +99,8 @@ def test_a_new_job_starts_within_milliseconds_of_its_push(make_app, r):
         time.sleep(0.02)
     started.sort()
     assert started[len(started) // 2] < 0.005, f"median pickup {started[len(started) // 2] * 1000:.1f} ms"
-    assert started[-1] < 0.05, f"worst pickup {started[-1] * 1000:.1f} ms"
+    # The worst of 20 only guards against polling; a loaded CI machine may stall a thread once.
+    assert started[-1] < 0.1, f"worst pickup {started[-1] * 1000:.1f} ms"
 
 
 def test_idle_queues_cost_no_flood_of_commands(make_app, r):
