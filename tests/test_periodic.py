@@ -74,12 +74,14 @@ def test_a_new_entry_starts_now_and_the_leader_runs_it(make_app, r):
             ran.append(time.time())
 
     app = make_app(workers=[Tick], leader_ttl=1, periodics=[("* * * * *", Tick)])
+    if time.time() % 60 > 50:  # keep the test inside one minute: the next one would rightly run again
+        time.sleep(60.2 - time.time() % 60)
     app.start()
     wait_for(lambda: app.is_leader, what="leadership")
     wait_for(lambda: ran, timeout=10, what="this minute's job")
     assert r.hlen("kiq:periodic") == 1
     time.sleep(1.5)
-    assert len(ran) == 1, "one job per minute, not per tick"
+    assert len(ran) == len({int(t // 60) for t in ran}) == 1, "one job per minute, not per tick"
 
 
 def test_bad_periodics_fail_at_construction():
