@@ -12,6 +12,7 @@ command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 if [ "${KIQ_WITH_RUBY:-1}" = "1" ]; then
   command -v sidekiq >/dev/null 2>&1 || need_apt+=(ruby-sidekiq)
   ruby -e 'require "rack"; require "webrick"' >/dev/null 2>&1 || need_apt+=(ruby-rack ruby-webrick)
+  ruby -e 'require "active_job"' >/dev/null 2>&1 || need_apt+=(ruby-activejob)
 fi
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -17,6 +17,7 @@ import logging as _logging
 
 from kiq import errors
 from kiq._kiq import __version__
+from kiq.activejob import active_job
 from kiq.app import Kiq, StopResult
 from kiq.crontab import Crontab
 from kiq.job import Enqueued, Job
@@ -41,6 +42,7 @@ __all__ = [
     "Worker",
     "WorkerOptions",
     "__version__",
+    "active_job",
     "current_job",
     "errors",
     "worker",

@@ -19,6 +19,7 @@ __all__ = [
     "ShutdownError",
     "TimeoutError",
     "__version__",
+    "active_job_args",
     "decide_failure",
     "decode_backtrace",
     "drain_logs",
@@ -26,6 +27,7 @@ __all__ = [
     "encode_job",
     "new_jid",
     "set_log_level",
+    "unwrap_active_job",
 ]
 
 class KiqError(Exception):
@@ -153,6 +155,8 @@ class Delivery:
     @property
     def args(self) -> list[Any]: ...
     @property
+    def kwargs(self) -> dict[str, Any] | None: ...
+    @property
     def payload(self) -> str | None: ...
     @property
     def backtrace(self) -> bool | int | None: ...
@@ -276,6 +280,21 @@ def decide_failure(
 
 def new_jid() -> str:
     """A new 24-hex-digit job id."""
+
+def unwrap_active_job(args: str) -> tuple[str, list[Any], dict[str, Any] | None]:
+    """``(job_class, args, kwargs)`` of an ActiveJob wrapper job's ``args`` JSON."""
+
+def active_job_args(
+    job_class: str,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    queue: str = "default",
+    priority: int | None = None,
+    locale: str = "en",
+    timezone: str = "UTC",
+) -> list[Any]:
+    """The ``args`` of a wrapper job that runs Ruby ActiveJob class ``job_class``."""
 
 def set_log_level(level: str) -> None: ...
 def drain_logs(timeout: float) -> tuple[list[tuple[str, str, str]], int]: ...

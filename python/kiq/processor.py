@@ -36,8 +36,9 @@ class Registered:
 
     name: str
     options: WorkerOptions
-    #: Runs one job, ``call(args, jid)``; for an async worker it returns the coroutine.
-    call: Callable[[list[Any], str], Any]
+    #: Runs one job, ``call(args, jid, kwargs)``; for an async worker it returns the coroutine.
+    #: ``kwargs`` is None except for ActiveJob jobs with Ruby keyword arguments.
+    call: Callable[[list[Any], str, dict[str, Any] | None], Any]
     is_async: bool = False
 
 
@@ -46,32 +47,35 @@ def register(w: WorkerLike) -> Registered:
     if isinstance(w, type) and issubclass(w, Worker):
         cls = w
 
-        def call(args: list[Any], jid: str) -> Any:
+        def call(args: list[Any], jid: str, kwargs: dict[str, Any] | None) -> Any:
             instance = cls()
             instance.jid = jid
-            return instance.perform(*args)
+            return instance.perform(*args) if kwargs is None else instance.perform(*args, **kwargs)
 
         return Registered(cls.wire_name(), cls.kiq_options, call, inspect.iscoroutinefunction(cls.perform))
     if isinstance(w, FunctionWorker):
         fn = w.fn
-        return Registered(w.wire_name(), w.kiq_options, lambda args, _jid: fn(*args), inspect.iscoroutinefunction(fn))
+        def call_fn(args: list[Any], _jid: str, kwargs: dict[str, Any] | None) -> Any:
+            return fn(*args) if kwargs is None else fn(*args, **kwargs)
+
+        return Registered(w.wire_name(), w.kiq_options, call_fn, inspect.iscoroutinefunction(fn))
     raise TypeError(f"{w!r} is not a kiq worker: subclass kiq.Worker or decorate a function with @kiq.worker")
 
 
-def runner(reg: Registered, aio: AsyncRunner | None) -> Callable[[list[Any], str], Any]:
+def runner(reg: Registered, aio: AsyncRunner | None) -> Callable[[list[Any], str, dict[str, Any] | None], Any]:
     """How a thread runs one job of this worker: directly, on the event loop, with its timeout."""
     call, timeout = reg.call, reg.options.timeout
     if reg.is_async:
         if aio is None:
             raise RuntimeError("async workers need the asyncio runner")
         run_async = aio.run
-        return lambda args, jid: run_async(call(args, jid), timeout)
+        return lambda args, jid, kwargs: run_async(call(args, jid, kwargs), timeout)
     if timeout is None:
         return call
 
-    def timed(args: list[Any], jid: str) -> Any:
+    def timed(args: list[Any], jid: str, kwargs: dict[str, Any] | None) -> Any:
         start = time.monotonic()
-        result = call(args, jid)
+        result = call(args, jid, kwargs)
         took = time.monotonic() - start
         if took > timeout:
             raise JobTimeoutError(
@@ -148,7 +152,7 @@ class Processor:
                     self.failed(d, None, self.unknown(d))
                     continue
                 try:
-                    run(d.args, d.jid)
+                    run(d.args, d.jid, d.kwargs)
                 except Shutdown:
                     server.abandon(d)
                     return
@@ -182,7 +186,7 @@ class Processor:
         try:
             if reg is None:
                 raise self.unknown(d)
-            self.runners[d.class_name](d.args, d.jid)
+            self.runners[d.class_name](d.args, d.jid, d.kwargs)
         except (Shutdown, concurrent.futures.CancelledError) as exc:
             if isinstance(exc, concurrent.futures.CancelledError) and not (self.aio and self.aio.stopping):
                 self.failed(d, reg, exc)

@@ -16,6 +16,9 @@ import threading
 import time
 from typing import Any
 
+from kiq import _kiq
+from kiq.activejob import is_wrapper
+
 __all__ = ["Sandbox", "SandboxJob", "current_scope"]
 
 _scope: contextvars.ContextVar[object | None] = contextvars.ContextVar("kiq_sandbox_scope", default=None)
@@ -43,6 +46,8 @@ class SandboxJob:
     scope: object
     #: ``"queued"``, ``"retry"`` or ``"dead"``.
     state: str = "queued"
+    #: Keyword arguments (an ActiveJob job's); None otherwise.
+    kwargs: dict[str, Any] | None = None
 
     @property
     def item(self) -> dict[str, Any]:
@@ -61,7 +66,10 @@ class Sandbox:
         self.jobs: list[SandboxJob] = []
 
     def add(self, class_name: str, args: list[Any], queue: str, jid: str, payload: str, at: float | None) -> None:
-        job = SandboxJob(class_name, args, queue, jid, payload, at, time.time(), current_scope())
+        kwargs = None
+        if is_wrapper(class_name):  # an ActiveJob job: recorded as its job class and plain arguments
+            class_name, args, kwargs = _kiq.unwrap_active_job(json.dumps(args))
+        job = SandboxJob(class_name, args, queue, jid, payload, at, time.time(), current_scope(), kwargs=kwargs)
         with self._lock:
             self.jobs.append(job)
 

@@ -12,7 +12,8 @@
 The pytest plugin (installed with kiq) gives the fixtures ``kiq_sandbox`` (a
 sandboxed app) and ``kiq_redis`` (a real redis-server on a free port, for
 tests that want one). Matching takes any subset of ``class_name`` (or a
-worker), ``args``, ``queue``, ``at`` and ``delay`` (times within a second).
+worker), ``args``, ``kwargs``, ``queue``, ``at`` and ``delay`` (times within a second).
+ActiveJob jobs are listed and matched as their job class and plain arguments.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, TypedDict, Unpack
 
 from kiq import _kiq
+from kiq.activejob import is_wrapper
 from kiq.aio import AsyncRunner
 from kiq.app import Kiq
 from kiq.errors import ConfigError
@@ -81,6 +83,8 @@ def _matches(job: SandboxJob, want: dict[str, Any]) -> bool:
             return False
         if key == "args" and job.args != list(value):
             return False
+        if key == "kwargs" and job.kwargs != dict(value):
+            return False
         if key == "queue" and job.queue != value:
             return False
         if key == "at":
@@ -99,6 +103,8 @@ class Match(TypedDict, total=False):
 
     class_name: str
     args: Sequence[Any]
+    #: Keyword arguments of an ActiveJob job (built with :func:`kiq.activejob.active_job`).
+    kwargs: dict[str, Any]
     queue: str
     #: Run time: a datetime or epoch seconds (within a second).
     at: dt.datetime | float
@@ -178,6 +184,9 @@ class _Delivery:
         self.queue = job.queue
         self.lane = 0
         self.args = list(item.get("args", []))
+        self.kwargs = job.kwargs
+        if is_wrapper(item.get("class", "")):
+            self.args = list(job.args)
         self.backtrace = item.get("backtrace")
         self.retry_count = item.get("retry_count")
         self.enqueued_at = item.get("enqueued_at")

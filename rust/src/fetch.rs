@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::ack::{Msg, Settle, Settlement};
+use crate::activejob;
 use crate::control::{Control, RunState};
 use crate::job::{Payload, UniqueUntil, field};
 use crate::keys::Keys;
@@ -212,6 +213,24 @@ impl Fetcher {
         let _ = self.lane.offer(good);
     }
 
+    /// A runnable job of this lane, its expiry and unique lock read from the payload.
+    fn delivery(&self, payload: Payload, class: String) -> Delivery {
+        let jid = payload.jid().unwrap_or_default();
+        let expires_at = payload.time(field::EXPIRES_AT);
+        let lock = payload.get(field::UNIQUE_TOKEN).and_then(|t| serde_json::from_str::<String>(t).ok()).map(|token| {
+            let until = payload
+                .get(field::UNIQUE_UNTIL)
+                .and_then(|u| serde_json::from_str::<String>(u).ok())
+                .and_then(|u| UniqueUntil::parse(&u))
+                .unwrap_or_default();
+            (self.keys.unique(&token), until)
+        });
+        let mut d = Delivery::new(self.lane_index, payload, class, jid);
+        d.expires_at = expires_at;
+        d.lock = lock;
+        d
+    }
+
     /// A runnable delivery, or the settlement for a payload that cannot run.
     #[allow(clippy::result_large_err)]
     fn decode(&self, raw: Vec<u8>) -> Result<Delivery, Settlement> {
@@ -238,35 +257,24 @@ impl Fetcher {
             Err((e, text)) => return Err(bury(text.into_bytes(), &e.to_string())),
         };
         let problem = match (payload.class(), payload.args()) {
-            (Some(class), Some(_)) if !class.is_empty() => {
-                let jid = payload.jid().unwrap_or_default();
-                let expires_at = payload.time(field::EXPIRES_AT);
-                let lock = payload.get(field::UNIQUE_TOKEN).and_then(|t| serde_json::from_str::<String>(t).ok()).map(
-                    |token| {
-                        let until = payload
-                            .get(field::UNIQUE_UNTIL)
-                            .and_then(|u| serde_json::from_str::<String>(u).ok())
-                            .and_then(|u| UniqueUntil::parse(&u))
-                            .unwrap_or_default();
-                        (self.keys.unique(&token), until)
-                    },
-                );
-                let mut d = Delivery::new(self.lane_index, payload, class, jid);
-                d.expires_at = expires_at;
-                d.lock = lock;
-                return Ok(d);
-            }
-            (None, _) => "the job has no \"class\" string",
-            (Some(_), None) => "the job's \"args\" is missing or not an array",
-            (Some(_), Some(_)) => "the job's \"class\" is empty",
+            (Some(class), Some(args)) if activejob::is_wrapper(&class) => match activejob::unwrap(args) {
+                Ok(call) => {
+                    let unwrapped = Box::new((call.args_json(), call.kwargs_json()));
+                    let mut d = self.delivery(payload, call.class);
+                    d.unwrapped = Some(unwrapped);
+                    return Ok(d);
+                }
+                Err(e) => e.to_string(),
+            },
+            (Some(class), Some(_)) if !class.is_empty() => return Ok(self.delivery(payload, class)),
+            (None, _) => "the job has no \"class\" string".into(),
+            (Some(_), None) => "the job's \"args\" is missing or not an array".into(),
+            (Some(_), Some(_)) => "the job's \"class\" is empty".into(),
         };
         log::error!("cannot run a job from queue {:?}: {problem}", self.lane.name);
         let raw = payload.source().as_bytes().to_vec();
-        let failure = Failure {
-            error_class: INVALID_JOB_ERROR.to_owned(),
-            error_message: problem.to_owned(),
-            ..Failure::default()
-        };
+        let failure =
+            Failure { error_class: INVALID_JOB_ERROR.to_owned(), error_message: problem, ..Failure::default() };
         let settle = match retry::on_failure(
             payload,
             &self.lane.name,

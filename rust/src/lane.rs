@@ -38,6 +38,9 @@ pub struct Delivery {
     pub expires_at: Option<f64>,
     /// A unique job's lock key and when it is released.
     pub lock: Option<(String, UniqueUntil)>,
+    /// An ActiveJob job's decoded arguments (JSON array), in place of the
+    /// envelope in `args`, and its keyword arguments (JSON object).
+    pub unwrapped: Option<Box<(String, Option<String>)>>,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -53,12 +56,21 @@ impl Delivery {
             started: None,
             expires_at: None,
             lock: None,
+            unwrapped: None,
         }
     }
 
-    /// JSON text of the job's arguments (always an array: checked at fetch).
+    /// JSON text of the arguments the worker gets (always an array: checked at fetch).
     pub fn args(&self) -> &str {
-        self.payload.args().unwrap_or("[]")
+        match self.unwrapped.as_deref() {
+            Some((args, _)) => args,
+            None => self.payload.args().unwrap_or("[]"),
+        }
+    }
+
+    /// JSON text of the keyword arguments (an ActiveJob job's Ruby keywords), if any.
+    pub fn kwargs(&self) -> Option<&str> {
+        self.unwrapped.as_deref().and_then(|(_, k)| k.as_deref())
     }
 }
 

@@ -4,6 +4,7 @@
 //! feature) holds the PyO3 bindings, which only convert and call in.
 
 pub mod ack;
+pub mod activejob;
 pub mod admin;
 pub mod backtrace;
 pub mod batch;

@@ -2,6 +2,7 @@
 //! Each binding converts its arguments, calls one core function (with the GIL
 //! released for anything that waits) and converts the result.
 
+mod activejob;
 mod client;
 mod convert;
 mod cron;
@@ -16,6 +17,8 @@ use pyo3::prelude::*;
 mod _kiq {
     use super::{Bound, PyModule, PyModuleMethods, PyResult, Python, errors, pyfunction};
 
+    #[pymodule_export]
+    use super::activejob::{active_job_args, unwrap_active_job};
     #[pymodule_export]
     use super::client::Client;
     #[pymodule_export]

@@ -45,6 +45,9 @@ pub struct Delivery {
     /// The decoded arguments.
     #[pyo3(get)]
     args: Py<PyList>,
+    /// Keyword arguments (a Ruby ActiveJob job's keywords); None for Sidekiq jobs.
+    #[pyo3(get)]
+    kwargs: Option<Py<PyDict>>,
 }
 
 impl Delivery {
@@ -257,8 +260,15 @@ impl Server {
             }
         };
         self.inner.begin(&mut d);
-        let args = match json_to_py(py, d.args()).and_then(|a| Ok(a.cast_into::<PyList>()?.unbind())) {
-            Ok(args) => args,
+        let decoded = json_to_py(py, d.args()).and_then(|a| Ok(a.cast_into::<PyList>()?.unbind())).and_then(|args| {
+            let kwargs = match d.kwargs() {
+                Some(k) => Some(json_to_py(py, k)?.cast_into::<PyDict>()?.unbind()),
+                None => None,
+            };
+            Ok((args, kwargs))
+        });
+        let (args, kwargs) = match decoded {
+            Ok(decoded) => decoded,
             Err(e) => {
                 // Cannot happen for payloads the fetcher accepted; never strand the job if it does.
                 self.inner.fail(
@@ -274,6 +284,7 @@ impl Server {
             }
         };
         Ok(Some(Delivery {
+            kwargs,
             class_name: PyString::new(py, &d.class).unbind(),
             jid: PyString::new(py, &d.jid).unbind(),
             queue: self.names[d.lane].clone_ref(py),
