@@ -7,13 +7,14 @@ import os
 import signal
 import subprocess
 import sys
+import http.client
 import time
 from pathlib import Path
 
 import pytest
 import redis
 
-from support import wait_for
+from support import free_port, wait_for
 
 KIQ = Path(sys.executable).with_name("kiq")  # the console script in this venv
 NOWHERE = "redis://127.0.0.1:1/0"
@@ -84,6 +85,20 @@ def test_retry_kill_and_delete_by_jid(redis_url: str, r: redis.Redis) -> None:
     assert "no job ffffffffffffffffffffffff in retry, dead, schedule" in missing.stderr
 
 
+def _get(address: str, path: str) -> str | None:
+    """The body of a 200 answer, else None (not up yet, or not ready)."""
+    host, port = address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=2)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.read().decode() if resp.status == 200 else None
+    except OSError:
+        return None
+    finally:
+        conn.close()
+
+
 def test_generated_worker_and_app_run_and_process_a_job(tmp_path: Path, redis_url: str, r: redis.Redis) -> None:
     assert "wrote send_email.py" in kiq("gen", "worker", "SendEmail", "-q", "mail", "-r", "5", "--no-dead",
                                         cwd=tmp_path).stdout
@@ -96,10 +111,14 @@ def test_generated_worker_and_app_run_and_process_a_job(tmp_path: Path, redis_ur
                            text=True)
     assert typed.returncode == 0, typed.stdout
     kiq("enqueue", "SendEmail", "ada@example.com", "-q", "mail", url=redis_url)
-    proc = subprocess.Popen([str(KIQ), "run", "jobs:app", "-t", "5"], cwd=tmp_path, env={**os.environ,
-                            "REDIS_URL": redis_url}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    health = f"127.0.0.1:{free_port()}"
+    proc = subprocess.Popen([str(KIQ), "run", "jobs:app", "-t", "5", "--health", health], cwd=tmp_path,
+                            env={**os.environ, "REDIS_URL": redis_url}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     try:
         wait_for(lambda: r.get("stat:processed") == "1", timeout=30, what="the job to run")
+        ready = wait_for(lambda: _get(health, "/ready"), timeout=15, what="the /ready probe")
+        assert json.loads(ready)["status"] == "ok"
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     finally:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from kiq import Worker
+from kiq.activejob import SIDEKIQ_WRAPPER, WRAPPER
 from support import raw_fields, wait_for
 
 FIXTURES = Path(__file__).parent / "fixtures" / "sidekiq"
@@ -29,16 +30,24 @@ def golden() -> list[tuple[str, str, str]]:
 
 
 CASES = [c for c in golden() if c[1] != "dead"]
+# What the ActiveJob fixtures' perform gets: positional arguments, then the keywords.
+ACTIVE_JOB_ARGS: dict[str, list[Any]] = {
+    "sidekiq-7.x/activejob_wrapper": [15, {"format": "pdf"}],
+    "sidekiq-8.x/activejob_wrapper_cattr_array": ["all"],
+}
 
 
 @pytest.mark.parametrize(("name", "where", "payload"), CASES, ids=[c[0] for c in CASES])
 def test_golden_payload_runs_and_keeps_its_fields(make_app, r, name: str, where: str, payload: str) -> None:
     job = json.loads(payload)
     seen: list[list[Any]] = []
+    # An ActiveJob wrapper job runs as its ActiveJob class, keywords as kwargs.
+    active = job["class"] in (WRAPPER, SIDEKIQ_WRAPPER)
+    expected = ACTIVE_JOB_ARGS[name] if active else job["args"]
 
-    class Golden(Worker, name=job["class"], retry=5):
-        def perform(self, *args: Any) -> None:
-            seen.append(list(args))
+    class Golden(Worker, name=job["wrapped"] if active else job["class"], retry=5):
+        def perform(self, *args: Any, **kwargs: Any) -> None:
+            seen.append([*args, kwargs] if kwargs else list(args))
             raise RuntimeError("golden failure")
 
     queue = job.get("queue", "default")
@@ -49,7 +58,7 @@ def test_golden_payload_runs_and_keeps_its_fields(make_app, r, name: str, where:
     app = make_app(queues={queue: 2}, workers=[Golden])
     app.start()
     wait_for(lambda: seen, what=f"{name} to run")
-    assert seen[0] == job["args"], "args decode exactly (big integers, floats, unicode)"
+    assert seen[0] == expected, "args decode exactly (big integers, floats, unicode)"
     entry = wait_for(lambda: [m for m in r.zrange("retry", 0, -1) if json.loads(m)["jid"] == job["jid"]
                               and json.loads(m)["error_message"] == "golden failure"], what="retry entry")[0]
     before, after = raw_fields(payload), raw_fields(entry)

@@ -52,6 +52,7 @@ fn main() {
         max_recoveries: 3,
         periodics: Vec::new(),
         clock: _kiq::periodic::Clock::Real,
+        health: None,
     };
     let server = Server::start(pool, Keys::default(), config).unwrap();
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));

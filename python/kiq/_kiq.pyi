@@ -193,6 +193,7 @@ class Server:
         max_recoveries: int = 3,
         periodics: Iterable[tuple[Any, ...]] | None = None,
         periodic_clock: tuple[float, float, float] | None = None,
+        health: str | None = None,
     ) -> Server: ...
     def next_job(self, lane: int, timeout: float | None = None) -> Delivery | None:
         """The next job of queue number ``lane``; None once the server stops (or on timeout)."""
@@ -215,6 +216,8 @@ class Server:
     def set_quiet(self, quiet: bool) -> None: ...
     @property
     def state(self) -> str: ...
+    @property
+    def health_address(self) -> str | None: ...
     @property
     def is_leader(self) -> bool:
         """Whether this process is the kiq leader now."""

@@ -167,6 +167,10 @@ class Kiq:
         metrics: write per-class execution metrics for Sidekiq 7/8's Metrics tab.
         test_mode: ``"sandbox"`` keeps enqueued jobs in memory and never
             connects to Redis; read and run them with :mod:`kiq.testing`.
+        health_address: ``"HOST:PORT"`` on which the running process answers
+            HTTP health checks (``/live``, ``/ready``) from a core thread;
+            ``"0.0.0.0:8080"`` for Kubernetes probes, port 0 for any free port
+            (read back from :attr:`health_address`). Off by default.
     """
 
     def __init__(
@@ -207,6 +211,7 @@ class Kiq:
         heartbeat_ttl: Seconds = 60,
         metrics: bool = True,
         test_mode: str | None = None,
+        health_address: str | None = None,
     ) -> None:
         if test_mode not in (None, "sandbox"):
             raise ConfigError(f'test_mode must be None or "sandbox", not {test_mode!r}')
@@ -275,6 +280,7 @@ class Kiq:
         if not 0 < self.heartbeat_interval < self.heartbeat_ttl:
             raise ConfigError("heartbeat_interval must be positive and shorter than heartbeat_ttl (60 s)")
         self.metrics = metrics
+        self.health_address = health_address
         #: Instrumentation hooks: ``app.instrument.attach(handler)``; see :mod:`kiq.instrument`.
         self.instrument = Instrumenter()
         self.tls_ca_file, self.tls_cert_file, self.tls_key_file = tls_ca_file, tls_cert_file, tls_key_file
@@ -581,6 +587,21 @@ class Kiq:
         return self._server is not None
 
     @property
+    def health_address(self) -> str | None:
+        """Where health checks are answered: the bound ``host:port`` while
+        running (the real port when 0 was asked), else the configured one."""
+        server = self._server
+        if server is not None and server.health_address is not None:
+            return server.health_address
+        return self._health_address
+
+    @health_address.setter
+    def health_address(self, value: str | None) -> None:
+        if value is not None and (not isinstance(value, str) or ":" not in value):
+            raise ConfigError(f'health_address must be "HOST:PORT", e.g. "0.0.0.0:8080", not {value!r}')
+        self._health_address = value
+
+    @property
     def is_leader(self) -> bool:
         """Whether this process is the kiq leader now (periodic jobs and orphan
         recovery run only there). Answered locally, without a round trip."""
@@ -616,6 +637,7 @@ class Kiq:
             poll_interval_average=self.poll_interval_average,
             average_scheduled_poll_interval=self.average_scheduled_poll_interval,
             scheduler=self.scheduler,
+            health=self._health_address,
         )
         reporters = self._start_reporters()
         aio = AsyncRunner() if any(w.is_async for w in self._workers.values()) else None

@@ -90,6 +90,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
         app.shutdown_timeout = ns.timeout
     if ns.tag is not None:
         app.tag = ns.tag
+    if ns.health is not None:
+        app.health_address = ns.health
     try:
         app.client.command("PING")
     except KiqError as exc:
@@ -199,6 +201,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--concurrency", type=int, help="concurrency of each queue without its own")
     p.add_argument("-t", "--timeout", type=float, help="shutdown timeout in seconds (default: the app's, 25)")
     p.add_argument("-g", "--tag", help="tag shown next to the process on the Busy page")
+    p.add_argument("--health", metavar="HOST:PORT",
+                   help="answer HTTP health checks (/live, /ready) here, e.g. 0.0.0.0:8080")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--json-logs", action="store_true", help="one JSON object per log line")
     p.set_defaults(func=cmd_run)

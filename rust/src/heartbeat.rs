@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::control::{Control, RunState};
+use crate::health::Beats;
 use crate::job::json_string;
 use crate::keys::Keys;
 use crate::metrics::{self, Metrics};
@@ -138,6 +139,8 @@ pub struct Heartbeat {
     pub metrics: Arc<Metrics>,
     pub control: Control,
     pub signals: mpsc::Sender<Signal>,
+    /// Told of every beat that reached Redis (for the readiness probe).
+    pub beats: Arc<Beats>,
 }
 
 impl Heartbeat {
@@ -150,7 +153,11 @@ impl Heartbeat {
         // rewriting them (Redis drops them itself once their TTL ends).
         let mut had_work = true;
         loop {
-            match self.beat(&info, &mut had_work).await {
+            let beat = self.beat(&info, &mut had_work).await;
+            if beat.is_ok() {
+                self.beats.ok();
+            }
+            match beat {
                 Ok(()) if failing => {
                     log::warn!("heartbeat reaches Redis again");
                     failing = false;

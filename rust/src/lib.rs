@@ -14,6 +14,7 @@ pub mod control;
 pub mod crontab;
 pub mod error;
 pub mod fetch;
+pub mod health;
 pub mod heartbeat;
 pub mod job;
 pub mod keys;

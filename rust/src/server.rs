@@ -8,6 +8,7 @@
 //! still running past the deadline) back to the right end of their queues,
 //! where they are the next to run.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError, mpsc as sync_mpsc};
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ use crate::ack::{self, Msg, Settle, Settlement};
 use crate::control::{Control, RunState};
 use crate::error::{KiqError, Result};
 use crate::fetch::Fetcher;
+use crate::health::{self, Beats, Probe};
 use crate::heartbeat::{self, BeatConfig, Heartbeat, ProcessInfo, Signal};
 use crate::job::{UniqueUntil, check_queue_name, field};
 use crate::keys::Keys;
@@ -53,6 +55,8 @@ pub struct ServerConfig {
     /// Cron entries the leader enqueues, and the clock they run by.
     pub periodics: Vec<Entry>,
     pub clock: Clock,
+    /// Answer HTTP health checks on this address (see `health.rs`).
+    pub health: Option<SocketAddr>,
 }
 
 /// What a stop did.
@@ -83,6 +87,8 @@ pub struct Server {
     leadership: Arc<Leadership>,
     /// Election and recovery tasks, ended with the heartbeat.
     background: Mutex<Vec<JoinHandle<()>>>,
+    /// Where health checks are answered (the bound port when 0 was asked).
+    health_addr: Option<SocketAddr>,
 }
 
 /// The lock a finished unique job releases: (key, jid).
@@ -107,6 +113,9 @@ impl Server {
                 return Err(KiqError::config(format!("queue {name:?} is listed twice")));
             }
         }
+        // Before any task starts, so a taken port leaves nothing running.
+        let health = config.health.map(bind_health).transpose()?;
+        let health_addr = health.as_ref().and_then(|l| l.local_addr().ok());
         let identity = &config.process.identity;
         let lanes: Vec<Arc<Lane>> = queues.iter().map(|(n, c)| Arc::new(Lane::new(n.clone(), *c))).collect();
         let wip_keys: Vec<Arc<str>> = queues.iter().map(|(n, _)| Arc::from(keys.in_progress(identity, n))).collect();
@@ -145,6 +154,7 @@ impl Server {
         let metrics = Arc::new(Metrics::default());
         let (signal_tx, signal_rx) = sync_mpsc::channel();
         let (halt, halted) = watch::channel(false);
+        let beats = Arc::new(Beats::default());
         let heartbeat = config.beat.map(|beat| {
             let hb = Heartbeat {
                 pool: pool.clone(),
@@ -155,11 +165,22 @@ impl Server {
                 metrics: metrics.clone(),
                 control: control.clone(),
                 signals: signal_tx,
+                beats: beats.clone(),
             };
             tokio::spawn(hb.run(halted.clone()))
         });
-        let leadership = Arc::new(Leadership::default());
         let mut background = Vec::new();
+        if let Some(listener) = health {
+            let probe = Probe {
+                identity: config.process.identity.clone(),
+                control: control.clone(),
+                work: work.clone(),
+                beats,
+                interval: config.beat.map(|b| b.interval),
+            };
+            background.push(tokio::spawn(health::serve(listener, probe, halted.clone())));
+        }
+        let leadership = Arc::new(Leadership::default());
         if let Some(ttl) = config.leader_ttl {
             let elector = Elector {
                 pool: pool.clone(),
@@ -210,7 +231,13 @@ impl Server {
             heartbeat: Mutex::new(heartbeat),
             leadership,
             background: Mutex::new(background),
+            health_addr,
         }))
+    }
+
+    /// Where health checks are answered, if anywhere.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health_addr
     }
 
     pub fn config(&self) -> &ServerConfig {
@@ -428,4 +455,12 @@ impl Server {
     pub fn take(&self, index: usize, timeout: Option<Duration>) -> Result<Take> {
         Ok(self.lane(index)?.take(timeout))
     }
+}
+
+/// The health-check listener, bound now so a taken port fails the start.
+fn bind_health(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    let fail = |e: std::io::Error| KiqError::config(format!("cannot answer health checks on {addr}: {e}"));
+    let std_listener = std::net::TcpListener::bind(addr).map_err(fail)?;
+    std_listener.set_nonblocking(true).map_err(fail)?;
+    tokio::net::TcpListener::from_std(std_listener).map_err(fail)
 }

@@ -38,6 +38,7 @@ fn config(queues: &[(&str, usize)]) -> ServerConfig {
         max_recoveries: 3,
         periodics: Vec::new(),
         clock: _kiq::periodic::Clock::Real,
+        health: None,
     }
 }
 

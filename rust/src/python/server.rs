@@ -159,7 +159,7 @@ pub struct Server {
 #[pymethods]
 impl Server {
     #[new]
-    #[pyo3(signature = (client, identity, queues, *, hostname, tag = None, labels = None, max_retries = 25, dead_limit = 10_000, dead_timeout = 15_552_000.0, poll_interval_average = None, average_scheduled_poll_interval = 5.0, scheduler = true, heartbeat = true, heartbeat_interval = 5.0, heartbeat_ttl = 60.0, metrics = true, leader_ttl = 30.0, orphan_check_interval = 60.0, max_recoveries = 3, periodics = None, periodic_clock = None))]
+    #[pyo3(signature = (client, identity, queues, *, hostname, tag = None, labels = None, max_retries = 25, dead_limit = 10_000, dead_timeout = 15_552_000.0, poll_interval_average = None, average_scheduled_poll_interval = 5.0, scheduler = true, heartbeat = true, heartbeat_interval = 5.0, heartbeat_ttl = 60.0, metrics = true, leader_ttl = 30.0, orphan_check_interval = 60.0, max_recoveries = 3, periodics = None, periodic_clock = None, health = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -184,6 +184,7 @@ impl Server {
         max_recoveries: u32,
         periodics: Option<&Bound<'_, PyAny>>,
         periodic_clock: Option<(f64, f64, f64)>,
+        health: Option<String>,
     ) -> PyResult<Self> {
         let entries = match periodics {
             Some(p) => periodic_entries(p)?,
@@ -233,6 +234,7 @@ impl Server {
                 Some((start, wall_start, speed)) => Clock::Simulated { start, wall_start, speed },
                 None => Clock::Real,
             },
+            health: health.as_deref().map(health_addr).transpose()?,
         };
         let rt = runtime::get();
         let _guard = rt.enter();
@@ -366,6 +368,12 @@ impl Server {
         (self.gil_waits.load(Ordering::Relaxed), self.gil_wait_ns.load(Ordering::Relaxed) as f64 / 1e9)
     }
 
+    /// `host:port` where health checks are answered (the real port when 0 was asked), or None.
+    #[getter]
+    fn health_address(&self) -> Option<String> {
+        self.inner.health_addr().map(|a| a.to_string())
+    }
+
     /// Whether this process is the kiq leader now (no Redis round trip).
     #[getter]
     fn is_leader(&self) -> bool {
@@ -406,4 +414,15 @@ impl Server {
         let r = gil::block_on(py, async move { inner.finish_stop(deadline).await })?;
         Ok((r.requeued, r.unwritten))
     }
+}
+
+/// A `host:port` for the health listener (a name resolves to its first address).
+fn health_addr(text: &str) -> PyResult<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let bad = |why: String| {
+        super::errors::ConfigError::new_err(format!(
+            "health_address must be HOST:PORT, e.g. \"0.0.0.0:8080\", not {text:?}: {why}"
+        ))
+    };
+    text.to_socket_addrs().map_err(|e| bad(e.to_string()))?.next().ok_or_else(|| bad("no address".into()))
 }

@@ -1,0 +1,121 @@
+"""HTTP health checks for Kubernetes probes: /live and /ready, answered by the core."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import time
+
+import pytest
+import redis
+
+from kiq import Job, Kiq, worker
+from kiq.errors import ConfigError
+from support import RedisServer, wait_for
+
+
+def probe(address: str, path: str, method: str = "GET") -> tuple[int, dict[str, object]]:
+    host, port = address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        conn.request(method, path)
+        resp = conn.getresponse()
+        body = resp.read()
+        return resp.status, json.loads(body) if body else {}
+    finally:
+        conn.close()
+
+
+def test_ready_follows_quiet_and_redis_while_live_stays_up() -> None:
+    server = RedisServer().start()
+    hold = threading.Event()
+
+    @worker(name="Hold")
+    def held() -> None:
+        hold.wait(10)
+
+    app = Kiq(server.url, workers=[held], heartbeat_interval=0.3, health_address="127.0.0.1:0", shutdown_timeout=5)
+    try:
+        app.start()
+        address = app.health_address
+        assert address is not None and not address.endswith(":0")
+        wait_for(lambda: probe(address, "/ready")[0] == 200, what="ready after the first heartbeat")
+        app.enqueue(held.new(), sync=True)
+        status, body = wait_for(lambda: (s := probe(address, "/ready"))[1]["busy"] == 1 and s, what="busy 1")
+        assert status == 200 and body["status"] == "ok" and body["identity"] == app.identity
+        assert body["state"] == "running" and isinstance(body["last_beat_age"], float)
+        hold.set()
+
+        app.quiet()
+        status, body = probe(address, "/ready")
+        assert (status, body["state"]) == (503, "quiet") and "quiet" in str(body["reason"])
+        assert probe(address, "/live")[0] == 200
+        app.configure(quiet=False)
+        assert probe(address, "/ready")[0] == 200
+
+        redis.Redis(port=server.port).shutdown(nosave=True)
+        status, body = wait_for(lambda: (s := probe(address, "/ready"))[0] == 503 and s, timeout=10,
+                                what="unready while Redis is down")
+        assert "Redis unreachable" in str(body["reason"])
+        assert probe(address, "/live")[0] == 200, "a Redis outage is no reason to restart the worker"
+        server.start()
+        wait_for(lambda: probe(address, "/ready")[0] == 200, timeout=15, what="ready again once Redis is back")
+
+        assert probe(address, "/nope")[0] == 404
+        assert probe(address, "/live", "POST")[0] == 405
+        assert probe(address, "/live", "HEAD") == (200, {})
+        app.stop()
+        with pytest.raises(OSError):
+            probe(address, "/live")
+    finally:
+        hold.set()
+        app.stop(1)
+        server.close()
+
+
+def test_probes_answer_while_a_job_holds_the_gil(make_app) -> None:
+    started = threading.Event()
+
+    @worker(name="Spin")
+    def spin() -> None:
+        started.set()
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            sum(range(200_000))  # pure Python: the GIL is only released at switch intervals
+
+    app = make_app(workers=[spin], heartbeat_interval=0.3, health_address="127.0.0.1:0")
+    app.start()
+    address = app.health_address
+    wait_for(lambda: probe(address, "/ready")[0] == 200, what="ready")
+    app.enqueue(spin.new())
+    assert started.wait(5)
+    took = []
+    for _ in range(5):
+        t = time.monotonic()
+        assert probe(address, "/live")[0] == 200
+        took.append(time.monotonic() - t)
+    assert max(took) < 1.0, took
+
+
+def test_bad_or_taken_addresses_are_clear_errors(make_app, r) -> None:
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        Kiq(health_address="8080")
+    app = make_app(health_address="127.0.0.1:notaport")
+    with pytest.raises(ConfigError, match="health_address must be HOST:PORT"):
+        app.start()
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        port = taken.getsockname()[1]
+        app = make_app(health_address=f"127.0.0.1:{port}")
+        app.enqueue(Job("Waiting"), sync=True)
+        with pytest.raises(ConfigError, match=f"cannot answer health checks on 127.0.0.1:{port}"):
+            app.start()
+        assert not app.running
+        time.sleep(0.3)
+        assert r.llen("queue:default") == 1, "a failed start fetches nothing"
+    finally:
+        taken.close()
