@@ -53,6 +53,7 @@ fn main() {
         periodics: Vec::new(),
         clock: _kiq::periodic::Clock::Real,
         health: None,
+        max_jobs: None,
     };
     let server = Server::start(pool, Keys::default(), config).unwrap();
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));

@@ -194,6 +194,8 @@ class Server:
         periodics: Iterable[tuple[Any, ...]] | None = None,
         periodic_clock: tuple[float, float, float] | None = None,
         health: str | None = None,
+        max_jobs: int | None = None,
+        max_memory_bytes: int | None = None,
     ) -> Server: ...
     def next_job(self, lane: int, timeout: float | None = None) -> Delivery | None:
         """The next job of queue number ``lane``; None once the server stops (or on timeout)."""
@@ -218,6 +220,8 @@ class Server:
     def state(self) -> str: ...
     @property
     def health_address(self) -> str | None: ...
+    @property
+    def finished(self) -> int: ...
     @property
     def is_leader(self) -> bool:
         """Whether this process is the kiq leader now."""

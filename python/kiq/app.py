@@ -171,6 +171,12 @@ class Kiq:
             HTTP health checks (``/live``, ``/ready``) from a core thread;
             ``"0.0.0.0:8080"`` for Kubernetes probes, port 0 for any free port
             (read back from :attr:`health_address`). Off by default.
+        max_jobs: recycle the process after it finished this many jobs: it
+            quiets and stops gracefully (``run()`` returns, ``kiq run``
+            exits 0) for its supervisor to start a fresh one; a cure for
+            leaking job code (Celery's ``max_tasks_per_child``).
+        max_memory_bytes: recycle the process, likewise, once its resident
+            memory passes this (checked at every heartbeat; Linux).
     """
 
     def __init__(
@@ -212,6 +218,8 @@ class Kiq:
         metrics: bool = True,
         test_mode: str | None = None,
         health_address: str | None = None,
+        max_jobs: int | None = None,
+        max_memory_bytes: int | None = None,
     ) -> None:
         if test_mode not in (None, "sandbox"):
             raise ConfigError(f'test_mode must be None or "sandbox", not {test_mode!r}')
@@ -281,6 +289,11 @@ class Kiq:
             raise ConfigError("heartbeat_interval must be positive and shorter than heartbeat_ttl (60 s)")
         self.metrics = metrics
         self.health_address = health_address
+        for name, limit in (("max_jobs", max_jobs), ("max_memory_bytes", max_memory_bytes)):
+            if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+                raise ConfigError(f"{name} must be a positive int or None, not {limit!r}")
+        self.max_jobs = max_jobs
+        self.max_memory_bytes = max_memory_bytes
         #: Instrumentation hooks: ``app.instrument.attach(handler)``; see :mod:`kiq.instrument`.
         self.instrument = Instrumenter()
         self.tls_ca_file, self.tls_cert_file, self.tls_key_file = tls_ca_file, tls_cert_file, tls_key_file
@@ -638,6 +651,8 @@ class Kiq:
             average_scheduled_poll_interval=self.average_scheduled_poll_interval,
             scheduler=self.scheduler,
             health=self._health_address,
+            max_jobs=self.max_jobs,
+            max_memory_bytes=self.max_memory_bytes,
         )
         reporters = self._start_reporters()
         aio = AsyncRunner() if any(w.is_async for w in self._workers.values()) else None
@@ -666,8 +681,12 @@ class Kiq:
         """Acts on signals sent through Redis (the Web UI's Quiet and Stop buttons)."""
         while self._server is server:
             sig = server.next_signal(1.0)
-            if sig == "TERM":
-                logger.info("kiq %s: stop requested through Redis", self.identity)
+            if sig in ("TERM", "RECYCLE"):
+                if sig == "TERM":
+                    logger.info("kiq %s: stop requested through Redis", self.identity)
+                else:
+                    logger.info("kiq %s: recycling (max_jobs or max_memory_bytes reached), stopping gracefully",
+                                self.identity)
                 if self._running_main:
                     self._stop_requested.set()
                 else:

@@ -92,6 +92,14 @@ def cmd_run(ns: argparse.Namespace) -> int:
         app.tag = ns.tag
     if ns.health is not None:
         app.health_address = ns.health
+    if ns.max_jobs is not None:
+        if ns.max_jobs < 1:
+            raise CliError("--max-jobs must be at least 1", EXIT_USAGE)
+        app.max_jobs = ns.max_jobs
+    if ns.max_memory is not None:
+        if ns.max_memory <= 0:
+            raise CliError("--max-memory must be a positive number of MiB", EXIT_USAGE)
+        app.max_memory_bytes = int(ns.max_memory * (1 << 20))
     try:
         app.client.command("PING")
     except KiqError as exc:
@@ -203,6 +211,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-g", "--tag", help="tag shown next to the process on the Busy page")
     p.add_argument("--health", metavar="HOST:PORT",
                    help="answer HTTP health checks (/live, /ready) here, e.g. 0.0.0.0:8080")
+    p.add_argument("--max-jobs", type=int, metavar="N",
+                   help="exit gracefully (status 0) after N jobs, for the supervisor to restart the process")
+    p.add_argument("--max-memory", type=float, metavar="MIB",
+                   help="exit gracefully (status 0) once resident memory passes MIB mebibytes")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--json-logs", action="store_true", help="one JSON object per log line")
     p.set_defaults(func=cmd_run)

@@ -95,6 +95,9 @@ pub enum Signal {
     Stop,
     /// TTIN: log every thread's stack.
     DumpThreads,
+    /// The process reached `max_jobs` or `max_memory_bytes`: stop gracefully,
+    /// for the supervisor to start a fresh one (already quieted by the core).
+    Recycle,
 }
 
 impl Signal {
@@ -112,6 +115,7 @@ impl Signal {
             Self::Quiet => "TSTP",
             Self::Stop => "TERM",
             Self::DumpThreads => "TTIN",
+            Self::Recycle => "RECYCLE",
         }
     }
 }
@@ -122,11 +126,13 @@ pub struct BeatConfig {
     /// TTL of the process hash and work hashes (Sidekiq's 60 s).
     pub ttl: Duration,
     pub metrics: bool,
+    /// Recycle the process once its resident memory passes this (checked every beat).
+    pub max_rss_kb: Option<u64>,
 }
 
 impl Default for BeatConfig {
     fn default() -> Self {
-        Self { interval: Duration::from_secs(5), ttl: Duration::from_secs(60), metrics: true }
+        Self { interval: Duration::from_secs(5), ttl: Duration::from_secs(60), metrics: true, max_rss_kb: None }
     }
 }
 
@@ -178,6 +184,16 @@ impl Heartbeat {
     }
 
     async fn beat(&self, info: &str, had_work: &mut bool) -> redis::RedisResult<()> {
+        // Checked before touching Redis, so an outage does not postpone it.
+        let rss = rss_kb();
+        if let Some(max) = self.config.max_rss_kb
+            && rss > max
+            && self.control.state() == RunState::Running
+        {
+            log::warn!("recycling this process: resident memory {rss} kB is above max_memory_bytes ({max} kB)");
+            self.control.set(RunState::Quiet);
+            let _ = self.signals.send(Signal::Recycle);
+        }
         let id = &self.info.identity;
         let ttl = self.config.ttl.as_secs().max(1) as i64;
         let running = self.work.snapshot();
@@ -235,7 +251,7 @@ impl Heartbeat {
             .arg("quiet")
             .arg(if quiet { "true" } else { "false" })
             .arg("rss")
-            .arg(rss_kb())
+            .arg(rss)
             .ignore()
             .cmd("EXPIRE")
             .arg(self.keys.process(id))

@@ -9,6 +9,7 @@
 //! where they are the next to run.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc as sync_mpsc};
 use std::time::{Duration, Instant};
 
@@ -57,6 +58,8 @@ pub struct ServerConfig {
     pub clock: Clock,
     /// Answer HTTP health checks on this address (see `health.rs`).
     pub health: Option<SocketAddr>,
+    /// Recycle the process after this many finished jobs (Celery's max-tasks-per-child).
+    pub max_jobs: Option<u64>,
 }
 
 /// What a stop did.
@@ -89,6 +92,10 @@ pub struct Server {
     background: Mutex<Vec<JoinHandle<()>>>,
     /// Where health checks are answered (the bound port when 0 was asked).
     health_addr: Option<SocketAddr>,
+    /// Jobs finished (succeeded, failed or expired) by this process.
+    finished: AtomicU64,
+    /// Tells Python to recycle (the Web UI's signals share the channel).
+    recycle: sync_mpsc::Sender<Signal>,
 }
 
 /// The lock a finished unique job releases: (key, jid).
@@ -164,7 +171,7 @@ impl Server {
                 work: work.clone(),
                 metrics: metrics.clone(),
                 control: control.clone(),
-                signals: signal_tx,
+                signals: signal_tx.clone(),
                 beats: beats.clone(),
             };
             tokio::spawn(hb.run(halted.clone()))
@@ -232,6 +239,8 @@ impl Server {
             leadership,
             background: Mutex::new(background),
             health_addr,
+            finished: AtomicU64::new(0),
+            recycle: signal_tx,
         }))
     }
 
@@ -279,9 +288,25 @@ impl Server {
         );
     }
 
+    /// Counts a finished job; the `max_jobs`-th quiets the process and asks for a recycle.
+    fn count_finished(&self) {
+        let n = self.finished.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.config.max_jobs == Some(n) {
+            log::info!("recycling this process: it finished {n} jobs (max_jobs)");
+            self.control.set(RunState::Quiet);
+            let _ = self.recycle.send(Signal::Recycle);
+        }
+    }
+
+    /// Jobs this process finished: succeeded, failed or expired.
+    pub fn finished(&self) -> u64 {
+        self.finished.load(Ordering::Relaxed)
+    }
+
     /// Ends the bookkeeping of a started job and counts it for the metrics tab.
     fn end(&self, d: &Delivery, ok: bool) {
         self.work.remove(d.id);
+        self.count_finished();
         if !self.config.beat.is_some_and(|b| b.metrics) {
             return;
         }
@@ -306,6 +331,7 @@ impl Server {
     /// retried, and counted (`kiq:stat:expired`); a unique lock is released.
     pub fn expire(&self, d: Delivery) {
         self.work.remove(d.id);
+        self.count_finished();
         let unlock = unlock_of(&d);
         let lane = d.lane;
         let s = Settlement {

@@ -39,6 +39,7 @@ fn config(queues: &[(&str, usize)]) -> ServerConfig {
         periodics: Vec::new(),
         clock: _kiq::periodic::Clock::Real,
         health: None,
+        max_jobs: None,
     }
 }
 

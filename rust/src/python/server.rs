@@ -159,7 +159,7 @@ pub struct Server {
 #[pymethods]
 impl Server {
     #[new]
-    #[pyo3(signature = (client, identity, queues, *, hostname, tag = None, labels = None, max_retries = 25, dead_limit = 10_000, dead_timeout = 15_552_000.0, poll_interval_average = None, average_scheduled_poll_interval = 5.0, scheduler = true, heartbeat = true, heartbeat_interval = 5.0, heartbeat_ttl = 60.0, metrics = true, leader_ttl = 30.0, orphan_check_interval = 60.0, max_recoveries = 3, periodics = None, periodic_clock = None, health = None))]
+    #[pyo3(signature = (client, identity, queues, *, hostname, tag = None, labels = None, max_retries = 25, dead_limit = 10_000, dead_timeout = 15_552_000.0, poll_interval_average = None, average_scheduled_poll_interval = 5.0, scheduler = true, heartbeat = true, heartbeat_interval = 5.0, heartbeat_ttl = 60.0, metrics = true, leader_ttl = 30.0, orphan_check_interval = 60.0, max_recoveries = 3, periodics = None, periodic_clock = None, health = None, max_jobs = None, max_memory_bytes = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -185,6 +185,8 @@ impl Server {
         periodics: Option<&Bound<'_, PyAny>>,
         periodic_clock: Option<(f64, f64, f64)>,
         health: Option<String>,
+        max_jobs: Option<u64>,
+        max_memory_bytes: Option<u64>,
     ) -> PyResult<Self> {
         let entries = match periodics {
             Some(p) => periodic_entries(p)?,
@@ -225,6 +227,7 @@ impl Server {
                 interval: Duration::from_secs_f64(heartbeat_interval),
                 ttl: Duration::from_secs_f64(heartbeat_ttl),
                 metrics,
+                max_rss_kb: max_memory_bytes.map(|b| b / 1024),
             }),
             leader_ttl: leader_ttl.map(Duration::from_secs_f64),
             orphan_check: orphan_check_interval.map(Duration::from_secs_f64),
@@ -235,6 +238,7 @@ impl Server {
                 None => Clock::Real,
             },
             health: health.as_deref().map(health_addr).transpose()?,
+            max_jobs,
         };
         let rt = runtime::get();
         let _guard = rt.enter();
@@ -366,6 +370,12 @@ impl Server {
     /// time those threads then waited to get the GIL back.
     fn gil_wait_stats(&self) -> (u64, f64) {
         (self.gil_waits.load(Ordering::Relaxed), self.gil_wait_ns.load(Ordering::Relaxed) as f64 / 1e9)
+    }
+
+    /// Jobs this process finished: succeeded, failed or expired.
+    #[getter]
+    fn finished(&self) -> u64 {
+        self.inner.finished()
     }
 
     /// `host:port` where health checks are answered (the real port when 0 was asked), or None.
