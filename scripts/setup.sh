@@ -36,11 +36,11 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 PY="$ROOT/.venv/bin/python"
-if ! "$PY" -c 'import maturin, pytest, pytest_timeout, hypothesis, redis, croniter, mypy, pytest_benchmark' >/dev/null 2>&1; then
+if ! "$PY" -c 'import maturin, pytest, pytest_timeout, hypothesis, redis, croniter, mypy, pytest_benchmark, opentelemetry.sdk' >/dev/null 2>&1; then
   echo "==> installing Python build and test tools into .venv"
   "$PY" -m pip install -q -U pip
   "$PY" -m pip install -q "maturin>=1.9.4,<2" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6" "redis>=5" \
-    "croniter>=2" "mypy>=1.10" "pytest-benchmark>=4"
+    "croniter>=2" "mypy>=1.10" "pytest-benchmark>=4" "opentelemetry-api>=1.20" "opentelemetry-sdk>=1.20"
 fi
 
 echo "==> building kiq (release)"

@@ -36,6 +36,7 @@ from kiq.pool import WorkerThreads
 from kiq.processor import Processor, Registered, register
 from kiq.reporters import Reporter, ReporterThread
 from kiq.sandbox import Sandbox
+from kiq.tracing import Tracing
 from kiq.worker import FunctionWorker, Worker, WorkerLike
 
 __all__ = ["Kiq", "StopResult"]
@@ -177,6 +178,10 @@ class Kiq:
             leaking job code (Celery's ``max_tasks_per_child``).
         max_memory_bytes: recycle the process, likewise, once its resident
             memory passes this (checked at every heartbeat; Linux).
+        tracing: ``"link"`` or ``"child"`` turns on OpenTelemetry spans and
+            trace propagation through the job's ``traceparent`` fields, as
+            Ruby's Sidekiq instrumentation does (see :mod:`kiq.tracing`);
+            needs ``opentelemetry-api``.
     """
 
     def __init__(
@@ -220,6 +225,7 @@ class Kiq:
         health_address: str | None = None,
         max_jobs: int | None = None,
         max_memory_bytes: int | None = None,
+        tracing: str | None = None,
     ) -> None:
         if test_mode not in (None, "sandbox"):
             raise ConfigError(f'test_mode must be None or "sandbox", not {test_mode!r}')
@@ -294,6 +300,7 @@ class Kiq:
                 raise ConfigError(f"{name} must be a positive int or None, not {limit!r}")
         self.max_jobs = max_jobs
         self.max_memory_bytes = max_memory_bytes
+        self._tracing = None if tracing is None else Tracing(tracing)
         #: Instrumentation hooks: ``app.instrument.attach(handler)``; see :mod:`kiq.instrument`.
         self.instrument = Instrumenter()
         self.tls_ca_file, self.tls_cert_file, self.tls_key_file = tls_ca_file, tls_cert_file, tls_key_file
@@ -455,6 +462,12 @@ class Kiq:
         """
         if not isinstance(job, Job):
             raise ConfigError(f"enqueue() takes a kiq.Job (e.g. MyWorker.new(...)), not {type(job).__name__}")
+        if self._tracing is not None:
+            with self._tracing.publish([job]) as traced:
+                return self._enqueue(traced[0], delay, at, sync)
+        return self._enqueue(job, delay, at, sync)
+
+    def _enqueue(self, job: Job, delay: Seconds | None, at: dt.datetime | float | None, sync: bool) -> Enqueued:
         if self._sandbox is not None:
             return Enqueued(self._record(job, self._when(delay, at)))
         client = self._client or self.client
@@ -493,6 +506,16 @@ class Kiq:
         job shares, or a class name. Returns the jids in order.
         """
         job = self._template(template)
+        if self._tracing is not None:
+            args_list = list(args_list)
+            with self._tracing.publish([job] * len(args_list), batch=True) as traced:
+                return self._enqueue_bulk(traced[0] if traced else job, args_list, delay, at, sync)
+        return self._enqueue_bulk(job, args_list, delay, at, sync)
+
+    def _enqueue_bulk(
+        self, job: Job, args_list: Iterable[Sequence[Any]], delay: Seconds | None, at: dt.datetime | float | None,
+        sync: bool,
+    ) -> list[str]:
         if self._sandbox is not None:
             when = self._when(delay, at)
             return [self._record(dataclasses.replace(job, args=list(a), jid=None), when) for a in args_list]
@@ -524,6 +547,12 @@ class Kiq:
         for job in jobs:
             if not isinstance(job, Job):
                 raise ConfigError(f"enqueue_all() takes kiq.Job objects, not {type(job).__name__}")
+        if self._tracing is not None and jobs:
+            with self._tracing.publish(jobs, batch=True) as traced:
+                return self._enqueue_all(traced, when, sync)
+        return self._enqueue_all(jobs, when, sync)
+
+    def _enqueue_all(self, jobs: list[Job], when: float | None, sync: bool) -> list[str]:
         if self._sandbox is not None:
             return [self._record(job, when) for job in jobs]
         specs = [
@@ -656,7 +685,8 @@ class Kiq:
         )
         reporters = self._start_reporters()
         aio = AsyncRunner() if any(w.is_async for w in self._workers.values()) else None
-        threads = WorkerThreads(Processor(server, self._workers, reporters, aio), list(self.queues.items()))
+        threads = WorkerThreads(Processor(server, self._workers, reporters, aio, self._tracing),
+                                list(self.queues.items()))
         with self._lock:
             self._server, self._threads, self._reporters, self._aio = server, threads, reporters, aio
         self._stop_requested.clear()

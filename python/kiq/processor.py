@@ -8,6 +8,7 @@ unless the logger is enabled, and locals bound once per thread.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import inspect
 import logging
@@ -21,6 +22,7 @@ from kiq.aio import AsyncRunner
 from kiq.errors import JobTimeoutError, Shutdown, UnknownWorkerError
 from kiq.logs import _current
 from kiq.reporters import JobInfo, ReporterThread
+from kiq.tracing import Tracing
 from kiq.worker import FunctionWorker, Worker, WorkerLike, WorkerOptions
 
 __all__ = ["Processor", "Registered", "register"]
@@ -115,8 +117,10 @@ class Processor:
         workers: Mapping[str, Registered],
         reporters: Sequence[ReporterThread] = (),
         aio: AsyncRunner | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.server = server
+        self.tracing = tracing
         self.workers = dict(workers)
         self.reporters = list(reporters)
         self.aio = aio
@@ -129,7 +133,7 @@ class Processor:
         complete = server.complete
         workers = self.workers
         runners = self.runners
-        observe = bool(self.reporters)
+        observe = bool(self.reporters) or self.tracing is not None
         enabled = logger.isEnabledFor
         set_current = _current.set
         reset_current = _current.reset
@@ -184,9 +188,10 @@ class Processor:
         reg = self.workers.get(d.class_name)
         go_on = True
         try:
-            if reg is None:
-                raise self.unknown(d)
-            self.runners[d.class_name](d.args, d.jid, d.kwargs)
+            with self.tracing.process(d) if self.tracing is not None else contextlib.nullcontext():
+                if reg is None:
+                    raise self.unknown(d)
+                self.runners[d.class_name](d.args, d.jid, d.kwargs)
         except (Shutdown, concurrent.futures.CancelledError) as exc:
             if isinstance(exc, concurrent.futures.CancelledError) and not (self.aio and self.aio.stopping):
                 self.failed(d, reg, exc)

@@ -35,6 +35,7 @@ from kiq.processor import Processor
 from kiq.reporters import ReporterThread
 from kiq.redis_server import RedisServer
 from kiq.sandbox import Sandbox, SandboxJob, _scope, current_scope
+from kiq.tracing import TRACE_FIELDS
 from kiq.worker import FunctionWorker, Worker, WorkerLike
 
 __all__ = [
@@ -185,6 +186,7 @@ class _Delivery:
         self.lane = 0
         self.args = list(item.get("args", []))
         self.kwargs = job.kwargs
+        self.trace_context = [(k, v) for k in TRACE_FIELDS if isinstance(v := item.get(k), str)]
         if is_wrapper(item.get("class", "")):
             self.args = list(job.args)
         self.backtrace = item.get("backtrace")
@@ -251,7 +253,7 @@ def drain(app: Kiq, *, scope: str = "sandbox", retries: bool = True, max_runs: i
             for j in batch:
                 j.state = "running"
             server = _DrainServer(app, batch)
-            Processor(server, app.workers, reporters, aio).run_lane(0)  # type: ignore[arg-type]
+            Processor(server, app.workers, reporters, aio, app._tracing).run_lane(0)  # type: ignore[arg-type]
             total += server.ran
             for j in batch:  # a job whose run was abandoned goes back to waiting
                 if j.state == "running":

@@ -39,6 +39,9 @@ pub mod field {
     pub const TAGS: &str = "tags";
     pub const WRAPPED: &str = "wrapped";
     pub const DISPLAY_CLASS: &str = "display_class";
+    /// W3C trace context and baggage, at the top level of the job as
+    /// OpenTelemetry's Ruby Sidekiq instrumentation injects them.
+    pub const TRACE_CONTEXT: [&str; 3] = ["traceparent", "tracestate", "baggage"];
     /// Epoch seconds (float) after which a job that has not started is dropped
     /// (the field Sidekiq Pro's expiry uses, same meaning).
     pub const EXPIRES_AT: &str = "expires_at";

@@ -84,6 +84,18 @@ impl Delivery {
         })
     }
 
+    /// The job's trace context fields (`traceparent`, `tracestate`, `baggage`) that are strings.
+    #[getter]
+    fn trace_context(&self) -> Vec<(&'static str, String)> {
+        self.with(|d| {
+            field::TRACE_CONTEXT
+                .iter()
+                .filter_map(|&k| d.payload.get(k).and_then(|v| serde_json::from_str::<String>(v).ok()).map(|v| (k, v)))
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+
     /// `retry_count` of a job that failed before, else None.
     #[getter]
     fn retry_count(&self) -> Option<i64> {
