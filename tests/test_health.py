@@ -16,6 +16,20 @@ from kiq.errors import ConfigError
 from support import RedisServer, wait_for
 
 
+def metrics(address: str) -> dict[str, float]:
+    """The samples of the Prometheus text at /metrics."""
+    host, port = address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        conn.request("GET", "/metrics")
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.getheader("Content-Type", "").startswith("text/plain")
+        lines = resp.read().decode().splitlines()
+    finally:
+        conn.close()
+    return {k: float(v) for k, v in (line.rsplit(" ", 1) for line in lines if not line.startswith("#"))}
+
+
 def probe(address: str, path: str, method: str = "GET") -> tuple[int, dict[str, object]]:
     host, port = address.rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=5)
@@ -47,6 +61,11 @@ def test_ready_follows_quiet_and_redis_while_live_stays_up() -> None:
         assert status == 200 and body["status"] == "ok" and body["identity"] == app.identity
         assert body["state"] == "running" and isinstance(body["last_beat_age"], float)
         hold.set()
+        wait_for(lambda: metrics(address).get('kiq_jobs_finished_total{outcome="success"}') == 1, what="counted")
+        samples = metrics(address)
+        assert samples['kiq_queue_concurrency{queue="default"}'] == 25 and samples["kiq_jobs_running"] == 0
+        assert samples["kiq_quiet"] == 0 and samples["kiq_leader"] in (0, 1)
+        assert 0 <= samples["kiq_heartbeat_age_seconds"] < 5
 
         app.quiet()
         status, body = probe(address, "/ready")

@@ -4,9 +4,10 @@
 //! - `GET /live`: 200 until the process has stopped (quiet and Redis outages
 //!   included: restarting a worker fixes neither);
 //! - `GET /ready`: 200 while the process fetches jobs and its last heartbeat
-//!   reached Redis within three beat intervals, else 503 with the reason.
+//!   reached Redis within three beat intervals, else 503 with the reason;
+//! - `GET /metrics`: this process's counters in Prometheus' text format.
 //!
-//! Both answer a small JSON object. Only a request line is read; this is a
+//! The first two answer a small JSON object. Only a request line is read; this is a
 //! probe endpoint, not a web server.
 
 use std::sync::Arc;
@@ -19,6 +20,8 @@ use tokio::sync::watch;
 
 use crate::control::{Control, RunState};
 use crate::job::json_string;
+use crate::lane::Lane;
+use crate::leader::Leadership;
 use crate::timestamp;
 use crate::work::WorkSet;
 
@@ -43,6 +46,40 @@ impl Beats {
     }
 }
 
+/// How a job ended, for the counters.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+    Expired,
+}
+
+/// Jobs this process finished, by outcome.
+#[derive(Debug, Default)]
+pub struct Tally {
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    expired: AtomicU64,
+    total: AtomicU64,
+}
+
+impl Tally {
+    /// Counts one job; returns the new total.
+    pub fn add(&self, outcome: Outcome) -> u64 {
+        let counter = match outcome {
+            Outcome::Succeeded => &self.succeeded,
+            Outcome::Failed => &self.failed,
+            Outcome::Expired => &self.expired,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.total.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+}
+
 /// What the probe reads.
 #[derive(Clone)]
 pub struct Probe {
@@ -52,20 +89,30 @@ pub struct Probe {
     pub beats: Arc<Beats>,
     /// The beat interval; None when this process does not beat.
     pub interval: Option<Duration>,
+    pub tally: Arc<Tally>,
+    pub lanes: Vec<Arc<Lane>>,
+    pub leadership: Arc<Leadership>,
 }
 
-/// An HTTP status and JSON body.
+/// An HTTP status and body (JSON unless `text`).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Answer {
     pub status: u16,
     pub body: String,
+    pub text: bool,
+}
+
+impl Answer {
+    fn json(status: u16, body: impl Into<String>) -> Self {
+        Self { status, body: body.into(), text: false }
+    }
 }
 
 impl Probe {
     /// The answer for one request line's method and path.
     pub fn answer(&self, method: &str, path: &str) -> Answer {
         if method != "GET" && method != "HEAD" {
-            return Answer { status: 405, body: r#"{"status":"error","reason":"only GET and HEAD"}"#.into() };
+            return Answer::json(405, r#"{"status":"error","reason":"only GET and HEAD"}"#);
         }
         let path = path.split('?').next().unwrap_or("");
         let state = self.control.state();
@@ -73,7 +120,8 @@ impl Probe {
         let problem = match path {
             "/live" | "/livez" => (state == RunState::Stopping).then(|| "stopping".to_owned()),
             "/ready" | "/readyz" => self.unready(state, age),
-            _ => return Answer { status: 404, body: r#"{"status":"error","reason":"try /live or /ready"}"#.into() },
+            "/metrics" => return Answer { status: 200, body: self.metrics(state, age), text: true },
+            _ => return Answer::json(404, r#"{"status":"error","reason":"try /live, /ready or /metrics"}"#),
         };
         let state_name = match state {
             RunState::Running => "running",
@@ -90,7 +138,56 @@ impl Probe {
             json_string(&self.identity),
             self.work.len(),
         );
-        Answer { status, body }
+        Answer::json(status, body)
+    }
+
+    /// Prometheus' text exposition format (version 0.0.4).
+    fn metrics(&self, state: RunState, age: Option<f64>) -> String {
+        use std::fmt::Write;
+        let mut out = String::with_capacity(1024);
+        let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, String)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
+        let t = &self.tally;
+        family(
+            "kiq_jobs_finished_total",
+            "counter",
+            "Jobs this process finished, by outcome.",
+            &[
+                (r#"{outcome="success"}"#.into(), n(&t.succeeded)),
+                (r#"{outcome="failure"}"#.into(), n(&t.failed)),
+                (r#"{outcome="expired"}"#.into(), n(&t.expired)),
+            ],
+        );
+        let per_queue = |f: &dyn Fn(&Lane) -> usize| -> Vec<(String, String)> {
+            self.lanes.iter().map(|l| (format!("{{queue={}}}", json_string(&l.name)), f(l).to_string())).collect()
+        };
+        family("kiq_jobs_in_process", "gauge", "Jobs fetched and not finished, per queue.", &per_queue(&|l| l.out()));
+        family(
+            "kiq_queue_concurrency",
+            "gauge",
+            "The most jobs of a queue run at once.",
+            &per_queue(&|l| l.concurrency),
+        );
+        family("kiq_jobs_running", "gauge", "Jobs running now.", &[(String::new(), self.work.len().to_string())]);
+        let quiet = u8::from(state != RunState::Running);
+        family("kiq_quiet", "gauge", "1 when the process fetches no new jobs.", &[(String::new(), quiet.to_string())]);
+        let leader = u8::from(self.leadership.is_leader());
+        family(
+            "kiq_leader",
+            "gauge",
+            "1 while this process is the kiq leader.",
+            &[(String::new(), leader.to_string())],
+        );
+        if let Some(a) = age {
+            let help = "Seconds since a heartbeat last reached Redis.";
+            family("kiq_heartbeat_age_seconds", "gauge", help, &[(String::new(), format!("{a:.3}"))]);
+        }
+        out
     }
 
     fn unready(&self, state: RunState, age: Option<f64>) -> Option<String> {
@@ -152,6 +249,7 @@ async fn respond(mut stream: TcpStream, probe: Probe) {
     let mut parts = head.lines().next().unwrap_or("").split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let answer = probe.answer(method, path);
+    let content_type = if answer.text { "text/plain; version=0.0.4" } else { "application/json" };
     let reason = match answer.status {
         200 => "OK",
         404 => "Not Found",
@@ -159,7 +257,7 @@ async fn respond(mut stream: TcpStream, probe: Probe) {
         _ => "Service Unavailable",
     };
     let mut out = format!(
-        "HTTP/1.1 {} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
         answer.status,
         answer.body.len()
     );
@@ -181,7 +279,32 @@ mod tests {
             work: Arc::new(WorkSet::default()),
             beats: Arc::new(Beats::default()),
             interval: interval.map(Duration::from_secs_f64),
+            tally: Arc::new(Tally::default()),
+            lanes: vec![Arc::new(Lane::new("default", 25)), Arc::new(Lane::new("a\"b", 2))],
+            leadership: Arc::new(Leadership::default()),
         }
+    }
+
+    #[test]
+    fn metrics_in_prometheus_text() {
+        let p = probe(Some(5.0));
+        p.tally.add(Outcome::Succeeded);
+        p.tally.add(Outcome::Succeeded);
+        assert_eq!(p.tally.add(Outcome::Failed), 3);
+        let a = p.answer("GET", "/metrics");
+        assert!(a.status == 200 && a.text);
+        for line in [
+            "# TYPE kiq_jobs_finished_total counter",
+            r#"kiq_jobs_finished_total{outcome="success"} 2"#,
+            r#"kiq_jobs_finished_total{outcome="failure"} 1"#,
+            r#"kiq_queue_concurrency{queue="default"} 25"#,
+            r#"kiq_queue_concurrency{queue="a\"b"} 2"#,
+            "kiq_jobs_running 0",
+            "kiq_leader 0",
+        ] {
+            assert!(a.body.lines().any(|l| l == line), "{line} in\n{}", a.body);
+        }
+        assert!(!a.body.contains("kiq_heartbeat_age_seconds"), "no beat yet");
     }
 
     #[test]

@@ -9,7 +9,6 @@
 //! where they are the next to run.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc as sync_mpsc};
 use std::time::{Duration, Instant};
 
@@ -20,7 +19,7 @@ use crate::ack::{self, Msg, Settle, Settlement};
 use crate::control::{Control, RunState};
 use crate::error::{KiqError, Result};
 use crate::fetch::Fetcher;
-use crate::health::{self, Beats, Probe};
+use crate::health::{self, Beats, Outcome, Probe, Tally};
 use crate::heartbeat::{self, BeatConfig, Heartbeat, ProcessInfo, Signal};
 use crate::job::{UniqueUntil, check_queue_name, field};
 use crate::keys::Keys;
@@ -92,8 +91,8 @@ pub struct Server {
     background: Mutex<Vec<JoinHandle<()>>>,
     /// Where health checks are answered (the bound port when 0 was asked).
     health_addr: Option<SocketAddr>,
-    /// Jobs finished (succeeded, failed or expired) by this process.
-    finished: AtomicU64,
+    /// Jobs finished by this process, by outcome.
+    tally: Arc<Tally>,
     /// Tells Python to recycle (the Web UI's signals share the channel).
     recycle: sync_mpsc::Sender<Signal>,
 }
@@ -177,6 +176,8 @@ impl Server {
             tokio::spawn(hb.run(halted.clone()))
         });
         let mut background = Vec::new();
+        let leadership = Arc::new(Leadership::default());
+        let tally = Arc::new(Tally::default());
         if let Some(listener) = health {
             let probe = Probe {
                 identity: config.process.identity.clone(),
@@ -184,10 +185,12 @@ impl Server {
                 work: work.clone(),
                 beats,
                 interval: config.beat.map(|b| b.interval),
+                tally: tally.clone(),
+                lanes: lanes.clone(),
+                leadership: leadership.clone(),
             };
             background.push(tokio::spawn(health::serve(listener, probe, halted.clone())));
         }
-        let leadership = Arc::new(Leadership::default());
         if let Some(ttl) = config.leader_ttl {
             let elector = Elector {
                 pool: pool.clone(),
@@ -239,7 +242,7 @@ impl Server {
             leadership,
             background: Mutex::new(background),
             health_addr,
-            finished: AtomicU64::new(0),
+            tally,
             recycle: signal_tx,
         }))
     }
@@ -289,8 +292,8 @@ impl Server {
     }
 
     /// Counts a finished job; the `max_jobs`-th quiets the process and asks for a recycle.
-    fn count_finished(&self) {
-        let n = self.finished.fetch_add(1, Ordering::Relaxed) + 1;
+    fn count_finished(&self, outcome: Outcome) {
+        let n = self.tally.add(outcome);
         if self.config.max_jobs == Some(n) {
             log::info!("recycling this process: it finished {n} jobs (max_jobs)");
             self.control.set(RunState::Quiet);
@@ -300,13 +303,13 @@ impl Server {
 
     /// Jobs this process finished: succeeded, failed or expired.
     pub fn finished(&self) -> u64 {
-        self.finished.load(Ordering::Relaxed)
+        self.tally.total()
     }
 
     /// Ends the bookkeeping of a started job and counts it for the metrics tab.
     fn end(&self, d: &Delivery, ok: bool) {
         self.work.remove(d.id);
-        self.count_finished();
+        self.count_finished(if ok { Outcome::Succeeded } else { Outcome::Failed });
         if !self.config.beat.is_some_and(|b| b.metrics) {
             return;
         }
@@ -331,7 +334,7 @@ impl Server {
     /// retried, and counted (`kiq:stat:expired`); a unique lock is released.
     pub fn expire(&self, d: Delivery) {
         self.work.remove(d.id);
-        self.count_finished();
+        self.count_finished(Outcome::Expired);
         let unlock = unlock_of(&d);
         let lane = d.lane;
         let s = Settlement {
