@@ -131,6 +131,8 @@ class Client:
         """The Redis key of a kind ("queue", "retry", "process", ...), namespace applied."""
     def find_job(self, set: str, jid: str) -> list[tuple[str, float]]:
         """``(member, score)`` of each entry of "schedule", "retry" or "dead" with this jid."""
+    def request_cancel(self, jid: str) -> None:
+        """Asks the process running job ``jid`` to cancel it (seen at its next heartbeat)."""
     def enqueue_now(self, set: str, member: str) -> bool:
         """Moves a member of a job set to its queue now; False if it was gone."""
     def kill(self, set: str, member: str, *, dead_limit: int = 10_000, dead_timeout: float = 15_552_000.0) -> bool:
@@ -162,6 +164,8 @@ class Delivery:
     def backtrace(self) -> bool | int | None: ...
     @property
     def trace_context(self) -> list[tuple[str, str]]: ...
+    @property
+    def cancelled(self) -> bool: ...
     @property
     def retry_count(self) -> int | None: ...
     @property

@@ -16,7 +16,11 @@ import threading
 from collections.abc import Coroutine
 from typing import Any
 
-from kiq.errors import JobTimeoutError
+from kiq.errors import JobCancelledError, JobTimeoutError
+from kiq.logs import _current
+
+#: How often a thread waiting for an async job checks whether it was cancelled.
+CANCEL_POLL = 0.25
 
 __all__ = ["AsyncRunner"]
 
@@ -44,7 +48,12 @@ class AsyncRunner:
         fut = asyncio.run_coroutine_threadsafe(self._guard(coro, timeout, contextvars.copy_context()), self.loop)
         with self._lock:
             self._inflight.add(fut)
+        job = _current.get()  # the job this thread runs, if any: watched for a cancellation
         try:
+            while not concurrent.futures.wait([fut], timeout=None if job is None else CANCEL_POLL).done:
+                if getattr(job, "cancelled", False):
+                    fut.cancel()
+                    raise JobCancelledError("the job was cancelled on request")
             return fut.result()
         finally:
             with self._lock:

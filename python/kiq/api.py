@@ -9,6 +9,7 @@
     api.retries.retry(jid)              # "Retry Now"
     api.dead.delete(jid)
     api.processes()[0].quiet()          # the Busy page's Quiet button
+    api.cancel(jid)                     # delete a waiting job, or cancel a running one
 
 Reads Sidekiq's keys, so it shows Ruby and Python jobs and processes alike.
 The worker runtime never imports this module (as Sidekiq's server never
@@ -311,6 +312,22 @@ class Api:
             out.append(Process(self, identity, json.loads(info), int(busy or 0), float(beat or 0),
                                quiet == "true", int(rss or 0)))
         return out
+
+    def cancel(self, jid: str) -> str:
+        """Cancels a job: one still waiting (scheduled, retrying or queued) is
+        deleted, and ``"deleted"`` returned; otherwise the process running it
+        is asked to cancel it (``"requested"``). That process sees the request
+        at its next heartbeat (5 s): an async job's task is cancelled; a sync
+        job sees ``kiq.current_job().cancelled`` and should call
+        ``raise_if_cancelled()`` between steps. A cancelled job is not retried.
+        A request for a job that never runs is dropped after a day."""
+        if self.scheduled.delete(jid) or self.retries.delete(jid):
+            return "deleted"
+        for queue in self.queues():
+            if queue.delete(jid):
+                return "deleted"
+        self.client.request_cancel(jid)
+        return "requested"
 
     def work(self) -> list[Work]:
         """Jobs running right now in every process, oldest first."""

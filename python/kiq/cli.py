@@ -3,7 +3,7 @@
     kiq run myproject.jobs:app          run workers until SIGTERM / SIGINT (alias: kiq worker)
     kiq enqueue HardJob bob 5 -q critical
     kiq stats | kiq queues
-    kiq retry JID | kiq kill JID | kiq delete JID
+    kiq retry JID | kiq kill JID | kiq delete JID | kiq cancel JID
     kiq gen worker SendEmail -q mail -r 5 | kiq gen reporter Audit | kiq gen app jobs
 
 Exit codes: 0 done, 1 the command found nothing to act on (an unknown jid),
@@ -178,6 +178,14 @@ def cmd_jid(ns: argparse.Namespace) -> int:
                    EXIT_NOT_FOUND)
 
 
+def cmd_cancel(ns: argparse.Namespace) -> int:
+    if _api(ns).cancel(ns.jid) == "deleted":
+        print(f"{ns.jid}: deleted (it had not started)")
+    else:
+        print(f"{ns.jid}: cancellation requested (the process running it sees it at its next heartbeat)")
+    return 0
+
+
 def cmd_gen(ns: argparse.Namespace) -> int:
     if ns.kind == "worker":
         path = gen.write_worker(ns.name, ns.dir, queue=ns.queue, retry=ns.retry, dead=not ns.no_dead, force=ns.force)
@@ -246,6 +254,11 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("jid")
         _redis_options(p)
         p.set_defaults(func=cmd_jid)
+
+    p = sub.add_parser("cancel", help="delete a waiting job, or ask the process running it to cancel it")
+    p.add_argument("jid")
+    _redis_options(p)
+    p.set_defaults(func=cmd_cancel)
 
     g = sub.add_parser("gen", help="write a ready-to-run worker, reporter or app file")
     gsub = g.add_subparsers(dest="kind", required=True, metavar="KIND")

@@ -56,6 +56,15 @@ class JobTimeoutError(KiqError):
     as it returns. Either way it takes the retry path."""
 
 
+class JobCancelledError(KiqError):
+    """A job whose cancellation was asked (:meth:`kiq.api.Api.cancel`, ``kiq cancel``).
+
+    An async job gets it in place of its result once its task is cancelled; a
+    sync job raises it itself, from ``kiq.current_job().raise_if_cancelled()``.
+    Either way the job ends there: it is not retried, and it counts as
+    processed (as a job cancelled in Sidekiq does)."""
+
+
 class PoisonPillError(KiqError):
     """Recorded on a job moved to the dead set because it was recovered from
     dead processes more than ``max_recoveries`` times (it keeps killing its workers)."""

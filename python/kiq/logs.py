@@ -25,20 +25,34 @@ import time
 import traceback
 from typing import Any
 
+from kiq.errors import JobCancelledError
+
 __all__ = ["JobContext", "JobContextFilter", "JsonFormatter", "PlainFormatter", "configure", "current_job"]
 
 
 class JobContext:
     """The job running in this thread (or task)."""
 
-    __slots__ = ("class_name", "jid", "queue", "retry_count")
+    __slots__ = ("_delivery", "class_name", "jid", "queue", "retry_count")
 
-    def __init__(self, class_name: str, jid: str, queue: str, retry_count: int | None) -> None:
+    def __init__(self, class_name: str, jid: str, queue: str, retry_count: int | None, delivery: Any = None) -> None:
         self.class_name = class_name
         self.jid = jid
         self.queue = queue
         #: How many times it failed before (None on its first run).
         self.retry_count = retry_count
+        self._delivery = delivery
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether cancelling this job was asked (seen within a heartbeat of the request)."""
+        return bool(getattr(self._delivery, "cancelled", False))
+
+    def raise_if_cancelled(self) -> None:
+        """Raises :class:`~kiq.errors.JobCancelledError` if cancelling this job was asked;
+        long sync jobs call it between steps (Python threads cannot be stopped from outside)."""
+        if self.cancelled:
+            raise JobCancelledError(f"job {self.jid} was cancelled on request")
 
     def __repr__(self) -> str:
         return f"<JobContext {self.class_name} jid={self.jid} queue={self.queue}>"
@@ -52,7 +66,7 @@ def current_job() -> JobContext | None:
     d = _current.get()
     if d is None or isinstance(d, JobContext):
         return d
-    return JobContext(d.class_name, d.jid, d.queue, d.retry_count)
+    return JobContext(d.class_name, d.jid, d.queue, d.retry_count, d)
 
 
 class JobContextFilter(logging.Filter):

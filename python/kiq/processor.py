@@ -19,7 +19,7 @@ from typing import Any
 
 from kiq import _kiq
 from kiq.aio import AsyncRunner
-from kiq.errors import JobTimeoutError, Shutdown, UnknownWorkerError
+from kiq.errors import JobCancelledError, JobTimeoutError, Shutdown, UnknownWorkerError
 from kiq.logs import _current
 from kiq.reporters import JobInfo, ReporterThread
 from kiq.tracing import Tracing
@@ -160,6 +160,8 @@ class Processor:
                 except Shutdown:
                     server.abandon(d)
                     return
+                except JobCancelledError:
+                    self.cancelled(d)
                 except concurrent.futures.CancelledError as exc:
                     if self.aio is not None and self.aio.stopping:
                         server.abandon(d)  # cancelled by a stop: back to its queue
@@ -206,6 +208,8 @@ class Processor:
             for r in reporters:
                 r.put(("handle_aborted", job, ("shutdown",)))  # type: ignore[arg-type]
             go_on = False
+        except JobCancelledError:
+            self.cancelled(d, job)
         except BaseException as exc:  # noqa: BLE001 - every failure is recorded, as Sidekiq's retry does
             self.failed(d, reg, exc)
             for r in reporters:
@@ -233,6 +237,15 @@ class Processor:
             r.put(("handle_started", job, ()))  # type: ignore[arg-type]
             r.put(("handle_aborted", job, ("expired",)))  # type: ignore[arg-type]
             r.put(("handle_stopped", job, ()))  # type: ignore[arg-type]
+
+    def cancelled(self, d: _kiq.Delivery, job: JobInfo | None = None) -> None:
+        """A job that ended on a cancellation request: done, not retried; logged and reported."""
+        self.server.complete(d)
+        logger.warning("job_aborted %s jid=%s queue=%s reason=cancelled", d.class_name, d.jid, d.queue,
+                       extra={"kiq": {"event": "job_aborted", "class": d.class_name, "queue": d.queue, "jid": d.jid,
+                                      "reason": "cancelled"}})
+        for r in self.reporters:
+            r.put(("handle_aborted", job, ("cancelled",)))  # type: ignore[arg-type]
 
     def failed(self, d: _kiq.Delivery, reg: Registered | None, exc: BaseException) -> None:
         opts = reg.options if reg is not None else None

@@ -186,6 +186,7 @@ class _Delivery:
         self.lane = 0
         self.args = list(item.get("args", []))
         self.kwargs = job.kwargs
+        self.cancelled = False
         self.trace_context = [(k, v) for k in TRACE_FIELDS if isinstance(v := item.get(k), str)]
         if is_wrapper(item.get("class", "")):
             self.args = list(job.args)

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from kiq import _kiq
-from kiq.errors import ConfigError, Shutdown
+from kiq.errors import ConfigError, JobCancelledError, Shutdown
 from kiq.job import Job
 
 __all__ = ["STYLES", "TRACE_FIELDS", "Tracing"]
@@ -99,8 +99,8 @@ class Tracing:
         token = self._context.attach(trace.set_span_in_context(span, extracted))  # baggage stays
         try:
             yield
-        except Shutdown:
-            raise  # handed back to its queue, not a failure
+        except (Shutdown, JobCancelledError):
+            raise  # handed back to its queue, or ended on request: not failures
         except BaseException as exc:
             span.record_exception(exc)
             span.set_status(trace.Status(trace.StatusCode.ERROR, f"Unhandled exception of type: {type(exc).__name__}"))

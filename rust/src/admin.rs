@@ -14,11 +14,17 @@ use crate::scheduled::due_payload;
 use crate::scripts;
 use crate::timestamp::{self, float_json};
 
-/// Members of sorted set `set` whose jid is `jid`, with their scores.
-pub async fn find(pool: &Pool, set: &str, jid: &str) -> Result<Vec<(String, f64)>> {
+/// Refuses text that cannot be a jid (it also goes into key names and Lua patterns).
+fn check_jid(jid: &str) -> Result<()> {
     if jid.is_empty() || !jid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
         return Err(KiqError::codec(format!("{jid:?} is not a job id")));
     }
+    Ok(())
+}
+
+/// Members of sorted set `set` whose jid is `jid`, with their scores.
+pub async fn find(pool: &Pool, set: &str, jid: &str) -> Result<Vec<(String, f64)>> {
+    check_jid(jid)?;
     let mut conn = pool.get();
     let pattern = format!("*{jid}*");
     let mut cursor: u64 = 0;
@@ -81,4 +87,47 @@ pub async fn kill(pool: &Pool, keys: &Keys, policy: &RetryPolicy, set: &str, mem
         .invoke_async(&mut pool.get())
         .await?;
     Ok(moved == 1)
+}
+
+/// The field of Sidekiq's iterable-job state hash that cancels the job.
+pub const ITERATION_CANCELLED: &str = "cancelled";
+
+/// How long a cancellation request waits for its job to be seen running.
+pub const CANCEL_KEEP_SECS: f64 = 86_400.0;
+
+/// How long Sidekiq keeps an iterable job's state hash (30 days).
+const ITERATION_TTL_SECS: u64 = 2_592_000;
+
+/// Asks the process running job `jid` to cancel it (seen at its next
+/// heartbeat); requests older than a day are dropped on the way. Also marks
+/// it the way Sidekiq 7.3+ cancels an iterable job, so a Ruby iterable job
+/// with that jid stops too.
+pub async fn request_cancel(pool: &Pool, keys: &Keys, jid: &str) -> Result<()> {
+    check_jid(jid)?;
+    let now = timestamp::now();
+    redis::pipe()
+        .atomic()
+        .cmd("ZADD")
+        .arg(keys.cancelled())
+        .arg(float_json(now))
+        .arg(jid)
+        .ignore()
+        .cmd("ZREMRANGEBYSCORE")
+        .arg(keys.cancelled())
+        .arg("-inf")
+        .arg(float_json(now - CANCEL_KEEP_SECS))
+        .ignore()
+        .cmd("HSETNX")
+        .arg(keys.iteration(jid))
+        .arg(ITERATION_CANCELLED)
+        .arg(now as i64)
+        .ignore()
+        .cmd("EXPIRE")
+        .arg(keys.iteration(jid))
+        .arg(ITERATION_TTL_SECS)
+        .arg("NX")
+        .ignore()
+        .query_async::<()>(&mut pool.get())
+        .await?;
+    Ok(())
 }

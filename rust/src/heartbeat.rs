@@ -224,6 +224,9 @@ impl Heartbeat {
             return Err(e);
         }
         *had_work = !running.is_empty();
+        if !running.is_empty() {
+            self.check_cancelled(&mut conn).await?;
+        }
 
         let t = Instant::now();
         redis::cmd("PING").query_async::<()>(&mut conn).await?;
@@ -278,6 +281,30 @@ impl Heartbeat {
 }
 
 /// Removes a stopped process: its set entry, hash and work hashes.
+impl Heartbeat {
+    /// Marks the running jobs whose cancellation was asked (`kiq.api.Api.cancel`);
+    /// they read the mark through `Delivery.cancelled`.
+    async fn check_cancelled(&self, conn: &mut redis::aio::ConnectionManager) -> redis::RedisResult<()> {
+        let jids = self.work.uncancelled_jids();
+        if jids.is_empty() {
+            return Ok(());
+        }
+        // kiq's request, or Sidekiq 7.3+'s cancel of an iterable job (`it-<jid>`).
+        let mut pipe = redis::pipe();
+        for jid in &jids {
+            pipe.cmd("ZSCORE").arg(self.keys.cancelled()).arg(&**jid);
+            pipe.cmd("HEXISTS").arg(self.keys.iteration(jid)).arg(crate::admin::ITERATION_CANCELLED);
+        }
+        let replies: Vec<(Option<f64>, bool)> = pipe.query_async(conn).await?;
+        for (jid, (score, iteration)) in jids.iter().zip(replies) {
+            if (score.is_some() || iteration) && self.work.cancel(jid) > 0 {
+                log::info!("job {jid}: cancellation asked; the job sees it as cancelled");
+            }
+        }
+        Ok(())
+    }
+}
+
 pub async fn clear(pool: &Pool, keys: &Keys, identity: &str) -> redis::RedisResult<()> {
     redis::pipe()
         .cmd("SREM")

@@ -133,6 +133,16 @@ impl Keys {
         self.key("kiq:periodic")
     }
 
+    /// ZSET jid → when a running job's cancellation was asked (kept a day).
+    pub fn cancelled(&self) -> String {
+        self.key("kiq:cancelled")
+    }
+
+    /// HASH of a Sidekiq 7.3+ iterable job's state; its `cancelled` field cancels it.
+    pub fn iteration(&self, jid: &str) -> String {
+        format!("{}it-{jid}", self.prefix)
+    }
+
     /// Counter of jobs that expired before they could start.
     pub fn stat_expired(&self) -> String {
         self.key("kiq:stat:expired")

@@ -9,6 +9,7 @@
 //! where they are the next to run.
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, PoisonError, mpsc as sync_mpsc};
 use std::time::{Duration, Instant};
 
@@ -280,6 +281,8 @@ impl Server {
         if let Some((key, UniqueUntil::Start)) = &d.lock {
             let _ = self.acks.send(Msg::Unlock(key.clone(), d.jid.clone()));
         }
+        let cancel = Arc::new(AtomicBool::new(false));
+        d.cancel = Some(cancel.clone());
         self.work.insert(
             d.id,
             Work {
@@ -287,6 +290,8 @@ impl Server {
                 queue: self.queue_names[d.lane].clone(),
                 payload: Arc::from(d.payload.source()),
                 run_at: timestamp::now() as i64,
+                jid: Arc::from(d.jid.as_str()),
+                cancel,
             },
         );
     }

@@ -2,7 +2,7 @@
 //! (what Sidekiq's Busy page and `Sidekiq::Workers` list).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::job::json_string;
@@ -17,6 +17,9 @@ pub struct Work {
     pub payload: Arc<str>,
     /// Epoch seconds it started.
     pub run_at: i64,
+    pub jid: Arc<str>,
+    /// Set when its cancellation was asked; the job reads it.
+    pub cancel: Arc<AtomicBool>,
 }
 
 impl Work {
@@ -51,6 +54,23 @@ impl WorkSet {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The jids of the running jobs not cancelled yet.
+    pub fn uncancelled_jids(&self) -> Vec<Arc<str>> {
+        let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        running.values().filter(|w| !w.cancel.load(Ordering::Relaxed)).map(|w| w.jid.clone()).collect()
+    }
+
+    /// Marks the running jobs with this jid cancelled; returns how many there were.
+    pub fn cancel(&self, jid: &str) -> usize {
+        let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut n = 0;
+        for w in running.values().filter(|w| &*w.jid == jid) {
+            w.cancel.store(true, Ordering::Relaxed);
+            n += 1;
+        }
+        n
     }
 
     /// `(tid, json)` pairs for the work hash.
@@ -99,8 +119,31 @@ mod tests {
             queue: "default".into(),
             payload: r#"{"class":"X","args":[1]}"#.into(),
             run_at: 17,
+            jid: "j".into(),
+            cancel: Arc::default(),
         };
         assert_eq!(w.to_json(), r#"{"queue":"default","payload":"{\"class\":\"X\",\"args\":[1]}","run_at":17}"#);
+    }
+
+    #[test]
+    fn cancelling_marks_the_running_job() {
+        let set = WorkSet::default();
+        let w = |jid: &str| Work {
+            tid: "t".into(),
+            queue: "q".into(),
+            payload: "{}".into(),
+            run_at: 0,
+            jid: jid.into(),
+            cancel: Arc::default(),
+        };
+        let (a, b) = (w("a"), w("b"));
+        let flag = a.cancel.clone();
+        set.insert(1, a);
+        set.insert(2, b);
+        assert_eq!(set.uncancelled_jids().len(), 2);
+        assert_eq!((set.cancel("a"), set.cancel("zzz")), (1, 0));
+        assert!(flag.load(Ordering::Relaxed));
+        assert_eq!(set.uncancelled_jids(), vec![Arc::<str>::from("b")]);
     }
 
     #[test]

@@ -476,6 +476,12 @@ impl Client {
         gil::block_on(py, async move { admin::kill(&pool, &keys, &policy, &key, &member).await })
     }
 
+    /// Asks the process running job `jid` to cancel it (it sees the request at its next heartbeat).
+    fn request_cancel(&self, py: Python<'_>, jid: String) -> PyResult<()> {
+        let (pool, keys) = (self.pool.clone(), self.keys.clone());
+        gil::block_on(py, async move { admin::request_cancel(&pool, &keys, &jid).await })
+    }
+
     /// The key prefix in use ("" without a namespace).
     #[getter]
     fn namespace_prefix(&self) -> String {

@@ -96,6 +96,12 @@ impl Delivery {
         .unwrap_or_default()
     }
 
+    /// Whether cancelling this running job was asked (`kiq.api.Api.cancel`).
+    #[getter]
+    fn cancelled(&self) -> bool {
+        self.with(|d| d.cancel.as_ref().is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))).unwrap_or(false)
+    }
+
     /// `retry_count` of a job that failed before, else None.
     #[getter]
     fn retry_count(&self) -> Option<i64> {
