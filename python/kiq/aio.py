@@ -17,7 +17,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from kiq.errors import JobCancelledError, JobTimeoutError
-from kiq.logs import _current
+from kiq.logs import _current, _server
 
 #: How often a thread waiting for an async job checks whether it was cancelled.
 CANCEL_POLL = 0.25
@@ -48,10 +48,12 @@ class AsyncRunner:
         fut = asyncio.run_coroutine_threadsafe(self._guard(coro, timeout, contextvars.copy_context()), self.loop)
         with self._lock:
             self._inflight.add(fut)
-        job = _current.get()  # the job this thread runs, if any: watched for a cancellation
+        # The job this thread runs, if any, is watched for a cancellation.
+        job, server = _current.get(), _server.get()
+        watch = job is not None and server is not None
         try:
-            while not concurrent.futures.wait([fut], timeout=None if job is None else CANCEL_POLL).done:
-                if getattr(job, "cancelled", False):
+            while not concurrent.futures.wait([fut], timeout=CANCEL_POLL if watch else None).done:
+                if server.is_cancelled(job):
                     fut.cancel()
                     raise JobCancelledError("the job was cancelled on request")
             return fut.result()

@@ -33,20 +33,23 @@ __all__ = ["JobContext", "JobContextFilter", "JsonFormatter", "PlainFormatter", 
 class JobContext:
     """The job running in this thread (or task)."""
 
-    __slots__ = ("_delivery", "class_name", "jid", "queue", "retry_count")
+    __slots__ = ("_delivery", "_server", "class_name", "jid", "queue", "retry_count")
 
-    def __init__(self, class_name: str, jid: str, queue: str, retry_count: int | None, delivery: Any = None) -> None:
+    def __init__(
+        self, class_name: str, jid: str, queue: str, retry_count: int | None, delivery: Any = None, server: Any = None
+    ) -> None:
         self.class_name = class_name
         self.jid = jid
         self.queue = queue
         #: How many times it failed before (None on its first run).
         self.retry_count = retry_count
         self._delivery = delivery
+        self._server = server
 
     @property
     def cancelled(self) -> bool:
         """Whether cancelling this job was asked (seen within a heartbeat of the request)."""
-        return bool(getattr(self._delivery, "cancelled", False))
+        return self._server is not None and bool(self._server.is_cancelled(self._delivery))
 
     def raise_if_cancelled(self) -> None:
         """Raises :class:`~kiq.errors.JobCancelledError` if cancelling this job was asked;
@@ -59,6 +62,8 @@ class JobContext:
 
 
 _current: contextvars.ContextVar[Any] = contextvars.ContextVar("kiq_current_job", default=None)
+#: The server of the worker thread (set once per thread), which knows what was cancelled.
+_server: contextvars.ContextVar[Any] = contextvars.ContextVar("kiq_server", default=None)
 
 
 def current_job() -> JobContext | None:
@@ -66,7 +71,7 @@ def current_job() -> JobContext | None:
     d = _current.get()
     if d is None or isinstance(d, JobContext):
         return d
-    return JobContext(d.class_name, d.jid, d.queue, d.retry_count, d)
+    return JobContext(d.class_name, d.jid, d.queue, d.retry_count, d, _server.get())
 
 
 class JobContextFilter(logging.Filter):

@@ -20,7 +20,7 @@ from typing import Any
 from kiq import _kiq
 from kiq.aio import AsyncRunner
 from kiq.errors import JobCancelledError, JobTimeoutError, Shutdown, UnknownWorkerError
-from kiq.logs import _current
+from kiq.logs import _current, _server
 from kiq.reporters import JobInfo, ReporterThread
 from kiq.tracing import Tracing
 from kiq.worker import FunctionWorker, Worker, WorkerLike, WorkerOptions
@@ -137,6 +137,7 @@ class Processor:
         enabled = logger.isEnabledFor
         set_current = _current.set
         reset_current = _current.reset
+        _server.set(server)  # this thread's context: what current_job().cancelled asks
         while True:
             d = next_job(lane)
             if d is None:

@@ -186,7 +186,6 @@ class _Delivery:
         self.lane = 0
         self.args = list(item.get("args", []))
         self.kwargs = job.kwargs
-        self.cancelled = False
         self.trace_context = [(k, v) for k in TRACE_FIELDS if isinstance(v := item.get(k), str)]
         if is_wrapper(item.get("class", "")):
             self.args = list(job.args)
@@ -207,6 +206,9 @@ class _DrainServer:
 
     def next_job(self, lane: int, timeout: float | None = None) -> _Delivery | None:
         return _Delivery(self.pending.pop(0)) if self.pending else None
+
+    def is_cancelled(self, d: _Delivery) -> bool:
+        return False
 
     def complete(self, d: _Delivery) -> None:
         self.ran += 1

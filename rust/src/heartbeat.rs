@@ -285,19 +285,19 @@ impl Heartbeat {
     /// Marks the running jobs whose cancellation was asked (`kiq.api.Api.cancel`);
     /// they read the mark through `Delivery.cancelled`.
     async fn check_cancelled(&self, conn: &mut redis::aio::ConnectionManager) -> redis::RedisResult<()> {
-        let jids = self.work.uncancelled_jids();
-        if jids.is_empty() {
+        let jobs = self.work.uncancelled();
+        if jobs.is_empty() {
             return Ok(());
         }
         // kiq's request, or Sidekiq 7.3+'s cancel of an iterable job (`it-<jid>`).
         let mut pipe = redis::pipe();
-        for jid in &jids {
-            pipe.cmd("ZSCORE").arg(self.keys.cancelled()).arg(&**jid);
+        for (_, jid) in &jobs {
+            pipe.cmd("ZSCORE").arg(self.keys.cancelled()).arg(jid);
             pipe.cmd("HEXISTS").arg(self.keys.iteration(jid)).arg(crate::admin::ITERATION_CANCELLED);
         }
         let replies: Vec<(Option<f64>, bool)> = pipe.query_async(conn).await?;
-        for (jid, (score, iteration)) in jids.iter().zip(replies) {
-            if (score.is_some() || iteration) && self.work.cancel(jid) > 0 {
+        for ((id, jid), (score, iteration)) in jobs.iter().zip(replies) {
+            if (score.is_some() || iteration) && self.work.cancel(*id) {
                 log::info!("job {jid}: cancellation asked; the job sees it as cancelled");
             }
         }

@@ -13,8 +13,7 @@
 //! ones still reaches every idle thread, one wake-up apart.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -42,8 +41,6 @@ pub struct Delivery {
     /// An ActiveJob job's decoded arguments (JSON array), in place of the
     /// envelope in `args`, and its keyword arguments (JSON object).
     pub unwrapped: Option<Box<(String, Option<String>)>>,
-    /// Set once the job started: true when its cancellation was asked.
-    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -60,7 +57,6 @@ impl Delivery {
             expires_at: None,
             lock: None,
             unwrapped: None,
-            cancel: None,
         }
     }
 

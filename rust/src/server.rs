@@ -9,7 +9,6 @@
 //! where they are the next to run.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, PoisonError, mpsc as sync_mpsc};
 use std::time::{Duration, Instant};
 
@@ -281,8 +280,6 @@ impl Server {
         if let Some((key, UniqueUntil::Start)) = &d.lock {
             let _ = self.acks.send(Msg::Unlock(key.clone(), d.jid.clone()));
         }
-        let cancel = Arc::new(AtomicBool::new(false));
-        d.cancel = Some(cancel.clone());
         self.work.insert(
             d.id,
             Work {
@@ -290,8 +287,7 @@ impl Server {
                 queue: self.queue_names[d.lane].clone(),
                 payload: Arc::from(d.payload.source()),
                 run_at: timestamp::now() as i64,
-                jid: Arc::from(d.jid.as_str()),
-                cancel,
+                cancelled: false,
             },
         );
     }
@@ -385,6 +381,11 @@ impl Server {
     pub fn abandon(&self, d: &Delivery) {
         self.work.remove(d.id);
         self.lanes[d.lane].finish();
+    }
+
+    /// Whether cancelling this running job was asked (seen by the heartbeat).
+    pub fn is_cancelled(&self, d: &Delivery) -> bool {
+        self.work.is_cancelled(d.id)
     }
 
     /// Jobs running now.

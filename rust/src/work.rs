@@ -2,10 +2,10 @@
 //! (what Sidekiq's Busy page and `Sidekiq::Workers` list).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::job::json_string;
+use crate::job::{Payload, json_string};
 
 /// One running job.
 #[derive(Debug, Clone)]
@@ -17,9 +17,8 @@ pub struct Work {
     pub payload: Arc<str>,
     /// Epoch seconds it started.
     pub run_at: i64,
-    pub jid: Arc<str>,
-    /// Set when its cancellation was asked; the job reads it.
-    pub cancel: Arc<AtomicBool>,
+    /// Its cancellation was asked; the job reads this through `is_cancelled`.
+    pub cancelled: bool,
 }
 
 impl Work {
@@ -56,21 +55,25 @@ impl WorkSet {
         self.len() == 0
     }
 
-    /// The jids of the running jobs not cancelled yet.
-    pub fn uncancelled_jids(&self) -> Vec<Arc<str>> {
+    /// `(id, jid)` of the running jobs not cancelled yet. The jid is read
+    /// from the payload here, every few seconds, to keep it off the per-job path.
+    pub fn uncancelled(&self) -> Vec<(u64, String)> {
         let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
-        running.values().filter(|w| !w.cancel.load(Ordering::Relaxed)).map(|w| w.jid.clone()).collect()
+        running
+            .iter()
+            .filter(|(_, w)| !w.cancelled)
+            .filter_map(|(id, w)| Payload::parse(w.payload.to_string()).ok()?.jid().map(|jid| (*id, jid)))
+            .collect()
     }
 
-    /// Marks the running jobs with this jid cancelled; returns how many there were.
-    pub fn cancel(&self, jid: &str) -> usize {
-        let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut n = 0;
-        for w in running.values().filter(|w| &*w.jid == jid) {
-            w.cancel.store(true, Ordering::Relaxed);
-            n += 1;
-        }
-        n
+    /// Marks a running job cancelled; false if it is no longer running.
+    pub fn cancel(&self, id: u64) -> bool {
+        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        running.get_mut(&id).map(|w| w.cancelled = true).is_some()
+    }
+
+    pub fn is_cancelled(&self, id: u64) -> bool {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner).get(&id).is_some_and(|w| w.cancelled)
     }
 
     /// `(tid, json)` pairs for the work hash.
@@ -119,8 +122,7 @@ mod tests {
             queue: "default".into(),
             payload: r#"{"class":"X","args":[1]}"#.into(),
             run_at: 17,
-            jid: "j".into(),
-            cancel: Arc::default(),
+            cancelled: false,
         };
         assert_eq!(w.to_json(), r#"{"queue":"default","payload":"{\"class\":\"X\",\"args\":[1]}","run_at":17}"#);
     }
@@ -131,19 +133,18 @@ mod tests {
         let w = |jid: &str| Work {
             tid: "t".into(),
             queue: "q".into(),
-            payload: "{}".into(),
+            payload: format!(r#"{{"class":"X","args":[],"jid":"{jid}"}}"#).into(),
             run_at: 0,
-            jid: jid.into(),
-            cancel: Arc::default(),
+            cancelled: false,
         };
-        let (a, b) = (w("a"), w("b"));
-        let flag = a.cancel.clone();
-        set.insert(1, a);
-        set.insert(2, b);
-        assert_eq!(set.uncancelled_jids().len(), 2);
-        assert_eq!((set.cancel("a"), set.cancel("zzz")), (1, 0));
-        assert!(flag.load(Ordering::Relaxed));
-        assert_eq!(set.uncancelled_jids(), vec![Arc::<str>::from("b")]);
+        set.insert(1, w("a"));
+        set.insert(2, w("b"));
+        assert_eq!(set.uncancelled().len(), 2);
+        assert!(set.cancel(1) && !set.cancel(9));
+        assert!(set.is_cancelled(1) && !set.is_cancelled(2));
+        assert_eq!(set.uncancelled(), vec![(2, "b".to_owned())]);
+        set.remove(1);
+        assert!(!set.is_cancelled(1));
     }
 
     #[test]

@@ -96,12 +96,6 @@ impl Delivery {
         .unwrap_or_default()
     }
 
-    /// Whether cancelling this running job was asked (`kiq.api.Api.cancel`).
-    #[getter]
-    fn cancelled(&self) -> bool {
-        self.with(|d| d.cancel.as_ref().is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))).unwrap_or(false)
-    }
-
     /// `retry_count` of a job that failed before, else None.
     #[getter]
     fn retry_count(&self) -> Option<i64> {
@@ -388,6 +382,11 @@ impl Server {
     /// time those threads then waited to get the GIL back.
     fn gil_wait_stats(&self) -> (u64, f64) {
         (self.gil_waits.load(Ordering::Relaxed), self.gil_wait_ns.load(Ordering::Relaxed) as f64 / 1e9)
+    }
+
+    /// Whether cancelling this running job was asked (`kiq.api.Api.cancel`), as of the last heartbeat.
+    fn is_cancelled(&self, delivery: &Delivery) -> bool {
+        delivery.with(|d| self.inner.is_cancelled(d)).unwrap_or(false)
     }
 
     /// Jobs this process finished: succeeded, failed or expired.
