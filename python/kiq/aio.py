@@ -13,14 +13,11 @@ import asyncio
 import concurrent.futures
 import contextvars
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from kiq.errors import JobCancelledError, JobTimeoutError
-from kiq.logs import _current, _server
-
-#: How often a thread waiting for an async job checks whether it was cancelled.
-CANCEL_POLL = 0.25
+from kiq.logs import _current
 
 __all__ = ["AsyncRunner"]
 
@@ -31,7 +28,9 @@ class AsyncRunner:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self.stopping = False
-        self._inflight: set[concurrent.futures.Future[Any]] = set()
+        #: Each running job's future, and the job (None outside one) for cancellation requests.
+        self._inflight: dict[concurrent.futures.Future[Any], Any] = {}
+        self._cancelled: set[concurrent.futures.Future[Any]] = set()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._main, name="kiq-asyncio", daemon=True)
         self._thread.start()
@@ -47,19 +46,17 @@ class AsyncRunner:
         log context, a test's sandbox scope)."""
         fut = asyncio.run_coroutine_threadsafe(self._guard(coro, timeout, contextvars.copy_context()), self.loop)
         with self._lock:
-            self._inflight.add(fut)
-        # The job this thread runs, if any, is watched for a cancellation.
-        job, server = _current.get(), _server.get()
-        watch = job is not None and server is not None
+            self._inflight[fut] = _current.get()
         try:
-            while not concurrent.futures.wait([fut], timeout=CANCEL_POLL if watch else None).done:
-                if server.is_cancelled(job):
-                    fut.cancel()
-                    raise JobCancelledError("the job was cancelled on request")
             return fut.result()
+        except concurrent.futures.CancelledError:
+            if fut in self._cancelled:
+                raise JobCancelledError("the job was cancelled on request") from None
+            raise
         finally:
             with self._lock:
-                self._inflight.discard(fut)
+                self._inflight.pop(fut, None)
+                self._cancelled.discard(fut)
 
     @staticmethod
     async def _guard(coro: Coroutine[Any, Any, Any], timeout: float | None, ctx: contextvars.Context) -> Any:
@@ -71,6 +68,16 @@ class AsyncRunner:
             return await asyncio.wait_for(coro, timeout)
         except asyncio.TimeoutError:
             raise JobTimeoutError(f"the job was cancelled after its timeout of {timeout:g}s") from None
+
+    def cancel_requested(self, is_cancelled: Callable[[Any], bool]) -> int:
+        """Cancels the running jobs whose cancellation was asked; returns how many."""
+        with self._lock:
+            asked = [fut for fut, job in self._inflight.items()
+                     if job is not None and fut not in self._cancelled and is_cancelled(job)]
+            self._cancelled.update(asked)
+        for fut in asked:
+            fut.cancel()
+        return len(asked)
 
     def cancel_all(self) -> int:
         """Cancels every job running on the loop (a stop's deadline passed)."""

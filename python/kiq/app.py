@@ -710,6 +710,9 @@ class Kiq:
     def _listen(self, server: _kiq.Server) -> None:
         """Acts on signals sent through Redis (the Web UI's Quiet and Stop buttons)."""
         while self._server is server:
+            aio = self._aio
+            if aio is not None:
+                aio.cancel_requested(server.is_cancelled)  # async jobs are cancelled from here
             sig = server.next_signal(1.0)
             if sig in ("TERM", "RECYCLE"):
                 if sig == "TERM":
