@@ -6,6 +6,7 @@ from typing import Any, final
 
 __version__: str
 __all__ = [
+    "ACTIVE_JOB_WRAPPER",
     "BufferFullError",
     "Client",
     "CodecError",
@@ -16,7 +17,9 @@ __all__ = [
     "Delivery",
     "KiqError",
     "Server",
+    "SIDEKIQ_ACTIVE_JOB_WRAPPER",
     "ShutdownError",
+    "TRACE_CONTEXT_FIELDS",
     "TimeoutError",
     "__version__",
     "active_job_args",
@@ -29,6 +32,10 @@ __all__ = [
     "set_log_level",
     "unwrap_active_job",
 ]
+
+ACTIVE_JOB_WRAPPER: str
+SIDEKIQ_ACTIVE_JOB_WRAPPER: str
+TRACE_CONTEXT_FIELDS: tuple[str, ...]
 
 class KiqError(Exception):
     """Base class of every error kiq raises."""
@@ -224,8 +231,6 @@ class Server:
     def state(self) -> str: ...
     @property
     def health_address(self) -> str | None: ...
-    @property
-    def finished(self) -> int: ...
     def is_cancelled(self, delivery: Delivery) -> bool: ...
     @property
     def is_leader(self) -> bool:

@@ -21,9 +21,9 @@ from kiq.job import DEFAULT_QUEUE, Job
 __all__ = ["SIDEKIQ_WRAPPER", "WRAPPER", "active_job", "is_wrapper"]
 
 #: The wrapper class Rails writes (Rails 6 and 7); Sidekiq 7.3+ and 8 define it too.
-WRAPPER = "ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper"
+WRAPPER = _kiq.ACTIVE_JOB_WRAPPER
 #: The wrapper class Sidekiq 8's adapter writes; Sidekiq before 7.3.3 does not know it.
-SIDEKIQ_WRAPPER = "Sidekiq::ActiveJob::Wrapper"
+SIDEKIQ_WRAPPER = _kiq.SIDEKIQ_ACTIVE_JOB_WRAPPER
 
 
 def is_wrapper(class_name: str) -> bool:

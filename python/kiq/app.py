@@ -508,8 +508,8 @@ class Kiq:
         job = self._template(template)
         if self._tracing is not None:
             args_list = list(args_list)
-            with self._tracing.publish([job] * len(args_list), batch=True) as traced:
-                return self._enqueue_bulk(traced[0] if traced else job, args_list, delay, at, sync)
+            with self._tracing.publish([job], batch=len(args_list)) as traced:
+                return self._enqueue_bulk(traced[0], args_list, delay, at, sync)
         return self._enqueue_bulk(job, args_list, delay, at, sync)
 
     def _enqueue_bulk(
@@ -548,7 +548,7 @@ class Kiq:
             if not isinstance(job, Job):
                 raise ConfigError(f"enqueue_all() takes kiq.Job objects, not {type(job).__name__}")
         if self._tracing is not None and jobs:
-            with self._tracing.publish(jobs, batch=True) as traced:
+            with self._tracing.publish(jobs, batch=len(jobs)) as traced:
                 return self._enqueue_all(traced, when, sync)
         return self._enqueue_all(jobs, when, sync)
 

@@ -184,11 +184,10 @@ class _Delivery:
         self.jid = job.jid
         self.queue = job.queue
         self.lane = 0
-        self.args = list(item.get("args", []))
+        # An ActiveJob job's arguments, as the sandbox unwrapped them; else the payload's.
+        self.args = list(job.args) if is_wrapper(item.get("class", "")) else list(item.get("args", []))
         self.kwargs = job.kwargs
         self.trace_context = [(k, v) for k in TRACE_FIELDS if isinstance(v := item.get(k), str)]
-        if is_wrapper(item.get("class", "")):
-            self.args = list(job.args)
         self.backtrace = item.get("backtrace")
         self.retry_count = item.get("retry_count")
         self.enqueued_at = item.get("enqueued_at")

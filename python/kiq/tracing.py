@@ -32,7 +32,7 @@ __all__ = ["STYLES", "TRACE_FIELDS", "Tracing"]
 
 STYLES = ("link", "child")
 #: Where the trace context travels: top-level job fields, as Ruby's instrumentation puts it.
-TRACE_FIELDS = ("traceparent", "tracestate", "baggage")
+TRACE_FIELDS = _kiq.TRACE_CONTEXT_FIELDS
 
 
 class Tracing:
@@ -64,17 +64,18 @@ class Tracing:
         return attrs
 
     @contextlib.contextmanager
-    def publish(self, jobs: list[Job], batch: bool = False) -> Iterator[list[Job]]:
+    def publish(self, jobs: list[Job], batch: int | None = None) -> Iterator[list[Job]]:
         """One producer span around a push; yields the jobs carrying its
-        context (a single job also gets the jid the span names)."""
-        first = jobs[0] if jobs else Job("?")
-        single = len(jobs) == 1 and not batch
+        context. ``batch`` counts the messages of a bulk push of one template;
+        a single job also gets the jid the span names."""
+        first = jobs[0]
+        single = batch is None and len(jobs) == 1
         if single:
             jobs = [dataclasses.replace(first, jid=first.jid or _kiq.new_jid())]
         name = first.options.get("wrapped", first.class_name)
         attrs = self._attributes(str(name), jobs[0].jid if single else None, first.queue)
         if not single:
-            attrs["messaging.batch.message_count"] = len(jobs)
+            attrs["messaging.batch.message_count"] = len(jobs) if batch is None else batch
         kind = self._trace.SpanKind.PRODUCER
         with self._tracer.start_as_current_span(f"{first.queue} publish", kind=kind, attributes=attrs):
             carrier: dict[str, str] = {}

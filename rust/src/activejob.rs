@@ -73,12 +73,9 @@ pub struct Call {
 }
 
 impl Call {
-    pub fn args_json(&self) -> String {
-        Value::Array(self.args.clone()).to_string()
-    }
-
-    pub fn kwargs_json(&self) -> Option<String> {
-        self.kwargs.as_ref().map(|k| Value::Object(k.clone()).to_string())
+    /// `(class, args JSON, kwargs JSON)`.
+    pub fn into_json(self) -> (String, String, Option<String>) {
+        (self.class, Value::Array(self.args).to_string(), self.kwargs.map(|k| Value::Object(k).to_string()))
     }
 }
 
@@ -296,8 +293,11 @@ mod tests {
         let id = job["job_id"].as_str().unwrap();
         assert_eq!((id.len(), id.as_bytes()[14]), (36, b'4'));
         let call = unwrap(&wrapped.to_string()).unwrap();
-        assert_eq!(Value::Array(call.args), json!([1, {"a": [{"b": 2}]}]));
-        assert_eq!(Value::Object(call.kwargs.unwrap()), json!({"user": "ada"}));
+        assert_eq!(Value::Array(call.args.clone()), json!([1, {"a": [{"b": 2}]}]));
+        assert_eq!(Value::Object(call.kwargs.clone().unwrap()), json!({"user": "ada"}));
+        let (class, args, kwargs) = call.into_json();
+        assert_eq!((class.as_str(), args.as_str()), ("Welcome", r#"[1,{"a":[{"b":2}]}]"#));
+        assert_eq!(kwargs.as_deref(), Some(r#"{"user":"ada"}"#));
     }
 
     #[test]

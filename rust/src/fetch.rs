@@ -259,9 +259,9 @@ impl Fetcher {
         let problem = match (payload.class(), payload.args()) {
             (Some(class), Some(args)) if activejob::is_wrapper(&class) => match activejob::unwrap(args) {
                 Ok(call) => {
-                    let unwrapped = Box::new((call.args_json(), call.kwargs_json()));
-                    let mut d = self.delivery(payload, call.class);
-                    d.unwrapped = Some(unwrapped);
+                    let (class, args, kwargs) = call.into_json();
+                    let mut d = self.delivery(payload, class);
+                    d.unwrapped = Some(Box::new((args, kwargs)));
                     return Ok(d);
                 }
                 Err(e) => e.to_string(),

@@ -74,10 +74,6 @@ impl Tally {
         counter.fetch_add(1, Ordering::Relaxed);
         self.total.fetch_add(1, Ordering::Relaxed) + 1
     }
-
-    pub fn total(&self) -> u64 {
-        self.total.load(Ordering::Relaxed)
-    }
 }
 
 /// What the probe reads.

@@ -302,11 +302,6 @@ impl Server {
         }
     }
 
-    /// Jobs this process finished: succeeded, failed or expired.
-    pub fn finished(&self) -> u64 {
-        self.tally.total()
-    }
-
     /// Ends the bookkeeping of a started job and counts it for the metrics tab.
     fn end(&self, d: &Delivery, ok: bool) {
         self.work.remove(d.id);

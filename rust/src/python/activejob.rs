@@ -13,9 +13,9 @@ pub fn unwrap_active_job<'py>(
     py: Python<'py>,
     args: &str,
 ) -> PyResult<(String, Bound<'py, PyAny>, Option<Bound<'py, PyAny>>)> {
-    let call = py_result(activejob::unwrap(args))?;
-    let kwargs = call.kwargs_json().map(|k| json_to_py(py, &k)).transpose()?;
-    Ok((call.class.clone(), json_to_py(py, &call.args_json())?, kwargs))
+    let (class, args, kwargs) = py_result(activejob::unwrap(args))?.into_json();
+    let kwargs = kwargs.map(|k| json_to_py(py, &k)).transpose()?;
+    Ok((class, json_to_py(py, &args)?, kwargs))
 }
 
 /// The `args` of a wrapper job that runs Ruby ActiveJob class `job_class`.

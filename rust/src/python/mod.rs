@@ -142,6 +142,10 @@ mod _kiq {
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        // Wire names the Python layer matches on, spelled once in the core.
+        m.add("ACTIVE_JOB_WRAPPER", crate::activejob::WRAPPER)?;
+        m.add("SIDEKIQ_ACTIVE_JOB_WRAPPER", crate::activejob::SIDEKIQ_WRAPPER)?;
+        m.add("TRACE_CONTEXT_FIELDS", pyo3::types::PyTuple::new(m.py(), crate::job::field::TRACE_CONTEXT)?)?;
         Ok(())
     }
 }

@@ -389,12 +389,6 @@ impl Server {
         delivery.with(|d| self.inner.is_cancelled(d)).unwrap_or(false)
     }
 
-    /// Jobs this process finished: succeeded, failed or expired.
-    #[getter]
-    fn finished(&self) -> u64 {
-        self.inner.finished()
-    }
-
     /// `host:port` where health checks are answered (the real port when 0 was asked), or None.
     #[getter]
     fn health_address(&self) -> Option<String> {
