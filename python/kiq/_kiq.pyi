@@ -166,6 +166,8 @@ class Delivery:
     @property
     def kwargs(self) -> dict[str, Any] | None: ...
     @property
+    def settled(self) -> bool: ...
+    @property
     def payload(self) -> str | None: ...
     @property
     def backtrace(self) -> bool | int | None: ...
@@ -241,6 +243,8 @@ class Server:
     def next_signal(self, timeout: float) -> str | None:
         """A signal sent through Redis ("TSTP", "TERM" or "TTIN") within ``timeout`` seconds, else None."""
     def out(self, lane: int) -> int: ...
+    def report_threads(self, alive: list[int]) -> None:
+        """Live worker threads per queue (in queue order), which ``/ready`` checks."""
     def gil_wait_stats(self) -> tuple[int, float]:
         """``(waits, seconds)``: how often a thread slept for a job, and the total
         time those threads then waited to get the GIL back."""

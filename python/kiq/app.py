@@ -691,6 +691,7 @@ class Kiq:
             self._server, self._threads, self._reporters, self._aio = server, threads, reporters, aio
         self._stop_requested.clear()
         threads.start()
+        server.report_threads(threads.revive())
         threading.Thread(target=self._listen, args=(server,), name="kiq-signals", daemon=True).start()
         logger.info("kiq %s started: queues %s, %d workers", self.identity, self.queues, len(self._workers))
 
@@ -710,6 +711,9 @@ class Kiq:
     def _listen(self, server: _kiq.Server) -> None:
         """Acts on signals sent through Redis (the Web UI's Quiet and Stop buttons)."""
         while self._server is server:
+            threads = self._threads
+            if threads is not None:
+                server.report_threads(threads.revive())  # dead worker threads replaced; /ready sees the count
             aio = self._aio
             if aio is not None:
                 aio.cancel_requested(server.is_cancelled)  # async jobs are cancelled from here
@@ -751,6 +755,7 @@ class Kiq:
         if server is None or threads is None:
             self._flush_before_stop(deadline)
             return StopResult()
+        threads.stopping = True
         server.begin_stop()
         alive = threads.join(deadline)
         if alive:

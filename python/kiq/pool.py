@@ -25,23 +25,52 @@ logger = logging.getLogger("kiq")
 class WorkerThreads:
     def __init__(self, processor: Processor, queues: list[tuple[str, int]]) -> None:
         self.processor = processor
-        self.threads: list[threading.Thread] = []
-        for lane, (name, concurrency) in enumerate(queues):
-            for n in range(concurrency):
-                t = threading.Thread(target=self._main, args=(lane,), name=f"kiq-{name}-{n}", daemon=True)
-                self.threads.append(t)
+        self.queues = queues
+        self.stopping = False
+        #: (lane, thread) for every worker thread, replacements included.
+        self.slots: list[tuple[int, threading.Thread]] = [
+            (lane, self._thread(lane, f"kiq-{name}-{n}"))
+            for lane, (name, concurrency) in enumerate(queues)
+            for n in range(concurrency)
+        ]
+
+    @property
+    def threads(self) -> list[threading.Thread]:
+        return [t for _, t in self.slots]
+
+    def _thread(self, lane: int, name: str) -> threading.Thread:
+        return threading.Thread(target=self._main, args=(lane,), name=name, daemon=True)
 
     def start(self) -> None:
         for t in self.threads:
             t.start()
 
     def _main(self, lane: int) -> None:
-        try:
-            self.processor.run_lane(lane)
-        except Shutdown:
-            pass
-        except BaseException:
-            logger.exception("kiq worker thread %s stopped by an error", threading.current_thread().name)
+        while True:
+            try:
+                self.processor.run_lane(lane)
+                return
+            except Shutdown:
+                return
+            except BaseException:  # noqa: BLE001 - a kiq bug must not cost the queue a thread
+                logger.exception("kiq worker thread %s stopped by an error; it starts over",
+                                 threading.current_thread().name)
+                time.sleep(0.1)  # an error that recurs at once must not spin
+
+    def revive(self) -> list[int]:
+        """Replaces worker threads that died (logged at ERROR); returns the
+        live threads per queue, which the core's ``/ready`` compares with the
+        queue's concurrency."""
+        alive = [0] * len(self.queues)
+        for i, (lane, t) in enumerate(self.slots):
+            if not t.is_alive() and t.ident is not None and not self.stopping:
+                logger.error("kiq worker thread %s of queue %r died; starting a new one", t.name, self.queues[lane][0])
+                t = self._thread(lane, t.name)
+                self.slots[i] = (lane, t)
+                t.start()
+            if t.is_alive():
+                alive[lane] += 1
+        return alive
 
     def join(self, deadline: float) -> list[threading.Thread]:
         """Waits until every thread ended or ``deadline`` (monotonic). Returns the live ones."""

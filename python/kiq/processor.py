@@ -139,7 +139,16 @@ class Processor:
         reset_current = _current.reset
         _server.set(server)  # this thread's context: what current_job().cancelled asks
         while True:
-            d = next_job(lane)
+            try:
+                d = next_job(lane)
+            except Shutdown:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - the thread must outlive any one job
+                # The core failed that job already (its arguments could not be
+                # turned into Python objects); this thread serves the next one.
+                logger.error("kiq: a job of lane %d could not be handed to a worker thread and was failed: %s: %s",
+                             lane, error_class(exc), error_message(exc))
+                continue
             if d is None:
                 return
             token = set_current(d)
@@ -174,8 +183,26 @@ class Processor:
                     self.failed(d, workers.get(d.class_name), exc)
                 else:
                     complete(d)
+            except Shutdown:
+                if not d.settled:
+                    server.abandon(d)
+                return
+            except BaseException as exc:  # noqa: BLE001 - an error outside perform ends its job, not the thread
+                self.contain(d, exc)
             finally:
                 reset_current(token)
+
+    def contain(self, d: _kiq.Delivery, exc: BaseException) -> None:
+        """An error outside ``perform`` (a reporter, a log handler, a hook, kiq
+        itself) ends that job, failed through the retry path if it was not
+        settled yet, and never the worker thread."""
+        try:
+            if not d.settled:
+                self.server.fail(d, error_class(exc), f"kiq failed while running this job: {error_message(exc)}")
+            logger.error("kiq: an error outside perform ended job %s jid=%s (the worker thread goes on)",
+                         d.class_name, d.jid, exc_info=(type(exc), exc, exc.__traceback__))
+        except Exception:  # noqa: BLE001, S110 - last line of defence: the thread must survive
+            pass
 
     def run_observed(self, d: _kiq.Delivery) -> bool:
         """Runs one job with its log lines and reporter events. False means: stop the thread."""

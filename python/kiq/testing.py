@@ -193,6 +193,8 @@ class _Delivery:
         self.enqueued_at = item.get("enqueued_at")
         self.expires_at = item.get("expires_at")
         self.payload = job.payload
+        #: Completed, failed, expired or abandoned.
+        self.settled = False
 
 
 @dataclasses.dataclass
@@ -210,16 +212,19 @@ class _DrainServer:
         return False
 
     def complete(self, d: _Delivery) -> None:
+        d.settled = True
         self.ran += 1
         _sandbox(self.app).remove(d.job)
 
     def expire(self, d: _Delivery) -> None:
+        d.settled = True
         _sandbox(self.app).remove(d.job)
 
     def abandon(self, d: _Delivery) -> None:
-        pass
+        d.settled = True
 
     def fail(self, d: _Delivery, error_class: str, error_message: str, **opts: Any) -> None:
+        d.settled = True
         self.ran += 1
         kind, at, payload = _kiq.decide_failure(
             d.job.payload, d.queue, error_class, error_message, max_retries=self.app.max_retries,

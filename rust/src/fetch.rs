@@ -13,10 +13,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::ack::{Msg, Settle, Settlement};
 use crate::activejob;
+use crate::args;
 use crate::control::{Control, RunState};
 use crate::job::{Payload, UniqueUntil, field};
 use crate::keys::Keys;
@@ -178,20 +180,29 @@ impl Fetcher {
         cmd.arg(&self.queue_key).arg(&self.queue_key).arg("RIGHT").arg("RIGHT").arg(BLOCK.as_secs_f64());
         let wait = blocking.query::<Option<Vec<u8>>>(&cmd);
         tokio::pin!(wait);
-        let mut unblocked = false;
+        // Set once a quiet or stop asks the wait to end; CLIENT UNBLOCK is
+        // sent until it finds the connection blocked (it may be sent before
+        // BLMOVE reaches Redis, and then unblocks nothing).
+        let mut unblocking = false;
         loop {
             tokio::select! {
                 job = &mut wait => return Ok(job?.is_some()),
-                changed = state.changed(), if !unblocked => {
+                changed = state.changed(), if !unblocking => {
                     if changed.is_err() || *state.borrow_and_update() != RunState::Running {
-                        unblocked = true;
-                        if let Some(id) = id {
-                            let r: redis::RedisResult<i64> =
-                                redis::cmd("CLIENT").arg("UNBLOCK").arg(id).query_async(&mut self.pool.get()).await;
-                            if let Err(e) = r {
-                                log::debug!("CLIENT UNBLOCK {id} failed: {e}");
-                            }
-                        }
+                        unblocking = true;
+                    }
+                }
+                () = tokio::time::sleep(Duration::from_millis(20)), if unblocking => {}
+            }
+            if unblocking && let Some(id) = id {
+                let r: redis::RedisResult<i64> =
+                    redis::cmd("CLIENT").arg("UNBLOCK").arg(id).query_async(&mut self.pool.get()).await;
+                match r {
+                    Ok(0) => {}
+                    Ok(_) => unblocking = false,
+                    Err(e) => {
+                        log::debug!("CLIENT UNBLOCK {id} failed: {e}");
+                        unblocking = false;
                     }
                 }
             }
@@ -213,8 +224,9 @@ impl Fetcher {
         let _ = self.lane.offer(good);
     }
 
-    /// A runnable job of this lane, its expiry and unique lock read from the payload.
-    fn delivery(&self, payload: Payload, class: String) -> Delivery {
+    /// A runnable job of this lane with these arguments, its expiry and
+    /// unique lock read from the payload.
+    fn delivery(&self, payload: Payload, class: String, args: Value, kwargs: Option<Value>) -> Delivery {
         let jid = payload.jid().unwrap_or_default();
         let expires_at = payload.time(field::EXPIRES_AT);
         let lock = payload.get(field::UNIQUE_TOKEN).and_then(|t| serde_json::from_str::<String>(t).ok()).map(|token| {
@@ -225,7 +237,8 @@ impl Fetcher {
                 .unwrap_or_default();
             (self.keys.unique(&token), until)
         });
-        let mut d = Delivery::new(self.lane_index, payload, class, jid);
+        let mut d = Delivery::new(self.lane_index, payload, class, jid, args);
+        d.kwargs = kwargs;
         d.expires_at = expires_at;
         d.lock = lock;
         d
@@ -257,16 +270,24 @@ impl Fetcher {
             Err((e, text)) => return Err(bury(text.into_bytes(), &e.to_string())),
         };
         let problem = match (payload.class(), payload.args()) {
-            (Some(class), Some(args)) if activejob::is_wrapper(&class) => match activejob::unwrap(args) {
-                Ok(call) => {
-                    let (class, args, kwargs) = call.into_json();
-                    let mut d = self.delivery(payload, class);
-                    d.unwrapped = Some(Box::new((args, kwargs)));
-                    return Ok(d);
+            (Some(class), Some(args)) if activejob::is_wrapper(&class) => {
+                match activejob::unwrap(args).and_then(|call| {
+                    let args = Value::Array(call.args);
+                    args::check(&args, "args")?;
+                    let kwargs = call.kwargs.map(Value::Object);
+                    if let Some(k) = &kwargs {
+                        args::check(k, "kwargs")?;
+                    }
+                    Ok((call.class, args, kwargs))
+                }) {
+                    Ok((class, args, kwargs)) => return Ok(self.delivery(payload, class, args, kwargs)),
+                    Err(e) => e.to_string(),
                 }
+            }
+            (Some(class), Some(args)) if !class.is_empty() => match args::parse(args, "args") {
+                Ok(args) => return Ok(self.delivery(payload, class, args, None)),
                 Err(e) => e.to_string(),
             },
-            (Some(class), Some(_)) if !class.is_empty() => return Ok(self.delivery(payload, class)),
             (None, _) => "the job has no \"class\" string".into(),
             (Some(_), None) => "the job's \"args\" is missing or not an array".into(),
             (Some(_), Some(_)) => "the job's \"class\" is empty".into(),

@@ -169,6 +169,12 @@ impl Probe {
             "The most jobs of a queue run at once.",
             &per_queue(&|l| l.concurrency),
         );
+        family(
+            "kiq_worker_threads",
+            "gauge",
+            "Worker threads alive, per queue.",
+            &per_queue(&|l| l.threads().unwrap_or(l.concurrency)),
+        );
         family("kiq_jobs_running", "gauge", "Jobs running now.", &[(String::new(), self.work.len().to_string())]);
         let quiet = u8::from(state != RunState::Running);
         family("kiq_quiet", "gauge", "1 when the process fetches no new jobs.", &[(String::new(), quiet.to_string())]);
@@ -191,6 +197,16 @@ impl Probe {
             RunState::Quiet => return Some("quiet: fetching no new jobs".into()),
             RunState::Stopping => return Some("stopping".into()),
             RunState::Running => {}
+        }
+        for lane in &self.lanes {
+            if let Some(n) = lane.threads()
+                && n < lane.concurrency
+            {
+                return Some(format!(
+                    "queue {:?} has {n} of its {} worker threads running",
+                    lane.name, lane.concurrency
+                ));
+            }
         }
         let interval = self.interval?.as_secs_f64();
         match age {

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use tokio::sync::Notify;
 
 use crate::job::{Payload, UniqueUntil};
@@ -38,15 +39,17 @@ pub struct Delivery {
     pub expires_at: Option<f64>,
     /// A unique job's lock key and when it is released.
     pub lock: Option<(String, UniqueUntil)>,
-    /// An ActiveJob job's decoded arguments (JSON array), in place of the
-    /// envelope in `args`, and its keyword arguments (JSON object).
-    pub unwrapped: Option<Box<(String, Option<String>)>>,
+    /// The arguments the worker gets (an array, checked against `args.rs`'s
+    /// limits at fetch): the payload's `args`, or an ActiveJob job's decoded ones.
+    pub args: Value,
+    /// Keyword arguments (an ActiveJob job's Ruby keywords, an object), if any.
+    pub kwargs: Option<Value>,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Delivery {
-    pub fn new(lane: usize, payload: Payload, class: String, jid: String) -> Self {
+    pub fn new(lane: usize, payload: Payload, class: String, jid: String, args: Value) -> Self {
         Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             lane,
@@ -56,21 +59,9 @@ impl Delivery {
             started: None,
             expires_at: None,
             lock: None,
-            unwrapped: None,
+            args,
+            kwargs: None,
         }
-    }
-
-    /// JSON text of the arguments the worker gets (always an array: checked at fetch).
-    pub fn args(&self) -> &str {
-        match self.unwrapped.as_deref() {
-            Some((args, _)) => args,
-            None => self.payload.args().unwrap_or("[]"),
-        }
-    }
-
-    /// JSON text of the keyword arguments (an ActiveJob job's Ruby keywords), if any.
-    pub fn kwargs(&self) -> Option<&str> {
-        self.unwrapped.as_deref().and_then(|(_, k)| k.as_deref())
     }
 }
 
@@ -82,6 +73,8 @@ struct Ready {
 
 /// What waiting for a job gave.
 #[derive(Debug)]
+// Moved once per wait; boxing the job would cost an allocation per job instead.
+#[allow(clippy::large_enum_variant)]
 pub enum Take {
     Job(Delivery),
     /// The lane was closed (stop): no job will come.
@@ -95,6 +88,8 @@ pub struct Lane {
     ready: Mutex<Ready>,
     cond: Condvar,
     out: AtomicUsize,
+    /// Worker threads alive, as last reported; `usize::MAX` until the first report.
+    threads: AtomicUsize,
     /// Woken whenever a job finishes, so the fetcher can fetch again.
     pub(crate) demand: Notify,
 }
@@ -107,6 +102,7 @@ impl Lane {
             ready: Mutex::new(Ready::default()),
             cond: Condvar::new(),
             out: AtomicUsize::new(0),
+            threads: AtomicUsize::new(usize::MAX),
             demand: Notify::new(),
         }
     }
@@ -118,6 +114,16 @@ impl Lane {
     /// How many more jobs the fetcher may take for this lane.
     pub fn free(&self) -> usize {
         self.concurrency.saturating_sub(self.out.load(Ordering::Acquire))
+    }
+
+    /// Records how many worker threads serve this lane now.
+    pub fn set_threads(&self, n: usize) {
+        self.threads.store(n, Ordering::Relaxed);
+    }
+
+    /// Worker threads serving this lane, once reported.
+    pub fn threads(&self) -> Option<usize> {
+        Some(self.threads.load(Ordering::Relaxed)).filter(|&n| n != usize::MAX)
     }
 
     /// Jobs fetched and not yet finished.
@@ -209,7 +215,7 @@ mod tests {
 
     fn job(n: u32) -> Delivery {
         let payload = Payload::parse(format!(r#"{{"class":"X","args":[{n}],"jid":"j{n}"}}"#)).unwrap();
-        Delivery::new(0, payload, "X".into(), format!("j{n}"))
+        Delivery::new(0, payload, "X".into(), format!("j{n}"), serde_json::json!([n]))
     }
 
     #[test]
@@ -219,7 +225,7 @@ mod tests {
         assert!(lane.offer(vec![job(1), job(2)]).is_none());
         assert_eq!(lane.free(), 1);
         let Take::Job(j) = lane.take(Some(Duration::from_millis(1))) else { panic!() };
-        assert_eq!(j.args(), "[1]");
+        assert_eq!(j.args.to_string(), "[1]");
         lane.finish();
         assert_eq!(lane.free(), 2);
         assert!(matches!(lane.take(Some(Duration::ZERO)), Take::Job(_)));

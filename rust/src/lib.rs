@@ -6,6 +6,7 @@
 pub mod ack;
 pub mod activejob;
 pub mod admin;
+pub mod args;
 pub mod backtrace;
 pub mod batch;
 pub mod buffer;

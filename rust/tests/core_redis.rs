@@ -76,7 +76,7 @@ fn jobs_flow_through_fetch_and_ack() {
     let mut seen = Vec::new();
     for _ in 0..10 {
         let d = take(&server, 0);
-        seen.push(d.args().to_owned());
+        seen.push(d.args.to_string());
         // Never more than the concurrency out at once.
         assert!(server.lanes()[0].out() <= 3);
         server.complete(d);

@@ -10,32 +10,37 @@ use std::fmt::Write as _;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 
-use super::errors::CodecError;
+use super::errors::{CodecError, py_result};
+use crate::args::{self, MAX_ARGS_DEPTH, MAX_NESTING, Num};
 use crate::job::json_string;
 use crate::timestamp::float_json;
 
-const MAX_DEPTH: usize = 200;
+/// Refuses a container deeper than workers (kiq's and Ruby's) accept.
+fn check_depth(path: &str, depth: usize) -> PyResult<()> {
+    if depth > MAX_ARGS_DEPTH {
+        return Err(CodecError::new_err(format!(
+            "job argument {path} is nested more than {MAX_ARGS_DEPTH} levels deep (a reference cycle?): job \
+             payloads may nest at most {MAX_NESTING} levels (Ruby's JSON max_nesting, which Sidekiq uses), \
+             counting the payload and its args array"
+        )));
+    }
+    Ok(())
+}
 
 /// Appends `obj` as JSON to `out`; `path` names it in errors (e.g. `args[1]["when"]`).
 pub fn write_json(obj: &Bound<'_, PyAny>, out: &mut String, path: &mut String, depth: usize) -> PyResult<()> {
-    if depth > MAX_DEPTH {
-        return Err(CodecError::new_err(format!(
-            "job argument {path} is nested more than {MAX_DEPTH} levels deep (a reference cycle?)"
-        )));
-    }
     if obj.is_none() {
         out.push_str("null");
     } else if let Ok(b) = obj.cast::<PyBool>() {
         out.push_str(if b.is_true() { "true" } else { "false" });
     } else if let Ok(i) = obj.cast::<PyInt>() {
-        match i.extract::<i64>() {
-            Ok(v) => {
-                let _ = write!(out, "{v}");
-            }
-            // Big integers keep every digit, as Ruby's Bignum does.
-            Err(_) => {
-                out.push_str(&obj.py().get_type::<PyInt>().call_method1("__repr__", (obj,))?.extract::<String>()?);
-            }
+        if let Ok(v) = i.extract::<i64>() {
+            let _ = write!(out, "{v}");
+        } else {
+            // Big integers keep every digit, as Ruby's Integer does (and
+            // without Python's 4,300-digit limit on int -> str).
+            let big: num_bigint::BigInt = i.extract()?;
+            let _ = write!(out, "{big}");
         }
     } else if let Ok(f) = obj.cast::<PyFloat>() {
         let v = f.value();
@@ -46,10 +51,13 @@ pub fn write_json(obj: &Bound<'_, PyAny>, out: &mut String, path: &mut String, d
     } else if let Ok(s) = obj.cast::<PyString>() {
         out.push_str(&json_string(s.to_str()?));
     } else if let Ok(list) = obj.cast::<PyList>() {
+        check_depth(path, depth)?;
         write_seq(list.iter(), out, path, depth)?;
     } else if let Ok(tuple) = obj.cast::<PyTuple>() {
+        check_depth(path, depth)?;
         write_seq(tuple.iter(), out, path, depth)?;
     } else if let Ok(dict) = obj.cast::<PyDict>() {
+        check_depth(path, depth)?;
         out.push('{');
         for (n, (k, v)) in dict.iter().enumerate() {
             let Ok(key) = k.cast::<PyString>() else {
@@ -71,6 +79,7 @@ pub fn write_json(obj: &Bound<'_, PyAny>, out: &mut String, path: &mut String, d
         }
         out.push('}');
     } else if !obj.is_instance_of::<pyo3::types::PyType>() && obj.hasattr("__dataclass_fields__")? {
+        check_depth(path, depth)?;
         let fields = obj.getattr("__dataclass_fields__")?;
         let fields = fields.cast::<PyDict>()?;
         out.push('{');
@@ -142,29 +151,28 @@ pub fn value_json(value: &Bound<'_, PyAny>, name: &str) -> PyResult<String> {
     Ok(out)
 }
 
-/// Python objects for JSON text (big integers stay exact).
+/// Python objects for JSON text (big integers stay exact), held to the
+/// limits job arguments have (`crate::args`).
 pub fn json_to_py<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyAny>> {
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| CodecError::new_err(format!("invalid JSON: {e}")))?;
-    value_to_py(py, &value)
+    value_to_py(py, &py_result(args::parse(text, "value"))?)
 }
 
-fn value_to_py<'py>(py: Python<'py>, v: &serde_json::Value) -> PyResult<Bound<'py, PyAny>> {
+/// Python objects for a JSON value the core has checked (`crate::args`):
+/// floats are finite, and integers of any size become exact Python ints.
+pub fn value_to_py<'py>(py: Python<'py>, v: &serde_json::Value) -> PyResult<Bound<'py, PyAny>> {
     use serde_json::Value;
     Ok(match v {
         Value::Null => py.None().into_bound(py),
         Value::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
-        Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                i.into_pyobject(py)?.into_any()
-            } else if let Some(u) = n.as_u64() {
-                u.into_pyobject(py)?.into_any()
-            } else if n.is_f64() {
-                PyFloat::new(py, n.as_f64().unwrap_or(f64::NAN)).into_any()
-            } else {
-                py.get_type::<PyInt>().call1((n.to_string(),))?
-            }
-        }
+        Value::Number(n) => match args::number(n) {
+            Num::Int(i) => i.into_pyobject(py)?.into_any(),
+            Num::Float(f) => PyFloat::new(py, f).into_any(),
+            // Through bytes, not str, so Python's int-string digit limit does not apply.
+            Num::Big(digits) => match digits.parse::<num_bigint::BigInt>() {
+                Ok(big) => big.into_pyobject(py)?.into_any(),
+                Err(e) => return Err(CodecError::new_err(format!("the number {digits} cannot be read: {e}"))),
+            },
+        },
         Value::String(s) => PyString::new(py, s).into_any(),
         Value::Array(items) => {
             let list = PyList::empty(py);

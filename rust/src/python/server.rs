@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
 use super::client::{Client, Extra, new_job};
-use super::convert::json_to_py;
+use super::convert::value_to_py;
 use super::errors::{CrontabError, ShutdownError, py_result};
 use super::{gil, options};
 use crate::crontab;
@@ -66,6 +66,12 @@ impl Delivery {
 
 #[pymethods]
 impl Delivery {
+    /// Whether the job was completed, failed, expired or abandoned already.
+    #[getter]
+    fn settled(&self) -> bool {
+        self.with(|_| ()).is_none()
+    }
+
     /// The payload exactly as stored in Redis (None once settled).
     #[getter]
     fn payload(&self) -> Option<String> {
@@ -278,9 +284,11 @@ impl Server {
             }
         };
         self.inner.begin(&mut d);
-        let decoded = json_to_py(py, d.args()).and_then(|a| Ok(a.cast_into::<PyList>()?.unbind())).and_then(|args| {
-            let kwargs = match d.kwargs() {
-                Some(k) => Some(json_to_py(py, k)?.cast_into::<PyDict>()?.unbind()),
+        // The core parsed and checked the arguments at fetch; only a
+        // MemoryError can fail here. Never strand the job if one does.
+        let decoded = value_to_py(py, &d.args).and_then(|a| Ok(a.cast_into::<PyList>()?.unbind())).and_then(|args| {
+            let kwargs = match &d.kwargs {
+                Some(k) => Some(value_to_py(py, k)?.cast_into::<PyDict>()?.unbind()),
                 None => None,
             };
             Ok((args, kwargs))
@@ -288,12 +296,11 @@ impl Server {
         let (args, kwargs) = match decoded {
             Ok(decoded) => decoded,
             Err(e) => {
-                // Cannot happen for payloads the fetcher accepted; never strand the job if it does.
                 self.inner.fail(
                     d,
                     &Failure {
                         error_class: crate::fetch::INVALID_JOB_ERROR.into(),
-                        error_message: e.to_string(),
+                        error_message: format!("its arguments could not be turned into Python objects: {e}"),
                         ..Default::default()
                     },
                     &WorkerOptions::default(),
@@ -413,6 +420,13 @@ impl Server {
         let inner = self.inner.clone();
         py.detach(|| inner.next_signal(Duration::from_secs_f64(timeout.max(0.0))))
             .map(super::super::heartbeat::Signal::name)
+    }
+
+    /// Live worker threads per queue (in queue order), for `/ready`.
+    fn report_threads(&self, alive: Vec<usize>) {
+        for (lane, n) in self.inner.lanes().iter().zip(alive) {
+            lane.set_threads(n);
+        }
     }
 
     /// Jobs of queue `lane` fetched and not finished.
