@@ -21,6 +21,7 @@ __all__ = [
     "ShutdownError",
     "TRACE_CONTEXT_FIELDS",
     "TimeoutError",
+    "UndeliverableError",
     "__version__",
     "active_job_args",
     "decide_failure",
@@ -60,6 +61,9 @@ class CrontabError(ConfigError):
 
 class BufferFullError(KiqError):
     """The push buffer stayed full (Redis away or too slow) for its whole timeout."""
+
+class UndeliverableError(KiqError):
+    """Redis refused jobs for a reason retrying cannot fix (a key of the wrong type, an ACL); they were kept aside."""
 
 @final
 class Client:

@@ -16,6 +16,7 @@ from kiq._kiq import (
     KiqError,
     ShutdownError,
     TimeoutError,
+    UndeliverableError,
 )
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "Shutdown",
     "ShutdownError",
     "TimeoutError",
+    "UndeliverableError",
     "UnknownWorkerError",
 ]
 

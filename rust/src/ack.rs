@@ -2,12 +2,16 @@
 //!
 //! A thread that finishes a job hands its settlement to this task and goes on
 //! without waiting. The task writes everything that piled up meanwhile in one
-//! MULTI/EXEC round trip: for each job, its retry or dead entry (if any) and
-//! the `LREM` that takes it off the in-progress list, plus Sidekiq's
+//! round trip to `settle.lua`: for each job, its retry or dead entry (if any)
+//! and the `LREM` that takes it off the in-progress list, plus Sidekiq's
 //! processed/failed counters. Because the write is atomic, a job is never in
-//! neither place, and the counters never count a job still in progress. A
-//! failed write is retried with backoff; nothing is dropped while the process
-//! lives, and whatever a crash leaves in the in-progress list is re-run later.
+//! neither place, and the counters never count a job still in progress; each
+//! settlement is numbered and the script keeps the highest number applied, so
+//! a batch written again after a lost reply counts nothing twice. A failed
+//! write is retried with backoff; a settlement Redis refuses (a key of the
+//! wrong type) is retried on its own while the others flow, and its job stays
+//! in progress meanwhile. Nothing is dropped while the process lives, and
+//! whatever a crash leaves in the in-progress list is re-run later.
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +25,10 @@ use crate::timestamp::{self, float_json};
 
 /// Settlements written per round trip at most.
 const MAX_BATCH: usize = 2000;
+/// How long Redis remembers this process's settlement numbers after a write.
+const NUMBERS_TTL_MS: u64 = 24 * 3600 * 1000;
+/// The longest pause before a refused settlement is tried again.
+const MAX_REFUSED_PAUSE: Duration = Duration::from_secs(5);
 
 /// Where a finished job goes.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,49 +72,76 @@ pub enum Msg {
     },
 }
 
+/// Numbered settlements waiting to be written.
+struct Pending {
+    next: u64,
+    batch: Vec<(u64, Settlement)>,
+    /// Refused by Redis: tried again on their own, after `pause`.
+    refused: Vec<Settlement>,
+    retry_refused_at: Option<Instant>,
+    pause: Duration,
+    /// Reasons already logged.
+    reported: std::collections::HashSet<String>,
+}
+
+impl Pending {
+    fn add(&mut self, s: Settlement) {
+        self.batch.push((self.next, s));
+        self.next += 1;
+    }
+
+    /// Refused settlements whose pause is over go back into the batch, renumbered.
+    fn due(&mut self, now: Instant) {
+        if self.retry_refused_at.is_some_and(|t| t <= now) {
+            self.retry_refused_at = None;
+            for s in std::mem::take(&mut self.refused) {
+                self.add(s);
+            }
+        }
+    }
+}
+
 /// Runs until told to close; the reply to `Close` is the number of
 /// settlements that could not be written before the deadline.
-pub async fn run(mut rx: mpsc::UnboundedReceiver<Msg>, pool: std::sync::Arc<Pool>, keys: Keys, policy: RetryPolicy) {
-    let mut batch: Vec<Settlement> = Vec::new();
+pub async fn run(
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    pool: std::sync::Arc<Pool>,
+    keys: Keys,
+    policy: RetryPolicy,
+    identity: String,
+) {
+    let mut p = Pending {
+        next: 1,
+        batch: Vec::new(),
+        refused: Vec::new(),
+        retry_refused_at: None,
+        pause: Duration::from_millis(100),
+        reported: std::collections::HashSet::new(),
+    };
     let mut unlocks: Vec<(String, String)> = Vec::new();
     let mut close: Option<(Instant, oneshot::Sender<usize>)> = None;
     let mut failing = false;
+    let numbers = keys.acked(&identity);
     loop {
-        if batch.is_empty() && unlocks.is_empty() && close.is_none() {
-            match rx.recv().await {
-                Some(Msg::Settle(s)) => batch.push(s),
-                Some(Msg::Unlock(k, j)) => unlocks.push((k, j)),
-                Some(Msg::Close { deadline, done }) => close = Some((deadline, done)),
-                None => return,
+        if p.batch.is_empty() && unlocks.is_empty() && close.is_none() {
+            let msg = match p.retry_refused_at {
+                Some(t) => tokio::time::timeout_at(t.into(), rx.recv()).await.ok(),
+                None => Some(rx.recv().await),
+            };
+            match msg {
+                Some(Some(Msg::Settle(s))) => p.add(s),
+                Some(Some(Msg::Unlock(k, j))) => unlocks.push((k, j)),
+                Some(Some(Msg::Close { deadline, done })) => close = Some((deadline, done)),
+                Some(None) => return,
+                None => {}
             }
         }
-        take_pending(&mut rx, &mut batch, &mut unlocks, &mut close);
-        let mut delay = Duration::from_millis(20);
-        while !batch.is_empty() {
-            match write(&pool, &keys, &policy, &batch).await {
-                Ok(()) => {
-                    if failing {
-                        log::warn!("writing job results to Redis works again");
-                        failing = false;
-                    }
-                    unlocks.extend(batch.drain(..).filter_map(|s| s.unlock));
-                }
-                Err(e) => {
-                    pool.note_error(&e);
-                    if !failing {
-                        log::error!("cannot write {} job results to Redis, will retry: {e}", batch.len());
-                        failing = true;
-                    }
-                    // A stop may arrive while Redis is away: its deadline ends the retries.
-                    take_pending(&mut rx, &mut batch, &mut unlocks, &mut close);
-                    if close.as_ref().is_some_and(|(deadline, _)| Instant::now() >= *deadline) {
-                        break;
-                    }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 3 / 2).min(Duration::from_secs(2));
-                }
-            }
+        take_pending(&mut rx, &mut p, &mut unlocks, &mut close);
+        p.due(Instant::now());
+        if close.is_some() {
+            p.due(Instant::now() + MAX_REFUSED_PAUSE);
         }
+        write_pending(&pool, &keys, &policy, &numbers, &mut p, &mut rx, &mut unlocks, &mut close, &mut failing).await;
         // Locks go after the results that free them; a failure keeps them for the next round.
         if !unlocks.is_empty() {
             if let Err(e) = unlock(&pool, &unlocks).await {
@@ -118,29 +153,101 @@ pub async fn run(mut rx: mpsc::UnboundedReceiver<Msg>, pool: std::sync::Arc<Pool
                 unlocks.clear();
             }
         }
-        if let Some((_, done)) = close.take() {
-            if !batch.is_empty() {
+        if let Some((deadline, done)) = close.take() {
+            if !p.refused.is_empty() && Instant::now() < deadline {
+                // Refused results get tries until the stop's deadline.
+                tokio::time::sleep(p.pause.min(deadline - Instant::now())).await;
+                p.retry_refused_at = Some(Instant::now());
+                close = Some((deadline, done));
+                continue;
+            }
+            let left = p.batch.len() + p.refused.len();
+            if left > 0 {
                 log::error!(
-                    "{} job results were not written before the stop deadline; those jobs stay in the in-progress list and will run again",
-                    batch.len()
+                    "{left} job results were not written before the stop deadline; those jobs stay in the in-progress list and will run again"
                 );
             }
-            let _ = done.send(batch.len());
+            let _ = done.send(left);
+            let _: redis::RedisResult<i64> = redis::cmd("UNLINK").arg(&numbers).query_async(&mut pool.get()).await;
             return;
         }
     }
 }
 
+/// Writes the batch, retrying with backoff while Redis is away (until a stop's
+/// deadline); refused settlements wait for their own retry.
+#[allow(clippy::too_many_arguments)]
+async fn write_pending(
+    pool: &Pool,
+    keys: &Keys,
+    policy: &RetryPolicy,
+    numbers: &str,
+    p: &mut Pending,
+    rx: &mut mpsc::UnboundedReceiver<Msg>,
+    unlocks: &mut Vec<(String, String)>,
+    close: &mut Option<(Instant, oneshot::Sender<usize>)>,
+    failing: &mut bool,
+) {
+        let mut delay = Duration::from_millis(20);
+        while !p.batch.is_empty() {
+            match write(pool, keys, policy, numbers, &p.batch).await {
+                Ok(refused) => {
+                    if *failing {
+                        log::warn!("writing job results to Redis works again");
+                        *failing = false;
+                    }
+                    let refused: std::collections::HashMap<u64, String> = refused.into_iter().collect();
+                    let mut again = 0;
+                    for (seq, s) in p.batch.drain(..) {
+                        match refused.get(&seq) {
+                            Some(why) => {
+                                if p.reported.insert(why.clone()) {
+                                    log::error!(
+                                        "Redis refused the result of a job, which stays in progress until it is \
+                                         written (retrying): {why}"
+                                    );
+                                }
+                                p.refused.push(s);
+                                again += 1;
+                            }
+                            None => unlocks.extend(s.unlock),
+                        }
+                    }
+                    if again > 0 {
+                        p.retry_refused_at = Some(Instant::now() + p.pause);
+                        p.pause = (p.pause * 2).min(MAX_REFUSED_PAUSE);
+                    } else if p.refused.is_empty() {
+                        p.pause = Duration::from_millis(100);
+                    }
+                }
+                Err(e) => {
+                    pool.note_error(&e);
+                    if !*failing {
+                        log::error!("cannot write {} job results to Redis, will retry: {e}", p.batch.len());
+                        *failing = true;
+                    }
+                    // A stop may arrive while Redis is away: its deadline ends the retries.
+                    take_pending(rx, p, unlocks, close);
+                    if close.as_ref().is_some_and(|(deadline, _)| Instant::now() >= *deadline) {
+                        break;
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 3 / 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+}
+
 /// Moves whatever is waiting in the channel into the batch (up to its cap).
 fn take_pending(
     rx: &mut mpsc::UnboundedReceiver<Msg>,
-    batch: &mut Vec<Settlement>,
+    p: &mut Pending,
     unlocks: &mut Vec<(String, String)>,
     close: &mut Option<(Instant, oneshot::Sender<usize>)>,
 ) {
-    while batch.len() < MAX_BATCH {
+    while p.batch.len() < MAX_BATCH {
         match rx.try_recv() {
-            Ok(Msg::Settle(s)) => batch.push(s),
+            Ok(Msg::Settle(s)) => p.add(s),
             Ok(Msg::Unlock(k, j)) => unlocks.push((k, j)),
             Ok(Msg::Close { deadline, done }) => *close = Some((deadline, done)),
             Err(_) => break,
@@ -156,47 +263,57 @@ async fn unlock(pool: &Pool, locks: &[(String, String)]) -> redis::RedisResult<(
     inv.invoke_async::<i64>(&mut pool.get()).await.map(|_| ())
 }
 
-async fn write(pool: &Pool, keys: &Keys, policy: &RetryPolicy, batch: &[Settlement]) -> redis::RedisResult<()> {
+/// Writes a batch; returns the settlements Redis refused, with why.
+async fn write(
+    pool: &Pool,
+    keys: &Keys,
+    policy: &RetryPolicy,
+    numbers: &str,
+    batch: &[(u64, Settlement)],
+) -> redis::RedisResult<Vec<(u64, String)>> {
     let now = timestamp::now();
-    let mut pipe = redis::pipe();
-    pipe.atomic();
-    let (mut processed, mut failed, mut expired, mut buried) = (0i64, 0i64, 0i64, false);
-    for s in batch {
-        match &s.settle {
-            Settle::Retry { at, payload } => {
-                pipe.cmd("ZADD").arg(keys.retry()).arg(float_json(*at)).arg(payload).ignore();
-            }
-            Settle::Dead { payload } => {
-                pipe.cmd("ZADD").arg(keys.dead()).arg(float_json(now)).arg(payload).ignore();
-                buried = true;
-            }
-            Settle::Expired => expired += 1,
-            Settle::Done | Settle::Discard => {}
-        }
-        // Ack from the tail: the in-progress list is pushed on the left, so
-        // the oldest jobs (the usual ones to finish) are found first.
-        pipe.cmd("LREM").arg(&*s.wip_key).arg(-1).arg(&s.raw).ignore();
-        processed += i64::from(s.processed);
-        failed += i64::from(s.failed);
-    }
-    if buried {
-        trim_dead(&mut pipe, keys, policy, now);
-    }
-    if expired > 0 {
-        pipe.cmd("INCRBY").arg(keys.stat_expired()).arg(expired).ignore();
-    }
     let day = timestamp::utc_date(now);
-    for (n, total, daily) in [
-        (processed, keys.stat_processed(), keys.stat_processed_day(&day)),
-        (failed, keys.stat_failed(), keys.stat_failed_day(&day)),
-    ] {
-        if n > 0 {
-            pipe.cmd("INCRBY").arg(total).arg(n).ignore();
-            pipe.cmd("INCRBY").arg(&daily).arg(n).ignore();
-            pipe.cmd("EXPIRE").arg(&daily).arg(DAILY_STAT_TTL_SECS).ignore();
+    let mut inv = scripts::SETTLE.prepare_invoke();
+    inv.key(numbers)
+        .key(keys.retry())
+        .key(keys.dead())
+        .key(keys.stat_processed())
+        .key(keys.stat_failed())
+        .key(keys.stat_processed_day(&day))
+        .key(keys.stat_failed_day(&day))
+        .key(keys.stat_expired());
+    let mut wips: Vec<&str> = Vec::new();
+    for (_, s) in batch {
+        if !wips.contains(&&*s.wip_key) {
+            wips.push(&s.wip_key);
         }
     }
-    pipe.query_async::<()>(&mut pool.get()).await
+    for w in &wips {
+        inv.key(*w);
+    }
+    inv.arg(NUMBERS_TTL_MS)
+        .arg(DAILY_STAT_TTL_SECS)
+        .arg(float_json(now))
+        .arg(float_json(now - policy.dead_timeout_secs))
+        .arg(policy.dead_limit)
+        .arg(batch.len());
+    for (seq, s) in batch {
+        let wip = wips.iter().position(|w| **w == *s.wip_key).unwrap_or(0) + 1;
+        let (kind, score, payload): (&str, String, &[u8]) = match &s.settle {
+            Settle::Retry { at, payload } => ("retry", float_json(*at), payload.as_bytes()),
+            Settle::Dead { payload } => ("dead", String::new(), payload),
+            Settle::Expired => ("expired", String::new(), b""),
+            Settle::Done | Settle::Discard => ("done", String::new(), b""),
+        };
+        let counted = match (s.processed, s.failed) {
+            (true, true) => "pf",
+            (true, false) => "p",
+            _ => "",
+        };
+        inv.arg(*seq).arg(wip).arg(kind).arg(score).arg(payload).arg(&s.raw).arg(counted);
+    }
+    let refused: Vec<String> = inv.invoke_async(&mut pool.get()).await?;
+    Ok(refused.chunks(2).filter_map(|c| Some((c[0].parse().ok()?, c.get(1).cloned().unwrap_or_default()))).collect())
 }
 
 /// Sidekiq's dead-set trim: entries older than `dead_timeout`, then all but

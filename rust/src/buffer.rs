@@ -11,10 +11,15 @@
 //! with a clear error; nothing is dropped. With a spool (see `spool.rs`) each
 //! push is written to disk before it returns and acked once in Redis.
 //!
-//! The flusher sends at most `MAX_BATCH` jobs per round trip in one MULTI/EXEC,
-//! so a batch is all in Redis or not at all; on error it goes back to the
-//! front. After a success the next flush waits `flush_interval` (batching),
-//! unless a full batch is waiting.
+//! The flusher sends at most `MAX_BATCH` jobs per round trip to `push.lua`,
+//! each job numbered (the buffer's producer id and a sequence number), so a
+//! batch sent again after a lost reply pushes nothing twice. A batch whose
+//! outcome is unknown is sent again exactly as it was. Jobs Redis refuses for
+//! a reason retrying cannot fix (a key of the wrong type, an ACL, memory that
+//! stays full past `refused_timeout`) are written to the dead-letter file,
+//! reported once (log, `stats`, the next `flush`) and leave the batch, so the
+//! jobs behind them keep flowing. After a success the next flush waits
+//! `flush_interval` (batching), unless a full batch is waiting.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -23,7 +28,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use crate::batch;
-use crate::client::{self, PushItem};
+use crate::client::{self, PushItem, PushReply, Trouble};
+use crate::deadletter::DeadLetters;
 use crate::error::{KiqError, Result};
 use crate::keys::Keys;
 use crate::pool::Pool;
@@ -43,6 +49,11 @@ pub struct BufferConfig {
     pub flush_interval: Duration,
     /// Backoff after failed flushes grows ×1.5 up to this (Kiq's 5 s).
     pub max_backoff: Duration,
+    /// How long Redis may refuse a batch (out of memory, say) before its jobs
+    /// go to the dead-letter file; an unreachable Redis is waited for forever.
+    pub refused_timeout: Duration,
+    /// How long Redis remembers this producer's sequence numbers after a push.
+    pub producer_ttl: Duration,
 }
 
 impl Default for BufferConfig {
@@ -52,6 +63,8 @@ impl Default for BufferConfig {
             full_timeout: Duration::from_secs(10),
             flush_interval: Duration::from_millis(10),
             max_backoff: Duration::from_secs(5),
+            refused_timeout: Duration::from_secs(60),
+            producer_ttl: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -107,6 +120,9 @@ struct State {
     inflight: Option<(u64, usize, usize, usize)>,
     failing: Option<String>,
     flushed: u64,
+    /// Jobs moved to the dead-letter file, in all and since the last `flush`.
+    undeliverable: u64,
+    unreported: Vec<String>,
 }
 
 /// A snapshot for monitoring and the benchmark.
@@ -122,10 +138,23 @@ pub struct BufferStats {
     /// The last flush error, while flushes fail.
     pub failing: Option<String>,
     pub spool_bytes: u64,
+    /// Jobs Redis refused for good, kept in the dead-letter file.
+    pub undeliverable: u64,
+}
+
+/// A batch taken for one round trip: the jobs with their sequence numbers.
+pub struct Batch {
+    items: Vec<(u64, PushItem)>,
+    /// When Redis first refused it (out of memory, say), if it did.
+    refused_since: Option<Instant>,
 }
 
 pub struct Buffer {
     config: BufferConfig,
+    /// Names this buffer's sequence numbers in Redis (kept in the spool, so a
+    /// restarted process replays its jobs under the same numbers).
+    producer: String,
+    dead_letters: Mutex<DeadLetters>,
     /// What opening the spool found: damage descriptions, and jobs carried over.
     pub spool_problems: Vec<String>,
     pub recovered: usize,
@@ -136,12 +165,15 @@ pub struct Buffer {
 }
 
 impl Buffer {
-    /// A buffer, with jobs recovered from a spool if one is given.
-    pub fn new(config: BufferConfig, spool: Option<(Spool, Recovered)>) -> Arc<Self> {
+    /// A buffer, with jobs recovered from a spool if one is given; jobs
+    /// Redis refuses for good go to `dead_letters`.
+    pub fn new(config: BufferConfig, spool: Option<(Spool, Recovered)>, dead_letters: DeadLetters) -> Arc<Self> {
         let mut state = State { next_seq: 1, ..State::default() };
         let mut spool_problems = Vec::new();
         let mut count = 0;
+        let mut producer = uuid::Uuid::new_v4().simple().to_string();
         let spool = spool.map(|(spool, recovered)| {
+            producer.clone_from(&recovered.producer);
             spool_problems.clone_from(&recovered.problems);
             count = recovered.batches.iter().map(|(_, b)| b.len()).sum();
             for (first, items) in recovered.batches {
@@ -158,6 +190,8 @@ impl Buffer {
         });
         Arc::new(Self {
             config,
+            producer,
+            dead_letters: Mutex::new(dead_letters),
             spool_problems,
             recovered: count,
             state: Mutex::new(state),
@@ -229,7 +263,7 @@ impl Buffer {
         loop {
             let oldest = state.inflight.map(|(first, ..)| first).or_else(|| state.segments.front().map(|(s, _)| *s));
             if oldest.is_none_or(|s| s >= target) {
-                return Ok(());
+                return self.report(&mut state);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -244,6 +278,28 @@ impl Buffer {
         }
     }
 
+    /// Jobs moved to the dead-letter file since the last report, as an error naming them.
+    fn report(&self, state: &mut State) -> Result<()> {
+        if state.unreported.is_empty() {
+            return Ok(());
+        }
+        let lines = std::mem::take(&mut state.unreported);
+        let path = self.dead_letters.lock().unwrap_or_else(PoisonError::into_inner).path().display().to_string();
+        let shown: Vec<&str> = lines.iter().take(10).map(String::as_str).collect();
+        let more = if lines.len() > shown.len() { format!(" and {} more", lines.len() - shown.len()) } else { String::new() };
+        Err(KiqError::Undeliverable(format!(
+            "{} jobs were refused by Redis and kept in {path} (replay them with `kiq spool push {path}` once \
+             fixed): {}{more}",
+            lines.len(),
+            shown.join("; ")
+        )))
+    }
+
+    /// Where jobs Redis refused for good are kept.
+    pub fn undeliverable_path(&self) -> std::path::PathBuf {
+        self.dead_letters.lock().unwrap_or_else(PoisonError::into_inner).path().to_path_buf()
+    }
+
     pub fn stats(&self) -> BufferStats {
         let state = self.lock();
         let spool_bytes = self.spool.as_ref().map_or(0, |s| s.lock().unwrap_or_else(PoisonError::into_inner).len());
@@ -254,60 +310,96 @@ impl Buffer {
             flushed: state.flushed,
             failing: state.failing.clone(),
             spool_bytes,
+            undeliverable: state.undeliverable,
         }
     }
 
-    /// Takes the oldest jobs for one round trip.
-    fn take_batch(&self) -> Option<(u64, Vec<PushItem>)> {
+    /// Takes the oldest jobs for one round trip, numbered.
+    fn take_batch(&self) -> Option<Batch> {
         let mut state = self.lock();
         let mut first = None;
-        let mut items: Vec<PushItem> = Vec::new();
+        let mut items: Vec<(u64, PushItem)> = Vec::new();
         let mut bytes = 0;
         while let Some((seq, seg)) = state.segments.front() {
             if !items.is_empty() && (items.len() + seg.len() > MAX_BATCH || bytes + seg.bytes() > MAX_BATCH_BYTES) {
                 break;
             }
-            first.get_or_insert(*seq);
+            let seq = *seq;
+            first.get_or_insert(seq);
             let (_, seg) = state.segments.pop_front().expect("front exists");
             bytes += seg.bytes();
-            items.extend(seg.into_items());
+            items.extend(seg.into_items().into_iter().enumerate().map(|(i, item)| (seq + i as u64, item)));
         }
         let first = first?;
-        let raw = items.iter().map(batch::raw_size).sum();
+        let raw = items.iter().map(|(_, i)| batch::raw_size(i)).sum();
         state.inflight = Some((first, items.len(), bytes, raw));
-        Some((first, items))
+        Some(Batch { items, refused_since: None })
     }
 
-    /// The batch is in Redis.
-    fn confirm(&self, first: u64, n: usize) {
+    /// The batch in flight is settled: `pushed` of its jobs are in Redis and
+    /// every job up to `last` is accounted for.
+    fn confirm(&self, last: u64, pushed: usize) {
         let mut state = self.lock();
         if let Some((_, jobs, bytes, raw)) = state.inflight.take() {
             state.jobs -= jobs;
             state.bytes -= bytes;
             state.raw_bytes -= raw;
         }
-        state.flushed += n as u64;
+        state.flushed += pushed as u64;
         if state.failing.take().is_some() {
             log::warn!("the push buffer reaches Redis again");
         }
         drop(state);
         if let Some(spool) = &self.spool
-            && let Err(e) = spool.lock().unwrap_or_else(PoisonError::into_inner).ack(first + n as u64 - 1)
+            && let Err(e) = spool.lock().unwrap_or_else(PoisonError::into_inner).ack(last)
         {
-            log::error!("{e} (the jobs are in Redis; a restart may push them again)");
+            log::error!("{e} (the jobs are in Redis; a restart pushes them again, and Redis skips them)");
         }
         self.changed.notify_all();
     }
 
-    /// The batch could not be sent: back to the front, compressed, with every
-    /// other waiting segment compressed too.
-    fn restore(&self, first: u64, items: Vec<PushItem>, error: &str) {
+    /// Moves jobs Redis refused for good out of the batch in flight and into
+    /// the dead-letter file, where the user can read and replay them.
+    fn set_aside(&self, refused: Vec<(u64, PushItem)>, reason: &str) {
+        if refused.is_empty() {
+            return;
+        }
+        let raw: usize = refused.iter().map(|(_, i)| batch::raw_size(i)).sum();
+        let mut letters = self.dead_letters.lock().unwrap_or_else(PoisonError::into_inner);
+        let first_time = letters.note(reason);
+        let written = letters.write(&refused, reason);
+        let path = letters.path().display().to_string();
+        drop(letters);
+        match written {
+            Ok(()) if first_time => log::error!(
+                "Redis refused {} jobs, kept in {path} (replay with `kiq spool push {path}`): {reason}",
+                refused.len()
+            ),
+            Ok(()) => {}
+            Err(e) => log::error!("{e}; the {} jobs Redis refused ({reason}) are held in memory meanwhile", refused.len()),
+        }
         let mut state = self.lock();
-        let mut seg = Segment::Open(items, 0);
-        seg.seal();
-        let (_, _, bytes, _) = state.inflight.take().unwrap_or_default();
-        state.bytes = state.bytes - bytes + seg.bytes();
-        state.segments.push_front((first, seg));
+        if let Some((_, jobs, bytes, raw_bytes)) = &mut state.inflight {
+            *jobs -= refused.len();
+            *raw_bytes -= raw;
+            *bytes = bytes.saturating_sub(raw);
+        }
+        state.jobs -= refused.len();
+        state.raw_bytes -= raw;
+        state.bytes = state.bytes.saturating_sub(raw);
+        state.undeliverable += refused.len() as u64;
+        for (_, item) in &refused {
+            let jid = crate::job::Payload::parse(item.payload.as_str()).ok().and_then(|p| p.jid()).unwrap_or_default();
+            state.unreported.push(format!("jid {jid} for {:?}: {reason}", item.queue));
+        }
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    /// The batch could not be sent; it will be sent again as it is. Every
+    /// waiting segment is compressed meanwhile.
+    fn failed(&self, error: &str) {
+        let mut state = self.lock();
         let mut delta: isize = 0;
         for (_, seg) in &mut state.segments {
             let before = seg.bytes();
@@ -335,33 +427,126 @@ pub fn open_spool(dir: &std::path::Path, fsync: Fsync) -> Result<(Spool, Recover
     Spool::open(dir, fsync)
 }
 
+/// Jobs grouped by why Redis refused them.
+type Refusals = Vec<(String, Vec<(u64, PushItem)>)>;
+
+fn group(refusals: &mut Refusals, why: String, job: (u64, PushItem)) {
+    match refusals.iter_mut().find(|(w, _)| *w == why) {
+        Some((_, jobs)) => jobs.push(job),
+        None => refusals.push((why, vec![job])),
+    }
+}
+
+impl Buffer {
+    /// The batch reached Redis; the jobs it refused are set aside. Returns the batch's size.
+    fn landed(&self, batch: Batch, refused: &[(u64, String)]) -> usize {
+        let n = batch.items.len();
+        let last = batch.items.last().map_or(0, |(s, _)| *s);
+        if !refused.is_empty() {
+            let why: std::collections::HashMap<u64, &str> = refused.iter().map(|(s, w)| (*s, w.as_str())).collect();
+            let mut aside = Refusals::new();
+            for (seq, item) in batch.items {
+                if let Some(w) = why.get(&seq) {
+                    group(&mut aside, (*w).to_owned(), (seq, item));
+                }
+            }
+            for (w, jobs) in aside {
+                self.set_aside(jobs, &w);
+            }
+        }
+        self.confirm(last, n - refused.len());
+        n
+    }
+
+    /// Nothing was written because keys hold the wrong kind of value: their
+    /// jobs are set aside; the rest is returned, to go again at once.
+    fn split_wrong_type(&self, batch: Batch, wrong: &[(String, String)], keys: &Keys) -> Option<Batch> {
+        let last = batch.items.last().map_or(0, |(s, _)| *s);
+        let mut aside = Refusals::new();
+        let mut keep = Vec::with_capacity(batch.items.len());
+        for (seq, item) in batch.items {
+            let targets =
+                if item.at.is_some() { vec![keys.schedule()] } else { vec![keys.queue(&item.queue), keys.queues()] };
+            let why: Vec<(String, String)> = wrong.iter().filter(|(k, _)| targets.contains(k)).cloned().collect();
+            if why.is_empty() {
+                keep.push((seq, item));
+            } else {
+                group(&mut aside, client::wrong_type_message(&why), (seq, item));
+            }
+        }
+        for (w, jobs) in aside {
+            self.set_aside(jobs, &w);
+        }
+        if keep.is_empty() {
+            self.confirm(last, 0);
+            return None;
+        }
+        Some(Batch { items: keep, refused_since: batch.refused_since })
+    }
+
+    /// The batch failed: returned to be sent again as it is, unless the
+    /// failure is one retrying cannot fix (then its jobs are set aside).
+    fn not_sent(&self, mut batch: Batch, e: &KiqError) -> Option<Batch> {
+        let message = e.to_string();
+        let give_up = match client::trouble(e) {
+            Trouble::Permanent => true,
+            Trouble::Refused => {
+                batch.refused_since.get_or_insert_with(Instant::now).elapsed() >= self.config.refused_timeout
+            }
+            Trouble::Away => {
+                batch.refused_since = None;
+                false
+            }
+        };
+        if give_up {
+            let last = batch.items.last().map_or(0, |(s, _)| *s);
+            self.set_aside(batch.items, &message);
+            self.confirm(last, 0);
+            return None;
+        }
+        self.failed(&message);
+        Some(batch)
+    }
+}
+
 /// Flushes `buffer` to Redis until the process ends (or the buffer is dropped elsewhere).
 pub async fn run(buffer: Arc<Buffer>, pool: Arc<Pool>, keys: Keys) {
     let mut backoff = buffer.config.flush_interval;
+    // A batch whose outcome is not known yet: sent again exactly as it is.
+    let mut pinned: Option<Batch> = None;
     loop {
-        let Some((first, items)) = buffer.take_batch() else {
+        let batch = if let Some(b) = pinned.take() {
+            b
+        } else if let Some(b) = buffer.take_batch() {
+            b
+        } else {
             buffer.sync_spool();
             // Nothing to send: wait for a push (no timer while idle).
             buffer.wake.notified().await;
             continue;
         };
-        let n = items.len();
-        match client::push(&mut pool.get(), &keys, &items).await {
-            Ok(()) => {
-                buffer.confirm(first, n);
+        let numbered: Vec<client::Numbered<'_>> = batch.items.iter().map(|(s, i)| (*s, i)).collect();
+        let sent =
+            client::push_numbered(&mut pool.get(), &keys, &buffer.producer, buffer.config.producer_ttl, &numbered).await;
+        drop(numbered);
+        match sent {
+            Ok(PushReply::Done { refused }) => {
                 backoff = buffer.config.flush_interval;
-                if n < MAX_BATCH {
+                if buffer.landed(batch, &refused) < MAX_BATCH {
                     buffer.sync_spool();
                     tokio::time::sleep(buffer.config.flush_interval).await;
                 }
             }
+            Ok(PushReply::WrongType(wrong)) => pinned = buffer.split_wrong_type(batch, &wrong, &keys),
             Err(e) => {
                 if let KiqError::Redis(re) = &e {
                     pool.note_error(re);
                 }
-                buffer.restore(first, items, &e.to_string());
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff.mul_f64(1.5)).min(buffer.config.max_backoff);
+                pinned = buffer.not_sent(batch, &e);
+                if pinned.is_some() {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff.mul_f64(1.5)).min(buffer.config.max_backoff);
+                }
             }
         }
     }
@@ -381,31 +566,58 @@ mod tests {
             .collect()
     }
 
+    fn letters() -> DeadLetters {
+        DeadLetters::new(std::env::temp_dir().join(format!("kiq-test-{}.jsonl", uuid::Uuid::new_v4().simple())))
+    }
+
     #[test]
-    fn takes_in_order_and_restores_to_the_front_compressed() {
-        let b = Buffer::new(BufferConfig::default(), None);
+    fn takes_in_order_numbered_and_compresses_the_rest_on_failure() {
+        let b = Buffer::new(BufferConfig::default(), None, letters());
         b.push(items(3)).unwrap();
         b.push(items(2)).unwrap();
-        let (first, batch) = b.take_batch().unwrap();
-        assert_eq!((first, batch.len()), (1, 5));
+        let batch = b.take_batch().unwrap();
+        let seqs: Vec<u64> = batch.items.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+        assert_eq!(batch.items[3].1.payload, items(2)[0].payload);
+        b.push(items(500)).unwrap();
         let raw = b.stats().bytes;
-        b.restore(first, batch, "down");
+        b.failed("down");
         let s = b.stats();
-        assert_eq!(s.jobs, 5);
+        assert_eq!(s.jobs, 505);
         assert!(s.bytes < raw, "compressed after a failure: {} vs {raw}", s.bytes);
         assert_eq!(s.failing.as_deref(), Some("down"));
-        let (first, batch) = b.take_batch().unwrap();
-        assert_eq!(first, 1);
-        assert_eq!(batch[3].payload, items(2)[0].payload);
-        b.confirm(first, batch.len());
-        assert_eq!(b.stats(), BufferStats { flushed: 5, ..BufferStats::default() });
+        b.confirm(5, 5);
+        let next = b.take_batch().unwrap();
+        assert_eq!(next.items[0].0, 6, "numbers go on after the pinned batch");
+        b.confirm(505, 500);
+        assert_eq!(b.stats(), BufferStats { flushed: 505, ..BufferStats::default() });
         b.flush(Duration::from_millis(1)).unwrap();
+    }
+
+    #[test]
+    fn refused_jobs_are_set_aside_and_reported_once_by_flush() {
+        let b = Buffer::new(BufferConfig::default(), None, letters());
+        b.push(items(4)).unwrap();
+        let mut batch = b.take_batch().unwrap();
+        let aside: Vec<(u64, PushItem)> = batch.items.drain(..2).collect();
+        b.set_aside(aside, "WRONGTYPE: \"queue:default\" holds a string");
+        assert_eq!(b.stats().jobs, 2, "two set aside, two still in flight");
+        b.confirm(4, 2);
+        let s = b.stats();
+        assert_eq!((s.jobs, s.flushed, s.undeliverable), (0, 2, 2));
+        let err = b.flush(Duration::from_millis(1)).unwrap_err().to_string();
+        assert!(err.contains("2 jobs were refused") && err.contains("WRONGTYPE"), "{err}");
+        assert!(err.contains("kiq spool push"), "{err}");
+        b.flush(Duration::from_millis(1)).unwrap();
+        let kept = crate::deadletter::read(&b.undeliverable_path()).unwrap();
+        assert_eq!(kept.len(), 2);
+        let _ = std::fs::remove_file(b.undeliverable_path());
     }
 
     #[test]
     fn a_full_buffer_waits_then_fails_clearly() {
         let cfg = BufferConfig { max_bytes: 1000, full_timeout: Duration::from_millis(50), ..BufferConfig::default() };
-        let b = Buffer::new(cfg, None);
+        let b = Buffer::new(cfg, None, letters());
         b.push(items(10)).unwrap();
         let t = Instant::now();
         let err = b.push(items(10)).unwrap_err();
@@ -416,14 +628,14 @@ mod tests {
 
     #[test]
     fn flush_times_out_while_jobs_wait() {
-        let b = Buffer::new(BufferConfig::default(), None);
+        let b = Buffer::new(BufferConfig::default(), None, letters());
         b.push(items(1)).unwrap();
         assert!(matches!(b.flush(Duration::from_millis(10)), Err(KiqError::Timeout(_))));
     }
 
     #[test]
     fn big_segments_are_sealed() {
-        let b = Buffer::new(BufferConfig::default(), None);
+        let b = Buffer::new(BufferConfig::default(), None, letters());
         b.push(items(2000)).unwrap();
         let s = b.stats();
         let raw: usize = items(2000).iter().map(batch::raw_size).sum();

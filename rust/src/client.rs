@@ -1,24 +1,23 @@
 //! Pushing jobs, as Sidekiq's client does.
 //!
-//! Immediate jobs: `SADD queues <q>...` and `LPUSH queue:<q> <payload>...`,
+//! Immediate jobs: `LPUSH queue:<q> <payload>...` and `SADD queues <q>`,
 //! grouped by queue. Scheduled jobs: `ZADD schedule <at> <payload>` with no
 //! `enqueued_at` and no `SADD` (the poller does both when the job is due).
-//! One call is one round trip, wrapped in MULTI/EXEC so a retried call can
-//! never push half a batch twice.
+//! One call is one round trip to `push.lua`, which checks key types before
+//! writing anything and records the producer's sequence numbers with the
+//! jobs, so a call retried after a lost reply never pushes a job twice.
 
 use redis::aio::ConnectionLike;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use crate::error::Result;
+use crate::error::{KiqError, Result};
+use crate::pool::Pool;
 use crate::job::{NewJob, Template, field, json_string, new_jid, unique_token};
 use crate::keys::Keys;
 use crate::scripts;
 use crate::timestamp::{self, TimestampUnit, float_json};
-
-/// LPUSH at most this many payloads per command, so one huge bulk push does
-/// not stall Redis for other clients in a single command.
-const LPUSH_SLICE: usize = 1000;
 
 /// One encoded job ready for Redis.
 #[derive(Debug, Clone)]
@@ -109,41 +108,143 @@ impl Bulk {
     }
 }
 
-/// Writes the items to Redis in one round trip.
-pub async fn push<C: ConnectionLike>(conn: &mut C, keys: &Keys, items: &[PushItem]) -> Result<()> {
+/// What Redis did with a batch (see `scripts/push.lua`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushReply {
+    /// In Redis, except the jobs Redis refused: (sequence number, error).
+    Done { refused: Vec<(u64, String)> },
+    /// Nothing was written: these keys hold the wrong kind of value (key, its type).
+    WrongType(Vec<(String, String)>),
+}
+
+/// A job to push with its producer's sequence number.
+pub type Numbered<'a> = (u64, &'a PushItem);
+
+/// Pushes jobs numbered by their producer (see [`Keys::pushed`]), exactly
+/// once: a replay of jobs that landed before (a lost reply) pushes nothing
+/// again. One round trip.
+pub async fn push_numbered<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    producer: &str,
+    ttl: std::time::Duration,
+    items: &[Numbered<'_>],
+) -> Result<PushReply> {
     if items.is_empty() {
-        return Ok(());
+        return Ok(PushReply::Done { refused: Vec::new() });
     }
-    let mut pipe = redis::pipe();
-    pipe.atomic();
     let mut queues: Vec<&str> = Vec::new();
-    for item in items.iter().filter(|i| i.at.is_none()) {
+    for (_, item) in items.iter().filter(|(_, i)| i.at.is_none()) {
         if !queues.contains(&&*item.queue) {
             queues.push(&item.queue);
         }
     }
-    if !queues.is_empty() {
-        pipe.cmd("SADD").arg(keys.queues()).arg(&queues).ignore();
+    let mut inv = scripts::PUSH.prepare_invoke();
+    inv.key(keys.pushed(producer)).key(keys.queues()).key(keys.schedule());
+    for q in &queues {
+        inv.key(keys.queue(q));
     }
-    for queue in &queues {
-        let payloads: Vec<&str> =
-            items.iter().filter(|i| i.at.is_none() && &*i.queue == *queue).map(|i| i.payload.as_str()).collect();
-        for slice in payloads.chunks(LPUSH_SLICE) {
-            pipe.cmd("LPUSH").arg(keys.queue(queue)).arg(slice).ignore();
+    inv.arg(ttl.as_millis() as u64).arg(items.len());
+    for q in &queues {
+        inv.arg(*q);
+    }
+    for (seq, item) in items {
+        if let Some(at) = item.at {
+            inv.arg(*seq).arg(0).arg(timestamp::float_json(at));
+        } else {
+            let target = queues.iter().position(|q| **q == *item.queue).unwrap_or(0) + 1;
+            inv.arg(*seq).arg(target).arg("");
+        }
+        inv.arg(&item.payload);
+    }
+    let reply: Vec<String> = inv.invoke_async(conn).await?;
+    Ok(match reply.split_first() {
+        Some((head, rest)) if head == "wrongtype" => {
+            PushReply::WrongType(rest.chunks(2).map(|p| (p[0].clone(), p.get(1).cloned().unwrap_or_default())).collect())
+        }
+        Some((_, rest)) => PushReply::Done {
+            refused: rest
+                .chunks(2)
+                .filter_map(|p| Some((p[0].parse().ok()?, p.get(1).cloned().unwrap_or_default())))
+                .collect(),
+        },
+        None => PushReply::Done { refused: Vec::new() },
+    })
+}
+
+/// How long a one-off push ([`push`]) is remembered for its retries.
+const ONE_OFF_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Pushes jobs now, exactly once: a call whose reply is lost (a dropped
+/// connection, a timeout) is retried until `deadline` without pushing
+/// twice. A key of the wrong type or a refusal is an error naming it.
+pub async fn push(pool: &Pool, keys: &Keys, items: &[PushItem], deadline: Instant) -> Result<()> {
+    let producer = format!("once-{}", new_jid());
+    let numbered: Vec<Numbered<'_>> = items.iter().enumerate().map(|(i, item)| (i as u64 + 1, item)).collect();
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match push_numbered(&mut pool.get(), keys, &producer, ONE_OFF_TTL, &numbered).await {
+            Ok(PushReply::Done { refused }) if refused.is_empty() => return Ok(()),
+            Ok(PushReply::Done { refused }) => {
+                let (_, why) = &refused[0];
+                return Err(KiqError::Undeliverable(format!(
+                    "Redis refused {} of {} jobs: {why}",
+                    refused.len(),
+                    items.len()
+                )));
+            }
+            Ok(PushReply::WrongType(wrong)) => return Err(KiqError::Undeliverable(wrong_type_message(&wrong))),
+            Err(e) if trouble(&e) != Trouble::Permanent && Instant::now() + pause < deadline => {
+                if let KiqError::Redis(re) = &e {
+                    pool.note_error(re);
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => return Err(e),
         }
     }
-    let scheduled: Vec<(String, &str)> =
-        items.iter().filter_map(|i| i.at.map(|at| (timestamp::float_json(at), i.payload.as_str()))).collect();
-    for slice in scheduled.chunks(LPUSH_SLICE) {
-        let mut cmd = redis::cmd("ZADD");
-        cmd.arg(keys.schedule());
-        for (score, member) in slice {
-            cmd.arg(score).arg(*member);
-        }
-        pipe.add_command(cmd).ignore();
+}
+
+/// Why keys of the wrong type stop a push, naming each.
+pub fn wrong_type_message(wrong: &[(String, String)]) -> String {
+    let named: Vec<String> = wrong
+        .iter()
+        .map(|(key, kind)| {
+            let want = if key.ends_with("schedule") {
+                "a sorted set"
+            } else if key.ends_with("queues") && !key.contains("queue:") {
+                "a set"
+            } else {
+                "a list"
+            };
+            format!("{key:?} holds a {kind}, not {want}")
+        })
+        .collect();
+    format!(
+        "WRONGTYPE: {}; fix or delete the key (retrying cannot help)",
+        named.join(", ")
+    )
+}
+
+/// Whether a failed push may succeed when sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trouble {
+    /// Redis is away, slow or failing over: keep the jobs and retry, however long.
+    Away,
+    /// Redis refused it for now (out of memory, say): retry for a while.
+    Refused,
+    /// It never will (NOPERM, WRONGTYPE): retrying cannot help.
+    Permanent,
+}
+
+pub fn trouble(e: &KiqError) -> Trouble {
+    let KiqError::Redis(re) = e else { return Trouble::Permanent };
+    match re.code() {
+        Some("NOPERM" | "WRONGTYPE") => Trouble::Permanent,
+        Some("OOM" | "ERR" | "EXECABORT" | "BUSY") => Trouble::Refused,
+        _ => Trouble::Away,
     }
-    pipe.query_async::<()>(conn).await?;
-    Ok(())
 }
 
 /// Whether a unique push went in, or which jid holds the lock.
@@ -154,27 +255,48 @@ pub enum Pushed {
     Held(Option<String>),
 }
 
-/// Pushes unique jobs, each atomically with its lock, in order.
+/// Pushes unique jobs, each atomically with its lock, in order; a call
+/// whose reply is lost is sent again (until `deadline`), which the script
+/// recognises by the lock its own job holds.
 pub async fn push_unique(
-    conn: &mut (impl ConnectionLike + Send),
+    pool: &Pool,
     keys: &Keys,
     jobs: &[(PushItem, Lock, String)],
+    deadline: Instant,
 ) -> Result<Vec<Pushed>> {
     let mut out = Vec::with_capacity(jobs.len());
     for (item, lock, jid) in jobs {
         let target = if item.at.is_some() { keys.schedule() } else { keys.queue(&item.queue) };
         let score = item.at.map(float_json).unwrap_or_default();
-        let reply: Vec<redis::Value> = scripts::UNIQUE_PUSH
-            .key(&lock.key)
-            .key(target)
-            .key(keys.queues())
-            .arg(jid)
-            .arg(lock.ttl_ms)
-            .arg(&item.payload)
-            .arg(score)
-            .arg(&*item.queue)
-            .invoke_async(conn)
-            .await?;
+        let mut pause = Duration::from_millis(20);
+        let reply: Vec<redis::Value> = loop {
+            let sent = scripts::UNIQUE_PUSH
+                .key(&lock.key)
+                .key(&target)
+                .key(keys.queues())
+                .arg(jid)
+                .arg(lock.ttl_ms)
+                .arg(&item.payload)
+                .arg(&score)
+                .arg(&*item.queue)
+                .invoke_async(&mut pool.get())
+                .await
+                .map_err(KiqError::from);
+            match sent {
+                Ok(reply) => break reply,
+                Err(e) => match trouble(&e) {
+                    Trouble::Permanent => return Err(KiqError::Undeliverable(e.to_string())),
+                    _ if Instant::now() + pause < deadline => {
+                        if let KiqError::Redis(re) = &e {
+                            pool.note_error(re);
+                        }
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(1));
+                    }
+                    _ => return Err(e),
+                },
+            }
+        };
         let pushed = matches!(reply.first(), Some(redis::Value::Int(1)));
         out.push(if pushed {
             Pushed::Yes

@@ -25,6 +25,10 @@ pub enum KiqError {
     /// The push buffer stayed full for its whole timeout.
     #[error("{0}")]
     BufferFull(String),
+    /// Redis refused jobs for a reason retrying cannot fix (a key of the
+    /// wrong type, an ACL); they were kept aside, never dropped.
+    #[error("{0}")]
+    Undeliverable(String),
 }
 
 impl KiqError {

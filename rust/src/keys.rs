@@ -148,6 +148,19 @@ impl Keys {
         self.key("kiq:stat:expired")
     }
 
+    /// HASH of a producer's pushes: the highest sequence number applied
+    /// (`hw`) and the jobs of its last batch Redis refused (`rej`), so a
+    /// replayed batch pushes nothing twice (see `scripts/push.lua`).
+    pub fn pushed(&self, producer: &str) -> String {
+        format!("{}kiq:pushed|{producer}", self.prefix)
+    }
+
+    /// HASH of a process's result writes: the highest settlement number
+    /// applied (`hw`), so a replayed batch counts nothing twice (`scripts/settle.lua`).
+    pub fn acked(&self, identity: &str) -> String {
+        format!("{}kiq:acked|{identity}", self.prefix)
+    }
+
     /// Glob matching every process's in-progress lists.
     pub fn in_progress_pattern(&self) -> String {
         format!("{}kiq:wip|*", self.prefix)

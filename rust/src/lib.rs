@@ -13,6 +13,7 @@ pub mod buffer;
 pub mod client;
 pub mod control;
 pub mod crontab;
+pub mod deadletter;
 pub mod error;
 pub mod fetch;
 pub mod health;

@@ -128,7 +128,7 @@ impl Server {
         let queue_names: Vec<Arc<str>> = queues.iter().map(|(n, _)| Arc::from(n.as_str())).collect();
         let (tx, rx) = mpsc::unbounded_channel();
         let control = Control::default();
-        let acker = tokio::spawn(ack::run(rx, pool.clone(), keys.clone(), config.policy.clone()));
+        let acker = tokio::spawn(ack::run(rx, pool.clone(), keys.clone(), config.policy.clone(), identity.clone()));
         let mut tasks = Vec::new();
         for (i, lane) in lanes.iter().enumerate() {
             let fetcher = Fetcher {

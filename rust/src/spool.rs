@@ -4,7 +4,10 @@
 //! One append-only file, `<dir>/spool.log`: an 8-byte magic, then records of
 //! `u32 length, u32 CRC-32 of the body, body`. A body is either *jobs*
 //! (`1, u64 first sequence number, u32 count, compressed batch`) or an *ack*
-//! (`2, u64 sequence number`: every job up to it is in Redis). Enqueueing
+//! (`2, u64 sequence number`: every job up to it is in Redis), or the
+//! *producer* id the sequence numbers belong to (`3, u64 0, id`; written
+//! first, so a restart replays its jobs under the same numbers and Redis
+//! skips the ones that landed before the crash). Enqueueing
 //! appends a jobs record before it returns; a successful flush appends an ack.
 //! On open, the jobs after the last ack are loaded back; a damaged or cut-off
 //! stretch (a crash mid-write, a bad disk) fails its CRC, is reported with its
@@ -30,6 +33,7 @@ use crate::error::{KiqError, Result};
 const MAGIC: &[u8; 8] = b"KIQSPL01";
 const JOBS: u8 = 1;
 const ACK: u8 = 2;
+const PRODUCER: u8 = 3;
 /// A record longer than this is taken for damage, not data.
 const MAX_RECORD: usize = 256 << 20;
 /// Once everything is acked, a file larger than this starts over.
@@ -65,6 +69,8 @@ pub struct Recovered {
     pub problems: Vec<String>,
     /// The sequence number the next job gets.
     pub next_seq: u64,
+    /// The producer id the sequence numbers belong to.
+    pub producer: String,
 }
 
 pub struct Spool {
@@ -75,6 +81,7 @@ pub struct Spool {
     dirty: bool,
     len: u64,
     last_seq: Option<u64>,
+    producer: String,
 }
 
 fn record(body: &[u8]) -> Vec<u8> {
@@ -94,6 +101,13 @@ fn jobs_record(first_seq: u64, items: &[PushItem]) -> Vec<u8> {
     record(&body)
 }
 
+fn producer_record(id: &str) -> Vec<u8> {
+    let mut body = vec![PRODUCER];
+    body.extend_from_slice(&0u64.to_le_bytes());
+    body.extend_from_slice(id.as_bytes());
+    record(&body)
+}
+
 fn ack_record(seq: u64) -> Vec<u8> {
     let mut body = vec![ACK];
     body.extend_from_slice(&seq.to_le_bytes());
@@ -103,6 +117,7 @@ fn ack_record(seq: u64) -> Vec<u8> {
 enum Entry {
     Jobs(u64, Vec<PushItem>),
     Ack(u64),
+    Producer(String),
 }
 
 /// The record at `pos`, if an intact one starts there: (entry, its length).
@@ -128,6 +143,7 @@ fn read_record(data: &[u8], pos: usize) -> Option<(Entry, usize)> {
             Entry::Jobs(seq, items)
         }
         ACK if body.len() == 9 => Entry::Ack(seq),
+        PRODUCER => Entry::Producer(String::from_utf8(body[9..].to_vec()).ok()?),
         _ => return None,
     };
     Some((entry, 8 + len))
@@ -136,13 +152,22 @@ fn read_record(data: &[u8], pos: usize) -> Option<(Entry, usize)> {
 /// Batches of jobs, each with its first sequence number.
 type Batches = Vec<(u64, Vec<PushItem>)>;
 
+/// What a spool file holds: jobs, the highest ack, the producer id, damage found.
+struct Scan {
+    jobs: Batches,
+    acked: u64,
+    producer: Option<String>,
+    problems: Vec<String>,
+}
+
 /// Reads a spool file's jobs and acks, skipping (and describing) damage.
-fn scan(data: &[u8], path: &Path) -> (Batches, u64, Vec<String>) {
+fn scan(data: &[u8], path: &Path) -> Scan {
     let mut jobs = Vec::new();
     let mut acked = 0u64;
+    let mut producer = None;
     let mut problems = Vec::new();
     if data.is_empty() {
-        return (jobs, acked, problems);
+        return Scan { jobs, acked, producer, problems };
     }
     let mut pos = if data.starts_with(MAGIC) {
         MAGIC.len()
@@ -159,6 +184,7 @@ fn scan(data: &[u8], path: &Path) -> (Batches, u64, Vec<String>) {
             match entry {
                 Entry::Jobs(seq, items) => jobs.push((seq, items)),
                 Entry::Ack(seq) => acked = acked.max(seq),
+                Entry::Producer(id) => producer = Some(id),
             }
             pos += n;
         } else {
@@ -173,7 +199,7 @@ fn scan(data: &[u8], path: &Path) -> (Batches, u64, Vec<String>) {
             data.len()
         ));
     }
-    (jobs, acked, problems)
+    Scan { jobs, acked, producer, problems }
 }
 
 impl Spool {
@@ -199,7 +225,8 @@ impl Spool {
         if let Ok(mut f) = File::open(&path) {
             f.read_to_end(&mut data).map_err(|e| io("cannot read spool.log", e))?;
         }
-        let (jobs, acked, problems) = scan(&data, &path);
+        let Scan { jobs, acked, producer, problems } = scan(&data, &path);
+        let producer = producer.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         if !problems.is_empty() {
             let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
             let _ = fs::copy(&path, dir.join(format!("spool.log.corrupt-{stamp}")));
@@ -223,6 +250,7 @@ impl Spool {
         {
             let mut f = File::create(&tmp).map_err(|e| io("cannot write spool.log.tmp", e))?;
             f.write_all(MAGIC).map_err(|e| io("cannot write", e))?;
+            f.write_all(&producer_record(&producer)).map_err(|e| io("cannot write", e))?;
             f.write_all(&ack_record(acked)).map_err(|e| io("cannot write", e))?;
             for (first, items) in &pending {
                 f.write_all(&jobs_record(*first, items)).map_err(|e| io("cannot write", e))?;
@@ -233,8 +261,8 @@ impl Spool {
         let file = OpenOptions::new().append(true).open(&path).map_err(|e| io("cannot open spool.log", e))?;
         let len = file.metadata().map_err(|e| io("cannot stat spool.log", e))?.len();
         let last_seq = pending.last().map(|(first, items)| first + items.len() as u64 - 1);
-        let spool = Self { file, path, _lock: lock, fsync, dirty: false, len, last_seq };
-        Ok((spool, Recovered { batches: pending, problems, next_seq }))
+        let spool = Self { file, path, _lock: lock, fsync, dirty: false, len, last_seq, producer: producer.clone() };
+        Ok((spool, Recovered { batches: pending, problems, next_seq, producer }))
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
@@ -265,6 +293,7 @@ impl Spool {
             self.file.set_len(0).map_err(|e| KiqError::config(format!("cannot truncate the spool: {e}")))?;
             self.len = 0;
             self.write(MAGIC)?;
+            self.write(&producer_record(&self.producer.clone()))?;
             self.write(&ack_record(seq))?;
         }
         Ok(())

@@ -52,7 +52,7 @@ fn push_jobs(rt: &tokio::runtime::Runtime, pool: &Pool, queue: &str, n: usize) {
             client::prepare(&job, None, now, TimestampUnit::Seconds).1
         })
         .collect();
-    rt.block_on(client::push(&mut pool.get(), &Keys::default(), &items)).unwrap();
+    rt.block_on(client::push(pool, &Keys::default(), &items, Instant::now() + Duration::from_secs(5))).unwrap();
 }
 
 fn take(server: &Server, lane: usize) -> _kiq::lane::Delivery {

@@ -12,6 +12,7 @@ use super::errors::{ConfigError, py_result};
 use super::{gil, options};
 use crate::admin;
 use crate::buffer::{self, Buffer, BufferConfig};
+use crate::deadletter::DeadLetters;
 use crate::client::{self, PushItem};
 use crate::job::{NewJob, Retry, Unique, UniqueUntil};
 use crate::keys::Keys;
@@ -29,6 +30,8 @@ pub struct Client {
     pub(crate) unit: TimestampUnit,
     /// The reliable push buffer, unless pushes are synchronous.
     buffer: Option<Arc<Buffer>>,
+    /// How long a synchronous push retries a lost reply.
+    sync_timeout: Duration,
 }
 
 /// Unique jobs not pushed, by jid, with the jid holding each lock (if known).
@@ -118,7 +121,8 @@ impl Client {
             let pool = self.pool.clone();
             let keys = self.keys.clone();
             let jids: Vec<String> = unique.iter().map(|(_, _, j)| j.clone()).collect();
-            let results = gil::block_on(py, async move { client::push_unique(&mut pool.get(), &keys, &unique).await })?;
+            let deadline = std::time::Instant::now() + self.sync_timeout;
+            let results = gil::block_on(py, async move { client::push_unique(&pool, &keys, &unique, deadline).await })?;
             for (jid, r) in jids.into_iter().zip(results) {
                 if let client::Pushed::Held(holder) = r {
                     skipped.insert(jid, holder);
@@ -151,14 +155,15 @@ impl Client {
     fn send(&self, py: Python<'_>, items: Vec<PushItem>) -> PyResult<()> {
         let pool = self.pool.clone();
         let keys = self.keys.clone();
-        gil::block_on(py, async move { client::push(&mut pool.get(), &keys, &items).await })
+        let deadline = std::time::Instant::now() + self.sync_timeout;
+        gil::block_on(py, async move { client::push(&pool, &keys, &items, deadline).await })
     }
 }
 
 #[pymethods]
 impl Client {
     #[new]
-    #[pyo3(signature = (url, *, pool_size = 5, namespace = None, timestamps = "seconds", response_timeout = 5.0, connect_timeout = 2.0, tls_ca_file = None, tls_cert_file = None, tls_key_file = None, buffer = false, flush_interval = 0.01, buffer_max_bytes = 67_108_864, buffer_full_timeout = 10.0, buffer_path = None, spool_fsync = "interval"))]
+    #[pyo3(signature = (url, *, pool_size = 5, namespace = None, timestamps = "seconds", response_timeout = 5.0, connect_timeout = 2.0, tls_ca_file = None, tls_cert_file = None, tls_key_file = None, buffer = false, flush_interval = 0.01, buffer_max_bytes = 67_108_864, buffer_full_timeout = 10.0, buffer_path = None, spool_fsync = "interval", undeliverable_path = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -177,6 +182,7 @@ impl Client {
         buffer_full_timeout: f64,
         buffer_path: Option<std::path::PathBuf>,
         spool_fsync: &str,
+        undeliverable_path: Option<std::path::PathBuf>,
     ) -> PyResult<Self> {
         let unit = options::unit(timestamps)?;
         if !(response_timeout > 0.0 && connect_timeout > 0.0) {
@@ -211,6 +217,9 @@ impl Client {
         let keys = Keys::new(namespace.as_deref());
         let buffer = if buffer {
             let fsync = py_result(Fsync::parse(spool_fsync))?;
+            let letters = undeliverable_path
+                .or_else(|| buffer_path.as_ref().map(|d| d.join("undeliverable.jsonl")))
+                .unwrap_or_else(|| std::env::temp_dir().join(format!("kiq-undeliverable-{}.jsonl", std::process::id())));
             let spool = match buffer_path {
                 Some(dir) => Some(gil::run(py, move || buffer::open_spool(&dir, fsync))?),
                 None => None,
@@ -221,13 +230,13 @@ impl Client {
                 flush_interval: Duration::from_secs_f64(flush_interval),
                 ..BufferConfig::default()
             };
-            let buffer = Buffer::new(cfg, spool);
+            let buffer = Buffer::new(cfg, spool, DeadLetters::new(letters));
             rt.spawn(buffer::run(buffer.clone(), pool.clone(), keys.clone()));
             Some(buffer)
         } else {
             None
         };
-        Ok(Self { pool, keys, unit, buffer })
+        Ok(Self { pool, keys, unit, buffer, sync_timeout: Duration::from_secs_f64(buffer_full_timeout.max(1.0)) })
     }
 
     /// Pushes one job and returns its jid. `at` (epoch seconds) in the future
@@ -370,6 +379,8 @@ impl Client {
         d.set_item("flushed", s.flushed)?;
         d.set_item("failing", s.failing)?;
         d.set_item("spool_bytes", s.spool_bytes)?;
+        d.set_item("undeliverable", s.undeliverable)?;
+        d.set_item("undeliverable_path", buffer.undeliverable_path())?;
         Ok(Some(d))
     }
 

@@ -25,6 +25,13 @@ create_exception!(
     "The push buffer stayed full (Redis away or too slow) for its whole timeout."
 );
 
+create_exception!(
+    kiq.errors,
+    UndeliverableError,
+    KiqError,
+    "Redis refused jobs for a reason retrying cannot fix (a key of the wrong type, an ACL); they were kept aside."
+);
+
 /// Wraps a core error so `?` converts it inside `#[pymethods]`.
 pub struct PyKiqError(pub CoreError);
 
@@ -44,6 +51,7 @@ impl From<PyKiqError> for PyErr {
             CoreError::Timeout(_) => TimeoutError::new_err(msg),
             CoreError::Shutdown(_) => ShutdownError::new_err(msg),
             CoreError::BufferFull(_) => BufferFullError::new_err(msg),
+            CoreError::Undeliverable(_) => UndeliverableError::new_err(msg),
         }
     }
 }

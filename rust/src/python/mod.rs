@@ -26,6 +26,7 @@ mod _kiq {
     #[pymodule_export]
     use super::errors::{
         BufferFullError, CodecError, ConfigError, ConnectionError, CrontabError, KiqError, ShutdownError, TimeoutError,
+        UndeliverableError,
     };
     #[pymodule_export]
     use super::server::{Delivery, Server};

@@ -1,6 +1,8 @@
 -- unique_push.lua: push a unique job only if its lock is free, taking the
 -- lock in the same atomic step, so of many identical enqueues exactly one
--- reaches Redis.
+-- reaches Redis. Sent again after a lost reply, it finds the lock held by
+-- the job itself and pushes nothing twice. Key types are checked before
+-- anything is written.
 --
 -- KEYS[1]  kiq:unique:<token>   STRING, the jid holding the lock, with a TTL.
 -- KEYS[2]  queue:<name>          LIST (immediate job) or schedule ZSET (scheduled job).
@@ -11,14 +13,39 @@
 -- ARGV[4]  the run time (epoch seconds) of a scheduled job, or "" to push now.
 -- ARGV[5]  the queue's name.
 --
--- Returns {1} when pushed, {0, holder jid} when another job holds the lock.
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {0, redis.call('GET', KEYS[1])}
+-- Returns {1} when pushed (now or by an earlier call of the same job), {0,
+-- holder jid} when another job holds the lock; a WRONGTYPE error naming the
+-- key (nothing written) when a key holds the wrong kind of value.
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  return {1}
+elseif holder then
+  return {0, holder}
 end
-if ARGV[4] == '' then
-  redis.call('SADD', KEYS[3], ARGV[5])
-  redis.call('LPUSH', KEYS[2], ARGV[3])
+local function expect(key, want)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'none' and t ~= want then
+    return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. t .. ', not a ' .. want)
+  end
+end
+local now = ARGV[4] == ''
+local bad = expect(KEYS[2], now and 'list' or 'zset') or (now and expect(KEYS[3], 'set'))
+if bad then
+  return bad
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local pushed
+if now then
+  pushed = redis.pcall('LPUSH', KEYS[2], ARGV[3])
 else
-  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+  pushed = redis.pcall('ZADD', KEYS[2], ARGV[4], ARGV[3])
+end
+if type(pushed) == 'table' and pushed['err'] then
+  -- Refused (an ACL, say): the lock must not outlive a job that is not there.
+  redis.call('DEL', KEYS[1])
+  return pushed
+end
+if now then
+  redis.pcall('SADD', KEYS[3], ARGV[5])
 end
 return {1}

@@ -1,0 +1,108 @@
+-- settle.lua: write the results of finished jobs, exactly once. For each job:
+-- its retry or dead entry (if any) and the LREM that takes it off this
+-- process's in-progress list; then Sidekiq's processed/failed counters. Each
+-- result carries a number; the highest number applied is stored in the same
+-- atomic step, so a batch sent again after a lost reply changes nothing
+-- twice (no job in two places, no counter counted twice). Key types are
+-- checked before anything is written: a result that needs a key holding the
+-- wrong kind of value is refused (its job stays in progress), the others go on.
+--
+-- KEYS[1]    kiq:acked|<identity>         HASH: hw, the highest result number applied
+-- KEYS[2]    retry                        ZSET
+-- KEYS[3]    dead                         ZSET
+-- KEYS[4]    stat:processed               STRING counter
+-- KEYS[5]    stat:failed                  STRING counter
+-- KEYS[6]    stat:processed:<day>         STRING counter
+-- KEYS[7]    stat:failed:<day>            STRING counter
+-- KEYS[8]    kiq:stat:expired             STRING counter
+-- KEYS[9..]  kiq:wip|<identity>|<queue>   LIST per queue of the batch
+-- ARGV[1]    milliseconds KEYS[1] lives after this write
+-- ARGV[2]    seconds the daily counters live
+-- ARGV[3]    now (epoch seconds): the dead entries' score
+-- ARGV[4]    the oldest score kept in dead
+-- ARGV[5]    dead_limit (Sidekiq's trim: ranks 0 .. -dead_limit removed)
+-- ARGV[6]    number of results N
+-- then per result, 7 values: number, in-progress list (i: KEYS[8 + i]),
+--   kind ("done", "retry", "dead", "expired"), retry score or "",
+--   the payload for retry/dead or "", the job as in its list, counters
+--   ("p" processed, "pf" processed and failed, "" neither)
+--
+-- Returns {number, reason, ...} of the results refused.
+
+local hw = tonumber(redis.call('HGET', KEYS[1], 'hw') or '0')
+local n = tonumber(ARGV[6])
+local function at(i, k) return ARGV[6 + 7 * i + k] end
+
+local types = {}
+local function wrong(key, want)
+  if types[key] == nil then
+    local t = redis.call('TYPE', key)['ok']
+    types[key] = (t ~= 'none' and t ~= want) and ('WRONGTYPE ' .. key .. ' holds a ' .. t .. ', not a ' .. want) or false
+  end
+  return types[key]
+end
+
+local maxseq = hw
+for i = 0, n - 1 do
+  local seq = tonumber(at(i, 1))
+  if seq > maxseq then maxseq = seq end
+end
+if maxseq == hw then
+  return {}
+end
+-- Counters of the wrong type are skipped (never a reason to keep a job in progress).
+local count_ok = {}
+for k = 4, 8 do count_ok[k] = not wrong(KEYS[k], 'string') end
+
+redis.call('HSET', KEYS[1], 'hw', maxseq)
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+
+local refused = {}
+local processed, failed, expired, buried = 0, 0, 0, false
+for i = 0, n - 1 do
+  if tonumber(at(i, 1)) > hw then
+    local wip = KEYS[8 + tonumber(at(i, 2))]
+    local kind = at(i, 3)
+    local why = wrong(wip, 'list')
+    if not why and kind == 'retry' then why = wrong(KEYS[2], 'zset') end
+    if not why and kind == 'dead' then why = wrong(KEYS[3], 'zset') end
+    local r
+    if not why and kind == 'retry' then
+      r = redis.pcall('ZADD', KEYS[2], at(i, 4), at(i, 5))
+    elseif not why and kind == 'dead' then
+      r = redis.pcall('ZADD', KEYS[3], ARGV[3], at(i, 5))
+      buried = true
+    end
+    if not why and type(r) == 'table' and r['err'] then why = r['err'] end
+    if not why then
+      r = redis.pcall('LREM', wip, -1, at(i, 6))
+      if type(r) == 'table' and r['err'] then why = r['err'] end
+    end
+    if why then
+      refused[#refused + 1] = at(i, 1)
+      refused[#refused + 1] = why
+    else
+      local c = at(i, 7)
+      if c == 'p' or c == 'pf' then processed = processed + 1 end
+      if c == 'pf' then failed = failed + 1 end
+      if kind == 'expired' then expired = expired + 1 end
+    end
+  end
+end
+if buried then
+  redis.pcall('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[4])
+  redis.pcall('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[5]))
+end
+local function bump(total, daily, by)
+  if by > 0 then
+    if count_ok[total] then redis.pcall('INCRBY', KEYS[total], by) end
+    if count_ok[daily] then
+      redis.pcall('INCRBY', KEYS[daily], by)
+      redis.pcall('EXPIRE', KEYS[daily], ARGV[2])
+    end
+  end
+end
+bump(4, 6, processed)
+bump(5, 7, failed)
+if expired > 0 and count_ok[8] then redis.pcall('INCRBY', KEYS[8], expired) end
+return refused
