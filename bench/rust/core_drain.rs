@@ -29,7 +29,13 @@ fn main() {
     let t0 = Instant::now();
     for start in (0..n).step_by(10_000) {
         let items: Vec<_> = (start..(start + 10_000).min(n)).map(|i| bulk.item(&format!("[{i}]")).1).collect();
-        rt.block_on(client::push(&pool, &Keys::default(), &items, std::time::Instant::now() + std::time::Duration::from_secs(5))).unwrap();
+        rt.block_on(client::push(
+            &pool,
+            &Keys::default(),
+            &items,
+            std::time::Instant::now() + std::time::Duration::from_secs(5),
+        ))
+        .unwrap();
     }
     println!("push: {:.0} jobs/s", n as f64 / t0.elapsed().as_secs_f64());
     let config = ServerConfig {

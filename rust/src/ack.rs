@@ -188,54 +188,54 @@ async fn write_pending(
     close: &mut Option<(Instant, oneshot::Sender<usize>)>,
     failing: &mut bool,
 ) {
-        let mut delay = Duration::from_millis(20);
-        while !p.batch.is_empty() {
-            match write(pool, keys, policy, numbers, &p.batch).await {
-                Ok(refused) => {
-                    if *failing {
-                        log::warn!("writing job results to Redis works again");
-                        *failing = false;
-                    }
-                    let refused: std::collections::HashMap<u64, String> = refused.into_iter().collect();
-                    let mut again = 0;
-                    for (seq, s) in p.batch.drain(..) {
-                        match refused.get(&seq) {
-                            Some(why) => {
-                                if p.reported.insert(why.clone()) {
-                                    log::error!(
-                                        "Redis refused the result of a job, which stays in progress until it is \
+    let mut delay = Duration::from_millis(20);
+    while !p.batch.is_empty() {
+        match write(pool, keys, policy, numbers, &p.batch).await {
+            Ok(refused) => {
+                if *failing {
+                    log::warn!("writing job results to Redis works again");
+                    *failing = false;
+                }
+                let refused: std::collections::HashMap<u64, String> = refused.into_iter().collect();
+                let mut again = 0;
+                for (seq, s) in p.batch.drain(..) {
+                    match refused.get(&seq) {
+                        Some(why) => {
+                            if p.reported.insert(why.clone()) {
+                                log::error!(
+                                    "Redis refused the result of a job, which stays in progress until it is \
                                          written (retrying): {why}"
-                                    );
-                                }
-                                p.refused.push(s);
-                                again += 1;
+                                );
                             }
-                            None => unlocks.extend(s.unlock),
+                            p.refused.push(s);
+                            again += 1;
                         }
-                    }
-                    if again > 0 {
-                        p.retry_refused_at = Some(Instant::now() + p.pause);
-                        p.pause = (p.pause * 2).min(MAX_REFUSED_PAUSE);
-                    } else if p.refused.is_empty() {
-                        p.pause = Duration::from_millis(100);
+                        None => unlocks.extend(s.unlock),
                     }
                 }
-                Err(e) => {
-                    pool.note_error(&e);
-                    if !*failing {
-                        log::error!("cannot write {} job results to Redis, will retry: {e}", p.batch.len());
-                        *failing = true;
-                    }
-                    // A stop may arrive while Redis is away: its deadline ends the retries.
-                    take_pending(rx, p, unlocks, close);
-                    if close.as_ref().is_some_and(|(deadline, _)| Instant::now() >= *deadline) {
-                        break;
-                    }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 3 / 2).min(Duration::from_secs(2));
+                if again > 0 {
+                    p.retry_refused_at = Some(Instant::now() + p.pause);
+                    p.pause = (p.pause * 2).min(MAX_REFUSED_PAUSE);
+                } else if p.refused.is_empty() {
+                    p.pause = Duration::from_millis(100);
                 }
             }
+            Err(e) => {
+                pool.note_error(&e);
+                if !*failing {
+                    log::error!("cannot write {} job results to Redis, will retry: {e}", p.batch.len());
+                    *failing = true;
+                }
+                // A stop may arrive while Redis is away: its deadline ends the retries.
+                take_pending(rx, p, unlocks, close);
+                if close.as_ref().is_some_and(|(deadline, _)| Instant::now() >= *deadline) {
+                    break;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 3 / 2).min(Duration::from_secs(2));
+            }
         }
+    }
 }
 
 /// Moves whatever is waiting in the channel into the batch (up to its cap).

@@ -62,7 +62,7 @@ pub async fn enqueue_now(pool: &Pool, keys: &Keys, policy: &RetryPolicy, set: &s
         job.set_json(field::RETRY_COUNT, (count - 1).to_string());
     }
     let (queue, payload) = due_payload(job, policy.unit, timestamp::now());
-    let moved: i64 = scripts::ENQUEUE_DUE
+    let reply: Vec<redis::Value> = scripts::ENQUEUE_DUE
         .key(set)
         .key(keys.queues())
         .key(keys.queue(&queue))
@@ -71,7 +71,11 @@ pub async fn enqueue_now(pool: &Pool, keys: &Keys, policy: &RetryPolicy, set: &s
         .arg(&queue)
         .invoke_async(&mut pool.get())
         .await?;
-    Ok(moved == 1)
+    let due = crate::scheduled::due_reply(&reply);
+    if let Some((key, problem)) = due.problems.first() {
+        return Err(KiqError::Undeliverable(format!("cannot move the job to {key:?}: {problem}")));
+    }
+    Ok(due.moved == 1)
 }
 
 /// Moves a member of `set` to the dead set (the Web UI's "Kill"). Returns false if it was gone.
@@ -105,29 +109,30 @@ const ITERATION_TTL_SECS: u64 = 2_592_000;
 pub async fn request_cancel(pool: &Pool, keys: &Keys, jid: &str) -> Result<()> {
     check_jid(jid)?;
     let now = timestamp::now();
-    redis::pipe()
-        .atomic()
-        .cmd("ZADD")
+    let mut pipe = redis::pipe();
+    pipe.cmd("ZADD")
         .arg(keys.cancelled())
         .arg(float_json(now))
         .arg(jid)
-        .ignore()
         .cmd("ZREMRANGEBYSCORE")
         .arg(keys.cancelled())
         .arg("-inf")
         .arg(float_json(now - CANCEL_KEEP_SECS))
-        .ignore()
         .cmd("HSETNX")
         .arg(keys.iteration(jid))
         .arg(ITERATION_CANCELLED)
         .arg(now as i64)
-        .ignore()
         .cmd("EXPIRE")
         .arg(keys.iteration(jid))
         .arg(ITERATION_TTL_SECS)
-        .arg("NX")
-        .ignore()
-        .query_async::<()>(&mut pool.get())
-        .await?;
+        .arg("NX");
+    let applied = crate::exec::atomic(&mut pipe, &mut pool.get()).await?;
+    if !applied.failed.is_empty() {
+        // Asking again is harmless: every command here is idempotent.
+        return Err(KiqError::Undeliverable(format!(
+            "the cancel request for {jid} was only partly written: {}",
+            applied.failed.join("; ")
+        )));
+    }
     Ok(())
 }

@@ -286,7 +286,8 @@ impl Buffer {
         let lines = std::mem::take(&mut state.unreported);
         let path = self.dead_letters.lock().unwrap_or_else(PoisonError::into_inner).path().display().to_string();
         let shown: Vec<&str> = lines.iter().take(10).map(String::as_str).collect();
-        let more = if lines.len() > shown.len() { format!(" and {} more", lines.len() - shown.len()) } else { String::new() };
+        let more =
+            if lines.len() > shown.len() { format!(" and {} more", lines.len() - shown.len()) } else { String::new() };
         Err(KiqError::Undeliverable(format!(
             "{} jobs were refused by Redis and kept in {path} (replay them with `kiq spool push {path}` once \
              fixed): {}{more}",
@@ -376,7 +377,9 @@ impl Buffer {
                 refused.len()
             ),
             Ok(()) => {}
-            Err(e) => log::error!("{e}; the {} jobs Redis refused ({reason}) are held in memory meanwhile", refused.len()),
+            Err(e) => {
+                log::error!("{e}; the {} jobs Redis refused ({reason}) are held in memory meanwhile", refused.len());
+            }
         }
         let mut state = self.lock();
         if let Some((_, jobs, bytes, raw_bytes)) = &mut state.inflight {
@@ -527,7 +530,8 @@ pub async fn run(buffer: Arc<Buffer>, pool: Arc<Pool>, keys: Keys) {
         };
         let numbered: Vec<client::Numbered<'_>> = batch.items.iter().map(|(s, i)| (*s, i)).collect();
         let sent =
-            client::push_numbered(&mut pool.get(), &keys, &buffer.producer, buffer.config.producer_ttl, &numbered).await;
+            client::push_numbered(&mut pool.get(), &keys, &buffer.producer, buffer.config.producer_ttl, &numbered)
+                .await;
         drop(numbered);
         match sent {
             Ok(PushReply::Done { refused }) => {

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{KiqError, Result};
-use crate::pool::Pool;
 use crate::job::{NewJob, Template, field, json_string, new_jid, unique_token};
 use crate::keys::Keys;
+use crate::pool::Pool;
 use crate::scripts;
 use crate::timestamp::{self, TimestampUnit, float_json};
 
@@ -159,9 +159,9 @@ pub async fn push_numbered<C: ConnectionLike>(
     }
     let reply: Vec<String> = inv.invoke_async(conn).await?;
     Ok(match reply.split_first() {
-        Some((head, rest)) if head == "wrongtype" => {
-            PushReply::WrongType(rest.chunks(2).map(|p| (p[0].clone(), p.get(1).cloned().unwrap_or_default())).collect())
-        }
+        Some((head, rest)) if head == "wrongtype" => PushReply::WrongType(
+            rest.chunks(2).map(|p| (p[0].clone(), p.get(1).cloned().unwrap_or_default())).collect(),
+        ),
         Some((_, rest)) => PushReply::Done {
             refused: rest
                 .chunks(2)
@@ -221,10 +221,7 @@ pub fn wrong_type_message(wrong: &[(String, String)]) -> String {
             format!("{key:?} holds a {kind}, not {want}")
         })
         .collect();
-    format!(
-        "WRONGTYPE: {}; fix or delete the key (retrying cannot help)",
-        named.join(", ")
-    )
+    format!("WRONGTYPE: {}; fix or delete the key (retrying cannot help)", named.join(", "))
 }
 
 /// Whether a failed push may succeed when sent again.

@@ -99,7 +99,14 @@ mod tests {
         assert!(!dl.note("WRONGTYPE x"));
         let items = vec![
             (1, PushItem { queue: Arc::from("q"), payload: r#"{"jid":"a","class":"X","args":[]}"#.into(), at: None }),
-            (2, PushItem { queue: Arc::from("q"), payload: r#"{"jid":"b","class":"X","args":[1]}"#.into(), at: Some(5.5) }),
+            (
+                2,
+                PushItem {
+                    queue: Arc::from("q"),
+                    payload: r#"{"jid":"b","class":"X","args":[1]}"#.into(),
+                    at: Some(5.5),
+                },
+            ),
         ];
         dl.write(&items, "WRONGTYPE x").unwrap();
         let back = read(&path).unwrap();

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::control::{Control, RunState};
+use crate::exec;
 use crate::health::Beats;
 use crate::job::json_string;
 use crate::keys::Keys;
@@ -147,9 +148,21 @@ pub struct Heartbeat {
     pub signals: mpsc::Sender<Signal>,
     /// Told of every beat that reached Redis (for the readiness probe).
     pub beats: Arc<Beats>,
+    /// Failed commands already logged (each is reported once).
+    pub reported: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Heartbeat {
+    /// Logs commands of a beat that Redis refused (the rest was applied), once each.
+    fn report(&self, failed: &[String]) {
+        let mut reported = self.reported.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for f in failed {
+            if reported.insert(f.clone()) {
+                log::error!("the heartbeat could not write to Redis (the rest of the beat was written): {f}");
+            }
+        }
+    }
+
     /// Beats until `halt` turns true (the end of a stop: beats go on while
     /// running jobs drain, saying the process is quiet).
     pub async fn run(self, mut halt: watch::Receiver<bool>) {
@@ -200,28 +213,33 @@ impl Heartbeat {
         let mut conn = self.pool.get();
 
         let mut pipe = redis::pipe();
-        pipe.atomic();
         if *had_work || !running.is_empty() {
             for key in [self.keys.work(id), self.keys.workers(id)] {
-                pipe.cmd("UNLINK").arg(&key).ignore();
+                pipe.cmd("UNLINK").arg(&key);
                 if !running.is_empty() {
                     let mut hset = redis::cmd("HSET");
                     hset.arg(&key);
                     for (tid, json) in &running {
                         hset.arg(&**tid).arg(json);
                     }
-                    pipe.add_command(hset).ignore();
-                    pipe.cmd("EXPIRE").arg(&key).arg(ttl).ignore();
+                    pipe.add_command(hset);
+                    pipe.cmd("EXPIRE").arg(&key).arg(ttl);
                 }
             }
         }
         let stats = if self.config.metrics { self.metrics.take() } else { HashMap::default() };
         metrics::write(&mut pipe, &self.keys, &stats, timestamp::now());
-        if pipe.cmd_iter().next().is_some()
-            && let Err(e) = pipe.query_async::<()>(&mut conn).await
-        {
-            self.metrics.restore(stats);
-            return Err(e);
+        if pipe.cmd_iter().next().is_some() {
+            match exec::atomic(&mut pipe, &mut conn).await {
+                Ok(applied) => self.report(&applied.failed),
+                Err(e) => {
+                    // Counted again only when they surely were not written (no double counts).
+                    if e.is_connection_refusal() {
+                        self.metrics.restore(stats);
+                    }
+                    return Err(e);
+                }
+            }
         }
         *had_work = !running.is_empty();
         if !running.is_empty() {
@@ -233,12 +251,10 @@ impl Heartbeat {
         let rtt_us = t.elapsed().as_micros() as u64;
 
         let quiet = self.control.state() != RunState::Running;
-        let (signal,): (Option<String>,) = redis::pipe()
-            .atomic()
-            .cmd("SADD")
+        let mut pipe = redis::pipe();
+        pipe.cmd("SADD")
             .arg(self.keys.processes())
             .arg(id)
-            .ignore()
             .cmd("HSET")
             .arg(self.keys.process(id))
             .arg("info")
@@ -255,15 +271,15 @@ impl Heartbeat {
             .arg(if quiet { "true" } else { "false" })
             .arg("rss")
             .arg(rss)
-            .ignore()
             .cmd("EXPIRE")
             .arg(self.keys.process(id))
             .arg(ttl)
-            .ignore()
             .cmd("RPOP")
-            .arg(self.keys.signals(id))
-            .query_async(&mut conn)
-            .await?;
+            .arg(self.keys.signals(id));
+        let applied = exec::atomic(&mut pipe, &mut conn).await?;
+        self.report(&applied.failed);
+        let signal =
+            applied.replies.last().and_then(|v| redis::from_redis_value::<Option<String>>(v.clone()).ok()).flatten();
         if let Some(name) = signal {
             match Signal::parse(&name) {
                 Some(sig) => {

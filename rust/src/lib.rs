@@ -15,6 +15,7 @@ pub mod control;
 pub mod crontab;
 pub mod deadletter;
 pub mod error;
+pub mod exec;
 pub mod fetch;
 pub mod health;
 pub mod heartbeat;

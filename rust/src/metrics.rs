@@ -93,7 +93,7 @@ pub fn write(pipe: &mut redis::Pipeline, keys: &Keys, stats: &HashMap<String, Cl
         for hash in [&hash7, &hash8, &hash8_ten] {
             for (suffix, n) in [("p", s.processed), ("f", s.failed), ("ms", s.ms)] {
                 if n > 0 {
-                    pipe.cmd("HINCRBY").arg(hash).arg(format!("{class}|{suffix}")).arg(n).ignore();
+                    pipe.cmd("HINCRBY").arg(hash).arg(format!("{class}|{suffix}")).arg(n);
                 }
             }
         }
@@ -104,13 +104,13 @@ pub fn write(pipe: &mut redis::Pipeline, keys: &Keys, stats: &HashMap<String, Cl
                 for (i, &n) in s.histogram.iter().enumerate().filter(|(_, n)| **n > 0) {
                     cmd.arg("INCRBY").arg("u16").arg(format!("#{i}")).arg(n);
                 }
-                pipe.add_command(cmd).ignore();
-                pipe.cmd("EXPIRE").arg(&key).arg(SHORT_TTL).ignore();
+                pipe.add_command(cmd);
+                pipe.cmd("EXPIRE").arg(&key).arg(SHORT_TTL);
             }
         }
     }
     for (hash, ttl) in [(&hash7, SHORT_TTL), (&hash8, SHORT_TTL), (&hash8_ten, MID_TTL)] {
-        pipe.cmd("EXPIRE").arg(hash).arg(ttl).ignore();
+        pipe.cmd("EXPIRE").arg(hash).arg(ttl);
     }
 }
 

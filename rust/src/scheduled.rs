@@ -53,6 +53,32 @@ pub struct Poller {
     pub control: Control,
 }
 
+/// What one pass over a set did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Due {
+    pub moved: usize,
+    /// Due jobs that stay in the set: their queue key (or `queues`) holds the
+    /// wrong kind of value or refused the push; with each such key, the problem.
+    pub stuck: usize,
+    pub problems: Vec<(String, String)>,
+}
+
+/// Reads `enqueue_due.lua`'s reply: `{moved, stuck, key, problem, ...}`.
+pub fn due_reply(reply: &[redis::Value]) -> Due {
+    let int = |v: Option<&redis::Value>| v.and_then(|v| redis::from_redis_value::<usize>(v.clone()).ok()).unwrap_or(0);
+    let text = |v: &redis::Value| redis::from_redis_value::<String>(v.clone()).unwrap_or_default();
+    Due {
+        moved: int(reply.first()),
+        stuck: int(reply.get(1)),
+        problems: reply
+            .get(2..)
+            .unwrap_or_default()
+            .chunks(2)
+            .map(|p| (text(&p[0]), p.get(1).map(text).unwrap_or_default()))
+            .collect(),
+    }
+}
+
 impl Poller {
     pub async fn run(self) {
         let first = if self.config.poll_interval_average.is_some() { 0.0 } else { INITIAL_WAIT_SECS };
@@ -61,9 +87,10 @@ impl Poller {
             return;
         }
         let mut failing = false;
+        let mut reported = std::collections::HashSet::new();
         loop {
             if self.control.state() == RunState::Running {
-                match self.enqueue_all().await {
+                match self.enqueue_all(&mut reported).await {
                     Ok(()) if failing => {
                         log::warn!("the scheduler reaches Redis again");
                         failing = false;
@@ -96,20 +123,30 @@ impl Poller {
     }
 
     /// One poll: the retry set first, then the schedule, as Sidekiq orders them.
-    pub async fn enqueue_all(&self) -> Result<()> {
+    pub async fn enqueue_all(&self, reported: &mut std::collections::HashSet<String>) -> Result<()> {
         for set in [self.keys.retry(), self.keys.schedule()] {
             if self.control.state() == RunState::Stopping {
                 break;
             }
-            enqueue_due(&self.pool, &self.keys, &self.policy, &set, timestamp::now()).await?;
+            let due = enqueue_due(&self.pool, &self.keys, &self.policy, &set, timestamp::now()).await?;
+            for (key, problem) in &due.problems {
+                if reported.insert(format!("{key} {problem}")) {
+                    log::error!(
+                        "due jobs of {set:?} cannot move to {key:?} ({problem}); they stay in {set:?} until the key \
+                         is fixed or deleted"
+                    );
+                }
+            }
         }
         Ok(())
     }
 }
 
-/// Moves every member of `set` due at `now` to its queue. Returns how many moved.
-pub async fn enqueue_due(pool: &Pool, keys: &Keys, policy: &RetryPolicy, set: &str, now: f64) -> Result<usize> {
-    let mut moved = 0;
+/// Moves every member of `set` due at `now` to its queue. Jobs that cannot
+/// move (a key of the wrong type) stay, counted and named, and never hold up
+/// the ones behind them.
+pub async fn enqueue_due(pool: &Pool, keys: &Keys, policy: &RetryPolicy, set: &str, now: f64) -> Result<Due> {
+    let mut total = Due::default();
     loop {
         let members: Vec<Vec<u8>> = redis::cmd("ZRANGE")
             .arg(set)
@@ -117,12 +154,12 @@ pub async fn enqueue_due(pool: &Pool, keys: &Keys, policy: &RetryPolicy, set: &s
             .arg(float_json(now))
             .arg("BYSCORE")
             .arg("LIMIT")
-            .arg(0)
+            .arg(total.stuck)
             .arg(BATCH)
             .query_async(&mut pool.get())
             .await?;
         if members.is_empty() {
-            return Ok(moved);
+            return Ok(total);
         }
         let full = members.len() == BATCH;
         let mut inv = scripts::ENQUEUE_DUE.prepare_invoke();
@@ -147,11 +184,14 @@ pub async fn enqueue_due(pool: &Pool, keys: &Keys, policy: &RetryPolicy, set: &s
             }
         }
         if ready > 0 {
-            let n: usize = inv.invoke_async(&mut pool.get()).await?;
-            moved += n;
+            let reply: Vec<redis::Value> = inv.invoke_async(&mut pool.get()).await?;
+            let due = due_reply(&reply);
+            total.moved += due.moved;
+            total.stuck += due.stuck;
+            total.problems.extend(due.problems);
         }
         if !full {
-            return Ok(moved);
+            return Ok(total);
         }
     }
 }

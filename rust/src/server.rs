@@ -172,6 +172,7 @@ impl Server {
                 control: control.clone(),
                 signals: signal_tx.clone(),
                 beats: beats.clone(),
+                reported: std::sync::Mutex::default(),
             };
             tokio::spawn(hb.run(halted.clone()))
         });
@@ -474,8 +475,17 @@ impl Server {
         let stats = self.metrics.take();
         let mut pipe = redis::pipe();
         metrics::write(&mut pipe, &self.keys, &stats, timestamp::now());
-        let written: redis::RedisResult<()> =
-            if stats.is_empty() { Ok(()) } else { pipe.query_async(&mut self.pool.get()).await };
+        let written: redis::RedisResult<()> = if stats.is_empty() {
+            Ok(())
+        } else {
+            match crate::exec::atomic(&mut pipe, &mut self.pool.get()).await {
+                Ok(applied) if !applied.failed.is_empty() => {
+                    log::warn!("the last execution metrics were partly not written: {}", applied.failed.join("; "));
+                    Ok(())
+                }
+                other => other.map(|_| ()),
+            }
+        };
         if let Err(e) = written.and(heartbeat::clear(&self.pool, &self.keys, &self.config.process.identity).await) {
             log::warn!("could not remove this process from Redis at stop (it expires in 60 s): {e}");
         }

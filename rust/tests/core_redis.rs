@@ -152,10 +152,10 @@ fn due_jobs_move_to_their_queues_once() {
         .unwrap();
     let moved =
         rt.block_on(scheduled::enqueue_due(&pool, &Keys::default(), &RetryPolicy::default(), "schedule", now)).unwrap();
-    assert_eq!(moved, 1);
+    assert_eq!(moved.moved, 1);
     let again =
         rt.block_on(scheduled::enqueue_due(&pool, &Keys::default(), &RetryPolicy::default(), "schedule", now)).unwrap();
-    assert_eq!(again, 0);
+    assert_eq!(again.moved, 0);
     let q: Vec<String> = rt.block_on(conn.lrange("queue:q2", 0, -1)).unwrap();
     assert_eq!(q.len(), 1);
     assert!(

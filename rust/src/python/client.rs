@@ -12,8 +12,8 @@ use super::errors::{ConfigError, py_result};
 use super::{gil, options};
 use crate::admin;
 use crate::buffer::{self, Buffer, BufferConfig};
-use crate::deadletter::DeadLetters;
 use crate::client::{self, PushItem};
+use crate::deadletter::DeadLetters;
 use crate::job::{NewJob, Retry, Unique, UniqueUntil};
 use crate::keys::Keys;
 use crate::pool::{Pool, RedisConfig};
@@ -219,7 +219,9 @@ impl Client {
             let fsync = py_result(Fsync::parse(spool_fsync))?;
             let letters = undeliverable_path
                 .or_else(|| buffer_path.as_ref().map(|d| d.join("undeliverable.jsonl")))
-                .unwrap_or_else(|| std::env::temp_dir().join(format!("kiq-undeliverable-{}.jsonl", std::process::id())));
+                .unwrap_or_else(|| {
+                    std::env::temp_dir().join(format!("kiq-undeliverable-{}.jsonl", std::process::id()))
+                });
             let spool = match buffer_path {
                 Some(dir) => Some(gil::run(py, move || buffer::open_spool(&dir, fsync))?),
                 None => None,

@@ -10,6 +10,10 @@
 --          (so the set settles at dead_limit - 1 entries, as Sidekiq's does).
 --
 -- Returns 1 when the member was moved, 0 when it was already gone.
+local t = redis.call('TYPE', KEYS[2])['ok']
+if t ~= 'none' and t ~= 'zset' then
+  return redis.error_reply('WRONGTYPE ' .. KEYS[2] .. ' holds a ' .. t .. ', not a zset')
+end
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
   return 0
 end

@@ -15,6 +15,12 @@ local last = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
 if last >= tonumber(ARGV[2]) then
   return 0
 end
+for i, want in ipairs({'hash', 'list', 'set'}) do
+  local t = redis.call('TYPE', KEYS[i])['ok']
+  if t ~= 'none' and t ~= want then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. t .. ', not a ' .. want)
+  end
+end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SADD', KEYS[3], ARGV[4])
 redis.call('LPUSH', KEYS[2], ARGV[3])

@@ -14,7 +14,23 @@
 -- ARGV[6]  dead_limit (Sidekiq's trim: ranks 0 .. -dead_limit removed).
 -- ARGV[7]  the queue's name.
 --
--- Returns 1 when the job was moved, 0 when it was already gone.
+-- Returns 1 when the job was moved, 0 when it was already gone; a WRONGTYPE
+-- error naming the key (nothing moved) when a key holds the wrong kind of value.
+local function expect(key, want)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'none' and t ~= want then
+    return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. t .. ', not a ' .. want)
+  end
+end
+local bad
+if ARGV[2] == 'requeue' then
+  bad = expect(KEYS[2], 'list') or expect(KEYS[3], 'set')
+elseif ARGV[2] == 'bury' then
+  bad = expect(KEYS[4], 'zset')
+end
+if bad then
+  return bad
+end
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then
   return 0
 end

@@ -8,6 +8,12 @@
 -- ARGV[1]  the queue's name.
 --
 -- Returns how many jobs were moved.
+for i, want in ipairs({'list', 'list', 'set'}) do
+  local t = redis.call('TYPE', KEYS[i])['ok']
+  if t ~= 'none' and t ~= want then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. t .. ', not a ' .. want)
+  end
+end
 local moved = 0
 while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do
   moved = moved + 1
