@@ -126,7 +126,7 @@ pub async fn act_all(
     filter: &Filter,
 ) -> Result<u64> {
     if action == Action::Delete && filter.is_empty() {
-        let (size, ()): (u64, ()) = redis::pipe()
+        let (size,): (u64,) = redis::pipe()
             .atomic()
             .cmd("ZCARD")
             .arg(set)
@@ -234,7 +234,7 @@ pub async fn queue_delete(pool: &Pool, keys: &Keys, name: &str, jid: &str) -> Re
 /// Removes queue `name` and its jobs (Sidekiq's `Queue#clear`); returns how many jobs it held.
 pub async fn queue_clear(pool: &Pool, keys: &Keys, name: &str) -> Result<u64> {
     let key = keys.queue(name);
-    let (size, (), ()): (u64, (), ()) = redis::pipe()
+    let (size,): (u64,) = redis::pipe()
         .atomic()
         .cmd("LLEN")
         .arg(&key)

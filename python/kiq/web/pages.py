@@ -37,8 +37,8 @@ class JobSetPage:
 SETS = {
     s.path: s
     for s in (
-        JobSetPage("retries", "retry", "Retries", "Next retry", ("retry", "add_to_queue", "kill", "delete"), False),
-        JobSetPage("scheduled", "schedule", "Scheduled", "When", ("add_to_queue", "kill", "delete"), False),
+        JobSetPage("retries", "retry", "Retries", "Next retry", ("retry", "add_to_queue", "kill", "delete"), True),
+        JobSetPage("scheduled", "schedule", "Scheduled", "When", ("add_to_queue", "kill", "delete"), True),
         JobSetPage("morgue", "dead", "Dead", "Died", ("retry", "add_to_queue", "delete"), True),
     )
 }

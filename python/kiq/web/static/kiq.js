@@ -27,7 +27,8 @@
     [0, 0.5, 1].forEach(function (f) {
       var y = 4 + (h - bottom - 4) * (1 - f);
       el("line", { x1: left, x2: w, y1: y, y2: y, "class": "axis" }, svg);
-      text(svg, left - 6, y + 4, fmt(Math.round(top * f)), "end");
+      var v = top * f;
+      text(svg, left - 6, y + 4, fmt(v >= 10 ? Math.round(v) : Math.round(v * 10) / 10), "end");
     });
     return { svg: svg, x: left, y: 4, w: w - left, h: h - bottom - 4, bottom: h };
   }
