@@ -15,6 +15,11 @@ if [ "${KIQ_WITH_RUBY:-1}" = "1" ]; then
   ruby -e 'require "active_job"' >/dev/null 2>&1 || need_apt+=(ruby-activejob)
 fi
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+# The dashboard's browser tests drive Debian's Chromium through chromedriver (Selenium).
+if [ "${KIQ_WITH_BROWSER:-1}" = "1" ]; then
+  command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
     echo "==> installing ${need_apt[*]} from Debian's packages"
@@ -36,11 +41,12 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 PY="$ROOT/.venv/bin/python"
-if ! "$PY" -c 'import maturin, pytest, pytest_timeout, hypothesis, redis, croniter, mypy, pytest_benchmark, opentelemetry.sdk' >/dev/null 2>&1; then
+if ! "$PY" -c 'import maturin, pytest, pytest_timeout, hypothesis, redis, croniter, mypy, pytest_benchmark, opentelemetry.sdk, starlette, jinja2, uvicorn, selenium' >/dev/null 2>&1; then
   echo "==> installing Python build and test tools into .venv"
   "$PY" -m pip install -q -U pip
   "$PY" -m pip install -q "maturin>=1.9.4,<2" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6" "redis>=5" \
-    "croniter>=2" "mypy>=1.10" "pytest-benchmark>=4" "opentelemetry-api>=1.20" "opentelemetry-sdk>=1.20"
+    "croniter>=2" "mypy>=1.10" "pytest-benchmark>=4" "opentelemetry-api>=1.20" "opentelemetry-sdk>=1.20" \
+    "starlette>=0.40" "jinja2>=3.1" "uvicorn>=0.30" "selenium>=4.20"
 fi
 
 echo "==> building kiq (release)"

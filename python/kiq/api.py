@@ -247,9 +247,7 @@ class Process:
 
     def signal(self, name: str) -> None:
         """Sends a signal the process picks up on its next heartbeat (TSTP, TERM, TTIN)."""
-        key = self.api.client.key("signals", self.identity)
-        self.api.client.command("LPUSH", key, name)
-        self.api.client.command("EXPIRE", key, "60")
+        self.api.admin.signal(self.identity, name)
 
     def quiet_down(self) -> None:
         """The Busy page's Quiet: stop fetching new jobs."""
@@ -272,8 +270,13 @@ class Api:
 
             url = target or os.environ.get("REDIS_URL") or DEFAULT_URL
             self.client = _kiq.Client(url, namespace=namespace)
+            #: The core's dashboard operations (windows, filters, bulk actions,
+            #: summaries) that ``kiq.web`` uses.
+            self.admin = _kiq.Admin(self.client)
         else:
             self.client = target.client
+            # Kills trim the dead set with the app's own limits.
+            self.admin = _kiq.Admin(self.client, dead_limit=target.dead_limit, dead_timeout=target.dead_timeout)
         self.scheduled = JobSet(self, "schedule")
         self.retries = JobSet(self, "retry")
         self.dead = JobSet(self, "dead")

@@ -5,6 +5,7 @@
     kiq stats | kiq queues
     kiq retry JID | kiq kill JID | kiq delete JID | kiq cancel JID
     kiq gen worker SendEmail -q mail -r 5 | kiq gen reporter Audit | kiq gen app jobs
+    kiq web --bind 127.0.0.1:7433       the web dashboard (pip install 'kiq[web]')
 
 Exit codes: 0 done, 1 the command found nothing to act on (an unknown jid),
 2 bad usage, module or configuration, 3 Redis unreachable.
@@ -197,6 +198,40 @@ def cmd_gen(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _bind(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    try:
+        return host.strip("[]") or "127.0.0.1", int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--bind takes HOST:PORT, not {text!r}") from None
+
+
+def cmd_web(ns: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from kiq.web import BasicAuth, create_app
+    except ImportError as exc:
+        raise CliError(f"the dashboard needs its extra: pip install 'kiq[web]' ({exc})", EXIT_USAGE) from exc
+    user, password = os.environ.get("KIQ_WEB_USER"), os.environ.get("KIQ_WEB_PASSWORD")
+    if bool(user) != bool(password):
+        raise CliError("set both KIQ_WEB_USER and KIQ_WEB_PASSWORD (HTTP Basic), or neither", EXIT_USAGE)
+    host, port = ns.bind
+    log = logging.getLogger("kiq")
+    configure("INFO", name=None)
+    if not user and host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("kiq web: serving %s without a password; set KIQ_WEB_USER and KIQ_WEB_PASSWORD", host)
+    api = _api(ns)
+    try:
+        api.client.command("PING")
+    except KiqError as exc:
+        raise _redis_error(ns.redis_url, exc) from exc
+    app = create_app(api, read_only=ns.read_only, auth=BasicAuth(user, password) if user and password else None)
+    log.info("kiq web: http://%s:%d/%s", host, port, " (read-only)" if ns.read_only else "")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+    return 0
+
+
 # -- parser -----------------------------------------------------------------
 
 
@@ -259,6 +294,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("jid")
     _redis_options(p)
     p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("web", help="serve the web dashboard (needs the kiq[web] extra)")
+    p.add_argument("--bind", type=_bind, default=("127.0.0.1", 7433), metavar="HOST:PORT",
+                   help="address to listen on (default 127.0.0.1:7433); HTTP Basic auth from KIQ_WEB_USER and "
+                        "KIQ_WEB_PASSWORD")
+    p.add_argument("--read-only", action="store_true", help="show everything, offer and accept no action")
+    _redis_options(p)
+    p.set_defaults(func=cmd_web)
 
     g = sub.add_parser("gen", help="write a ready-to-run worker, reporter or app file")
     gsub = g.add_subparsers(dest="kind", required=True, metavar="KIND")

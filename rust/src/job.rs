@@ -51,6 +51,11 @@ pub mod field {
     pub const UNIQUE_UNTIL: &str = "kiq_unique_until";
     /// The minute a periodic job was enqueued for (epoch seconds).
     pub const PERIODIC_AT: &str = "kiq_periodic_at";
+    /// `true` when the last argument is ciphertext (Sidekiq Enterprise's
+    /// encryption); a dashboard shows `[encrypted data]` in its place.
+    pub const ENCRYPT: &str = "encrypt";
+    /// A Sidekiq Pro batch id.
+    pub const BID: &str = "bid";
 }
 
 /// When a unique job's lock is released (besides its `unique_for` running out).
@@ -322,7 +327,8 @@ impl Payload {
         self.get(key).and_then(|t| serde_json::from_str(t).ok())
     }
 
-    fn string(&self, key: &str) -> Option<String> {
+    /// A top-level field that is a JSON string, decoded.
+    pub fn string(&self, key: &str) -> Option<String> {
         self.parsed::<String>(key)
     }
 

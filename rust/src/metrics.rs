@@ -20,6 +20,10 @@ const BUCKETS_MS: [u64; 25] = [
     65000, 100_000, 150_000, 225_000, 335_000,
 ];
 const SHORT_TTL: i64 = 8 * 3600;
+/// Field suffixes in a metrics hash: `<Class>|p` executions, `|f` failures, `|ms` time of successes.
+pub const PROCESSED: &str = "p";
+pub const FAILED: &str = "f";
+pub const MILLIS: &str = "ms";
 const MID_TTL: i64 = 72 * 3600;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -77,21 +81,38 @@ impl Metrics {
     }
 }
 
+/// The metrics hashes of the minute containing `now` (UTC), in each layout.
+pub struct MinuteHashes {
+    /// Sidekiq 7's `j|YYYYMMDD|H:M`.
+    pub v7: String,
+    /// Sidekiq 8's one-minute `j|YYMMDD|H:MM`.
+    pub v8: String,
+    /// Sidekiq 8's ten-minute `j|YYMMDD|H:M` (the minute minus its last digit).
+    pub v8_ten: String,
+}
+
+pub fn minute_hashes(keys: &Keys, now: f64) -> MinuteHashes {
+    let t = Utc::at(now);
+    let minute8 = format!("{:02}{:02}{:02}|{}:{:02}", t.year.rem_euclid(100), t.month, t.day, t.hour, t.minute);
+    MinuteHashes {
+        v7: keys.metrics7(&format!("{:04}{:02}{:02}", t.year, t.month, t.day), &format!("{}:{}", t.hour, t.minute)),
+        v8: keys.metrics8(&minute8),
+        v8_ten: keys.metrics8(&minute8[..minute8.len() - 1]),
+    }
+}
+
 /// Adds the commands writing `stats` at time `now` to a pipeline.
 pub fn write(pipe: &mut redis::Pipeline, keys: &Keys, stats: &HashMap<String, ClassStats>, now: f64) {
     if stats.is_empty() {
         return;
     }
     let t = Utc::at(now);
-    let hash7 = keys.metrics7(&format!("{:04}{:02}{:02}", t.year, t.month, t.day), &format!("{}:{}", t.hour, t.minute));
-    let minute8 = format!("{:02}{:02}{:02}|{}:{:02}", t.year.rem_euclid(100), t.month, t.day, t.hour, t.minute);
-    let hash8 = keys.metrics8(&minute8);
-    let hash8_ten = keys.metrics8(&minute8[..minute8.len() - 1]);
+    let MinuteHashes { v7: hash7, v8: hash8, v8_ten: hash8_ten } = minute_hashes(keys, now);
     let window7 = format!("{:02}-{:02}:{}", t.day, t.hour, t.minute);
     let window8 = format!("{}-{}:{}", t.day, t.hour, t.minute);
     for (class, s) in stats {
         for hash in [&hash7, &hash8, &hash8_ten] {
-            for (suffix, n) in [("p", s.processed), ("f", s.failed), ("ms", s.ms)] {
+            for (suffix, n) in [(PROCESSED, s.processed), (FAILED, s.failed), (MILLIS, s.ms)] {
                 if n > 0 {
                     pipe.cmd("HINCRBY").arg(hash).arg(format!("{class}|{suffix}")).arg(n);
                 }

@@ -3,6 +3,7 @@
 //! released for anything that waits) and converts the result.
 
 mod activejob;
+mod admin;
 mod client;
 mod convert;
 mod cron;
@@ -19,6 +20,8 @@ mod _kiq {
 
     #[pymodule_export]
     use super::activejob::{active_job_args, unwrap_active_job};
+    #[pymodule_export]
+    use super::admin::{Admin, ClassMetrics, JobView, Page, ProcessView, QueueStat, Summary, WorkView};
     #[pymodule_export]
     use super::client::Client;
     #[pymodule_export]
@@ -146,6 +149,7 @@ mod _kiq {
         // Wire names the Python layer matches on, spelled once in the core.
         m.add("ACTIVE_JOB_WRAPPER", crate::activejob::WRAPPER)?;
         m.add("SIDEKIQ_ACTIVE_JOB_WRAPPER", crate::activejob::SIDEKIQ_WRAPPER)?;
+        m.add("ENCRYPTED_ARG", crate::jobview::ENCRYPTED)?;
         m.add("TRACE_CONTEXT_FIELDS", pyo3::types::PyTuple::new(m.py(), crate::job::field::TRACE_CONTEXT)?)?;
         Ok(())
     }
