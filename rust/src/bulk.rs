@@ -209,7 +209,15 @@ async fn enqueue(
     if ready == 0 {
         return Ok(0);
     }
-    Ok(inv.invoke_async(&mut pool.get()).await?)
+    let reply: Vec<redis::Value> = inv.invoke_async(&mut pool.get()).await?;
+    let due = crate::scheduled::due_reply(&reply);
+    if let Some((key, problem)) = due.problems.first() {
+        return Err(crate::error::KiqError::Undeliverable(format!(
+            "{} of the jobs stay in {set:?}: they cannot move to {key:?} ({problem})",
+            due.stuck
+        )));
+    }
+    Ok(due.moved as u64)
 }
 
 /// Deletes the job `jid` from queue `name` (`LREM` of its exact text), reading

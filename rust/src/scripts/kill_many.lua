@@ -10,6 +10,10 @@
 -- ARGV[4..] the members.
 --
 -- Returns how many members were moved.
+local t = redis.call('TYPE', KEYS[2])['ok']
+if t ~= 'none' and t ~= 'zset' then
+  return redis.error_reply('WRONGTYPE ' .. KEYS[2] .. ' holds a ' .. t .. ', not a zset')
+end
 local moved = 0
 for i = 4, #ARGV do
   if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
