@@ -97,6 +97,7 @@ class Client:
         buffer_full_timeout: float = 10.0,
         buffer_path: str | os.PathLike[str] | None = None,
         spool_fsync: str = "interval",
+        undeliverable_path: str | os.PathLike[str] | None = None,
     ) -> Client: ...
     def push(
         self,
@@ -141,6 +142,13 @@ class Client:
         """Waits until every buffered job is in Redis; raises TimeoutError after ``timeout`` seconds."""
     def buffer_stats(self) -> dict[str, Any] | None:
         """The push buffer's jobs, bytes, flushed count, failing error and spool size."""
+    def dump(self, dir: str | os.PathLike[str]) -> int:
+        """Writes every buffered job not yet in Redis to a new spool directory; returns how many."""
+    def replay_undeliverable(self, path: str | os.PathLike[str]) -> tuple[int, int]:
+        """Pushes the jobs of a dead-letter file again: ``(pushed, still refused)``."""
+    @property
+    def url(self) -> str:
+        """The Redis URL, password removed."""
     @property
     def spool_report(self) -> tuple[list[str], int]:
         """What opening the spool found: damage descriptions, and jobs carried over from an earlier run."""

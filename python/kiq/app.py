@@ -22,16 +22,18 @@ import time
 import traceback
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
 from kiq import _kiq, corelog
 from kiq.aio import AsyncRunner
-from kiq.errors import ConfigError, KiqError, ShutdownError
+from kiq.errors import ConfigError, KiqError, ShutdownError, UndeliverableError
 from kiq.identity import hostname, new_identity
 from kiq.instrument import Instrumenter
 from kiq.crontab import Crontab
 from kiq.job import Enqueued, Job
+from kiq.paths import default_state_dir, undeliverable_path, unsent_dir
 from kiq.pool import WorkerThreads
 from kiq.processor import Processor, Registered, register
 from kiq.reporters import Reporter, ReporterThread
@@ -59,10 +61,15 @@ async def _off_loop(call: Callable[[], T]) -> T:
 def _flush_at_exit(ref: weakref.ReferenceType[Kiq]) -> None:
     app = ref()
     if app is not None and app._client is not None:
-        try:
-            app._client.flush(app.shutdown_timeout)
-        except KiqError as exc:
-            logger.error("kiq: buffered jobs not flushed at exit: %s", exc)
+        app._flush_at_exit(app._client)
+
+
+def _say(message: str) -> None:
+    """A line on stderr, whether or not logging is configured (jobs at stake at exit)."""
+    try:
+        print(f"kiq: {message}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
 
 logger = logging.getLogger("kiq")
 
@@ -178,6 +185,10 @@ class Kiq:
             leaking job code (Celery's ``max_tasks_per_child``).
         max_memory_bytes: recycle the process, likewise, once its resident
             memory passes this (checked at every heartbeat; Linux).
+        state_dir: where kiq keeps jobs that could not reach Redis (the
+            dead-letter file of jobs Redis refused, and the jobs a process
+            still held when it exited); default ``$KIQ_STATE_DIR``, else
+            ``$XDG_STATE_HOME/kiq``, else ``~/.local/state/kiq`` (see :mod:`kiq.paths`).
         tracing: ``"link"`` or ``"child"`` turns on OpenTelemetry spans and
             trace propagation through the job's ``traceparent`` fields, as
             Ruby's Sidekiq instrumentation does (see :mod:`kiq.tracing`);
@@ -226,6 +237,7 @@ class Kiq:
         max_jobs: int | None = None,
         max_memory_bytes: int | None = None,
         tracing: str | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if test_mode not in (None, "sandbox"):
             raise ConfigError(f'test_mode must be None or "sandbox", not {test_mode!r}')
@@ -313,7 +325,11 @@ class Kiq:
         self._running_main = False
         self._lock = threading.Lock()
         self._stop_requested = threading.Event()
+        self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         self.register(*workers)
+        if buffer_path is not None and self._sandbox is None:
+            # Jobs an earlier run left in the spool go to Redis now, not at the first enqueue.
+            _ = self.client
 
     @classmethod
     def _periodic(cls, entry: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -397,6 +413,7 @@ class Kiq:
                     buffer_full_timeout=self.buffer_full_timeout,
                     buffer_path=self.buffer_path,
                     spool_fsync=self.spool_fsync,
+                    undeliverable_path=str(undeliverable_path(self.state_dir, self.identity, self.buffer_path)),
                 )
                 if self.buffer:
                     # Jobs still buffered when the interpreter exits are flushed first.
@@ -409,10 +426,53 @@ class Kiq:
                                    self.buffer_path, carried)
             return self._client
 
+    def _flush_at_exit(self, client: _kiq.Client) -> None:
+        """At interpreter exit: waits (saying so on stderr) for buffered jobs to
+        reach Redis; what cannot is saved to disk, with the command that
+        delivers it later. Nothing ``enqueue`` returned for is lost."""
+        try:
+            client.flush(0.5)
+            return
+        except UndeliverableError as exc:
+            _say(str(exc))
+            return
+        except KiqError:
+            pass
+        stats = client.buffer_stats() or {}
+        limit = self.shutdown_timeout
+        _say(f"waiting up to {limit:g}s for {stats.get('jobs', 0)} buffered jobs to reach Redis at {client.url} "
+             "(Ctrl-C stops waiting and saves them to disk; Kiq(shutdown_timeout=...) sets the wait)")
+        try:
+            client.flush(limit)
+            _say("all buffered jobs are in Redis")
+            return
+        except UndeliverableError as exc:
+            _say(str(exc))
+            return
+        except (KiqError, KeyboardInterrupt):
+            pass
+        left = (client.buffer_stats() or {}).get("jobs", 0)
+        if self.buffer_path is not None:
+            path = self.buffer_path
+            _say(f"{left} jobs are not in Redis yet; they are safe in the spool at {path}: the next process started "
+                 f"with buffer_path={str(path)!r} delivers them, or deliver them now with: kiq spool push {path}")
+            return
+        target = unsent_dir(self.state_dir, self.identity)
+        try:
+            saved = client.dump(str(target))
+        except KiqError as exc:
+            _say(f"{left} jobs could not reach Redis at {client.url}, and could not be saved to {target}: {exc}")
+            return
+        _say(f"{saved} jobs could not reach Redis at {client.url} within {limit:g}s; saved to {target}. Deliver "
+             f"them with: kiq spool push {target} (or start a Kiq with buffer_path={str(target)!r})")
+
     def flush(self, timeout: Seconds | None = None) -> None:
-        """Waits until every buffered job is in Redis (``timeout`` seconds,
-        default ``shutdown_timeout``); raises :class:`~kiq.errors.TimeoutError`
-        if Redis could not take them in time (they stay buffered)."""
+        """Waits until every buffered job (and every job of the spool) is in
+        Redis (``timeout`` seconds, default ``shutdown_timeout``); raises
+        :class:`~kiq.errors.TimeoutError` if Redis could not take them in time
+        (they stay buffered), and :class:`~kiq.errors.UndeliverableError`
+        naming the jobs Redis refused for good since the last ``flush`` (a key
+        of the wrong type, an ACL: they were set aside in the dead-letter file)."""
         if self._client is not None:
             limit = self.shutdown_timeout if timeout is None else seconds(timeout, "timeout")
             self._client.flush(limit)

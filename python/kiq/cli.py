@@ -6,6 +6,7 @@
     kiq retry JID | kiq kill JID | kiq delete JID | kiq cancel JID
     kiq gen worker SendEmail -q mail -r 5 | kiq gen reporter Audit | kiq gen app jobs
     kiq web --bind 127.0.0.1:7433       the web dashboard (pip install 'kiq[web]')
+    kiq spool push PATH                 deliver jobs kept on disk (a spool directory or a dead-letter file)
 
 Exit codes: 0 done, 1 the command found nothing to act on (an unknown jid),
 2 bad usage, module or configuration, 3 Redis unreachable.
@@ -20,6 +21,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from kiq import gen
@@ -124,6 +126,23 @@ def cmd_enqueue(ns: argparse.Namespace) -> int:
     jid = app.enqueue(job, delay=ns.delay, at=ns.at, sync=True)
     print(jid)
     return 0
+
+
+def cmd_spool_push(ns: argparse.Namespace) -> int:
+    """Delivers jobs kept on disk: a spool directory (``buffer_path``, or what a
+    process left in ``unsent-*`` at exit) or a dead-letter file (``*.jsonl``)."""
+    path = Path(ns.path)
+    if path.is_dir():
+        app = Kiq(ns.redis_url, namespace=ns.namespace, buffer_path=path)
+        waiting = (app.buffer_stats() or {}).get("jobs", 0)
+        app.flush(ns.timeout)
+        print(f"{waiting} jobs delivered from {path}")
+        return 0
+    if path.is_file():
+        pushed, kept = Kiq(ns.redis_url, namespace=ns.namespace, buffer=False).client.replay_undeliverable(str(path))
+        print(f"{pushed} jobs delivered from {path}" + (f"; {kept} still refused, kept in {path}" if kept else ""))
+        return 0 if kept == 0 else 1
+    raise CliError(f"{path} is neither a spool directory nor a dead-letter file", EXIT_USAGE)
 
 
 def cmd_stats(ns: argparse.Namespace) -> int:
@@ -294,6 +313,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("jid")
     _redis_options(p)
     p.set_defaults(func=cmd_cancel)
+
+    sp = sub.add_parser("spool", help="deliver jobs kept on disk (a spool directory or a dead-letter file)")
+    ssub = sp.add_subparsers(dest="spool_command", required=True)
+    p = ssub.add_parser("push", help="push the jobs of PATH to Redis, exactly once")
+    p.add_argument("path", help="a spool directory (buffer_path, unsent-*) or a dead-letter file (*.jsonl)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for Redis (30)")
+    _redis_options(p)
+    p.set_defaults(func=cmd_spool_push)
 
     p = sub.add_parser("web", help="serve the web dashboard (needs the kiq[web] extra)")
     p.add_argument("--bind", type=_bind, default=("127.0.0.1", 7433), metavar="HOST:PORT",

@@ -118,6 +118,8 @@ struct State {
     next_seq: u64,
     /// The batch being sent: (first sequence number, jobs, bytes, raw bytes).
     inflight: Option<(u64, usize, usize, usize)>,
+    /// Its jobs (shared with the flusher), for [`Buffer::dump`].
+    sending: Option<Arc<Vec<(u64, PushItem)>>>,
     failing: Option<String>,
     flushed: u64,
     /// Jobs moved to the dead-letter file, in all and since the last `flush`.
@@ -144,7 +146,7 @@ pub struct BufferStats {
 
 /// A batch taken for one round trip: the jobs with their sequence numbers.
 pub struct Batch {
-    items: Vec<(u64, PushItem)>,
+    items: Arc<Vec<(u64, PushItem)>>,
     /// When Redis first refused it (out of memory, say), if it did.
     refused_since: Option<Instant>,
 }
@@ -334,13 +336,55 @@ impl Buffer {
         let first = first?;
         let raw = items.iter().map(|(_, i)| batch::raw_size(i)).sum();
         state.inflight = Some((first, items.len(), bytes, raw));
+        let items = Arc::new(items);
+        state.sending = Some(items.clone());
         Some(Batch { items, refused_since: None })
+    }
+
+    /// The jobs of a batch the flusher is done sending, to change or drop.
+    fn release(&self, items: Arc<Vec<(u64, PushItem)>>) -> Vec<(u64, PushItem)> {
+        self.lock().sending = None;
+        Arc::try_unwrap(items).unwrap_or_else(|shared| (*shared).clone())
+    }
+
+    /// Writes every job not yet confirmed in Redis to a new spool in `dir`,
+    /// under this buffer's producer id and sequence numbers: delivered later
+    /// by a process with `buffer_path=dir` (or `kiq spool push dir`), where
+    /// Redis skips any of them this process still managed to push. Returns
+    /// how many were written.
+    pub fn dump(&self, dir: &std::path::Path) -> Result<usize> {
+        let state = self.lock();
+        let mut jobs: Vec<(u64, PushItem)> = state.sending.as_deref().cloned().unwrap_or_default();
+        for (first, seg) in &state.segments {
+            let items = match seg {
+                Segment::Open(items, _) => items.clone(),
+                Segment::Sealed { data, .. } => batch::decompress(data)?,
+            };
+            jobs.extend(items.into_iter().enumerate().map(|(i, item)| (first + i as u64, item)));
+        }
+        drop(state);
+        if jobs.is_empty() {
+            return Ok(0);
+        }
+        let mut spool = Spool::create(dir, &self.producer)?;
+        // One record per run of consecutive numbers (jobs set aside leave gaps).
+        let mut start = 0;
+        for i in 1..=jobs.len() {
+            if i == jobs.len() || jobs[i].0 != jobs[i - 1].0 + 1 {
+                let run: Vec<PushItem> = jobs[start..i].iter().map(|(_, item)| item.clone()).collect();
+                spool.append(jobs[start].0, &run)?;
+                start = i;
+            }
+        }
+        spool.sync();
+        Ok(jobs.len())
     }
 
     /// The batch in flight is settled: `pushed` of its jobs are in Redis and
     /// every job up to `last` is accounted for.
     fn confirm(&self, last: u64, pushed: usize) {
         let mut state = self.lock();
+        state.sending = None;
         if let Some((_, jobs, bytes, raw)) = state.inflight.take() {
             state.jobs -= jobs;
             state.bytes -= bytes;
@@ -448,7 +492,7 @@ impl Buffer {
         if !refused.is_empty() {
             let why: std::collections::HashMap<u64, &str> = refused.iter().map(|(s, w)| (*s, w.as_str())).collect();
             let mut aside = Refusals::new();
-            for (seq, item) in batch.items {
+            for (seq, item) in self.release(batch.items) {
                 if let Some(w) = why.get(&seq) {
                     group(&mut aside, (*w).to_owned(), (seq, item));
                 }
@@ -467,7 +511,7 @@ impl Buffer {
         let last = batch.items.last().map_or(0, |(s, _)| *s);
         let mut aside = Refusals::new();
         let mut keep = Vec::with_capacity(batch.items.len());
-        for (seq, item) in batch.items {
+        for (seq, item) in self.release(batch.items) {
             let targets =
                 if item.at.is_some() { vec![keys.schedule()] } else { vec![keys.queue(&item.queue), keys.queues()] };
             let why: Vec<(String, String)> = wrong.iter().filter(|(k, _)| targets.contains(k)).cloned().collect();
@@ -484,7 +528,9 @@ impl Buffer {
             self.confirm(last, 0);
             return None;
         }
-        Some(Batch { items: keep, refused_since: batch.refused_since })
+        let items = Arc::new(keep);
+        self.lock().sending = Some(items.clone());
+        Some(Batch { items, refused_since: batch.refused_since })
     }
 
     /// The batch failed: returned to be sent again as it is, unless the
@@ -503,7 +549,7 @@ impl Buffer {
         };
         if give_up {
             let last = batch.items.last().map_or(0, |(s, _)| *s);
-            self.set_aside(batch.items, &message);
+            self.set_aside(self.release(batch.items), &message);
             self.confirm(last, 0);
             return None;
         }
@@ -602,8 +648,9 @@ mod tests {
     fn refused_jobs_are_set_aside_and_reported_once_by_flush() {
         let b = Buffer::new(BufferConfig::default(), None, letters());
         b.push(items(4)).unwrap();
-        let mut batch = b.take_batch().unwrap();
-        let aside: Vec<(u64, PushItem)> = batch.items.drain(..2).collect();
+        let batch = b.take_batch().unwrap();
+        let mut items = b.release(batch.items);
+        let aside: Vec<(u64, PushItem)> = items.drain(..2).collect();
         b.set_aside(aside, "WRONGTYPE: \"queue:default\" holds a string");
         assert_eq!(b.stats().jobs, 2, "two set aside, two still in flight");
         b.confirm(4, 2);

@@ -9,11 +9,14 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::client::PushItem;
+use crate::client::{self, PushItem, PushReply, Trouble};
 use crate::error::{KiqError, Result};
+use crate::keys::Keys;
+use crate::pool::Pool;
 use crate::timestamp;
 
 pub struct DeadLetters {
@@ -68,6 +71,52 @@ impl DeadLetters {
     pub fn held(&self) -> usize {
         self.unwritten.len()
     }
+}
+
+/// Pushes the jobs of a dead-letter file again (once its keys are fixed),
+/// exactly once. The jobs Redis still refuses stay in the file, with the new
+/// reason; the rest leave it (the original is kept as `<file>.replayed-<time>`).
+/// Returns (pushed, still refused).
+pub async fn replay(pool: &Pool, keys: &Keys, path: &Path, deadline: Instant) -> Result<(usize, usize)> {
+    let mut left: Vec<(u64, PushItem)> = read(path)?.into_iter().enumerate().map(|(i, j)| (i as u64 + 1, j)).collect();
+    let total = left.len();
+    let producer = format!("replay-{}", crate::job::new_jid());
+    let mut kept: Vec<(PushItem, String)> = Vec::new();
+    let mut pause = Duration::from_millis(20);
+    while !left.is_empty() {
+        let numbered: Vec<client::Numbered<'_>> = left.iter().map(|(s, i)| (*s, i)).collect();
+        match client::push_numbered(&mut pool.get(), keys, &producer, Duration::from_secs(600), &numbered).await {
+            Ok(PushReply::Done { refused }) => {
+                let why: std::collections::HashMap<u64, String> = refused.into_iter().collect();
+                kept.extend(left.drain(..).filter_map(|(s, item)| why.get(&s).map(|w| (item, w.clone()))));
+            }
+            Ok(PushReply::WrongType(wrong)) => {
+                let (bad, good): (Vec<_>, Vec<_>) = left.drain(..).partition(|(_, item)| {
+                    let target = if item.at.is_some() { keys.schedule() } else { keys.queue(&item.queue) };
+                    wrong.iter().any(|(k, _)| *k == target || (item.at.is_none() && *k == keys.queues()))
+                });
+                let why = client::wrong_type_message(&wrong);
+                kept.extend(bad.into_iter().map(|(_, item)| (item, why.clone())));
+                left = good;
+            }
+            Err(e) if client::trouble(&e) != Trouble::Permanent && Instant::now() + pause < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let stamp = timestamp::now() as u64;
+    let archive = path.with_extension(format!("jsonl.replayed-{stamp}"));
+    fs::rename(path, &archive)
+        .map_err(|e| KiqError::config(format!("cannot move {} aside after replaying it: {e}", path.display())))?;
+    if !kept.is_empty() {
+        let mut letters = DeadLetters::new(path);
+        for (item, why) in &kept {
+            letters.write(&[(0, item.clone())], why)?;
+        }
+    }
+    Ok((total - kept.len(), kept.len()))
 }
 
 /// The jobs of a dead-letter file, for replaying.

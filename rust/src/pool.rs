@@ -98,6 +98,11 @@ impl Pool {
         Ok(pool)
     }
 
+    /// The URL this pool was made for.
+    pub fn url(&self) -> &str {
+        &self.config.url
+    }
+
     fn generation(&self) -> Arc<Generation> {
         self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
     }

@@ -265,6 +265,34 @@ impl Spool {
         Ok((spool, Recovered { batches: pending, problems, next_seq, producer }))
     }
 
+    /// A new spool in `dir` (which must not hold one) whose jobs are numbered
+    /// for `producer`: where a process that cannot reach Redis leaves its jobs.
+    pub fn create(dir: &Path, producer: &str) -> Result<Self> {
+        let io = |what: &str, e: std::io::Error| KiqError::config(format!("{}: {what}: {e}", dir.display()));
+        fs::create_dir_all(dir).map_err(|e| io("cannot create it", e))?;
+        let path = dir.join("spool.log");
+        let mut file = OpenOptions::new().create_new(true).append(true).open(&path).map_err(|e| io("cannot create spool.log", e))?;
+        file.write_all(MAGIC).map_err(|e| io("cannot write", e))?;
+        file.write_all(&producer_record(producer)).map_err(|e| io("cannot write", e))?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))
+            .map_err(|e| io("cannot open its lock file", e))?;
+        let len = file.metadata().map_err(|e| io("cannot stat spool.log", e))?.len();
+        Ok(Self {
+            file,
+            path,
+            _lock: lock,
+            fsync: Fsync::Always,
+            dirty: false,
+            len,
+            last_seq: None,
+            producer: producer.to_owned(),
+        })
+    }
+
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
         self.file
             .write_all(bytes)

@@ -386,6 +386,27 @@ impl Client {
         Ok(Some(d))
     }
 
+    /// Writes every buffered job not yet in Redis to a new spool directory
+    /// `dir` (see `Buffer::dump`); returns how many. 0 without a buffer.
+    fn dump(&self, py: Python<'_>, dir: std::path::PathBuf) -> PyResult<usize> {
+        let Some(buffer) = self.buffer.clone() else { return Ok(0) };
+        gil::run(py, move || buffer.dump(&dir))
+    }
+
+    /// Pushes the jobs of a dead-letter file again: `(pushed, still refused)`.
+    fn replay_undeliverable(&self, py: Python<'_>, path: std::path::PathBuf) -> PyResult<(usize, usize)> {
+        let pool = self.pool.clone();
+        let keys = self.keys.clone();
+        let deadline = std::time::Instant::now() + self.sync_timeout;
+        gil::block_on(py, async move { crate::deadletter::replay(&pool, &keys, &path, deadline).await })
+    }
+
+    /// The Redis URL, password removed (for messages).
+    #[getter]
+    fn url(&self) -> String {
+        crate::pool::redact(self.pool.url())
+    }
+
     /// What opening the spool found: `(damage descriptions, jobs carried over
     /// from an earlier run)`; empty without a spool.
     #[getter]

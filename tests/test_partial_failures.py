@@ -1,0 +1,190 @@
+"""Partial failures: keys of the wrong type never make a push, a result or a
+scheduler move half applied or repeated; what Redis refuses for good is set
+aside once (dead-letter file, flush() error) while healthy queues flow, and
+can be replayed exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from kiq import Job, Kiq, worker
+from kiq.errors import UndeliverableError
+from support import wait_for
+
+
+def kiq_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kiq", *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **env})
+
+
+def dead_letters(path: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def test_a_stray_queues_key_sets_jobs_aside_once_and_replay_delivers_them(
+    make_app: Any, r: redis.Redis, tmp_path: Path, redis_url: str
+) -> None:
+    r.set("queues", "not a set")
+    app = make_app(state_dir=tmp_path)
+    jids = [app.enqueue(Job("X", [i])) for i in range(10)]
+    with pytest.raises(UndeliverableError, match=r'10 jobs were refused.*"queues" holds a string, not a set'):
+        app.flush(5)
+    time.sleep(1.0)  # a re-push storm would show here
+    assert r.llen("queue:default") == 0
+    stats = app.buffer_stats()
+    assert stats is not None and stats["undeliverable"] == 10 and stats["jobs"] == 0
+    path = stats["undeliverable_path"]
+    assert Path(path).parent == tmp_path
+    kept = dead_letters(path)
+    assert sorted(json.loads(k["payload"])["jid"] for k in kept) == sorted(jids)
+    assert all("WRONGTYPE" in k["reason"] for k in kept)
+    app.flush(1)  # reported once
+    still = kiq_cli("spool", "push", path, "-r", redis_url)
+    assert still.returncode == 1 and "10 still refused" in still.stdout, still
+    r.delete("queues")
+    done = kiq_cli("spool", "push", path, "-r", redis_url)
+    assert done.returncode == 0 and "10 jobs delivered" in done.stdout, done
+    assert sorted(json.loads(p)["jid"] for p in r.lrange("queue:default", 0, -1)) == sorted(jids)
+    assert not Path(path).exists(), "a replayed file is moved aside, so a second replay pushes nothing"
+
+
+def test_a_broken_queue_never_holds_up_a_healthy_one(make_app: Any, r: redis.Redis, tmp_path: Path) -> None:
+    r.set("queue:bad", "a string")
+    app = make_app(state_dir=tmp_path)
+    bad = [app.enqueue(Job("X", [i], queue="bad")) for i in range(10)]
+    good = [app.enqueue(Job("X", [i], queue="good")) for i in range(10)]
+    with pytest.raises(UndeliverableError, match=r'"queue:bad" holds a string, not a list'):
+        app.flush(5)
+    assert sorted(json.loads(p)["jid"] for p in r.lrange("queue:good", 0, -1)) == sorted(good)
+    more = [app.enqueue(Job("X", [i], queue="good")) for i in range(10, 20)]
+    app.flush(5)
+    time.sleep(1.0)
+    assert r.llen("queue:good") == 20 and r.get("queue:bad") == "a string"
+    assert sorted(json.loads(p)["jid"] for p in r.lrange("queue:good", 0, -1)) == sorted(good + more)
+    stats = app.buffer_stats()
+    assert stats is not None
+    assert sorted(json.loads(k["payload"])["jid"] for k in dead_letters(stats["undeliverable_path"])) == sorted(bad)
+
+
+def test_sync_and_unique_pushes_to_a_broken_key_fail_at_once(make_app: Any, r: redis.Redis) -> None:
+    r.set("queue:bad", "a string")
+    app = make_app()
+    with pytest.raises(UndeliverableError, match=r'"queue:bad" holds a string'):
+        app.enqueue(Job("X", [1], queue="bad"), sync=True)
+    with pytest.raises(UndeliverableError, match=r"queue:bad holds a string"):
+        app.enqueue(Job("X", [1], queue="bad", unique_for=60))
+    assert r.keys("kiq:unique:*") == [], "no lock outlives a job that is not there"
+    r.delete("queue:bad")
+    assert not app.enqueue(Job("X", [1], queue="bad", unique_for=60)).skipped
+
+
+def test_a_refused_result_keeps_its_job_in_progress_and_counts_once(make_app: Any, r: redis.Redis) -> None:
+    ran: list[str] = []
+
+    @worker(name="Maybe", retry=3)
+    def maybe(tag: str) -> None:
+        ran.append(tag)
+        if tag == "fail":
+            raise ValueError("no")
+
+    r.set("retry", "not a zset")
+    app = make_app(workers=[maybe], queues={"default": 2})
+    app.enqueue(maybe.new("fail"))
+    for i in range(5):
+        app.enqueue(maybe.new(f"ok{i}"))
+    app.start()
+    wait_for(lambda: len(ran) == 6, what="all six jobs ran")
+    wait_for(lambda: r.get("stat:processed") == "5", what="the five successes counted")
+    wip = [k for k in r.keys("kiq:wip|*")]
+    assert len(wip) == 1 and [json.loads(p)["args"] for p in r.lrange(wip[0], 0, -1)] == [["fail"]], \
+        "the failed job waits in progress while its retry entry cannot be written"
+    r.delete("retry")
+    wait_for(lambda: r.zcard("retry") == 1, timeout=15, what="the failed job in the retry set once the key is fixed")
+    wait_for(lambda: r.llen(wip[0]) == 0, what="nothing left in progress")
+    assert r.get("stat:processed") == "6" and r.get("stat:failed") == "1", "each result counted once"
+    assert len(ran) == 6
+
+
+def test_due_jobs_for_a_broken_queue_stay_scheduled_and_the_rest_move(make_app: Any, r: redis.Redis) -> None:
+    r.set("queue:bad", "a string")
+    now = time.time()
+    for i in range(3):
+        r.zadd("schedule", {json.dumps({"class": "X", "args": [i], "queue": "bad", "jid": f"bad{i}"}): now - 10 + i})
+    for i in range(3):
+        r.zadd("schedule", {json.dumps({"class": "X", "args": [i], "queue": "good", "jid": f"g{i}"}): now - 5 + i})
+    app = make_app(queues={"other": 1}, poll_interval_average=0.1)
+    app.start()
+    wait_for(lambda: r.llen("queue:good") == 3, what="the healthy due jobs moved past the stuck ones")
+    assert r.zcard("schedule") == 3 and r.get("queue:bad") == "a string"
+    r.delete("queue:bad")
+    wait_for(lambda: r.llen("queue:bad") == 3, what="the stuck jobs move once the key is fixed")
+    assert r.zcard("schedule") == 0 and r.llen("queue:good") == 3
+
+
+STORM_JOBS = 20_000
+
+
+def test_exactly_once_pushes_and_runs_under_a_storm_of_lost_replies(redis_url: str, r: redis.Redis) -> None:
+    """A few hundred CLIENT KILLs (and one DEBUG SLEEP past the reply timeout)
+    while 20,000 jobs are enqueued one by one and run: each runs exactly once."""
+    counts: dict[int, int] = {}
+    lock = threading.Lock()
+
+    @worker(name="Count")
+    def count(n: int) -> None:
+        with lock:
+            counts[n] = counts.get(n, 0) + 1
+
+    killer = redis.Redis.from_url(redis_url)
+    stop = threading.Event()
+    kills = [0]
+
+    def storm() -> None:
+        slept = False
+        while not stop.is_set() and kills[0] < 400:
+            try:
+                killer.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+                kills[0] += 1
+                if kills[0] == 100 and not slept:
+                    slept = True
+                    killer.execute_command("DEBUG", "SLEEP", "6")  # past kiq's 5 s reply timeout
+            except redis.RedisError:
+                pass
+            time.sleep(0.03)
+
+    worker_app = Kiq(redis_url, workers=[count], queues={"default": 10}, poll_interval_average=0.2,
+                     heartbeat_interval=0.5, shutdown_timeout=5)
+    producer = Kiq(redis_url, shutdown_timeout=5)
+    worker_app.start()
+    t = threading.Thread(target=storm, daemon=True)
+    t.start()
+    try:
+        for i in range(STORM_JOBS):
+            producer.enqueue(count.new(i))
+            if i % 500 == 0:
+                time.sleep(0.02)  # spread the pushes over the storm
+        producer.flush(60)
+        wait_for(lambda: len(counts) == STORM_JOBS, timeout=120, what=f"all {STORM_JOBS} jobs ran")
+        stop.set()
+        t.join()
+        time.sleep(1.0)  # a late duplicate would show here
+    finally:
+        stop.set()
+        worker_app.stop(5)
+    lost = STORM_JOBS - len(counts)
+    dups = sum(c - 1 for c in counts.values())
+    print(f"storm: {kills[0]} CLIENT KILLs, lost {lost}, duplicated {dups}")
+    assert kills[0] >= 200, "the storm ran"
+    assert lost == 0 and dups == 0
+    assert r.llen("queue:default") == 0
+    assert int(r.get("stat:processed") or 0) == STORM_JOBS, "each result counted once"
