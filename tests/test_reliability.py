@@ -280,7 +280,7 @@ def test_poison_pill_goes_to_the_dead_set(make_app, r) -> None:
     app.start()
     [dead] = wait_for(lambda: r.zrange("dead", 0, -1), what="the poison pill in the dead set")
     job = json.loads(dead)
-    assert job["error_class"] == "kiq.errors.PoisonPillError" and "recovered 4 times" in job["error_message"]
+    assert job["error_class"] == "kiq.errors.PoisonPillError" and "blamed for 4 process deaths" in job["error_message"]
     assert ran == [] and not r.exists("kiq:wip|gone:1:aaaaaaaaaaaa|default")
 
 

@@ -237,7 +237,9 @@ impl Fetcher {
                 .unwrap_or_default();
             (self.keys.unique(&token), until)
         });
+        let suspect = payload.get(field::SUSPECT) == Some("true");
         let mut d = Delivery::new(self.lane_index, payload, class, jid, args);
+        d.suspect = suspect;
         d.kwargs = kwargs;
         d.expires_at = expires_at;
         d.lock = lock;

@@ -127,13 +127,11 @@ pub struct BeatConfig {
     /// TTL of the process hash and work hashes (Sidekiq's 60 s).
     pub ttl: Duration,
     pub metrics: bool,
-    /// Recycle the process once its resident memory passes this (checked every beat).
-    pub max_rss_kb: Option<u64>,
 }
 
 impl Default for BeatConfig {
     fn default() -> Self {
-        Self { interval: Duration::from_secs(5), ttl: Duration::from_secs(60), metrics: true, max_rss_kb: None }
+        Self { interval: Duration::from_secs(5), ttl: Duration::from_secs(60), metrics: true }
     }
 }
 
@@ -197,16 +195,7 @@ impl Heartbeat {
     }
 
     async fn beat(&self, info: &str, had_work: &mut bool) -> redis::RedisResult<()> {
-        // Checked before touching Redis, so an outage does not postpone it.
         let rss = rss_kb();
-        if let Some(max) = self.config.max_rss_kb
-            && rss > max
-            && self.control.state() == RunState::Running
-        {
-            log::warn!("recycling this process: resident memory {rss} kB is above max_memory_bytes ({max} kB)");
-            self.control.set(RunState::Quiet);
-            let _ = self.signals.send(Signal::Recycle);
-        }
         let id = &self.info.identity;
         let ttl = self.config.ttl.as_secs().max(1) as i64;
         let running = self.work.snapshot();

@@ -51,6 +51,9 @@ pub mod field {
     pub const UNIQUE_UNTIL: &str = "kiq_unique_until";
     /// The minute a periodic job was enqueued for (epoch seconds).
     pub const PERIODIC_AT: &str = "kiq_periodic_at";
+    /// `true` on a job that was in flight when a process died: it runs alone
+    /// next time (see `isolation.rs`), so a second death blames it for sure.
+    pub const SUSPECT: &str = "kiq_suspect";
     /// `true` when the last argument is ciphertext (Sidekiq Enterprise's
     /// encryption); a dashboard shows `[encrypted data]` in its place.
     pub const ENCRYPT: &str = "encrypt";

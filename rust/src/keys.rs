@@ -161,6 +161,13 @@ impl Keys {
         format!("{}kiq:acked|{identity}", self.prefix)
     }
 
+    /// STRING naming the suspect job a process runs alone (its jid, or
+    /// `sha256:<digest>` of a payload without one), so recovery blames it if
+    /// the process dies meanwhile.
+    pub fn isolated(&self, identity: &str) -> String {
+        format!("{}kiq:isolated|{identity}", self.prefix)
+    }
+
     /// Glob matching every process's in-progress lists.
     pub fn in_progress_pattern(&self) -> String {
         format!("{}kiq:wip|*", self.prefix)

@@ -44,6 +44,12 @@ pub struct Delivery {
     pub args: Value,
     /// Keyword arguments (an ActiveJob job's Ruby keywords, an object), if any.
     pub kwargs: Option<Value>,
+    /// Was in flight when a process died: runs alone (`isolation.rs`).
+    pub suspect: bool,
+    /// Admitted to run alone (the gate is held exclusively).
+    pub alone: bool,
+    /// Admitted through the gate (and so released by its end).
+    pub admitted: bool,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -61,6 +67,9 @@ impl Delivery {
             lock: None,
             args,
             kwargs: None,
+            suspect: false,
+            alone: false,
+            admitted: false,
         }
     }
 }

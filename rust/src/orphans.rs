@@ -4,30 +4,27 @@
 //! The leader looks at startup and every `interval`. A process counts as dead
 //! when its heartbeat hash is gone (60 s after its last beat), so the lists of
 //! a live process are never touched. Each job moves atomically (`recover.lua`)
-//! to the right end of its queue, where it runs next. A job recovered more
-//! than `max_recoveries` times in 72 hours is a poison pill (it keeps killing
-//! its workers) and goes to the dead set with an error saying so, or is
-//! dropped when it has `dead: false`. Identities without a heartbeat are also
-//! pruned from `processes`, as Sidekiq's `ProcessSet#cleanup` does.
+//! to the right end of its queue, where it runs next; which of a dead
+//! process's jobs is blamed for its death (and buried as a poison pill after
+//! `max_recoveries` deaths) is `poison.rs`'s rule. Identities without a
+//! heartbeat are also pruned from `processes`, as Sidekiq's
+//! `ProcessSet#cleanup` does.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use crate::error::Result;
-use crate::job::{Payload, field};
+use crate::job::Payload;
 use crate::keys::Keys;
 use crate::leader::Leadership;
 use crate::pool::Pool;
 use crate::retry::RetryPolicy;
-use crate::scripts;
-use crate::timestamp::{self, float_json};
+use crate::poison::{self, Outcome};
 
-/// The error class of a job sent to the dead set as a poison pill.
-pub const POISON_ERROR: &str = "kiq.errors.PoisonPillError";
-const RECOVERIES_TTL_SECS: i64 = 72 * 3600;
+pub use crate::poison::POISON_ERROR;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Recovery {
@@ -57,6 +54,8 @@ pub async fn recover(pool: &Pool, keys: &Keys, policy: &RetryPolicy, max_recover
         }
         cursor = next;
     }
+    // The dead processes' lists, by identity.
+    let mut dead: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     let mut alive: HashMap<String, bool> = HashMap::new();
     for list in &lists {
         let Some((identity, queue)) = keys.parse_in_progress(list) else { continue };
@@ -64,23 +63,14 @@ pub async fn recover(pool: &Pool, keys: &Keys, policy: &RetryPolicy, max_recover
             let exists: bool = redis::cmd("EXISTS").arg(keys.process(identity)).query_async(&mut conn).await?;
             alive.insert(identity.to_owned(), exists);
         }
-        if alive[identity] {
-            continue;
+        if !alive[identity] {
+            dead.entry(identity.to_owned()).or_default().push((list.clone(), queue.to_owned()));
         }
-        let jobs: Vec<Vec<u8>> = redis::cmd("LRANGE").arg(list).arg(0).arg(-1).query_async(&mut conn).await?;
-        for job in jobs {
-            if recover_one(pool, keys, policy, max_recoveries, list, identity, queue, &job).await? {
-                report.requeued += 1;
-            } else {
-                report.poisoned += 1;
-            }
-        }
-        // The dead fetcher's last-batch copy: every job of it is in the list above.
-        let _: () = redis::cmd("UNLINK")
-            .arg(keys.last_fetch(identity, queue))
-            .arg(keys.last_fetch_token(identity, queue))
-            .query_async(&mut conn)
-            .await?;
+    }
+    for (identity, lists) in dead {
+        let r = recover_process(pool, keys, policy, max_recoveries, &identity, &lists).await?;
+        report.requeued += r.requeued;
+        report.poisoned += r.poisoned;
     }
     let members: BTreeSet<String> = redis::cmd("SMEMBERS").arg(keys.processes()).query_async(&mut conn).await?;
     for identity in members {
@@ -100,72 +90,50 @@ pub async fn recover(pool: &Pool, keys: &Keys, policy: &RetryPolicy, max_recover
     Ok(report)
 }
 
-/// Moves one orphaned job; true when it went back to its queue.
-#[allow(clippy::too_many_arguments)]
-async fn recover_one(
+/// Hands back every job a dead process held, judged together (`poison.rs`).
+/// A list whose queue key holds the wrong kind of value keeps its jobs (the
+/// next pass tries again), without holding up the rest.
+pub async fn recover_process(
     pool: &Pool,
     keys: &Keys,
     policy: &RetryPolicy,
     max_recoveries: u32,
-    list: &str,
     identity: &str,
-    queue: &str,
-    job: &[u8],
-) -> Result<bool> {
+    lists: &[(String, String)],
+) -> Result<Recovery> {
     let mut conn = pool.get();
-    let payload = std::str::from_utf8(job).ok().and_then(|s| Payload::parse(s).ok());
-    let jid = payload.as_ref().and_then(Payload::jid);
-    let count: i64 = match &jid {
-        Some(jid) => {
-            let (n,): (i64,) = redis::pipe()
-                .cmd("HINCRBY")
-                .arg(keys.recoveries())
-                .arg(jid)
-                .arg(1)
-                .cmd("EXPIRE")
-                .arg(keys.recoveries())
-                .arg(RECOVERIES_TTL_SECS)
-                .ignore()
-                .query_async(&mut conn)
-                .await?;
-            n
-        }
-        None => 1,
-    };
-    let now = timestamp::now();
-    let (mode, dead_payload) = match payload {
-        Some(mut p) if count > i64::from(max_recoveries) => {
-            let message = format!(
-                "recovered {count} times from processes that died while running it (last {identity}); \
-                 a job that keeps killing its workers goes to the dead set instead of running again"
-            );
-            log::error!("poison pill {}: {message}", jid.as_deref().unwrap_or("?"));
-            p.set_str(field::ERROR_CLASS, POISON_ERROR);
-            p.set_str(field::ERROR_MESSAGE, &message);
-            if !p.contains(field::FAILED_AT) {
-                p.set_json(field::FAILED_AT, policy.unit.encode(now));
+    let mut report = Recovery::default();
+    let isolated: Option<String> = redis::cmd("GET").arg(keys.isolated(identity)).query_async(&mut conn).await?;
+    let mut held: Vec<(&str, &str, Vec<u8>)> = Vec::new();
+    for (list, queue) in lists {
+        let jobs: Vec<Vec<u8>> = redis::cmd("LRANGE").arg(list).arg(0).arg(-1).query_async(&mut conn).await?;
+        held.extend(jobs.into_iter().map(|raw| (list.as_str(), queue.as_str(), raw)));
+    }
+    let payloads: Vec<Option<Payload>> =
+        held.iter().map(|(_, _, raw)| std::str::from_utf8(raw).ok().and_then(|s| Payload::parse(s).ok())).collect();
+    let verdicts = poison::judge(&payloads, isolated.as_deref());
+    let mut complete = true;
+    for ((list, queue, raw), verdict) in held.iter().zip(verdicts) {
+        match poison::hand_back(pool, keys, policy, max_recoveries, list, queue, raw, verdict, identity, "died").await {
+            Ok(Outcome::Requeued) => report.requeued += 1,
+            Ok(Outcome::Poisoned) => report.poisoned += 1,
+            Ok(Outcome::Gone) => {}
+            Err(e) => {
+                log::error!("cannot hand back a job of the dead process {identity} from {list:?}: {e}");
+                complete = false;
             }
-            let mode = if p.dead() == Some(false) { "drop" } else { "bury" };
-            (mode, p.encode())
         }
-        // Unreadable payloads go back as they are: the fetcher buries them.
-        _ => ("requeue", String::new()),
-    };
-    let _: i64 = scripts::RECOVER
-        .key(list)
-        .key(keys.queue(queue))
-        .key(keys.queues())
-        .key(keys.dead())
-        .arg(job)
-        .arg(mode)
-        .arg(dead_payload)
-        .arg(float_json(now))
-        .arg(float_json(now - policy.dead_timeout_secs))
-        .arg(policy.dead_limit)
-        .arg(queue)
-        .invoke_async(&mut conn)
-        .await?;
-    Ok(mode == "requeue")
+    }
+    if complete {
+        // The dead fetchers' last-batch copies: every job of them was in the lists above.
+        let mut unlink = redis::cmd("UNLINK");
+        unlink.arg(keys.isolated(identity));
+        for (_, queue) in lists {
+            unlink.arg(keys.last_fetch(identity, queue)).arg(keys.last_fetch_token(identity, queue));
+        }
+        let _: () = unlink.query_async(&mut conn).await?;
+    }
+    Ok(report)
 }
 
 pub struct Recoverer {

@@ -9,6 +9,7 @@
 //! where they are the next to run.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc as sync_mpsc};
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,10 @@ use crate::error::{KiqError, Result};
 use crate::fetch::Fetcher;
 use crate::health::{self, Beats, Outcome, Probe, Tally};
 use crate::heartbeat::{self, BeatConfig, Heartbeat, ProcessInfo, Signal};
+use crate::isolation::{self, Admission, Gate};
 use crate::job::{UniqueUntil, check_queue_name, field};
+use crate::poison::{self, Verdict};
+use crate::runtime;
 use crate::keys::Keys;
 use crate::lane::{Delivery, Lane, Take};
 use crate::leader::{Elector, Leadership};
@@ -59,7 +63,16 @@ pub struct ServerConfig {
     pub health: Option<SocketAddr>,
     /// Recycle the process after this many finished jobs (Celery's max-tasks-per-child).
     pub max_jobs: Option<u64>,
+    /// Recycle the process once its resident memory passes this (checked every
+    /// `MEMORY_CHECK`); jobs still running at the stop's deadline are judged as
+    /// those of a process that died (`poison.rs`).
+    pub max_rss_kb: Option<u64>,
 }
+
+/// How often resident memory is compared with `max_rss_kb`.
+const MEMORY_CHECK: Duration = Duration::from_millis(200);
+/// How long the mark of a job running alone lives (the blame window).
+const ISOLATED_TTL_MS: u64 = 72 * 3600 * 1000;
 
 /// What a stop did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +108,12 @@ pub struct Server {
     tally: Arc<Tally>,
     /// Tells Python to recycle (the Web UI's signals share the channel).
     recycle: sync_mpsc::Sender<Signal>,
+    /// Suspect jobs run alone (`isolation.rs`).
+    gate: Gate,
+    /// The stop was caused by memory: jobs still running at its deadline are
+    /// judged as a death's (lane, payload, ran alone).
+    memory_stop: Arc<AtomicBool>,
+    handed_back: Mutex<Vec<(usize, Vec<u8>, bool)>>,
 }
 
 /// The lock a finished unique job releases: (key, jid).
@@ -213,6 +232,16 @@ impl Server {
             };
             background.push(tokio::spawn(recoverer.run(halted.clone())));
         }
+        let memory_stop = Arc::new(AtomicBool::new(false));
+        if let Some(max) = config.max_rss_kb {
+            background.push(tokio::spawn(watch_memory(
+                max,
+                control.clone(),
+                signal_tx.clone(),
+                memory_stop.clone(),
+                halted.clone(),
+            )));
+        }
         if !config.periodics.is_empty() {
             let periodic = Periodic {
                 pool: pool.clone(),
@@ -245,7 +274,67 @@ impl Server {
             health_addr,
             tally,
             recycle: signal_tx,
+            gate: Gate::default(),
+            memory_stop,
+            handed_back: Mutex::new(Vec::new()),
         }))
+    }
+
+    /// Lets a fetched job start: a suspect waits to run alone (recorded in
+    /// Redis first, so a death meanwhile blames it), others wait while one
+    /// does. Blocks; call without the GIL. `Stopping`: hand the job back
+    /// with [`Server::give_back`].
+    pub fn admit(&self, d: &mut Delivery) -> Admission {
+        let admission = if d.suspect { self.gate.enter_alone(isolation::MAX_WAIT) } else { self.gate.enter() };
+        d.admitted = admission != Admission::Stopping;
+        if !d.suspect {
+            return admission;
+        }
+        match admission {
+            Admission::Run { alone: true } => {
+                d.alone = true;
+                let key = poison::blame_key(&d.payload);
+                let mark = self.keys.isolated(&self.config.process.identity);
+                let pool = self.pool.clone();
+                let written: redis::RedisResult<()> = runtime::get().block_on(async move {
+                    redis::cmd("SET").arg(mark).arg(key).arg("PX").arg(ISOLATED_TTL_MS).query_async(&mut pool.get()).await
+                });
+                if let Err(e) = written {
+                    log::warn!("running suspect job {} alone without its mark in Redis: {e}", d.jid);
+                }
+            }
+            Admission::Run { alone: false } => log::warn!(
+                "suspect job {} waited {:?} to run alone and runs alongside the jobs still running",
+                d.jid,
+                isolation::MAX_WAIT
+            ),
+            Admission::Stopping => {}
+        }
+        admission
+    }
+
+    /// [`Server::admit`] without waiting: true when an ordinary job may start now.
+    pub fn try_admit(&self, d: &mut Delivery) -> bool {
+        d.admitted = !d.suspect && self.gate.try_enter();
+        d.admitted
+    }
+
+    /// A fetched job that was not admitted (a stop): it stays in the
+    /// in-progress list, which the stop hands back to its queue.
+    pub fn give_back(&self, d: &Delivery) {
+        self.lanes[d.lane].finish();
+    }
+
+    /// An admitted job ended.
+    fn release(&self, d: &Delivery) {
+        if !d.admitted {
+            return;
+        }
+        if d.alone {
+            self.gate.leave_alone(true);
+        } else {
+            self.gate.leave();
+        }
     }
 
     /// Where health checks are answered, if anywhere.
@@ -306,6 +395,7 @@ impl Server {
     /// Ends the bookkeeping of a started job and counts it for the metrics tab.
     fn end(&self, d: &Delivery, ok: bool) {
         self.work.remove(d.id);
+        self.release(d);
         self.count_finished(if ok { Outcome::Succeeded } else { Outcome::Failed });
         if !self.config.beat.is_some_and(|b| b.metrics) {
             return;
@@ -331,6 +421,7 @@ impl Server {
     /// retried, and counted (`kiq:stat:expired`); a unique lock is released.
     pub fn expire(&self, d: Delivery) {
         self.work.remove(d.id);
+        self.release(&d);
         self.count_finished(Outcome::Expired);
         let unlock = unlock_of(&d);
         let lane = d.lane;
@@ -376,6 +467,11 @@ impl Server {
     /// the in-progress list and goes back to its queue.
     pub fn abandon(&self, d: &Delivery) {
         self.work.remove(d.id);
+        self.release(d);
+        if self.memory_stop.load(Ordering::Acquire) {
+            let mut back = self.handed_back.lock().unwrap_or_else(PoisonError::into_inner);
+            back.push((d.lane, d.payload.source().as_bytes().to_vec(), d.alone));
+        }
         self.lanes[d.lane].finish();
     }
 
@@ -405,6 +501,7 @@ impl Server {
     /// Returns the number of fetched jobs that no thread had started.
     pub fn begin_stop(&self) -> usize {
         self.control.set(RunState::Stopping);
+        self.gate.close();
         // Fetchers blocked in BLMOVE see the state change and unblock themselves.
         self.lanes.iter().map(|l| l.close().len()).sum()
     }
@@ -428,10 +525,40 @@ impl Server {
             }
             let _ = acker.await;
         }
+        self.judge_handed_back().await;
         let requeued = self.requeue_all().await;
         self.retire().await;
         report.requeued = requeued?;
         Ok(report)
+    }
+
+    /// After a stop caused by memory: the jobs still running at the deadline
+    /// are judged as a death's (`poison.rs`), so a job that blows the limit
+    /// every time ends as a poison pill instead of recycling processes forever.
+    async fn judge_handed_back(&self) {
+        let back = std::mem::take(&mut *self.handed_back.lock().unwrap_or_else(PoisonError::into_inner));
+        if back.is_empty() {
+            return;
+        }
+        let alone = back.iter().any(|(_, _, a)| *a);
+        for (lane, raw, was_alone) in &back {
+            let verdict = if *was_alone || (!alone && back.len() == 1) {
+                Verdict::Blame
+            } else if alone {
+                Verdict::Innocent
+            } else {
+                Verdict::Suspect
+            };
+            let (policy, identity) = (&self.config.policy, &self.config.process.identity);
+            let list = &self.wip_keys[*lane];
+            let queue = &self.lanes[*lane].name;
+            let why = "was recycled for memory";
+            let r = poison::hand_back(&self.pool, &self.keys, policy, self.config.max_recoveries, list, queue, raw, verdict, identity, why)
+                .await;
+            if let Err(e) = r {
+                log::error!("cannot judge a job handed back at a memory recycle (it is requeued as it is): {e}");
+            }
+        }
     }
 
     /// Moves every job left in this process's in-progress lists back to its queue.
@@ -503,4 +630,30 @@ fn bind_health(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
     let std_listener = std::net::TcpListener::bind(addr).map_err(fail)?;
     std_listener.set_nonblocking(true).map_err(fail)?;
     tokio::net::TcpListener::from_std(std_listener).map_err(fail)
+}
+
+/// Quiets the process and asks for a recycle once its resident memory passes
+/// `max_kb`, checked every `MEMORY_CHECK` (often, so a growing job cannot
+/// overshoot far between checks).
+async fn watch_memory(
+    max_kb: u64,
+    control: Control,
+    recycle: sync_mpsc::Sender<Signal>,
+    memory_stop: Arc<AtomicBool>,
+    mut halt: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(MEMORY_CHECK) => {}
+            _ = halt.wait_for(|h| *h) => return,
+        }
+        let rss = heartbeat::rss_kb();
+        if rss > max_kb && control.state() == RunState::Running {
+            log::warn!("recycling this process: resident memory {rss} kB is above max_memory_bytes ({max_kb} kB)");
+            memory_stop.store(true, Ordering::Release);
+            control.set(RunState::Quiet);
+            let _ = recycle.send(Signal::Recycle);
+            return;
+        }
+    }
 }

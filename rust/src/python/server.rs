@@ -245,7 +245,6 @@ impl Server {
                 interval: Duration::from_secs_f64(heartbeat_interval),
                 ttl: Duration::from_secs_f64(heartbeat_ttl),
                 metrics,
-                max_rss_kb: max_memory_bytes.map(|b| b / 1024),
             }),
             leader_ttl: leader_ttl.map(Duration::from_secs_f64),
             orphan_check: orphan_check_interval.map(Duration::from_secs_f64),
@@ -257,6 +256,7 @@ impl Server {
             },
             health: health.as_deref().map(health_addr).transpose()?,
             max_jobs,
+            max_rss_kb: max_memory_bytes.map(|b| b / 1024),
         };
         let rt = runtime::get();
         let _guard = rt.enter();
@@ -283,6 +283,15 @@ impl Server {
                 Take::Closed | Take::TimedOut => return Ok(None),
             }
         };
+        if !self.inner.try_admit(&mut d) {
+            let inner = self.inner.clone();
+            let (admission, back) = py.detach(move || (inner.admit(&mut d), d));
+            d = back;
+            if admission == crate::isolation::Admission::Stopping {
+                self.inner.give_back(&d);
+                return Ok(None);
+            }
+        }
         self.inner.begin(&mut d);
         // The core parsed and checked the arguments at fetch; only a
         // MemoryError can fail here. Never strand the job if one does.

@@ -1,45 +1,54 @@
--- recover.lua: move one job out of a dead process's in-progress list, if it
--- is still there: back to the right end of its queue (the next to run), or,
--- for a job recovered too often (a poison pill), into the dead set.
+-- recover.lua: hand back one job that a process held when it died (or when
+-- it was recycled for memory), if it is still in the process's in-progress
+-- list: back to the right end of its queue (the next to run), or, for a job
+-- blamed for more deaths than allowed (a poison pill), into the dead set. The
+-- blame count and the move are one atomic step, so a recovery interrupted
+-- and run again never counts a death twice.
 --
--- KEYS[1]  kiq:wip|<identity>|<queue>   LIST, the dead process's in-progress jobs.
+-- KEYS[1]  kiq:wip|<identity>|<queue>   LIST, the process's in-progress jobs.
 -- KEYS[2]  queue:<queue>                LIST the job returns to.
 -- KEYS[3]  queues                       SET of queue names.
 -- KEYS[4]  dead                         ZSET, score = time of death.
+-- KEYS[5]  kiq:recoveries               HASH blame key -> deaths blamed on the job.
 -- ARGV[1]  the job, exactly as in KEYS[1].
--- ARGV[2]  "requeue", "bury" or "drop".
--- ARGV[3]  the payload written to the dead set (bury).
--- ARGV[4]  now, epoch seconds.
--- ARGV[5]  oldest score kept in dead.
--- ARGV[6]  dead_limit (Sidekiq's trim: ranks 0 .. -dead_limit removed).
--- ARGV[7]  the queue's name.
+-- ARGV[2]  the payload to requeue (the job marked suspect, or ARGV[1] itself).
+-- ARGV[3]  the job's blame key when this death is blamed on it, else "".
+-- ARGV[4]  max_recoveries: deaths allowed before it is a poison pill.
+-- ARGV[5]  the payload for the dead set, once it is one.
+-- ARGV[6]  "bury", or "drop" for a job with dead: false.
+-- ARGV[7]  now, epoch seconds.
+-- ARGV[8]  oldest score kept in dead.
+-- ARGV[9]  dead_limit (Sidekiq's trim: ranks 0 .. -dead_limit removed).
+-- ARGV[10] the queue's name.
+-- ARGV[11] seconds KEYS[5] lives (72 hours).
 --
--- Returns 1 when the job was moved, 0 when it was already gone; a WRONGTYPE
--- error naming the key (nothing moved) when a key holds the wrong kind of value.
-local function expect(key, want)
-  local t = redis.call('TYPE', key)['ok']
+-- Returns {0} when the job was already gone, else {1, outcome, deaths}
+-- with outcome "requeued", "buried" or "dropped"; a WRONGTYPE error naming
+-- the key (nothing changed) when a key holds the wrong kind of value.
+for i, want in ipairs({'list', 'list', 'set', 'zset', 'hash'}) do
+  local t = redis.call('TYPE', KEYS[i])['ok']
   if t ~= 'none' and t ~= want then
-    return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. t .. ', not a ' .. want)
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. t .. ', not a ' .. want)
   end
 end
-local bad
-if ARGV[2] == 'requeue' then
-  bad = expect(KEYS[2], 'list') or expect(KEYS[3], 'set')
-elseif ARGV[2] == 'bury' then
-  bad = expect(KEYS[4], 'zset')
-end
-if bad then
-  return bad
-end
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then
-  return 0
+  return {0}
 end
-if ARGV[2] == 'requeue' then
-  redis.call('RPUSH', KEYS[2], ARGV[1])
-  redis.call('SADD', KEYS[3], ARGV[7])
-elseif ARGV[2] == 'bury' then
-  redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[5])
-  redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -tonumber(ARGV[6]))
+local deaths = 0
+if ARGV[3] ~= '' then
+  deaths = redis.call('HINCRBY', KEYS[5], ARGV[3], 1)
+  redis.call('EXPIRE', KEYS[5], ARGV[11])
 end
-return 1
+if deaths > tonumber(ARGV[4]) then
+  redis.call('HDEL', KEYS[5], ARGV[3])
+  if ARGV[6] == 'drop' then
+    return {1, 'dropped', deaths}
+  end
+  redis.call('ZADD', KEYS[4], ARGV[7], ARGV[5])
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[8])
+  redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -tonumber(ARGV[9]))
+  return {1, 'buried', deaths}
+end
+redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[10])
+return {1, 'requeued', deaths}
