@@ -138,3 +138,49 @@ def test_bad_or_taken_addresses_are_clear_errors(make_app, r) -> None:
         assert r.llen("queue:default") == 1, "a failed start fetches nothing"
     finally:
         taken.close()
+
+
+STUCK = """
+import sys
+from kiq import Kiq, worker
+
+@worker(name="Spin")
+def spin() -> None:
+    sum(range(400_000_000))  # C code holding the GIL for seconds
+
+app = Kiq(sys.argv[1], workers=[spin], heartbeat_interval=0.3, health_address="127.0.0.1:" + sys.argv[2],
+          stuck_after=0.5, shutdown_timeout=30)
+app.run()
+"""
+
+
+def test_a_job_stuck_in_c_code_shows_in_ready_and_metrics() -> None:
+    import subprocess
+    import sys
+
+    from support import free_port
+
+    server = RedisServer().start()
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-c", STUCK, server.url, str(port)])
+    try:
+        wait_for(lambda: _ready(address), timeout=20, what="ready")
+        Kiq(server.url).enqueue(Job("Spin"), sync=True)
+        status, body = wait_for(lambda: (s := probe(address, "/ready"))[0] == 503 and s, timeout=15,
+                                what="unready while the job spins")
+        assert "job Spin jid=" in str(body["reason"]) and "longer than stuck_after (0.5s)" in str(body["reason"])
+        assert metrics(address)["kiq_job_running_seconds"] >= 1
+        assert probe(address, "/live")[0] == 200
+        wait_for(lambda: probe(address, "/ready")[0] == 200, timeout=60, what="ready again once it finished")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        server.stop()
+
+
+def _ready(address: str) -> bool:
+    try:
+        return probe(address, "/ready")[0] == 200
+    except OSError:
+        return False

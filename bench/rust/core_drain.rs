@@ -61,6 +61,7 @@ fn main() {
         health: None,
         max_jobs: None,
         max_rss_kb: None,
+        stuck_after: None,
     };
     let server = Server::start(pool, Keys::default(), config).unwrap();
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));

@@ -231,6 +231,7 @@ class Server:
         health: str | None = None,
         max_jobs: int | None = None,
         max_memory_bytes: int | None = None,
+        stuck_after: float | None = None,
     ) -> Server: ...
     def next_job(self, lane: int, timeout: float | None = None) -> Delivery | None:
         """The next job of queue number ``lane``; None once the server stops (or on timeout)."""

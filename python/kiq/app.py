@@ -184,7 +184,14 @@ class Kiq:
             exits 0) for its supervisor to start a fresh one; a cure for
             leaking job code (Celery's ``max_tasks_per_child``).
         max_memory_bytes: recycle the process, likewise, once its resident
-            memory passes this (checked at every heartbeat; Linux).
+            memory passes this (checked every 0.2 s; Linux). Jobs still running
+            at the stop's deadline are judged as a crash's (a job that blows
+            the limit every time ends as a poison pill).
+        stuck_after: seconds after which a running job counts as stuck:
+            ``/ready`` answers 503 naming it (``/live`` stays 200; whether to
+            restart is the orchestrator's call). A job stuck in C code holding
+            the GIL cannot be stopped from inside the process; the
+            ``kiq_job_running_seconds`` metric shows it either way.
         state_dir: where kiq keeps jobs that could not reach Redis (the
             dead-letter file of jobs Redis refused, and the jobs a process
             still held when it exited); default ``$KIQ_STATE_DIR``, else
@@ -238,6 +245,7 @@ class Kiq:
         max_memory_bytes: int | None = None,
         tracing: str | None = None,
         state_dir: str | os.PathLike[str] | None = None,
+        stuck_after: Seconds | None = None,
     ) -> None:
         if test_mode not in (None, "sandbox"):
             raise ConfigError(f'test_mode must be None or "sandbox", not {test_mode!r}')
@@ -312,6 +320,9 @@ class Kiq:
                 raise ConfigError(f"{name} must be a positive int or None, not {limit!r}")
         self.max_jobs = max_jobs
         self.max_memory_bytes = max_memory_bytes
+        self.stuck_after = None if stuck_after is None else seconds(stuck_after, "stuck_after")
+        if self.stuck_after is not None and self.stuck_after <= 0:
+            raise ConfigError(f"stuck_after must be a positive number of seconds, not {stuck_after!r}")
         self._tracing = None if tracing is None else Tracing(tracing)
         #: Instrumentation hooks: ``app.instrument.attach(handler)``; see :mod:`kiq.instrument`.
         self.instrument = Instrumenter()
@@ -742,6 +753,7 @@ class Kiq:
             health=self._health_address,
             max_jobs=self.max_jobs,
             max_memory_bytes=self.max_memory_bytes,
+            stuck_after=self.stuck_after,
         )
         reporters = self._start_reporters()
         aio = AsyncRunner() if any(w.is_async for w in self._workers.values()) else None

@@ -88,6 +88,9 @@ pub struct Probe {
     pub tally: Arc<Tally>,
     pub lanes: Vec<Arc<Lane>>,
     pub leadership: Arc<Leadership>,
+    /// `/ready` fails while a job has run longer than this (`stuck_after`):
+    /// a job stuck in C code holding the GIL looks alive otherwise.
+    pub stuck_after: Option<Duration>,
 }
 
 /// An HTTP status and body (JSON unless `text`).
@@ -176,6 +179,13 @@ impl Probe {
             &per_queue(&|l| l.threads().unwrap_or(l.concurrency)),
         );
         family("kiq_jobs_running", "gauge", "Jobs running now.", &[(String::new(), self.work.len().to_string())]);
+        let longest = self.work.oldest(timestamp::now()).map_or(0.0, |(age, _)| age);
+        family(
+            "kiq_job_running_seconds",
+            "gauge",
+            "How long the longest-running job has run (0 when none runs).",
+            &[(String::new(), format!("{longest:.0}"))],
+        );
         let quiet = u8::from(state != RunState::Running);
         family("kiq_quiet", "gauge", "1 when the process fetches no new jobs.", &[(String::new(), quiet.to_string())]);
         let leader = u8::from(self.leadership.is_leader());
@@ -197,6 +207,16 @@ impl Probe {
             RunState::Quiet => return Some("quiet: fetching no new jobs".into()),
             RunState::Stopping => return Some("stopping".into()),
             RunState::Running => {}
+        }
+        if let Some(limit) = self.stuck_after
+            && let Some((age, job)) = self.work.oldest(timestamp::now())
+            && age > limit.as_secs_f64()
+        {
+            return Some(format!(
+                "job {job} has run {age:.0}s, longer than stuck_after ({}s): stuck? (a job holding the GIL in C \
+                 code cannot be stopped; restart the process)",
+                limit.as_secs_f64()
+            ));
         }
         for lane in &self.lanes {
             if let Some(n) = lane.threads()
@@ -294,7 +314,34 @@ mod tests {
             tally: Arc::new(Tally::default()),
             lanes: vec![Arc::new(Lane::new("default", 25)), Arc::new(Lane::new("a\"b", 2))],
             leadership: Arc::new(Leadership::default()),
+            stuck_after: Some(Duration::from_secs(60)),
         }
+    }
+
+    #[test]
+    fn a_job_running_past_stuck_after_makes_the_process_unready() {
+        let p = probe(None);
+        assert_eq!(p.answer("GET", "/ready").status, 200);
+        let old = timestamp::now() as i64 - 120;
+        p.work.insert(
+            1,
+            crate::work::Work {
+                tid: Arc::from("t1"),
+                queue: Arc::from("default"),
+                payload: Arc::from(r#"{"class":"Spin","args":[],"jid":"abc"}"#),
+                run_at: old,
+                cancelled: false,
+            },
+        );
+        let a = p.answer("GET", "/ready");
+        assert_eq!(a.status, 503);
+        assert!(
+            a.body.contains("job Spin jid=abc has run 12") && a.body.contains("longer than stuck_after (60s)"),
+            "{}",
+            a.body
+        );
+        assert!(p.answer("GET", "/metrics").body.contains("kiq_job_running_seconds 12"));
+        assert_eq!(p.answer("GET", "/live").status, 200, "live: restarting is the user's call");
     }
 
     #[test]

@@ -114,7 +114,11 @@ impl Gate {
                 self.running.fetch_add(1, Ordering::AcqRel);
                 return Admission::Run { alone: false };
             }
-            ex = self.changed.wait_timeout(ex, left.min(Duration::from_millis(100))).unwrap_or_else(PoisonError::into_inner).0;
+            ex = self
+                .changed
+                .wait_timeout(ex, left.min(Duration::from_millis(100)))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 

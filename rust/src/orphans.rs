@@ -20,9 +20,9 @@ use crate::error::Result;
 use crate::job::Payload;
 use crate::keys::Keys;
 use crate::leader::Leadership;
+use crate::poison::{self, Outcome};
 use crate::pool::Pool;
 use crate::retry::RetryPolicy;
-use crate::poison::{self, Outcome};
 
 pub use crate::poison::POISON_ERROR;
 

@@ -276,9 +276,57 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// The oldest Redis kiq's workers run on: they fetch with `RPOP key count`
+/// and wait with `BLMOVE`, both new in Redis 6.2.
+pub const MIN_REDIS: (u32, u32) = (6, 2);
+
+/// Checks the `redis_version` line of `INFO server` against [`MIN_REDIS`].
+pub fn check_version(info: &str, url: &str) -> Result<()> {
+    let Some(version) = info.lines().find_map(|l| l.strip_prefix("redis_version:")).map(str::trim) else {
+        return Ok(()); // a server that does not say (a proxy): let the commands speak
+    };
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if (major, minor) < MIN_REDIS {
+        return Err(KiqError::config(format!(
+            "Redis {version} at {} is too old: kiq's workers need Redis {}.{} or newer (they use RPOP with a \
+             count, LMOVE and BLMOVE); enqueueing works on older servers",
+            redact(url),
+            MIN_REDIS.0,
+            MIN_REDIS.1
+        )));
+    }
+    Ok(())
+}
+
+/// Asks the server its version and refuses one too old for workers; an
+/// unreachable server is not an error here (a process may start before Redis).
+pub async fn require_version(pool: &Pool) -> Result<()> {
+    let mut conn = pool.get();
+    let mut cmd = redis::cmd("INFO");
+    cmd.arg("server");
+    match tokio::time::timeout(Duration::from_secs(1), cmd.query_async::<String>(&mut conn)).await {
+        Ok(Ok(info)) => check_version(&info, pool.url()),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn old_servers_are_refused_by_name() {
+        let err = check_version("# Server\r\nredis_version:5.0.7\r\nredis_mode:standalone\r\n", "redis://u:pw@h:1/0")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("Redis 5.0.7 at redis://u:***@h:1/0 is too old") && err.contains("6.2"), "{err}");
+        assert!(check_version("redis_version:6.0.16\n", "x").is_err());
+        assert!(check_version("redis_version:6.2.0\n", "x").is_ok());
+        assert!(check_version("redis_version:7.0.15\n", "x").is_ok());
+        assert!(check_version("redis_version:10.0.0\n", "x").is_ok());
+        assert!(check_version("# no version here\n", "x").is_ok());
+    }
 
     #[test]
     fn redacts_passwords() {

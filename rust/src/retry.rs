@@ -112,7 +112,8 @@ pub fn on_failure(
     let stamp = policy.unit.encode(now);
     let count = if let Some(previous) = job.retry_count() {
         job.set_json(field::RETRIED_AT, stamp);
-        previous + 1
+        // A count past any retry limit (1e308, i64::MAX) stays past it: the job dies, never wraps around.
+        previous.saturating_add(1)
     } else {
         job.set_json(field::FAILED_AT, stamp);
         0
@@ -180,6 +181,24 @@ mod tests {
             retry_in: None,
         };
         on_failure(Payload::parse(payload).unwrap(), "default", &failure, worker, &RetryPolicy::default(), NOW, 0.0)
+    }
+
+    #[test]
+    fn huge_retry_counts_die_instead_of_wrapping() {
+        for count in ["1e308", "9223372036854775807", "99999999999999999999999", "1e400"] {
+            let d = fail(
+                &format!(
+                    r#"{{"retry":true,"queue":"default","class":"X","args":[],"failed_at":1.5,"retry_count":{count}}}"#
+                ),
+                &WorkerOptions::default(),
+            );
+            let Disposition::Dead { payload } = d else { panic!("{count}: {d:?}") };
+            assert!(payload.contains(r#""retry_count":9223372036854775807"#), "{payload}");
+        }
+        let d =
+            fail(r#"{"retry":true,"class":"X","args":[],"failed_at":1.5,"retry_count":-7}"#, &WorkerOptions::default());
+        let Disposition::Retry { payload, .. } = d else { panic!("{d:?}") };
+        assert!(payload.contains(r#""retry_count":1"#), "a negative count counts as 0: {payload}");
     }
 
     #[test]

@@ -24,16 +24,16 @@ use crate::health::{self, Beats, Outcome, Probe, Tally};
 use crate::heartbeat::{self, BeatConfig, Heartbeat, ProcessInfo, Signal};
 use crate::isolation::{self, Admission, Gate};
 use crate::job::{UniqueUntil, check_queue_name, field};
-use crate::poison::{self, Verdict};
-use crate::runtime;
 use crate::keys::Keys;
 use crate::lane::{Delivery, Lane, Take};
 use crate::leader::{Elector, Leadership};
 use crate::metrics::{self, Metrics};
 use crate::orphans::Recoverer;
 use crate::periodic::{Clock, Entry, Periodic};
+use crate::poison::{self, Verdict};
 use crate::pool::Pool;
 use crate::retry::{self, Disposition, Failure, RetryPolicy, WorkerOptions};
+use crate::runtime;
 use crate::scheduled::{PollConfig, Poller};
 use crate::scripts;
 use crate::timestamp;
@@ -67,6 +67,8 @@ pub struct ServerConfig {
     /// `MEMORY_CHECK`); jobs still running at the stop's deadline are judged as
     /// those of a process that died (`poison.rs`).
     pub max_rss_kb: Option<u64>,
+    /// `/ready` answers 503 while a job has run longer than this.
+    pub stuck_after: Option<Duration>,
 }
 
 /// How often resident memory is compared with `max_rss_kb`.
@@ -208,6 +210,7 @@ impl Server {
                 tally: tally.clone(),
                 lanes: lanes.clone(),
                 leadership: leadership.clone(),
+                stuck_after: config.stuck_after,
             };
             background.push(tokio::spawn(health::serve(listener, probe, halted.clone())));
         }
@@ -297,7 +300,13 @@ impl Server {
                 let mark = self.keys.isolated(&self.config.process.identity);
                 let pool = self.pool.clone();
                 let written: redis::RedisResult<()> = runtime::get().block_on(async move {
-                    redis::cmd("SET").arg(mark).arg(key).arg("PX").arg(ISOLATED_TTL_MS).query_async(&mut pool.get()).await
+                    redis::cmd("SET")
+                        .arg(mark)
+                        .arg(key)
+                        .arg("PX")
+                        .arg(ISOLATED_TTL_MS)
+                        .query_async(&mut pool.get())
+                        .await
                 });
                 if let Err(e) = written {
                     log::warn!("running suspect job {} alone without its mark in Redis: {e}", d.jid);
@@ -553,8 +562,19 @@ impl Server {
             let list = &self.wip_keys[*lane];
             let queue = &self.lanes[*lane].name;
             let why = "was recycled for memory";
-            let r = poison::hand_back(&self.pool, &self.keys, policy, self.config.max_recoveries, list, queue, raw, verdict, identity, why)
-                .await;
+            let r = poison::hand_back(
+                &self.pool,
+                &self.keys,
+                policy,
+                self.config.max_recoveries,
+                list,
+                queue,
+                raw,
+                verdict,
+                identity,
+                why,
+            )
+            .await;
             if let Err(e) = r {
                 log::error!("cannot judge a job handed back at a memory recycle (it is requeued as it is): {e}");
             }

@@ -271,7 +271,11 @@ impl Spool {
         let io = |what: &str, e: std::io::Error| KiqError::config(format!("{}: {what}: {e}", dir.display()));
         fs::create_dir_all(dir).map_err(|e| io("cannot create it", e))?;
         let path = dir.join("spool.log");
-        let mut file = OpenOptions::new().create_new(true).append(true).open(&path).map_err(|e| io("cannot create spool.log", e))?;
+        let mut file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io("cannot create spool.log", e))?;
         file.write_all(MAGIC).map_err(|e| io("cannot write", e))?;
         file.write_all(&producer_record(producer)).map_err(|e| io("cannot write", e))?;
         let lock = OpenOptions::new()

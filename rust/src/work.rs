@@ -76,6 +76,17 @@ impl WorkSet {
         self.running.lock().unwrap_or_else(PoisonError::into_inner).get(&id).is_some_and(|w| w.cancelled)
     }
 
+    /// The longest-running job: (seconds it has run, its class and jid).
+    pub fn oldest(&self, now: f64) -> Option<(f64, String)> {
+        let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        let w = running.values().min_by_key(|w| w.run_at)?;
+        let name = Payload::parse(w.payload.to_string())
+            .ok()
+            .map(|p| format!("{} jid={}", p.class().unwrap_or_default(), p.jid().unwrap_or_default()))
+            .unwrap_or_default();
+        Some(((now - w.run_at as f64).max(0.0), name))
+    }
+
     /// `(tid, json)` pairs for the work hash.
     pub fn snapshot(&self) -> Vec<(Arc<str>, String)> {
         let running = self.running.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect::<Vec<_>>();

@@ -41,6 +41,7 @@ fn config(queues: &[(&str, usize)]) -> ServerConfig {
         health: None,
         max_jobs: None,
         max_rss_kb: None,
+        stuck_after: None,
     }
 }
 

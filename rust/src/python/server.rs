@@ -177,7 +177,7 @@ pub struct Server {
 #[pymethods]
 impl Server {
     #[new]
-    #[pyo3(signature = (client, identity, queues, *, hostname, tag = None, labels = None, max_retries = 25, dead_limit = 10_000, dead_timeout = 15_552_000.0, poll_interval_average = None, average_scheduled_poll_interval = 5.0, scheduler = true, heartbeat = true, heartbeat_interval = 5.0, heartbeat_ttl = 60.0, metrics = true, leader_ttl = 30.0, orphan_check_interval = 60.0, max_recoveries = 3, periodics = None, periodic_clock = None, health = None, max_jobs = None, max_memory_bytes = None))]
+    #[pyo3(signature = (client, identity, queues, *, hostname, tag = None, labels = None, max_retries = 25, dead_limit = 10_000, dead_timeout = 15_552_000.0, poll_interval_average = None, average_scheduled_poll_interval = 5.0, scheduler = true, heartbeat = true, heartbeat_interval = 5.0, heartbeat_ttl = 60.0, metrics = true, leader_ttl = 30.0, orphan_check_interval = 60.0, max_recoveries = 3, periodics = None, periodic_clock = None, health = None, max_jobs = None, max_memory_bytes = None, stuck_after = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -205,6 +205,7 @@ impl Server {
         health: Option<String>,
         max_jobs: Option<u64>,
         max_memory_bytes: Option<u64>,
+        stuck_after: Option<f64>,
     ) -> PyResult<Self> {
         let entries = match periodics {
             Some(p) => periodic_entries(p)?,
@@ -257,7 +258,10 @@ impl Server {
             health: health.as_deref().map(health_addr).transpose()?,
             max_jobs,
             max_rss_kb: max_memory_bytes.map(|b| b / 1024),
+            stuck_after: stuck_after.filter(|s| *s > 0.0).map(Duration::from_secs_f64),
         };
+        let pool = client.pool.clone();
+        gil::block_on(py, async move { crate::pool::require_version(&pool).await })?;
         let rt = runtime::get();
         let _guard = rt.enter();
         let inner = py_result(server::Server::start(client.pool.clone(), client.keys.clone(), config))?;
