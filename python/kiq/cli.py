@@ -7,6 +7,7 @@
     kiq gen worker SendEmail -q mail -r 5 | kiq gen reporter Audit | kiq gen app jobs
     kiq web --bind 127.0.0.1:7433       the web dashboard (pip install 'kiq[web]')
     kiq spool push PATH                 deliver jobs kept on disk (a spool directory or a dead-letter file)
+    kiq acl --role worker               the Redis ACL SETUSER line kiq needs
 
 Exit codes: 0 done, 1 the command found nothing to act on (an unknown jid),
 2 bad usage, module or configuration, 3 Redis unreachable.
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kiq import gen
+from kiq import acl, gen
 from kiq.api import Api
 from kiq.app import DEFAULT_URL, Kiq
 from kiq.errors import ConfigError, ConnectionError, KiqError
@@ -143,6 +144,16 @@ def cmd_spool_push(ns: argparse.Namespace) -> int:
         print(f"{pushed} jobs delivered from {path}" + (f"; {kept} still refused, kept in {path}" if kept else ""))
         return 0 if kept == 0 else 1
     raise CliError(f"{path} is neither a spool directory nor a dead-letter file", EXIT_USAGE)
+
+
+def cmd_acl(ns: argparse.Namespace) -> int:
+    """Prints the ``ACL SETUSER`` line for a kiq user (see :mod:`kiq.acl`)."""
+    try:
+        rules = acl.rules(ns.password, roles=ns.role or ("worker", "admin"), keys=ns.keys)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    print(" ".join(["ACL", "SETUSER", ns.user, *rules]))
+    return 0
 
 
 def cmd_stats(ns: argparse.Namespace) -> int:
@@ -313,6 +324,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("jid")
     _redis_options(p)
     p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("acl", help="print the Redis ACL SETUSER line for a kiq user (producer, worker, admin)")
+    p.add_argument("--user", default="kiq")
+    p.add_argument("--password", default="CHANGE-ME")
+    p.add_argument("--role", action="append", choices=["producer", "worker", "admin"],
+                   help="repeatable (default: worker and admin)")
+    p.add_argument("--keys", default="~*", help="key pattern (default ~*; ~ns:* with a namespace)")
+    p.set_defaults(func=cmd_acl)
 
     sp = sub.add_parser("spool", help="deliver jobs kept on disk (a spool directory or a dead-letter file)")
     ssub = sp.add_subparsers(dest="spool_command", required=True)

@@ -1,0 +1,64 @@
+"""The Redis ACL kiq needs, for ``ACL SETUSER`` (Redis 6.2+).
+
+Three roles; each list includes the commands kiq's Lua scripts run (Redis
+checks those against the ACL too, so a script-only command missing here
+fails the script at run time):
+
+- ``producer``: enqueueing (the push buffer, ``sync``, unique jobs);
+- ``worker``: a ``kiq run`` process, which may also become the leader and then
+  runs periodic jobs and recovers dead processes' jobs (``LRANGE``,
+  ``SCAN``...). It includes ``producer`` (jobs enqueue jobs);
+- ``admin``: :mod:`kiq.api`, the ``kiq`` CLI's listings and actions, and the
+  web dashboard.
+
+Keys: kiq reads and writes Sidekiq's own keys (``queue:*``, ``schedule``,
+``retry``, ``dead``, ``processes``, ``stat:*``, the process hashes named by
+identity, the metrics hashes named by class) and its own ``kiq:*`` keys, so
+the key pattern is ``~*``; with a namespace (``redis-namespace``), ``~ns:*``.
+No pub/sub channels are used. ``python -m kiq acl`` prints the ``ACL SETUSER``
+line. The test ``tests/test_acl.py`` runs every role's work under exactly
+these lists and checks that Redis denied nothing (``ACL LOG``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = ["ADMIN", "COMMANDS", "PRODUCER", "WORKER", "rules"]
+
+PRODUCER: tuple[str, ...] = (
+    "evalsha", "script|load",
+    # inside push.lua and unique_push.lua
+    "type", "hget", "hset", "hdel", "pexpire", "lpush", "zadd", "sadd", "get", "set", "del",
+)
+
+WORKER: tuple[str, ...] = PRODUCER + (
+    "ping", "info", "client|id", "client|unblock", "multi", "exec",
+    # fetching, results, the scheduler, heartbeats, metrics, cancel checks
+    "blmove", "rpop", "rpush", "lrem", "lmove", "zrem", "zscore", "zrange", "zremrangebyscore", "zremrangebyrank",
+    "incrby", "expire", "hincrby", "hsetnx", "hexists", "bitfield", "unlink", "scard", "smembers",
+    # the leader: orphan recovery and pruning dead processes
+    "scan", "exists", "lrange", "srem",
+)
+
+ADMIN: tuple[str, ...] = (
+    "evalsha", "script|load", "multi", "exec", "ping", "info",
+    "get", "mget", "type", "llen", "lindex", "lrange", "lrem", "lpush", "rpush", "zcard", "zrange", "zrevrange",
+    "zscan", "zscore", "zadd", "zrem", "zremrangebyscore", "zremrangebyrank", "smembers", "srem", "sadd", "scard",
+    "hget", "hgetall", "hmget", "hset", "hsetnx", "expire", "pexpire", "exists", "unlink", "del", "scan",
+)
+
+#: Every command of every role.
+COMMANDS: tuple[str, ...] = tuple(sorted(set(PRODUCER) | set(WORKER) | set(ADMIN)))
+
+_ROLES = {"producer": PRODUCER, "worker": WORKER, "admin": ADMIN}
+
+
+def rules(password: str, roles: Iterable[str] = ("worker", "admin"), keys: str = "~*") -> list[str]:
+    """The ``ACL SETUSER <name>`` arguments for a user of these roles."""
+    commands: set[str] = set()
+    for role in roles:
+        if role not in _ROLES:
+            raise ValueError(f"unknown kiq ACL role {role!r}: use producer, worker or admin")
+        commands.update(_ROLES[role])
+    return ["on", f">{password}", "resetkeys", keys, "resetchannels", "-@all", *(f"+{c}" for c in sorted(commands))]
