@@ -54,6 +54,7 @@ fn main() {
         clock: _kiq::periodic::Clock::Real,
         health: None,
         max_jobs: None,
+        keyring: None,
     };
     let server = Server::start(pool, Keys::default(), config).unwrap();
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));

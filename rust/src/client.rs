@@ -65,6 +65,16 @@ pub type Prepared = (String, PushItem, Option<Lock>);
 /// Encodes a job with its expiry and unique fields; returns the jid, the item
 /// and the lock to take (for unique jobs).
 pub fn prepare_full(job: &NewJob, at: Option<f64>, now: f64, unit: TimestampUnit, keys: &Keys) -> Result<Prepared> {
+    if let Some(seal) = &job.encrypt {
+        // Sealed afresh for every push: a new IV each time.
+        let mut sealed = job.clone();
+        sealed.args = seal.args(&job.args)?;
+        return prepare_sealed(&sealed, at, now, unit, keys);
+    }
+    prepare_sealed(job, at, now, unit, keys)
+}
+
+fn prepare_sealed(job: &NewJob, at: Option<f64>, now: f64, unit: TimestampUnit, keys: &Keys) -> Result<Prepared> {
     let at = at.filter(|t| *t > now);
     let (fields, lock) = extras(job, at, now, keys)?;
     if fields.is_empty() {

@@ -25,6 +25,9 @@ pub enum KiqError {
     /// The push buffer stayed full for its whole timeout.
     #[error("{0}")]
     BufferFull(String),
+    /// An encrypted job argument could not be decrypted (never quotes plaintext).
+    #[error("{0}")]
+    Decryption(String),
 }
 
 impl KiqError {

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use crate::job::{Payload, UniqueUntil};
+use crate::marshal;
 
 /// A job taken from Redis, waiting for or being run by a thread.
 #[derive(Debug)]
@@ -41,6 +42,9 @@ pub struct Delivery {
     /// An ActiveJob job's decoded arguments (JSON array), in place of the
     /// envelope in `args`, and its keyword arguments (JSON object).
     pub unwrapped: Option<Box<(String, Option<String>)>>,
+    /// An encrypted job's last argument, decrypted at fetch (its place in
+    /// `args` holds the ciphertext, which is all that is ever written back).
+    pub bag: Option<Box<marshal::Value>>,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -57,6 +61,7 @@ impl Delivery {
             expires_at: None,
             lock: None,
             unwrapped: None,
+            bag: None,
         }
     }
 

@@ -59,6 +59,8 @@ pub struct ServerConfig {
     pub health: Option<SocketAddr>,
     /// Recycle the process after this many finished jobs (Celery's max-tasks-per-child).
     pub max_jobs: Option<u64>,
+    /// Keys that decrypt encrypted jobs (Sidekiq Enterprise's format) at fetch.
+    pub keyring: Option<Arc<crate::crypto::Keyring>>,
 }
 
 /// What a stop did.
@@ -143,6 +145,7 @@ impl Server {
                 policy: config.policy.clone(),
                 acks: tx.clone(),
                 control: control.clone(),
+                keyring: config.keyring.clone(),
             };
             tasks.push(tokio::spawn(fetcher.run()));
         }

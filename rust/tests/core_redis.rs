@@ -40,6 +40,7 @@ fn config(queues: &[(&str, usize)]) -> ServerConfig {
         clock: _kiq::periodic::Clock::Real,
         health: None,
         max_jobs: None,
+        keyring: None,
     }
 }
 

@@ -24,6 +24,13 @@ create_exception!(
     KiqError,
     "The push buffer stayed full (Redis away or too slow) for its whole timeout."
 );
+create_exception!(
+    kiq.errors,
+    DecryptionError,
+    KiqError,
+    "An encrypted job argument could not be decrypted: unknown key version, altered data, or a value outside the \
+     Marshal subset kiq reads. The job takes the retry path; the message never quotes the plaintext."
+);
 
 /// Wraps a core error so `?` converts it inside `#[pymethods]`.
 pub struct PyKiqError(pub CoreError);
@@ -44,6 +51,7 @@ impl From<PyKiqError> for PyErr {
             CoreError::Timeout(_) => TimeoutError::new_err(msg),
             CoreError::Shutdown(_) => ShutdownError::new_err(msg),
             CoreError::BufferFull(_) => BufferFullError::new_err(msg),
+            CoreError::Decryption(_) => DecryptionError::new_err(msg),
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
-use super::client::{Client, Extra, new_job};
+use super::client::{Client, Extra, keys_for, new_job};
 use super::convert::json_to_py;
 use super::errors::{CrontabError, ShutdownError, py_result};
 use super::{gil, options};
@@ -96,6 +96,12 @@ impl Delivery {
         .unwrap_or_default()
     }
 
+    /// Whether the job's last argument was encrypted (decrypted in `args`; None once settled).
+    #[getter]
+    fn encrypted(&self) -> bool {
+        self.with(|d| d.bag.is_some()).unwrap_or(false)
+    }
+
     /// `retry_count` of a job that failed before, else None.
     #[getter]
     fn retry_count(&self) -> Option<i64> {
@@ -114,8 +120,9 @@ impl Delivery {
 }
 
 /// Periodic entries from `(crontab, class, queue, args, retry, options,
-/// unique_for, unique_until, expires_in)` tuples.
-fn periodic_entries(specs: &Bound<'_, PyAny>) -> PyResult<Vec<Entry>> {
+/// unique_for, unique_until, expires_in[, encrypt])` tuples; an encrypted one
+/// is sealed afresh at each enqueue.
+fn periodic_entries(specs: &Bound<'_, PyAny>, keyring: Option<&Arc<crate::crypto::Keyring>>) -> PyResult<Vec<Entry>> {
     let mut out = Vec::new();
     for spec in specs.try_iter()? {
         let spec = spec?;
@@ -132,6 +139,7 @@ fn periodic_entries(specs: &Bound<'_, PyAny>) -> PyResult<Vec<Entry>> {
             if retry.is_none() { None } else { Some(&retry) },
             opts.as_ref(),
             None,
+            keys_for(spec.len() > 9 && spec.get_item(9)?.is_truthy()?, keyring)?,
         )?;
         let until: Option<String> = spec.get_item(7)?.extract()?;
         Extra {
@@ -201,7 +209,7 @@ impl Server {
         max_memory_bytes: Option<u64>,
     ) -> PyResult<Self> {
         let entries = match periodics {
-            Some(p) => periodic_entries(p)?,
+            Some(p) => periodic_entries(p, client.keyring.as_ref())?,
             None => Vec::new(),
         };
         if leader_ttl.is_some_and(|t| t < 0.1) || orphan_check_interval.is_some_and(|t| t <= 0.0) {
@@ -251,6 +259,7 @@ impl Server {
             },
             health: health.as_deref().map(health_addr).transpose()?,
             max_jobs,
+            keyring: client.keyring.clone(),
         };
         let rt = runtime::get();
         let _guard = rt.enter();
@@ -278,7 +287,7 @@ impl Server {
             }
         };
         self.inner.begin(&mut d);
-        let decoded = json_to_py(py, d.args()).and_then(|a| Ok(a.cast_into::<PyList>()?.unbind())).and_then(|args| {
+        let decoded = super::marshal::delivery_args(py, &d).map(Bound::unbind).and_then(|args| {
             let kwargs = match d.kwargs() {
                 Some(k) => Some(json_to_py(py, k)?.cast_into::<PyDict>()?.unbind()),
                 None => None,
