@@ -256,7 +256,11 @@ pub fn open_last(keyring: Option<&Keyring>, args_json: &str) -> Result<Value> {
     let args: Vec<&RawValue> =
         serde_json::from_str(args_json).map_err(|_| fail("the job's args are not a JSON array"))?;
     let last = args.last().ok_or_else(|| fail("the job has no arguments"))?;
-    let text: String = serde_json::from_str(last.get()).map_err(|_| fail("it is not a string"))?;
+    // Base64 has nothing JSON escapes, so the text is borrowed from the payload.
+    let text: std::borrow::Cow<'_, str> = serde_json::from_str::<&str>(last.get())
+        .map(Into::into)
+        .or_else(|_| serde_json::from_str::<String>(last.get()).map(Into::into))
+        .map_err(|_| fail("it is not a string"))?;
     let keyring = keyring.ok_or_else(|| {
         fail("the job is encrypted and this process has no encryption keys (Kiq(encryption_keys=...))")
     })?;

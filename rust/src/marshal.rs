@@ -111,14 +111,14 @@ pub fn load_struct(bytes: &[u8], name: &str) -> Result<Vec<(Arc<str>, Value)>> {
     }
     r.reserve(); // the struct's own entry in the object table: links to it are refused
     let class = r.symbol()?;
-    if &*class != name {
+    if &*r.symbols[class] != name {
         return Err(r.err(at, format!("the stream holds a Struct other than {name}")));
     }
     let n = r.count(2)?;
     let mut members = Vec::with_capacity(n);
     for _ in 0..n {
         let member = r.symbol()?;
-        members.push((member, r.value(1)?));
+        members.push((r.symbols[member].clone(), r.value(1)?));
     }
     r.finish()?;
     Ok(members)
@@ -219,7 +219,8 @@ impl<'a> Reader<'a> {
         self.objects.len() - 1
     }
 
-    fn symbol(&mut self) -> Result<Arc<str>> {
+    /// A symbol (or a link to one): its index in the symbol table.
+    fn symbol(&mut self) -> Result<usize> {
         let at = self.pos;
         match self.byte()? {
             b':' => self.symbol_body(at, false),
@@ -232,26 +233,26 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn symbol_link(&mut self) -> Result<Arc<str>> {
+    fn symbol_link(&mut self) -> Result<usize> {
         let at = self.pos;
         let i = self.long()?;
         usize::try_from(i)
             .ok()
-            .and_then(|i| self.symbols.get(i).cloned())
+            .filter(|&i| i < self.symbols.len())
             .ok_or_else(|| self.err(at, format!("a link to symbol {i}, which was never defined")))
     }
 
-    fn symbol_body(&mut self, at: usize, ivars: bool) -> Result<Arc<str>> {
+    fn symbol_body(&mut self, at: usize, ivars: bool) -> Result<usize> {
         let n = self.count(1)?;
         let raw = self.bytes(n)?;
-        let text: Arc<str> =
-            Arc::from(std::str::from_utf8(raw).map_err(|_| self.err(at, "a Symbol that is not UTF-8"))?);
-        self.symbols.push(text.clone());
+        let text = std::str::from_utf8(raw).map_err(|_| self.err(at, "a Symbol that is not UTF-8"))?;
+        self.symbols.push(Arc::from(text));
+        let index = self.symbols.len() - 1;
         if ivars {
             // The symbol's encoding: UTF-8 is all kiq reads, so it only has to be well formed.
             self.encoding(at)?;
         }
-        Ok(text)
+        Ok(index)
     }
 
     /// Reads a String's or Symbol's instance variables; true when they say
@@ -261,11 +262,16 @@ impl<'a> Reader<'a> {
         let mut text = true;
         for _ in 0..n {
             let name = self.symbol()?;
-            let value = self.value(1)?;
-            match (&*name, value) {
-                ("E", Value::Bool(_)) => {}
-                ("encoding", Value::Str(_) | Value::Bytes(_)) => text = false,
-                _ => return Err(self.err(at, "a String or Symbol with an instance variable other than its encoding")),
+            let ok = match &*self.symbols[name] {
+                "E" => matches!(self.byte()?, b'T' | b'F'),
+                "encoding" => {
+                    text = false;
+                    matches!(self.value(1)?, Value::Str(_) | Value::Bytes(_))
+                }
+                _ => false,
+            };
+            if !ok {
+                return Err(self.err(at, "a String or Symbol with an instance variable other than its encoding"));
             }
         }
         Ok(text)
@@ -282,8 +288,14 @@ impl<'a> Reader<'a> {
             b'T' => Value::Bool(true),
             b'F' => Value::Bool(false),
             b'i' => Value::Int(self.long()?),
-            b':' => Value::Symbol(self.symbol_body(at, false)?),
-            b';' => Value::Symbol(self.symbol_link()?),
+            b':' => {
+                let i = self.symbol_body(at, false)?;
+                Value::Symbol(self.symbols[i].clone())
+            }
+            b';' => {
+                let i = self.symbol_link()?;
+                Value::Symbol(self.symbols[i].clone())
+            }
             b'@' => {
                 let i = self.long()?;
                 match usize::try_from(i).ok().and_then(|i| self.objects.get(i)) {
@@ -307,7 +319,10 @@ impl<'a> Reader<'a> {
             b'"' => self.string(at, false)?,
             b'I' => match self.byte()? {
                 b'"' => self.string(at, true)?,
-                b':' => Value::Symbol(self.symbol_body(at, true)?),
+                b':' => {
+                    let i = self.symbol_body(at, true)?;
+                    Value::Symbol(self.symbols[i].clone())
+                }
                 inner => {
                     return Err(self.err(at, format!("instance variables on a {} are not supported", type_name(inner))));
                 }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use serde_json::value::RawValue;
 
 use super::convert::{args_json, json_to_py};
 use super::errors::{CodecError, py_result};
@@ -43,13 +44,17 @@ pub fn sealed_args(args: &Bound<'_, PyAny>, keyring: Arc<Keyring>) -> PyResult<(
 
 /// The arguments a worker gets: `args`, with an encrypted job's last one decrypted.
 pub fn delivery_args<'py>(py: Python<'py>, d: &lane::Delivery) -> PyResult<Bound<'py, PyList>> {
-    let args = json_to_py(py, d.args())?.cast_into::<PyList>()?;
-    if let Some(bag) = &d.bag {
-        let n = args.len();
-        if n > 0 {
-            args.set_item(n - 1, to_py(py, bag, &mut HashMap::new())?)?;
-        }
+    let Some(bag) = &d.bag else {
+        return Ok(json_to_py(py, d.args())?.cast_into::<PyList>()?);
+    };
+    // The ciphertext in `args` is never turned into a Python string.
+    let raw: Vec<&RawValue> =
+        serde_json::from_str(d.args()).map_err(|e| CodecError::new_err(format!("invalid JSON: {e}")))?;
+    let args = PyList::empty(py);
+    for item in raw.iter().take(raw.len().saturating_sub(1)) {
+        args.append(json_to_py(py, item.get())?)?;
     }
+    args.append(to_py(py, bag, &mut HashMap::new())?)?;
     Ok(args)
 }
 
@@ -131,14 +136,20 @@ fn big_value(i: &Bound<'_, PyInt>) -> PyResult<Value> {
     Ok(Value::Big(Arc::new(BigInt { negative, magnitude: bytes.cast::<PyBytes>()?.as_bytes().to_vec() })))
 }
 
-/// A Marshal value as Python objects; `memo` makes a shared value one object.
+/// The memo key of a value held more than once in the tree (a Ruby link), else None.
+fn shared<T: ?Sized>(a: &Arc<T>) -> Option<usize> {
+    (Arc::strong_count(a) > 1).then(|| Arc::as_ptr(a).cast::<u8>() as usize)
+}
+
+/// A Marshal value as Python objects; `memo` makes a value the stream linked
+/// to (an `Arc` held more than once) one Python object.
 pub fn to_py<'py>(py: Python<'py>, v: &Value, memo: &mut HashMap<usize, Py<PyAny>>) -> PyResult<Bound<'py, PyAny>> {
     let shared = match v {
-        Value::Array(a) => Some(Arc::as_ptr(a).cast::<u8>() as usize),
-        Value::Hash(h) => Some(Arc::as_ptr(h).cast::<u8>() as usize),
-        Value::Str(s) | Value::Symbol(s) => Some(Arc::as_ptr(s).cast::<u8>() as usize),
-        Value::Bytes(b) => Some(Arc::as_ptr(b).cast::<u8>() as usize),
-        Value::Big(b) => Some(Arc::as_ptr(b).cast::<u8>() as usize),
+        Value::Array(a) => shared(a),
+        Value::Hash(h) => shared(h),
+        Value::Str(s) | Value::Symbol(s) => shared(s),
+        Value::Bytes(b) => shared(b),
+        Value::Big(b) => shared(b),
         _ => None,
     };
     if let Some(obj) = shared.and_then(|k| memo.get(&k)) {
