@@ -30,7 +30,9 @@ from kiq import _kiq
 if TYPE_CHECKING:
     from kiq.app import Kiq
 
-__all__ = ["ENCRYPTED_DATA", "Api", "JobRecord", "JobSet", "Process", "Queue", "Stats", "Work", "display_args"]
+__all__ = [
+    "ENCRYPTED_DATA", "Api", "JobRecord", "JobSet", "Process", "Queue", "Stats", "Work", "display_args", "is_encrypted",
+]
 
 #: What Sidekiq's Web UI shows in place of an encrypted argument.
 ENCRYPTED_DATA: str = _kiq.ENCRYPTED_DATA

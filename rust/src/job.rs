@@ -485,9 +485,6 @@ impl NewJob {
         if let Some((name, _)) = self.options.iter().find(|(n, _)| RESERVED.contains(&n.as_str())) {
             return Err(KiqError::codec(format!("job option {name:?} is set by kiq and cannot be given")));
         }
-        if self.unique.is_some() && self.encrypt.is_some() {
-            return Err(KiqError::config(UNIQUE_AND_ENCRYPT));
-        }
         Ok(())
     }
 
