@@ -393,4 +393,7 @@ def test_periodic_encrypted_jobs_are_sealed_afresh_each_time(make_app, r) -> Non
     args = [json.loads(p)["args"] for p in r.lrange("queue:default", 0, 1)]
     assert args[0][1] != args[1][1]
     assert [app._keyring.decrypt(a[1]) for a in args] == [{"k": "v"}, {"k": "v"}]
+    with pytest.raises(ConfigError, match="differ only in their encrypted last argument"):
+        make_app(encryption_keys=KEYS, periodics=[("* * * * *", "Tick", {"args": [1, {"k": v}], "encrypt": True})
+                                                 for v in "ab"]).start()
 

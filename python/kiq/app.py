@@ -316,6 +316,7 @@ class Kiq:
             raise ConfigError("encryption_version needs encryption_keys")
         # The keys live in the core; this object never keeps them.
         self._keyring = None if encryption_keys is None else _kiq.Keyring(encryption_keys, encryption_version)
+        self._throwaway_keyring: _kiq.Keyring | None = None  # sandbox mode without keys
         #: Instrumentation hooks: ``app.instrument.attach(handler)``; see :mod:`kiq.instrument`.
         self.instrument = Instrumenter()
         self.tls_ca_file, self.tls_cert_file, self.tls_key_file = tls_ca_file, tls_cert_file, tls_key_file
@@ -599,9 +600,11 @@ class Kiq:
     def _sandbox_keyring(self) -> _kiq.Keyring:
         """The app's keys, or (an app configured without any) a throwaway key: a sandboxed
         encrypted job's payload is encrypted as a push would write it; its args stay readable."""
-        if self._keyring is None:
-            self._keyring = _kiq.Keyring({1: os.urandom(32)})
-        return self._keyring
+        if self._keyring is not None:
+            return self._keyring
+        if self._throwaway_keyring is None:
+            self._throwaway_keyring = _kiq.Keyring({1: os.urandom(32)})
+        return self._throwaway_keyring
 
     async def enqueue_async(
         self,

@@ -96,7 +96,7 @@ impl Delivery {
         .unwrap_or_default()
     }
 
-    /// Whether the job's last argument was encrypted (decrypted in `args`; None once settled).
+    /// Whether the job's last argument was encrypted (decrypted in `args`; False once settled).
     #[getter]
     fn encrypted(&self) -> bool {
         self.with(|d| d.bag.is_some()).unwrap_or(false)
@@ -150,16 +150,26 @@ fn periodic_entries(specs: &Bound<'_, PyAny>, keyring: Option<&Arc<crate::crypto
         .apply(&mut job)?;
         // The same schedule, class and options give the same id in every process.
         let options: Vec<String> = job.options.iter().map(|(k, v)| format!("[{},{v}]", json_string(k))).collect();
+        // An encrypted entry's secret is not part of its id (a hash of it in
+        // Redis would leak it), so entries differing only by it are refused.
         let identity = format!(
-            "[{},{},{},{},{},[{}]]",
+            "[{},{},{},{},{},[{}]{}]",
             json_string(&crontab.to_string()),
             json_string(&job.class),
             json_string(&job.queue),
             job.args,
             job.retry.to_json(),
-            options.join(",")
+            options.join(","),
+            if job.encrypt.is_some() { ",\"encrypt\"" } else { "" }
         );
         let id = py_result(canonical_sha256(&identity))?[..32].to_owned();
+        if job.encrypt.is_some() && out.iter().any(|e: &Entry| e.id == id) {
+            return Err(super::errors::ConfigError::new_err(format!(
+                "two periodic entries for {} differ only in their encrypted last argument; give them different \
+                 arguments, queues or schedules",
+                job.class
+            )));
+        }
         out.push(Entry { id, crontab, job });
     }
     Ok(out)
