@@ -413,6 +413,24 @@ mod tests {
         assert!(Keyring::with_source(4, Box::new(Source)).is_err());
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+
+        /// Any text, and any envelope around any blob, is refused cleanly (never a panic).
+        #[test]
+        fn any_input_is_refused_without_panicking(
+            text in ".{0,300}",
+            blob in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            version in -3i64..5,
+        ) {
+            let ring = ring(1);
+            let _ = ring.open(&text);
+            let _ = ring.open(&STANDARD.encode(&blob));
+            let env = Envelope { cipher: CIPHER.into(), tag: vec![0; 16], iv: vec![0; 12], version, blob };
+            proptest::prop_assert!(ring.open(&env.to_text()).is_err());
+        }
+    }
+
     #[test]
     fn splits_args_as_enterprise_does() {
         let ring = Arc::new(ring(1));

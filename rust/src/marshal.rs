@@ -764,6 +764,9 @@ mod tests {
             w.long(k);
         }
         let Value::Array(top) = load(&w.out).unwrap() else { panic!() };
+        assert!(
+            properties::footprint(&Value::Array(top.clone()), &mut std::collections::HashSet::new()) <= 2 * w.out.len()
+        );
         let (Value::Array(a), Value::Array(b)) = (&top[0], &top[1]) else { panic!() };
         assert!(Arc::ptr_eq(a, b));
     }
@@ -779,7 +782,7 @@ mod tests {
         assert!(load(&bytes).unwrap_err().0.contains("Struct"));
     }
 
-    mod properties {
+    pub(super) mod properties {
         use super::super::*;
         use proptest::prelude::*;
 
@@ -808,6 +811,37 @@ mod tests {
             })
         }
 
+        /// What a loaded value holds in memory: each distinct value once (a
+        /// link shares, so it adds nothing) plus the bytes of its strings.
+        pub(super) fn footprint(v: &Value, seen: &mut std::collections::HashSet<usize>) -> usize {
+            fn first<T: ?Sized>(a: &Arc<T>, seen: &mut std::collections::HashSet<usize>) -> bool {
+                seen.insert(Arc::as_ptr(a).cast::<u8>() as usize)
+            }
+            match v {
+                Value::Array(a) if first(a, seen) => 1 + a.iter().map(|x| footprint(x, seen)).sum::<usize>(),
+                Value::Hash(h) if first(h, seen) => {
+                    1 + h.iter().map(|(k, x)| footprint(k, seen) + footprint(x, seen)).sum::<usize>()
+                }
+                Value::Str(t) | Value::Symbol(t) if first(t, seen) => 1 + t.len(),
+                Value::Bytes(b) if first(b, seen) => 1 + b.len(),
+                Value::Big(b) if first(b, seen) => 1 + b.magnitude.len(),
+                Value::Array(_)
+                | Value::Hash(_)
+                | Value::Str(_)
+                | Value::Symbol(_)
+                | Value::Bytes(_)
+                | Value::Big(_) => 0,
+                _ => 1,
+            }
+        }
+
+        /// Every value read costs at least one input byte and every string
+        /// byte is an input byte: memory grows with the input, never faster.
+        fn bounded(bytes: &[u8]) -> bool {
+            load(bytes).is_err_and(|e| !e.0.is_empty())
+                || load(bytes).is_ok_and(|v| footprint(&v, &mut std::collections::HashSet::new()) <= 2 * bytes.len())
+        }
+
         /// NaN != NaN: compare floats by their bits.
         fn same(a: &Value, b: &Value) -> bool {
             match (a, b) {
@@ -834,7 +868,7 @@ mod tests {
 
             #[test]
             fn arbitrary_bytes_never_panic(tail in proptest::collection::vec(any::<u8>(), 0..512)) {
-                let _ = load(&[&[4u8, 8][..], &tail].concat());
+                prop_assert!(bounded(&[&[4u8, 8][..], &tail].concat()));
                 let _ = load_struct(&[&[4u8, 8, b'S'][..], &tail].concat(), "Sidekiq::Enc");
             }
 
@@ -845,8 +879,8 @@ mod tests {
                     let i = i.index(bytes.len());
                     bytes[i] = b;
                 }
-                let _ = load(&bytes);
-                let _ = load(&bytes[..cut.index(bytes.len())]);
+                prop_assert!(bounded(&bytes));
+                prop_assert!(bounded(&bytes[..cut.index(bytes.len())]));
             }
         }
     }
