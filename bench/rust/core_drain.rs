@@ -62,6 +62,7 @@ fn main() {
         max_jobs: None,
         max_rss_kb: None,
         stuck_after: None,
+        keyring: None,
     };
     let server = Server::start(pool, Keys::default(), config).unwrap();
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));

@@ -1,7 +1,7 @@
 """Type stubs of the native module ``kiq._kiq`` (the Rust core's bindings)."""
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, final
 
 __version__: str
@@ -23,8 +23,12 @@ __all__ = [
     "Crontab",
     "CrontabError",
     "ConnectionError",
+    "DecryptionError",
     "Delivery",
+    "ENCRYPTED_DATA",
+    "ENCRYPT_FIELD",
     "KiqError",
+    "Keyring",
     "Server",
     "SIDEKIQ_ACTIVE_JOB_WRAPPER",
     "ShutdownError",
@@ -39,6 +43,7 @@ __all__ = [
     "encode_backtrace",
     "encode_job",
     "new_jid",
+    "read_envelope",
     "set_log_level",
     "unwrap_active_job",
 ]
@@ -47,6 +52,10 @@ ACTIVE_JOB_WRAPPER: str
 ENCRYPTED_ARG: str
 SIDEKIQ_ACTIVE_JOB_WRAPPER: str
 TRACE_CONTEXT_FIELDS: tuple[str, ...]
+#: The payload field saying the last argument is encrypted (Sidekiq Enterprise's ``encrypt``).
+ENCRYPT_FIELD: str
+#: What Sidekiq's Web UI shows in place of an encrypted argument: ``"[encrypted data]"``.
+ENCRYPTED_DATA: str
 
 class KiqError(Exception):
     """Base class of every error kiq raises."""
@@ -75,6 +84,31 @@ class BufferFullError(KiqError):
 class UndeliverableError(KiqError):
     """Redis refused jobs for a reason retrying cannot fix (a key of the wrong type, an ACL); they were kept aside."""
 
+class DecryptionError(KiqError):
+    """An encrypted job argument could not be decrypted: unknown key version, altered data, or a value outside the
+    Marshal subset kiq reads. The job takes the retry path; the message never quotes the plaintext."""
+
+@final
+class Keyring:
+    """Keys by version for Sidekiq Enterprise's encryption; never shows a key."""
+
+    def __new__(
+        cls, keys: Mapping[int, bytes] | Callable[[int], bytes | None], active_version: int | None = None
+    ) -> Keyring: ...
+    @property
+    def active_version(self) -> int:
+        """The version new jobs are encrypted with."""
+    @property
+    def versions(self) -> list[int]:
+        """The versions known so far (those of a callable as they are asked for)."""
+    def encrypt(self, value: Any) -> str:
+        """The encrypted argument for ``value``, as Sidekiq Enterprise writes it."""
+    def decrypt(self, text: str) -> Any:
+        """The value inside an encrypted argument; raises ``DecryptionError``."""
+
+def read_envelope(text: str) -> tuple[str, bytes, bytes, int, bytes]:
+    """The parts of an encrypted argument: ``(cipher, tag, iv, version, blob)``."""
+
 @final
 class Client:
     """A connection pool to one Redis and the means to push jobs to it."""
@@ -98,6 +132,7 @@ class Client:
         buffer_path: str | os.PathLike[str] | None = None,
         spool_fsync: str = "interval",
         undeliverable_path: str | os.PathLike[str] | None = None,
+        keyring: Keyring | None = None,
     ) -> Client: ...
     def push(
         self,
@@ -113,6 +148,7 @@ class Client:
         unique_for: float | None = None,
         unique_until: str | None = None,
         expires_in: float | None = None,
+        encrypt: bool = False,
     ) -> tuple[str, str | None]:
         """Pushes one job; returns ``(jid, held_by)``, ``held_by`` None unless a unique job was skipped."""
     def push_bulk(
@@ -128,6 +164,7 @@ class Client:
         unique_for: float | None = None,
         unique_until: str | None = None,
         expires_in: float | None = None,
+        encrypt: bool = False,
     ) -> tuple[list[str], dict[str, str | None]]:
         """Pushes one job per argument list in one round trip; returns the jids and the skipped unique ones."""
     def push_jobs(
@@ -136,8 +173,8 @@ class Client:
         *,
         sync: bool = False,
     ) -> tuple[list[str], dict[str, str | None]]:
-        """Pushes ``(class_name, args, queue, retry, options, jid, at, unique_for, unique_until, expires_in)``
-        jobs in one round trip; returns the jids and the skipped unique ones."""
+        """Pushes ``(class_name, args, queue, retry, options, jid, at, unique_for, unique_until, expires_in,
+        encrypt)`` jobs in one round trip; returns the jids and the skipped unique ones."""
     def flush(self, timeout: float) -> None:
         """Waits until every buffered job is in Redis; raises TimeoutError after ``timeout`` seconds."""
     def buffer_stats(self) -> dict[str, Any] | None:
@@ -189,6 +226,9 @@ class Delivery:
     def kwargs(self) -> dict[str, Any] | None: ...
     @property
     def settled(self) -> bool: ...
+    @property
+    def encrypted(self) -> bool:
+        """Whether the job's last argument was encrypted (decrypted in ``args``; False once settled)."""
     @property
     def payload(self) -> str | None: ...
     @property
@@ -303,8 +343,9 @@ def encode_job(
     unique_until: str | None = None,
     expires_in: float | None = None,
     timestamps: str = "seconds",
+    keyring: Keyring | None = None,
 ) -> tuple[str, str, float | None]:
-    """The payload a push would write, without Redis: ``(jid, payload, at)``."""
+    """The payload a push would write, without Redis: ``(jid, payload, at)``; encrypted with ``keyring``."""
 
 def decide_failure(
     payload: str,

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from kiq import _kiq
@@ -29,7 +30,30 @@ from kiq import _kiq
 if TYPE_CHECKING:
     from kiq.app import Kiq
 
-__all__ = ["Api", "JobRecord", "JobSet", "Process", "Queue", "Stats", "Work"]
+__all__ = [
+    "ENCRYPTED_DATA", "Api", "JobRecord", "JobSet", "Process", "Queue", "Stats", "Work", "display_args", "is_encrypted",
+]
+
+#: What Sidekiq's Web UI shows in place of an encrypted argument.
+ENCRYPTED_DATA: str = _kiq.ENCRYPTED_DATA
+
+
+def is_encrypted(item: Mapping[str, Any]) -> bool:
+    """Whether a job's last argument is encrypted (Sidekiq Enterprise's ``encrypt``; any value but
+    null and false, as Ruby reads it)."""
+    flag = item.get(_kiq.ENCRYPT_FIELD)
+    return flag is not None and flag is not False
+
+
+def display_args(item: Mapping[str, Any]) -> list[Any]:
+    """A job's ``args`` as Sidekiq's Web UI shows them: the last argument of an encrypted job is
+    ``"[encrypted data]"``. Every listing (the CLI, a dashboard) shows args through this."""
+    args = item.get("args")
+    if not isinstance(args, list):
+        return []
+    if args and is_encrypted(item):
+        return [*args[:-1], ENCRYPTED_DATA]
+    return list(args)
 
 
 def _time(value: Any) -> float | None:
@@ -61,8 +85,19 @@ class JobRecord:
 
     @property
     def args(self) -> list[Any]:
+        """The ``args`` as stored (an encrypted job's last one is its ciphertext)."""
         args = self.item.get("args")
         return args if isinstance(args, list) else []
+
+    @property
+    def display_args(self) -> list[Any]:
+        """The args to show: an encrypted job's last one as ``"[encrypted data]"`` (see :func:`display_args`)."""
+        return display_args(self.item)
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether the last argument is encrypted (Sidekiq Enterprise's ``encrypt``)."""
+        return is_encrypted(self.item)
 
     @property
     def jid(self) -> str:

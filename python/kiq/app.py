@@ -200,6 +200,15 @@ class Kiq:
             trace propagation through the job's ``traceparent`` fields, as
             Ruby's Sidekiq instrumentation does (see :mod:`kiq.tracing`);
             needs ``opentelemetry-api``.
+        encryption_keys: keys for jobs whose last argument is encrypted in
+            Sidekiq Enterprise's format (``encrypt=True``): ``{version:
+            key}`` with 32-byte keys, or a callable ``version -> key`` (asked
+            once per version, e.g. from a secret manager). Jobs fetched with
+            ``"encrypt": true`` are decrypted with the key of their version.
+            Keys are never shown in ``repr``, logs or errors.
+        encryption_version: the version new jobs are encrypted with (Sidekiq
+            Enterprise's ``active_version``); defaults to the highest key's,
+            and is required with a callable.
     """
 
     def __init__(
@@ -246,6 +255,8 @@ class Kiq:
         tracing: str | None = None,
         state_dir: str | os.PathLike[str] | None = None,
         stuck_after: Seconds | None = None,
+        encryption_keys: Mapping[int, bytes] | Callable[[int], bytes | None] | None = None,
+        encryption_version: int | None = None,
     ) -> None:
         if test_mode not in (None, "sandbox"):
             raise ConfigError(f'test_mode must be None or "sandbox", not {test_mode!r}')
@@ -324,6 +335,11 @@ class Kiq:
         if self.stuck_after is not None and self.stuck_after <= 0:
             raise ConfigError(f"stuck_after must be a positive number of seconds, not {stuck_after!r}")
         self._tracing = None if tracing is None else Tracing(tracing)
+        if encryption_keys is None and encryption_version is not None:
+            raise ConfigError("encryption_version needs encryption_keys")
+        # The keys live in the core; this object never keeps them.
+        self._keyring = None if encryption_keys is None else _kiq.Keyring(encryption_keys, encryption_version)
+        self._throwaway_keyring: _kiq.Keyring | None = None  # sandbox mode without keys
         #: Instrumentation hooks: ``app.instrument.attach(handler)``; see :mod:`kiq.instrument`.
         self.instrument = Instrumenter()
         self.tls_ca_file, self.tls_cert_file, self.tls_key_file = tls_ca_file, tls_cert_file, tls_key_file
@@ -361,10 +377,12 @@ class Kiq:
         unique_for = opts.pop("unique_for", job.unique_for)
         unique_until = opts.pop("unique_until", job.unique_until)
         expires_in = opts.pop("expires_in", job.expires_in)
+        encrypt = opts.pop("encrypt", job.encrypt)
         payload = {**job.options, **opts}
-        Job(job.class_name, list(args), queue, retry, payload, None, unique_for, unique_until, expires_in)  # checks
+        Job(job.class_name, list(args), queue, retry, payload, None, unique_for, unique_until, expires_in,  # checks
+            encrypt)
         return (expr, job.class_name, queue, list(args), retry, payload or None, unique_for,
-                unique_until if unique_for is not None else None, expires_in)
+                unique_until if unique_for is not None else None, expires_in, encrypt)
 
     @staticmethod
     def _check_queues(queues: Mapping[str, int]) -> dict[str, int]:
@@ -425,6 +443,7 @@ class Kiq:
                     buffer_path=self.buffer_path,
                     spool_fsync=self.spool_fsync,
                     undeliverable_path=str(undeliverable_path(self.state_dir, self.identity, self.buffer_path)),
+                    keyring=self._keyring,
                 )
                 if self.buffer:
                     # Jobs still buffered when the interpreter exits are flushed first.
@@ -555,6 +574,7 @@ class Kiq:
             unique_for=job.unique_for,
             unique_until=job.unique_until if job.unique_for is not None else None,
             expires_in=job.expires_in,
+            encrypt=job.encrypt,
         )
         if held is not None:
             logger.info("kiq: skipped enqueueing %s %s: not unique (lock held by %s)", job.class_name, jid,
@@ -601,6 +621,7 @@ class Kiq:
             unique_for=job.unique_for,
             unique_until=job.unique_until if job.unique_for is not None else None,
             expires_in=job.expires_in,
+            encrypt=job.encrypt,
         )
         return _results(jids, skipped)
 
@@ -628,7 +649,7 @@ class Kiq:
             return [self._record(job, when) for job in jobs]
         specs = [
             (job.class_name, job.args, job.queue, job.retry, dict(job.options) or None, job.jid, when, job.unique_for,
-             job.unique_until if job.unique_for is not None else None, job.expires_in)
+             job.unique_until if job.unique_for is not None else None, job.expires_in, job.encrypt)
             for job in jobs
         ]
         jids, skipped = self.client.push_jobs(specs, sync=sync)
@@ -642,9 +663,19 @@ class Kiq:
             job.class_name, job.args, queue=job.queue, retry=job.retry, options=options, jid=job.jid, at=at,
             unique_for=job.unique_for, unique_until=job.unique_until if job.unique_for is not None else None,
             expires_in=job.expires_in, timestamps=self.timestamps,
+            keyring=self._sandbox_keyring() if job.encrypt else None,
         )
-        self._sandbox.add(job.class_name, list(job.args), job.queue, jid, payload, when)
+        self._sandbox.add(job.class_name, list(job.args), job.queue, jid, payload, when, encrypted=job.encrypt)
         return jid
+
+    def _sandbox_keyring(self) -> _kiq.Keyring:
+        """The app's keys, or (an app configured without any) a throwaway key: a sandboxed
+        encrypted job's payload is encrypted as a push would write it; its args stay readable."""
+        if self._keyring is not None:
+            return self._keyring
+        if self._throwaway_keyring is None:
+            self._throwaway_keyring = _kiq.Keyring({1: os.urandom(32)})
+        return self._throwaway_keyring
 
     async def enqueue_async(
         self,

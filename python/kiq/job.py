@@ -36,6 +36,11 @@ class Job:
     (``"start"``), or after ``unique_for`` seconds (counted from the run time
     of a scheduled job). ``expires_in`` (seconds, from the run time) drops a
     job that has not started by then.
+
+    ``encrypt=True`` encrypts the last argument in Sidekiq Enterprise's
+    format (the app needs ``encryption_keys``); a Ruby worker with
+    Enterprise's encryption, or a kiq worker with the keys, reads it. It needs
+    at least 2 arguments and cannot be combined with ``unique_for``.
     """
 
     class_name: str
@@ -47,6 +52,7 @@ class Job:
     unique_for: float | None = None
     unique_until: str = "success"
     expires_in: float | None = None
+    encrypt: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.class_name, str) or not self.class_name:
@@ -58,6 +64,7 @@ class Job:
         if not (isinstance(self.retry, bool) or (isinstance(self.retry, int) and self.retry >= 0)):
             raise ConfigError(f"Job retry must be True, False or a count >= 0, not {self.retry!r}")
         check_unique_and_expiry(self.unique_for, self.unique_until, self.expires_in)
+        check_encrypt(self.encrypt, self.unique_for)
 
     @classmethod
     def _checked(
@@ -70,6 +77,7 @@ class Job:
         unique_for: float | None = None,
         unique_until: str = "success",
         expires_in: float | None = None,
+        encrypt: bool = False,
     ) -> Job:
         """A job from parts already validated (a worker's options): skips ``__post_init__``."""
         job = object.__new__(cls)
@@ -83,6 +91,7 @@ class Job:
         put(job, "unique_for", unique_for)
         put(job, "unique_until", unique_until)
         put(job, "expires_in", expires_in)
+        put(job, "encrypt", encrypt)
         return job
 
     def set(self, **changes: Any) -> Job:
@@ -105,6 +114,16 @@ def check_unique_and_expiry(unique_for: float | None, unique_until: str, expires
             raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
     if unique_until not in ("success", "start"):
         raise ConfigError(f'unique_until must be "success" or "start", not {unique_until!r}')
+
+
+def check_encrypt(encrypt: bool, unique_for: float | None) -> None:
+    if not isinstance(encrypt, bool):
+        raise ConfigError(f"encrypt must be True or False, not {encrypt!r}")
+    if encrypt and unique_for is not None:
+        raise ConfigError(
+            "unique_for and encrypt cannot be combined: each push encrypts the last argument under a fresh IV, so "
+            "two pushes of the same arguments never look alike (as in Sidekiq Enterprise)"
+        )
 
 
 class Enqueued(str):

@@ -207,7 +207,7 @@ class Processor:
     def run_observed(self, d: _kiq.Delivery) -> bool:
         """Runs one job with its log lines and reporter events. False means: stop the thread."""
         reporters = self.reporters
-        job = JobInfo(d.class_name, d.jid, d.queue, d.args, d.retry_count, d.enqueued_at) if reporters else None
+        job = JobInfo.of(d) if reporters else None
         fields = {"class": d.class_name, "queue": d.queue, "jid": d.jid}
         if logger.isEnabledFor(logging.INFO):
             logger.info("job_started %s jid=%s queue=%s", d.class_name, d.jid, d.queue,
@@ -256,7 +256,7 @@ class Processor:
 
     def expired(self, d: _kiq.Delivery) -> None:
         """A job that did not start before its ``expires_at``: dropped, counted, logged, reported."""
-        job = JobInfo(d.class_name, d.jid, d.queue, d.args, d.retry_count, d.enqueued_at) if self.reporters else None
+        job = JobInfo.of(d) if self.reporters else None
         self.server.expire(d)
         logger.warning("job_aborted %s jid=%s queue=%s reason=expired", d.class_name, d.jid, d.queue,
                        extra={"kiq": {"event": "job_aborted", "class": d.class_name, "queue": d.queue, "jid": d.jid,

@@ -20,13 +20,17 @@ import time
 from types import TracebackType
 from typing import Any
 
+from kiq import _kiq
+
 __all__ = ["JobInfo", "Reporter"]
 
 logger = logging.getLogger("kiq")
 
 
 class JobInfo:
-    """What a reporter is told about a job."""
+    """What a reporter is told about a job. The last argument of an encrypted
+    job is ``"[encrypted data]"`` here, as in Sidekiq's Web UI: only the job
+    itself sees the secret."""
 
     __slots__ = ("args", "class_name", "enqueued_at", "jid", "queue", "retry_count")
 
@@ -47,6 +51,13 @@ class JobInfo:
         self.retry_count = retry_count
         #: Epoch seconds it was last pushed to its queue, if known.
         self.enqueued_at = enqueued_at
+
+    @classmethod
+    def of(cls, d: _kiq.Delivery) -> JobInfo:
+        args = d.args
+        if d.encrypted and args:
+            args = [*args[:-1], _kiq.ENCRYPTED_DATA]
+        return cls(d.class_name, d.jid, d.queue, args, d.retry_count, d.enqueued_at)
 
     def __repr__(self) -> str:
         return f"<JobInfo {self.class_name} jid={self.jid} queue={self.queue}>"

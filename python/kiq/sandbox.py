@@ -48,6 +48,8 @@ class SandboxJob:
     state: str = "queued"
     #: Keyword arguments (an ActiveJob job's); None otherwise.
     kwargs: dict[str, Any] | None = None
+    #: Whether the last argument is encrypted in ``payload`` (``args`` holds it in clear).
+    encrypted: bool = False
 
     @property
     def item(self) -> dict[str, Any]:
@@ -65,11 +67,13 @@ class Sandbox:
         self._lock = threading.Lock()
         self.jobs: list[SandboxJob] = []
 
-    def add(self, class_name: str, args: list[Any], queue: str, jid: str, payload: str, at: float | None) -> None:
+    def add(self, class_name: str, args: list[Any], queue: str, jid: str, payload: str, at: float | None,
+            encrypted: bool = False) -> None:
         kwargs = None
         if is_wrapper(class_name):  # an ActiveJob job: recorded as its job class and plain arguments
             class_name, args, kwargs = _kiq.unwrap_active_job(json.dumps(args))
-        job = SandboxJob(class_name, args, queue, jid, payload, at, time.time(), current_scope(), kwargs=kwargs)
+        job = SandboxJob(class_name, args, queue, jid, payload, at, time.time(), current_scope(), kwargs=kwargs,
+                         encrypted=encrypted)
         with self._lock:
             self.jobs.append(job)
 

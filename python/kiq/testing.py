@@ -184,8 +184,11 @@ class _Delivery:
         self.jid = job.jid
         self.queue = job.queue
         self.lane = 0
-        # An ActiveJob job's arguments, as the sandbox unwrapped them; else the payload's.
-        self.args = list(job.args) if is_wrapper(item.get("class", "")) else list(item.get("args", []))
+        # An ActiveJob job's arguments, as the sandbox unwrapped them, and an encrypted job's in clear,
+        # as a worker gets them; else the payload's.
+        self.encrypted = job.encrypted
+        self.args = (list(job.args) if job.encrypted or is_wrapper(item.get("class", ""))
+                     else list(item.get("args", [])))
         self.kwargs = job.kwargs
         self.trace_context = [(k, v) for k in TRACE_FIELDS if isinstance(v := item.get(k), str)]
         self.backtrace = item.get("backtrace")

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Generic, ParamSpec, TypeVar, overload
 
 from kiq.errors import ConfigError
-from kiq.job import DEFAULT_QUEUE, Job, check_unique_and_expiry
+from kiq.job import DEFAULT_QUEUE, Job, check_encrypt, check_unique_and_expiry
 
 __all__ = ["FunctionWorker", "Worker", "WorkerOptions", "worker"]
 
@@ -52,6 +52,9 @@ class WorkerOptions:
     - ``timeout``: seconds a run may take; an ``async`` job is cancelled at
       the deadline, a sync one fails when it returns (threads cannot be
       stopped); both with :class:`~kiq.errors.JobTimeoutError`, retried.
+    - ``encrypt``: encrypt the last argument, as Sidekiq Enterprise's
+      ``encrypt: true`` does (needs the app's ``encryption_keys``, at least 2
+      arguments, and no ``unique_for``).
     """
 
     queue: str = DEFAULT_QUEUE
@@ -65,6 +68,7 @@ class WorkerOptions:
     unique_until: str = "success"
     expires_in: float | None = None
     timeout: float | None = None
+    encrypt: bool = False
     _payload: dict[str, Any] = dataclasses.field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -91,6 +95,7 @@ class WorkerOptions:
         ):
             raise ConfigError(f"timeout must be a positive number of seconds, not {self.timeout!r}")
         check_unique_and_expiry(self.unique_for, self.unique_until, self.expires_in)
+        check_encrypt(self.encrypt, self.unique_for)
         # Written into every job: computed once.
         object.__setattr__(self, "_payload", self.payload_options())
 
@@ -116,7 +121,7 @@ class WorkerOptions:
     def job(self, name: str, args: Sequence[Any]) -> Job:
         return Job._checked(
             name, tuple(args), self.queue, self.retry, self._payload, self.unique_for, self.unique_until,
-            self.expires_in,
+            self.expires_in, self.encrypt,
         )
 
 
@@ -145,6 +150,7 @@ class Worker:
         unique_until: str = _UNSET,
         expires_in: float | dt.timedelta | None = _UNSET,
         timeout: float | dt.timedelta | None = _UNSET,
+        encrypt: bool = _UNSET,
         **kwargs: Any,
     ) -> None:
         super().__init_subclass__(**kwargs)
@@ -154,7 +160,7 @@ class Worker:
         inherited = dataclasses.replace(parent, name=None)
         cls.kiq_options = inherited.updated(
             queue=queue, retry=retry, dead=dead, backtrace=backtrace, retry_queue=retry_queue, tags=tags, name=name,
-            unique_for=unique_for, unique_until=unique_until, expires_in=expires_in, timeout=timeout,
+            unique_for=unique_for, unique_until=unique_until, expires_in=expires_in, timeout=timeout, encrypt=encrypt,
         )
 
     def perform(self, *args: Any) -> Any:
@@ -224,6 +230,7 @@ def worker(
     unique_until: str = ...,
     expires_in: float | dt.timedelta | None = ...,
     timeout: float | dt.timedelta | None = ...,
+    encrypt: bool = ...,
 ) -> Callable[[Callable[P, R]], FunctionWorker[P, R]]: ...
 
 
@@ -242,12 +249,13 @@ def worker(
     unique_until: str = _UNSET,
     expires_in: float | dt.timedelta | None = _UNSET,
     timeout: float | dt.timedelta | None = _UNSET,
+    encrypt: bool = _UNSET,
 ) -> FunctionWorker[P, R] | Callable[[Callable[P, R]], FunctionWorker[P, R]]:
     """Makes a function (or an ``async def`` function) a worker: ``@worker`` or
     ``@worker(queue=..., retry=..., name=...)``."""
     options = WorkerOptions().updated(
         queue=queue, retry=retry, dead=dead, backtrace=backtrace, retry_queue=retry_queue, tags=tags, name=name,
-        unique_for=unique_for, unique_until=unique_until, expires_in=expires_in, timeout=timeout,
+        unique_for=unique_for, unique_until=unique_until, expires_in=expires_in, timeout=timeout, encrypt=encrypt,
     )
 
     def wrap(f: Callable[P, R]) -> FunctionWorker[P, R]:

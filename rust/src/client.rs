@@ -64,6 +64,19 @@ pub type Prepared = (String, PushItem, Option<Lock>);
 /// Encodes a job with its expiry and unique fields; returns the jid, the item
 /// and the lock to take (for unique jobs).
 pub fn prepare_full(job: &NewJob, at: Option<f64>, now: f64, unit: TimestampUnit, keys: &Keys) -> Result<Prepared> {
+    if let Some(seal) = &job.encrypt {
+        if job.unique.is_some() {
+            return Err(crate::error::KiqError::config(crate::job::UNIQUE_AND_ENCRYPT));
+        }
+        // Sealed afresh for every push: a new IV each time.
+        let mut sealed = job.clone();
+        sealed.args = seal.args(&job.args)?;
+        return prepare_sealed(&sealed, at, now, unit, keys);
+    }
+    prepare_sealed(job, at, now, unit, keys)
+}
+
+fn prepare_sealed(job: &NewJob, at: Option<f64>, now: f64, unit: TimestampUnit, keys: &Keys) -> Result<Prepared> {
     let at = at.filter(|t| *t > now);
     let (fields, lock) = extras(job, at, now, keys)?;
     if fields.is_empty() {
@@ -307,6 +320,29 @@ pub async fn push_unique(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encrypted_jobs_are_sealed_per_push_and_never_unique() {
+        let keyring = std::sync::Arc::new(crate::crypto::Keyring::new(1, [(1, vec![3; 32])]).unwrap());
+        let bag = crate::marshal::Value::Int(7);
+        let (head, seal) = crate::crypto::Seal::split(keyring.clone(), 2, "[1]".into(), bag).unwrap();
+        let mut job = NewJob::new("X", head);
+        job.encrypt = Some(seal);
+        let keys = Keys::default();
+        let (_, a, _) = prepare_full(&job, None, 100.0, TimestampUnit::Seconds, &keys).unwrap();
+        let (_, b, _) = prepare_full(&job, None, 100.0, TimestampUnit::Seconds, &keys).unwrap();
+        assert!(a.payload.starts_with(r#"{"retry":true,"queue":"default","encrypt":true,"args":[1,"BAhT"#));
+        assert_ne!(a.payload, b.payload, "a fresh IV per push");
+        let args = crate::job::Payload::parse(a.payload).unwrap().args().unwrap().to_owned();
+        assert_eq!(crate::crypto::open_last(Some(&keyring), &args).unwrap(), crate::marshal::Value::Int(7));
+        job.unique = Some(crate::job::Unique { for_secs: 60.0, until: crate::job::UniqueUntil::Success });
+        assert!(
+            prepare_full(&job, None, 100.0, TimestampUnit::Seconds, &keys)
+                .unwrap_err()
+                .to_string()
+                .contains("fresh IV")
+        );
+    }
 
     #[test]
     fn past_times_push_now() {

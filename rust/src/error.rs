@@ -29,6 +29,9 @@ pub enum KiqError {
     /// wrong type, an ACL); they were kept aside, never dropped.
     #[error("{0}")]
     Undeliverable(String),
+    /// An encrypted job argument could not be decrypted (never quotes plaintext).
+    #[error("{0}")]
+    Decryption(String),
 }
 
 impl KiqError {

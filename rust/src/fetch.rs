@@ -20,6 +20,7 @@ use crate::ack::{Msg, Settle, Settlement};
 use crate::activejob;
 use crate::args;
 use crate::control::{Control, RunState};
+use crate::crypto::{self, Keyring};
 use crate::job::{Payload, UniqueUntil, field};
 use crate::keys::Keys;
 use crate::lane::{Delivery, Lane};
@@ -47,6 +48,8 @@ pub struct Fetcher {
     pub policy: RetryPolicy,
     pub acks: mpsc::UnboundedSender<Msg>,
     pub control: Control,
+    /// Keys for jobs whose last argument is encrypted (Sidekiq Enterprise's format).
+    pub keyring: Option<Arc<Keyring>>,
 }
 
 impl Fetcher {
@@ -271,7 +274,25 @@ impl Fetcher {
             Ok(p) => p,
             Err((e, text)) => return Err(bury(text.into_bytes(), &e.to_string())),
         };
+        let mut error_class = INVALID_JOB_ERROR;
         let problem = match (payload.class(), payload.args()) {
+            // Decrypted before anything else reads the arguments; the payload keeps the ciphertext.
+            (Some(class), Some(args)) if !class.is_empty() && payload.encrypted() => {
+                match crypto::open_last(self.keyring.as_deref(), args) {
+                    Ok(bag) => match args::parse(args, "args") {
+                        Ok(parsed) => {
+                            let mut d = self.delivery(payload, class, parsed, None);
+                            d.bag = Some(Box::new(bag));
+                            return Ok(d);
+                        }
+                        Err(e) => e.to_string(),
+                    },
+                    Err(e) => {
+                        error_class = crypto::DECRYPTION_ERROR;
+                        e.to_string()
+                    }
+                }
+            }
             (Some(class), Some(args)) if activejob::is_wrapper(&class) => {
                 match activejob::unwrap(args).and_then(|call| {
                     let args = Value::Array(call.args);
@@ -294,10 +315,9 @@ impl Fetcher {
             (Some(_), None) => "the job's \"args\" is missing or not an array".into(),
             (Some(_), Some(_)) => "the job's \"class\" is empty".into(),
         };
-        log::error!("cannot run a job from queue {:?}: {problem}", self.lane.name);
+        log::error!("cannot run job {} from queue {:?}: {problem}", payload.jid().unwrap_or_default(), self.lane.name);
         let raw = payload.source().as_bytes().to_vec();
-        let failure =
-            Failure { error_class: INVALID_JOB_ERROR.to_owned(), error_message: problem, ..Failure::default() };
+        let failure = Failure { error_class: error_class.to_owned(), error_message: problem, ..Failure::default() };
         let settle = match retry::on_failure(
             payload,
             &self.lane.name,

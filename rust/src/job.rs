@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde::de::{self, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+use crate::crypto::Seal;
 use crate::error::{KiqError, Result};
 use crate::timestamp::{self, TimestampUnit};
 
@@ -39,6 +40,9 @@ pub mod field {
     pub const TAGS: &str = "tags";
     pub const WRAPPED: &str = "wrapped";
     pub const DISPLAY_CLASS: &str = "display_class";
+    /// Sidekiq Enterprise: `true` when the last argument is ciphertext (see
+    /// `crypto.rs`); dashboards show `[encrypted data]` in its place.
+    pub const ENCRYPT: &str = "encrypt";
     /// W3C trace context and baggage, at the top level of the job as
     /// OpenTelemetry's Ruby Sidekiq instrumentation injects them.
     pub const TRACE_CONTEXT: [&str; 3] = ["traceparent", "tracestate", "baggage"];
@@ -54,9 +58,6 @@ pub mod field {
     /// `true` on a job that was in flight when a process died: it runs alone
     /// next time (see `isolation.rs`), so a second death blames it for sure.
     pub const SUSPECT: &str = "kiq_suspect";
-    /// `true` when the last argument is ciphertext (Sidekiq Enterprise's
-    /// encryption); a dashboard shows `[encrypted data]` in its place.
-    pub const ENCRYPT: &str = "encrypt";
     /// A Sidekiq Pro batch id.
     pub const BID: &str = "bid";
 }
@@ -407,6 +408,12 @@ impl Payload {
     pub fn failed_at(&self) -> Option<f64> {
         self.time(field::FAILED_AT)
     }
+
+    /// Whether `encrypt` says the last argument is encrypted (any value but
+    /// `null` and `false`, as Ruby reads it).
+    pub fn encrypted(&self) -> bool {
+        self.get(field::ENCRYPT).is_some_and(|v| v != "null" && v != "false")
+    }
 }
 
 /// A JSON string literal.
@@ -450,6 +457,9 @@ pub struct NewJob {
     pub unique: Option<Unique>,
     /// Seconds after its run time that a job not yet started is dropped.
     pub expires_in: Option<f64>,
+    /// Sidekiq Enterprise encryption: `"encrypt": true` is written and the
+    /// last argument sealed at every push (`args` then holds the others).
+    pub encrypt: Option<Seal>,
 }
 
 impl NewJob {
@@ -463,6 +473,7 @@ impl NewJob {
             jid: None,
             unique: None,
             expires_in: None,
+            encrypt: None,
         }
     }
 
@@ -506,6 +517,11 @@ impl NewJob {
         head.push_str(field::QUEUE);
         head.push_str("\":");
         head.push_str(&json_string(&self.queue));
+        if self.encrypt.is_some() {
+            head.push_str(",\"");
+            head.push_str(field::ENCRYPT);
+            head.push_str("\":true");
+        }
         for (k, v) in &self.options {
             head.push(',');
             head.push_str(&json_string(k));
@@ -551,8 +567,13 @@ impl Template {
     }
 }
 
+/// Why a job cannot be both unique and encrypted.
+pub const UNIQUE_AND_ENCRYPT: &str = "unique_for and encrypt cannot be combined: each push encrypts the last \
+    argument under a fresh IV, so two pushes of the same arguments never look alike (as in Sidekiq Enterprise)";
+
 /// Fields kiq itself sets on a new job, which options must not override.
 const RESERVED: &[&str] = &[
+    field::ENCRYPT,
     field::EXPIRES_AT,
     field::UNIQUE_TOKEN,
     field::UNIQUE_UNTIL,

@@ -21,6 +21,7 @@ use serde_json::Value;
 use tokio::sync::Notify;
 
 use crate::job::{Payload, UniqueUntil};
+use crate::marshal;
 
 /// A job taken from Redis, waiting for or being run by a thread.
 #[derive(Debug)]
@@ -50,6 +51,9 @@ pub struct Delivery {
     pub alone: bool,
     /// Admitted through the gate (and so released by its end).
     pub admitted: bool,
+    /// An encrypted job's last argument, decrypted at fetch (its place in
+    /// `args` holds the ciphertext, which is all that is ever written back).
+    pub bag: Option<Box<marshal::Value>>,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -70,6 +74,7 @@ impl Delivery {
             suspect: false,
             alone: false,
             admitted: false,
+            bag: None,
         }
     }
 }

@@ -69,6 +69,8 @@ pub struct ServerConfig {
     pub max_rss_kb: Option<u64>,
     /// `/ready` answers 503 while a job has run longer than this.
     pub stuck_after: Option<Duration>,
+    /// Keys that decrypt encrypted jobs (Sidekiq Enterprise's format) at fetch.
+    pub keyring: Option<Arc<crate::crypto::Keyring>>,
 }
 
 /// How often resident memory is compared with `max_rss_kb`.
@@ -164,6 +166,7 @@ impl Server {
                 policy: config.policy.clone(),
                 acks: tx.clone(),
                 control: control.clone(),
+                keyring: config.keyring.clone(),
             };
             tasks.push(tokio::spawn(fetcher.run()));
         }

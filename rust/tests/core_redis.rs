@@ -42,6 +42,7 @@ fn config(queues: &[(&str, usize)]) -> ServerConfig {
         max_jobs: None,
         max_rss_kb: None,
         stuck_after: None,
+        keyring: None,
     }
 }
 

@@ -8,7 +8,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use super::convert::{args_json, redis_to_py, value_json};
+use super::crypto::Keyring;
 use super::errors::{ConfigError, py_result};
+use super::marshal::sealed_args;
 use super::{gil, options};
 use crate::admin;
 use crate::buffer::{self, Buffer, BufferConfig};
@@ -32,6 +34,8 @@ pub struct Client {
     buffer: Option<Arc<Buffer>>,
     /// How long a synchronous push retries a lost reply.
     sync_timeout: Duration,
+    /// Keys for `encrypt=True` jobs (pushing and, in a server, fetching).
+    pub(crate) keyring: Option<Arc<crate::crypto::Keyring>>,
 }
 
 /// Unique jobs not pushed, by jid, with the jid holding each lock (if known).
@@ -73,6 +77,37 @@ impl Extra<'_> {
     }
 }
 
+/// The keys an `encrypt=True` job is sealed with, or why it cannot be.
+pub(crate) fn keys_for(
+    encrypt: bool,
+    keyring: Option<&Arc<crate::crypto::Keyring>>,
+) -> PyResult<Option<Arc<crate::crypto::Keyring>>> {
+    match (encrypt, keyring) {
+        (false, _) => Ok(None),
+        (true, Some(k)) => Ok(Some(k.clone())),
+        (true, None) => Err(ConfigError::new_err(
+            "encrypt=True needs encryption keys: Kiq(encryption_keys={1: key}) with 32-byte keys",
+        )),
+    }
+}
+
+/// Sets a job's arguments: as JSON, or (`seal`) with the last one to be encrypted at each push.
+pub(crate) fn set_args(
+    job: &mut NewJob,
+    args: &Bound<'_, PyAny>,
+    seal: Option<Arc<crate::crypto::Keyring>>,
+) -> PyResult<()> {
+    match seal {
+        None => job.args = args_json(args)?,
+        Some(keyring) => {
+            let (head, seal) = sealed_args(args, keyring)?;
+            job.args = head;
+            job.encrypt = Some(seal);
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn new_job(
     class_name: String,
     args: &Bound<'_, PyAny>,
@@ -80,8 +115,10 @@ pub(crate) fn new_job(
     retry: Option<&Bound<'_, PyAny>>,
     options: Option<&Bound<'_, PyDict>>,
     jid: Option<String>,
+    seal: Option<Arc<crate::crypto::Keyring>>,
 ) -> PyResult<NewJob> {
-    let mut job = NewJob::new(class_name, args_json(args)?);
+    let mut job = NewJob::new(class_name, String::new());
+    set_args(&mut job, args, seal)?;
     job.queue = queue;
     job.retry = match retry {
         Some(r) => options::retry(r)?,
@@ -163,7 +200,7 @@ impl Client {
 #[pymethods]
 impl Client {
     #[new]
-    #[pyo3(signature = (url, *, pool_size = 5, namespace = None, timestamps = "seconds", response_timeout = 5.0, connect_timeout = 2.0, tls_ca_file = None, tls_cert_file = None, tls_key_file = None, buffer = false, flush_interval = 0.01, buffer_max_bytes = 67_108_864, buffer_full_timeout = 10.0, buffer_path = None, spool_fsync = "interval", undeliverable_path = None))]
+    #[pyo3(signature = (url, *, pool_size = 5, namespace = None, timestamps = "seconds", response_timeout = 5.0, connect_timeout = 2.0, tls_ca_file = None, tls_cert_file = None, tls_key_file = None, buffer = false, flush_interval = 0.01, buffer_max_bytes = 67_108_864, buffer_full_timeout = 10.0, buffer_path = None, spool_fsync = "interval", undeliverable_path = None, keyring = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -183,6 +220,7 @@ impl Client {
         buffer_path: Option<std::path::PathBuf>,
         spool_fsync: &str,
         undeliverable_path: Option<std::path::PathBuf>,
+        keyring: Option<Bound<'_, Keyring>>,
     ) -> PyResult<Self> {
         let unit = options::unit(timestamps)?;
         if !(response_timeout > 0.0 && connect_timeout > 0.0) {
@@ -238,14 +276,21 @@ impl Client {
         } else {
             None
         };
-        Ok(Self { pool, keys, unit, buffer, sync_timeout: Duration::from_secs_f64(buffer_full_timeout.max(1.0)) })
+        Ok(Self {
+            pool,
+            keys,
+            unit,
+            buffer,
+            sync_timeout: Duration::from_secs_f64(buffer_full_timeout.max(1.0)),
+            keyring: keyring.map(|k| k.get().inner.clone()),
+        })
     }
 
     /// Pushes one job and returns its jid. `at` (epoch seconds) in the future
     /// schedules it; otherwise it is pushed to its queue now.
     /// Returns `(jid, held_by)`: `held_by` is None when the job went in, else
     /// (a unique job whose lock is taken) the jid holding the lock, or "".
-    #[pyo3(signature = (class_name, args, *, queue = "default", retry = None, options = None, jid = None, at = None, sync = false, unique_for = None, unique_until = None, expires_in = None))]
+    #[pyo3(signature = (class_name, args, *, queue = "default", retry = None, options = None, jid = None, at = None, sync = false, unique_for = None, unique_until = None, expires_in = None, encrypt = false))]
     #[allow(clippy::too_many_arguments)]
     fn push(
         &self,
@@ -261,8 +306,10 @@ impl Client {
         unique_for: Option<f64>,
         unique_until: Option<&str>,
         expires_in: Option<f64>,
+        encrypt: bool,
     ) -> PyResult<(String, Option<String>)> {
-        let mut job = new_job(class_name, args, queue.to_owned(), retry, options, jid)?;
+        let seal = keys_for(encrypt, self.keyring.as_ref())?;
+        let mut job = new_job(class_name, args, queue.to_owned(), retry, options, jid, seal)?;
         Extra { unique_for, unique_until, expires_in }.apply(&mut job)?;
         let prepared = py_result(client::prepare_full(&job, at, timestamp::now(), self.unit, &self.keys))?;
         let jid = prepared.0.clone();
@@ -274,7 +321,7 @@ impl Client {
     /// Pushes one job per element of `args_list`, all of one class and
     /// options, in one round trip. Returns the jids in order.
     /// Returns the jids in order, and the unique ones skipped with who holds their locks.
-    #[pyo3(signature = (class_name, args_list, *, queue = "default", retry = None, options = None, at = None, sync = false, unique_for = None, unique_until = None, expires_in = None))]
+    #[pyo3(signature = (class_name, args_list, *, queue = "default", retry = None, options = None, at = None, sync = false, unique_for = None, unique_until = None, expires_in = None, encrypt = false))]
     #[allow(clippy::too_many_arguments)]
     fn push_bulk(
         &self,
@@ -289,12 +336,14 @@ impl Client {
         unique_for: Option<f64>,
         unique_until: Option<&str>,
         expires_in: Option<f64>,
+        encrypt: bool,
     ) -> PyResult<(Vec<String>, Skipped)> {
-        let mut template = new_job(class_name, &PyTuple::empty(py), queue.to_owned(), retry, options, None)?;
+        let seal = keys_for(encrypt, self.keyring.as_ref())?;
+        let mut template = new_job(class_name, &PyTuple::empty(py), queue.to_owned(), retry, options, None, None)?;
         Extra { unique_for, unique_until, expires_in }.apply(&mut template)?;
         let now = timestamp::now();
         let mut jids = Vec::new();
-        if template.unique.is_none() && template.expires_in.is_none() {
+        if template.unique.is_none() && template.expires_in.is_none() && seal.is_none() {
             // The fast path: one payload template for every job.
             let bulk = client::Bulk::new(&template, at, now, self.unit);
             let mut items = Vec::new();
@@ -308,8 +357,9 @@ impl Client {
         }
         let mut prepared = Vec::new();
         for args in args_list.try_iter()? {
+            // Each job of an encrypted bulk push is sealed on its own (a fresh IV).
             let mut job = template.clone();
-            job.args = args_json(&args?)?;
+            set_args(&mut job, &args?, seal.clone())?;
             let p = py_result(client::prepare_full(&job, at, now, self.unit, &self.keys))?;
             jids.push(p.0.clone());
             prepared.push(p);
@@ -319,7 +369,7 @@ impl Client {
     }
 
     /// Pushes jobs given as `(class_name, args, queue, retry, options, jid, at,
-    /// unique_for, unique_until, expires_in)` tuples in one round trip.
+    /// unique_for, unique_until, expires_in, encrypt)` tuples in one round trip.
     /// Returns the jids in order, and the unique ones skipped.
     #[pyo3(signature = (jobs, *, sync = false))]
     fn push_jobs(&self, py: Python<'_>, jobs: &Bound<'_, PyAny>, sync: bool) -> PyResult<(Vec<String>, Skipped)> {
@@ -341,6 +391,7 @@ impl Client {
                 retry.as_ref(),
                 opts.as_ref(),
                 spec.get_item(5)?.extract()?,
+                keys_for(spec.len() > 10 && spec.get_item(10)?.is_truthy()?, self.keyring.as_ref())?,
             )?;
             let until: Option<String> = spec.get_item(8)?.extract()?;
             Extra {

@@ -24,6 +24,13 @@ create_exception!(
     KiqError,
     "The push buffer stayed full (Redis away or too slow) for its whole timeout."
 );
+create_exception!(
+    kiq.errors,
+    DecryptionError,
+    KiqError,
+    "An encrypted job argument could not be decrypted: unknown key version, altered data, or a value outside the \
+     Marshal subset kiq reads. The job takes the retry path; the message never quotes the plaintext."
+);
 
 create_exception!(
     kiq.errors,
@@ -52,6 +59,7 @@ impl From<PyKiqError> for PyErr {
             CoreError::Shutdown(_) => ShutdownError::new_err(msg),
             CoreError::BufferFull(_) => BufferFullError::new_err(msg),
             CoreError::Undeliverable(_) => UndeliverableError::new_err(msg),
+            CoreError::Decryption(_) => DecryptionError::new_err(msg),
         }
     }
 }

@@ -7,8 +7,10 @@ mod admin;
 mod client;
 mod convert;
 mod cron;
+mod crypto;
 mod errors;
 mod gil;
+mod marshal;
 mod options;
 mod server;
 
@@ -27,9 +29,11 @@ mod _kiq {
     #[pymodule_export]
     use super::cron::Crontab;
     #[pymodule_export]
+    use super::crypto::{Keyring, read_envelope};
+    #[pymodule_export]
     use super::errors::{
-        BufferFullError, CodecError, ConfigError, ConnectionError, CrontabError, KiqError, ShutdownError, TimeoutError,
-        UndeliverableError,
+        BufferFullError, CodecError, ConfigError, ConnectionError, CrontabError, DecryptionError, KiqError,
+        ShutdownError, TimeoutError, UndeliverableError,
     };
     #[pymodule_export]
     use super::server::{Delivery, Server};
@@ -49,7 +53,7 @@ mod _kiq {
     /// The payload a push would write, without Redis (sandbox mode): returns
     /// `(jid, payload, at)`, `at` None for a job to run now.
     #[pyfunction]
-    #[pyo3(signature = (class_name, args, *, queue = "default", retry = None, options = None, jid = None, at = None, unique_for = None, unique_until = None, expires_in = None, timestamps = "seconds"))]
+    #[pyo3(signature = (class_name, args, *, queue = "default", retry = None, options = None, jid = None, at = None, unique_for = None, unique_until = None, expires_in = None, timestamps = "seconds", keyring = None))]
     #[allow(clippy::too_many_arguments)]
     fn encode_job(
         class_name: String,
@@ -63,8 +67,11 @@ mod _kiq {
         unique_until: Option<&str>,
         expires_in: Option<f64>,
         timestamps: &str,
+        keyring: Option<Bound<'_, super::crypto::Keyring>>,
     ) -> PyResult<(String, String, Option<f64>)> {
-        let mut job = super::client::new_job(class_name, args, queue.to_owned(), retry, options, jid)?;
+        // With a keyring the job is encrypted, as a push of `encrypt=True` would.
+        let seal = keyring.map(|k| k.get().inner.clone());
+        let mut job = super::client::new_job(class_name, args, queue.to_owned(), retry, options, jid, seal)?;
         super::client::Extra { unique_for, unique_until, expires_in }.apply(&mut job)?;
         let unit = super::options::unit(timestamps)?;
         let keys = crate::keys::Keys::default();
@@ -151,6 +158,8 @@ mod _kiq {
         m.add("SIDEKIQ_ACTIVE_JOB_WRAPPER", crate::activejob::SIDEKIQ_WRAPPER)?;
         m.add("ENCRYPTED_ARG", crate::jobview::ENCRYPTED)?;
         m.add("TRACE_CONTEXT_FIELDS", pyo3::types::PyTuple::new(m.py(), crate::job::field::TRACE_CONTEXT)?)?;
+        m.add("ENCRYPT_FIELD", crate::job::field::ENCRYPT)?;
+        m.add("ENCRYPTED_DATA", crate::crypto::REDACTED)?;
         Ok(())
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
-use super::client::{Client, Extra, new_job};
+use super::client::{Client, Extra, keys_for, new_job};
 use super::convert::value_to_py;
 use super::errors::{CrontabError, ShutdownError, py_result};
 use super::{gil, options};
@@ -102,6 +102,12 @@ impl Delivery {
         .unwrap_or_default()
     }
 
+    /// Whether the job's last argument was encrypted (decrypted in `args`; False once settled).
+    #[getter]
+    fn encrypted(&self) -> bool {
+        self.with(|d| d.bag.is_some()).unwrap_or(false)
+    }
+
     /// `retry_count` of a job that failed before, else None.
     #[getter]
     fn retry_count(&self) -> Option<i64> {
@@ -120,8 +126,9 @@ impl Delivery {
 }
 
 /// Periodic entries from `(crontab, class, queue, args, retry, options,
-/// unique_for, unique_until, expires_in)` tuples.
-fn periodic_entries(specs: &Bound<'_, PyAny>) -> PyResult<Vec<Entry>> {
+/// unique_for, unique_until, expires_in[, encrypt])` tuples; an encrypted one
+/// is sealed afresh at each enqueue.
+fn periodic_entries(specs: &Bound<'_, PyAny>, keyring: Option<&Arc<crate::crypto::Keyring>>) -> PyResult<Vec<Entry>> {
     let mut out = Vec::new();
     for spec in specs.try_iter()? {
         let spec = spec?;
@@ -138,6 +145,7 @@ fn periodic_entries(specs: &Bound<'_, PyAny>) -> PyResult<Vec<Entry>> {
             if retry.is_none() { None } else { Some(&retry) },
             opts.as_ref(),
             None,
+            keys_for(spec.len() > 9 && spec.get_item(9)?.is_truthy()?, keyring)?,
         )?;
         let until: Option<String> = spec.get_item(7)?.extract()?;
         Extra {
@@ -148,16 +156,26 @@ fn periodic_entries(specs: &Bound<'_, PyAny>) -> PyResult<Vec<Entry>> {
         .apply(&mut job)?;
         // The same schedule, class and options give the same id in every process.
         let options: Vec<String> = job.options.iter().map(|(k, v)| format!("[{},{v}]", json_string(k))).collect();
+        // An encrypted entry's secret is not part of its id (a hash of it in
+        // Redis would leak it), so entries differing only by it are refused.
         let identity = format!(
-            "[{},{},{},{},{},[{}]]",
+            "[{},{},{},{},{},[{}]{}]",
             json_string(&crontab.to_string()),
             json_string(&job.class),
             json_string(&job.queue),
             job.args,
             job.retry.to_json(),
-            options.join(",")
+            options.join(","),
+            if job.encrypt.is_some() { ",\"encrypt\"" } else { "" }
         );
         let id = py_result(canonical_sha256(&identity))?[..32].to_owned();
+        if job.encrypt.is_some() && out.iter().any(|e: &Entry| e.id == id) {
+            return Err(super::errors::ConfigError::new_err(format!(
+                "two periodic entries for {} differ only in their encrypted last argument; give them different \
+                 arguments, queues or schedules",
+                job.class
+            )));
+        }
         out.push(Entry { id, crontab, job });
     }
     Ok(out)
@@ -208,7 +226,7 @@ impl Server {
         stuck_after: Option<f64>,
     ) -> PyResult<Self> {
         let entries = match periodics {
-            Some(p) => periodic_entries(p)?,
+            Some(p) => periodic_entries(p, client.keyring.as_ref())?,
             None => Vec::new(),
         };
         if leader_ttl.is_some_and(|t| t < 0.1) || orphan_check_interval.is_some_and(|t| t <= 0.0) {
@@ -259,6 +277,7 @@ impl Server {
             max_jobs,
             max_rss_kb: max_memory_bytes.map(|b| b / 1024),
             stuck_after: stuck_after.filter(|s| *s > 0.0).map(Duration::from_secs_f64),
+            keyring: client.keyring.clone(),
         };
         let pool = client.pool.clone();
         gil::block_on(py, async move { crate::pool::require_version(&pool).await })?;
@@ -297,9 +316,10 @@ impl Server {
             }
         }
         self.inner.begin(&mut d);
-        // The core parsed and checked the arguments at fetch; only a
-        // MemoryError can fail here. Never strand the job if one does.
-        let decoded = value_to_py(py, &d.args).and_then(|a| Ok(a.cast_into::<PyList>()?.unbind())).and_then(|args| {
+        // The core parsed and checked the arguments at fetch (and decrypted an
+        // encrypted job's last one); only a MemoryError can fail here. Never
+        // strand the job if one does.
+        let decoded = super::marshal::delivery_args(py, &d).map(Bound::unbind).and_then(|args| {
             let kwargs = match &d.kwargs {
                 Some(k) => Some(value_to_py(py, k)?.cast_into::<PyDict>()?.unbind()),
                 None => None,
