@@ -150,3 +150,19 @@ def test_an_error_outside_perform_fails_the_job_not_the_thread(make_app: Any, r:
     finally:
         log.removeFilter(broken)
         log.setLevel(old_level)
+
+
+def test_a_retry_count_beyond_any_limit_dies_instead_of_retrying_forever(make_app: Any, r: redis.Redis) -> None:
+    @worker(name="Fails")
+    def fails() -> None:
+        raise ValueError("no")
+
+    for n, count in enumerate(["1e308", "9223372036854775807"]):
+        r.lpush("queue:default", f'{{"class":"Fails","args":[],"jid":"j{n}","retry":true,"retry_count":{count},'
+                                 f'"failed_at":1.0,"queue":"default"}}')
+    app = make_app(workers=[fails])
+    app.start()
+    wait_for(lambda: r.zcard("dead") == 2, what="both jobs dead")
+    assert r.zcard("retry") == 0
+    for member in r.zrange("dead", 0, -1):
+        assert '"retry_count":9223372036854775807' in member

@@ -364,14 +364,14 @@ impl Payload {
         }
     }
 
-    /// `retry_count`, not below 0; a count beyond 64 bits (or a huge float) saturates.
+    /// `retry_count` (-1 after a Web UI "Retry Now" of a first failure, as
+    /// Sidekiq writes it); a count beyond 64 bits (or a huge float) saturates.
     pub fn retry_count(&self) -> Option<i64> {
         let n = self.parsed::<serde_json::Number>(field::RETRY_COUNT)?;
-        let count = n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)).unwrap_or_else(|| {
-            // Digits past i64 (or 1e400): as large as it gets, keeping the sign.
-            if n.as_str().starts_with('-') { 0 } else { i64::MAX }
-        });
-        Some(count.max(0))
+        Some(n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)).unwrap_or_else(|| {
+            // Digits past i64 (or 1e400): as far as it goes, keeping the sign.
+            if n.as_str().starts_with('-') { i64::MIN } else { i64::MAX }
+        }))
     }
 
     /// `dead`: `Some(false)` keeps an exhausted job out of the dead set.

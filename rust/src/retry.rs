@@ -196,9 +196,9 @@ mod tests {
             assert!(payload.contains(r#""retry_count":9223372036854775807"#), "{payload}");
         }
         let d =
-            fail(r#"{"retry":true,"class":"X","args":[],"failed_at":1.5,"retry_count":-7}"#, &WorkerOptions::default());
+            fail(r#"{"retry":true,"class":"X","args":[],"failed_at":1.5,"retry_count":-1}"#, &WorkerOptions::default());
         let Disposition::Retry { payload, .. } = d else { panic!("{d:?}") };
-        assert!(payload.contains(r#""retry_count":1"#), "a negative count counts as 0: {payload}");
+        assert!(payload.contains(r#""retry_count":0"#), "after Retry Now of a first failure: {payload}");
     }
 
     #[test]
