@@ -188,3 +188,41 @@ def test_exactly_once_pushes_and_runs_under_a_storm_of_lost_replies(redis_url: s
     assert lost == 0 and dups == 0
     assert r.llen("queue:default") == 0
     assert int(r.get("stat:processed") or 0) == STORM_JOBS, "each result counted once"
+
+
+def test_exactly_once_when_redis_replies_are_lost(redis_server: Any, r: redis.Redis) -> None:
+    """Every connection (pushes, fetches, results) goes through a proxy that
+    drops 5% of Redis's replies after Redis ran the command: each job is
+    still pushed once and run once, and counted once."""
+    from lossy_proxy import LossyProxy
+
+    proxy = LossyProxy(redis_server.port, loss=0.05)
+    counts: dict[int, int] = {}
+    lock = threading.Lock()
+    n = 5000
+
+    @worker(name="Count")
+    def count(i: int) -> None:
+        with lock:
+            counts[i] = counts.get(i, 0) + 1
+
+    worker_app = Kiq(proxy.url, workers=[count], queues={"default": 10}, poll_interval_average=0.2,
+                     heartbeat_interval=0.5, shutdown_timeout=5)
+    producer = Kiq(proxy.url, shutdown_timeout=5)
+    worker_app.start()
+    try:
+        for i in range(n):
+            producer.enqueue(count.new(i))
+            if i % 50 == 0:
+                time.sleep(0.002)  # many small batches, so many replies to lose
+        producer.flush(120)
+        wait_for(lambda: len(counts) == n, timeout=120, what=f"all {n} jobs ran")
+        time.sleep(1.0)
+    finally:
+        worker_app.stop(5)
+        proxy.close()
+    lost, dups = n - len(counts), sum(c - 1 for c in counts.values())
+    print(f"lossy proxy: {proxy.lost} replies lost, {lost} jobs lost, {dups} run twice")
+    assert proxy.lost >= 20, "replies were lost"
+    assert lost == 0 and dups == 0
+    assert r.llen("queue:default") == 0 and int(r.get("stat:processed") or 0) == n
