@@ -135,7 +135,7 @@ def cmd_spool_push(ns: argparse.Namespace) -> int:
     path = Path(ns.path)
     if path.is_dir():
         app = Kiq(ns.redis_url, namespace=ns.namespace, buffer_path=path)
-        waiting = (app.buffer_stats() or {}).get("jobs", 0)
+        _, waiting = app.client.spool_report  # the jobs the spool held (flushing starts at once)
         app.flush(ns.timeout)
         print(f"{waiting} jobs delivered from {path}")
         return 0
