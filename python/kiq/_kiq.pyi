@@ -7,6 +7,7 @@ from typing import Any, final
 __version__: str
 __all__ = [
     "ACTIVE_JOB_WRAPPER",
+    "BUILD_INFO",
     "BufferFullError",
     "Client",
     "CodecError",
@@ -34,6 +35,8 @@ __all__ = [
 ]
 
 ACTIVE_JOB_WRAPPER: str
+#: How the core was built: ``"rustc <version>, <target>, <profile>"``.
+BUILD_INFO: str
 SIDEKIQ_ACTIVE_JOB_WRAPPER: str
 TRACE_CONTEXT_FIELDS: tuple[str, ...]
 

@@ -17,11 +17,12 @@ import dataclasses
 import json
 import logging
 import os
+import platform
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from kiq import gen
+from kiq import _kiq, gen
 from kiq.api import Api
 from kiq.app import DEFAULT_URL, Kiq
 from kiq.errors import ConfigError, ConnectionError, KiqError
@@ -200,6 +201,25 @@ def cmd_gen(ns: argparse.Namespace) -> int:
 # -- parser -----------------------------------------------------------------
 
 
+def version_text() -> str:
+    """kiq's version, how its core was built, and the Python it runs on (for bug reports)."""
+    return (
+        f"kiq {_kiq.__version__} ({os.path.dirname(os.path.abspath(_kiq.__file__))})\n"
+        f"core: {_kiq.BUILD_INFO}; {os.path.basename(_kiq.__file__)}\n"
+        f"python: {platform.python_implementation()} {platform.python_version()} ({sys.executable})"
+    )
+
+
+class _Version(argparse.Action):
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print kiq's version, its core's build and the Python")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(version_text())
+        parser.exit()
+
+
+
 def _redis_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-r", "--redis-url", default=os.environ.get("REDIS_URL") or DEFAULT_URL,
                    help="Redis URL (default $REDIS_URL, else %(default)s)")
@@ -208,6 +228,7 @@ def _redis_options(p: argparse.ArgumentParser) -> None:
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="kiq", description="Sidekiq-compatible background jobs for Python.")
+    top.add_argument("-V", "--version", action=_Version)
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", aliases=["worker"], help="run an app's workers until SIGTERM or SIGINT")

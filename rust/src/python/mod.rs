@@ -142,6 +142,8 @@ mod _kiq {
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        // "rustc <version>, <target>, <profile>", written by build.rs.
+        m.add("BUILD_INFO", env!("KIQ_BUILD_INFO"))?;
         // Wire names the Python layer matches on, spelled once in the core.
         m.add("ACTIVE_JOB_WRAPPER", crate::activejob::WRAPPER)?;
         m.add("SIDEKIQ_ACTIVE_JOB_WRAPPER", crate::activejob::SIDEKIQ_WRAPPER)?;
