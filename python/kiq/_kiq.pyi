@@ -32,6 +32,7 @@ __all__ = [
     "new_jid",
     "set_log_level",
     "unwrap_active_job",
+    "wake_logs",
 ]
 
 ACTIVE_JOB_WRAPPER: str
@@ -318,3 +319,5 @@ def active_job_args(
 
 def set_log_level(level: str) -> None: ...
 def drain_logs(timeout: float) -> tuple[list[tuple[str, str, str]], int]: ...
+def wake_logs() -> None:
+    """Makes a ``drain_logs`` call waiting in another thread return now."""

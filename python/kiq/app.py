@@ -64,6 +64,15 @@ def _flush_at_exit(ref: weakref.ReferenceType[Kiq]) -> None:
         except KiqError as exc:
             logger.error("kiq: buffered jobs not flushed at exit: %s", exc)
 
+def _stop_at_exit(ref: weakref.ReferenceType[Kiq]) -> None:
+    """A started app still running at interpreter exit stops gracefully first: its
+    jobs go back to their queues, and no thread of it is left inside the core
+    (``pthread_exit`` unwinding through the core's frames can crash the process)."""
+    app = ref()
+    if app is not None and app.running:
+        logger.warning("kiq %s: still running at exit; stopping it (call stop() or use run())", app.identity)
+        app.stop()
+
 logger = logging.getLogger("kiq")
 
 DEFAULT_URL = "redis://localhost:6379/0"
@@ -311,6 +320,7 @@ class Kiq:
         self._reporters: list[ReporterThread] = []
         self._aio: AsyncRunner | None = None
         self._running_main = False
+        self._listener: threading.Thread | None = None
         self._lock = threading.Lock()
         self._stop_requested = threading.Event()
         self.register(*workers)
@@ -691,7 +701,11 @@ class Kiq:
             self._server, self._threads, self._reporters, self._aio = server, threads, reporters, aio
         self._stop_requested.clear()
         threads.start()
-        threading.Thread(target=self._listen, args=(server,), name="kiq-signals", daemon=True).start()
+        listener = threading.Thread(target=self._listen, args=(server,), name="kiq-signals", daemon=True)
+        self._listener = listener
+        listener.start()
+        # A process that exits without stop() stops first, while its threads can still leave the core.
+        atexit.register(_stop_at_exit, weakref.ref(self))
         logger.info("kiq %s started: queues %s, %d workers", self.identity, self.queues, len(self._workers))
 
     def quiet(self) -> None:
@@ -752,6 +766,7 @@ class Kiq:
             self._flush_before_stop(deadline)
             return StopResult()
         server.begin_stop()
+        self._join_listener()
         alive = threads.join(deadline)
         if alive:
             logger.warning("kiq: %d jobs still running after %.1fs; handing them back to their queues", len(alive), limit)
@@ -778,6 +793,12 @@ class Kiq:
         result = StopResult(requeued, unwritten, len(alive))
         logger.info("kiq %s stopped: %s", self.identity, result)
         return result
+
+    def _join_listener(self) -> None:
+        """The signal listener returns within 50 ms of a stop's start; joined so no thread waits in the core after."""
+        listener, self._listener = self._listener, None
+        if listener is not None and listener is not threading.current_thread():
+            listener.join(5.0)
 
     def _flush_before_stop(self, deadline: float) -> None:
         """Jobs enqueued by this process (jobs enqueuing jobs, too) reach Redis before a stop returns."""

@@ -29,11 +29,14 @@ use crate::metrics::{self, Metrics};
 use crate::orphans::Recoverer;
 use crate::periodic::{Clock, Entry, Periodic};
 use crate::pool::Pool;
-use crate::retry::{self, Disposition, Failure, RetryPolicy, WorkerOptions};
+use crate::retry::{self, Disposition, Failure, Fate, RetryPolicy, WorkerOptions};
 use crate::scheduled::{PollConfig, Poller};
 use crate::scripts;
 use crate::timestamp;
 use crate::work::{self, Work, WorkSet};
+
+/// How often a wait for a Web UI signal checks whether a stop began.
+const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -388,9 +391,21 @@ impl Server {
         self.work.len()
     }
 
-    /// The next signal from the Web UI (TSTP has already quieted the server).
+    /// The next signal from the Web UI (TSTP has already quieted the server);
+    /// None after `timeout`, and soon after a stop begins, so the thread
+    /// waiting here can be joined before the interpreter exits.
     pub fn next_signal(&self, timeout: Duration) -> Option<Signal> {
-        self.signals.lock().unwrap_or_else(PoisonError::into_inner).recv_timeout(timeout).ok()
+        let rx = self.signals.lock().unwrap_or_else(PoisonError::into_inner);
+        let deadline = Instant::now() + timeout;
+        while self.state() != RunState::Stopping {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left.min(SIGNAL_POLL)) {
+                Ok(signal) => return Some(signal),
+                Err(sync_mpsc::RecvTimeoutError::Timeout) if !left.is_zero() => {}
+                Err(_) => return None,
+            }
+        }
+        None
     }
 
     fn send(&self, lane: usize, raw: Vec<u8>, settle: Settle, failed: bool, unlock: Option<(String, String)>) {

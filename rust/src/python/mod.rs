@@ -139,6 +139,12 @@ mod _kiq {
         (out, dropped)
     }
 
+    /// Makes a `drain_logs` call waiting in another thread return now.
+    #[pyfunction]
+    fn wake_logs() {
+        crate::logbridge::wake();
+    }
+
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
