@@ -16,6 +16,7 @@ __all__ = [
     "CrontabError",
     "ConnectionError",
     "Delivery",
+    "Fate",
     "KiqError",
     "Server",
     "SIDEKIQ_ACTIVE_JOB_WRAPPER",
@@ -181,6 +182,22 @@ class Delivery:
     def enqueued_at(self) -> float | None: ...
 
 @final
+class Fate:
+    """Where a failed job went: ``went`` is "retry", "dead" or "discard"."""
+
+    @property
+    def went(self) -> str: ...
+    @property
+    def retry_count(self) -> int:
+        """The job's ``retry_count`` after this failure (0 after its first)."""
+    @property
+    def max_retries(self) -> int | None:
+        """Retries it may have; None when a ``retry_for`` window limits it instead."""
+    @property
+    def retry_at(self) -> float | None:
+        """When the next retry runs (epoch seconds), when it went to the retry set."""
+
+@final
 class Server:
     """The fetchers, result writer and scheduler of one Kiq process."""
 
@@ -228,7 +245,8 @@ class Server:
         backtrace_option: bool | int | None = None,
         retry_queue: str | None = None,
         retry_in: float | None = None,
-    ) -> None: ...
+    ) -> Fate:
+        """Records the failure; returns where the job went."""
     def abandon(self, delivery: Delivery) -> None: ...
     def set_quiet(self, quiet: bool) -> None: ...
     @property
@@ -296,8 +314,8 @@ def decide_failure(
     retry_queue: str | None = None,
     max_retries: int = 25,
     timestamps: str = "seconds",
-) -> tuple[str, float | None, str | None]:
-    """What the retry path does with a failed payload: ``(kind, at, payload)``."""
+) -> tuple[Fate, str | None]:
+    """What the retry path does with a failed payload: its fate and the payload to keep (None when discarded)."""
 
 def new_jid() -> str:
     """A new 24-hex-digit job id."""

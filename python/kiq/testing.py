@@ -219,19 +219,20 @@ class _DrainServer:
     def abandon(self, d: _Delivery) -> None:
         pass
 
-    def fail(self, d: _Delivery, error_class: str, error_message: str, **opts: Any) -> None:
+    def fail(self, d: _Delivery, error_class: str, error_message: str, **opts: Any) -> _kiq.Fate:
         self.ran += 1
-        kind, at, payload = _kiq.decide_failure(
+        fate, payload = _kiq.decide_failure(
             d.job.payload, d.queue, error_class, error_message, max_retries=self.app.max_retries,
             timestamps=self.app.timestamps, **opts,
         )
         job = d.job
-        if kind == "discard" or payload is None:
+        if payload is None:
             _sandbox(self.app).remove(job)
-            return
-        job.payload, job.at = payload, at
+            return fate
+        job.payload, job.at = payload, fate.retry_at
         job.queue = json.loads(payload).get("queue", job.queue)
-        job.state = "retry" if kind == "retry" else "dead"
+        job.state = fate.went
+        return fate
 
 
 def drain(app: Kiq, *, scope: str = "sandbox", retries: bool = True, max_runs: int = 10_000) -> int:

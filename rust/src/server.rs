@@ -349,14 +349,14 @@ impl Server {
     }
 
     /// Records a job as failed, sending it to the retry set, the dead set or
-    /// nowhere, as its options say.
-    pub fn fail(&self, d: Delivery, failure: &Failure, worker: &WorkerOptions) {
+    /// nowhere, as its options say; returns where it went.
+    pub fn fail(&self, d: Delivery, failure: &Failure, worker: &WorkerOptions) -> Fate {
         self.end(&d, false);
         let queue = self.lanes[d.lane].name.clone();
         let raw = d.payload.source().to_owned();
         let lane = d.lane;
         let lock = unlock_of(&d);
-        let disposition = retry::on_failure(
+        let (disposition, fate) = retry::on_failure(
             d.payload,
             &queue,
             failure,
@@ -372,6 +372,7 @@ impl Server {
             Disposition::Discard => (Settle::Discard, lock),
         };
         self.send(lane, raw.into_bytes(), settle, true, unlock);
+        fate
     }
 
     /// Gives a job up without a result (stop deadline passed): it stays in

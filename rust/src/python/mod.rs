@@ -7,6 +7,7 @@ mod client;
 mod convert;
 mod cron;
 mod errors;
+mod fate;
 mod gil;
 mod options;
 mod server;
@@ -27,6 +28,8 @@ mod _kiq {
     use super::errors::{
         BufferFullError, CodecError, ConfigError, ConnectionError, CrontabError, KiqError, ShutdownError, TimeoutError,
     };
+    #[pymodule_export]
+    use super::fate::Fate;
     #[pymodule_export]
     use super::server::{Delivery, Server};
 
@@ -70,7 +73,7 @@ mod _kiq {
     }
 
     /// What the retry path does with a failed payload, without Redis (sandbox
-    /// mode): returns `(kind, at, payload)`, kind "retry", "dead" or "discard".
+    /// mode): returns its `Fate` and the payload to keep (None when discarded).
     #[pyfunction]
     #[pyo3(signature = (payload, queue, error_class, error_message, *, backtrace = None, retry = None, dead = None, backtrace_option = None, retry_queue = None, max_retries = 25, timestamps = "seconds"))]
     #[allow(clippy::too_many_arguments)]
@@ -86,7 +89,7 @@ mod _kiq {
         retry_queue: Option<String>,
         max_retries: u32,
         timestamps: &str,
-    ) -> PyResult<(&'static str, Option<f64>, Option<String>)> {
+    ) -> PyResult<(super::fate::Fate, Option<String>)> {
         use crate::retry::{Disposition, Failure, RetryPolicy, WorkerOptions, on_failure};
         let job = errors::py_result(crate::job::Payload::parse(payload))?;
         let worker = WorkerOptions {
@@ -98,11 +101,13 @@ mod _kiq {
         let unit = super::options::unit(timestamps)?;
         let policy = RetryPolicy { max_retries, unit, jitter: super::options::jitter(unit), ..RetryPolicy::default() };
         let failure = Failure { error_class, error_message, backtrace: backtrace.unwrap_or_default(), retry_in: None };
-        Ok(match on_failure(job, queue, &failure, &worker, &policy, crate::timestamp::now(), rand::random()) {
-            Disposition::Retry { at, payload } => ("retry", Some(at), Some(payload)),
-            Disposition::Dead { payload } => ("dead", None, Some(payload)),
-            Disposition::Discard => ("discard", None, None),
-        })
+        let (disposition, fate) =
+            on_failure(job, queue, &failure, &worker, &policy, crate::timestamp::now(), rand::random());
+        let payload = match disposition {
+            Disposition::Retry { payload, .. } | Disposition::Dead { payload } => Some(payload),
+            Disposition::Discard => None,
+        };
+        Ok((fate.into(), payload))
     }
 
     /// A new 24-hex-digit job id.
