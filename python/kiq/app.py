@@ -37,7 +37,7 @@ from kiq.processor import Processor, Registered, register
 from kiq.reporters import Reporter, ReporterThread
 from kiq.sandbox import Sandbox
 from kiq.tracing import Tracing
-from kiq.worker import FunctionWorker, Worker, WorkerLike
+from kiq.worker import WorkerLike, bind, check_arguments, is_worker
 
 __all__ = ["Kiq", "StopResult"]
 
@@ -339,6 +339,8 @@ class Kiq:
         args = opts.pop("args", ())
         if isinstance(args, (str, bytes)) or not isinstance(args, (list, tuple)):
             raise ConfigError(f"periodic args must be a list, not {args!r}")
+        if is_worker(target):
+            check_arguments(target, [args])
         queue = opts.pop("queue", job.queue)
         retry = opts.pop("retry", job.retry)
         unique_for = opts.pop("unique_for", job.unique_for)
@@ -368,15 +370,27 @@ class Kiq:
     # -- workers ---------------------------------------------------------
 
     def register(self, *workers: WorkerLike) -> None:
-        """Adds workers this process runs (before :meth:`start`)."""
+        """Adds workers this process runs (before :meth:`start`). Registering a
+        worker again is a no-op; two different workers under one name are an error.
+        A worker registered in only this app enqueues here with ``perform_async``
+        and the other Sidekiq verbs."""
+        added = []
         for w in workers:
             reg = register(w)
             existing = self._workers.get(reg.name)
-            if existing is not None and existing.call is not reg.call and existing != reg:
-                raise ConfigError(f"two workers are registered under the name {reg.name!r}")
-            self._workers[reg.name] = reg
-        if self._server is not None and workers:
+            if existing is not None:
+                if existing.source is w:
+                    continue
+                raise ConfigError(
+                    f"two different workers are registered under the name {reg.name!r}: {existing.source!r} and "
+                    f"{w!r}; give one of them another name="
+                )
+            added.append((w, reg))
+        if self._server is not None and added:
             raise ConfigError("register workers before start()")
+        for w, reg in added:
+            self._workers[reg.name] = reg
+            bind(w, self)
 
     @property
     def workers(self) -> dict[str, Registered]:
@@ -516,6 +530,9 @@ class Kiq:
         job shares, or a class name. Returns the jids in order.
         """
         job = self._template(template)
+        if is_worker(template):
+            args_list = list(args_list)
+            check_arguments(template, args_list)
         if self._tracing is not None:
             args_list = list(args_list)
             with self._tracing.publish([job], batch=len(args_list)) as traced:
@@ -623,8 +640,8 @@ class Kiq:
             return template
         if isinstance(template, str):
             return Job(template)
-        if isinstance(template, FunctionWorker) or (isinstance(template, type) and issubclass(template, Worker)):
-            return template.new()
+        if is_worker(template):
+            return template.kiq_options.job(template.wire_name(), ())  # arguments come later
         raise ConfigError(f"expected a Job, a worker or a class name, not {template!r}")
 
     @property

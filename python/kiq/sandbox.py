@@ -55,6 +55,24 @@ class SandboxJob:
         return parsed
 
     @property
+    def error_class(self) -> str | None:
+        """The error class of its last failure (a job in ``state="retry"`` or ``"dead"``), else None."""
+        value = self.item.get("error_class")
+        return value if isinstance(value, str) else None
+
+    @property
+    def error_message(self) -> str | None:
+        """The error message of its last failure, else None."""
+        value = self.item.get("error_message")
+        return value if isinstance(value, str) else None
+
+    @property
+    def retry_count(self) -> int | None:
+        """``retry_count`` after its last failure (0 after the first), else None."""
+        value = self.item.get("retry_count")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
     def delay(self) -> float | None:
         """Seconds from the enqueue to its run time, for scheduled jobs."""
         return None if self.at is None else self.at - self.enqueued

@@ -36,7 +36,7 @@ from kiq.reporters import ReporterThread
 from kiq.redis_server import RedisServer
 from kiq.sandbox import Sandbox, SandboxJob, _scope, current_scope
 from kiq.tracing import TRACE_FIELDS
-from kiq.worker import FunctionWorker, Worker, WorkerLike
+from kiq.worker import WorkerLike, is_worker
 
 __all__ = [
     "RedisServer",
@@ -73,7 +73,7 @@ def _name(worker: WorkerLike | str | None, class_name: str | None) -> str | None
         return class_name
     if isinstance(worker, str):
         return worker
-    if isinstance(worker, FunctionWorker) or (isinstance(worker, type) and issubclass(worker, Worker)):
+    if is_worker(worker):
         return worker.wire_name()
     raise ConfigError(f"expected a worker or a class name, not {worker!r}")
 
