@@ -35,7 +35,7 @@ from kiq.job import Enqueued, Job
 from kiq.pool import WorkerThreads
 from kiq.processor import Processor, Registered, register
 from kiq.reporters import Reporter, ReporterThread
-from kiq.sandbox import Sandbox
+from kiq.sandbox import Sandbox, default_mode
 from kiq.tracing import Tracing
 from kiq.worker import WorkerLike, bind, check_arguments, is_worker
 
@@ -177,6 +177,8 @@ class Kiq:
         metrics: write per-class execution metrics for Sidekiq 7/8's Metrics tab.
         test_mode: ``"sandbox"`` keeps enqueued jobs in memory and never
             connects to Redis; read and run them with :mod:`kiq.testing`.
+            ``None`` (the default) is live, except while kiq's pytest plugin
+            runs tests: then it is sandboxed unless the test opts into Redis.
         health_address: ``"HOST:PORT"`` on which the running process answers
             HTTP health checks (``/live``, ``/ready``) from a core thread;
             ``"0.0.0.0:8080"`` for Kubernetes probes, port 0 for any free port
@@ -238,7 +240,10 @@ class Kiq:
     ) -> None:
         if test_mode not in (None, "sandbox"):
             raise ConfigError(f'test_mode must be None or "sandbox", not {test_mode!r}')
-        self._sandbox = Sandbox() if test_mode == "sandbox" else None
+        sandboxed = test_mode == "sandbox" or (test_mode is None and default_mode.sandbox)
+        self._sandbox = Sandbox() if sandboxed else None
+        #: Why this app is sandboxed when nobody asked (kiq's pytest plugin), for error messages.
+        self._sandboxed_by = default_mode.why if sandboxed and test_mode is None else ""
         self.redis_url = redis_url or os.environ.get("REDIS_URL") or DEFAULT_URL
         self.queues = self._check_queues(queues if queues is not None else {"default": 25})
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
@@ -403,7 +408,7 @@ class Kiq:
     def client(self) -> _kiq.Client:
         """The native client (created on first use)."""
         if self._sandbox is not None:
-            raise ConfigError("a sandboxed Kiq (test_mode=\"sandbox\") never connects to Redis")
+            raise ConfigError(f"a sandboxed Kiq (test_mode=\"sandbox\") never connects to Redis{self._why_sandboxed()}")
         with self._lock:
             if self._client is None:
                 corelog.start()
@@ -644,6 +649,12 @@ class Kiq:
             return template.kiq_options.job(template.wire_name(), ())  # arguments come later
         raise ConfigError(f"expected a Job, a worker or a class name, not {template!r}")
 
+    def _why_sandboxed(self) -> str:
+        if not self._sandboxed_by:
+            return ""
+        return (f" (it was built while {self._sandboxed_by} sandboxes every Kiq; a test that wants Redis marks itself "
+                "@pytest.mark.kiq_live or uses the kiq_redis / kiq_app fixtures, and builds its app inside the test)")
+
     @property
     def test_mode(self) -> str | None:
         """``"sandbox"`` while enqueued jobs stay in memory (see :mod:`kiq.testing`), else None."""
@@ -680,7 +691,9 @@ class Kiq:
     def start(self) -> None:
         """Starts fetching and running jobs; returns once the threads run."""
         if self._sandbox is not None:
-            raise ConfigError("a sandboxed Kiq does not fetch from Redis; run its jobs with kiq.testing.drain(app)")
+            raise ConfigError(
+                f"a sandboxed Kiq does not fetch from Redis; run its jobs with kiq.testing.drain(app){self._why_sandboxed()}"
+            )
         with self._lock:
             if self._server is not None:
                 raise ConfigError("this Kiq is already started")

@@ -9,17 +9,19 @@ while ``scope="shared"`` sees every job. :mod:`kiq.testing` reads and runs them.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import json
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from kiq import _kiq
 from kiq.activejob import is_wrapper
 
-__all__ = ["Sandbox", "SandboxJob", "current_scope"]
+__all__ = ["DefaultMode", "Sandbox", "SandboxJob", "current_scope", "default_mode"]
 
 _scope: contextvars.ContextVar[object | None] = contextvars.ContextVar("kiq_sandbox_scope", default=None)
 
@@ -106,3 +108,27 @@ class Sandbox:
         mine = current_scope()
         with self._lock:
             self.jobs = [j for j in self.jobs if not (scope == "shared" or j.scope == mine)]
+
+
+class DefaultMode:
+    """Whether a ``Kiq`` built without ``test_mode`` is sandboxed: the switch
+    kiq's pytest plugin turns on while tests run (as Sidekiq's
+    ``require "sidekiq/testing"`` makes fake mode the default). Off outside
+    pytest; the plugin sets it per test (see :mod:`kiq.pytest_plugin`)."""
+
+    def __init__(self) -> None:
+        self.sandbox = False
+        #: Why, for error messages: e.g. ``"kiq's pytest plugin"``.
+        self.why = ""
+
+    @contextlib.contextmanager
+    def set(self, sandbox: bool, why: str) -> Iterator[None]:
+        saved = self.sandbox, self.why
+        self.sandbox, self.why = sandbox, why
+        try:
+            yield
+        finally:
+            self.sandbox, self.why = saved
+
+
+default_mode = DefaultMode()
