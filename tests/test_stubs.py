@@ -66,3 +66,16 @@ def test_class_workers_and_the_verbs_are_typed_from_perform(tmp_path: Path) -> N
                          capture_output=True, text=True, cwd=ROOT)
     errors = [line for line in out.stdout.splitlines() if ": error:" in line]
     assert [line.split(":")[1] for line in errors] == ["11", "12", "13", "14"], out.stdout
+
+
+def test_the_readmes_python_examples_that_stand_alone_pass_mypy_strict(tmp_path: Path) -> None:
+    """Code blocks of README.md that define what they use (the cancel example, say) type-check."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:]]
+    standalone = [b for b in blocks if "raise_if_cancelled" in b]
+    assert standalone, "the cancel example is in the README"
+    for i, block in enumerate(standalone):
+        (tmp_path / f"readme_{i}.py").write_text(block)
+    out = subprocess.run([sys.executable, "-m", "mypy", "--strict", str(tmp_path)], capture_output=True, text=True,
+                         cwd=ROOT)
+    assert out.returncode == 0, out.stdout

@@ -10,8 +10,9 @@ import time
 
 import pytest
 
-from kiq import Kiq, Worker, worker
+from kiq import Job, Kiq, Worker, worker
 from kiq.errors import ArgumentError, ConfigError
+from support import wait_for
 
 
 class HardJob(Worker, name="VerbsHardJob", queue="hard", retry=5):
@@ -130,3 +131,22 @@ def test_registering_a_worker_again_is_a_no_op_but_a_name_clash_is_an_error():
     with pytest.raises(ConfigError, match="two different workers are registered under the name 'VerbsHardJob'"):
         app.register(Impostor)
     assert app.workers["VerbsHardJob"].source is HardJob
+
+
+def test_a_worker_named_after_main_explains_a_missing_worker(make_app, r):
+    """`python tasks.py` registers __main__.Resize; a job for tasks.Resize says why it finds no worker."""
+
+    class Resize(Worker):
+        def perform(self, path: str) -> None:
+            pass
+
+    Resize.__module__, Resize.__qualname__ = "__main__", "Resize"
+    assert Resize.wire_name() == "__main__.Resize"
+    app = make_app(workers=[Resize])
+    app.enqueue(Job("tasks.Resize", ["a.png"]))
+    app.start()
+    [entry] = wait_for(lambda: r.zrange("retry", 0, -1), what="the job in the retry set")
+    message = json.loads(entry)["error_message"]
+    assert message.startswith("no worker is registered for class 'tasks.Resize' in this process")
+    assert "a module run as a script (python tasks.py) is named __main__" in message
+    assert "name='Resize'" in message

@@ -27,6 +27,7 @@ __all__ = [
     "active_job_args",
     "decide_failure",
     "decode_backtrace",
+    "display_args",
     "drain_logs",
     "encode_backtrace",
     "encode_job",
@@ -143,6 +144,42 @@ class Client:
         """The Redis key of a kind ("queue", "retry", "process", ...), namespace applied."""
     def find_job(self, set: str, jid: str) -> list[tuple[str, float]]:
         """``(member, score)`` of each entry of "schedule", "retry" or "dead" with this jid."""
+    def list_jobs(
+        self,
+        kind: str,
+        name: str | None = None,
+        *,
+        class_name: str | None = None,
+        error: str | None = None,
+        start: int = 0,
+        limit: int = 100,
+        window: int = 500,
+        max_scan: int = 100_000,
+    ) -> tuple[list[tuple[str, float | None]], int, int, int | None]:
+        """Matching jobs of a set or queue, a window at a time: ``(jobs, scanned, size, next)``."""
+    def count_jobs(
+        self,
+        kind: str,
+        name: str | None = None,
+        *,
+        class_name: str | None = None,
+        error: str | None = None,
+        window: int = 500,
+        max_scan: int = 100_000,
+    ) -> tuple[int, int, int]:
+        """How many jobs of a set or queue match: ``(matches, scanned, size)``."""
+    def act_on_jobs(
+        self,
+        action: str,
+        kind: str,
+        name: str | None = None,
+        *,
+        class_name: str | None = None,
+        error: str | None = None,
+        window: int = 500,
+        max_scan: int = 100_000,
+    ) -> tuple[int, int, int]:
+        """Runs now ("retry") or deletes ("delete") every matching job: ``(done, gone, scanned)``."""
     def request_cancel(self, jid: str) -> None:
         """Asks the process running job ``jid`` to cancel it (seen at its next heartbeat)."""
     def enqueue_now(self, set: str, member: str) -> bool:
@@ -316,6 +353,9 @@ def decide_failure(
     timestamps: str = "seconds",
 ) -> tuple[Fate, str | None]:
     """What the retry path does with a failed payload: its fate and the payload to keep (None when discarded)."""
+
+def display_args(payload: str) -> list[Any]:
+    """A job's args as shown: an encrypted job's last argument is ``"[encrypted data]"``."""
 
 def new_jid() -> str:
     """A new 24-hex-digit job id."""

@@ -70,10 +70,23 @@ def _stop_at_exit(ref: weakref.ReferenceType[Kiq]) -> None:
     (``pthread_exit`` unwinding through the core's frames can crash the process)."""
     app = ref()
     if app is not None and app.running:
-        logger.warning("kiq %s: still running at exit; stopping it (call stop() or use run())", app.identity)
+        logger.warning("process %s still running at exit; stopping it (call stop() or use run())", app.identity)
         app.stop()
 
 logger = logging.getLogger("kiq")
+
+
+def tell(message: str) -> None:
+    """Logs what the person at the terminal must see at WARNING, and also prints
+    it to stderr when logging is not configured (``kiq`` has only its NullHandler)."""
+    logger.warning(message)
+    log: logging.Logger | None = logger
+    while log is not None:
+        if any(not isinstance(h, logging.NullHandler) for h in log.handlers):
+            return
+        log = log.parent if log.propagate else None
+    print(f"kiq: {message}", file=sys.stderr, flush=True)
+
 
 DEFAULT_URL = "redis://localhost:6379/0"
 #: Below this an ``at`` value looks like a relative delay, not an epoch time (Sidekiq's rule).
@@ -328,6 +341,8 @@ class Kiq:
         self._listener: threading.Thread | None = None
         self._lock = threading.Lock()
         self._stop_requested = threading.Event()
+        #: Set by a second stop signal to run(): stop() then waits for no running job.
+        self._hurry = threading.Event()
         self.register(*workers)
 
     @classmethod
@@ -730,13 +745,14 @@ class Kiq:
         with self._lock:
             self._server, self._threads, self._reporters, self._aio = server, threads, reporters, aio
         self._stop_requested.clear()
+        self._hurry.clear()
         threads.start()
         listener = threading.Thread(target=self._listen, args=(server,), name="kiq-signals", daemon=True)
         self._listener = listener
         listener.start()
         # A process that exits without stop() stops first, while its threads can still leave the core.
         atexit.register(_stop_at_exit, weakref.ref(self))
-        logger.info("kiq %s started: queues %s, %d workers", self.identity, self.queues, len(self._workers))
+        logger.info("process %s started: queues %s, %d workers", self.identity, self.queues, len(self._workers))
 
     def quiet(self) -> None:
         """Stops fetching new jobs; running ones finish (Sidekiq's TSTP)."""
@@ -749,7 +765,7 @@ class Kiq:
         server = self._server
         if server is not None:
             server.set_quiet(quiet)
-            logger.info("kiq %s %s", self.identity, "quiet" if quiet else "resumed")
+            logger.info("process %s %s", self.identity, "quiet" if quiet else "resumed")
 
     def _listen(self, server: _kiq.Server) -> None:
         """Acts on signals sent through Redis (the Web UI's Quiet and Stop buttons)."""
@@ -760,9 +776,9 @@ class Kiq:
             sig = server.next_signal(1.0)
             if sig in ("TERM", "RECYCLE"):
                 if sig == "TERM":
-                    logger.info("kiq %s: stop requested through Redis", self.identity)
+                    logger.info("process %s: stop requested through Redis", self.identity)
                 else:
-                    logger.info("kiq %s: recycling (max_jobs or max_memory_bytes reached), stopping gracefully",
+                    logger.info("process %s: recycling (max_jobs or max_memory_bytes reached), stopping gracefully",
                                 self.identity)
                 if self._running_main:
                     self._stop_requested.set()
@@ -770,7 +786,7 @@ class Kiq:
                     threading.Thread(target=self.stop, name="kiq-remote-stop", daemon=True).start()
                 return
             if sig == "TSTP":
-                logger.info("kiq %s: quiet requested through Redis", self.identity)
+                logger.info("process %s: quiet requested through Redis", self.identity)
             elif sig == "TTIN":
                 self.dump_threads()
 
@@ -797,9 +813,13 @@ class Kiq:
             return StopResult()
         server.begin_stop()
         self._join_listener()
-        alive = threads.join(deadline)
+        alive = self._join_workers(threads, deadline)
         if alive:
-            logger.warning("kiq: %d jobs still running after %.1fs; handing them back to their queues", len(alive), limit)
+            if self._hurry.is_set():
+                logger.warning("handing %d running jobs back to their queues now", len(alive))
+            else:
+                logger.warning("%d jobs still running after %.1fs; handing them back to their queues", len(alive),
+                               limit)
             if aio is not None:
                 aio.cancel_all()  # async jobs: cancelled on the loop
             threads.interrupt(alive)
@@ -821,8 +841,16 @@ class Kiq:
         self._stop_reporters(reporters)
         self._flush_before_stop(deadline)
         result = StopResult(requeued, unwritten, len(alive))
-        logger.info("kiq %s stopped: %s", self.identity, result)
+        logger.info("process %s stopped: %s", self.identity, result)
         return result
+
+    def _join_workers(self, threads: WorkerThreads, deadline: float) -> list[threading.Thread]:
+        """Waits for the worker threads until ``deadline`` (monotonic), or until a
+        second stop signal to :meth:`run` says not to wait. Returns the live ones."""
+        while True:
+            alive = threads.join(min(deadline, time.monotonic() + 0.1))
+            if not alive or time.monotonic() >= deadline or self._hurry.is_set():
+                return alive
 
     def _join_listener(self) -> None:
         """The signal listener returns within 50 ms of a stop's start; joined so no thread waits in the core after."""
@@ -867,11 +895,17 @@ class Kiq:
         stop = self._stop_requested
 
         def on_stop(signum: int, _frame: FrameType | None) -> None:
-            logger.info("kiq: got %s, stopping", signal.Signals(signum).name)
-            stop.set()
+            name = signal.Signals(signum).name
+            if not stop.is_set():
+                stop.set()
+                tell(f"got {name}: stopping gracefully; running jobs get up to {self.shutdown_timeout:g}s to finish "
+                     "(SIGINT or SIGTERM again hands them back to their queues at once)")
+            elif not self._hurry.is_set():
+                self._hurry.set()
+                tell(f"got {name} again: handing running jobs back to their queues now")
 
         def on_quiet(_signum: int, _frame: FrameType | None) -> None:
-            logger.info("kiq: got SIGTSTP, quieting")
+            logger.info("got SIGTSTP, quieting")
             self.quiet()
 
         def on_ttin(_signum: int, _frame: FrameType | None) -> None:

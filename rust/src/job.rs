@@ -39,6 +39,8 @@ pub mod field {
     pub const TAGS: &str = "tags";
     pub const WRAPPED: &str = "wrapped";
     pub const DISPLAY_CLASS: &str = "display_class";
+    /// Sidekiq Enterprise's encryption: the last argument is ciphertext.
+    pub const ENCRYPT: &str = "encrypt";
     /// W3C trace context and baggage, at the top level of the job as
     /// OpenTelemetry's Ruby Sidekiq instrumentation injects them.
     pub const TRACE_CONTEXT: [&str; 3] = ["traceparent", "tracestate", "baggage"];

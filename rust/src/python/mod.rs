@@ -110,6 +110,14 @@ mod _kiq {
         Ok((fate.into(), payload))
     }
 
+    /// A job's `args` as they may be shown (an encrypted job's last argument
+    /// masked as Sidekiq's Web UI does); `[]` when the payload has none.
+    #[pyfunction]
+    fn display_args<'py>(py: Python<'py>, payload: &str) -> PyResult<Bound<'py, pyo3::PyAny>> {
+        let job = errors::py_result(crate::job::Payload::parse(payload))?;
+        super::convert::json_to_py(py, &crate::admin::display_args(&job))
+    }
+
     /// A new 24-hex-digit job id.
     #[pyfunction]
     fn new_jid() -> String {
