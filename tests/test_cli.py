@@ -8,12 +8,14 @@ import signal
 import subprocess
 import sys
 import http.client
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import redis
 
+from kiq import Worker
 from support import free_port, wait_for
 
 KIQ = Path(sys.executable).with_name("kiq")  # the console script in this venv
@@ -292,3 +294,24 @@ def test_papercuts(tmp_path: Path, redis_url: str, r: redis.Redis) -> None:
     said = kiq("cancel", "a" * 24, url=redis_url).stdout
     assert "a sync job stops only where it calls current_job().raise_if_cancelled()" in said
     assert "runs to its end and succeeds" in said
+
+
+def test_jobs_busy_lists_running_jobs(make_app, redis_url: str, r: redis.Redis) -> None:
+    release = threading.Event()
+
+    class Holds(Worker, name="Holds"):
+        def perform(self, n: int) -> None:
+            release.wait(30)
+
+    app = make_app(workers=[Holds], heartbeat_interval=0.2)
+    jid = app.enqueue(Holds.new(7))
+    app.start()
+    try:
+        rows = wait_for(lambda: json.loads(kiq("jobs", "busy", "--json", url=redis_url).stdout), timeout=20,
+                        what="the running job in the heartbeat")
+        [row] = rows
+        assert (row["jid"], row["class"], row["args"], row["process"]) == (jid, "Holds", [7], app.identity)
+        table = kiq("jobs", "busy", url=redis_url).stdout
+        assert jid in table and "Holds" in table and "ago" in table
+    finally:
+        release.set()
