@@ -52,7 +52,9 @@ KIQ_WHEEL="$(PY="$PY" "$ROOT/scripts/build_wheel.sh" | tail -1)"
 # Left by `maturin develop` in older checkouts: it would shadow nothing, but mislead.
 rm -f "$ROOT"/python/kiq/_kiq*.so
 sum="$(sha256sum "$KIQ_WHEEL" | cut -d' ' -f1)"
-if [ "$(cat .venv/.kiq-wheel 2>/dev/null)" != "$sum" ] || ! "$PY" -c 'import kiq' >/dev/null 2>&1; then
+# Reinstalled when the wheel changed, or when something else (`maturin develop`) replaced it.
+installed_from_wheel='import kiq, pathlib, sys; sys.exit(pathlib.Path(kiq.__file__).parent.parent.name != "site-packages")'
+if [ "$(cat .venv/.kiq-wheel 2>/dev/null)" != "$sum" ] || ! "$PY" -c "$installed_from_wheel" >/dev/null 2>&1; then
   echo "==> installing $(basename "$KIQ_WHEEL") into .venv"
   "$PY" -m pip install -q --no-deps --force-reinstall "$KIQ_WHEEL"
   echo "$sum" > .venv/.kiq-wheel
