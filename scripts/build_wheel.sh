@@ -5,6 +5,11 @@
 # links it against glibc 2.17's symbols, so no manylinux container is needed.
 # With --sdist, the source distribution too.
 #
+# zig links its own unwinder into the extension, not libgcc_s: so no Python
+# thread may be inside the core when the interpreter finalizes (glibc's
+# pthread_exit would unwind it with libgcc's unwinder and crash). kiq joins its
+# threads before that (see corelog.py and Kiq.stop); tests/test_stop.py checks.
+#
 # Skips the build when dist/ holds a wheel built from the same sources and
 # toolchain. Needs cargo; uses $PY (default .venv/bin/python) for maturin and
 # ziglang, installing them there when missing. Prints the wheel's path last.
