@@ -213,7 +213,7 @@ _SET_NAMES = {"retry": "retries", "dead": "dead", "scheduled": "scheduled"}
 
 def _listed(api: Api, where: list[str], allowed: Sequence[str]) -> JobSet | Queue:
     """The set or queue named on the command line: ``retry``, ``dead``, ``scheduled`` or ``queue NAME``."""
-    usage = " | ".join(f"queue NAME" if k == "queue" else k for k in allowed)
+    usage = " | ".join("queue NAME" if k == "queue" else k for k in allowed)
     if where[:1] == ["queue"] and "queue" in allowed:
         if len(where) != 2:
             raise CliError("name the queue: queue NAME", EXIT_USAGE)
