@@ -313,5 +313,7 @@ def test_jobs_busy_lists_running_jobs(make_app, redis_url: str, r: redis.Redis) 
         assert (row["jid"], row["class"], row["args"], row["process"]) == (jid, "Holds", [7], app.identity)
         table = kiq("jobs", "busy", url=redis_url).stdout
         assert jid in table and "Holds" in table and "ago" in table
+        assert json.loads(kiq("jobs", "busy", "--json", "--class", "Other", url=redis_url).stdout) == []
+        assert json.loads(kiq("jobs", "busy", "--json", "--error", "timeout", url=redis_url).stdout) == []
     finally:
         release.set()

@@ -238,9 +238,12 @@ def cmd_jobs(ns: argparse.Namespace) -> int:
     api = _api(ns)
     filters = {"class_name": ns.class_name, "error": ns.error}
     if ns.where == ["busy"]:
-        rows = [row_of_work(w) for w in api.work()]
-        rows = [r for r in rows if (not ns.class_name or r["class"] == ns.class_name)][ns.start: ns.start + ns.limit]
+        needle = (ns.error or "").lower()
+        rows = [r for r in map(row_of_work, api.work())
+                if (not ns.class_name or r["class"] == ns.class_name)
+                and needle in f"{r['error_class'] or ''}: {r['error_message'] or ''}".lower()]
         footer = f"{len(rows)} running"
+        rows = rows[ns.start: ns.start + ns.limit]
     else:
         listed = _listed(api, ns.where, ("retry", "dead", "scheduled", "queue"))
         page = listed.select(**filters, limit=ns.limit, start=ns.start, max_scan=ns.scan)
