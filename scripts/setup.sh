@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Shared set-up for scripts/demo.sh and scripts/test.sh: system packages (when
-# missing and running as root), the virtualenv in .venv, and the Rust build.
-# Source it; it leaves PY pointing at the venv's python.
+# missing and running as root), the virtualenv in .venv, and kiq itself: the
+# wheel scripts/build_wheel.sh builds (once; skipped when nothing changed),
+# installed into .venv, so the tests run exactly what users install.
+# Source it; it leaves PY pointing at the venv's python and KIQ_WHEEL at the wheel.
+# After editing kiq's Python or Rust code, source it again (a few seconds when
+# only Python changed).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,15 +45,24 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 PY="$ROOT/.venv/bin/python"
-if ! "$PY" -c 'import maturin, pytest, pytest_timeout, hypothesis, redis, croniter, mypy, pytest_benchmark, opentelemetry.sdk, starlette, jinja2, uvicorn, selenium' >/dev/null 2>&1; then
+if ! "$PY" -c 'import maturin, ziglang, auditwheel, pytest, pytest_timeout, hypothesis, redis, croniter, mypy, pytest_benchmark, opentelemetry.sdk, starlette, jinja2, uvicorn, selenium' >/dev/null 2>&1; then
   echo "==> installing Python build and test tools into .venv"
   "$PY" -m pip install -q -U pip
-  "$PY" -m pip install -q "maturin>=1.9.4,<2" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6" "redis>=5" \
-    "croniter>=2" "mypy>=1.10" "pytest-benchmark>=4" "opentelemetry-api>=1.20" "opentelemetry-sdk>=1.20" \
-    "starlette>=0.40" "jinja2>=3.1" "uvicorn>=0.30" "selenium>=4.20"
+  "$PY" -m pip install -q "maturin>=1.9.4,<2" "ziglang>=0.13" "auditwheel>=6" "pytest>=8" "pytest-timeout>=2.3" \
+    "hypothesis>=6" "redis>=5" "croniter>=2" "mypy>=1.10" "pytest-benchmark>=4" "opentelemetry-api>=1.20" \
+    "opentelemetry-sdk>=1.20" "starlette>=0.40" "jinja2>=3.1" "uvicorn>=0.30" "selenium>=4.20"
 fi
 
-echo "==> building kiq (release)"
-"$ROOT/.venv/bin/maturin" develop --release --quiet 2>&1 | grep -v -E '^(📦|✏️|🛠|🔗|🐍|⚠️ Warning: .*editable)' || true
-"$PY" -c 'import kiq' || { echo "error: the kiq build failed" >&2; exit 1; }
-export PY
+KIQ_WHEEL="$(PY="$PY" "$ROOT/scripts/build_wheel.sh" | tail -1)"
+# Left by `maturin develop` in older checkouts: it would shadow nothing, but mislead.
+rm -f "$ROOT"/python/kiq/_kiq*.so
+sum="$(sha256sum "$KIQ_WHEEL" | cut -d' ' -f1)"
+# Reinstalled when the wheel changed, or when something else (`maturin develop`) replaced it.
+installed_from_wheel='import kiq, pathlib, sys; sys.exit(pathlib.Path(kiq.__file__).parent.parent.name != "site-packages")'
+if [ "$(cat .venv/.kiq-wheel 2>/dev/null)" != "$sum" ] || ! "$PY" -c "$installed_from_wheel" >/dev/null 2>&1; then
+  echo "==> installing $(basename "$KIQ_WHEEL") into .venv"
+  "$PY" -m pip install -q --no-deps --force-reinstall "$KIQ_WHEEL"
+  echo "$sum" > .venv/.kiq-wheel
+fi
+"$PY" -c 'import kiq' || { echo "error: kiq does not import from the installed wheel" >&2; exit 1; }
+export PY KIQ_WHEEL

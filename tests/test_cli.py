@@ -8,12 +8,14 @@ import signal
 import subprocess
 import sys
 import http.client
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import redis
 
+from kiq import Worker
 from support import free_port, wait_for
 
 KIQ = Path(sys.executable).with_name("kiq")  # the console script in this venv
@@ -128,7 +130,8 @@ def test_generated_worker_and_app_run_and_process_a_job(tmp_path: Path, redis_ur
     assert proc.returncode == 0, out
     assert "SendEmail" in out and "ran with ('ada@example.com',)" in out  # the worker's own log line
     assert "SendEmail" in out and "succeeded in" in out  # the generated reporter's
-    assert "got SIGTERM, stopping" in out
+    assert "got SIGTERM: stopping gracefully" in out
+    assert " started: queues " in out and "kiq kiq" not in out, "the logger's name is not repeated"
     assert r.llen("queue:mail") == 0
 
 
@@ -168,3 +171,149 @@ def test_usage_errors_exit_2() -> None:
     assert "--retry takes true, false or a number" in kiq("enqueue", "X", "--retry", "maybe", check=2).stderr
     assert "the following arguments are required" in kiq("enqueue", check=2).stderr
     assert kiq("--help").stdout.startswith("usage: kiq")
+
+
+def test_jobs_lists_sets_and_queues_as_a_table_or_json(redis_url: str, r: redis.Redis) -> None:
+    now = time.time()
+    for i in range(30):
+        job = {"class": "HardJob" if i % 3 else "Mailer", "args": [i, "x" * 60, {"token": "c2VjcmV0"}],
+               "queue": "critical", "jid": f"{i:024d}", "error_class": "ValueError" if i % 2 else "KeyError",
+               "error_message": f"bad {i}", "retry_count": 2, "encrypt": i == 4}
+        r.zadd("retry", {json.dumps(job): now + 300 * (i + 1)})
+    r.zadd("dead", {json.dumps({"class": "Old", "args": [], "jid": "d" * 24, "queue": "q"}): now - 3600})
+    r.zadd("schedule", {json.dumps({"class": "Later", "args": [1], "jid": "s" * 24, "queue": "q"}): now + 7500})
+    kiq("enqueue", "First", "1", "-q", "work", url=redis_url)
+    kiq("enqueue", "Second", "2", "-q", "work", url=redis_url)
+
+    out = kiq("jobs", "retry", "--limit", "5", url=redis_url)
+    lines = out.stdout.splitlines()
+    assert lines[0].split() == ["JID", "CLASS", "ARGS", "QUEUE", "ERROR", "WHEN"]
+    assert [line.split()[0] for line in lines[1:]] == [f"{i:024d}" for i in range(5)], "soonest first"
+    assert "Mailer" in lines[1] and "KeyError: bad 0" in lines[1] and lines[1].endswith(("in 4m59s", "in 5m0s"))
+    assert all(len(line) < 200 for line in lines), "long arguments are cut"
+    assert "5 shown of 30 in the retry set; more: --start 5" in out.stderr
+    mailers = json.loads(kiq("jobs", "retry", "--class", "Mailer", "--error", "keyerror", "--json", "--limit", "100",
+                             url=redis_url).stdout)
+    assert [j["jid"] for j in mailers] == [f"{i:024d}" for i in range(0, 30, 6)]
+    assert mailers[0]["args"] == [0, "x" * 60, {"token": "c2VjcmV0"}] and mailers[0]["retry_count"] == 2
+    [secret] = [j for j in json.loads(kiq("jobs", "retry", "--json", url=redis_url).stdout) if j["jid"].endswith("04")]
+    assert secret["args"] == [4, "x" * 60, "[encrypted data]"], "an encrypted job's last argument is never shown"
+    page2 = json.loads(kiq("jobs", "retry", "--json", "--start", "25", url=redis_url).stdout)
+    assert len(page2) == 5
+    assert "Old" in kiq("jobs", "dead", url=redis_url).stdout.splitlines()[1]
+    assert "in 2h" in kiq("jobs", "scheduled", url=redis_url).stdout
+    queued = json.loads(kiq("jobs", "queue", "work", "--json", url=redis_url).stdout)
+    assert [j["class"] for j in queued] == ["First", "Second"], "next to run first"
+    assert kiq("jobs", "busy", url=redis_url).stdout.strip() == "no jobs"
+    assert "expected retry | dead | scheduled | queue NAME" in kiq("jobs", "nope", url=redis_url, check=2).stderr
+    assert "name the queue" in kiq("jobs", "queue", url=redis_url, check=2).stderr
+
+
+def test_retry_and_delete_all_confirm_counts(redis_url: str, r: redis.Redis) -> None:
+    for i in range(12):
+        payload = {"class": "HardJob" if i % 2 else "Mailer", "args": [i], "queue": "default", "jid": f"{i:024d}",
+                   "error_class": "Timeout" if i < 4 else "KeyError", "error_message": "m", "retry_count": 1}
+        r.zadd("retry" if i < 8 else "dead", {json.dumps(payload): time.time() + 600})
+    ask = kiq("retry", "--all", "retry", "--class", "HardJob", url=redis_url, check=2)
+    assert "Run 4 jobs of class HardJob in the retry set now? Add --yes to confirm" in ask.stderr
+    assert r.zcard("retry") == 8, "nothing done without a confirmation"
+    done = kiq("retry", "--all", "retry", "--class", "HardJob", "--yes", url=redis_url)
+    assert "4 jobs enqueued now from the retry set" in done.stdout
+    assert sorted(json.loads(j)["args"][0] for j in r.lrange("queue:default", 0, -1)) == [1, 3, 5, 7]
+    nothing = kiq("retry", "--all", "retry", "--class", "HardJob", "--yes", url=redis_url, check=1)
+    assert "no jobs of class HardJob in the retry set" in nothing.stderr
+    assert "2 jobs deleted from the retry set" in kiq("delete", "--all", "retry", "--error", "timeout", "-y",
+                                                      url=redis_url).stdout
+    assert r.zcard("retry") == 2
+    assert "4 jobs deleted from the dead set" in kiq("delete", "--all", "dead", "--yes", url=redis_url).stdout
+    assert r.zcard("dead") == 0
+    assert "4 jobs deleted from queue default" in kiq("delete", "--all", "queue", "default", "--yes",
+                                                      url=redis_url).stdout
+    assert "expected retry | dead | scheduled, not queue default" in kiq(
+        "retry", "--all", "queue", "default", "--yes", url=redis_url, check=2).stderr
+    assert "takes one JID" in kiq("retry", "a" * 24, "b" * 24, url=redis_url, check=2).stderr
+
+
+def test_enqueue_with_the_app_uses_the_workers_options(tmp_path: Path, redis_url: str, r: redis.Redis) -> None:
+    (tmp_path / "myjobs.py").write_text(
+        "from kiq import Kiq, Worker\n"
+        "class HardJob(Worker, queue='critical', retry=5, backtrace=True, tags=['vip']):\n"
+        "    def perform(self, name: str, count: int) -> None: ...\n"
+        "app = Kiq(workers=[HardJob])\n"
+    )
+    out = kiq("enqueue", "HardJob", "bob", "5", "--app", "myjobs:app", url=redis_url, cwd=tmp_path)
+    assert "with the options of the worker myjobs:app registers: queue=critical, retry=5, backtrace=True, " \
+           "tags=['vip']" in out.stderr
+    [job] = [json.loads(j) for j in r.lrange("queue:critical", 0, -1)]
+    assert (job["jid"], job["class"], job["retry"], job["backtrace"], job["tags"]) == (
+        out.stdout.strip(), "myjobs.HardJob", 5, True, ["vip"])
+    out = kiq("enqueue", "myjobs.HardJob", "bob", "5", "--app", "myjobs:app", "-q", "low", "--retry", "false",
+              url=redis_url, cwd=tmp_path)
+    assert "queue=low (command line), retry=False (command line), backtrace=True" in out.stderr
+    assert json.loads(r.lindex("queue:low", 0) or "")["retry"] is False
+    bad = kiq("enqueue", "HardJob", "bob", "--app", "myjobs:app", url=redis_url, cwd=tmp_path, check=2)
+    assert "HardJob.perform() takes 2 arguments (name, count), but the job was given 1" in bad.stderr
+    assert "registers no worker named 'Nope' (it registers: myjobs.HardJob)" in kiq(
+        "enqueue", "Nope", "--app", "myjobs:app", url=redis_url, cwd=tmp_path, check=2).stderr
+
+
+def test_papercuts(tmp_path: Path, redis_url: str, r: redis.Redis) -> None:
+    (tmp_path / "jobs.py").write_text("from kiq import Kiq\napp = Kiq(queues={'default': 1})\n")
+    (tmp_path / "broken.py").write_text("import os\n\n\ndef f():\n    return 1 / 0\n\n\nf()\n")
+    # -r works for run as for every other command; -q default:0 and -c 0 are refused, not replaced.
+    proc = subprocess.Popen([str(KIQ), "run", "jobs:app", "-r", redis_url, "-t", "2"], cwd=tmp_path,
+                            env={**os.environ, "REDIS_URL": NOWHERE}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: r.scard("processes") == 1, timeout=30, what="kiq run -r to beat")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "a queue runs at least 1 job" in kiq("run", "jobs:app", "-q", "default:0", cwd=tmp_path, check=2).stderr
+    assert "a queue runs at least 1 job" in kiq("run", "jobs:app", "-c", "0", cwd=tmp_path, check=2).stderr
+    out = kiq("enqueue", "X", "--args-json", "not json", url=redis_url, check=2)
+    assert out.stderr.startswith("kiq: --args-json is not JSON") and "Traceback" not in out.stderr
+    # A bad URL scheme is a usage error (2) from every command, run included.
+    for args in (["run", "jobs:app"], ["stats"], ["queues"], ["jobs", "dead"], ["enqueue", "X"], ["retry", "a" * 24],
+                 ["cancel", "a" * 24]):
+        assert "invalid Redis URL" in kiq(*args, "-r", "http://127.0.0.1:1", cwd=tmp_path, check=2).stderr, args
+    # An import that fails inside the module keeps its traceback (file and line).
+    broken = kiq("run", "broken", url=redis_url, cwd=tmp_path, check=2).stderr
+    assert f'File "{tmp_path / "broken.py"}", line 5, in f' in broken and "ZeroDivisionError" in broken
+    assert "importing 'broken' failed" in broken
+    # A reader that goes away early (`kiq jobs retry | head -1`) ends it quietly.
+    for i in range(3000):
+        r.zadd("retry", {json.dumps({"class": "X", "args": [i], "jid": f"{i:024d}", "queue": "q"}): i})
+    piped = subprocess.run(f"{KIQ} jobs retry --limit 3000 -r {redis_url} | head -1", shell=True, capture_output=True,
+                           text=True, timeout=60)
+    assert piped.stdout.startswith("JID") and "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr
+    # What cancel says matches what happens to a running sync job.
+    said = kiq("cancel", "a" * 24, url=redis_url).stdout
+    assert "a sync job stops only where it calls current_job().raise_if_cancelled()" in said
+    assert "runs to its end and succeeds" in said
+
+
+def test_jobs_busy_lists_running_jobs(make_app, redis_url: str, r: redis.Redis) -> None:
+    release = threading.Event()
+
+    class Holds(Worker, name="Holds"):
+        def perform(self, n: int) -> None:
+            release.wait(30)
+
+    app = make_app(workers=[Holds], heartbeat_interval=0.2)
+    jid = app.enqueue(Holds.new(7))
+    app.start()
+    try:
+        rows = wait_for(lambda: json.loads(kiq("jobs", "busy", "--json", url=redis_url).stdout), timeout=20,
+                        what="the running job in the heartbeat")
+        [row] = rows
+        assert (row["jid"], row["class"], row["args"], row["process"]) == (jid, "Holds", [7], app.identity)
+        table = kiq("jobs", "busy", url=redis_url).stdout
+        assert jid in table and "Holds" in table and "ago" in table
+        assert json.loads(kiq("jobs", "busy", "--json", "--class", "Other", url=redis_url).stdout) == []
+        assert json.loads(kiq("jobs", "busy", "--json", "--error", "timeout", url=redis_url).stdout) == []
+    finally:
+        release.set()

@@ -64,7 +64,14 @@ def test_failures_follow_the_retry_rules(kiq_sandbox: Kiq) -> None:
     jobs.signup("nobody")
     drain(kiq_sandbox)
     dead = enqueued(kiq_sandbox, state="dead")
-    assert [j.item["error_class"] for j in dead] == ["ValueError", "ValueError"]
+    assert [(j.error_class, j.error_message, j.retry_count) for j in dead] == [
+        ("ValueError", "not an address: nobody", 3)] * 2
+
+
+def test_the_readme_test_registering_the_apps_own_worker(kiq_sandbox: Kiq) -> None:
+    kiq_sandbox.register(jobs.WelcomeMail)   # already registered by jobs.app: a no-op
+    jobs.signup("ada@example.com")
+    assert_enqueued(kiq_sandbox, jobs.WelcomeMail, args=["ada@example.com"], queue="mail")
 
 
 def test_a_thread_has_its_own_jobs(kiq_sandbox: Kiq) -> None:
@@ -75,9 +82,10 @@ def test_a_thread_has_its_own_jobs(kiq_sandbox: Kiq) -> None:
     assert_enqueued(kiq_sandbox, jobs.WelcomeMail, args=["t@example.com"], scope="shared")
 
 
-def test_redis_is_really_not_there() -> None:
-    with pytest.raises(Exception):
-        jobs.app.enqueue(jobs.WelcomeMail.new("x@example.com"), sync=True)
+def test_apps_outside_the_fixture_are_sandboxed_too() -> None:
+    assert jobs.app.test_mode == "sandbox"   # built at import, while pytest ran
+    jobs.app.enqueue(jobs.WelcomeMail.new("x@example.com"), sync=True)   # Redis is not there: kept in memory
+    assert_enqueued(jobs.app, jobs.WelcomeMail, args=["x@example.com"])
 '''
 
 REDIS_TESTS = '''
@@ -127,7 +135,7 @@ def test_user_sandbox_tests_pass_with_redis_stopped(tmp_path: Path) -> None:
     # Nothing listens on port 1, and no redis-server could be started either.
     out = run_pytest(root, REDIS_URL="redis://127.0.0.1:1/0", KIQ_REDIS_SERVER="/nonexistent/redis-server")
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "6 passed" in out.stdout
+    assert "7 passed" in out.stdout
 
 
 def test_user_tests_against_the_plugins_redis_server(tmp_path: Path) -> None:
@@ -135,6 +143,80 @@ def test_user_tests_against_the_plugins_redis_server(tmp_path: Path) -> None:
     out = run_pytest(root, REDIS_URL="redis://127.0.0.1:1/0")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "2 passed" in out.stdout
+
+
+DEFAULT_TESTS = '''
+import os
+
+import pytest
+import redis
+
+from kiq import Kiq, Worker
+from kiq.errors import ConfigError
+from kiq.testing import assert_enqueued
+
+import jobs
+
+
+class Report(Worker, name="Report"):
+    def perform(self, day: str) -> None:
+        pass
+
+
+def test_an_app_built_in_a_test_is_sandboxed() -> None:
+    app = Kiq(workers=[Report])            # $REDIS_URL: nothing listens there
+    assert app.test_mode == "sandbox"
+    Report.perform_async("monday")
+    assert_enqueued(app, Report, args=["monday"])
+    with pytest.raises(ConfigError, match="kiq_live"):
+        app.start()
+
+
+@pytest.mark.kiq_live
+def test_a_test_marked_kiq_live_talks_to_redis() -> None:
+    app = Kiq(os.environ["LIVE_URL"])
+    assert app.test_mode is None
+    app.enqueue(Report.new("tuesday"), sync=True)
+    assert jobs.app.test_mode == "sandbox", "apps built before the test stay sandboxed"
+
+
+def test_kiq_app_is_live(kiq_app: Kiq) -> None:
+    assert kiq_app.test_mode is None and Kiq().test_mode is None
+'''
+
+LIVE_DEFAULT_TESTS = '''
+import pytest
+
+from kiq import Kiq
+from kiq.errors import ConnectionError
+
+import jobs
+
+
+def test_live_by_choice() -> None:
+    assert jobs.app.test_mode is None
+    with pytest.raises(ConnectionError):
+        Kiq(buffer=False).enqueue(jobs.WelcomeMail.new("x@example.com"))
+'''
+
+
+def test_by_default_a_user_projects_apps_are_sandboxed(tmp_path: Path, redis_server, r) -> None:
+    root = project(tmp_path, DEFAULT_TESTS, "")
+    out = run_pytest(root, REDIS_URL="redis://127.0.0.1:1/0", LIVE_URL=redis_server.url)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "3 passed" in out.stdout
+    [payload] = r.lrange("queue:default", 0, -1)
+    assert '"Report"' in payload and '"tuesday"' in payload, "only the kiq_live test reached Redis"
+
+
+def test_kiq_test_mode_live_flips_the_default(tmp_path: Path) -> None:
+    root = project(tmp_path, LIVE_DEFAULT_TESTS, "kiq_test_mode = live")
+    out = run_pytest(root, REDIS_URL="redis://127.0.0.1:1/0")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "1 passed" in out.stdout
+    bad = project(tmp_path, LIVE_DEFAULT_TESTS, "kiq_test_mode = maybe")
+    out = run_pytest(bad)
+    assert out.returncode != 0 and 'kiq_test_mode must be "sandbox" or "live"' in out.stdout + out.stderr
 
 
 def test_a_bad_kiq_app_setting_is_a_usage_error(tmp_path: Path) -> None:

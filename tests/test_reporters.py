@@ -61,6 +61,50 @@ def test_events_arrive_in_order_for_each_job(make_app, r):
     assert all(isinstance(e, float) and e >= 0 for k, _, e in rec.events if k == "success")
 
 
+def test_failure_lines_say_where_the_job_went_and_death_handlers_run(make_app, r, caplog):
+    class Deaths(Recording):
+        def handle_death(self, job: JobInfo, error: BaseException) -> None:
+            self.add("death", job, f"{type(error).__name__}: {error}")
+
+    @worker(name="Doomed", retry=0)
+    def doomed(n: int) -> None:
+        raise ValueError(f"no {n}")
+
+    @worker(name="Flaky", retry=3)
+    def flaky(n: int) -> None:
+        raise KeyError(n)
+
+    rec = Deaths()
+    app = make_app(workers=[doomed, flaky, maybe], extra_reporters=[rec])
+    dead, retrying, dropped = app.enqueue(doomed.new(1)), app.enqueue(flaky.new(2)), app.enqueue(maybe.new(False))
+    with caplog.at_level(logging.WARNING, logger="kiq"):
+        app.start()
+        wait_for(lambda: len(rec.events) == 10, what="10 events")
+        app.stop()
+    assert [k for k, j, _ in rec.events if j == dead] == ["started", "failure", "death", "stopped"]
+    assert ("death", dead, "ValueError: no 1") in rec.events
+    assert [k for k, j, _ in rec.events if j in (retrying, dropped)].count("death") == 0
+    assert r.zcard("dead") == 1 and r.zcard("retry") == 1
+
+    def line(event: str, jid: str) -> logging.LogRecord:
+        return next(x for x in caplog.records if getattr(x, "kiq", {}).get("event") == event and x.kiq["jid"] == jid)
+
+    retry = line("job_failure", retrying)
+    [(_, score)] = r.zrange("retry", 0, -1, withscores=True)
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(score))
+    assert f"error=KeyError: 2; retry 1 of 3 at {when} (in " in retry.getMessage()
+    assert retry.getMessage().endswith("s), retry_count=0")
+    assert (retry.kiq["retry_count"], retry.kiq["retry"], retry.kiq["next_retry_at"]) == (0, "1/3", when)
+    died = line("job_failure", dead)
+    assert died.getMessage().endswith("out of retries (0 of 0), moved to the dead set, retry_count=0")
+    assert died.kiq["went"] == "dead"
+    tomb = line("job_dead", dead)
+    assert tomb.levelno == logging.WARNING
+    assert tomb.getMessage() == f"job_dead Doomed jid={dead} queue=default error=ValueError: no 1 (retry_count=0)"
+    assert line("job_failure", dropped).getMessage().endswith("not retried (retry: false), dropped")
+    assert [x.kiq["jid"] for x in caplog.records if getattr(x, "kiq", {}).get("event") == "job_dead"] == [dead]
+
+
 def test_a_reporter_that_always_raises_breaks_nothing_and_logs_once(make_app, r, caplog):
     class Broken(Reporter):
         def handle_started(self, job: JobInfo) -> None:

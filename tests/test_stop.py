@@ -129,3 +129,72 @@ def test_sigterm_with_jobs_outliving_the_timeout(redis_url, r):
     assert r.llen("done") == 0
     assert r.llen("queue:default") == 40, "every job is back in its queue"
     assert r.keys("kiq:wip|*") == []
+
+
+EXIT_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    import redis
+    from kiq import Kiq, Worker
+
+    url, mode = sys.argv[1], sys.argv[2]
+    r = redis.Redis.from_url(url)
+
+    class Slow(Worker, name="Slow"):
+        def perform(self, n):
+            time.sleep(0.2)
+            r.rpush("done", n)
+
+    app = Kiq(url, queues={"default": 2}, workers=[Slow], shutdown_timeout=5)
+    app.enqueue_bulk(Slow, [[i] for i in range(20)])
+    app.start()
+    while not r.llen("done"):
+        time.sleep(0.01)
+    if mode == "stop":
+        app.stop()
+
+    class Node:
+        def __init__(self):
+            self.me = self
+
+    # Cyclic garbage keeps the interpreter's final collection busy past the
+    # moments kiq's threads used to wake up in the core.
+    junk = [Node() for _ in range(1_500_000)]
+    """
+)
+
+
+def test_exit_after_stop_or_without_it_is_clean_and_loses_nothing(redis_url, r):
+    """No kiq thread is inside the core when the interpreter finalizes (pthread_exit
+    unwinding through the core's frames crashed the process), with or without stop()."""
+    for mode in ("stop", "no-stop"):
+        r.flushall()
+        run = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, redis_url, mode], capture_output=True, text=True,
+                             timeout=60)
+        assert run.returncode == 0, (mode, run.returncode, run.stderr[-2000:])
+        done = [int(x) for x in r.lrange("done", 0, -1)]
+        assert len(done) == len(set(done)) and len(done) + r.llen("queue:default") == 20, mode
+        assert r.keys("kiq:wip|*") == [], "stopped at exit: nothing left in progress"
+
+
+def test_a_second_signal_hands_running_jobs_back_at_once(redis_url, r):
+    """Ctrl-C stops gracefully and says a second one hurries; the second hands running jobs back and exits."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, redis_url, "60", "30"],  # 60 s jobs, a 30 s shutdown timeout
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().strip() == "ready"
+    wait_for(lambda: sum(r.llen(k) for k in r.keys("kiq:wip|*")) == 5, what="5 jobs running")
+    proc.send_signal(signal.SIGINT)
+    first = proc.stderr.readline()
+    assert "got SIGINT: stopping gracefully; running jobs get up to 30s" in first, first
+    assert "SIGINT or SIGTERM again hands them back" in first
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert time.monotonic() - t0 < 10, "it did not wait for the 30 s timeout"
+    assert "got SIGINT again: handing running jobs back to their queues now" in err
+    assert r.llen("done") == 0 and r.llen("queue:default") == 40, "every job is back in its queue"
+    assert r.keys("kiq:wip|*") == []

@@ -8,6 +8,7 @@ __version__: str
 __all__ = [
     "ACTIVE_JOB_WRAPPER",
     "Admin",
+    "BUILD_INFO",
     "ClassMetrics",
     "ENCRYPTED_ARG",
     "JobView",
@@ -27,6 +28,7 @@ __all__ = [
     "Delivery",
     "ENCRYPTED_DATA",
     "ENCRYPT_FIELD",
+    "Fate",
     "KiqError",
     "Keyring",
     "Server",
@@ -39,6 +41,7 @@ __all__ = [
     "active_job_args",
     "decide_failure",
     "decode_backtrace",
+    "display_args",
     "drain_logs",
     "encode_backtrace",
     "encode_job",
@@ -46,10 +49,13 @@ __all__ = [
     "read_envelope",
     "set_log_level",
     "unwrap_active_job",
+    "wake_logs",
 ]
 
 ACTIVE_JOB_WRAPPER: str
 ENCRYPTED_ARG: str
+#: How the core was built: ``"rustc <version>, <target>, <profile>"``.
+BUILD_INFO: str
 SIDEKIQ_ACTIVE_JOB_WRAPPER: str
 TRACE_CONTEXT_FIELDS: tuple[str, ...]
 #: The payload field saying the last argument is encrypted (Sidekiq Enterprise's ``encrypt``).
@@ -197,6 +203,42 @@ class Client:
         """The Redis key of a kind ("queue", "retry", "process", ...), namespace applied."""
     def find_job(self, set: str, jid: str) -> list[tuple[str, float]]:
         """``(member, score)`` of each entry of "schedule", "retry" or "dead" with this jid."""
+    def list_jobs(
+        self,
+        kind: str,
+        name: str | None = None,
+        *,
+        class_name: str | None = None,
+        error: str | None = None,
+        start: int = 0,
+        limit: int = 100,
+        window: int = 500,
+        max_scan: int = 100_000,
+    ) -> tuple[list[tuple[str, float | None]], int, int, int | None]:
+        """Matching jobs of a set or queue, a window at a time: ``(jobs, scanned, size, next)``."""
+    def count_jobs(
+        self,
+        kind: str,
+        name: str | None = None,
+        *,
+        class_name: str | None = None,
+        error: str | None = None,
+        window: int = 500,
+        max_scan: int = 100_000,
+    ) -> tuple[int, int, int]:
+        """How many jobs of a set or queue match: ``(matches, scanned, size)``."""
+    def act_on_jobs(
+        self,
+        action: str,
+        kind: str,
+        name: str | None = None,
+        *,
+        class_name: str | None = None,
+        error: str | None = None,
+        window: int = 500,
+        max_scan: int = 100_000,
+    ) -> tuple[int, int, int]:
+        """Runs now ("retry") or deletes ("delete") every matching job: ``(done, gone, scanned)``."""
     def request_cancel(self, jid: str) -> None:
         """Asks the process running job ``jid`` to cancel it (seen at its next heartbeat)."""
     def enqueue_now(self, set: str, member: str) -> bool:
@@ -239,6 +281,22 @@ class Delivery:
     def retry_count(self) -> int | None: ...
     @property
     def enqueued_at(self) -> float | None: ...
+
+@final
+class Fate:
+    """Where a failed job went: ``went`` is "retry", "dead" or "discard"."""
+
+    @property
+    def went(self) -> str: ...
+    @property
+    def retry_count(self) -> int:
+        """The job's ``retry_count`` after this failure (0 after its first)."""
+    @property
+    def max_retries(self) -> int | None:
+        """Retries it may have; None when a ``retry_for`` window limits it instead."""
+    @property
+    def retry_at(self) -> float | None:
+        """When the next retry runs (epoch seconds), when it went to the retry set."""
 
 @final
 class Server:
@@ -289,7 +347,8 @@ class Server:
         backtrace_option: bool | int | None = None,
         retry_queue: str | None = None,
         retry_in: float | None = None,
-    ) -> None: ...
+    ) -> Fate:
+        """Records the failure; returns where the job went."""
     def abandon(self, delivery: Delivery) -> None: ...
     def set_quiet(self, quiet: bool) -> None: ...
     @property
@@ -360,8 +419,11 @@ def decide_failure(
     retry_queue: str | None = None,
     max_retries: int = 25,
     timestamps: str = "seconds",
-) -> tuple[str, float | None, str | None]:
-    """What the retry path does with a failed payload: ``(kind, at, payload)``."""
+) -> tuple[Fate, str | None]:
+    """What the retry path does with a failed payload: its fate and the payload to keep (None when discarded)."""
+
+def display_args(payload: str) -> list[Any]:
+    """A job's args as shown: an encrypted job's last argument is ``"[encrypted data]"``."""
 
 def new_jid() -> str:
     """A new 24-hex-digit job id."""
@@ -575,3 +637,5 @@ class Admin:
     def metrics(self, minutes: int) -> list[ClassMetrics]:
         """Per-class execution metrics of the last ``minutes`` minutes (at most 480), busiest first."""
     def processes(self) -> list[ProcessView]: ...
+def wake_logs() -> None:
+    """Makes a ``drain_logs`` call waiting in another thread return now."""

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from kiq.app import Kiq
 
 __all__ = [
-    "ENCRYPTED_DATA", "Api", "JobRecord", "JobSet", "Process", "Queue", "Stats", "Work", "display_args", "is_encrypted",
+    "ENCRYPTED_DATA", "Api", "JobRecord", "JobSet", "Process", "Queue", "Selection", "Stats", "Work", "display_args", "is_encrypted",
 ]
 
 #: What Sidekiq's Web UI shows in place of an encrypted argument.
@@ -91,8 +91,12 @@ class JobRecord:
 
     @property
     def display_args(self) -> list[Any]:
-        """The args to show: an encrypted job's last one as ``"[encrypted data]"`` (see :func:`display_args`)."""
-        return display_args(self.item)
+        """The args as the Web UI shows them: an encrypted job's (``"encrypt": true``)
+        last argument is ``"[encrypted data]"``, never its ciphertext."""
+        try:
+            return _kiq.display_args(self.payload)
+        except _kiq.CodecError:
+            return []
 
     @property
     def encrypted(self) -> bool:
@@ -165,10 +169,64 @@ class Work:
     job: JobRecord
 
 
-class Queue:
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """A page of the jobs a :meth:`JobSet.select` / :meth:`Queue.select` matched."""
+
+    jobs: list[JobRecord]
+    #: Entries read to find them (at most ``max_scan``).
+    scanned: int
+    #: Entries in the set or queue.
+    size: int
+    #: Position to continue from (``start=``), or None when the end was reached.
+    next: int | None
+
+
+class _Listed:
+    """Listing and bulk actions shared by job sets and queues; every read is a
+    bounded window (``window`` entries per round trip, ``max_scan`` in all)."""
+
+    api: Api
+    kind: str
+    queue_name: str | None = None
+
+    def select(
+        self,
+        *,
+        class_name: str | None = None,
+        error: str | None = None,
+        limit: int = 100,
+        start: int = 0,
+        max_scan: int = 100_000,
+    ) -> Selection:
+        """Up to ``limit`` jobs in the Web UI's order from position ``start``, of
+        class ``class_name`` (its ``class``, or an ActiveJob's job class) and
+        whose error contains ``error`` (case-insensitive)."""
+        jobs, scanned, size, nxt = self.api.client.list_jobs(
+            self.kind, self.queue_name, class_name=class_name, error=error, start=start, limit=limit,
+            max_scan=max_scan,
+        )
+        return Selection([JobRecord(p, s) for p, s in jobs], scanned, size, nxt)
+
+    def count(self, *, class_name: str | None = None, error: str | None = None,
+              max_scan: int = 100_000) -> tuple[int, int, int]:
+        """``(matching, scanned, size)``; without a filter, the size (one command)."""
+        return self.api.client.count_jobs(self.kind, self.queue_name, class_name=class_name, error=error,
+                                          max_scan=max_scan)
+
+    def delete_all(self, *, class_name: str | None = None, error: str | None = None,
+                   max_scan: int = 100_000) -> tuple[int, int]:
+        """Deletes every matching job: ``(deleted, already gone)``."""
+        done, gone, _ = self.api.client.act_on_jobs("delete", self.kind, self.queue_name, class_name=class_name,
+                                                    error=error, max_scan=max_scan)
+        return done, gone
+
+
+class Queue(_Listed):
     def __init__(self, api: Api, name: str) -> None:
         self.api = api
         self.name = name
+        self.kind, self.queue_name = "queue", name
         self.key = api.client.key("queue", name)
 
     def __repr__(self) -> str:
@@ -192,9 +250,13 @@ class Queue:
         return [JobRecord(p) for p in reversed(raw)]
 
     def delete(self, jid: str) -> bool:
-        for job in self.jobs(0, self.size()):
-            if job.jid == jid:
-                return bool(self.api.client.command("LREM", self.key, "1", job.payload))
+        start: int | None = 0
+        while start is not None:  # window by window, never the whole queue at once
+            page = self.select(start=start, limit=1000)
+            for job in page.jobs:
+                if job.jid == jid:
+                    return bool(self.api.client.command("LREM", self.key, "1", job.payload))
+            start = page.next
         return False
 
     def clear(self) -> None:
@@ -202,12 +264,13 @@ class Queue:
         self.api.client.command("SREM", self.api.client.key("queues"), self.name)
 
 
-class JobSet:
+class JobSet(_Listed):
     """The ``schedule``, ``retry`` or ``dead`` sorted set."""
 
     def __init__(self, api: Api, name: str) -> None:
         self.api = api
         self.name = name
+        self.kind = name
         self.key = api.client.key(name)
 
     def __repr__(self) -> str:
@@ -228,6 +291,13 @@ class JobSet:
     def retry(self, jid: str) -> bool:
         """Runs the job now (the Web UI's "Retry Now" / "Add to queue")."""
         return any(self.api.client.enqueue_now(self.name, job.payload) for job in self.find(jid))
+
+    def retry_all(self, *, class_name: str | None = None, error: str | None = None,
+                  max_scan: int = 100_000) -> tuple[int, int]:
+        """Runs every matching job now: ``(enqueued, already gone)``."""
+        done, gone, _ = self.api.client.act_on_jobs("retry", self.kind, class_name=class_name, error=error,
+                                                    max_scan=max_scan)
+        return done, gone
 
     def kill(self, jid: str) -> bool:
         """Moves the job to the dead set."""

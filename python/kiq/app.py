@@ -37,9 +37,9 @@ from kiq.paths import default_state_dir, undeliverable_path, unsent_dir
 from kiq.pool import WorkerThreads
 from kiq.processor import Processor, Registered, register
 from kiq.reporters import Reporter, ReporterThread
-from kiq.sandbox import Sandbox
+from kiq.sandbox import Sandbox, default_mode
 from kiq.tracing import Tracing
-from kiq.worker import FunctionWorker, Worker, WorkerLike
+from kiq.worker import WorkerLike, bind, check_arguments, is_worker
 
 __all__ = ["Kiq", "StopResult"]
 
@@ -71,7 +71,29 @@ def _say(message: str) -> None:
     except (OSError, ValueError):
         pass
 
+def _stop_at_exit(ref: weakref.ReferenceType[Kiq]) -> None:
+    """A started app still running at interpreter exit stops gracefully first: its
+    jobs go back to their queues, and no thread of it is left inside the core
+    (``pthread_exit`` unwinding through the core's frames can crash the process)."""
+    app = ref()
+    if app is not None and app.running:
+        logger.warning("process %s still running at exit; stopping it (call stop() or use run())", app.identity)
+        app.stop()
+
 logger = logging.getLogger("kiq")
+
+
+def tell(message: str) -> None:
+    """Logs what the person at the terminal must see at WARNING, and also prints
+    it to stderr when logging is not configured (``kiq`` has only its NullHandler)."""
+    logger.warning(message)
+    log: logging.Logger | None = logger
+    while log is not None:
+        if any(not isinstance(h, logging.NullHandler) for h in log.handlers):
+            return
+        log = log.parent if log.propagate else None
+    print(f"kiq: {message}", file=sys.stderr, flush=True)
+
 
 DEFAULT_URL = "redis://localhost:6379/0"
 #: Below this an ``at`` value looks like a relative delay, not an epoch time (Sidekiq's rule).
@@ -175,6 +197,8 @@ class Kiq:
         metrics: write per-class execution metrics for Sidekiq 7/8's Metrics tab.
         test_mode: ``"sandbox"`` keeps enqueued jobs in memory and never
             connects to Redis; read and run them with :mod:`kiq.testing`.
+            ``None`` (the default) is live, except while kiq's pytest plugin
+            runs tests: then it is sandboxed unless the test opts into Redis.
         health_address: ``"HOST:PORT"`` on which the running process answers
             HTTP health checks (``/live``, ``/ready``) from a core thread;
             ``"0.0.0.0:8080"`` for Kubernetes probes, port 0 for any free port
@@ -260,7 +284,10 @@ class Kiq:
     ) -> None:
         if test_mode not in (None, "sandbox"):
             raise ConfigError(f'test_mode must be None or "sandbox", not {test_mode!r}')
-        self._sandbox = Sandbox() if test_mode == "sandbox" else None
+        sandboxed = test_mode == "sandbox" or (test_mode is None and default_mode.sandbox)
+        self._sandbox = Sandbox() if sandboxed else None
+        #: Why this app is sandboxed when nobody asked (kiq's pytest plugin), for error messages.
+        self._sandboxed_by = default_mode.why if sandboxed and test_mode is None else ""
         self.redis_url = redis_url or os.environ.get("REDIS_URL") or DEFAULT_URL
         self.queues = self._check_queues(queues if queues is not None else {"default": 25})
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
@@ -350,9 +377,12 @@ class Kiq:
         self._reporters: list[ReporterThread] = []
         self._aio: AsyncRunner | None = None
         self._running_main = False
+        self._listener: threading.Thread | None = None
         self._lock = threading.Lock()
         self._stop_requested = threading.Event()
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
+        #: Set by a second stop signal to run(): stop() then waits for no running job.
+        self._hurry = threading.Event()
         self.register(*workers)
         if buffer_path is not None and self._sandbox is None:
             # Jobs an earlier run left in the spool go to Redis now, not at the first enqueue.
@@ -372,6 +402,8 @@ class Kiq:
         args = opts.pop("args", ())
         if isinstance(args, (str, bytes)) or not isinstance(args, (list, tuple)):
             raise ConfigError(f"periodic args must be a list, not {args!r}")
+        if is_worker(target):
+            check_arguments(target, [args])
         queue = opts.pop("queue", job.queue)
         retry = opts.pop("retry", job.retry)
         unique_for = opts.pop("unique_for", job.unique_for)
@@ -403,15 +435,27 @@ class Kiq:
     # -- workers ---------------------------------------------------------
 
     def register(self, *workers: WorkerLike) -> None:
-        """Adds workers this process runs (before :meth:`start`)."""
+        """Adds workers this process runs (before :meth:`start`). Registering a
+        worker again is a no-op; two different workers under one name are an error.
+        A worker registered in only this app enqueues here with ``perform_async``
+        and the other Sidekiq verbs."""
+        added = []
         for w in workers:
             reg = register(w)
             existing = self._workers.get(reg.name)
-            if existing is not None and existing.call is not reg.call and existing != reg:
-                raise ConfigError(f"two workers are registered under the name {reg.name!r}")
-            self._workers[reg.name] = reg
-        if self._server is not None and workers:
+            if existing is not None:
+                if existing.source is w:
+                    continue
+                raise ConfigError(
+                    f"two different workers are registered under the name {reg.name!r}: {existing.source!r} and "
+                    f"{w!r}; give one of them another name="
+                )
+            added.append((w, reg))
+        if self._server is not None and added:
             raise ConfigError("register workers before start()")
+        for w, reg in added:
+            self._workers[reg.name] = reg
+            bind(w, self)
 
     @property
     def workers(self) -> dict[str, Registered]:
@@ -424,7 +468,7 @@ class Kiq:
     def client(self) -> _kiq.Client:
         """The native client (created on first use)."""
         if self._sandbox is not None:
-            raise ConfigError("a sandboxed Kiq (test_mode=\"sandbox\") never connects to Redis")
+            raise ConfigError(f"a sandboxed Kiq (test_mode=\"sandbox\") never connects to Redis{self._why_sandboxed()}")
         with self._lock:
             if self._client is None:
                 corelog.start()
@@ -597,6 +641,9 @@ class Kiq:
         job shares, or a class name. Returns the jids in order.
         """
         job = self._template(template)
+        if is_worker(template):
+            args_list = list(args_list)
+            check_arguments(template, args_list)
         if self._tracing is not None:
             args_list = list(args_list)
             with self._tracing.publish([job], batch=len(args_list)) as traced:
@@ -715,9 +762,15 @@ class Kiq:
             return template
         if isinstance(template, str):
             return Job(template)
-        if isinstance(template, FunctionWorker) or (isinstance(template, type) and issubclass(template, Worker)):
-            return template.new()
+        if is_worker(template):
+            return template.kiq_options.job(template.wire_name(), ())  # arguments come later
         raise ConfigError(f"expected a Job, a worker or a class name, not {template!r}")
+
+    def _why_sandboxed(self) -> str:
+        if not self._sandboxed_by:
+            return ""
+        return (f" (it was built while {self._sandboxed_by} sandboxes every Kiq; a test that wants Redis marks itself "
+                "@pytest.mark.kiq_live or uses the kiq_redis / kiq_app fixtures, and builds its app inside the test)")
 
     @property
     def test_mode(self) -> str | None:
@@ -755,7 +808,9 @@ class Kiq:
     def start(self) -> None:
         """Starts fetching and running jobs; returns once the threads run."""
         if self._sandbox is not None:
-            raise ConfigError("a sandboxed Kiq does not fetch from Redis; run its jobs with kiq.testing.drain(app)")
+            raise ConfigError(
+                f"a sandboxed Kiq does not fetch from Redis; run its jobs with kiq.testing.drain(app){self._why_sandboxed()}"
+            )
         with self._lock:
             if self._server is not None:
                 raise ConfigError("this Kiq is already started")
@@ -793,10 +848,15 @@ class Kiq:
         with self._lock:
             self._server, self._threads, self._reporters, self._aio = server, threads, reporters, aio
         self._stop_requested.clear()
+        self._hurry.clear()
         threads.start()
         server.report_threads(threads.revive())
-        threading.Thread(target=self._listen, args=(server,), name="kiq-signals", daemon=True).start()
-        logger.info("kiq %s started: queues %s, %d workers", self.identity, self.queues, len(self._workers))
+        listener = threading.Thread(target=self._listen, args=(server,), name="kiq-signals", daemon=True)
+        self._listener = listener
+        listener.start()
+        # A process that exits without stop() stops first, while its threads can still leave the core.
+        atexit.register(_stop_at_exit, weakref.ref(self))
+        logger.info("process %s started: queues %s, %d workers", self.identity, self.queues, len(self._workers))
 
     def quiet(self) -> None:
         """Stops fetching new jobs; running ones finish (Sidekiq's TSTP)."""
@@ -809,7 +869,7 @@ class Kiq:
         server = self._server
         if server is not None:
             server.set_quiet(quiet)
-            logger.info("kiq %s %s", self.identity, "quiet" if quiet else "resumed")
+            logger.info("process %s %s", self.identity, "quiet" if quiet else "resumed")
 
     def _listen(self, server: _kiq.Server) -> None:
         """Acts on signals sent through Redis (the Web UI's Quiet and Stop buttons)."""
@@ -823,9 +883,9 @@ class Kiq:
             sig = server.next_signal(1.0)
             if sig in ("TERM", "RECYCLE"):
                 if sig == "TERM":
-                    logger.info("kiq %s: stop requested through Redis", self.identity)
+                    logger.info("process %s: stop requested through Redis", self.identity)
                 else:
-                    logger.info("kiq %s: recycling (max_jobs or max_memory_bytes reached), stopping gracefully",
+                    logger.info("process %s: recycling (max_jobs or max_memory_bytes reached), stopping gracefully",
                                 self.identity)
                 if self._running_main:
                     self._stop_requested.set()
@@ -833,7 +893,7 @@ class Kiq:
                     threading.Thread(target=self.stop, name="kiq-remote-stop", daemon=True).start()
                 return
             if sig == "TSTP":
-                logger.info("kiq %s: quiet requested through Redis", self.identity)
+                logger.info("process %s: quiet requested through Redis", self.identity)
             elif sig == "TTIN":
                 self.dump_threads()
 
@@ -860,9 +920,14 @@ class Kiq:
             return StopResult()
         threads.stopping = True
         server.begin_stop()
-        alive = threads.join(deadline)
+        self._join_listener()
+        alive = self._join_workers(threads, deadline)
         if alive:
-            logger.warning("kiq: %d jobs still running after %.1fs; handing them back to their queues", len(alive), limit)
+            if self._hurry.is_set():
+                logger.warning("handing %d running jobs back to their queues now", len(alive))
+            else:
+                logger.warning("%d jobs still running after %.1fs; handing them back to their queues", len(alive),
+                               limit)
             if aio is not None:
                 aio.cancel_all()  # async jobs: cancelled on the loop
             threads.interrupt(alive)
@@ -884,8 +949,22 @@ class Kiq:
         self._stop_reporters(reporters)
         self._flush_before_stop(deadline)
         result = StopResult(requeued, unwritten, len(alive))
-        logger.info("kiq %s stopped: %s", self.identity, result)
+        logger.info("process %s stopped: %s", self.identity, result)
         return result
+
+    def _join_workers(self, threads: WorkerThreads, deadline: float) -> list[threading.Thread]:
+        """Waits for the worker threads until ``deadline`` (monotonic), or until a
+        second stop signal to :meth:`run` says not to wait. Returns the live ones."""
+        while True:
+            alive = threads.join(min(deadline, time.monotonic() + 0.1))
+            if not alive or time.monotonic() >= deadline or self._hurry.is_set():
+                return alive
+
+    def _join_listener(self) -> None:
+        """The signal listener returns within 50 ms of a stop's start; joined so no thread waits in the core after."""
+        listener, self._listener = self._listener, None
+        if listener is not None and listener is not threading.current_thread():
+            listener.join(5.0)
 
     def _flush_before_stop(self, deadline: float) -> None:
         """Jobs enqueued by this process (jobs enqueuing jobs, too) reach Redis before a stop returns."""
@@ -924,11 +1003,17 @@ class Kiq:
         stop = self._stop_requested
 
         def on_stop(signum: int, _frame: FrameType | None) -> None:
-            logger.info("kiq: got %s, stopping", signal.Signals(signum).name)
-            stop.set()
+            name = signal.Signals(signum).name
+            if not stop.is_set():
+                stop.set()
+                tell(f"got {name}: stopping gracefully; running jobs get up to {self.shutdown_timeout:g}s to finish "
+                     "(SIGINT or SIGTERM again hands them back to their queues at once)")
+            elif not self._hurry.is_set():
+                self._hurry.set()
+                tell(f"got {name} again: handing running jobs back to their queues now")
 
         def on_quiet(_signum: int, _frame: FrameType | None) -> None:
-            logger.info("kiq: got SIGTSTP, quieting")
+            logger.info("got SIGTSTP, quieting")
             self.quiet()
 
         def on_ttin(_signum: int, _frame: FrameType | None) -> None:

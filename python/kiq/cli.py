@@ -1,9 +1,11 @@
 """The ``kiq`` command (also ``python -m kiq``).
 
     kiq run myproject.jobs:app          run workers until SIGTERM / SIGINT (alias: kiq worker)
-    kiq enqueue HardJob bob 5 -q critical
+    kiq enqueue HardJob bob 5 -q critical [--app myproject.jobs:app]
     kiq stats | kiq queues
+    kiq jobs retry|dead|scheduled|busy | kiq jobs queue NAME   [--class C] [--error TEXT] [--json]
     kiq retry JID | kiq kill JID | kiq delete JID | kiq cancel JID
+    kiq retry --all dead [--class C] [--error TEXT] | kiq delete --all queue NAME [...]
     kiq gen worker SendEmail -q mail -r 5 | kiq gen reporter Audit | kiq gen app jobs
     kiq web --bind 127.0.0.1:7433       the web dashboard (pip install 'kiq[web]')
     kiq spool push PATH                 deliver jobs kept on disk (a spool directory or a dead-letter file)
@@ -20,19 +22,23 @@ import dataclasses
 import json
 import logging
 import os
+import platform
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kiq import acl, gen
-from kiq.api import Api
+from kiq import _kiq, acl, gen
+from kiq.api import Api, JobSet, Queue
 from kiq.app import DEFAULT_URL, Kiq
-from kiq.errors import ConfigError, ConnectionError, KiqError
+from kiq.errors import ArgumentError, ConfigError, ConnectionError, KiqError
 from kiq.errors import TimeoutError as KiqTimeoutError
 from kiq.job import Job
+from kiq.listing import render_table, row_of, row_of_work
 from kiq.loader import load_app
 from kiq.logs import configure
+from kiq.worker import WorkerLike
 
 __all__ = ["main"]
 
@@ -67,14 +73,24 @@ def _retry(text: str) -> bool | int:
         raise argparse.ArgumentTypeError(f"--retry takes true, false or a number of retries, not {text!r}") from None
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed: a queue runs at least 1 job at a time")
+    return value
+
+
 def _queue_limit(text: str) -> tuple[str, int | None]:
-    name, _, limit = text.partition(":")
-    if not name:
+    name, colon, limit = text.partition(":")
+    if not name or (colon and not limit):
         raise argparse.ArgumentTypeError(f"-q takes QUEUE or QUEUE:CONCURRENCY, not {text!r}")
     try:
-        return name, int(limit) if limit else None
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"-q {text!r}: the concurrency must be a number") from None
+        return name, _positive(limit) if limit else None
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"-q {text!r}: the concurrency must be a whole number >= 1 ({exc})") from None
 
 
 # -- commands ---------------------------------------------------------------
@@ -83,6 +99,12 @@ def _queue_limit(text: str) -> tuple[str, int | None]:
 def cmd_run(ns: argparse.Namespace) -> int:
     configure(ns.log_level.upper(), json_format=ns.json_logs, name=None)
     app = load_app(ns.target)
+    if ns.redis_url is not None or ns.namespace is not None:
+        if app._client is not None:
+            raise CliError(f"{ns.target} connected to Redis while it was imported; -r/--namespace cannot change "
+                           "that (build the app's client later, or set $REDIS_URL)", EXIT_USAGE)
+        app.redis_url = ns.redis_url or app.redis_url
+        app.namespace = ns.namespace if ns.namespace is not None else app.namespace
     if ns.queue:
         default = ns.concurrency or 10
         app.queues = app._check_queues({name: limit or default for name, limit in ns.queue})
@@ -106,7 +128,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
         app.max_memory_bytes = int(ns.max_memory * (1 << 20))
     try:
         app.client.command("PING")
-    except KiqError as exc:
+    except (ConnectionError, KiqTimeoutError) as exc:
         raise _redis_error(app.redis_url, exc) from exc
     if not app.workers:
         logging.getLogger("kiq").warning("kiq: %s registers no workers; jobs will fail as unknown", ns.target)
@@ -118,12 +140,42 @@ def _api(ns: argparse.Namespace) -> Api:
     return Api(ns.redis_url, namespace=ns.namespace)
 
 
+def _find_worker(app: Kiq, target: str, name: str) -> WorkerLike:
+    """The worker ``name`` (its wire name, or its Python name) registered in ``app``."""
+    workers = app.workers
+    reg = workers.get(name) or next((r for r in workers.values() if getattr(r.source, "__name__", None) == name), None)
+    if reg is None or reg.source is None:
+        known = ", ".join(sorted(workers)) or "none"
+        raise CliError(f"{target} registers no worker named {name!r} (it registers: {known})", EXIT_USAGE)
+    return reg.source  # type: ignore[return-value]
+
+
 def cmd_enqueue(ns: argparse.Namespace) -> int:
-    args = json.loads(ns.args_json) if ns.args_json is not None else [_arg(a) for a in ns.args]
+    if ns.args_json is not None and ns.args:
+        raise CliError("give the arguments either one by one or as --args-json, not both", EXIT_USAGE)
+    try:
+        args = json.loads(ns.args_json) if ns.args_json is not None else [_arg(a) for a in ns.args]
+    except ValueError as exc:
+        raise CliError(f"--args-json is not JSON: {exc}", EXIT_USAGE) from None
     if not isinstance(args, list):
         raise CliError("--args-json must be a JSON array", EXIT_USAGE)
-    app = Kiq(ns.redis_url, namespace=ns.namespace, buffer=False)
-    job = Job(ns.class_name, args, queue=ns.queue, retry=ns.retry)
+    if ns.app is None:
+        job = Job(ns.class_name, args, queue=ns.queue or "default", retry=True if ns.retry is None else ns.retry)
+        url, namespace, timestamps = ns.redis_url, ns.namespace, "seconds"
+    else:
+        app = load_app(ns.app)
+        worker = _find_worker(app, ns.app, ns.class_name)
+        job = worker.new(*args)  # checked against perform's signature
+        given = {k: v for k, v in (("queue", ns.queue), ("retry", ns.retry)) if v is not None}
+        job = job.set(**given)
+        used = {"queue": job.queue, "retry": job.retry, **job.options}
+        used.update({k: v for k in ("unique_for", "expires_in") if (v := getattr(job, k)) is not None})
+        said = ", ".join(f"{k}={v}{' (command line)' if k in given else ''}" for k, v in used.items())
+        print(f"kiq: enqueueing {job.class_name} with the options of the worker {ns.app} registers: {said}",
+              file=sys.stderr)
+        url, namespace, timestamps = ns.redis_url or app.redis_url, ns.namespace or app.namespace, app.timestamps
+    ns.redis_url = url or os.environ.get("REDIS_URL") or DEFAULT_URL  # what an error names
+    app = Kiq(ns.redis_url, namespace=namespace, timestamps=timestamps, buffer=False)
     jid = app.enqueue(job, delay=ns.delay, at=ns.at, sync=True)
     print(jid)
     return 0
@@ -186,6 +238,98 @@ def cmd_queues(ns: argparse.Namespace) -> int:
     return 0
 
 
+#: The sets `kiq jobs` and the --all actions take, by their command-line names.
+_SET_NAMES = {"retry": "retries", "dead": "dead", "scheduled": "scheduled"}
+
+
+def _listed(api: Api, where: list[str], allowed: Sequence[str]) -> JobSet | Queue:
+    """The set or queue named on the command line: ``retry``, ``dead``, ``scheduled`` or ``queue NAME``."""
+    usage = " | ".join("queue NAME" if k == "queue" else k for k in allowed)
+    if where[:1] == ["queue"] and "queue" in allowed:
+        if len(where) != 2:
+            raise CliError("name the queue: queue NAME", EXIT_USAGE)
+        return api.queue(where[1])
+    if len(where) != 1 or where[0] not in _SET_NAMES or where[0] not in allowed:
+        raise CliError(f"expected {usage}, not {' '.join(where) or 'nothing'}", EXIT_USAGE)
+    jobset: JobSet = getattr(api, _SET_NAMES[where[0]])
+    return jobset
+
+
+def _describe(listed: JobSet | Queue) -> str:
+    return f"queue {listed.name}" if isinstance(listed, Queue) else f"the {listed.name} set"
+
+
+def _scan_note(scanned: int, size: int, max_scan: int) -> str:
+    if scanned >= max_scan and size > scanned:
+        return f" (only the first {scanned:,} of {size:,} were examined; --scan N to read further)"
+    return ""
+
+
+def cmd_jobs(ns: argparse.Namespace) -> int:
+    api = _api(ns)
+    filters = {"class_name": ns.class_name, "error": ns.error}
+    if ns.where == ["busy"]:
+        needle = (ns.error or "").lower()
+        rows = [r for r in map(row_of_work, api.work())
+                if (not ns.class_name or r["class"] == ns.class_name)
+                and needle in f"{r['error_class'] or ''}: {r['error_message'] or ''}".lower()]
+        footer = f"{len(rows)} running"
+        rows = rows[ns.start: ns.start + ns.limit]
+    else:
+        listed = _listed(api, ns.where, ("retry", "dead", "scheduled", "queue"))
+        page = listed.select(**filters, limit=ns.limit, start=ns.start, max_scan=ns.scan)
+        at = "enqueued_at" if isinstance(listed, Queue) else "at"
+        rows = [row_of(j, getattr(j, at)) for j in page.jobs]
+        more = f"; more: --start {page.next}" if page.next is not None else ""
+        footer = (f"{len(rows)} shown of {page.size:,} in {_describe(listed)}{more}"
+                  + _scan_note(page.scanned, page.size, ns.scan))
+    if ns.json:
+        print(json.dumps(rows, ensure_ascii=False))
+    else:
+        print(render_table(rows) if rows else "no jobs")
+        print(footer, file=sys.stderr)
+    return 0
+
+
+def _confirm(question: str, yes: bool) -> bool:
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        raise CliError(f"{question} Add --yes to confirm (standard input is not a terminal)", EXIT_USAGE)
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
+def cmd_all(ns: argparse.Namespace) -> int:
+    """``kiq retry --all ...`` / ``kiq delete --all ...``: count, confirm, act."""
+    api = _api(ns)
+    allowed = ("retry", "dead", "scheduled") if ns.command == "retry" else ("retry", "dead", "scheduled", "queue")
+    listed = _listed(api, ns.target, allowed)
+    filters = {"class_name": ns.class_name, "error": ns.error}
+    matching, scanned, size = listed.count(**filters, max_scan=ns.scan)
+    what = " ".join(f for f in (f"of class {ns.class_name}" if ns.class_name else "",
+                                f"with {ns.error!r} in their error" if ns.error else "") if f)
+    where = _describe(listed)
+    if not matching:
+        raise CliError(f"no jobs {what + ' ' if what else ''}in {where}{_scan_note(scanned, size, ns.scan)}",
+                       EXIT_NOT_FOUND)
+    verb = "Run" if ns.command == "retry" else "Delete"
+    if not _confirm(f"{verb} {matching:,} jobs {what + ' ' if what else ''}in {where}"
+                    f"{' now' if ns.command == 'retry' else ''}?{_scan_note(scanned, size, ns.scan)}", ns.yes):
+        print("nothing done")
+        return EXIT_NOT_FOUND
+    if ns.command == "retry":
+        assert isinstance(listed, JobSet)
+        done, gone = listed.retry_all(**filters, max_scan=ns.scan)
+    elif not ns.class_name and not ns.error:
+        listed.clear()
+        done, gone = matching, 0
+    else:
+        done, gone = listed.delete_all(**filters, max_scan=ns.scan)
+    past = "enqueued now from" if ns.command == "retry" else "deleted from"
+    print(f"{done:,} jobs {past} {where}" + (f"; {gone:,} were gone before their turn" if gone else ""))
+    return 0
+
+
 #: Where each action looks for the jid, in order.
 _SETS = {"retry": ("retries", "dead", "scheduled"), "kill": ("retries", "scheduled"),
          "delete": ("scheduled", "retries", "dead")}
@@ -193,6 +337,11 @@ _DONE = {"retry": "enqueued now", "kill": "moved to the dead set", "delete": "de
 
 
 def cmd_jid(ns: argparse.Namespace) -> int:
+    if getattr(ns, "all", False):
+        return cmd_all(ns)
+    if len(ns.target) != 1:
+        raise CliError(f"kiq {ns.command} takes one JID (or --all and a set)", EXIT_USAGE)
+    ns.jid = ns.target[0]
     api = _api(ns)
     for attr in _SETS[ns.command]:
         jobset = getattr(api, attr)
@@ -213,7 +362,9 @@ def cmd_cancel(ns: argparse.Namespace) -> int:
     if _api(ns).cancel(ns.jid) == "deleted":
         print(f"{ns.jid}: deleted (it had not started)")
     else:
-        print(f"{ns.jid}: cancellation requested (the process running it sees it at its next heartbeat)")
+        print(f"{ns.jid}: cancellation requested. The process running it sees the request at its next heartbeat "
+              "(5 s): an async job is then cancelled; a sync job stops only where it calls "
+              "current_job().raise_if_cancelled(), and one that never does runs to its end and succeeds")
     return 0
 
 
@@ -265,21 +416,52 @@ def cmd_web(ns: argparse.Namespace) -> int:
 # -- parser -----------------------------------------------------------------
 
 
-def _redis_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-r", "--redis-url", default=os.environ.get("REDIS_URL") or DEFAULT_URL,
-                   help="Redis URL (default $REDIS_URL, else %(default)s)")
+def version_text() -> str:
+    """kiq's version, how its core was built, and the Python it runs on (for bug reports)."""
+    return (
+        f"kiq {_kiq.__version__} ({os.path.dirname(os.path.abspath(_kiq.__file__))})\n"
+        f"core: {_kiq.BUILD_INFO}; {os.path.basename(_kiq.__file__)}\n"
+        f"python: {platform.python_implementation()} {platform.python_version()} ({sys.executable})"
+    )
+
+
+class _Version(argparse.Action):
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print kiq's version, its core's build and the Python")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(version_text())
+        parser.exit()
+
+
+
+def _redis_options(p: argparse.ArgumentParser, *, app_first: bool = False) -> None:
+    if app_first:  # --app's own URL comes before $REDIS_URL
+        p.add_argument("-r", "--redis-url", help="Redis URL (default: the --app's, else $REDIS_URL, else "
+                       f"{DEFAULT_URL})")
+    else:
+        p.add_argument("-r", "--redis-url", default=os.environ.get("REDIS_URL") or DEFAULT_URL,
+                       help="Redis URL (default $REDIS_URL, else %(default)s)")
     p.add_argument("--namespace", help="key prefix of a redis-namespace Sidekiq app")
+
+
+def _filter_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--class", dest="class_name", metavar="CLASS", help="only jobs of this class")
+    p.add_argument("--error", metavar="TEXT", help="only jobs whose error contains TEXT (any case)")
+    p.add_argument("--scan", type=_positive, default=100_000, metavar="N",
+                   help="read at most N entries looking for matches (default %(default)s)")
 
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="kiq", description="Sidekiq-compatible background jobs for Python.")
+    top.add_argument("-V", "--version", action=_Version)
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", aliases=["worker"], help="run an app's workers until SIGTERM or SIGINT")
     p.add_argument("target", help="module:attribute of a Kiq (or of a function returning one), or a module")
     p.add_argument("-q", "--queue", action="append", type=_queue_limit, metavar="QUEUE[:N]",
                    help="queue to work and its concurrency (repeatable; replaces the app's queues)")
-    p.add_argument("-c", "--concurrency", type=int, help="concurrency of each queue without its own")
+    p.add_argument("-c", "--concurrency", type=_positive, help="concurrency of each queue without its own")
     p.add_argument("-t", "--timeout", type=float, help="shutdown timeout in seconds (default: the app's, 25)")
     p.add_argument("-g", "--tag", help="tag shown next to the process on the Busy page")
     p.add_argument("--health", metavar="HOST:PORT",
@@ -290,19 +472,32 @@ def parser() -> argparse.ArgumentParser:
                    help="exit gracefully (status 0) once resident memory passes MIB mebibytes")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--json-logs", action="store_true", help="one JSON object per log line")
+    p.add_argument("-r", "--redis-url", help="Redis URL (default: the app's, which defaults to $REDIS_URL)")
+    p.add_argument("--namespace", help="key prefix of a redis-namespace Sidekiq app (default: the app's)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("enqueue", help="push one job (to a kiq or a Ruby worker)")
     p.add_argument("class_name", metavar="CLASS", help='the job class, e.g. HardJob or "Billing::Invoice"')
     p.add_argument("args", nargs="*", help="arguments, each JSON if it parses (5, true, {...}) else a string")
     p.add_argument("--args-json", help="all arguments as one JSON array instead")
-    p.add_argument("-q", "--queue", default="default")
-    p.add_argument("--retry", type=_retry, default=True, help="true, false or a number of retries")
+    p.add_argument("--app", metavar="MODULE:ATTR",
+                   help="the app registering CLASS: its worker's queue, retry and options apply (and its Redis)")
+    p.add_argument("-q", "--queue", help="queue (default: the worker's with --app, else default)")
+    p.add_argument("--retry", type=_retry, help="true, false or a number of retries (default: the worker's, else true)")
     when = p.add_mutually_exclusive_group()
     when.add_argument("--in", dest="delay", type=float, metavar="SECONDS", help="run it this many seconds from now")
     when.add_argument("--at", type=float, metavar="EPOCH", help="run it at this Unix time")
-    _redis_options(p)
+    _redis_options(p, app_first=True)
     p.set_defaults(func=cmd_enqueue)
+
+    p = sub.add_parser("jobs", help="list the jobs of a set or queue, or the running ones")
+    p.add_argument("where", nargs="+", metavar="retry|dead|scheduled|busy|queue NAME")
+    _filter_options(p)
+    p.add_argument("--limit", type=_positive, default=25, help="jobs to show (default %(default)s)")
+    p.add_argument("--start", type=int, default=0, help="position to start from (the previous listing says)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _redis_options(p)
+    p.set_defaults(func=cmd_jobs)
 
     for name, help_text in (("stats", "totals, as the Web UI's dashboard shows"), ("queues", "queues, sizes, latency")):
         p = sub.add_parser(name, help=help_text)
@@ -311,12 +506,19 @@ def parser() -> argparse.ArgumentParser:
         p.set_defaults(func=cmd_stats if name == "stats" else cmd_queues)
 
     for name, help_text in (
-        ("retry", "run a retrying, dead or scheduled job now"),
+        ("retry", "run a retrying, dead or scheduled job now (--all: every one of a set)"),
         ("kill", "move a retrying or scheduled job to the dead set"),
-        ("delete", "delete a scheduled, retrying, dead or queued job"),
+        ("delete", "delete a scheduled, retrying, dead or queued job (--all: every one of a set or queue)"),
     ):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("jid")
+        if name == "kill":
+            p.add_argument("target", nargs=1, metavar="JID")
+        else:
+            sets = "retry|dead|scheduled" + ("|queue NAME" if name == "delete" else "")
+            p.add_argument("target", nargs="+", metavar=f"JID | --all {sets}")
+            p.add_argument("--all", action="store_true", help=f"act on every job of {sets} (with the filters)")
+            _filter_options(p)
+            p.add_argument("-y", "--yes", action="store_true", help="do not ask before acting")
         _redis_options(p)
         p.set_defaults(func=cmd_jid)
 
@@ -374,6 +576,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = parser().parse_args(argv)
     try:
         code: int = ns.func(ns)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`kiq jobs dead | head`): stop quietly, and keep
+        # the interpreter from complaining when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except CliError as exc:
         print(f"kiq: {exc}", file=sys.stderr)
         return exc.code
@@ -381,7 +589,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         url = getattr(ns, "redis_url", None) or "Redis"
         print(f"kiq: cannot reach Redis at {url}: {exc}", file=sys.stderr)
         return EXIT_REDIS
-    except (ConfigError, gen.GenError) as exc:
+    except (ConfigError, ArgumentError, gen.GenError) as exc:
+        cause = exc.__cause__
+        if cause is not None and not isinstance(cause, KiqError):
+            # An import or a call of the user's code failed: where, exactly, matters.
+            traceback.print_exception(cause, file=sys.stderr)
         print(f"kiq: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KiqTimeoutError as exc:

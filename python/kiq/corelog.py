@@ -4,10 +4,15 @@ Core threads never wait for the GIL, so they queue their records; one daemon
 thread per process (started on first use) moves them into the ``kiq``
 logger. The core only produces records at or above the level the ``kiq``
 logger has when a Kiq app starts.
+
+At exit that thread is stopped and joined before the interpreter finalizes:
+a thread still inside the core then would be ended by ``pthread_exit``,
+whose forced unwinding through the core's frames can crash the process.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 
@@ -24,6 +29,7 @@ _LEVELS = {
 }
 _lock = threading.Lock()
 _thread: threading.Thread | None = None
+_closing = threading.Event()
 
 
 def _core_level(logger: logging.Logger) -> str:
@@ -47,6 +53,16 @@ def _pump() -> None:
             logger.warning("kiq core dropped %d log records (nobody read them in time)", dropped)
         for level, _target, message in records:
             logger.log(_LEVELS.get(level, logging.INFO), "%s", message)
+        if _closing.is_set():
+            return
+
+
+def _stop() -> None:
+    """At exit (after apps flushed and stopped): the pump leaves the core and ends."""
+    _closing.set()
+    _kiq.wake_logs()
+    if _thread is not None:
+        _thread.join(5.0)
 
 
 def start() -> None:
@@ -57,3 +73,4 @@ def start() -> None:
         if _thread is None:
             _thread = threading.Thread(target=_pump, name="kiq-core-log", daemon=True)
             _thread.start()
+            atexit.register(_stop)  # registered first, so it runs after the apps' own exit handlers

@@ -21,6 +21,7 @@ from kiq._kiq import (
 )
 
 __all__ = [
+    "ArgumentError",
     "BufferFullError",
     "CodecError",
     "ConfigError",
@@ -37,6 +38,12 @@ __all__ = [
     "UndeliverableError",
     "UnknownWorkerError",
 ]
+
+
+class ArgumentError(KiqError, TypeError):
+    """A job's arguments do not fit its worker's ``perform`` (too few or too
+    many), found when the job is built (``HardJob.new(...)``,
+    ``perform_async``), not when it runs. Also a :class:`TypeError`."""
 
 
 class UnknownWorkerError(KiqError):

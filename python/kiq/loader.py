@@ -25,7 +25,7 @@ def _import(name: str) -> ModuleType:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
         if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
-            raise ConfigError(f"no module named {name!r} (looked in the current directory and sys.path)") from exc
+            raise ConfigError(f"no module named {name!r} (looked in the current directory and sys.path)") from None
         raise ConfigError(f"importing {name!r} failed: {type(exc).__name__}: {exc}") from exc
     except Exception as exc:
         raise ConfigError(f"importing {name!r} failed: {type(exc).__name__}: {exc}") from exc

@@ -5,7 +5,10 @@ handlers; the package adds a ``NullHandler`` so nothing prints unless the
 application configures logging. Each job logs (from the thread running it):
 
 - ``job_started`` and ``job_success`` (with ``elapsed`` seconds) at INFO,
-- ``job_failure`` (with ``error`` class, message and ``retry_count``) at WARNING,
+- ``job_failure`` (with ``error`` class, message, ``retry_count``, ``max_retries``,
+  ``went``: retry, dead or discard, and for a retry ``retry`` as ``"2/25"`` and
+  ``next_retry_at``) at WARNING,
+- ``job_dead`` (a job that just went to the dead set, with its error) at WARNING,
 - ``job_aborted`` (with ``reason``) at WARNING,
 
 each record carrying the fields in ``record.kiq`` (``event``, ``class``,

@@ -42,6 +42,8 @@ class Registered:
     #: ``kwargs`` is None except for ActiveJob jobs with Ruby keyword arguments.
     call: Callable[[list[Any], str, dict[str, Any] | None], Any]
     is_async: bool = False
+    #: The worker class or function worker registered (registering it again is a no-op).
+    source: object = dataclasses.field(default=None, compare=False)
 
 
 def register(w: WorkerLike) -> Registered:
@@ -54,13 +56,13 @@ def register(w: WorkerLike) -> Registered:
             instance.jid = jid
             return instance.perform(*args) if kwargs is None else instance.perform(*args, **kwargs)
 
-        return Registered(cls.wire_name(), cls.kiq_options, call, inspect.iscoroutinefunction(cls.perform))
+        return Registered(cls.wire_name(), cls.kiq_options, call, inspect.iscoroutinefunction(cls.perform), cls)
     if isinstance(w, FunctionWorker):
         fn = w.fn
         def call_fn(args: list[Any], _jid: str, kwargs: dict[str, Any] | None) -> Any:
             return fn(*args) if kwargs is None else fn(*args, **kwargs)
 
-        return Registered(w.wire_name(), w.kiq_options, call_fn, inspect.iscoroutinefunction(fn))
+        return Registered(w.wire_name(), w.kiq_options, call_fn, inspect.iscoroutinefunction(fn), w)
     raise TypeError(f"{w!r} is not a kiq worker: subclass kiq.Worker or decorate a function with @kiq.worker")
 
 
@@ -239,9 +241,11 @@ class Processor:
         except JobCancelledError:
             self.cancelled(d, job)
         except BaseException as exc:  # noqa: BLE001 - every failure is recorded, as Sidekiq's retry does
-            self.failed(d, reg, exc)
+            fate = self.failed(d, reg, exc)
             for r in reporters:
                 r.put(("handle_failure", job, (exc, exc.__traceback__)))  # type: ignore[arg-type]
+                if fate.went == "dead":
+                    r.put(("handle_death", job, (exc,)))  # type: ignore[arg-type]
         else:
             self.server.complete(d)
             elapsed = time.perf_counter() - start
@@ -275,16 +279,16 @@ class Processor:
         for r in self.reporters:
             r.put(("handle_aborted", job, ("cancelled",)))  # type: ignore[arg-type]
 
-    def failed(self, d: _kiq.Delivery, reg: Registered | None, exc: BaseException) -> None:
+    def failed(self, d: _kiq.Delivery, reg: Registered | None, exc: BaseException) -> _kiq.Fate:
+        """Hands the failure to the core's retry path and logs where the job went."""
         opts = reg.options if reg is not None else None
         wanted = d.backtrace if d.backtrace is not None else (opts.backtrace if opts else False)
         lines = backtrace_lines(exc) if wanted else None
-        retry_count = d.retry_count
         cls, message = error_class(exc), error_message(exc)
         if opts is None:
-            self.server.fail(d, cls, message, backtrace=lines)
+            fate = self.server.fail(d, cls, message, backtrace=lines)
         else:
-            self.server.fail(
+            fate = self.server.fail(
                 d,
                 cls,
                 message,
@@ -295,21 +299,65 @@ class Processor:
                 retry_queue=opts.retry_queue,
             )
         if logger.isEnabledFor(logging.WARNING):
+            fields = {"class": d.class_name, "queue": d.queue, "jid": d.jid, "error": cls, "error_message": message}
             logger.warning(
-                "job_failure %s jid=%s queue=%s error=%s: %s",
+                "job_failure %s jid=%s queue=%s error=%s: %s; %s",
                 d.class_name,
                 d.jid,
                 d.queue,
                 cls,
                 message,
+                fate_text(fate),
                 exc_info=(type(exc), exc, exc.__traceback__),
-                extra={"kiq": {"event": "job_failure", "class": d.class_name, "queue": d.queue, "jid": d.jid,
-                               "error": cls, "error_message": message, "retry_count": retry_count}},
+                extra={"kiq": {"event": "job_failure", **fields, **fate_fields(fate)}},
             )
+            if fate.went == "dead":
+                logger.warning("job_dead %s jid=%s queue=%s error=%s: %s (retry_count=%d)", d.class_name, d.jid,
+                               d.queue, cls, message, fate.retry_count,
+                               extra={"kiq": {"event": "job_dead", **fields, "retry_count": fate.retry_count}})
+        return fate
 
     def unknown(self, d: _kiq.Delivery) -> UnknownWorkerError:
         """The error of a job whose class no registered worker has."""
         known = ", ".join(sorted(self.workers)) or "none"
         return UnknownWorkerError(
             f"no worker is registered for class {d.class_name!r} in this process (registered: {known})"
+            + script_hint(d.class_name, self.workers)
         )
+
+
+def script_hint(class_name: str, registered: Mapping[str, Registered]) -> str:
+    """Why a job misses a worker that differs only by ``__main__``: its module ran as a script."""
+    _, _, short = class_name.rpartition(".")
+    for name in registered:
+        module, _, other = name.rpartition(".")
+        if other == short and name != class_name and "__main__" in (module, class_name.rpartition(".")[0]):
+            return (
+                f". {name!r} and {class_name!r} are one worker seen from two sides: a module run as a script "
+                "(python tasks.py) is named __main__, so its workers' names start with __main__ while code that "
+                f"imports it calls them by module. Give the worker a fixed name (name={short!r} in its options), "
+                "or start workers with kiq run MODULE:app"
+            )
+    return ""
+
+
+def fate_text(fate: _kiq.Fate) -> str:
+    """Where a failed job went, for the failure log line."""
+    limit = "its retry_for window" if fate.max_retries is None else str(fate.max_retries)
+    if fate.went == "retry" and fate.retry_at is not None:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(fate.retry_at))
+        return (f"retry {fate.retry_count + 1} of {limit} at {when} (in {max(0.0, fate.retry_at - time.time()):.0f}s),"
+                f" retry_count={fate.retry_count}")
+    if fate.max_retries == 0 and fate.went == "discard":
+        return "not retried (retry: false), dropped"
+    where = "moved to the dead set" if fate.went == "dead" else "dropped (dead: false)"
+    return f"out of retries ({fate.retry_count} of {limit}), {where}, retry_count={fate.retry_count}"
+
+
+def fate_fields(fate: _kiq.Fate) -> dict[str, Any]:
+    """The fate as structured log fields."""
+    out: dict[str, Any] = {"retry_count": fate.retry_count, "max_retries": fate.max_retries, "went": fate.went}
+    if fate.retry_at is not None:
+        out["retry"] = f"{fate.retry_count + 1}/{fate.max_retries if fate.max_retries is not None else '-'}"
+        out["next_retry_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(fate.retry_at))
+    return out

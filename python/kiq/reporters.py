@@ -3,7 +3,8 @@
 Subclass :class:`Reporter`, override the handlers you need, and pass
 instances as ``Kiq(extra_reporters=[...])``. For each job a reporter sees, in
 order: ``handle_started``, then one of ``handle_success`` /
-``handle_failure`` / ``handle_aborted``, then ``handle_stopped``.
+``handle_failure`` / ``handle_aborted`` (after ``handle_failure``,
+``handle_death`` when the job went to the dead set), then ``handle_stopped``.
 
 Each reporter runs on a thread of its own, fed by a queue, so a reporter that
 is slow or raises never slows down or breaks job processing: its first error
@@ -77,6 +78,10 @@ class Reporter:
 
     def handle_failure(self, job: JobInfo, error: BaseException, traceback: TracebackType | None) -> None:
         """The job raised ``error``; it goes to the retry set, the dead set or nowhere as its options say."""
+
+    def handle_death(self, job: JobInfo, error: BaseException) -> None:
+        """The job ran out of retries and went to the dead set (Sidekiq's death handlers); called
+        after ``handle_failure``. Not called for jobs dropped instead (``retry=False``, ``dead=False``)."""
 
     def handle_aborted(self, job: JobInfo, reason: str) -> None:
         """The job did not complete for ``reason`` (``"shutdown"``: handed back at a stop; ``"expired"``)."""

@@ -9,17 +9,19 @@ while ``scope="shared"`` sees every job. :mod:`kiq.testing` reads and runs them.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import json
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from kiq import _kiq
 from kiq.activejob import is_wrapper
 
-__all__ = ["Sandbox", "SandboxJob", "current_scope"]
+__all__ = ["DefaultMode", "Sandbox", "SandboxJob", "current_scope", "default_mode"]
 
 _scope: contextvars.ContextVar[object | None] = contextvars.ContextVar("kiq_sandbox_scope", default=None)
 
@@ -57,6 +59,24 @@ class SandboxJob:
         return parsed
 
     @property
+    def error_class(self) -> str | None:
+        """The error class of its last failure (a job in ``state="retry"`` or ``"dead"``), else None."""
+        value = self.item.get("error_class")
+        return value if isinstance(value, str) else None
+
+    @property
+    def error_message(self) -> str | None:
+        """The error message of its last failure, else None."""
+        value = self.item.get("error_message")
+        return value if isinstance(value, str) else None
+
+    @property
+    def retry_count(self) -> int | None:
+        """``retry_count`` after its last failure (0 after the first), else None."""
+        value = self.item.get("retry_count")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
     def delay(self) -> float | None:
         """Seconds from the enqueue to its run time, for scheduled jobs."""
         return None if self.at is None else self.at - self.enqueued
@@ -92,3 +112,27 @@ class Sandbox:
         mine = current_scope()
         with self._lock:
             self.jobs = [j for j in self.jobs if not (scope == "shared" or j.scope == mine)]
+
+
+class DefaultMode:
+    """Whether a ``Kiq`` built without ``test_mode`` is sandboxed: the switch
+    kiq's pytest plugin turns on while tests run (as Sidekiq's
+    ``require "sidekiq/testing"`` makes fake mode the default). Off outside
+    pytest; the plugin sets it per test (see :mod:`kiq.pytest_plugin`)."""
+
+    def __init__(self) -> None:
+        self.sandbox = False
+        #: Why, for error messages: e.g. ``"kiq's pytest plugin"``.
+        self.why = ""
+
+    @contextlib.contextmanager
+    def set(self, sandbox: bool, why: str) -> Iterator[None]:
+        saved = self.sandbox, self.why
+        self.sandbox, self.why = sandbox, why
+        try:
+            yield
+        finally:
+            self.sandbox, self.why = saved
+
+
+default_mode = DefaultMode()

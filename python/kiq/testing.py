@@ -36,7 +36,7 @@ from kiq.reporters import ReporterThread
 from kiq.redis_server import RedisServer
 from kiq.sandbox import Sandbox, SandboxJob, _scope, current_scope
 from kiq.tracing import TRACE_FIELDS
-from kiq.worker import FunctionWorker, Worker, WorkerLike
+from kiq.worker import WorkerLike, is_worker
 
 __all__ = [
     "RedisServer",
@@ -73,7 +73,7 @@ def _name(worker: WorkerLike | str | None, class_name: str | None) -> str | None
         return class_name
     if isinstance(worker, str):
         return worker
-    if isinstance(worker, FunctionWorker) or (isinstance(worker, type) and issubclass(worker, Worker)):
+    if is_worker(worker):
         return worker.wire_name()
     raise ConfigError(f"expected a worker or a class name, not {worker!r}")
 
@@ -226,20 +226,21 @@ class _DrainServer:
     def abandon(self, d: _Delivery) -> None:
         d.settled = True
 
-    def fail(self, d: _Delivery, error_class: str, error_message: str, **opts: Any) -> None:
+    def fail(self, d: _Delivery, error_class: str, error_message: str, **opts: Any) -> _kiq.Fate:
         d.settled = True
         self.ran += 1
-        kind, at, payload = _kiq.decide_failure(
+        fate, payload = _kiq.decide_failure(
             d.job.payload, d.queue, error_class, error_message, max_retries=self.app.max_retries,
             timestamps=self.app.timestamps, **opts,
         )
         job = d.job
-        if kind == "discard" or payload is None:
+        if payload is None:
             _sandbox(self.app).remove(job)
-            return
-        job.payload, job.at = payload, at
+            return fate
+        job.payload, job.at = payload, fate.retry_at
         job.queue = json.loads(payload).get("queue", job.queue)
-        job.state = "retry" if kind == "retry" else "dead"
+        job.state = fate.went
+        return fate
 
 
 def drain(app: Kiq, *, scope: str = "sandbox", retries: bool = True, max_runs: int = 10_000) -> int:

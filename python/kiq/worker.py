@@ -10,10 +10,16 @@ A function worker is the decorator form::
     @worker(queue="events", retry=3, name="Billing::InvoiceJob")
     def invoice(invoice_id: int) -> None: ...
 
-Either way ``X.new(*args)`` builds a :class:`~kiq.Job`, and a
+Either way ``X.new(*args)`` builds a :class:`~kiq.Job` (its arguments checked
+against the signature of ``perform``, or of the function), and a
 :class:`~kiq.Kiq` app given the worker runs jobs whose ``class`` is its name.
 The name defaults to ``module.QualName``; set ``name=`` to answer to a Ruby
 class name (``"HardJob"``, ``"Billing::InvoiceJob"``).
+
+A worker registered in exactly one app also has Sidekiq's verbs, which enqueue
+to that app: ``X.perform_async(*args)``, ``X.perform_in(seconds, *args)``,
+``X.perform_at(when, *args)`` and ``X.set(queue=..., retry=...)``. The worker
+keeps weak references to the apps that registered it; nothing is process-global.
 """
 
 from __future__ import annotations
@@ -21,18 +27,132 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
+import inspect
+import sys
+import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, Protocol, TypeGuard, TypeVar, overload
 
-from kiq.errors import ConfigError
-from kiq.job import DEFAULT_QUEUE, Job, check_encrypt, check_unique_and_expiry
+from kiq.errors import ArgumentError, ConfigError
+from kiq.job import DEFAULT_QUEUE, Enqueued, Job, check_encrypt, check_unique_and_expiry
 
-__all__ = ["FunctionWorker", "Worker", "WorkerOptions", "worker"]
+if TYPE_CHECKING:
+    from kiq.app import Kiq
+
+__all__ = ["Configured", "FunctionWorker", "Worker", "WorkerOptions", "worker"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 _UNSET: Any = object()
+
+#: Positional arguments a callable takes: (fewest, most).
+Arity = tuple[int, int]
+_ANY_ARITY: Arity = (0, sys.maxsize)
+
+
+def arity(fn: Callable[..., Any], *, method: bool) -> Arity:
+    """How many positional arguments ``fn`` takes (``self`` left out for a method);
+    any number when its signature cannot be read."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return _ANY_ARITY
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if method and params and params[0].kind in positional:
+        params = params[1:]
+    fewest = most = 0
+    for p in params:
+        if p.kind in positional:
+            most += 1
+            fewest += p.default is inspect.Parameter.empty
+        elif p.kind is inspect.Parameter.VAR_POSITIONAL:
+            most = sys.maxsize
+    return fewest, most
+
+
+def arguments_error(name: str, fn: Callable[..., Any], given: Sequence[Any], method: bool) -> ArgumentError:
+    fewest, most = arity(fn, method=method)
+    takes = f"{fewest}" if fewest == most else f"{fewest} to {most}" if most < sys.maxsize else f"at least {fewest}"
+    try:
+        params = [p for p in inspect.signature(fn).parameters][1 if method else 0:]
+    except (TypeError, ValueError):
+        params = []
+    return ArgumentError(
+        f"{name} takes {takes} argument{'s' if most != 1 else ''} ({', '.join(params)}), but the job was given "
+        f"{len(given)}: {list(given)!r}"
+    )
+
+
+def bind(w: WorkerLike, app: Kiq) -> None:
+    """Notes that ``app`` registered worker ``w`` (a weak reference, for the perform verbs)."""
+    apps = bound_apps(w)
+    if apps is None:
+        apps = weakref.WeakSet()
+        setattr(w, "_kiq_apps", apps)  # noqa: B010 - on this class only, never inherited
+    apps.add(app)
+
+
+def bound_apps(w: WorkerLike) -> weakref.WeakSet[Kiq] | None:
+    found: weakref.WeakSet[Kiq] | None = (w.__dict__ if isinstance(w, type) else vars(w)).get("_kiq_apps")
+    return found
+
+
+def the_app(w: WorkerLike, verb: str) -> Kiq:
+    """The one app ``w`` is registered in, for ``perform_async`` and the like."""
+    apps = list(bound_apps(w) or ())
+    if len(apps) == 1:
+        return apps[0]
+    name = w.__name__ if isinstance(w, type) else w.fn.__name__
+    if not apps:
+        raise ConfigError(
+            f"{name}.{verb}() has no app to enqueue to: {name} is not registered in any kiq.Kiq. Register it "
+            f"(Kiq(workers=[{name}]) or app.register({name})), or enqueue explicitly: app.enqueue({name}.new(...))"
+        )
+    raise ConfigError(
+        f"{name}.{verb}() cannot choose between the {len(apps)} kiq.Kiq apps {name} is registered in "
+        f"({', '.join(sorted(repr(a) for a in apps))}); enqueue explicitly on the one you mean: "
+        f"app.enqueue({name}.new(...))"
+    )
+
+
+class _Performs(Protocol[P]):
+    """What the verbs of a class worker take their argument types from: its ``perform``."""
+
+    def perform(self, *args: P.args, **kwargs: P.kwargs) -> Any: ...
+
+
+class Configured(Generic[P]):
+    """A worker with options changed for the jobs built from it: what
+    ``Worker.set(...)`` returns (Sidekiq's ``HardJob.set(queue: "critical")``).
+
+    ``.new(*args)`` builds a job; ``perform_async``, ``perform_in`` and
+    ``perform_at`` enqueue one to the app the worker is registered in.
+    """
+
+    def __init__(self, worker: WorkerLike, options: dict[str, Any]) -> None:
+        self.worker = worker
+        self.options = options
+        worker.kiq_options.job(worker.wire_name(), ()).set(**options)  # bad options fail here, not later
+
+    def new(self, *args: P.args, **kwargs: P.kwargs) -> Job:
+        job: Job = self.worker.new(*args, **kwargs)
+        return job.set(**self.options)
+
+    def perform_async(self, *args: P.args, **kwargs: P.kwargs) -> Enqueued:
+        """Enqueues a job to run now."""
+        return the_app(self.worker, "perform_async").enqueue(self.new(*args, **kwargs))
+
+    def perform_in(self, interval: float | dt.timedelta, *args: P.args, **kwargs: P.kwargs) -> Enqueued:
+        """Enqueues a job to run ``interval`` seconds (or a timedelta) from now."""
+        return the_app(self.worker, "perform_in").enqueue(self.new(*args, **kwargs), delay=interval)
+
+    def perform_at(self, when: dt.datetime | float, *args: P.args, **kwargs: P.kwargs) -> Enqueued:
+        """Enqueues a job to run at ``when`` (a datetime or epoch seconds)."""
+        return the_app(self.worker, "perform_at").enqueue(self.new(*args, **kwargs), at=when)
+
+    def __repr__(self) -> str:
+        return f"<{self.worker.wire_name()} set {self.options}>"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -134,6 +254,8 @@ class Worker:
     """
 
     kiq_options: ClassVar[WorkerOptions] = WorkerOptions()
+    #: Positional arguments ``perform`` takes, read once per class.
+    _kiq_arity: ClassVar[Arity] = _ANY_ARITY
     jid: str = ""
 
     def __init_subclass__(
@@ -162,6 +284,7 @@ class Worker:
             queue=queue, retry=retry, dead=dead, backtrace=backtrace, retry_queue=retry_queue, tags=tags, name=name,
             unique_for=unique_for, unique_until=unique_until, expires_in=expires_in, timeout=timeout, encrypt=encrypt,
         )
+        cls._kiq_arity = arity(cls.perform, method=True)
 
     def perform(self, *args: Any) -> Any:
         """Runs one job with its arguments; raise to fail it. May be ``async def``."""
@@ -173,9 +296,66 @@ class Worker:
         return cls.kiq_options.name or f"{cls.__module__}.{cls.__qualname__}"
 
     @classmethod
-    def new(cls, *args: Any) -> Job:
-        """A job for this worker with these arguments."""
-        return cls.kiq_options.job(cls.wire_name(), args)
+    def new(cls: type[_Performs[P]], *args: P.args, **kwargs: P.kwargs) -> Job:
+        """A job for this worker with these arguments, which must fit ``perform``
+        (else :class:`~kiq.errors.ArgumentError`, at once)."""
+        w: Any = cls
+        fewest, most = w._kiq_arity
+        if kwargs or not fewest <= len(args) <= most:
+            raise _bad_arguments(w, args, kwargs)
+        return w.kiq_options.job(w.wire_name(), args)  # type: ignore[no-any-return]
+
+    @classmethod
+    def perform_async(cls: type[_Performs[P]], *args: P.args, **kwargs: P.kwargs) -> Enqueued:
+        """Enqueues a job to run now, to the one app this worker is registered in
+        (Sidekiq's ``perform_async``); ``app.enqueue(X.new(...))`` names the app."""
+        w: Any = cls
+        return the_app(w, "perform_async").enqueue(w.new(*args, **kwargs))
+
+    @classmethod
+    def perform_in(
+        cls: type[_Performs[P]], interval: float | dt.timedelta, *args: P.args, **kwargs: P.kwargs
+    ) -> Enqueued:
+        """Enqueues a job to run ``interval`` seconds (or a timedelta) from now."""
+        w: Any = cls
+        return the_app(w, "perform_in").enqueue(w.new(*args, **kwargs), delay=interval)
+
+    @classmethod
+    def perform_at(cls: type[_Performs[P]], when: dt.datetime | float, *args: P.args, **kwargs: P.kwargs) -> Enqueued:
+        """Enqueues a job to run at ``when`` (a datetime or epoch seconds)."""
+        w: Any = cls
+        return the_app(w, "perform_at").enqueue(w.new(*args, **kwargs), at=when)
+
+    @classmethod
+    def set(cls: type[_Performs[P]], **options: Any) -> Configured[P]:
+        """This worker with options changed for the next jobs (``queue``, ``retry``,
+        ``unique_for``, ``expires_in``, or payload fields such as ``tags``):
+        ``HardJob.set(queue="critical").perform_async("bob", 5)``."""
+        return Configured(cls, options)  # type: ignore[arg-type]
+
+
+def is_worker(value: object) -> TypeGuard[WorkerLike]:
+    """Whether ``value`` is a worker class or a function worker."""
+    return isinstance(value, FunctionWorker) or (isinstance(value, type) and issubclass(value, Worker))
+
+
+def check_arguments(w: WorkerLike, args_list: Sequence[Sequence[Any]]) -> None:
+    """Raises :class:`~kiq.errors.ArgumentError` for the first argument list that does not fit ``w``."""
+    fewest, most = w._kiq_arity
+    for args in args_list:
+        if not fewest <= len(args) <= most:
+            raise _bad_arguments(w, tuple(args), {})
+
+
+def _bad_arguments(w: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> ArgumentError | ConfigError:
+    if kwargs:
+        return ConfigError(
+            f"{w.wire_name()}.new() takes positional arguments only (Sidekiq jobs have no keyword arguments); "
+            f"got {sorted(kwargs)}"
+        )
+    if isinstance(w, FunctionWorker):
+        return arguments_error(f"{w.fn.__name__}()", w.fn, args, method=False)
+    return arguments_error(f"{w.__name__}.perform()", w.perform, args, method=True)
 
 
 class FunctionWorker(Generic[P, R]):
@@ -187,6 +367,7 @@ class FunctionWorker(Generic[P, R]):
     def __init__(self, fn: Callable[P, R], options: WorkerOptions) -> None:
         self.fn = fn
         self.kiq_options = options
+        self._kiq_arity = arity(fn, method=False)
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -196,17 +377,32 @@ class FunctionWorker(Generic[P, R]):
         return self.kiq_options.name or f"{self.fn.__module__}.{self.fn.__qualname__}"
 
     def new(self, *args: P.args, **kwargs: P.kwargs) -> Job:
-        """A job calling the function with these positional arguments.
+        """A job calling the function with these positional arguments, which must
+        fit its signature (else :class:`~kiq.errors.ArgumentError`, at once).
 
         Sidekiq jobs carry positional arguments only; pass a dict as the last
         argument where keyword-style data is wanted.
         """
-        if kwargs:
-            raise ConfigError(
-                f"{self.wire_name()}.new() takes positional arguments only (Sidekiq jobs have no keyword "
-                f"arguments); got {sorted(kwargs)}"
-            )
+        fewest, most = self._kiq_arity
+        if kwargs or not fewest <= len(args) <= most:
+            raise _bad_arguments(self, args, kwargs)
         return self.kiq_options.job(self.wire_name(), args)
+
+    def perform_async(self, *args: P.args, **kwargs: P.kwargs) -> Enqueued:
+        """Enqueues a job to run now, to the one app this worker is registered in."""
+        return the_app(self, "perform_async").enqueue(self.new(*args, **kwargs))
+
+    def perform_in(self, interval: float | dt.timedelta, *args: P.args, **kwargs: P.kwargs) -> Enqueued:
+        """Enqueues a job to run ``interval`` seconds (or a timedelta) from now."""
+        return the_app(self, "perform_in").enqueue(self.new(*args, **kwargs), delay=interval)
+
+    def perform_at(self, when: dt.datetime | float, *args: P.args, **kwargs: P.kwargs) -> Enqueued:
+        """Enqueues a job to run at ``when`` (a datetime or epoch seconds)."""
+        return the_app(self, "perform_at").enqueue(self.new(*args, **kwargs), at=when)
+
+    def set(self, **options: Any) -> Configured[P]:
+        """This worker with options changed for the next jobs; see :meth:`Worker.set`."""
+        return Configured(self, options)
 
     def __repr__(self) -> str:
         return f"<worker {self.wire_name()} queue={self.kiq_options.queue!r}>"

@@ -1,12 +1,14 @@
-//! What Sidekiq's Web UI does to jobs, for kiq's introspection API: find a
-//! job in a sorted set by jid, run it now, kill it, delete it.
+//! What Sidekiq's Web UI does to jobs, for kiq's introspection API and the
+//! `kiq` command: find a job in a sorted set by jid, list a set or queue page
+//! by page (filtered by class or error), run jobs now, kill them, delete them.
 //!
 //! Each change is one atomic step that first checks the job is still where it
 //! was seen, so racing with a poller or another operator never duplicates or
-//! loses a job.
+//! loses a job. Listings read bounded windows (`ZRANGE`/`LRANGE` of at most
+//! `window` entries) and stop after `max_scan` entries, whatever the set's size.
 
 use crate::error::{KiqError, Result};
-use crate::job::{Payload, field};
+use crate::job::{Payload, field, json_string};
 use crate::keys::Keys;
 use crate::pool::Pool;
 use crate::retry::RetryPolicy;
@@ -135,4 +137,292 @@ pub async fn request_cancel(pool: &Pool, keys: &Keys, jid: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// What Sidekiq's Web UI shows in place of an encrypted last argument.
+pub const ENCRYPTED_ARG: &str = "[encrypted data]";
+
+/// The JSON text of a job's `args` as it may be shown: the last argument of
+/// an encrypted job (`"encrypt": true`) is replaced by [`ENCRYPTED_ARG`], as
+/// Sidekiq's Web UI does. `[]` when the payload has no args array.
+pub fn display_args(job: &Payload) -> String {
+    let args = job.args().unwrap_or("[]");
+    if job.get(field::ENCRYPT).is_none_or(|v| matches!(v, "false" | "null")) {
+        return args.to_owned();
+    }
+    match serde_json::from_str::<Vec<&serde_json::value::RawValue>>(args) {
+        Ok(items) if !items.is_empty() => {
+            let mut shown: Vec<&str> = items[..items.len() - 1].iter().map(|v| v.get()).collect();
+            let masked = json_string(ENCRYPTED_ARG);
+            shown.push(&masked);
+            format!("[{}]", shown.join(","))
+        }
+        _ => args.to_owned(),
+    }
+}
+
+/// A sorted set or a queue, read in the order the Web UI shows it.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// `schedule` and `retry` soonest first; `dead` (with `newest_first`) latest death first.
+    Set { key: String, newest_first: bool },
+    /// A queue, next job to run first.
+    Queue { key: String },
+}
+
+/// Which jobs a listing keeps: all, or those of a class, or with an error
+/// containing some text (case-insensitive, in `error_class: error_message`).
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub class: Option<String>,
+    pub error: Option<String>,
+}
+
+impl Filter {
+    pub fn is_empty(&self) -> bool {
+        self.class.is_none() && self.error.is_none()
+    }
+
+    /// Whether a stored payload passes. An unparsable one passes only an empty filter.
+    pub fn keeps(&self, member: &str) -> bool {
+        if self.is_empty() {
+            return true;
+        }
+        let Ok(job) = Payload::parse(member) else { return false };
+        let text = |k| job.get(k).and_then(|v| serde_json::from_str::<String>(v).ok());
+        if let Some(class) = &self.class
+            && ![field::CLASS, field::WRAPPED, field::DISPLAY_CLASS].iter().any(|&k| text(k).as_deref() == Some(class))
+        {
+            return false;
+        }
+        if let Some(needle) = &self.error {
+            let error = format!(
+                "{}: {}",
+                text(field::ERROR_CLASS).unwrap_or_default(),
+                text(field::ERROR_MESSAGE).unwrap_or_default()
+            );
+            if !error.to_lowercase().contains(&needle.to_lowercase()) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Bounds of a listing.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Entries read per round trip.
+    pub window: usize,
+    /// Entries read in all before giving up (matches or not).
+    pub max_scan: usize,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Self { window: 500, max_scan: 100_000 }
+    }
+}
+
+/// A page of matching jobs.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    /// `(payload, score)` in display order; the score is None for a queue.
+    pub jobs: Vec<(String, Option<f64>)>,
+    /// Entries read.
+    pub scanned: usize,
+    /// Entries in the set or queue.
+    pub size: u64,
+    /// Position to continue from, or None when the end was reached.
+    pub next: Option<usize>,
+}
+
+async fn size(pool: &Pool, source: &Source) -> Result<u64> {
+    let cmd = match source {
+        Source::Set { key, .. } => redis::cmd("ZCARD").arg(key).clone(),
+        Source::Queue { key } => redis::cmd("LLEN").arg(key).clone(),
+    };
+    Ok(cmd.query_async(&mut pool.get()).await?)
+}
+
+/// Entries `start..start + count` of `source` in display order.
+async fn window(pool: &Pool, source: &Source, start: usize, count: usize) -> Result<Vec<(String, Option<f64>)>> {
+    let (first, last) = (start as i64, (start + count) as i64 - 1);
+    let mut conn = pool.get();
+    Ok(match source {
+        Source::Set { key, newest_first } => {
+            let cmd = if *newest_first { "ZREVRANGE" } else { "ZRANGE" };
+            let page: Vec<(String, f64)> =
+                redis::cmd(cmd).arg(key).arg(first).arg(last).arg("WITHSCORES").query_async(&mut conn).await?;
+            page.into_iter().map(|(m, s)| (m, Some(s))).collect()
+        }
+        Source::Queue { key } => {
+            // Pushed at the head, run from the tail: the next to run is index -1.
+            let page: Vec<String> =
+                redis::cmd("LRANGE").arg(key).arg(-last - 1).arg(-first - 1).query_async(&mut conn).await?;
+            page.into_iter().rev().map(|m| (m, None)).collect()
+        }
+    })
+}
+
+/// Walks `source` from display position `start`, window by window, handing
+/// each entry the filter keeps to `keep` until it has taken `limit` of them
+/// (or `bounds.max_scan` entries were read, or the end). Returns entries
+/// read and the position to continue from (None at the end).
+async fn walk(
+    pool: &Pool,
+    source: &Source,
+    filter: &Filter,
+    start: usize,
+    limit: usize,
+    bounds: Bounds,
+    mut keep: impl FnMut(String, Option<f64>),
+) -> Result<(usize, Option<usize>)> {
+    let (mut scanned, mut taken, mut pos) = (0, 0, start);
+    loop {
+        if taken == limit || scanned >= bounds.max_scan {
+            return Ok((scanned, Some(pos)));
+        }
+        let want = bounds.window.min(bounds.max_scan - scanned).max(1);
+        let page = window(pool, source, pos, want).await?;
+        let got = page.len();
+        for (member, score) in page {
+            if taken == limit {
+                return Ok((scanned, Some(pos)));
+            }
+            scanned += 1;
+            pos += 1;
+            if filter.keeps(&member) {
+                taken += 1;
+                keep(member, score);
+            }
+        }
+        if got < want {
+            return Ok((scanned, None));
+        }
+    }
+}
+
+/// Up to `limit` jobs of `source` that `filter` keeps, from display position `start`.
+pub async fn list(
+    pool: &Pool,
+    source: &Source,
+    filter: &Filter,
+    start: usize,
+    limit: usize,
+    bounds: Bounds,
+) -> Result<Listing> {
+    let size = size(pool, source).await?;
+    let mut jobs = Vec::new();
+    let (scanned, next) = walk(pool, source, filter, start, limit, bounds, |m, s| jobs.push((m, s))).await?;
+    Ok(Listing { jobs, scanned, size, next })
+}
+
+/// How many jobs of `source` the filter keeps, reading at most `bounds.max_scan`
+/// entries: `(matches, scanned, size)`. Without a filter, the size alone.
+pub async fn count(pool: &Pool, source: &Source, filter: &Filter, bounds: Bounds) -> Result<(u64, usize, u64)> {
+    let size = size(pool, source).await?;
+    if filter.is_empty() {
+        return Ok((size, 0, size));
+    }
+    let mut matches = 0;
+    let (scanned, _) = walk(pool, source, filter, 0, usize::MAX, bounds, |_, _| matches += 1).await?;
+    Ok((matches, scanned, size))
+}
+
+/// What to do to each job of a bulk action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Run now (a set member to its queue).
+    Retry,
+    Delete,
+}
+
+/// What a bulk action did: jobs acted on, jobs already gone when their turn came, entries read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Done {
+    pub done: u64,
+    pub gone: u64,
+    pub scanned: usize,
+}
+
+/// Applies `action` to every job of `source` that `filter` keeps, window by
+/// window, each job in its own atomic step; stops after `bounds.max_scan` entries.
+pub async fn act_on_all(
+    pool: &Pool,
+    keys: &Keys,
+    policy: &RetryPolicy,
+    source: &Source,
+    filter: &Filter,
+    action: Action,
+    bounds: Bounds,
+) -> Result<Done> {
+    let mut report = Done::default();
+    let mut pos = 0;
+    while report.scanned < bounds.max_scan {
+        let want = bounds.window.min(bounds.max_scan - report.scanned);
+        let page = window(pool, source, pos, want).await?;
+        let got = page.len();
+        let mut removed = 0;
+        for (member, _) in page {
+            report.scanned += 1;
+            if !filter.keeps(&member) {
+                continue;
+            }
+            let acted = match (action, source) {
+                (Action::Retry, Source::Set { key, .. }) => enqueue_now(pool, keys, policy, key, &member).await?,
+                (Action::Delete, Source::Set { key, .. }) => {
+                    redis::cmd("ZREM").arg(key).arg(&member).query_async::<i64>(&mut pool.get()).await? == 1
+                }
+                (Action::Delete, Source::Queue { key }) => {
+                    redis::cmd("LREM").arg(key).arg(1).arg(&member).query_async::<i64>(&mut pool.get()).await? == 1
+                }
+                (Action::Retry, Source::Queue { .. }) => {
+                    return Err(KiqError::config("a queued job is already waiting to run; retry takes a job set"));
+                }
+            };
+            if acted {
+                report.done += 1;
+                removed += 1;
+            } else {
+                report.gone += 1;
+            }
+        }
+        // What was acted on left the set, so the next window starts that much earlier.
+        pos += got - removed;
+        if got < want {
+            break;
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encrypted_jobs_show_their_last_argument_masked() {
+        let shown = |p: &str| display_args(&Payload::parse(p).unwrap());
+        assert_eq!(shown(r#"{"class":"X","args":[1,"c2VjcmV0"],"encrypt":true}"#), r#"[1,"[encrypted data]"]"#);
+        assert_eq!(shown(r#"{"class":"X","args":[1,{"a":2}],"encrypt":false}"#), r#"[1,{"a":2}]"#);
+        assert_eq!(shown(r#"{"class":"X","args":[1, 2]}"#), "[1, 2]");
+        assert_eq!(shown(r#"{"class":"X","args":[],"encrypt":true}"#), "[]");
+        assert_eq!(shown(r#"{"class":"X"}"#), "[]");
+    }
+
+    #[test]
+    fn filters_match_class_or_error_text() {
+        let job = r#"{"class":"ActiveJob::Wrapper","wrapped":"Mailer","args":[],"error_class":"Net::ReadTimeout","error_message":"slow"}"#;
+        let f = |class: Option<&str>, error: Option<&str>| Filter {
+            class: class.map(Into::into),
+            error: error.map(Into::into),
+        };
+        assert!(f(None, None).keeps("not json"));
+        assert!(!f(Some("X"), None).keeps("not json"));
+        assert!(f(Some("Mailer"), None).keeps(job) && f(Some("ActiveJob::Wrapper"), None).keeps(job));
+        assert!(!f(Some("Mail"), None).keeps(job));
+        assert!(f(None, Some("readtimeout: SLOW")).keeps(job) && !f(None, Some("KeyError")).keeps(job));
+        assert!(f(Some("Mailer"), Some("slow")).keeps(job) && !f(Some("Other"), Some("slow")).keeps(job));
+    }
 }

@@ -326,7 +326,9 @@ impl Fetcher {
             &self.policy,
             timestamp::now(),
             rand::random(),
-        ) {
+        )
+        .0
+        {
             Disposition::Retry { at, payload } => Settle::Retry { at, payload },
             Disposition::Dead { payload } => Settle::Dead { payload: payload.into_bytes() },
             Disposition::Discard => Settle::Discard,

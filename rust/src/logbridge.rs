@@ -62,7 +62,12 @@ pub fn install(level: log::LevelFilter) {
     log::set_max_level(level);
 }
 
-/// Waits up to `timeout` for records; returns them and how many were dropped.
+/// Wakes every thread waiting in [`drain`] (it returns what there is, maybe nothing).
+pub fn wake() {
+    queue().ready.notify_all();
+}
+
+/// Waits up to `timeout` for records (or a [`wake`]); returns them and how many were dropped.
 pub fn drain(timeout: Duration) -> (Vec<Record>, u64) {
     let q = queue();
     let mut g = q.records.lock().unwrap_or_else(PoisonError::into_inner);

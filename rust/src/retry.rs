@@ -83,9 +83,42 @@ pub enum Disposition {
     Discard,
 }
 
-/// Decides a failed job's fate and writes the failure fields into its payload.
-/// `queue` is the queue the job was taken from; `roll` is a uniform random
-/// number in `[0, 1)` for the jitter.
+/// What became of a failed job, told to the code that ran it (its log line,
+/// death handlers): where it went, its new `retry_count`, and its limit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fate {
+    pub went: Went,
+    /// The payload's `retry_count` after this failure (0 after the first).
+    pub retry_count: i64,
+    /// Retries it may have (`retry: false` is 0); None when a `retry_for`
+    /// window limits it instead of a count.
+    pub max_retries: Option<u32>,
+    /// When the next retry runs (epoch seconds), for `Went::Retry`.
+    pub retry_at: Option<f64>,
+}
+
+/// Where a failed job went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Went {
+    Retry,
+    Dead,
+    Discard,
+}
+
+impl Went {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Retry => "retry",
+            Self::Dead => "dead",
+            Self::Discard => "discard",
+        }
+    }
+}
+
+/// Decides a failed job's fate and writes the failure fields into its payload;
+/// also says what it decided, for the code that ran the job. `queue` is the
+/// queue the job was taken from; `roll` is a uniform random number in `[0, 1)`
+/// for the jitter.
 pub fn on_failure(
     mut job: Payload,
     queue: &str,
@@ -94,12 +127,16 @@ pub fn on_failure(
     policy: &RetryPolicy,
     now: f64,
     roll: f64,
-) -> Disposition {
+) -> (Disposition, Fate) {
     // A missing `retry` on a job no worker knows still retries: dropping it, as
     // Sidekiq's global handler does, would lose the job silently.
     let retry = job.retry().or(worker.retry).unwrap_or(Retry::Default);
     let max = match retry {
-        Retry::Never => return Disposition::Discard,
+        Retry::Never => {
+            let count = job.retry_count().map_or(0, |c| c + 1);
+            let fate = Fate { went: Went::Discard, retry_count: count, max_retries: Some(0), retry_at: None };
+            return (Disposition::Discard, fate);
+        }
         Retry::Default => policy.max_retries,
         Retry::Times(n) => n,
     };
@@ -128,20 +165,23 @@ pub fn on_failure(
         job.set_json(field::ERROR_BACKTRACE, json_string(&backtrace::encode(lines)));
     }
 
-    let exhausted = match job.retry_for() {
+    let window = job.retry_for();
+    let exhausted = match window {
         // Sidekiq 8.1: a time window, when given, replaces the count limit.
         Some(window) => job.failed_at().unwrap_or(now) + window < now,
         None => count >= i64::from(max),
     };
+    let fate =
+        |went, retry_at| Fate { went, retry_count: count, max_retries: window.is_none().then_some(max), retry_at };
     if exhausted {
         return if job.dead().or(worker.dead).unwrap_or(true) {
-            Disposition::Dead { payload: job.encode() }
+            (Disposition::Dead { payload: job.encode() }, fate(Went::Dead, None))
         } else {
-            Disposition::Discard
+            (Disposition::Discard, fate(Went::Discard, None))
         };
     }
     let delay = failure.retry_in.unwrap_or_else(|| backoff(count)) + jitter(policy.jitter, count, roll);
-    Disposition::Retry { at: now + delay, payload: job.encode() }
+    (Disposition::Retry { at: now + delay, payload: job.encode() }, fate(Went::Retry, Some(now + delay)))
 }
 
 /// Sidekiq's base delay before retry number `count + 1`: `count⁴ + 15` seconds.
@@ -180,7 +220,7 @@ mod tests {
             backtrace: vec!["a.py:1:in `perform'".into(), "b.py:2:in `x'".into()],
             retry_in: None,
         };
-        on_failure(Payload::parse(payload).unwrap(), "default", &failure, worker, &RetryPolicy::default(), NOW, 0.0)
+        on_failure(Payload::parse(payload).unwrap(), "default", &failure, worker, &RetryPolicy::default(), NOW, 0.0).0
     }
 
     #[test]
@@ -273,6 +313,23 @@ mod tests {
             &WorkerOptions::default(),
         );
         assert!(matches!(d, Disposition::Dead { .. }));
+    }
+
+    #[test]
+    fn the_fate_says_where_the_job_went_and_its_count() {
+        let failure = Failure { error_class: "E".into(), ..Default::default() };
+        let decide = |payload: &str| {
+            let job = Payload::parse(payload).unwrap();
+            on_failure(job, "default", &failure, &WorkerOptions::default(), &RetryPolicy::default(), NOW, 0.0).1
+        };
+        let f = decide(r#"{"class":"X","args":[],"retry":3}"#);
+        assert_eq!(f, Fate { went: Went::Retry, retry_count: 0, max_retries: Some(3), retry_at: Some(NOW + 15.0) });
+        let f = decide(r#"{"class":"X","args":[],"retry":3,"retry_count":2}"#);
+        assert_eq!(f, Fate { went: Went::Dead, retry_count: 3, max_retries: Some(3), retry_at: None });
+        let f = decide(r#"{"class":"X","args":[],"retry":false,"retry_count":0}"#);
+        assert_eq!(f, Fate { went: Went::Discard, retry_count: 1, max_retries: Some(0), retry_at: None });
+        let f = decide(r#"{"class":"X","args":[],"retry_for":60}"#);
+        assert_eq!((f.went, f.max_retries), (Went::Retry, None));
     }
 
     #[test]

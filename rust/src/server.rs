@@ -32,12 +32,15 @@ use crate::orphans::Recoverer;
 use crate::periodic::{Clock, Entry, Periodic};
 use crate::poison::{self, Verdict};
 use crate::pool::Pool;
-use crate::retry::{self, Disposition, Failure, RetryPolicy, WorkerOptions};
+use crate::retry::{self, Disposition, Failure, Fate, RetryPolicy, WorkerOptions};
 use crate::runtime;
 use crate::scheduled::{PollConfig, Poller};
 use crate::scripts;
 use crate::timestamp;
 use crate::work::{self, Work, WorkSet};
+
+/// How often a wait for a Web UI signal checks whether a stop began.
+const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -450,14 +453,14 @@ impl Server {
     }
 
     /// Records a job as failed, sending it to the retry set, the dead set or
-    /// nowhere, as its options say.
-    pub fn fail(&self, d: Delivery, failure: &Failure, worker: &WorkerOptions) {
+    /// nowhere, as its options say; returns where it went.
+    pub fn fail(&self, d: Delivery, failure: &Failure, worker: &WorkerOptions) -> Fate {
         self.end(&d, false);
         let queue = self.lanes[d.lane].name.clone();
         let raw = d.payload.source().to_owned();
         let lane = d.lane;
         let lock = unlock_of(&d);
-        let disposition = retry::on_failure(
+        let (disposition, fate) = retry::on_failure(
             d.payload,
             &queue,
             failure,
@@ -473,6 +476,7 @@ impl Server {
             Disposition::Discard => (Settle::Discard, lock),
         };
         self.send(lane, raw.into_bytes(), settle, true, unlock);
+        fate
     }
 
     /// Gives a job up without a result (stop deadline passed): it stays in
@@ -497,9 +501,21 @@ impl Server {
         self.work.len()
     }
 
-    /// The next signal from the Web UI (TSTP has already quieted the server).
+    /// The next signal from the Web UI (TSTP has already quieted the server);
+    /// None after `timeout`, and soon after a stop begins, so the thread
+    /// waiting here can be joined before the interpreter exits.
     pub fn next_signal(&self, timeout: Duration) -> Option<Signal> {
-        self.signals.lock().unwrap_or_else(PoisonError::into_inner).recv_timeout(timeout).ok()
+        let rx = self.signals.lock().unwrap_or_else(PoisonError::into_inner);
+        let deadline = Instant::now() + timeout;
+        while self.state() != RunState::Stopping {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left.min(SIGNAL_POLL)) {
+                Ok(signal) => return Some(signal),
+                Err(sync_mpsc::RecvTimeoutError::Timeout) if !left.is_zero() => {}
+                Err(_) => return None,
+            }
+        }
+        None
     }
 
     fn send(&self, lane: usize, raw: Vec<u8>, settle: Settle, failed: bool, unlock: Option<(String, String)>) {

@@ -240,3 +240,76 @@ fn heartbeat_registers_the_process_and_its_running_jobs() {
     let day7: Vec<String> = rt.block_on(conn.keys("j|*")).unwrap();
     assert_eq!(day7.len(), 3, "Sidekiq 7 minute hash and Sidekiq 8 minute and ten-minute hashes: {day7:?}");
 }
+
+#[test]
+fn listings_read_bounded_windows_filter_and_act_on_all() {
+    use _kiq::admin::{self, Action, Bounds, Filter, Source};
+    let redis = support::RedisServer::start();
+    let rt = _kiq::runtime::get();
+    let _g = rt.enter();
+    let pool = Pool::new(RedisConfig::new(redis.url())).unwrap();
+    let mut conn = pool.get();
+    let members: Vec<(f64, String)> = (0..25)
+        .map(|i| {
+            let (class, error) = if i % 5 == 0 { ("Hard", "Timeout::Error") } else { ("Easy", "KeyError") };
+            let job = format!(
+                r#"{{"class":"{class}","args":[{i}],"queue":"default","jid":"j{i}","error_class":"{error}","error_message":"m{i}","retry_count":0}}"#
+            );
+            (1000.0 + f64::from(i), job)
+        })
+        .collect();
+    let _: () = rt.block_on(conn.zadd_multiple("retry", &members)).unwrap();
+    let retry = Source::Set { key: "retry".into(), newest_first: false };
+    let small = Bounds { window: 4, max_scan: 100 };
+
+    let page = rt.block_on(admin::list(&pool, &retry, &Filter::default(), 0, 3, small)).unwrap();
+    assert_eq!(page.jobs.iter().map(|(_, s)| s.unwrap()).collect::<Vec<_>>(), vec![1000.0, 1001.0, 1002.0]);
+    assert_eq!((page.size, page.next), (25, Some(3)));
+    let hard = Filter { class: Some("Hard".into()), error: None };
+    let page = rt.block_on(admin::list(&pool, &retry, &hard, 0, 100, small)).unwrap();
+    assert_eq!(page.jobs.len(), 5);
+    assert_eq!((page.scanned, page.next), (25, None));
+    let timeouts = Filter { class: None, error: Some("timeout".into()) };
+    assert_eq!(rt.block_on(admin::count(&pool, &retry, &timeouts, small)).unwrap(), (5, 25, 25));
+    let capped = Bounds { window: 4, max_scan: 10 };
+    let page = rt.block_on(admin::list(&pool, &retry, &hard, 0, 100, capped)).unwrap();
+    assert_eq!((page.jobs.len(), page.scanned, page.next), (2, 10, Some(10)));
+    let dead_first = Source::Set { key: "retry".into(), newest_first: true };
+    let page = rt.block_on(admin::list(&pool, &dead_first, &Filter::default(), 0, 1, small)).unwrap();
+    assert_eq!(page.jobs[0].1, Some(1024.0));
+
+    let policy = RetryPolicy::default();
+    let done = rt.block_on(admin::act_on_all(&pool, &Keys::default(), &policy, &retry, &hard, Action::Retry, small));
+    assert_eq!(done.unwrap(), admin::Done { done: 5, gone: 0, scanned: 25 });
+    let queued: Vec<String> = rt.block_on(conn.lrange("queue:default", 0, -1)).unwrap();
+    assert_eq!(queued.len(), 5);
+    assert!(queued.iter().all(|j| j.contains(r#""class":"Hard""#) && j.contains(r#""retry_count":-1"#)));
+    let done = rt.block_on(admin::act_on_all(
+        &pool,
+        &Keys::default(),
+        &policy,
+        &retry,
+        &Filter::default(),
+        Action::Delete,
+        small,
+    ));
+    assert_eq!(done.unwrap().done, 20);
+    let left: i64 = rt.block_on(conn.zcard("retry")).unwrap();
+    assert_eq!(left, 0);
+
+    let queue = Source::Queue { key: "queue:default".into() };
+    let page = rt.block_on(admin::list(&pool, &queue, &Filter::default(), 1, 2, small)).unwrap();
+    let args: Vec<String> =
+        page.jobs.iter().map(|(m, _)| Payload::parse(m.as_str()).unwrap().args().unwrap().to_owned()).collect();
+    assert_eq!(args, vec!["[5]", "[10]"], "next to run first");
+    let done = rt.block_on(admin::act_on_all(
+        &pool,
+        &Keys::default(),
+        &policy,
+        &queue,
+        &Filter::default(),
+        Action::Delete,
+        small,
+    ));
+    assert_eq!(done.unwrap().done, 5);
+}

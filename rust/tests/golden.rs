@@ -65,7 +65,8 @@ fn a_failure_keeps_every_field_it_does_not_own() {
             &RetryPolicy::default(),
             1.8e9,
             0.5,
-        );
+        )
+        .0;
         let payload = match out {
             Disposition::Retry { payload, .. } | Disposition::Dead { payload } => payload,
             Disposition::Discard => panic!("{name}: discarded"),

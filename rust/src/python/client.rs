@@ -189,6 +189,26 @@ impl Client {
         }
     }
 
+    /// What a listing is about: a job set ("schedule", "retry", "dead") or a
+    /// queue ("queue" and its name), the jobs kept, and how much to read.
+    #[allow(clippy::too_many_arguments)]
+    fn query(
+        &self,
+        kind: &str,
+        name: Option<&str>,
+        class: Option<String>,
+        error: Option<String>,
+        window: usize,
+        max_scan: usize,
+    ) -> PyResult<(admin::Source, admin::Filter, admin::Bounds)> {
+        let source = match (kind, name) {
+            ("queue", Some(q)) => admin::Source::Queue { key: self.keys.queue(q) },
+            ("queue", None) => return Err(ConfigError::new_err("listing a queue needs its name")),
+            (set, _) => admin::Source::Set { key: self.set_key(set)?, newest_first: set == "dead" },
+        };
+        Ok((source, admin::Filter { class, error }, admin::Bounds { window: window.max(1), max_scan }))
+    }
+
     fn send(&self, py: Python<'_>, items: Vec<PushItem>) -> PyResult<()> {
         let pool = self.pool.clone();
         let keys = self.keys.clone();
@@ -559,6 +579,80 @@ impl Client {
         let (pool, keys) = (self.pool.clone(), self.keys.clone());
         let policy = RetryPolicy { dead_limit, dead_timeout_secs: dead_timeout, ..RetryPolicy::default() };
         gil::block_on(py, async move { admin::kill(&pool, &keys, &policy, &key, &member).await })
+    }
+
+    /// Up to `limit` jobs of a set ("schedule", "retry", "dead") or queue ("queue",
+    /// `name`) in the Web UI's order, from position `start`, of class `class_name`
+    /// and with `error` in their error: `(jobs as (payload, score), entries read,
+    /// size, position to continue from or None at the end)`. Reads `window`
+    /// entries per round trip, `max_scan` in all.
+    #[pyo3(signature = (kind, name = None, *, class_name = None, error = None, start = 0, limit = 100, window = 500, max_scan = 100_000))]
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn list_jobs(
+        &self,
+        py: Python<'_>,
+        kind: &str,
+        name: Option<&str>,
+        class_name: Option<String>,
+        error: Option<String>,
+        start: usize,
+        limit: usize,
+        window: usize,
+        max_scan: usize,
+    ) -> PyResult<(Vec<(String, Option<f64>)>, usize, u64, Option<usize>)> {
+        let (source, filter, bounds) = self.query(kind, name, class_name, error, window, max_scan)?;
+        let pool = self.pool.clone();
+        let l = gil::block_on(py, async move { admin::list(&pool, &source, &filter, start, limit, bounds).await })?;
+        Ok((l.jobs, l.scanned, l.size, l.next))
+    }
+
+    /// How many jobs of a set or queue match: `(matches, entries read, size)`.
+    #[pyo3(signature = (kind, name = None, *, class_name = None, error = None, window = 500, max_scan = 100_000))]
+    #[allow(clippy::too_many_arguments)]
+    fn count_jobs(
+        &self,
+        py: Python<'_>,
+        kind: &str,
+        name: Option<&str>,
+        class_name: Option<String>,
+        error: Option<String>,
+        window: usize,
+        max_scan: usize,
+    ) -> PyResult<(u64, usize, u64)> {
+        let (source, filter, bounds) = self.query(kind, name, class_name, error, window, max_scan)?;
+        let pool = self.pool.clone();
+        gil::block_on(py, async move { admin::count(&pool, &source, &filter, bounds).await })
+    }
+
+    /// Runs now ("retry") or deletes ("delete") every matching job of a set
+    /// or queue, each in its own atomic step: `(done, already gone, entries read)`.
+    #[pyo3(signature = (action, kind, name = None, *, class_name = None, error = None, window = 500, max_scan = 100_000))]
+    #[allow(clippy::too_many_arguments)]
+    fn act_on_jobs(
+        &self,
+        py: Python<'_>,
+        action: &str,
+        kind: &str,
+        name: Option<&str>,
+        class_name: Option<String>,
+        error: Option<String>,
+        window: usize,
+        max_scan: usize,
+    ) -> PyResult<(u64, u64, usize)> {
+        let action = match action {
+            "retry" => admin::Action::Retry,
+            "delete" => admin::Action::Delete,
+            other => {
+                return Err(ConfigError::new_err(format!("action must be \"retry\" or \"delete\", not {other:?}")));
+            }
+        };
+        let (source, filter, bounds) = self.query(kind, name, class_name, error, window, max_scan)?;
+        let (pool, keys) = (self.pool.clone(), self.keys.clone());
+        let policy = RetryPolicy { unit: self.unit, ..RetryPolicy::default() };
+        let d = gil::block_on(py, async move {
+            admin::act_on_all(&pool, &keys, &policy, &source, &filter, action, bounds).await
+        })?;
+        Ok((d.done, d.gone, d.scanned))
     }
 
     /// Asks the process running job `jid` to cancel it (it sees the request at its next heartbeat).

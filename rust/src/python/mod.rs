@@ -9,6 +9,7 @@ mod convert;
 mod cron;
 mod crypto;
 mod errors;
+mod fate;
 mod gil;
 mod marshal;
 mod options;
@@ -35,6 +36,8 @@ mod _kiq {
         BufferFullError, CodecError, ConfigError, ConnectionError, CrontabError, DecryptionError, KiqError,
         ShutdownError, TimeoutError, UndeliverableError,
     };
+    #[pymodule_export]
+    use super::fate::Fate;
     #[pymodule_export]
     use super::server::{Delivery, Server};
 
@@ -81,7 +84,7 @@ mod _kiq {
     }
 
     /// What the retry path does with a failed payload, without Redis (sandbox
-    /// mode): returns `(kind, at, payload)`, kind "retry", "dead" or "discard".
+    /// mode): returns its `Fate` and the payload to keep (None when discarded).
     #[pyfunction]
     #[pyo3(signature = (payload, queue, error_class, error_message, *, backtrace = None, retry = None, dead = None, backtrace_option = None, retry_queue = None, max_retries = 25, timestamps = "seconds"))]
     #[allow(clippy::too_many_arguments)]
@@ -97,7 +100,7 @@ mod _kiq {
         retry_queue: Option<String>,
         max_retries: u32,
         timestamps: &str,
-    ) -> PyResult<(&'static str, Option<f64>, Option<String>)> {
+    ) -> PyResult<(super::fate::Fate, Option<String>)> {
         use crate::retry::{Disposition, Failure, RetryPolicy, WorkerOptions, on_failure};
         let job = errors::py_result(crate::job::Payload::parse(payload))?;
         let worker = WorkerOptions {
@@ -109,11 +112,21 @@ mod _kiq {
         let unit = super::options::unit(timestamps)?;
         let policy = RetryPolicy { max_retries, unit, jitter: super::options::jitter(unit), ..RetryPolicy::default() };
         let failure = Failure { error_class, error_message, backtrace: backtrace.unwrap_or_default(), retry_in: None };
-        Ok(match on_failure(job, queue, &failure, &worker, &policy, crate::timestamp::now(), rand::random()) {
-            Disposition::Retry { at, payload } => ("retry", Some(at), Some(payload)),
-            Disposition::Dead { payload } => ("dead", None, Some(payload)),
-            Disposition::Discard => ("discard", None, None),
-        })
+        let (disposition, fate) =
+            on_failure(job, queue, &failure, &worker, &policy, crate::timestamp::now(), rand::random());
+        let payload = match disposition {
+            Disposition::Retry { payload, .. } | Disposition::Dead { payload } => Some(payload),
+            Disposition::Discard => None,
+        };
+        Ok((fate.into(), payload))
+    }
+
+    /// A job's `args` as they may be shown (an encrypted job's last argument
+    /// masked as Sidekiq's Web UI does); `[]` when the payload has none.
+    #[pyfunction]
+    fn display_args<'py>(py: Python<'py>, payload: &str) -> PyResult<Bound<'py, pyo3::PyAny>> {
+        let job = errors::py_result(crate::job::Payload::parse(payload))?;
+        super::convert::json_to_py(py, &crate::admin::display_args(&job))
     }
 
     /// A new 24-hex-digit job id.
@@ -150,9 +163,17 @@ mod _kiq {
         (out, dropped)
     }
 
+    /// Makes a `drain_logs` call waiting in another thread return now.
+    #[pyfunction]
+    fn wake_logs() {
+        crate::logbridge::wake();
+    }
+
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        // "rustc <version>, <target>, <profile>", written by build.rs.
+        m.add("BUILD_INFO", env!("KIQ_BUILD_INFO"))?;
         // Wire names the Python layer matches on, spelled once in the core.
         m.add("ACTIVE_JOB_WRAPPER", crate::activejob::WRAPPER)?;
         m.add("SIDEKIQ_ACTIVE_JOB_WRAPPER", crate::activejob::SIDEKIQ_WRAPPER)?;

@@ -11,6 +11,7 @@ use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use super::client::{Client, Extra, keys_for, new_job};
 use super::convert::value_to_py;
 use super::errors::{CrontabError, ShutdownError, py_result};
+use super::fate::Fate;
 use super::{gil, options};
 use crate::crontab;
 use crate::heartbeat::{BeatConfig, ProcessInfo};
@@ -366,6 +367,7 @@ impl Server {
     }
 
     /// The job raised. The worker's options apply where the payload has none.
+    /// Returns where it went (its `Fate`).
     #[pyo3(signature = (delivery, error_class, error_message, *, backtrace = None, retry = None, dead = None, backtrace_option = None, retry_queue = None, retry_in = None))]
     #[allow(clippy::too_many_arguments)]
     fn fail(
@@ -380,7 +382,7 @@ impl Server {
         backtrace_option: Option<&Bound<'_, PyAny>>,
         retry_queue: Option<String>,
         retry_in: Option<f64>,
-    ) -> PyResult<()> {
+    ) -> PyResult<Fate> {
         let worker = WorkerOptions {
             retry: retry.map(options::retry).transpose()?,
             dead,
@@ -390,10 +392,7 @@ impl Server {
         let failure = Failure { error_class, error_message, backtrace: backtrace.unwrap_or_default(), retry_in };
         let d = delivery.take()?;
         let inner = self.inner.clone();
-        gil::run(py, move || {
-            inner.fail(d, &failure, &worker);
-            Ok(())
-        })
+        gil::run(py, move || Ok(inner.fail(d, &failure, &worker).into()))
     }
 
     /// Gives the job up without a result; a stop hands it back to its queue.
