@@ -1,0 +1,72 @@
+"""Every Lua script names every key it touches in KEYS (never a key built
+inside the script), so kiq runs behind proxies that route by key and on
+Redis-compatible servers that require it; and each file's header lists its
+KEYS and ARGV. A static check of the scripts' source."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = sorted((Path(__file__).parent.parent / "rust" / "src" / "scripts").glob("*.lua"))
+CALL = re.compile(r"redis\.p?call\(\s*'([A-Za-z]+)'\s*,\s*([^,)]+)")
+ASSIGN = re.compile(r"\b(?:local\s+)?(\w+)\s*=\s*KEYS\[")
+FUNC = re.compile(r"local function (\w+)\(([^)]*)\)")
+
+
+def key_like(source: str) -> set[str]:
+    """Names that only ever hold a key from KEYS: locals assigned from it, and
+    parameters of local functions whose every call passes such a key."""
+    names = set(ASSIGN.findall(source))
+    funcs = {name: [p.strip() for p in params.split(",") if p.strip()] for name, params in FUNC.findall(source)}
+    changed = True
+    while changed:
+        changed = False
+        for func, params in funcs.items():
+            for i, param in enumerate(params):
+                if param in names:
+                    continue
+                calls = [c for c in re.finditer(rf"\b{func}\(([^)]*)\)", source)
+                         if not source[max(0, c.start() - 15):c.start()].endswith("function ")]
+                args = [[a.strip() for a in c.group(1).split(",")] for c in calls]
+                if args and all(len(a) > i and is_key(a[i], names) for a in args):
+                    names.add(param)
+                    changed = True
+    return names
+
+
+def is_key(expr: str, names: set[str]) -> bool:
+    return expr.startswith("KEYS[") or expr in names
+
+
+def undeclared(source: str) -> list[str]:
+    names = key_like(source)
+    return [f"{cmd} {arg.strip()}" for cmd, arg in CALL.findall(source) if not is_key(arg.strip(), names)]
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
+def test_every_key_comes_from_keys(path: Path) -> None:
+    source = "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("--"))
+    assert CALL.search(source), f"{path.name} calls no command?"
+    assert undeclared(source) == [], f"{path.name} touches keys not passed in KEYS"
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
+def test_the_header_names_keys_and_argv(path: Path) -> None:
+    text = path.read_text()
+    header = "\n".join(line for line in text.splitlines() if line.startswith("--"))
+    for n in sorted(set(re.findall(r"KEYS\[(\d+)\]", text))):
+        assert re.search(rf"KEYS\[{n}", header) or "KEYS[" in header and "..]" in header, \
+            f"{path.name}: KEYS[{n}] is not described in the header"
+    assert "ARGV" in header or "ARGV" not in text
+
+
+def test_the_check_catches_a_key_built_inside() -> None:
+    assert set(undeclared("redis.call('GET', 'queue:' .. ARGV[1])")) == {"GET 'queue:' .. ARGV[1]"}
+    bad = "local k = ARGV[2]\nredis.call('DEL', k)"
+    assert undeclared(bad) == ["DEL k"]
+    ok = "local function kind(key) return redis.call('TYPE', key) end\nkind(KEYS[1])\nlocal w = KEYS[2]\nkind(w)"
+    assert undeclared(ok) == []
+    assert undeclared(ok + "\nkind(ARGV[1])") == ["TYPE key"]
