@@ -16,19 +16,13 @@
 
 use std::fmt;
 
+use crate::error::{KiqError, Result};
 use crate::timestamp::civil_from_days;
 
-/// A crontab that failed to parse, with a message naming the field and text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CronError(pub String);
-
-impl fmt::Display for CronError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+/// A crontab that failed to parse: `KiqError::Crontab`, its message naming the field and text.
+fn cron_error(message: String) -> KiqError {
+    KiqError::Crontab(message)
 }
-
-impl std::error::Error for CronError {}
 
 const NAMES: [&str; 5] = ["minute", "hour", "day of month", "month", "day of week"];
 const RANGES: [(u32, u32); 5] = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)];
@@ -61,7 +55,7 @@ fn bits(lo: u32, hi: u32) -> u64 {
     (lo..=hi).fold(0, |b, v| b | (1u64 << v))
 }
 
-fn value(text: &str, field: usize, whole: &str) -> Result<u32, CronError> {
+fn value(text: &str, field: usize, whole: &str) -> Result<u32> {
     let names: &[&str] = match field {
         3 => &MONTHS,
         4 => &DAYS,
@@ -72,7 +66,7 @@ fn value(text: &str, field: usize, whole: &str) -> Result<u32, CronError> {
         return Ok(if field == 3 { i as u32 + 1 } else { i as u32 });
     }
     let (lo, hi) = RANGES[field];
-    let bad = |why: String| CronError(format!("crontab {whole:?}: {} field {text:?}: {why}", NAMES[field]));
+    let bad = |why: String| cron_error(format!("crontab {whole:?}: {} field {text:?}: {why}", NAMES[field]));
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) || text.len() > 3 {
         let hint = if names.is_empty() {
             String::new()
@@ -88,8 +82,8 @@ fn value(text: &str, field: usize, whole: &str) -> Result<u32, CronError> {
     Ok(n)
 }
 
-fn parse_field(text: &str, field: usize, whole: &str) -> Result<Field, CronError> {
-    let bad = |why: &str| CronError(format!("crontab {whole:?}: {} field {text:?}: {why}", NAMES[field]));
+fn parse_field(text: &str, field: usize, whole: &str) -> Result<Field> {
+    let bad = |why: &str| cron_error(format!("crontab {whole:?}: {} field {text:?}: {why}", NAMES[field]));
     let (lo, hi) = RANGES[field];
     let mut out = Field { bits: 0, star: false, mentions_star: text.contains('*') };
     for item in text.split(',') {
@@ -143,7 +137,7 @@ fn parse_field(text: &str, field: usize, whole: &str) -> Result<Field, CronError
 
 impl Crontab {
     /// Parses a crontab; see the module docs for the grammar.
-    pub fn parse(expr: &str) -> Result<Self, CronError> {
+    pub fn parse(expr: &str) -> Result<Self> {
         let trimmed = expr.trim();
         let expanded = match trimmed.to_ascii_lowercase().as_str() {
             "@yearly" | "@annually" => "0 0 1 1 *",
@@ -152,7 +146,7 @@ impl Crontab {
             "@daily" | "@midnight" => "0 0 * * *",
             "@hourly" => "0 * * * *",
             m if m.starts_with('@') => {
-                return Err(CronError(format!(
+                return Err(cron_error(format!(
                     "crontab {expr:?}: unknown macro (use @yearly, @annually, @monthly, @weekly, @daily, @midnight or @hourly)"
                 )));
             }
@@ -160,12 +154,12 @@ impl Crontab {
         };
         let parts: Vec<&str> = expanded.split([' ', '\t']).filter(|p| !p.is_empty()).collect();
         if parts.len() != 5 {
-            return Err(CronError(format!(
+            return Err(cron_error(format!(
                 "crontab {expr:?} has {} fields; it needs 5 (minute hour day-of-month month day-of-week) or a macro like @daily",
                 parts.len()
             )));
         }
-        let f: Vec<Field> = parts.iter().enumerate().map(|(i, p)| parse_field(p, i, expr)).collect::<Result<_, _>>()?;
+        let f: Vec<Field> = parts.iter().enumerate().map(|(i, p)| parse_field(p, i, expr)).collect::<Result<_>>()?;
         let full_days = bits(1, 31);
         let full_weekdays = bits(0, 6);
         let dom_free = f[2].star || (f[2].bits == full_days && f[4].mentions_star);

@@ -16,6 +16,9 @@ pub enum KiqError {
     /// A setting given to kiq is invalid.
     #[error("{0}")]
     Config(String),
+    /// A crontab expression is invalid (a kind of `Config`): the message names the field and text.
+    #[error("{0}")]
+    Crontab(String),
     /// A wait ran out of time.
     #[error("{0}")]
     Timeout(String),

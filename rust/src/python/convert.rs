@@ -216,9 +216,8 @@ pub fn redis_to_py<'py>(py: Python<'py>, v: &redis::Value) -> PyResult<Bound<'py
             }
             dict.into_any()
         }
-        Value::ServerError(e) => {
-            return Err(super::errors::ConnectionError::new_err(format!("redis: {e:?}")));
-        }
+        // An error reply inside a reply: the core's error, mapped as every other is.
+        Value::ServerError(e) => return py_result(Err(crate::KiqError::Redis(e.clone().into()))),
         other => PyString::new(py, &format!("{other:?}")).into_any(),
     })
 }

@@ -2,7 +2,7 @@
 
 use pyo3::prelude::*;
 
-use super::errors::CrontabError;
+use super::errors::py_result;
 use crate::crontab;
 
 #[pyclass(module = "kiq._kiq", name = "Crontab", frozen, eq, hash)]
@@ -15,7 +15,7 @@ pub struct Crontab {
 impl Crontab {
     #[new]
     fn new(expr: &str) -> PyResult<Self> {
-        crontab::Crontab::parse(expr).map(|inner| Self { inner }).map_err(|e| CrontabError::new_err(e.0))
+        py_result(crontab::Crontab::parse(expr)).map(|inner| Self { inner })
     }
 
     /// Whether the minute holding `secs` (epoch seconds, UTC) matches.

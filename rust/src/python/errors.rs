@@ -55,6 +55,7 @@ impl From<PyKiqError> for PyErr {
             CoreError::Redis(_) => ConnectionError::new_err(msg),
             CoreError::Codec(_) => CodecError::new_err(msg),
             CoreError::Config(_) => ConfigError::new_err(msg),
+            CoreError::Crontab(_) => CrontabError::new_err(msg),
             CoreError::Timeout(_) => TimeoutError::new_err(msg),
             CoreError::Shutdown(_) => ShutdownError::new_err(msg),
             CoreError::BufferFull(_) => BufferFullError::new_err(msg),

@@ -10,7 +10,7 @@ use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
 use super::client::{Client, Extra, keys_for, new_job};
 use super::convert::value_to_py;
-use super::errors::{CrontabError, ShutdownError, py_result};
+use super::errors::{ShutdownError, py_result};
 use super::fate::Fate;
 use super::{gil, options};
 use crate::crontab;
@@ -135,7 +135,7 @@ fn periodic_entries(specs: &Bound<'_, PyAny>, keyring: Option<&Arc<crate::crypto
         let spec = spec?;
         let spec = spec.cast::<PyTuple>()?;
         let expr: String = spec.get_item(0)?.extract()?;
-        let crontab = crontab::Crontab::parse(&expr).map_err(|e| CrontabError::new_err(e.0))?;
+        let crontab = py_result(crontab::Crontab::parse(&expr))?;
         let retry = spec.get_item(4)?;
         let opts = spec.get_item(5)?;
         let opts = if opts.is_none() { None } else { Some(opts.cast_into::<PyDict>()?) };
