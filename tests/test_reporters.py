@@ -230,3 +230,23 @@ def test_plain_formatter_and_root_logger_untouched(make_app, r):
     make_app().start()
     assert logging.getLogger().handlers == root_handlers
     assert any(isinstance(h, logging.NullHandler) for h in logging.getLogger("kiq").handlers)
+
+
+def test_core_log_level_follows_the_kiq_logger_after_start(make_app, r, caplog):
+    """The core's records follow the ``kiq`` logger's level as it is now, not
+    as it was when some app started (no process-wide level set by the last app)."""
+    import logging
+
+    log = logging.getLogger("kiq")
+    old = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        app = make_app(heartbeat_interval=0.2)
+        app.start()
+        log.setLevel(logging.INFO)
+        caplog.set_level(logging.INFO, logger="kiq")
+        time.sleep(1.5)  # the pump re-reads the level every second
+        r.lpush(f"{app.identity}-signals", "TSTP")
+        wait_for(lambda: any("got TSTP from Redis" in m for m in caplog.messages), what="the core's INFO record")
+    finally:
+        log.setLevel(old)

@@ -2,8 +2,9 @@
 
 Core threads never wait for the GIL, so they queue their records; one daemon
 thread per process (started on first use) moves them into the ``kiq``
-logger. The core only produces records at or above the level the ``kiq``
-logger has when a Kiq app starts.
+logger. The core only produces records at or above the ``kiq`` logger's
+level, which it follows: the pump re-reads it every second, so a level set
+after an app started (or by another app) applies to every app's core alike.
 
 At exit that thread is stopped and joined before the interpreter finalizes:
 a thread still inside the core then would be ended by ``pthread_exit``,
@@ -45,10 +46,21 @@ def _core_level(logger: logging.Logger) -> str:
     return "off"
 
 
+_applied: list[str] = []  # the level the core has now (set by start() and the pump)
+
+
+def _apply(level: str) -> None:
+    if _applied != [level]:
+        _kiq.set_log_level(level)
+        _applied[:] = [level]
+
+
 def _pump() -> None:
     logger = logging.getLogger("kiq")
     while True:
-        records, dropped = _kiq.drain_logs(3600.0)
+        records, dropped = _kiq.drain_logs(1.0)
+        with _lock:
+            _apply(_core_level(logger))
         if dropped:
             logger.warning("kiq core dropped %d log records (nobody read them in time)", dropped)
         for level, _target, message in records:
@@ -68,8 +80,8 @@ def _stop() -> None:
 def start() -> None:
     """Sets the core's level from the ``kiq`` logger and starts the pump once."""
     global _thread
-    _kiq.set_log_level(_core_level(logging.getLogger("kiq")))
     with _lock:
+        _apply(_core_level(logging.getLogger("kiq")))
         if _thread is None:
             _thread = threading.Thread(target=_pump, name="kiq-core-log", daemon=True)
             _thread.start()
