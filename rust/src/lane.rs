@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::sync::Notify;
 
+use crate::batches::BatchRef;
 use crate::job::{Payload, UniqueUntil};
 use crate::marshal;
 
@@ -54,6 +55,10 @@ pub struct Delivery {
     /// An encrypted job's last argument, decrypted at fetch (its place in
     /// `args` holds the ciphertext, which is all that is ever written back).
     pub bag: Option<Box<marshal::Value>>,
+    /// Its kiq batch (a member, or a callback of one), read at fetch.
+    pub batch: Option<Box<BatchRef>>,
+    /// Its batch was invalidated: the job is skipped, not run.
+    pub batch_invalidated: bool,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -75,6 +80,8 @@ impl Delivery {
             alone: false,
             admitted: false,
             bag: None,
+            batch: None,
+            batch_invalidated: false,
         }
     }
 }

@@ -17,6 +17,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::ack::{self, Msg, Settle, Settlement};
+use crate::batches::watch::Watch;
+use crate::batches::{Outcome as BatchOutcome, Settled};
 use crate::control::{Control, RunState};
 use crate::error::{KiqError, Result};
 use crate::fetch::Fetcher;
@@ -125,6 +127,11 @@ fn unlock_of(d: &Delivery) -> Option<(String, String)> {
     d.lock.as_ref().map(|(key, _)| (key.clone(), d.jid.clone()))
 }
 
+/// The batch bookkeeping of a finished job, if it is a batch job.
+fn batch_of(d: &Delivery, outcome: BatchOutcome) -> Option<Settled> {
+    d.batch.as_deref().and_then(|b| Settled::new(b, &d.jid, outcome))
+}
+
 impl Server {
     /// Starts the background tasks on the current tokio runtime.
     #[allow(clippy::too_many_lines)]
@@ -151,6 +158,7 @@ impl Server {
         let queue_names: Vec<Arc<str>> = queues.iter().map(|(n, _)| Arc::from(n.as_str())).collect();
         let (tx, rx) = mpsc::unbounded_channel();
         let control = Control::default();
+        let watch = Arc::new(Watch::default());
         let acker = tokio::spawn(ack::run(rx, pool.clone(), keys.clone(), config.policy.clone(), identity.clone()));
         let mut tasks = Vec::new();
         for (i, lane) in lanes.iter().enumerate() {
@@ -167,6 +175,7 @@ impl Server {
                 acks: tx.clone(),
                 control: control.clone(),
                 keyring: config.keyring.clone(),
+                watch: watch.clone(),
             };
             tasks.push(tokio::spawn(fetcher.run()));
         }
@@ -425,8 +434,31 @@ impl Server {
     pub fn complete(&self, d: Delivery) {
         self.end(&d, true);
         let unlock = unlock_of(&d);
+        let batch = batch_of(&d, BatchOutcome::Ok);
         let lane = d.lane;
-        self.send(lane, d.payload.into_source().into_bytes(), Settle::Done, false, unlock);
+        self.send(lane, d.payload.into_source().into_bytes(), Settle::Done, false, unlock, batch);
+    }
+
+    /// The job's batch was invalidated: it is not run, counts as done for its
+    /// batch, and is not counted as processed (a unique lock is released).
+    pub fn skip(&self, d: Delivery) {
+        self.work.remove(d.id);
+        self.release(&d);
+        self.count_finished(Outcome::Skipped);
+        let unlock = unlock_of(&d);
+        let batch = batch_of(&d, BatchOutcome::Ok);
+        let lane = d.lane;
+        let s = Settlement {
+            wip_key: self.wip_keys[lane].clone(),
+            raw: d.payload.into_source().into_bytes(),
+            settle: Settle::Done,
+            processed: false,
+            failed: false,
+            unlock,
+            batch,
+        };
+        let _ = self.acks.send(Msg::Settle(s));
+        self.lanes[lane].finish();
     }
 
     /// The job expired before it could start: it is dropped, not run, not
@@ -436,6 +468,7 @@ impl Server {
         self.release(&d);
         self.count_finished(Outcome::Expired);
         let unlock = unlock_of(&d);
+        let batch = batch_of(&d, BatchOutcome::Ok);
         let lane = d.lane;
         let s = Settlement {
             wip_key: self.wip_keys[lane].clone(),
@@ -444,6 +477,7 @@ impl Server {
             processed: false,
             failed: false,
             unlock,
+            batch,
         };
         let _ = self.acks.send(Msg::Settle(s));
         self.lanes[lane].finish();
@@ -451,12 +485,14 @@ impl Server {
 
     /// Records a job as failed, sending it to the retry set, the dead set or
     /// nowhere, as its options say.
-    pub fn fail(&self, d: Delivery, failure: &Failure, worker: &WorkerOptions) {
+    pub fn fail(&self, mut d: Delivery, failure: &Failure, worker: &WorkerOptions) {
         self.end(&d, false);
         let queue = self.lanes[d.lane].name.clone();
         let raw = d.payload.source().to_owned();
         let lane = d.lane;
         let lock = unlock_of(&d);
+        let batch = d.batch.take();
+        let jid = std::mem::take(&mut d.jid);
         let disposition = retry::on_failure(
             d.payload,
             &queue,
@@ -467,12 +503,14 @@ impl Server {
             rand::random(),
         );
         // A failing unique job keeps its lock while it retries; one that dies releases it.
+        let outcome = BatchOutcome::of(&disposition);
         let (settle, unlock) = match disposition {
             Disposition::Retry { at, payload } => (Settle::Retry { at, payload }, None),
             Disposition::Dead { payload } => (Settle::Dead { payload: payload.into_bytes() }, lock),
-            Disposition::Discard => (Settle::Discard, lock),
+            Disposition::Discard | Disposition::Dropped => (Settle::Discard, lock),
         };
-        self.send(lane, raw.into_bytes(), settle, true, unlock);
+        let batch = batch.and_then(|b| Settled::new(&b, &jid, outcome));
+        self.send(lane, raw.into_bytes(), settle, true, unlock, batch);
     }
 
     /// Gives a job up without a result (stop deadline passed): it stays in
@@ -502,8 +540,16 @@ impl Server {
         self.signals.lock().unwrap_or_else(PoisonError::into_inner).recv_timeout(timeout).ok()
     }
 
-    fn send(&self, lane: usize, raw: Vec<u8>, settle: Settle, failed: bool, unlock: Option<(String, String)>) {
-        let s = Settlement { wip_key: self.wip_keys[lane].clone(), raw, settle, processed: true, failed, unlock };
+    fn send(
+        &self,
+        lane: usize,
+        raw: Vec<u8>,
+        settle: Settle,
+        failed: bool,
+        unlock: Option<(String, String)>,
+        batch: Option<Settled>,
+    ) {
+        let s = Settlement { wip_key: self.wip_keys[lane].clone(), raw, settle, processed: true, failed, unlock, batch };
         // After the final write the channel is closed; the job was requeued.
         let _ = self.acks.send(Msg::Settle(s));
         self.lanes[lane].finish();

@@ -32,7 +32,7 @@ mod _kiq {
     use super::crypto::{Keyring, read_envelope};
     #[pymodule_export]
     use super::errors::{
-        BufferFullError, CodecError, ConfigError, ConnectionError, CrontabError, DecryptionError, KiqError,
+        BatchError, BufferFullError, CodecError, ConfigError, ConnectionError, CrontabError, DecryptionError, KiqError,
         ShutdownError, TimeoutError, UndeliverableError,
     };
     #[pymodule_export]
@@ -112,7 +112,7 @@ mod _kiq {
         Ok(match on_failure(job, queue, &failure, &worker, &policy, crate::timestamp::now(), rand::random()) {
             Disposition::Retry { at, payload } => ("retry", Some(at), Some(payload)),
             Disposition::Dead { payload } => ("dead", None, Some(payload)),
-            Disposition::Discard => ("discard", None, None),
+            Disposition::Discard | Disposition::Dropped => ("discard", None, None),
         })
     }
 
