@@ -26,6 +26,8 @@ use crate::marshal;
 
 /// A job taken from Redis, waiting for or being run by a thread.
 #[derive(Debug)]
+// Independent flags of independent concerns (isolation, the gate, batches).
+#[allow(clippy::struct_excessive_bools)]
 pub struct Delivery {
     /// Unique within the process.
     pub id: u64,

@@ -399,7 +399,7 @@ mod tests {
     use crate::job::Retry;
 
     fn item(i: usize) -> PushItem {
-        PushItem { queue: Arc::from(if i % 2 == 0 { "a" } else { "b" }), payload: format!("{{\"n\":{i}}}"), at: None }
+        PushItem { queue: Arc::from(if i.is_multiple_of(2) { "a" } else { "b" }), payload: format!("{{\"n\":{i}}}"), at: None }
     }
 
     fn spec(bid: &str, new: bool) -> Spec {

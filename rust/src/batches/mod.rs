@@ -86,12 +86,11 @@ pub struct BatchRef {
 impl BatchRef {
     /// Read from kiq's payload fields (never from Pro's `bid`).
     pub fn of(payload: &Payload) -> Option<Self> {
-        let (bid, callback) = match payload.string(field::BATCH) {
-            Some(bid) => (bid, None),
-            None => {
-                let event = Event::parse(&payload.string(field::CALLBACK)?).ok()?;
-                (payload.string(field::CALLBACK_BATCH)?, Some(event))
-            }
+        let (bid, callback) = if let Some(bid) = payload.string(field::BATCH) {
+            (bid, None)
+        } else {
+            let event = Event::parse(&payload.string(field::CALLBACK)?).ok()?;
+            (payload.string(field::CALLBACK_BATCH)?, Some(event))
         };
         if check_bid(&bid).is_err() {
             return None;
@@ -267,7 +266,7 @@ mod tests {
     #[test]
     fn callbacks_are_checked_and_rendered_in_sidekiq_order() {
         assert!(Event::parse("sucess").unwrap_err().to_string().contains("unknown batch event"));
-        assert!(Callback::new("success", "A#b", "default", Retry::Default, "{}").unwrap_err().to_string().contains("#"));
+        assert!(Callback::new("success", "A#b", "default", Retry::Default, "{}").unwrap_err().to_string().contains('#'));
         assert!(Callback::new("success", "A", "default", Retry::Default, "[1]").is_err());
         let cb = Callback::new("death", "Billing::Done", "cb", Retry::Times(3), r#"{"k":1}"#).unwrap();
         let t = cb.template(&["B".into(), "P".into()]).unwrap();

@@ -4,6 +4,7 @@
 
 mod activejob;
 mod admin;
+mod batch;
 mod client;
 mod convert;
 mod cron;
@@ -24,6 +25,11 @@ mod _kiq {
     use super::activejob::{active_job_args, unwrap_active_job};
     #[pymodule_export]
     use super::admin::{Admin, ClassMetrics, JobView, Page, ProcessView, QueueStat, Summary, WorkView};
+    #[pymodule_export]
+    use super::batch::{
+        BatchBuilder, batch_ancestors, batch_invalidate, batch_invalidated, batch_list, batch_status,
+        check_batch_callback, new_bid,
+    };
     #[pymodule_export]
     use super::client::Client;
     #[pymodule_export]
@@ -160,6 +166,8 @@ mod _kiq {
         m.add("TRACE_CONTEXT_FIELDS", pyo3::types::PyTuple::new(m.py(), crate::job::field::TRACE_CONTEXT)?)?;
         m.add("ENCRYPT_FIELD", crate::job::field::ENCRYPT)?;
         m.add("ENCRYPTED_DATA", crate::crypto::REDACTED)?;
+        m.add("BATCH_FIELD", crate::job::field::BATCH)?;
+        m.add("PRO_BATCH_FIELD", crate::job::field::BID)?;
         Ok(())
     }
 }
