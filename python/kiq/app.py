@@ -42,6 +42,7 @@ from kiq.reporters import Reporter, ReporterThread
 from kiq.sandbox import Sandbox
 from kiq.tracing import Tracing
 from kiq.worker import FunctionWorker, Worker, WorkerLike
+from kiq.workflow import NextStep
 
 __all__ = ["Kiq", "StopResult"]
 
@@ -355,7 +356,8 @@ class Kiq:
         self._lock = threading.Lock()
         self._stop_requested = threading.Event()
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
-        self.register(*workers)
+        # kiq's own worker: chains (kiq.workflow) run their next step from any process.
+        self.register(NextStep, *workers)
         if buffer_path is not None and self._sandbox is None:
             # Jobs an earlier run left in the spool go to Redis now, not at the first enqueue.
             _ = self.client

@@ -293,7 +293,8 @@ class Batch:
     def wait(self, timeout: float | None = None, *, event: str = "success", interval: float = 0.05) -> BatchStatus:
         """Waits until ``event`` fired and returns the status. Waiting for
         ``"success"`` raises :class:`~kiq.errors.BatchError` as soon as the
-        batch has a dead job instead; ``timeout`` (seconds) raises
+        batch's ``death`` fired instead (a job of it, or of a child, died: a
+        chain stopped); ``timeout`` (seconds) raises
         :class:`~kiq.errors.TimeoutError`."""
         if event not in EVENTS:
             raise ConfigError(f"unknown batch event {event!r}: use one of {', '.join(EVENTS)}")
@@ -302,8 +303,9 @@ class Batch:
             status = self.status()
             if event in status["fired"]:
                 return status
-            if event == "success" and status.dead_jids:
-                raise BatchError(f"batch {self._bid} cannot succeed: jobs {status.dead_jids} died")
+            if event == "success" and "death" in status["fired"]:
+                where = f"jobs {status.dead_jids}" if status.dead_jids else "a job of a child batch"
+                raise BatchError(f"batch {self._bid} cannot succeed: {where} died")
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"batch {self._bid}: no {event} within {timeout}s (pending {status.pending})")
             time.sleep(interval)
