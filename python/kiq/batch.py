@@ -134,6 +134,9 @@ class _Callback:
     retry: bool | int
     options: Mapping[str, Any]
     fields: Mapping[str, Any] | None
+    #: A kiq worker's callback: the event counts as done once it ran (a class
+    #: name may be a Ruby worker, whose end kiq never sees).
+    awaited: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,14 +211,20 @@ class Batch:
         with the arguments ``(status, options)``, on the batch's
         ``callback_queue`` (else the worker's queue, else ``"default"``).
         Several callbacks may share an event. Set before the first ``jobs()``
-        block. Returns the batch."""
+        block. Returns the batch.
+
+        A kiq worker's callback is *awaited*: the event counts as done (for a
+        parent batch, whose own callbacks wait for it) once the callback job
+        succeeded. A class name may be a Ruby worker, whose end kiq never
+        sees: such a callback is pushed once and not awaited."""
         if self._exists:
             raise ConfigError(f"batch {self._bid} exists already: callbacks are set before its first jobs() block")
         if isinstance(target, str):
-            class_name, queue, retry, fields = target, "default", True, None
+            class_name, queue, retry, fields, awaited = target, "default", True, None, False
         elif isinstance(target, FunctionWorker) or (isinstance(target, type) and issubclass(target, Worker)):
             opts = target.kiq_options
             class_name, queue, retry, fields = target.wire_name(), opts.queue, opts.retry, opts.payload_options() or None
+            awaited = True
         else:
             raise ConfigError(
                 f"a batch callback target must be a kiq worker or a class name (str), not {type(target).__name__}"
@@ -224,7 +233,8 @@ class Batch:
             raise ConfigError(f"batch callback options must be a dict (Pro's options hash), not {type(options).__name__}")
         if not isinstance(event, str):
             raise ConfigError(f"a batch event is a str ({', '.join(EVENTS)}), not {event!r}")
-        callback = _Callback(event, class_name, self.callback_queue or queue, retry, dict(options or {}), fields)
+        callback = _Callback(event, class_name, self.callback_queue or queue, retry, dict(options or {}), fields,
+                             awaited)
         _kiq.check_batch_callback(callback)  # the core's checks, now rather than at the block's end
         self._callbacks.append(callback)
         return self

@@ -82,7 +82,7 @@ struct Step {
     moves: usize,
     chain: Vec<String>,
     queues: Vec<Arc<str>>,
-    meta: [String; 6],
+    meta: [String; 9],
     jobs: Vec<String>,
 }
 
@@ -192,9 +192,10 @@ impl Builder {
         ids
     }
 
-    fn meta(&self) -> Result<[String; 6]> {
+    fn meta(&self) -> Result<[String; 9]> {
         let chain = self.chain();
         let mut templates = [String::new(), String::new(), String::new()];
+        let mut awaited = [0usize; 3];
         for cb in &self.spec.callbacks {
             let slot = match cb.event {
                 Event::Complete => 0,
@@ -202,6 +203,7 @@ impl Builder {
                 Event::Death => 2,
             };
             templates[slot].push_str(&cb.template(&chain)?);
+            awaited[slot] += usize::from(cb.awaited);
         }
         let [complete, success, death] = templates;
         Ok([
@@ -211,6 +213,9 @@ impl Builder {
             complete,
             success,
             death,
+            awaited[0].to_string(),
+            awaited[1].to_string(),
+            awaited[2].to_string(),
         ])
     }
 
@@ -221,7 +226,7 @@ impl Builder {
         Ok(Plan { steps })
     }
 
-    fn step(&mut self, mode: &'static str, last: bool, moves: usize, meta: [String; 6], jobs: Vec<String>) -> Step {
+    fn step(&mut self, mode: &'static str, last: bool, moves: usize, meta: [String; 9], jobs: Vec<String>) -> Step {
         self.seq += 1;
         Step { id: self.id.clone(), seq: self.seq, mode, last, moves, chain: self.chain(), queues: self.queues.clone(), meta, jobs }
     }

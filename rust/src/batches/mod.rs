@@ -79,7 +79,8 @@ pub fn check_bid(bid: &str) -> Result<()> {
 pub struct BatchRef {
     /// The batch, then its ancestors, nearest first.
     pub chain: Vec<String>,
-    /// `Some(event)` on a callback job of `chain[0]`.
+    /// `Some(event)` on a callback job of `chain[0]`; an unawaited callback
+    /// (no `kiq_callback_bid`) has an empty chain.
     pub callback: Option<Event>,
 }
 
@@ -90,7 +91,10 @@ impl BatchRef {
             (bid, None)
         } else {
             let event = Event::parse(&payload.string(field::CALLBACK)?).ok()?;
-            (payload.string(field::CALLBACK_BATCH)?, Some(event))
+            match payload.string(field::CALLBACK_BATCH) {
+                Some(bid) => (bid, Some(event)),
+                None => return Some(Self { chain: Vec::new(), callback: Some(event) }),
+            }
         };
         if check_bid(&bid).is_err() {
             return None;
@@ -102,8 +106,9 @@ impl BatchRef {
         Some(Self { chain, callback })
     }
 
-    pub fn bid(&self) -> &str {
-        &self.chain[0]
+    /// The batch (None for an unawaited callback, which names none).
+    pub fn bid(&self) -> Option<&str> {
+        self.chain.first().map(String::as_str)
     }
 }
 
@@ -150,6 +155,9 @@ impl Settled {
     /// The bookkeeping for a job of `batch` that ended with `outcome`; None when
     /// there is none (a callback job that did not succeed).
     pub fn new(batch: &BatchRef, jid: &str, outcome: Outcome) -> Option<Self> {
+        if batch.chain.is_empty() {
+            return None;
+        }
         let what = match batch.callback {
             None => Ok(outcome),
             Some(event) if outcome == Outcome::Ok => Err(event),
@@ -181,6 +189,10 @@ pub struct Callback {
     pub options: String,
     /// Further payload fields (the target worker's options: tags, backtrace...).
     pub fields: Vec<(String, String)>,
+    /// The event counts as done (for the parent, and `callbacks_done`) only
+    /// once this job succeeded in a kiq process. A callback that may run
+    /// elsewhere (a Ruby worker) is not awaited: kiq would never see it end.
+    pub awaited: bool,
 }
 
 impl Callback {
@@ -204,7 +216,15 @@ impl Callback {
             return Err(KiqError::codec("batch callback options must be a dict (Sidekiq Pro's options hash)"));
         }
         crate::job::check_queue_name(queue)?;
-        Ok(Self { event, class: class.to_owned(), queue: queue.to_owned(), retry, options: options.to_owned(), fields: Vec::new() })
+        Ok(Self {
+            event,
+            class: class.to_owned(),
+            queue: queue.to_owned(),
+            retry,
+            options: options.to_owned(),
+            fields: Vec::new(),
+            awaited: true,
+        })
     }
 
     /// The template `batch_lib.lua` completes: the payload before the status
@@ -216,9 +236,12 @@ impl Callback {
         job.options.clone_from(&self.fields);
         job.validate_names()?;
         job.options.push((field::CALLBACK.to_owned(), json_string(self.event.as_str())));
-        job.options.push((field::CALLBACK_BATCH.to_owned(), json_string(&chain[0])));
-        if chain.len() > 1 {
-            job.options.push((field::BATCH_UP.to_owned(), serde_json::to_string(&chain[1..])?));
+        // Only an awaited callback names its batch: its success is counted there.
+        if self.awaited {
+            job.options.push((field::CALLBACK_BATCH.to_owned(), json_string(&chain[0])));
+            if chain.len() > 1 {
+                job.options.push((field::BATCH_UP.to_owned(), serde_json::to_string(&chain[1..])?));
+            }
         }
         let t = job.template();
         Ok(format!("{}[\0,{}]{}\0", t.head(), self.options, t.mid()))
@@ -275,5 +298,10 @@ mod tests {
             filled,
             r#"{"retry":3,"queue":"cb","kiq_callback":"death","kiq_callback_bid":"B","kiq_bid_up":["P"],"args":[{"bid":"B"},{"k":1}],"class":"Billing::Done","jid":"0123","created_at":1.5}"#
         );
+        let unawaited = Callback { awaited: false, ..cb }.template(&["B".into(), "P".into()]).unwrap();
+        assert!(unawaited.contains(r#""kiq_callback":"death","args":["#), "names no batch: {unawaited}");
+        let p = Payload::parse(r#"{"class":"X","args":[],"kiq_callback":"death"}"#).unwrap();
+        let r = BatchRef::of(&p).unwrap();
+        assert_eq!((r.bid(), r.callback, Settled::new(&r, "j", Outcome::Ok)), (None, Some(Event::Death), None));
     }
 }

@@ -24,8 +24,8 @@ use crate::timestamp::TimestampUnit;
 /// Built from a spec object's attributes: `bid` (str), `up` (ancestor bids,
 /// nearest first), `new` (create, else reopen), `description`,
 /// `callback_queue` (str or None) and `callbacks`, each with `event`,
-/// `class_name`, `queue`, `retry`, `options` (a dict) and `fields` (payload
-/// fields, a dict or None).
+/// `class_name`, `queue`, `retry`, `options` (a dict), `fields` (payload
+/// fields, a dict or None) and `awaited` (bool).
 #[pyclass(module = "kiq._kiq", frozen)]
 pub struct BatchBuilder {
     inner: Mutex<Option<Builder>>,
@@ -84,6 +84,7 @@ fn callback(spec: &Bound<'_, PyAny>) -> PyResult<Callback> {
         retry,
         &options,
     ))?;
+    cb.awaited = spec.getattr("awaited")?.extract()?;
     let fields = spec.getattr("fields")?;
     if !fields.is_none() {
         for (k, v) in fields.cast::<PyDict>()?.iter() {

@@ -123,7 +123,8 @@ impl Delivery {
     /// The kiq batch of a batch job (None for other jobs, callbacks included).
     #[getter]
     fn bid(&self) -> Option<String> {
-        self.with(|d| d.batch.as_ref().filter(|b| b.callback.is_none()).map(|b| b.bid().to_owned())).flatten()
+        self.with(|d| d.batch.as_ref().filter(|b| b.callback.is_none()).and_then(|b| b.bid()).map(str::to_owned))
+            .flatten()
     }
 
     /// A batch job's batch and its ancestors, or a callback's batch and its

@@ -30,8 +30,9 @@
 -- ARGV[10]    M, then ARGV[11 .. 10+M] the bids of the levels
 -- then Q and Q queue names (of KEYS[6+3M ..], in order)
 -- then, for "new": description, callback_queue, ancestors ("P G", nearest
---   first), and the callback templates of complete, success and death
---   ("" for none; see batch_lib.lua); 6 values in every step
+--   first), the callback templates of complete, success and death ("" for
+--   none; see batch_lib.lua), and how many of each event's callbacks are
+--   awaited; 9 values in every step ("" when not "new")
 -- then J and J jobs, each "<queue>\n<score or empty>\n<payload>" (the format
 --   of staged jobs: a score schedules the job)
 --
@@ -55,8 +56,8 @@ local queue_key = {}
 for k = 1, q do queue_key[ARGV[at + k]] = KEYS[5 + 3 * m + k] end
 at = at + q + 1
 local meta = {}
-for k = 0, 5 do meta[k + 1] = ARGV[at + k] end
-at = at + 6
+for k = 0, 8 do meta[k + 1] = ARGV[at + k] end
+at = at + 9
 local j = tonumber(ARGV[at])
 
 local function wrong(key, want)
@@ -114,7 +115,9 @@ if mode == 'new' then
   if meta[1] ~= '' then redis.call('HSET', h, 'description', meta[1]) end
   if meta[2] ~= '' then redis.call('HSET', h, 'callback_queue', meta[2]) end
   for k, event in ipairs({'complete', 'success', 'death'}) do
-    if meta[3 + k] ~= '' then redis.call('HSET', h, 'cb_' .. event, meta[3 + k]) end
+    if meta[3 + k] ~= '' then
+      redis.call('HSET', h, 'cb_' .. event, meta[3 + k], 'wait_' .. event, meta[6 + k])
+    end
   end
   redis.call('EXPIRE', h, live)
   redis.call('ZADD', KEYS[4], ARGV[6], bids[1])

@@ -14,8 +14,9 @@
 -- child succeeded; "death" on the first job that dies, then in each ancestor.
 -- Nothing fires while the hash has "open" (a jobs() block still streaming).
 -- A child counts as completed/succeeded for its parent only once its own
--- callback jobs for that event ran, so a child's callbacks run before its
--- parent's. Each event fires once (HSETNX). Its callback jobs go into the
+-- awaited callback jobs for that event ran (kiq workers: their success is
+-- settled here), so a child's callbacks run before its parent's; callbacks
+-- that may run elsewhere (a Ruby class) are not awaited. Each event fires once (HSETNX). Its callback jobs go into the
 -- schedule set, due now, with a jid derived from the batch, the event and the
 -- callback's position; the caller moves them to their queues at once (the
 -- scheduler would, a few seconds later, if the caller died first).
@@ -83,10 +84,11 @@ kiq_batch_fire = function(ctx, chain, i, event)
       ctx.fired[#ctx.fired + 1] = payload
     end
   end
-  if n == 0 then
+  local awaited = n > 0 and tonumber(redis.call('HGET', lv.h, 'wait_' .. event) or '0') or 0
+  if awaited == 0 then
     kiq_batch_done(ctx, chain, i, event)
   else
-    redis.call('HSET', lv.h, 'left_' .. event, n)
+    redis.call('HSET', lv.h, 'left_' .. event, awaited)
   end
 end
 
