@@ -219,6 +219,7 @@ class Batch:
         sees: such a callback is pushed once and not awaited."""
         if self._exists:
             raise ConfigError(f"batch {self._bid} exists already: callbacks are set before its first jobs() block")
+        retry: bool | int
         if isinstance(target, str):
             class_name, queue, retry, fields, awaited = target, "default", True, None, False
         elif isinstance(target, FunctionWorker) or (isinstance(target, type) and issubclass(target, Worker)):
