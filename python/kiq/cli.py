@@ -137,7 +137,8 @@ def cmd_spool_push(ns: argparse.Namespace) -> int:
     path = Path(ns.path)
     if path.is_dir():
         app = Kiq(ns.redis_url, namespace=ns.namespace, buffer_path=path)
-        waiting = (app.buffer_stats() or {}).get("jobs", 0)
+        # The spool's jobs start flushing at construction: count what it carried, not what is left.
+        waiting = app.client.spool_report[1]
         app.flush(ns.timeout)
         print(f"{waiting} jobs delivered from {path}")
         return 0
