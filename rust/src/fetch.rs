@@ -18,9 +18,9 @@ use tokio::sync::mpsc;
 
 use crate::ack::{Msg, Settle, Settlement};
 use crate::activejob;
+use crate::args;
 use crate::batches::watch::Watch;
 use crate::batches::{BatchRef, Outcome as BatchOutcome, Settled};
-use crate::args;
 use crate::control::{Control, RunState};
 use crate::crypto::{self, Keyring};
 use crate::job::{Payload, UniqueUntil, field};
@@ -350,6 +350,14 @@ impl Fetcher {
             Disposition::Dead { payload } => Settle::Dead { payload: payload.into_bytes() },
             Disposition::Discard | Disposition::Dropped => Settle::Discard,
         };
-        Err(Settlement { wip_key: self.wip_key.clone(), raw, settle, processed: true, failed: true, unlock: None, batch })
+        Err(Settlement {
+            wip_key: self.wip_key.clone(),
+            raw,
+            settle,
+            processed: true,
+            failed: true,
+            unlock: None,
+            batch,
+        })
     }
 }

@@ -549,7 +549,8 @@ impl Server {
         unlock: Option<(String, String)>,
         batch: Option<Settled>,
     ) {
-        let s = Settlement { wip_key: self.wip_keys[lane].clone(), raw, settle, processed: true, failed, unlock, batch };
+        let s =
+            Settlement { wip_key: self.wip_keys[lane].clone(), raw, settle, processed: true, failed, unlock, batch };
         // After the final write the channel is closed; the job was requeued.
         let _ = self.acks.send(Msg::Settle(s));
         self.lanes[lane].finish();

@@ -78,7 +78,9 @@ fn add_jobs(b: &mut Builder, n: usize, retry: Retry) {
 
 fn commit(pool: &Pool, b: Builder) -> usize {
     let deadline = Instant::now() + Duration::from_secs(5);
-    _kiq::runtime::get().block_on(b.plan().unwrap().run(pool, &Keys::default(), TimestampUnit::Seconds, deadline)).unwrap()
+    _kiq::runtime::get()
+        .block_on(b.plan().unwrap().run(pool, &Keys::default(), TimestampUnit::Seconds, deadline))
+        .unwrap()
 }
 
 fn take(server: &Server, lane: usize) -> Delivery {
@@ -238,4 +240,41 @@ fn an_empty_batch_fires_at_once_and_a_raised_block_pushes_nothing() {
     assert!(keys.iter().all(|k| !k.contains("staged") && !k.contains("batch|R")), "{keys:?}");
     let queued: i64 = rt.block_on(conn.llen("queue:default")).unwrap();
     assert_eq!(queued, 0);
+}
+
+#[test]
+fn a_poison_pill_is_a_death_for_its_batch() {
+    let redis = support::RedisServer::start();
+    let rt = _kiq::runtime::get();
+    let _g = rt.enter();
+    let pool = Pool::new(RedisConfig::new(redis.url())).unwrap();
+    let mut b = builder("PP", &[], &["death"]);
+    add_jobs(&mut b, 1, Retry::Default);
+    commit(&pool, b);
+    let mut conn = pool.get();
+    let raw: String = rt.block_on(conn.rpop("queue:default", None)).unwrap();
+    let wip = "kiq:wip|gone:1:cccccccccccc|default";
+    let _: () = rt.block_on(conn.lpush(wip, &raw)).unwrap();
+    let verdict = _kiq::poison::Verdict::Blame;
+    let policy = RetryPolicy::default();
+    let outcome = rt
+        .block_on(_kiq::poison::hand_back(
+            &pool,
+            &Keys::default(),
+            &policy,
+            0,
+            wip,
+            "default",
+            raw.as_bytes(),
+            verdict,
+            "gone:1:cccccccccccc",
+            "died",
+        ))
+        .unwrap();
+    assert_eq!(outcome, _kiq::poison::Outcome::Poisoned);
+    let cbs: Vec<String> = rt.block_on(conn.lrange("queue:cb", 0, -1)).unwrap();
+    assert_eq!(cbs.len(), 1, "the batch's death callback, moved to its queue at once");
+    assert!(cbs[0].contains(r#""event":"death""#) && cbs[0].contains(r#""dead_jids":[""#), "{}", cbs[0]);
+    let s = read(&pool, "PP");
+    assert_eq!((s.failures, s.dead_jids.len(), s.fired.clone()), (1, 1, vec!["complete", "death"]));
 }

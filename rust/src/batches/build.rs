@@ -228,7 +228,17 @@ impl Builder {
 
     fn step(&mut self, mode: &'static str, last: bool, moves: usize, meta: [String; 9], jobs: Vec<String>) -> Step {
         self.seq += 1;
-        Step { id: self.id.clone(), seq: self.seq, mode, last, moves, chain: self.chain(), queues: self.queues.clone(), meta, jobs }
+        Step {
+            id: self.id.clone(),
+            seq: self.seq,
+            mode,
+            last,
+            moves,
+            chain: self.chain(),
+            queues: self.queues.clone(),
+            meta,
+            jobs,
+        }
     }
 
     fn push_steps(&mut self, steps: &mut Vec<Step>) -> Result<()> {
@@ -389,7 +399,9 @@ async fn once<T: redis::FromRedisValue>(
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(1));
             }
-            Err(e) if trouble(&e) == Trouble::Permanent => return Err(KiqError::Undeliverable(format!("cannot {what}: {e}"))),
+            Err(e) if trouble(&e) == Trouble::Permanent => {
+                return Err(KiqError::Undeliverable(format!("cannot {what}: {e}")));
+            }
             Err(KiqError::Redis(e)) => {
                 return Err(KiqError::Timeout(format!("could not {what} before the deadline (Redis: {e})")));
             }
@@ -404,7 +416,11 @@ mod tests {
     use crate::job::Retry;
 
     fn item(i: usize) -> PushItem {
-        PushItem { queue: Arc::from(if i.is_multiple_of(2) { "a" } else { "b" }), payload: format!("{{\"n\":{i}}}"), at: None }
+        PushItem {
+            queue: Arc::from(if i.is_multiple_of(2) { "a" } else { "b" }),
+            payload: format!("{{\"n\":{i}}}"),
+            at: None,
+        }
     }
 
     fn spec(bid: &str, new: bool) -> Spec {

@@ -275,7 +275,10 @@ mod tests {
     #[test]
     fn members_and_callbacks_are_read_from_kiq_fields_only() {
         let p = Payload::parse(r#"{"class":"X","args":[],"kiq_bid":"B","kiq_bid_up":["P","G"]}"#).unwrap();
-        assert_eq!(BatchRef::of(&p), Some(BatchRef { chain: vec!["B".into(), "P".into(), "G".into()], callback: None }));
+        assert_eq!(
+            BatchRef::of(&p),
+            Some(BatchRef { chain: vec!["B".into(), "P".into(), "G".into()], callback: None })
+        );
         let pro = Payload::parse(r#"{"class":"X","args":[],"bid":"B"}"#).unwrap();
         assert_eq!(BatchRef::of(&pro), None);
         let cb = Payload::parse(r#"{"class":"X","args":[],"kiq_callback":"success","kiq_callback_bid":"B"}"#).unwrap();
@@ -289,7 +292,9 @@ mod tests {
     #[test]
     fn callbacks_are_checked_and_rendered_in_sidekiq_order() {
         assert!(Event::parse("sucess").unwrap_err().to_string().contains("unknown batch event"));
-        assert!(Callback::new("success", "A#b", "default", Retry::Default, "{}").unwrap_err().to_string().contains('#'));
+        assert!(
+            Callback::new("success", "A#b", "default", Retry::Default, "{}").unwrap_err().to_string().contains('#')
+        );
         assert!(Callback::new("success", "A", "default", Retry::Default, "[1]").is_err());
         let cb = Callback::new("death", "Billing::Done", "cb", Retry::Times(3), r#"{"k":1}"#).unwrap();
         let t = cb.template(&["B".into(), "P".into()]).unwrap();

@@ -7,8 +7,8 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
-use super::convert::{args_json, redis_to_py, value_json};
 use super::batch::BatchBuilder;
+use super::convert::{args_json, redis_to_py, value_json};
 use super::crypto::Keyring;
 use super::errors::{ConfigError, py_result};
 use super::marshal::sealed_args;

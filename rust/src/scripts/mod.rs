@@ -14,7 +14,8 @@ pub static ENQUEUE_DUE: LazyLock<Script> = LazyLock::new(|| Script::new(include_
 pub static BURY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("bury.lua")));
 pub static REELECT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("reelect.lua")));
 pub static RESIGN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("resign.lua")));
-pub static RECOVER: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("recover.lua")));
+pub static RECOVER: LazyLock<Script> =
+    LazyLock::new(|| Script::new(concat!(include_str!("batch_lib.lua"), include_str!("recover.lua"))));
 pub static PUSH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("push.lua")));
 pub static SETTLE: LazyLock<Script> =
     LazyLock::new(|| Script::new(concat!(include_str!("batch_lib.lua"), include_str!("settle.lua"))));
