@@ -128,8 +128,9 @@ fn unlock_of(d: &Delivery) -> Option<(String, String)> {
 }
 
 /// The batch bookkeeping of a finished job, if it is a batch job.
-fn batch_of(d: &Delivery, outcome: BatchOutcome) -> Option<Settled> {
-    d.batch.as_deref().and_then(|b| Settled::new(b, &d.jid, outcome))
+fn batch_of(d: &mut Delivery, outcome: BatchOutcome) -> Option<Settled> {
+    let b = d.batch.take()?;
+    Settled::from_ref(*b, std::mem::take(&mut d.jid), outcome)
 }
 
 impl Server {
@@ -431,22 +432,22 @@ impl Server {
 
     /// Records a job as done: it leaves the in-progress list on the next write
     /// (and a unique job's lock goes with it).
-    pub fn complete(&self, d: Delivery) {
+    pub fn complete(&self, mut d: Delivery) {
         self.end(&d, true);
         let unlock = unlock_of(&d);
-        let batch = batch_of(&d, BatchOutcome::Ok);
+        let batch = batch_of(&mut d, BatchOutcome::Ok);
         let lane = d.lane;
         self.send(lane, d.payload.into_source().into_bytes(), Settle::Done, false, unlock, batch);
     }
 
     /// The job's batch was invalidated: it is not run, counts as done for its
     /// batch, and is not counted as processed (a unique lock is released).
-    pub fn skip(&self, d: Delivery) {
+    pub fn skip(&self, mut d: Delivery) {
         self.work.remove(d.id);
         self.release(&d);
         self.count_finished(Outcome::Skipped);
         let unlock = unlock_of(&d);
-        let batch = batch_of(&d, BatchOutcome::Ok);
+        let batch = batch_of(&mut d, BatchOutcome::Ok);
         let lane = d.lane;
         let s = Settlement {
             wip_key: self.wip_keys[lane].clone(),
@@ -463,12 +464,12 @@ impl Server {
 
     /// The job expired before it could start: it is dropped, not run, not
     /// retried, and counted (`kiq:stat:expired`); a unique lock is released.
-    pub fn expire(&self, d: Delivery) {
+    pub fn expire(&self, mut d: Delivery) {
         self.work.remove(d.id);
         self.release(&d);
         self.count_finished(Outcome::Expired);
         let unlock = unlock_of(&d);
-        let batch = batch_of(&d, BatchOutcome::Ok);
+        let batch = batch_of(&mut d, BatchOutcome::Ok);
         let lane = d.lane;
         let s = Settlement {
             wip_key: self.wip_keys[lane].clone(),
@@ -509,7 +510,7 @@ impl Server {
             Disposition::Dead { payload } => (Settle::Dead { payload: payload.into_bytes() }, lock),
             Disposition::Discard | Disposition::Dropped => (Settle::Discard, lock),
         };
-        let batch = batch.and_then(|b| Settled::new(&b, &jid, outcome));
+        let batch = batch.and_then(|b| Settled::from_ref(*b, jid, outcome));
         self.send(lane, raw.into_bytes(), settle, true, unlock, batch);
     }
 

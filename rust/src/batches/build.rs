@@ -62,6 +62,8 @@ pub struct Builder {
     queues: Vec<Arc<str>>,
     /// Child batches whose blocks ended inside this one.
     deferred: Vec<Builder>,
+    /// The payload fields of its jobs (computed once).
+    fields: Vec<(String, String)>,
 }
 
 /// A chunk to stage: one `batch_stage.lua` call.
@@ -113,7 +115,10 @@ impl Builder {
                 spec.bid
             )));
         }
+        let mut chain = vec![spec.bid.clone()];
+        chain.extend(spec.up.iter().cloned());
         Ok(Self {
+            fields: member_fields(&chain),
             spec,
             id: format!("batch-{}", new_jid()),
             seq: 0,
@@ -146,7 +151,7 @@ impl Builder {
                 job.class, self.spec.bid
             )));
         }
-        job.options.extend(member_fields(&self.chain()));
+        job.options.extend(self.fields.iter().cloned());
         Ok(())
     }
 

@@ -155,6 +155,11 @@ impl Settled {
     /// The bookkeeping for a job of `batch` that ended with `outcome`; None when
     /// there is none (a callback job that did not succeed).
     pub fn new(batch: &BatchRef, jid: &str, outcome: Outcome) -> Option<Self> {
+        Self::from_ref(batch.clone(), jid.to_owned(), outcome)
+    }
+
+    /// [`Settled::new`], taking the batch and jid instead of copying them (a job's end).
+    pub fn from_ref(batch: BatchRef, jid: String, outcome: Outcome) -> Option<Self> {
         if batch.chain.is_empty() {
             return None;
         }
@@ -163,7 +168,7 @@ impl Settled {
             Some(event) if outcome == Outcome::Ok => Err(event),
             Some(_) => return None,
         };
-        Some(Self { chain: batch.chain.clone(), jid: jid.to_owned(), what })
+        Some(Self { chain: batch.chain, jid, what })
     }
 
     /// `settle.lua`'s batch part: role, outcome or event, then the level numbers.

@@ -126,21 +126,36 @@ kiq_batch_check = function(ctx, chain, i)
   end
 end
 
--- A job of chain[1] ended: outcome "ok" (succeeded, or never to run:
--- expired, skipped), "fail" (failed, to retry or dropped) or "dead". Counted
--- once per jid, however often the job runs.
-local function kiq_batch_member(ctx, chain, outcome, jid)
+-- Jobs of chain[1] succeeded, or will never run (expired, skipped): each
+-- counted once per jid, however often it runs; one check for all of them.
+local function kiq_batch_succeeded(ctx, chain, jids)
   local lv = chain[1]
   if redis.call('EXISTS', lv.h) == 0 then return end
+  local fresh = redis.call('EXISTS', lv.d) == 0
+  local new = 0
+  for from = 1, #jids, 1000 do
+    new = new + redis.call('SADD', lv.d, unpack(jids, from, math.min(from + 999, #jids)))
+  end
+  if new == 0 then return end
+  if fresh then kiq_batch_ttl(lv.h, lv.d) end
+  redis.call('HINCRBY', lv.h, 'pending', -new)
+  if redis.call('HLEN', lv.f) > 0 then
+    for from = 1, #jids, 1000 do
+      redis.call('HDEL', lv.f, unpack(jids, from, math.min(from + 999, #jids)))
+    end
+  end
+  kiq_batch_check(ctx, chain, 1)
+end
+
+-- A job of chain[1] ended: outcome "ok" (see kiq_batch_succeeded), "fail"
+-- (failed, to retry or dropped) or "dead". Counted once per jid.
+local function kiq_batch_member(ctx, chain, outcome, jid)
   if outcome == 'ok' then
-    local fresh = redis.call('EXISTS', lv.d) == 0
-    if redis.call('SADD', lv.d, jid) == 0 then return end
-    if fresh then kiq_batch_ttl(lv.h, lv.d) end
-    redis.call('HINCRBY', lv.h, 'pending', -1)
-    redis.call('HDEL', lv.f, jid)
-    kiq_batch_check(ctx, chain, 1)
+    kiq_batch_succeeded(ctx, chain, {jid})
     return
   end
+  local lv = chain[1]
+  if redis.call('EXISTS', lv.h) == 0 then return end
   if redis.call('SISMEMBER', lv.d, jid) == 1 then return end
   local was = redis.call('HGET', lv.f, jid)
   local state = (outcome == 'dead') and 'dead' or 'retry'

@@ -77,6 +77,8 @@ redis.call('PEXPIRE', KEYS[1], ARGV[1])
 
 local refused = {}
 local processed, failed, expired, buried = 0, 0, 0, false
+-- Batch jobs that succeeded, per chain: counted together after the loop.
+local succeeded, order = {}, {}
 for i = 0, n - 1 do
   if tonumber(at(i, 1)) > hw then
     local wip = KEYS[9 + tonumber(at(i, 2))]
@@ -107,8 +109,16 @@ for i = 0, n - 1 do
       refused[#refused + 1] = why
     else
       if chain and #chain > 0 then
-        local role, what = string.match(spec, '^(%S+) (%S+)')
-        if role == 'm' then
+        local role, what, refs = string.match(spec, '^(%S+) (%S+) (.*)$')
+        if role == 'm' and what == 'ok' then
+          local g = succeeded[refs]
+          if not g then
+            g = {chain = chain, jids = {}}
+            succeeded[refs] = g
+            order[#order + 1] = refs
+          end
+          g.jids[#g.jids + 1] = at(i, 9)
+        elseif role == 'm' then
           kiq_batch_member(ctx, chain, what, at(i, 9))
         else
           kiq_batch_callback_ran(ctx, chain, what, at(i, 9))
@@ -120,6 +130,9 @@ for i = 0, n - 1 do
       if kind == 'expired' then expired = expired + 1 end
     end
   end
+end
+for _, refs in ipairs(order) do
+  kiq_batch_succeeded(ctx, succeeded[refs].chain, succeeded[refs].jids)
 end
 if buried then
   redis.pcall('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[4])
