@@ -358,3 +358,32 @@ def test_batch_jobs_carry_kiqs_own_field(make_app, r: redis.Redis) -> None:
     listed = Api(app).batches()
     assert [b.bid for b in listed] == [inner.bid, outer.bid] or {b.bid for b in listed} == {inner.bid, outer.bid}
     assert Api(app).batch(outer.bid).child_count == 1 and Api(app).batch("NoSuchBatch123") is None
+
+
+def test_a_kill_from_the_web_ui_or_the_api_is_a_death(make_app, r: redis.Redis) -> None:
+    """Sidekiq runs its death handlers on a Kill (so Pro's batch death fires): kiq counts it the same way."""
+    rec = Record()
+    work, done = workers(rec)
+    app: Kiq = make_app(workers=[work, done])
+    batch = app.batch()
+    batch.on("death", done).on("complete", done)
+    with batch.jobs():
+        app.enqueue(work.new(1, True))
+        app.enqueue(work.new(2, True))
+    app.start()
+    wait_for(lambda: r.zcard("retry") == 2, what="two failures")
+    api = Api(app)
+    first, second = (job.jid for job in api.retries.jobs())
+    assert api.retries.kill(first)
+    [death] = wait_for(lambda: rec.events("death"), what="death")
+    assert death.dead_jids == [first] and len(rec.events("complete")) == 1
+    assert api.admin.act("retry", "kill", [k for k in (job_key(api, second),) if k]) == 1
+    wait_for(lambda: app.batch_status(batch.bid).dead_jids == sorted([first, second]), what="the second death")
+    time.sleep(0.3)
+    assert len(rec.events("death")) == 1
+
+
+def job_key(api: Api, jid: str) -> str:
+    """The dashboard's name of a retrying job: ``<score>-<jid>``."""
+    [(_, score)] = api.client.find_job("retry", jid)
+    return f"{score}-{jid}"

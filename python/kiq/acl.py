@@ -47,8 +47,9 @@ WORKER: tuple[str, ...] = PRODUCER + (
 
 ADMIN: tuple[str, ...] = (
     "evalsha", "script|load", "multi", "exec", "ping", "info",
-    # batches: the listing, one batch's status, invalidate (batch_invalidate.lua)
-    "hlen", "ttl", "hexists",
+    # batches: the listing, one batch's status, invalidate (batch_invalidate.lua), and a
+    # kill's death (kill_many.lua with batch_lib.lua)
+    "hlen", "ttl", "hexists", "sismember", "pttl", "hscan", "hincrby",
     "get", "mget", "type", "llen", "lindex", "lrange", "lrem", "lpush", "rpush", "zcard", "zrange", "zrevrange",
     "zscan", "zscore", "zadd", "zrem", "zremrangebyscore", "zremrangebyrank", "smembers", "srem", "sadd", "scard",
     "hget", "hgetall", "hmget", "hset", "hsetnx", "expire", "pexpire", "exists", "unlink", "del", "scan",
