@@ -387,3 +387,25 @@ def job_key(api: Api, jid: str) -> str:
     """The dashboard's name of a retrying job: ``<score>-<jid>``."""
     [(_, score)] = api.client.find_job("retry", jid)
     return f"{score}-{jid}"
+
+
+def test_scheduled_and_encrypted_jobs_count_in_their_batch(make_app) -> None:
+    rec = Record()
+    work, done = workers(rec)
+
+    @worker(name="T.Secret", encrypt=True)
+    def secret(n: int, bag: dict[str, str]) -> None:
+        assert bag == {"card": "4111"}
+        rec.ran(f"secret-{n}")
+
+    app: Kiq = make_app(workers=[work, done, secret], encryption_keys={1: bytes(range(32))})
+    batch = app.batch()
+    batch.on("success", done)
+    with batch.jobs():
+        app.enqueue(work.new(1), delay=0.3)
+        app.enqueue(secret.new(2, {"card": "4111"}))
+    assert app.batch_status(batch.bid).total == 2
+    started = time.monotonic()
+    app.start()
+    [status] = wait_for(lambda: rec.events("success"), what="success")
+    assert time.monotonic() - started >= 0.3 and status.total == 2 and len(rec.runs) == 2

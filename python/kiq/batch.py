@@ -248,7 +248,8 @@ class Batch:
     @contextlib.contextmanager
     def jobs(self) -> Iterator[Batch]:
         """Adds the jobs enqueued inside the block (``app.enqueue``,
-        ``enqueue_bulk``, ``enqueue_all``) to the batch; they are pushed when
+        ``enqueue_bulk``, ``enqueue_all`` and their async forms, from this
+        thread or asyncio task) to the batch; they are pushed when
         the block ends, atomically with the batch's registration, exactly
         once. If the block raises, nothing is pushed. A large block streams
         its jobs to Redis in chunks as it goes, but none runs, and no callback
