@@ -44,6 +44,10 @@ def workload(url: str, r: redis.Redis) -> None:
     def ok(n: int) -> None:
         ran.append(n)
 
+    @worker(name="Cb")
+    def cb(status: dict[str, Any], options: dict[str, Any]) -> None:
+        ran.append(("cb", options["n"]))
+
     @worker(name="Fails", retry=1)
     def fails(n: int) -> None:
         raise ValueError("no")
@@ -62,6 +66,24 @@ def workload(url: str, r: redis.Redis) -> None:
     producer.enqueue(Job("Ok", [7], expires_in=60))
     producer.enqueue(fails.new(8))
     producer.flush(5)
+    # Batches: a nested batch with callbacks, a block that staged a chunk and raised, a reopen.
+    batch = producer.batch(description="acl")
+    batch.on("success", cb, {"n": 20}).on("complete", "Cb", {"n": 21})
+    with batch.jobs():
+        producer.enqueue(ok.new(11))
+        child = producer.batch()
+        child.on("success", cb, {"n": 22})
+        with child.jobs():
+            producer.enqueue_bulk(ok, [[12], [13]])
+    try:
+        with producer.batch().jobs():
+            producer.enqueue_bulk(ok, [[0]] * 10_001)
+            raise KeyError("staged, then dropped")
+    except KeyError:
+        pass
+    with producer.batch(batch.bid).jobs():
+        producer.enqueue(ok.new(14))
+    assert batch.valid
 
     # A process killed with jobs in flight, recovered by the worker below.
     victim = subprocess.Popen([sys.executable, "-c", VICTIM, url], stdout=subprocess.PIPE, text=True)
@@ -74,13 +96,15 @@ def workload(url: str, r: redis.Redis) -> None:
     victim.stdout.close()
 
     # Worker process: leader, scheduler, periodic job, recovery, retries, dead set, cancel.
-    app = Kiq(url, queues={"default": 5, "slow": 1}, workers=[ok, fails, slow], heartbeat_interval=0.3,
+    app = Kiq(url, queues={"default": 5, "slow": 1}, workers=[ok, fails, slow, cb], heartbeat_interval=0.3,
               poll_interval_average=0.1, leader_ttl=1, orphan_check_interval=0.3, max_retries=1,
               periodics=[("* * * * *", ok, {"args": [99]})], periodic_clock=(time.time() - 61, time.time(), 1.0),
               health_address="127.0.0.1:0", max_memory_bytes=1 << 40)
     app.start()
     try:
         wait_for(lambda: {1, 2, 3, 4, 5, 6, 7} <= set(ran), timeout=20, what="the producer's jobs")
+        batch.wait(20)
+        wait_for(lambda: {("cb", 20), ("cb", 21), ("cb", 22)} <= set(ran), timeout=20, what="the batch callbacks")
         wait_for(lambda: {("slow", i) for i in range(3)} <= set(ran), timeout=20, what="the recovered jobs")
         wait_for(lambda: 99 in ran, timeout=20, what="the periodic job")
         # Admin: what the CLI, kiq.api and the dashboards read and do.
@@ -115,6 +139,9 @@ def workload(url: str, r: redis.Redis) -> None:
         adm.search("dead", 0, 10, 1000, class_name="Fails")
         adm.act_all("dead", "delete", class_name="Nothing")
         adm.queue_clear("nothing")
+        api.batches()
+        api.batch(batch.bid)
+        batch.invalidate()
     finally:
         app.stop(5)
 

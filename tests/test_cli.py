@@ -317,3 +317,22 @@ def test_jobs_busy_lists_running_jobs(make_app, redis_url: str, r: redis.Redis) 
         assert json.loads(kiq("jobs", "busy", "--json", "--error", "timeout", url=redis_url).stdout) == []
     finally:
         release.set()
+def test_batches_and_batch(redis_url: str, r: redis.Redis) -> None:
+    from kiq import Job, Kiq
+
+    app = Kiq(redis_url)
+    batch = app.batch(description="nightly import")
+    with batch.jobs():
+        app.enqueue(Job("Import", [1]))
+    lines = kiq("batches", url=redis_url).stdout.splitlines()
+    assert lines[0].split()[:3] == ["bid", "created", "(UTC)"]
+    assert lines[1].split()[0] == batch.bid and "running" in lines[1] and lines[1].endswith("nightly import")
+    [listed] = json.loads(kiq("batches", "--json", url=redis_url).stdout)
+    assert listed["bid"] == batch.bid and listed["total"] == 1 and listed["pending"] == 1
+    text = kiq("batch", batch.bid, url=redis_url).stdout
+    assert "pending        1" in text and "description    nightly import" in text
+    assert json.loads(kiq("batch", batch.bid, "--json", url=redis_url).stdout)["failed_jids"] == []
+    missing = kiq("batch", "NoSuchBatch123", url=redis_url, check=1)
+    assert "no batch NoSuchBatch123" in missing.stderr
+    r.flushall()
+    assert kiq("batches", url=redis_url).stdout.strip() == "no batches"

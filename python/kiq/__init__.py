@@ -19,6 +19,7 @@ from kiq import errors
 from kiq._kiq import __version__
 from kiq.activejob import active_job
 from kiq.app import Kiq, StopResult
+from kiq.batch import Batch, BatchStatus
 from kiq.crontab import Crontab
 from kiq.job import Enqueued, Job
 from kiq.logs import JobContext, current_job
@@ -30,6 +31,8 @@ from kiq.worker import FunctionWorker, Worker, WorkerOptions, worker
 _logging.getLogger("kiq").addHandler(_logging.NullHandler())
 
 __all__ = [
+    "Batch",
+    "BatchStatus",
     "Crontab",
     "Enqueued",
     "FunctionWorker",

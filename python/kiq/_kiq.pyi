@@ -8,7 +8,18 @@ __version__: str
 __all__ = [
     "ACTIVE_JOB_WRAPPER",
     "Admin",
+    "BATCH_FIELD",
+    "BatchBuilder",
+    "BatchError",
     "BUILD_INFO",
+    "PRO_BATCH_FIELD",
+    "batch_ancestors",
+    "batch_invalidate",
+    "batch_invalidated",
+    "batch_list",
+    "batch_status",
+    "check_batch_callback",
+    "new_bid",
     "ClassMetrics",
     "ENCRYPTED_ARG",
     "JobView",
@@ -62,6 +73,9 @@ TRACE_CONTEXT_FIELDS: tuple[str, ...]
 ENCRYPT_FIELD: str
 #: What Sidekiq's Web UI shows in place of an encrypted argument: ``"[encrypted data]"``.
 ENCRYPTED_DATA: str
+#: kiq's batch-id payload field (``kiq_bid``), and Sidekiq Pro's (``bid``), which kiq never writes.
+BATCH_FIELD: str
+PRO_BATCH_FIELD: str
 
 class KiqError(Exception):
     """Base class of every error kiq raises."""
@@ -89,6 +103,9 @@ class BufferFullError(KiqError):
 
 class UndeliverableError(KiqError):
     """Redis refused jobs for a reason retrying cannot fix (a key of the wrong type, an ACL); they were kept aside."""
+
+class BatchError(KiqError):
+    """A batch cannot do what was asked: it expired or never existed, or it already succeeded."""
 
 class DecryptionError(KiqError):
     """An encrypted job argument could not be decrypted: unknown key version, altered data, or a value outside the
@@ -155,8 +172,10 @@ class Client:
         unique_until: str | None = None,
         expires_in: float | None = None,
         encrypt: bool = False,
+        batch: BatchBuilder | None = None,
     ) -> tuple[str, str | None]:
-        """Pushes one job; returns ``(jid, held_by)``, ``held_by`` None unless a unique job was skipped."""
+        """Pushes one job; returns ``(jid, held_by)``, ``held_by`` None unless a unique job was skipped.
+        With ``batch`` the job joins that batch's ``jobs()`` block instead."""
     def push_bulk(
         self,
         class_name: str,
@@ -171,6 +190,7 @@ class Client:
         unique_until: str | None = None,
         expires_in: float | None = None,
         encrypt: bool = False,
+        batch: BatchBuilder | None = None,
     ) -> tuple[list[str], dict[str, str | None]]:
         """Pushes one job per argument list in one round trip; returns the jids and the skipped unique ones."""
     def push_jobs(
@@ -178,6 +198,7 @@ class Client:
         jobs: Iterable[tuple[Any, ...]],
         *,
         sync: bool = False,
+        batch: BatchBuilder | None = None,
     ) -> tuple[list[str], dict[str, str | None]]:
         """Pushes ``(class_name, args, queue, retry, options, jid, at, unique_for, unique_until, expires_in,
         encrypt)`` jobs in one round trip; returns the jids and the skipped unique ones."""
@@ -281,6 +302,59 @@ class Delivery:
     def retry_count(self) -> int | None: ...
     @property
     def enqueued_at(self) -> float | None: ...
+    @property
+    def bid(self) -> str | None:
+        """The kiq batch of a batch job (None for other jobs, callbacks included)."""
+    @property
+    def batch_chain(self) -> list[str]:
+        """A batch job's batch and its ancestors, or an awaited callback's (nearest first); else empty."""
+    @property
+    def batch_event(self) -> str | None:
+        """On a batch callback job, its event; else None."""
+    @property
+    def batch_invalidated(self) -> bool:
+        """The job's batch was invalidated: skip it (``Server.skip``)."""
+
+@final
+class BatchBuilder:
+    """The jobs of one ``jobs()`` block of a batch, until the block ends; built
+    from a spec object's attributes (``bid``, ``up``, ``new``, ``description``,
+    ``callback_queue``, ``callbacks``)."""
+
+    def __new__(cls, client: Client, spec: Any) -> BatchBuilder: ...
+    @property
+    def bid(self) -> str: ...
+    @property
+    def chain(self) -> list[str]: ...
+    def __len__(self) -> int: ...
+    def commit(self) -> int:
+        """Ends the block: creates or reopens the batch and pushes its jobs, exactly once; returns how many
+        callbacks fired at once."""
+    def discard(self) -> None:
+        """The block raised: drops what it staged; nothing was pushed."""
+    def defer(self, child: BatchBuilder) -> None:
+        """A child batch's block ended inside this one's: it is committed with this one."""
+
+def batch_status(client: Client, bid: str) -> dict[str, Any] | None:
+    """A batch's status (failed and dead jids included), or None when it expired or never existed."""
+
+def batch_list(client: Client, start: int = 0, count: int = 100) -> tuple[int, list[dict[str, Any]]]:
+    """Up to ``count`` batches from the ``start``-th, newest first, and how many the listing holds."""
+
+def batch_ancestors(client: Client, bid: str) -> list[str] | None:
+    """A batch's ancestors (nearest first); None when it is gone."""
+
+def batch_invalidate(client: Client, bid: str) -> bool:
+    """Marks a batch invalid; False when it is gone."""
+
+def batch_invalidated(client: Client, chain: list[str]) -> bool:
+    """Whether any batch of ``chain`` was invalidated."""
+
+def check_batch_callback(spec: Any) -> None:
+    """Checks a callback spec the way a builder will (raises ``ConfigError``/``CodecError``)."""
+
+def new_bid() -> str:
+    """A new batch id (14 characters of URL-safe Base64)."""
 
 @final
 class Fate:
@@ -335,6 +409,8 @@ class Server:
         """The next job of queue number ``lane``; None once the server stops (or on timeout)."""
     def complete(self, delivery: Delivery) -> None: ...
     def expire(self, delivery: Delivery) -> None: ...
+    def skip(self, delivery: Delivery) -> None:
+        """The job's batch was invalidated: not run, done for its batch, not counted as processed."""
     def fail(
         self,
         delivery: Delivery,

@@ -30,6 +30,10 @@ PRODUCER: tuple[str, ...] = (
     "evalsha", "script|load",
     # inside push.lua and unique_push.lua
     "type", "hget", "hset", "hdel", "pexpire", "lpush", "zadd", "sadd", "get", "set", "del",
+    # batches: batch_stage.lua, batch_commit.lua (with batch_lib.lua), moving fired callbacks
+    # (enqueue_due.lua), reopening, Batch.valid, dropping a raised block's staged jobs
+    "rpush", "lrange", "ltrim", "exists", "hexists", "hmget", "hincrby", "hsetnx", "hlen", "hscan", "pttl",
+    "expire", "zscore", "zrem", "zremrangebyscore", "sismember", "unlink",
 )
 
 WORKER: tuple[str, ...] = PRODUCER + (
@@ -43,6 +47,9 @@ WORKER: tuple[str, ...] = PRODUCER + (
 
 ADMIN: tuple[str, ...] = (
     "evalsha", "script|load", "multi", "exec", "ping", "info",
+    # batches: the listing, one batch's status, invalidate (batch_invalidate.lua), and a
+    # kill's death (kill_many.lua with batch_lib.lua)
+    "hlen", "ttl", "hexists", "sismember", "pttl", "hscan", "hincrby",
     "get", "mget", "type", "llen", "lindex", "lrange", "lrem", "lpush", "rpush", "zcard", "zrange", "zrevrange",
     "zscan", "zscore", "zadd", "zrem", "zremrangebyscore", "zremrangebyrank", "smembers", "srem", "sadd", "scard",
     "hget", "hgetall", "hmget", "hset", "hsetnx", "expire", "pexpire", "exists", "unlink", "del", "scan",

@@ -10,6 +10,8 @@
     api.dead.delete(jid)
     api.processes()[0].quiet()          # the Busy page's Quiet button
     api.cancel(jid)                     # delete a waiting job, or cancel a running one
+    api.batches()                       # kiq's batches, newest first (Pro's BatchSet)
+    api.batch(bid)                      # one batch's status, or None
 
 Reads Sidekiq's keys, so it shows Ruby and Python jobs and processes alike.
 The worker runtime never imports this module (as Sidekiq's server never
@@ -26,12 +28,13 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from kiq import _kiq
+from kiq.batch import BatchStatus
 
 if TYPE_CHECKING:
     from kiq.app import Kiq
 
 __all__ = [
-    "ENCRYPTED_DATA", "Api", "JobRecord", "JobSet", "Process", "Queue", "Selection", "Stats", "Work", "display_args", "is_encrypted",
+    "ENCRYPTED_DATA", "Api", "BatchStatus", "JobRecord", "JobSet", "Process", "Queue", "Selection", "Stats", "Work", "display_args", "is_encrypted",
 ]
 
 #: What Sidekiq's Web UI shows in place of an encrypted argument.
@@ -436,6 +439,23 @@ class Api:
                 return "deleted"
         self.client.request_cancel(jid)
         return "requested"
+
+    def batches(self, start: int = 0, count: int = 100) -> list[BatchStatus]:
+        """kiq's batches, newest first (Pro's ``BatchSet``), without their jid
+        lists; batches that expired are dropped from the listing."""
+        _, found = _kiq.batch_list(self.client, start, count)
+        return [BatchStatus(b) for b in found]
+
+    def batch_count(self) -> int:
+        """How many batches the listing holds (some may have expired since)."""
+        total, _ = _kiq.batch_list(self.client, 0, 1)
+        return int(total)
+
+    def batch(self, bid: str) -> BatchStatus | None:
+        """One batch's status, failed and dead jids included; None when it
+        expired or never existed."""
+        found = _kiq.batch_status(self.client, bid)
+        return None if found is None else BatchStatus(found)
 
     def work(self) -> list[Work]:
         """Jobs running right now in every process, oldest first."""

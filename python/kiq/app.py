@@ -28,11 +28,13 @@ from typing import Any, TypeVar
 
 from kiq import _kiq, corelog
 from kiq.aio import AsyncRunner
+from kiq.batch import Batch, BatchStatus, open_block, parent_chain, reopen, status_of
 from kiq.errors import ConfigError, KiqError, ShutdownError, UndeliverableError
 from kiq.identity import hostname, new_identity
 from kiq.instrument import Instrumenter
 from kiq.crontab import Crontab
 from kiq.job import Enqueued, Job
+from kiq.logs import current_job
 from kiq.paths import default_state_dir, undeliverable_path, unsent_dir
 from kiq.pool import WorkerThreads
 from kiq.processor import Processor, Registered, register
@@ -40,6 +42,7 @@ from kiq.reporters import Reporter, ReporterThread
 from kiq.sandbox import Sandbox, default_mode
 from kiq.tracing import Tracing
 from kiq.worker import WorkerLike, bind, check_arguments, is_worker
+from kiq.workflow import NextStep
 
 __all__ = ["Kiq", "StopResult"]
 
@@ -383,7 +386,8 @@ class Kiq:
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         #: Set by a second stop signal to run(): stop() then waits for no running job.
         self._hurry = threading.Event()
-        self.register(*workers)
+        # kiq's own worker: chains (kiq.workflow) run their next step from any process.
+        self.register(NextStep, *workers)
         if buffer_path is not None and self._sandbox is None:
             # Jobs an earlier run left in the spool go to Redis now, not at the first enqueue.
             _ = self.client
@@ -619,6 +623,7 @@ class Kiq:
             unique_until=job.unique_until if job.unique_for is not None else None,
             expires_in=job.expires_in,
             encrypt=job.encrypt,
+            batch=open_block(self),
         )
         if held is not None:
             logger.info("kiq: skipped enqueueing %s %s: not unique (lock held by %s)", job.class_name, jid,
@@ -669,6 +674,7 @@ class Kiq:
             unique_until=job.unique_until if job.unique_for is not None else None,
             expires_in=job.expires_in,
             encrypt=job.encrypt,
+            batch=open_block(self),
         )
         return _results(jids, skipped)
 
@@ -699,7 +705,7 @@ class Kiq:
              job.unique_until if job.unique_for is not None else None, job.expires_in, job.encrypt)
             for job in jobs
         ]
-        jids, skipped = self.client.push_jobs(specs, sync=sync)
+        jids, skipped = self.client.push_jobs(specs, sync=sync, batch=open_block(self))
         return _results(jids, skipped)
 
     def _record(self, job: Job, at: float | None) -> str:
@@ -755,6 +761,37 @@ class Kiq:
     async def flush_async(self, timeout: Seconds | None = None) -> None:
         """:meth:`flush` for ``async`` code."""
         await _off_loop(functools.partial(self.flush, timeout))
+
+    # -- batches ---------------------------------------------------------
+
+    def batch(self, bid: str | None = None, *, description: str | None = None,
+              callback_queue: str | None = None) -> Batch:
+        """A new batch (Pro's ``Sidekiq::Batch.new``), or with ``bid`` an
+        existing one reopened to add jobs (:class:`~kiq.errors.BatchError` if it
+        expired or never existed). A new batch made inside another batch's
+        ``jobs()`` block, or inside a job of a batch, is that batch's child.
+        See :mod:`kiq.batch`."""
+        if self._sandbox is not None:
+            raise ConfigError("batches need Redis: a sandboxed Kiq (test_mode=\"sandbox\") cannot run them")
+        if bid is not None:
+            if description is not None or callback_queue is not None:
+                raise ConfigError("description and callback_queue are set when a batch is created, not when reopened")
+            return reopen(self, bid)
+        if description is not None and not isinstance(description, str):
+            raise ConfigError(f"a batch description is a str, not {type(description).__name__}")
+        job = current_job()
+        running = list(job._delivery.batch_chain) if job is not None and job.bid is not None else None
+        return Batch(self, description=description, callback_queue=callback_queue,
+                     ancestors=parent_chain(self, running))
+
+    def batch_status(self, bid: str) -> BatchStatus:
+        """A batch's status now (Pro's ``Batch::Status``): ``total``, ``pending``,
+        ``failures``, ``created_at``, ``complete``, ``failed_jids``,
+        ``dead_jids``, ``parent_bid``, ``child_count``, ``description``...;
+        :class:`~kiq.errors.BatchError` if it expired or never existed."""
+        if self._sandbox is not None:
+            raise ConfigError("batches need Redis: a sandboxed Kiq (test_mode=\"sandbox\") has none")
+        return status_of(self, bid)
 
     @staticmethod
     def _template(template: Job | WorkerLike | str) -> Job:
@@ -843,7 +880,7 @@ class Kiq:
         )
         reporters = self._start_reporters()
         aio = AsyncRunner() if any(w.is_async for w in self._workers.values()) else None
-        threads = WorkerThreads(Processor(server, self._workers, reporters, aio, self._tracing),
+        threads = WorkerThreads(Processor(server, self._workers, reporters, aio, self._tracing, app=self),
                                 list(self.queues.items()))
         with self._lock:
             self._server, self._threads, self._reporters, self._aio = server, threads, reporters, aio

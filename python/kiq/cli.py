@@ -4,6 +4,7 @@
     kiq enqueue HardJob bob 5 -q critical [--app myproject.jobs:app]
     kiq stats | kiq queues
     kiq jobs retry|dead|scheduled|busy | kiq jobs queue NAME   [--class C] [--error TEXT] [--json]
+    kiq batches | kiq batch BID         kiq's batches, one batch's status
     kiq retry JID | kiq kill JID | kiq delete JID | kiq cancel JID
     kiq retry --all dead [--class C] [--error TEXT] | kiq delete --all queue NAME [...]
     kiq gen worker SendEmail -q mail -r 5 | kiq gen reporter Audit | kiq gen app jobs
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as dt
 import json
 import logging
 import os
@@ -327,6 +329,54 @@ def cmd_all(ns: argparse.Namespace) -> int:
         done, gone = listed.delete_all(**filters, max_scan=ns.scan)
     past = "enqueued now from" if ns.command == "retry" else "deleted from"
     print(f"{done:,} jobs {past} {where}" + (f"; {gone:,} were gone before their turn" if gone else ""))
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _state(b: dict[str, Any]) -> str:
+    if b.get("success"):
+        return "succeeded"
+    if b.get("death"):
+        return "dead jobs"
+    if b.get("complete"):
+        return "complete"
+    return "open" if b.get("open") else "running"
+
+
+def cmd_batches(ns: argparse.Namespace) -> int:
+    found = _api(ns).batches(0, ns.limit)
+    if ns.json:
+        print(json.dumps(found))
+        return 0
+    if not found:
+        print("no batches")
+        return 0
+    print(f"{'bid':<14}  {'created (UTC)':<19}  {'total':>8}  {'pending':>8}  {'failures':>8}  {'state':<9}  description")
+    for b in found:
+        print(f"{b.bid:<14}  {_when(b.created_at):<19}  {b.total:>8}  {b.pending:>8}  {b.failures:>8}  "
+              f"{_state(b):<9}  {b.description or ''}")
+    return 0
+
+
+def cmd_batch(ns: argparse.Namespace) -> int:
+    b = _api(ns).batch(ns.bid)
+    if b is None:
+        raise CliError(f"no batch {ns.bid} (it expired or never existed)", EXIT_NOT_FOUND)
+    if ns.json:
+        print(json.dumps(b))
+        return 0
+    rows = [
+        ("bid", b.bid), ("description", b.description or ""), ("created", _when(b.created_at)),
+        ("state", _state(b)), ("total", b.total), ("pending", b.pending), ("failures", b.failures),
+        ("parent", b.parent_bid or "-"), ("children", b.child_count),
+        ("events fired", ", ".join(b["fired"]) or "-"), ("callbacks ran", ", ".join(b["callbacks_done"]) or "-"),
+        ("invalidated", "yes" if b.invalidated else "no"), ("expires in", f"{b['expires_in']}s"),
+        ("failed jids", " ".join(b.failed_jids) or "-"), ("dead jids", " ".join(b.dead_jids) or "-"),
+    ]
+    for name, value in rows:
+        print(f"{name:<14} {value}")
     return 0
 
 
@@ -504,6 +554,18 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="print JSON")
         _redis_options(p)
         p.set_defaults(func=cmd_stats if name == "stats" else cmd_queues)
+
+    p = sub.add_parser("batches", help="kiq's batches, newest first")
+    p.add_argument("--limit", type=int, default=50, help="how many (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _redis_options(p)
+    p.set_defaults(func=cmd_batches)
+
+    p = sub.add_parser("batch", help="one batch's status: counts, events, failed and dead jids")
+    p.add_argument("bid")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _redis_options(p)
+    p.set_defaults(func=cmd_batch)
 
     for name, help_text in (
         ("retry", "run a retrying, dead or scheduled job now (--all: every one of a set)"),

@@ -8,6 +8,7 @@ works without importing ``kiq._kiq``.
 from __future__ import annotations
 
 from kiq._kiq import (
+    BatchError,
     BufferFullError,
     CodecError,
     ConfigError,
@@ -22,6 +23,7 @@ from kiq._kiq import (
 
 __all__ = [
     "ArgumentError",
+    "BatchError",
     "BufferFullError",
     "CodecError",
     "ConfigError",

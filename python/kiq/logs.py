@@ -26,9 +26,12 @@ import json
 import logging
 import time
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiq.errors import JobCancelledError
+
+if TYPE_CHECKING:
+    from kiq.batch import Batch
 
 __all__ = ["JobContext", "JobContextFilter", "JsonFormatter", "PlainFormatter", "configure", "current_job"]
 
@@ -50,6 +53,27 @@ class JobContext:
         self._server = server
 
     @property
+    def bid(self) -> str | None:
+        """The kiq batch this job belongs to (None outside a batch, and in a callback job)."""
+        d = self._delivery
+        return None if d is None else getattr(d, "bid", None)
+
+    @property
+    def batch(self) -> Batch | None:
+        """This job's batch (Pro's ``batch``): reopen it to add jobs
+        (``with current_job().batch.jobs(): ...``), read ``valid`` after an
+        ``invalidate()``, or ``invalidate()`` it. None outside a batch."""
+        if self.bid is None:
+            return None
+        from kiq.batch import Batch
+
+        app = _app.get()
+        if app is None:
+            return None
+        chain = list(self._delivery.batch_chain)
+        return Batch(app, chain[0], ancestors=chain[1:], exists=True)
+
+    @property
     def cancelled(self) -> bool:
         """Whether cancelling this job was asked (seen within a heartbeat of the request)."""
         return self._server is not None and bool(self._server.is_cancelled(self._delivery))
@@ -67,6 +91,8 @@ class JobContext:
 _current: contextvars.ContextVar[Any] = contextvars.ContextVar("kiq_current_job", default=None)
 #: The server of the worker thread (set once per thread), which knows what was cancelled.
 _server: contextvars.ContextVar[Any] = contextvars.ContextVar("kiq_server", default=None)
+#: The app of the worker thread (set once per thread), for batches reopened from a job.
+_app: contextvars.ContextVar[Any] = contextvars.ContextVar("kiq_app", default=None)
 
 
 def current_job() -> JobContext | None:

@@ -20,7 +20,8 @@ from typing import Any
 from kiq import _kiq
 from kiq.aio import AsyncRunner
 from kiq.errors import JobCancelledError, JobTimeoutError, Shutdown, UnknownWorkerError
-from kiq.logs import _current, _server
+from kiq.batch import BatchStatus
+from kiq.logs import _app, _current, _server
 from kiq.reporters import JobInfo, ReporterThread
 from kiq.tracing import Tracing
 from kiq.worker import FunctionWorker, Worker, WorkerLike, WorkerOptions
@@ -91,6 +92,13 @@ def runner(reg: Registered, aio: AsyncRunner | None) -> Callable[[list[Any], str
     return timed
 
 
+def callback_args(args: list[Any]) -> list[Any]:
+    """A batch callback's arguments: its status hash as a :class:`~kiq.batch.BatchStatus` (still a dict)."""
+    if args and isinstance(args[0], dict):
+        return [BatchStatus(args[0]), *args[1:]]
+    return args
+
+
 def error_class(exc: BaseException) -> str:
     """The exception's class name as the Web UI shows it (builtins unqualified)."""
     t = type(exc)
@@ -120,9 +128,12 @@ class Processor:
         reporters: Sequence[ReporterThread] = (),
         aio: AsyncRunner | None = None,
         tracing: Tracing | None = None,
+        app: Any = None,
     ) -> None:
         self.server = server
         self.tracing = tracing
+        #: The Kiq the jobs run in (for batches reopened from a job).
+        self.app = app
         self.workers = dict(workers)
         self.reporters = list(reporters)
         self.aio = aio
@@ -140,6 +151,7 @@ class Processor:
         set_current = _current.set
         reset_current = _current.reset
         _server.set(server)  # this thread's context: what current_job().cancelled asks
+        _app.set(self.app)  # and where current_job().batch pushes
         while True:
             try:
                 d = next_job(lane)
@@ -159,6 +171,9 @@ class Processor:
                 if expires_at is not None and time.time() > expires_at:
                     self.expired(d)
                     continue
+                if d.batch_invalidated:
+                    self.skipped(d)
+                    continue
                 if observe or enabled(logging.INFO):
                     if not self.run_observed(d):
                         return
@@ -168,7 +183,7 @@ class Processor:
                     self.failed(d, None, self.unknown(d))
                     continue
                 try:
-                    run(d.args, d.jid, d.kwargs)
+                    run(d.args if d.batch_event is None else callback_args(d.args), d.jid, d.kwargs)
                 except Shutdown:
                     server.abandon(d)
                     return
@@ -223,7 +238,8 @@ class Processor:
             with self.tracing.process(d) if self.tracing is not None else contextlib.nullcontext():
                 if reg is None:
                     raise self.unknown(d)
-                self.runners[d.class_name](d.args, d.jid, d.kwargs)
+                self.runners[d.class_name](d.args if d.batch_event is None else callback_args(d.args), d.jid,
+                                           d.kwargs)
         except (Shutdown, concurrent.futures.CancelledError) as exc:
             if isinstance(exc, concurrent.futures.CancelledError) and not (self.aio and self.aio.stopping):
                 self.failed(d, reg, exc)
@@ -268,6 +284,18 @@ class Processor:
         for r in self.reporters:
             r.put(("handle_started", job, ()))  # type: ignore[arg-type]
             r.put(("handle_aborted", job, ("expired",)))  # type: ignore[arg-type]
+            r.put(("handle_stopped", job, ()))  # type: ignore[arg-type]
+
+    def skipped(self, d: _kiq.Delivery) -> None:
+        """A job of an invalidated batch: not run, done for its batch, logged and reported as aborted."""
+        job = JobInfo.of(d) if self.reporters else None
+        self.server.skip(d)
+        logger.warning("job_aborted %s jid=%s queue=%s reason=batch_invalidated", d.class_name, d.jid, d.queue,
+                       extra={"kiq": {"event": "job_aborted", "class": d.class_name, "queue": d.queue, "jid": d.jid,
+                                      "reason": "batch_invalidated"}})
+        for r in self.reporters:
+            r.put(("handle_started", job, ()))  # type: ignore[arg-type]
+            r.put(("handle_aborted", job, ("batch_invalidated",)))  # type: ignore[arg-type]
             r.put(("handle_stopped", job, ()))  # type: ignore[arg-type]
 
     def cancelled(self, d: _kiq.Delivery, job: JobInfo | None = None) -> None:

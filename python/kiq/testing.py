@@ -196,6 +196,11 @@ class _Delivery:
         self.enqueued_at = item.get("enqueued_at")
         self.expires_at = item.get("expires_at")
         self.payload = job.payload
+        # Batches need Redis: no sandboxed job belongs to one.
+        self.bid: str | None = None
+        self.batch_chain: list[str] = []
+        self.batch_event: str | None = None
+        self.batch_invalidated = False
         #: Completed, failed, expired or abandoned.
         self.settled = False
 

@@ -4,7 +4,8 @@
 //! without waiting. The task writes everything that piled up meanwhile in one
 //! round trip to `settle.lua`: for each job, its retry or dead entry (if any)
 //! and the `LREM` that takes it off the in-progress list, plus Sidekiq's
-//! processed/failed counters. Because the write is atomic, a job is never in
+//! processed/failed counters, and a batch job's bookkeeping (its batch, and
+//! the callback jobs that fire). Because the write is atomic, a job is never in
 //! neither place, and the counters never count a job still in progress; each
 //! settlement is numbered and the script keeps the highest number applied, so
 //! a batch written again after a lost reply counts nothing twice. A failed
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::batches::{KEEP_SECS, Settled};
 use crate::keys::{DAILY_STAT_TTL_SECS, Keys};
 use crate::pool::Pool;
 use crate::retry::RetryPolicy;
@@ -59,6 +61,8 @@ pub struct Settlement {
     pub failed: bool,
     /// A unique job's lock to release with it: (key, jid).
     pub unlock: Option<(String, String)>,
+    /// Its batch's bookkeeping (a batch member, or a callback that ran).
+    pub batch: Option<Settled>,
 }
 
 pub enum Msg {
@@ -191,7 +195,13 @@ async fn write_pending(
     let mut delay = Duration::from_millis(20);
     while !p.batch.is_empty() {
         match write(pool, keys, policy, numbers, &p.batch).await {
-            Ok(refused) => {
+            Ok((refused, fired)) => {
+                if !fired.is_empty() {
+                    // Written due now: the scheduler moves them if this does not.
+                    if let Err(e) = crate::scheduled::release(pool, keys, policy.unit, fired).await {
+                        log::warn!("batch callbacks wait for the scheduler's next poll: {e}");
+                    }
+                }
                 if *failing {
                     log::warn!("writing job results to Redis works again");
                     *failing = false;
@@ -263,14 +273,15 @@ async fn unlock(pool: &Pool, locks: &[(String, String)]) -> redis::RedisResult<(
     inv.invoke_async::<i64>(&mut pool.get()).await.map(|_| ())
 }
 
-/// Writes a batch; returns the settlements Redis refused, with why.
+/// Writes a batch; returns the settlements Redis refused, with why, and the
+/// batch callback jobs it wrote to the schedule set (due now).
 async fn write(
     pool: &Pool,
     keys: &Keys,
     policy: &RetryPolicy,
     numbers: &str,
     batch: &[(u64, Settlement)],
-) -> redis::RedisResult<Vec<(u64, String)>> {
+) -> redis::RedisResult<(Vec<(u64, String)>, Vec<String>)> {
     let now = timestamp::now();
     let day = timestamp::utc_date(now);
     let mut inv = scripts::SETTLE.prepare_invoke();
@@ -281,22 +292,39 @@ async fn write(
         .key(keys.stat_failed())
         .key(keys.stat_processed_day(&day))
         .key(keys.stat_failed_day(&day))
-        .key(keys.stat_expired());
+        .key(keys.stat_expired())
+        .key(keys.schedule());
     let mut wips: Vec<&str> = Vec::new();
+    // Every batch any result touches (its own, and its ancestors), numbered from 1.
+    let mut levels: Vec<&str> = Vec::new();
     for (_, s) in batch {
         if !wips.contains(&&*s.wip_key) {
             wips.push(&s.wip_key);
         }
+        for bid in s.batch.iter().flat_map(|b| &b.chain) {
+            if !levels.contains(&bid.as_str()) {
+                levels.push(bid);
+            }
+        }
     }
     for w in &wips {
         inv.key(*w);
+    }
+    for bid in &levels {
+        inv.key(keys.batch(bid)).key(keys.batch_done(bid)).key(keys.batch_failed(bid));
     }
     inv.arg(NUMBERS_TTL_MS)
         .arg(DAILY_STAT_TTL_SECS)
         .arg(float_json(now))
         .arg(float_json(now - policy.dead_timeout_secs))
         .arg(policy.dead_limit)
-        .arg(batch.len());
+        .arg(batch.len())
+        .arg(policy.unit.encode(now))
+        .arg(KEEP_SECS)
+        .arg(levels.len());
+    for bid in &levels {
+        inv.arg(*bid);
+    }
     for (seq, s) in batch {
         let wip = wips.iter().position(|w| **w == *s.wip_key).unwrap_or(0) + 1;
         let (kind, score, payload): (&str, String, &[u8]) = match &s.settle {
@@ -310,10 +338,20 @@ async fn write(
             (true, false) => "p",
             _ => "",
         };
-        inv.arg(*seq).arg(wip).arg(kind).arg(score).arg(payload).arg(&s.raw).arg(counted);
+        let (spec, jid) = match &s.batch {
+            Some(b) => {
+                let at: Vec<usize> =
+                    b.chain.iter().map(|bid| levels.iter().position(|l| *l == bid).unwrap_or(0) + 1).collect();
+                (b.spec(&at), b.jid.as_str())
+            }
+            None => (String::new(), ""),
+        };
+        inv.arg(*seq).arg(wip).arg(kind).arg(score).arg(payload).arg(&s.raw).arg(counted).arg(spec).arg(jid);
     }
-    let refused: Vec<String> = inv.invoke_async(&mut pool.get()).await?;
-    Ok(refused.chunks(2).filter_map(|c| Some((c[0].parse().ok()?, c.get(1).cloned().unwrap_or_default()))).collect())
+    let (refused, fired): (Vec<String>, Vec<String>) = inv.invoke_async(&mut pool.get()).await?;
+    let refused =
+        refused.chunks(2).filter_map(|c| Some((c[0].parse().ok()?, c.get(1).cloned().unwrap_or_default()))).collect();
+    Ok((refused, fired))
 }
 
 /// Sidekiq's dead-set trim: entries older than `dead_timeout`, then all but

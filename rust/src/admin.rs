@@ -82,17 +82,7 @@ pub async fn enqueue_now(pool: &Pool, keys: &Keys, policy: &RetryPolicy, set: &s
 
 /// Moves a member of `set` to the dead set (the Web UI's "Kill"). Returns false if it was gone.
 pub async fn kill(pool: &Pool, keys: &Keys, policy: &RetryPolicy, set: &str, member: &str) -> Result<bool> {
-    let now = timestamp::now();
-    let moved: i64 = scripts::BURY
-        .key(set)
-        .key(keys.dead())
-        .arg(member)
-        .arg(float_json(now))
-        .arg(float_json(now - policy.dead_timeout_secs))
-        .arg(policy.dead_limit)
-        .invoke_async(&mut pool.get())
-        .await?;
-    Ok(moved == 1)
+    Ok(crate::bulk::kill(pool, keys, policy, set, &[member.to_owned()]).await? == 1)
 }
 
 /// The field of Sidekiq's iterable-job state hash that cancels the job.

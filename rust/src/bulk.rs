@@ -15,6 +15,7 @@
 //! "All matching" walks the set with `ZSCAN` in bounded steps, acting on each
 //! step's matches, so Redis is never blocked by one long command.
 
+use crate::batches::{BatchRef, KEEP_SECS};
 use crate::browse::Filter;
 use crate::error::{KiqError, Result};
 use crate::job::{Payload, field};
@@ -165,20 +166,60 @@ pub async fn apply(
     for chunk in members.chunks(BATCH) {
         done += match action {
             Action::Delete => redis::cmd("ZREM").arg(set).arg(chunk).query_async::<u64>(&mut pool.get()).await?,
-            Action::Kill => {
-                let now = timestamp::now();
-                let mut inv = scripts::KILL_MANY.prepare_invoke();
-                inv.key(set).key(keys.dead());
-                inv.arg(float_json(now)).arg(float_json(now - policy.dead_timeout_secs)).arg(policy.dead_limit);
-                for m in chunk {
-                    inv.arg(m);
-                }
-                inv.invoke_async::<u64>(&mut pool.get()).await?
-            }
+            Action::Kill => kill(pool, keys, policy, set, chunk).await?,
             Action::RetryNow | Action::AddToQueue => enqueue(pool, keys, policy, set, action, chunk).await?,
         };
     }
     Ok(done)
+}
+
+/// Moves members of `set` to the dead set (one atomic script call), each a
+/// death for its batch if it is a batch job; returns how many moved.
+pub async fn kill(pool: &Pool, keys: &Keys, policy: &RetryPolicy, set: &str, members: &[String]) -> Result<u64> {
+    let now = timestamp::now();
+    let batches: Vec<Option<BatchRef>> = members
+        .iter()
+        .map(|m| Payload::parse(m.as_str()).ok().and_then(|p| BatchRef::of(&p).filter(|b| b.callback.is_none())))
+        .collect();
+    let mut levels: Vec<&str> = Vec::new();
+    for bid in batches.iter().flatten().flat_map(|b| &b.chain) {
+        if !levels.contains(&bid.as_str()) {
+            levels.push(bid);
+        }
+    }
+    let mut inv = scripts::KILL_MANY.prepare_invoke();
+    inv.key(set).key(keys.dead()).key(keys.schedule());
+    for bid in &levels {
+        inv.key(keys.batch(bid)).key(keys.batch_done(bid)).key(keys.batch_failed(bid));
+    }
+    inv.arg(float_json(now))
+        .arg(float_json(now - policy.dead_timeout_secs))
+        .arg(policy.dead_limit)
+        .arg(policy.unit.encode(now))
+        .arg(KEEP_SECS)
+        .arg(levels.len());
+    for bid in &levels {
+        inv.arg(*bid);
+    }
+    for (m, b) in members.iter().zip(&batches) {
+        let refs = b.as_ref().map(|b| {
+            let at: Vec<String> =
+                b.chain.iter().map(|bid| (levels.iter().position(|l| l == bid).unwrap_or(0) + 1).to_string()).collect();
+            at.join(" ")
+        });
+        let jid = Payload::parse(m.as_str()).ok().and_then(|p| p.jid()).unwrap_or_default();
+        inv.arg(m).arg(refs.unwrap_or_default()).arg(jid);
+    }
+    let reply: Vec<redis::Value> = inv.invoke_async(&mut pool.get()).await?;
+    let moved = reply.first().and_then(|v| redis::from_redis_value::<u64>(v.clone()).ok()).unwrap_or(0);
+    let fired: Vec<String> =
+        reply.iter().skip(1).filter_map(|v| redis::from_redis_value::<String>(v.clone()).ok()).collect();
+    if !fired.is_empty()
+        && let Err(e) = crate::scheduled::release(pool, keys, policy.unit, fired).await
+    {
+        log::warn!("batch callbacks wait for the scheduler's next poll: {e}");
+    }
+    Ok(moved)
 }
 
 /// Pushes members of `set` to their queues now (one atomic script call).

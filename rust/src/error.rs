@@ -35,6 +35,10 @@ pub enum KiqError {
     /// An encrypted job argument could not be decrypted (never quotes plaintext).
     #[error("{0}")]
     Decryption(String),
+    /// A batch is not in a state that allows what was asked (expired or
+    /// unknown, already succeeded).
+    #[error("{0}")]
+    Batch(String),
 }
 
 impl KiqError {

@@ -19,6 +19,8 @@ use tokio::sync::mpsc;
 use crate::ack::{Msg, Settle, Settlement};
 use crate::activejob;
 use crate::args;
+use crate::batches::watch::Watch;
+use crate::batches::{BatchRef, Outcome as BatchOutcome, Settled};
 use crate::control::{Control, RunState};
 use crate::crypto::{self, Keyring};
 use crate::job::{Payload, UniqueUntil, field};
@@ -50,6 +52,8 @@ pub struct Fetcher {
     pub control: Control,
     /// Keys for jobs whose last argument is encrypted (Sidekiq Enterprise's format).
     pub keyring: Option<Arc<Keyring>>,
+    /// Batch checks shared by the process's fetchers (invalidation, Pro bids).
+    pub watch: Arc<Watch>,
 }
 
 impl Fetcher {
@@ -122,7 +126,7 @@ impl Fetcher {
                         failing = false;
                         delay = Duration::from_millis(100);
                     }
-                    self.deliver(jobs);
+                    self.deliver(jobs).await;
                 }
                 Err(e) => {
                     self.pool.note_error(&e);
@@ -212,11 +216,16 @@ impl Fetcher {
         }
     }
 
-    fn deliver(&self, raws: Vec<Vec<u8>>) {
+    async fn deliver(&self, raws: Vec<Vec<u8>>) {
         let mut good = Vec::with_capacity(raws.len());
         for raw in raws {
             match self.decode(raw) {
-                Ok(d) => good.push(d),
+                Ok(mut d) => {
+                    if let Some(b) = d.batch.as_deref().filter(|b| b.callback.is_none()) {
+                        d.batch_invalidated = self.watch.skip(&self.pool, &self.keys, &b.chain).await;
+                    }
+                    good.push(d);
+                }
                 Err(s) => {
                     let _ = self.acks.send(Msg::Settle(s));
                 }
@@ -241,7 +250,12 @@ impl Fetcher {
             (self.keys.unique(&token), until)
         });
         let suspect = payload.get(field::SUSPECT) == Some("true");
+        let batch = BatchRef::of(&payload).map(Box::new);
+        if batch.is_none() && payload.contains(field::BID) {
+            self.watch.note_foreign(&payload, &self.lane.name);
+        }
         let mut d = Delivery::new(self.lane_index, payload, class, jid, args);
+        d.batch = batch;
         d.suspect = suspect;
         d.kwargs = kwargs;
         d.expires_at = expires_at;
@@ -264,6 +278,7 @@ impl Fetcher {
                 processed: false,
                 failed: false,
                 unlock: None,
+                batch: None,
             }
         };
         let text = match String::from_utf8(raw) {
@@ -318,7 +333,9 @@ impl Fetcher {
         log::error!("cannot run job {} from queue {:?}: {problem}", payload.jid().unwrap_or_default(), self.lane.name);
         let raw = payload.source().as_bytes().to_vec();
         let failure = Failure { error_class: error_class.to_owned(), error_message: problem, ..Failure::default() };
-        let settle = match retry::on_failure(
+        let batch_ref = BatchRef::of(&payload);
+        let jid = payload.jid().unwrap_or_default();
+        let (disposition, _) = retry::on_failure(
             payload,
             &self.lane.name,
             &failure,
@@ -326,13 +343,21 @@ impl Fetcher {
             &self.policy,
             timestamp::now(),
             rand::random(),
-        )
-        .0
-        {
+        );
+        let batch = batch_ref.and_then(|b| Settled::new(&b, &jid, BatchOutcome::of(&disposition)));
+        let settle = match disposition {
             Disposition::Retry { at, payload } => Settle::Retry { at, payload },
             Disposition::Dead { payload } => Settle::Dead { payload: payload.into_bytes() },
-            Disposition::Discard => Settle::Discard,
+            Disposition::Discard | Disposition::Dropped => Settle::Discard,
         };
-        Err(Settlement { wip_key: self.wip_key.clone(), raw, settle, processed: true, failed: true, unlock: None })
+        Err(Settlement {
+            wip_key: self.wip_key.clone(),
+            raw,
+            settle,
+            processed: true,
+            failed: true,
+            unlock: None,
+            batch,
+        })
     }
 }

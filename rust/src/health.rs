@@ -52,6 +52,8 @@ pub enum Outcome {
     Succeeded,
     Failed,
     Expired,
+    /// Not run: its batch was invalidated.
+    Skipped,
 }
 
 /// Jobs this process finished, by outcome.
@@ -60,6 +62,7 @@ pub struct Tally {
     succeeded: AtomicU64,
     failed: AtomicU64,
     expired: AtomicU64,
+    skipped: AtomicU64,
     total: AtomicU64,
 }
 
@@ -70,6 +73,7 @@ impl Tally {
             Outcome::Succeeded => &self.succeeded,
             Outcome::Failed => &self.failed,
             Outcome::Expired => &self.expired,
+            Outcome::Skipped => &self.skipped,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         self.total.fetch_add(1, Ordering::Relaxed) + 1
@@ -160,6 +164,7 @@ impl Probe {
                 (r#"{outcome="success"}"#.into(), n(&t.succeeded)),
                 (r#"{outcome="failure"}"#.into(), n(&t.failed)),
                 (r#"{outcome="expired"}"#.into(), n(&t.expired)),
+                (r#"{outcome="skipped"}"#.into(), n(&t.skipped)),
             ],
         );
         let per_queue = |f: &dyn Fn(&Lane) -> usize| -> Vec<(String, String)> {

@@ -58,8 +58,19 @@ pub mod field {
     /// `true` on a job that was in flight when a process died: it runs alone
     /// next time (see `isolation.rs`), so a second death blames it for sure.
     pub const SUSPECT: &str = "kiq_suspect";
-    /// A Sidekiq Pro batch id.
+    /// A Sidekiq Pro batch id. kiq never writes it: Pro's server middleware
+    /// does the accounting for such jobs (see `batches::foreign`).
     pub const BID: &str = "bid";
+    /// kiq's batch id of a batch job (kiq's own name, so a Sidekiq Pro server
+    /// never tries to account for it).
+    pub const BATCH: &str = "kiq_bid";
+    /// The batch's ancestors, nearest first (a child batch's jobs and callbacks):
+    /// the settlement updates each of them in the same atomic step.
+    pub const BATCH_UP: &str = "kiq_bid_up";
+    /// On a batch callback job: the event ("success", "complete", "death")
+    /// and the batch whose callback it is.
+    pub const CALLBACK: &str = "kiq_callback";
+    pub const CALLBACK_BATCH: &str = "kiq_callback_bid";
 }
 
 /// When a unique job's lock is released (besides its `unique_for` running out).
@@ -548,6 +559,16 @@ pub struct Template {
 }
 
 impl Template {
+    /// The payload up to `args`'s value (`..."args":`).
+    pub fn head(&self) -> &str {
+        &self.head
+    }
+
+    /// The payload from after `args`'s value up to the jid's opening quote.
+    pub fn mid(&self) -> &str {
+        &self.mid
+    }
+
     /// The payload for these args (JSON text), jid and timestamp (JSON text).
     pub fn render(&self, args: &str, jid: &str, stamp: &str, enqueued: bool) -> String {
         let len = self.head.len() + args.len() + self.mid.len() + jid.len() + self.tail.len() + 2 * stamp.len() + 20;
@@ -573,6 +594,10 @@ pub const UNIQUE_AND_ENCRYPT: &str = "unique_for and encrypt cannot be combined:
 
 /// Fields kiq itself sets on a new job, which options must not override.
 const RESERVED: &[&str] = &[
+    field::BATCH,
+    field::BATCH_UP,
+    field::CALLBACK,
+    field::CALLBACK_BATCH,
     field::ENCRYPT,
     field::EXPIRES_AT,
     field::UNIQUE_TOKEN,

@@ -168,6 +168,31 @@ impl Keys {
         format!("{}kiq:isolated|{identity}", self.prefix)
     }
 
+    /// HASH of a kiq batch: counters, flags, callback templates (see `batches`).
+    pub fn batch(&self, bid: &str) -> String {
+        format!("{}kiq:batch|{bid}", self.prefix)
+    }
+
+    /// SET of a batch's jids that succeeded, and `cb:<jid>` of its callback jobs that ran.
+    pub fn batch_done(&self, bid: &str) -> String {
+        format!("{}kiq:batch|{bid}|done", self.prefix)
+    }
+
+    /// HASH jid -> "retry" | "dead" of a batch's jobs that failed and have not succeeded since.
+    pub fn batch_failed(&self, bid: &str) -> String {
+        format!("{}kiq:batch|{bid}|failed", self.prefix)
+    }
+
+    /// ZSET bid -> created_at of kiq's batches, for listing.
+    pub fn batches(&self) -> String {
+        self.key("kiq:batches")
+    }
+
+    /// LIST of the jobs a batch builder set aside before its `jobs()` block ended.
+    pub fn batch_staged(&self, builder: &str) -> String {
+        format!("{}kiq:staged|{builder}", self.prefix)
+    }
+
     /// Glob matching every process's in-progress lists.
     pub fn in_progress_pattern(&self) -> String {
         format!("{}kiq:wip|*", self.prefix)
@@ -220,6 +245,9 @@ mod tests {
         assert_eq!(k.signals("h:1:ab"), "h:1:ab-signals");
         assert_eq!(k.metrics7("20250214", "8:5"), "j|20250214|8:5");
         assert_eq!(k.histogram8("HardJob", "14-8:5"), "h|HardJob-14-8:5");
+        assert_eq!(k.batch("b1"), "kiq:batch|b1");
+        assert_eq!(k.batch_failed("b1"), "kiq:batch|b1|failed");
+        assert_eq!(Keys::new(Some("ns")).batch_done("b1"), "ns:kiq:batch|b1|done");
     }
 
     #[test]

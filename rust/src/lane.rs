@@ -20,11 +20,14 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::sync::Notify;
 
+use crate::batches::BatchRef;
 use crate::job::{Payload, UniqueUntil};
 use crate::marshal;
 
 /// A job taken from Redis, waiting for or being run by a thread.
 #[derive(Debug)]
+// Independent flags of independent concerns (isolation, the gate, batches).
+#[allow(clippy::struct_excessive_bools)]
 pub struct Delivery {
     /// Unique within the process.
     pub id: u64,
@@ -54,6 +57,10 @@ pub struct Delivery {
     /// An encrypted job's last argument, decrypted at fetch (its place in
     /// `args` holds the ciphertext, which is all that is ever written back).
     pub bag: Option<Box<marshal::Value>>,
+    /// Its kiq batch (a member, or a callback of one), read at fetch.
+    pub batch: Option<Box<BatchRef>>,
+    /// Its batch was invalidated: the job is skipped, not run.
+    pub batch_invalidated: bool,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -75,6 +82,8 @@ impl Delivery {
             alone: false,
             admitted: false,
             bag: None,
+            batch: None,
+            batch_invalidated: false,
         }
     }
 }

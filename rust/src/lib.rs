@@ -9,6 +9,7 @@ pub mod admin;
 pub mod args;
 pub mod backtrace;
 pub mod batch;
+pub mod batches;
 pub mod browse;
 pub mod buffer;
 pub mod bulk;

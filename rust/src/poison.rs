@@ -14,6 +14,7 @@
 //! and goes to the dead set (`kiq.errors.PoisonPillError`), or is dropped with
 //! `dead: false`. A payload without a jid is known by a digest of its text.
 
+use crate::batches::{BatchRef, KEEP_SECS};
 use crate::error::Result;
 use crate::job::{Payload, canonical_sha256, field};
 use crate::keys::Keys;
@@ -91,6 +92,11 @@ pub async fn hand_back(
     why: &str,
 ) -> Result<Outcome> {
     let payload = std::str::from_utf8(raw).ok().and_then(|s| Payload::parse(s).ok());
+    // A batch member buried as a poison pill dies for its batch, in the same step.
+    let batch = payload.as_ref().and_then(|p| {
+        let b = BatchRef::of(p)?;
+        (b.callback.is_none()).then(|| (b.chain, p.jid().unwrap_or_default()))
+    });
     let now = timestamp::now();
     // Unreadable payloads go back as they are: the fetcher buries them.
     let (requeue, blame, poisoned, mode) = match payload {
@@ -119,13 +125,9 @@ pub async fn hand_back(
         }
         None => (raw.to_vec(), String::new(), String::new(), "bury"),
     };
-    let reply: Vec<redis::Value> = scripts::RECOVER
-        .key(list)
-        .key(keys.queue(queue))
-        .key(keys.queues())
-        .key(keys.dead())
-        .key(keys.recoveries())
-        .arg(raw)
+    let mut inv = scripts::RECOVER.prepare_invoke();
+    inv.key(list).key(keys.queue(queue)).key(keys.queues()).key(keys.dead()).key(keys.recoveries());
+    inv.arg(raw)
         .arg(requeue)
         .arg(&blame)
         .arg(max_recoveries)
@@ -135,9 +137,25 @@ pub async fn hand_back(
         .arg(float_json(now - policy.dead_timeout_secs))
         .arg(policy.dead_limit)
         .arg(queue)
-        .arg(RECOVERIES_TTL_SECS)
-        .invoke_async(&mut pool.get())
-        .await?;
+        .arg(RECOVERIES_TTL_SECS);
+    if let Some((chain, jid)) = &batch {
+        inv.key(keys.schedule());
+        for bid in chain {
+            inv.key(keys.batch(bid)).key(keys.batch_done(bid)).key(keys.batch_failed(bid));
+        }
+        inv.arg(policy.unit.encode(now)).arg(KEEP_SECS).arg(jid).arg(chain.len());
+        for bid in chain {
+            inv.arg(bid);
+        }
+    }
+    let reply: Vec<redis::Value> = inv.invoke_async(&mut pool.get()).await?;
+    let fired: Vec<String> =
+        reply.iter().skip(3).filter_map(|v| redis::from_redis_value::<String>(v.clone()).ok()).collect();
+    if !fired.is_empty()
+        && let Err(e) = crate::scheduled::release(pool, keys, policy.unit, fired).await
+    {
+        log::warn!("batch callbacks wait for the scheduler's next poll: {e}");
+    }
     let outcome = reply.get(1).and_then(|v| redis::from_redis_value::<String>(v.clone()).ok());
     Ok(match outcome.as_deref() {
         None => Outcome::Gone,

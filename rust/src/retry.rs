@@ -79,8 +79,10 @@ pub enum Disposition {
     Retry { at: f64, payload: String },
     /// `ZADD dead <now> <payload>` and trim the set.
     Dead { payload: String },
-    /// Gone: `retry: false`, or `dead: false` once retries ran out.
+    /// Gone: `retry: false` (a failure, never retried).
     Discard,
+    /// Gone: `dead: false` once retries ran out (a death that keeps no entry).
+    Dropped,
 }
 
 /// What became of a failed job, told to the code that ran it (its log line,
@@ -177,7 +179,7 @@ pub fn on_failure(
         return if job.dead().or(worker.dead).unwrap_or(true) {
             (Disposition::Dead { payload: job.encode() }, fate(Went::Dead, None))
         } else {
-            (Disposition::Discard, fate(Went::Discard, None))
+            (Disposition::Dropped, fate(Went::Discard, None))
         };
     }
     let delay = failure.retry_in.unwrap_or_else(|| backoff(count)) + jitter(policy.jitter, count, roll);
@@ -276,7 +278,7 @@ mod tests {
         let Disposition::Dead { payload } = d else { panic!() };
         assert_eq!(Payload::parse(payload).unwrap().retry_count(), Some(0));
         let d = fail(r#"{"retry":0,"dead":false,"class":"X","args":[]}"#, &WorkerOptions::default());
-        assert_eq!(d, Disposition::Discard);
+        assert_eq!(d, Disposition::Dropped);
         assert_eq!(fail(r#"{"retry":false,"class":"X","args":[]}"#, &WorkerOptions::default()), Disposition::Discard);
     }
 

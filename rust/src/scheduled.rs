@@ -162,38 +162,70 @@ pub async fn enqueue_due(pool: &Pool, keys: &Keys, policy: &RetryPolicy, set: &s
             return Ok(total);
         }
         let full = members.len() == BATCH;
-        let mut inv = scripts::ENQUEUE_DUE.prepare_invoke();
-        inv.key(set).key(keys.queues());
-        let mut ready = 0;
-        for member in members {
-            if let Some(job) = std::str::from_utf8(&member).ok().and_then(|s| Payload::parse(s).ok()) {
-                let (queue, payload) = due_payload(job, policy.unit, now);
-                inv.key(keys.queue(&queue)).arg(&member).arg(payload).arg(&queue);
-                ready += 1;
-            } else {
-                log::error!("an entry of {set:?} is not a JSON job; moved to the dead set");
-                let _: i64 = scripts::BURY
-                    .key(set)
-                    .key(keys.dead())
-                    .arg(&member)
-                    .arg(float_json(now))
-                    .arg(float_json(now - policy.dead_timeout_secs))
-                    .arg(policy.dead_limit)
-                    .invoke_async(&mut pool.get())
-                    .await?;
-            }
-        }
-        if ready > 0 {
-            let reply: Vec<redis::Value> = inv.invoke_async(&mut pool.get()).await?;
-            let due = due_reply(&reply);
-            total.moved += due.moved;
-            total.stuck += due.stuck;
-            total.problems.extend(due.problems);
-        }
+        let due = move_members(pool, keys, policy, set, members, now).await?;
+        total.moved += due.moved;
+        total.stuck += due.stuck;
+        total.problems.extend(due.problems);
         if !full {
             return Ok(total);
         }
     }
+}
+
+/// Moves batch callback jobs just written to the schedule set (due now) to
+/// their queues at once, rather than at the next poll; one the poller (or
+/// another process) moved first is skipped, so each is pushed once.
+pub async fn release(pool: &Pool, keys: &Keys, unit: TimestampUnit, members: Vec<String>) -> Result<Due> {
+    let policy = RetryPolicy { unit, ..RetryPolicy::default() };
+    let mut total = Due::default();
+    let mut members: Vec<Vec<u8>> = members.into_iter().map(String::into_bytes).collect();
+    while !members.is_empty() {
+        let rest = members.split_off(members.len().min(BATCH));
+        let due = move_members(pool, keys, &policy, &keys.schedule(), members, timestamp::now()).await?;
+        total.moved += due.moved;
+        total.stuck += due.stuck;
+        total.problems.extend(due.problems);
+        members = rest;
+    }
+    Ok(total)
+}
+
+/// Moves these members of `set` to their queues (`enqueue_due.lua`); an
+/// entry that is not a JSON job goes to the dead set.
+async fn move_members(
+    pool: &Pool,
+    keys: &Keys,
+    policy: &RetryPolicy,
+    set: &str,
+    members: Vec<Vec<u8>>,
+    now: f64,
+) -> Result<Due> {
+    let mut inv = scripts::ENQUEUE_DUE.prepare_invoke();
+    inv.key(set).key(keys.queues());
+    let mut ready = 0;
+    for member in members {
+        if let Some(job) = std::str::from_utf8(&member).ok().and_then(|s| Payload::parse(s).ok()) {
+            let (queue, payload) = due_payload(job, policy.unit, now);
+            inv.key(keys.queue(&queue)).arg(&member).arg(payload).arg(&queue);
+            ready += 1;
+        } else {
+            log::error!("an entry of {set:?} is not a JSON job; moved to the dead set");
+            let _: i64 = scripts::BURY
+                .key(set)
+                .key(keys.dead())
+                .arg(&member)
+                .arg(float_json(now))
+                .arg(float_json(now - policy.dead_timeout_secs))
+                .arg(policy.dead_limit)
+                .invoke_async(&mut pool.get())
+                .await?;
+        }
+    }
+    if ready == 0 {
+        return Ok(Due::default());
+    }
+    let reply: Vec<redis::Value> = inv.invoke_async(&mut pool.get()).await?;
+    Ok(due_reply(&reply))
 }
 
 /// A due job's queue and the payload to push there: a fresh `enqueued_at`,

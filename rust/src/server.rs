@@ -17,6 +17,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::ack::{self, Msg, Settle, Settlement};
+use crate::batches::watch::Watch;
+use crate::batches::{Outcome as BatchOutcome, Settled};
 use crate::control::{Control, RunState};
 use crate::error::{KiqError, Result};
 use crate::fetch::Fetcher;
@@ -128,6 +130,12 @@ fn unlock_of(d: &Delivery) -> Option<(String, String)> {
     d.lock.as_ref().map(|(key, _)| (key.clone(), d.jid.clone()))
 }
 
+/// The batch bookkeeping of a finished job, if it is a batch job.
+fn batch_of(d: &mut Delivery, outcome: BatchOutcome) -> Option<Settled> {
+    let b = d.batch.take()?;
+    Settled::from_ref(*b, std::mem::take(&mut d.jid), outcome)
+}
+
 impl Server {
     /// Starts the background tasks on the current tokio runtime.
     #[allow(clippy::too_many_lines)]
@@ -154,6 +162,7 @@ impl Server {
         let queue_names: Vec<Arc<str>> = queues.iter().map(|(n, _)| Arc::from(n.as_str())).collect();
         let (tx, rx) = mpsc::unbounded_channel();
         let control = Control::default();
+        let watch = Arc::new(Watch::default());
         let acker = tokio::spawn(ack::run(rx, pool.clone(), keys.clone(), config.policy.clone(), identity.clone()));
         let mut tasks = Vec::new();
         for (i, lane) in lanes.iter().enumerate() {
@@ -170,6 +179,7 @@ impl Server {
                 acks: tx.clone(),
                 control: control.clone(),
                 keyring: config.keyring.clone(),
+                watch: watch.clone(),
             };
             tasks.push(tokio::spawn(fetcher.run()));
         }
@@ -425,20 +435,44 @@ impl Server {
 
     /// Records a job as done: it leaves the in-progress list on the next write
     /// (and a unique job's lock goes with it).
-    pub fn complete(&self, d: Delivery) {
+    pub fn complete(&self, mut d: Delivery) {
         self.end(&d, true);
         let unlock = unlock_of(&d);
+        let batch = batch_of(&mut d, BatchOutcome::Ok);
         let lane = d.lane;
-        self.send(lane, d.payload.into_source().into_bytes(), Settle::Done, false, unlock);
+        self.send(lane, d.payload.into_source().into_bytes(), Settle::Done, false, unlock, batch);
+    }
+
+    /// The job's batch was invalidated: it is not run, counts as done for its
+    /// batch, and is not counted as processed (a unique lock is released).
+    pub fn skip(&self, mut d: Delivery) {
+        self.work.remove(d.id);
+        self.release(&d);
+        self.count_finished(Outcome::Skipped);
+        let unlock = unlock_of(&d);
+        let batch = batch_of(&mut d, BatchOutcome::Ok);
+        let lane = d.lane;
+        let s = Settlement {
+            wip_key: self.wip_keys[lane].clone(),
+            raw: d.payload.into_source().into_bytes(),
+            settle: Settle::Done,
+            processed: false,
+            failed: false,
+            unlock,
+            batch,
+        };
+        let _ = self.acks.send(Msg::Settle(s));
+        self.lanes[lane].finish();
     }
 
     /// The job expired before it could start: it is dropped, not run, not
     /// retried, and counted (`kiq:stat:expired`); a unique lock is released.
-    pub fn expire(&self, d: Delivery) {
+    pub fn expire(&self, mut d: Delivery) {
         self.work.remove(d.id);
         self.release(&d);
         self.count_finished(Outcome::Expired);
         let unlock = unlock_of(&d);
+        let batch = batch_of(&mut d, BatchOutcome::Ok);
         let lane = d.lane;
         let s = Settlement {
             wip_key: self.wip_keys[lane].clone(),
@@ -447,6 +481,7 @@ impl Server {
             processed: false,
             failed: false,
             unlock,
+            batch,
         };
         let _ = self.acks.send(Msg::Settle(s));
         self.lanes[lane].finish();
@@ -454,12 +489,14 @@ impl Server {
 
     /// Records a job as failed, sending it to the retry set, the dead set or
     /// nowhere, as its options say; returns where it went.
-    pub fn fail(&self, d: Delivery, failure: &Failure, worker: &WorkerOptions) -> Fate {
+    pub fn fail(&self, mut d: Delivery, failure: &Failure, worker: &WorkerOptions) -> Fate {
         self.end(&d, false);
         let queue = self.lanes[d.lane].name.clone();
         let raw = d.payload.source().to_owned();
         let lane = d.lane;
         let lock = unlock_of(&d);
+        let batch = d.batch.take();
+        let jid = std::mem::take(&mut d.jid);
         let (disposition, fate) = retry::on_failure(
             d.payload,
             &queue,
@@ -470,12 +507,14 @@ impl Server {
             rand::random(),
         );
         // A failing unique job keeps its lock while it retries; one that dies releases it.
+        let outcome = BatchOutcome::of(&disposition);
         let (settle, unlock) = match disposition {
             Disposition::Retry { at, payload } => (Settle::Retry { at, payload }, None),
             Disposition::Dead { payload } => (Settle::Dead { payload: payload.into_bytes() }, lock),
-            Disposition::Discard => (Settle::Discard, lock),
+            Disposition::Discard | Disposition::Dropped => (Settle::Discard, lock),
         };
-        self.send(lane, raw.into_bytes(), settle, true, unlock);
+        let batch = batch.and_then(|b| Settled::from_ref(*b, jid, outcome));
+        self.send(lane, raw.into_bytes(), settle, true, unlock, batch);
         fate
     }
 
@@ -518,8 +557,17 @@ impl Server {
         None
     }
 
-    fn send(&self, lane: usize, raw: Vec<u8>, settle: Settle, failed: bool, unlock: Option<(String, String)>) {
-        let s = Settlement { wip_key: self.wip_keys[lane].clone(), raw, settle, processed: true, failed, unlock };
+    fn send(
+        &self,
+        lane: usize,
+        raw: Vec<u8>,
+        settle: Settle,
+        failed: bool,
+        unlock: Option<(String, String)>,
+        batch: Option<Settled>,
+    ) {
+        let s =
+            Settlement { wip_key: self.wip_keys[lane].clone(), raw, settle, processed: true, failed, unlock, batch };
         // After the final write the channel is closed; the job was requeued.
         let _ = self.acks.send(Msg::Settle(s));
         self.lanes[lane].finish();

@@ -69,7 +69,7 @@ fn a_failure_keeps_every_field_it_does_not_own() {
         .0;
         let payload = match out {
             Disposition::Retry { payload, .. } | Disposition::Dead { payload } => payload,
-            Disposition::Discard => panic!("{name}: discarded"),
+            Disposition::Discard | Disposition::Dropped => panic!("{name}: discarded"),
         };
         let after = Payload::parse(payload).unwrap();
         for key in top_level_keys(&raw) {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
+use super::batch::BatchBuilder;
 use super::convert::{args_json, redis_to_py, value_json};
 use super::crypto::Keyring;
 use super::errors::{ConfigError, py_result};
@@ -33,7 +34,7 @@ pub struct Client {
     /// The reliable push buffer, unless pushes are synchronous.
     buffer: Option<Arc<Buffer>>,
     /// How long a synchronous push retries a lost reply.
-    sync_timeout: Duration,
+    pub(crate) sync_timeout: Duration,
     /// Keys for `encrypt=True` jobs (pushing and, in a server, fetching).
     pub(crate) keyring: Option<Arc<crate::crypto::Keyring>>,
 }
@@ -310,7 +311,8 @@ impl Client {
     /// schedules it; otherwise it is pushed to its queue now.
     /// Returns `(jid, held_by)`: `held_by` is None when the job went in, else
     /// (a unique job whose lock is taken) the jid holding the lock, or "".
-    #[pyo3(signature = (class_name, args, *, queue = "default", retry = None, options = None, jid = None, at = None, sync = false, unique_for = None, unique_until = None, expires_in = None, encrypt = false))]
+    /// With `batch`, the job joins that batch's `jobs()` block instead (pushed when it ends).
+    #[pyo3(signature = (class_name, args, *, queue = "default", retry = None, options = None, jid = None, at = None, sync = false, unique_for = None, unique_until = None, expires_in = None, encrypt = false, batch = None))]
     #[allow(clippy::too_many_arguments)]
     fn push(
         &self,
@@ -327,12 +329,20 @@ impl Client {
         unique_until: Option<&str>,
         expires_in: Option<f64>,
         encrypt: bool,
+        batch: Option<&BatchBuilder>,
     ) -> PyResult<(String, Option<String>)> {
         let seal = keys_for(encrypt, self.keyring.as_ref())?;
         let mut job = new_job(class_name, args, queue.to_owned(), retry, options, jid, seal)?;
         Extra { unique_for, unique_until, expires_in }.apply(&mut job)?;
+        if let Some(b) = batch {
+            b.tag(&mut job)?;
+        }
         let prepared = py_result(client::prepare_full(&job, at, timestamp::now(), self.unit, &self.keys))?;
         let jid = prepared.0.clone();
+        if let Some(b) = batch {
+            b.collect(py, vec![prepared.1])?;
+            return Ok((jid, None));
+        }
         let skipped = self.deliver_all(py, vec![prepared], sync)?;
         let held = skipped.get(&jid).map(|h| h.clone().unwrap_or_default());
         Ok((jid, held))
@@ -341,7 +351,7 @@ impl Client {
     /// Pushes one job per element of `args_list`, all of one class and
     /// options, in one round trip. Returns the jids in order.
     /// Returns the jids in order, and the unique ones skipped with who holds their locks.
-    #[pyo3(signature = (class_name, args_list, *, queue = "default", retry = None, options = None, at = None, sync = false, unique_for = None, unique_until = None, expires_in = None, encrypt = false))]
+    #[pyo3(signature = (class_name, args_list, *, queue = "default", retry = None, options = None, at = None, sync = false, unique_for = None, unique_until = None, expires_in = None, encrypt = false, batch = None))]
     #[allow(clippy::too_many_arguments)]
     fn push_bulk(
         &self,
@@ -357,10 +367,14 @@ impl Client {
         unique_until: Option<&str>,
         expires_in: Option<f64>,
         encrypt: bool,
+        batch: Option<&BatchBuilder>,
     ) -> PyResult<(Vec<String>, Skipped)> {
         let seal = keys_for(encrypt, self.keyring.as_ref())?;
         let mut template = new_job(class_name, &PyTuple::empty(py), queue.to_owned(), retry, options, None, None)?;
         Extra { unique_for, unique_until, expires_in }.apply(&mut template)?;
+        if let Some(b) = batch {
+            b.tag(&mut template)?;
+        }
         let now = timestamp::now();
         let mut jids = Vec::new();
         if template.unique.is_none() && template.expires_in.is_none() && seal.is_none() {
@@ -372,7 +386,10 @@ impl Client {
                 jids.push(jid);
                 items.push(item);
             }
-            self.deliver(py, items, sync)?;
+            match batch {
+                Some(b) => b.collect(py, items)?,
+                None => self.deliver(py, items, sync)?,
+            }
             return Ok((jids, HashMap::new()));
         }
         let mut prepared = Vec::new();
@@ -384,6 +401,10 @@ impl Client {
             jids.push(p.0.clone());
             prepared.push(p);
         }
+        if let Some(b) = batch {
+            b.collect(py, prepared.into_iter().map(|p| p.1).collect())?;
+            return Ok((jids, HashMap::new()));
+        }
         let skipped = self.deliver_all(py, prepared, sync)?;
         Ok((jids, skipped))
     }
@@ -391,8 +412,14 @@ impl Client {
     /// Pushes jobs given as `(class_name, args, queue, retry, options, jid, at,
     /// unique_for, unique_until, expires_in, encrypt)` tuples in one round trip.
     /// Returns the jids in order, and the unique ones skipped.
-    #[pyo3(signature = (jobs, *, sync = false))]
-    fn push_jobs(&self, py: Python<'_>, jobs: &Bound<'_, PyAny>, sync: bool) -> PyResult<(Vec<String>, Skipped)> {
+    #[pyo3(signature = (jobs, *, sync = false, batch = None))]
+    fn push_jobs(
+        &self,
+        py: Python<'_>,
+        jobs: &Bound<'_, PyAny>,
+        sync: bool,
+        batch: Option<&BatchBuilder>,
+    ) -> PyResult<(Vec<String>, Skipped)> {
         let now = timestamp::now();
         let mut jids = Vec::new();
         let mut prepared = Vec::new();
@@ -420,9 +447,16 @@ impl Client {
                 expires_in: spec.get_item(9)?.extract()?,
             }
             .apply(&mut job)?;
+            if let Some(b) = batch {
+                b.tag(&mut job)?;
+            }
             let p = py_result(client::prepare_full(&job, at, now, self.unit, &self.keys))?;
             jids.push(p.0.clone());
             prepared.push(p);
+        }
+        if let Some(b) = batch {
+            b.collect(py, prepared.into_iter().map(|p| p.1).collect())?;
+            return Ok((jids, HashMap::new()));
         }
         let skipped = self.deliver_all(py, prepared, sync)?;
         Ok((jids, skipped))

@@ -34,6 +34,13 @@ create_exception!(
 
 create_exception!(
     kiq.errors,
+    BatchError,
+    KiqError,
+    "A batch cannot do what was asked: it expired or never existed, or it already succeeded."
+);
+
+create_exception!(
+    kiq.errors,
     UndeliverableError,
     KiqError,
     "Redis refused jobs for a reason retrying cannot fix (a key of the wrong type, an ACL); they were kept aside."
@@ -61,6 +68,7 @@ impl From<PyKiqError> for PyErr {
             CoreError::BufferFull(_) => BufferFullError::new_err(msg),
             CoreError::Undeliverable(_) => UndeliverableError::new_err(msg),
             CoreError::Decryption(_) => DecryptionError::new_err(msg),
+            CoreError::Batch(_) => BatchError::new_err(msg),
         }
     }
 }

@@ -4,6 +4,7 @@
 
 mod activejob;
 mod admin;
+mod batch;
 mod client;
 mod convert;
 mod cron;
@@ -26,6 +27,11 @@ mod _kiq {
     #[pymodule_export]
     use super::admin::{Admin, ClassMetrics, JobView, Page, ProcessView, QueueStat, Summary, WorkView};
     #[pymodule_export]
+    use super::batch::{
+        BatchBuilder, batch_ancestors, batch_invalidate, batch_invalidated, batch_list, batch_status,
+        check_batch_callback, new_bid,
+    };
+    #[pymodule_export]
     use super::client::Client;
     #[pymodule_export]
     use super::cron::Crontab;
@@ -33,7 +39,7 @@ mod _kiq {
     use super::crypto::{Keyring, read_envelope};
     #[pymodule_export]
     use super::errors::{
-        BufferFullError, CodecError, ConfigError, ConnectionError, CrontabError, DecryptionError, KiqError,
+        BatchError, BufferFullError, CodecError, ConfigError, ConnectionError, CrontabError, DecryptionError, KiqError,
         ShutdownError, TimeoutError, UndeliverableError,
     };
     #[pymodule_export]
@@ -116,7 +122,7 @@ mod _kiq {
             on_failure(job, queue, &failure, &worker, &policy, crate::timestamp::now(), rand::random());
         let payload = match disposition {
             Disposition::Retry { payload, .. } | Disposition::Dead { payload } => Some(payload),
-            Disposition::Discard => None,
+            Disposition::Discard | Disposition::Dropped => None,
         };
         Ok((fate.into(), payload))
     }
@@ -181,6 +187,8 @@ mod _kiq {
         m.add("TRACE_CONTEXT_FIELDS", pyo3::types::PyTuple::new(m.py(), crate::job::field::TRACE_CONTEXT)?)?;
         m.add("ENCRYPT_FIELD", crate::job::field::ENCRYPT)?;
         m.add("ENCRYPTED_DATA", crate::crypto::REDACTED)?;
+        m.add("BATCH_FIELD", crate::job::field::BATCH)?;
+        m.add("PRO_BATCH_FIELD", crate::job::field::BID)?;
         Ok(())
     }
 }

@@ -49,6 +49,12 @@ pub struct Delivery {
     /// Keyword arguments (a Ruby ActiveJob job's keywords); None for Sidekiq jobs.
     #[pyo3(get)]
     kwargs: Option<Py<PyDict>>,
+    /// On a batch callback job, its event ("success", "complete", "death"); else None.
+    #[pyo3(get)]
+    batch_event: Option<&'static str>,
+    /// The job's batch was invalidated: it is to be skipped (`Server.skip`), not run.
+    #[pyo3(get)]
+    batch_invalidated: bool,
 }
 
 impl Delivery {
@@ -113,6 +119,20 @@ impl Delivery {
     #[getter]
     fn retry_count(&self) -> Option<i64> {
         self.with(|d| d.payload.retry_count()).flatten()
+    }
+
+    /// The kiq batch of a batch job (None for other jobs, callbacks included).
+    #[getter]
+    fn bid(&self) -> Option<String> {
+        self.with(|d| d.batch.as_ref().filter(|b| b.callback.is_none()).and_then(|b| b.bid()).map(str::to_owned))
+            .flatten()
+    }
+
+    /// A batch job's batch and its ancestors, or a callback's batch and its
+    /// ancestors (nearest first); empty for other jobs.
+    #[getter]
+    fn batch_chain(&self) -> Vec<String> {
+        self.with(|d| d.batch.as_ref().map(|b| b.chain.clone())).flatten().unwrap_or_default()
     }
 
     /// Epoch seconds the job was enqueued at (`enqueued_at`, any unit), if known.
@@ -344,6 +364,8 @@ impl Server {
         };
         Ok(Some(Delivery {
             kwargs,
+            batch_event: d.batch.as_ref().and_then(|b| b.callback).map(crate::batches::Event::as_str),
+            batch_invalidated: d.batch_invalidated,
             class_name: PyString::new(py, &d.class).unbind(),
             jid: PyString::new(py, &d.jid).unbind(),
             queue: self.names[d.lane].clone_ref(py),
@@ -357,6 +379,12 @@ impl Server {
     /// The job expired before it started: dropped (not run, not retried) and counted.
     fn expire(&self, delivery: &Delivery) -> PyResult<()> {
         self.inner.expire(delivery.take()?);
+        Ok(())
+    }
+
+    /// The job's batch was invalidated: not run, done for its batch, not counted as processed.
+    fn skip(&self, delivery: &Delivery) -> PyResult<()> {
+        self.inner.skip(delivery.take()?);
         Ok(())
     }
 

@@ -1,6 +1,8 @@
 //! The Lua scripts, one per file; each file's header lists its KEYS and ARGV.
 //! `redis::Script` sends EVALSHA and reloads a script Redis has forgotten
 //! (after a restart, failover or SCRIPT FLUSH), so no job waits on a boot-time load.
+//! `batch_lib.lua` is not a script: it defines the batch bookkeeping the
+//! scripts that settle jobs and commit batches share, and is prepended to them.
 
 use std::sync::LazyLock;
 
@@ -12,10 +14,17 @@ pub static ENQUEUE_DUE: LazyLock<Script> = LazyLock::new(|| Script::new(include_
 pub static BURY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("bury.lua")));
 pub static REELECT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("reelect.lua")));
 pub static RESIGN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("resign.lua")));
-pub static RECOVER: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("recover.lua")));
+pub static RECOVER: LazyLock<Script> =
+    LazyLock::new(|| Script::new(concat!(include_str!("batch_lib.lua"), include_str!("recover.lua"))));
 pub static PUSH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("push.lua")));
-pub static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("settle.lua")));
+pub static SETTLE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(concat!(include_str!("batch_lib.lua"), include_str!("settle.lua"))));
+pub static BATCH_COMMIT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(concat!(include_str!("batch_lib.lua"), include_str!("batch_commit.lua"))));
+pub static BATCH_STAGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("batch_stage.lua")));
+pub static BATCH_INVALIDATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("batch_invalidate.lua")));
 pub static UNIQUE_PUSH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("unique_push.lua")));
 pub static UNLOCK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("unlock.lua")));
 pub static PERIODIC: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("periodic.lua")));
-pub static KILL_MANY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("kill_many.lua")));
+pub static KILL_MANY: LazyLock<Script> =
+    LazyLock::new(|| Script::new(concat!(include_str!("batch_lib.lua"), include_str!("kill_many.lua"))));

@@ -3,7 +3,8 @@
 -- list: back to the right end of its queue (the next to run), or, for a job
 -- blamed for more deaths than allowed (a poison pill), into the dead set. The
 -- blame count and the move are one atomic step, so a recovery interrupted
--- and run again never counts a death twice.
+-- and run again never counts a death twice. A batch job buried (or dropped)
+-- as a poison pill is a death for its batch (batch_lib.lua, prepended).
 --
 -- KEYS[1]  kiq:wip|<identity>|<queue>   LIST, the process's in-progress jobs.
 -- KEYS[2]  queue:<queue>                LIST the job returns to.
@@ -21,11 +22,30 @@
 -- ARGV[9]  dead_limit (Sidekiq's trim: ranks 0 .. -dead_limit removed).
 -- ARGV[10] the queue's name.
 -- ARGV[11] seconds KEYS[5] lives (72 hours).
+-- For a batch job (M > 0; else ARGV[12..] may be absent):
+-- KEYS[6]  schedule                     ZSET, where fired batch callbacks wait (due now).
+-- KEYS[7..6+3M] per batch level (the batch, then its ancestors): kiq:batch|<bid>
+--          HASH, kiq:batch|<bid>|done SET, kiq:batch|<bid>|failed HASH.
+-- ARGV[12] now in the jobs' timestamp unit; ARGV[13] seconds a succeeded
+--          batch is kept; ARGV[14] the job's jid; ARGV[15] M, then the M bids.
 --
--- Returns {0} when the job was already gone, else {1, outcome, deaths}
--- with outcome "requeued", "buried" or "dropped"; a WRONGTYPE error naming
--- the key (nothing changed) when a key holds the wrong kind of value.
-for i, want in ipairs({'list', 'list', 'set', 'zset', 'hash'}) do
+-- Returns {0} when the job was already gone, else {1, outcome, deaths,
+-- fired callback payloads...} with outcome "requeued", "buried" or
+-- "dropped"; a WRONGTYPE error naming the key (nothing changed) when a key
+-- holds the wrong kind of value.
+local wants = {'list', 'list', 'set', 'zset', 'hash'}
+local m = tonumber(ARGV[15] or '0')
+local chain = {}
+if m > 0 then
+  local bids = {}
+  for k = 1, m do bids[k] = ARGV[15 + k] end
+  chain = kiq_batch_levels(7, bids)
+  wants[6] = 'zset'
+  for k = 1, m do
+    wants[4 + 3 * k], wants[5 + 3 * k], wants[6 + 3 * k] = 'hash', 'set', 'hash'
+  end
+end
+for i, want in ipairs(wants) do
   local t = redis.call('TYPE', KEYS[i])['ok']
   if t ~= 'none' and t ~= want then
     return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. t .. ', not a ' .. want)
@@ -41,13 +61,20 @@ if ARGV[3] ~= '' then
 end
 if deaths > tonumber(ARGV[4]) then
   redis.call('HDEL', KEYS[5], ARGV[3])
-  if ARGV[6] == 'drop' then
-    return {1, 'dropped', deaths}
+  local outcome = 'dropped'
+  if ARGV[6] ~= 'drop' then
+    redis.call('ZADD', KEYS[4], ARGV[7], ARGV[5])
+    redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[8])
+    redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -tonumber(ARGV[9]))
+    outcome = 'buried'
   end
-  redis.call('ZADD', KEYS[4], ARGV[7], ARGV[5])
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[8])
-  redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -tonumber(ARGV[9]))
-  return {1, 'buried', deaths}
+  local out = {1, outcome, deaths}
+  if m > 0 then
+    local ctx = {now = ARGV[7], stamp = ARGV[12], sched = KEYS[6], keep = ARGV[13], fired = {}}
+    kiq_batch_member(ctx, chain, 'dead', ARGV[14])
+    for _, p in ipairs(ctx.fired) do out[#out + 1] = p end
+  end
+  return out
 end
 redis.call('RPUSH', KEYS[2], ARGV[2])
 redis.call('SADD', KEYS[3], ARGV[10])

@@ -1,11 +1,13 @@
 -- settle.lua: write the results of finished jobs, exactly once. For each job:
--- its retry or dead entry (if any) and the LREM that takes it off this
--- process's in-progress list; then Sidekiq's processed/failed counters. Each
--- result carries a number; the highest number applied is stored in the same
--- atomic step, so a batch sent again after a lost reply changes nothing
--- twice (no job in two places, no counter counted twice). Key types are
--- checked before anything is written: a result that needs a key holding the
--- wrong kind of value is refused (its job stays in progress), the others go on.
+-- its retry or dead entry (if any), the LREM that takes it off this
+-- process's in-progress list and, for a batch job or callback, its batch
+-- bookkeeping (batch_lib.lua, prepended: counted once per jid, callbacks
+-- fired once); then Sidekiq's processed/failed counters. Each result carries
+-- a number; the highest number applied is stored in the same atomic step, so
+-- a batch sent again after a lost reply changes nothing twice (no job in two
+-- places, no counter counted twice). Key types are checked before anything
+-- is written: a result that needs a key holding the wrong kind of value is
+-- refused (its job stays in progress), the others go on.
 --
 -- KEYS[1]    kiq:acked|<identity>         HASH: hw, the highest result number applied
 -- KEYS[2]    retry                        ZSET
@@ -15,23 +17,39 @@
 -- KEYS[6]    stat:processed:<day>         STRING counter
 -- KEYS[7]    stat:failed:<day>            STRING counter
 -- KEYS[8]    kiq:stat:expired             STRING counter
--- KEYS[9..]  kiq:wip|<identity>|<queue>   LIST per queue of the batch
+-- KEYS[9]    schedule                     ZSET, where fired batch callbacks wait (due now)
+-- KEYS[10..] kiq:wip|<identity>|<queue>   LIST per queue of the batch
+-- then, last, 3 keys per batch level (M levels): kiq:batch|<bid> HASH,
+--            kiq:batch|<bid>|done SET, kiq:batch|<bid>|failed HASH
 -- ARGV[1]    milliseconds KEYS[1] lives after this write
 -- ARGV[2]    seconds the daily counters live
 -- ARGV[3]    now (epoch seconds): the dead entries' score
 -- ARGV[4]    the oldest score kept in dead
 -- ARGV[5]    dead_limit (Sidekiq's trim: ranks 0 .. -dead_limit removed)
 -- ARGV[6]    number of results N
--- then per result, 7 values: number, in-progress list (i: KEYS[8 + i]),
+-- ARGV[7]    now in the jobs' timestamp unit (callback jobs' created_at)
+-- ARGV[8]    seconds a batch is kept after it succeeded
+-- ARGV[9]    M, then ARGV[10 .. 9+M] the bids of the batch levels
+-- then per result, 9 values: number, in-progress list (i: KEYS[9 + i]),
 --   kind ("done", "retry", "dead", "expired"), retry score or "",
 --   the payload for retry/dead or "", the job as in its list, counters
---   ("p" processed, "pf" processed and failed, "" neither)
+--   ("p" processed, "pf" processed and failed, "" neither), its batch part
+--   ("" none; "m <outcome> <levels>" for a member, outcome "ok", "fail" or
+--   "dead"; "c <event> <levels>" for a callback job that succeeded; levels
+--   are level numbers, the batch first, then its ancestors), and its jid
 --
--- Returns {number, reason, ...} of the results refused.
+-- Returns {{number, reason, ...} of the results refused, {payload, ...} of
+-- the batch callback jobs written to the schedule set}.
 
 local hw = tonumber(redis.call('HGET', KEYS[1], 'hw') or '0')
 local n = tonumber(ARGV[6])
-local function at(i, k) return ARGV[6 + 7 * i + k] end
+local m = tonumber(ARGV[9])
+local base = 9 + m
+local function at(i, k) return ARGV[base + 9 * i + k] end
+local bids = {}
+for k = 1, m do bids[k] = ARGV[9 + k] end
+local levels = kiq_batch_levels(#KEYS - 3 * m + 1, bids)
+local ctx = {now = ARGV[3], stamp = ARGV[7], sched = KEYS[9], keep = ARGV[8], fired = {}}
 
 local types = {}
 local function wrong(key, want)
@@ -48,7 +66,7 @@ for i = 0, n - 1 do
   if seq > maxseq then maxseq = seq end
 end
 if maxseq == hw then
-  return {}
+  return {{}, {}}
 end
 -- Counters of the wrong type are skipped (never a reason to keep a job in progress).
 local count_ok = {}
@@ -59,13 +77,21 @@ redis.call('PEXPIRE', KEYS[1], ARGV[1])
 
 local refused = {}
 local processed, failed, expired, buried = 0, 0, 0, false
+-- Batch jobs that succeeded, per chain: counted together after the loop.
+local succeeded, order = {}, {}
 for i = 0, n - 1 do
   if tonumber(at(i, 1)) > hw then
-    local wip = KEYS[8 + tonumber(at(i, 2))]
+    local wip = KEYS[9 + tonumber(at(i, 2))]
     local kind = at(i, 3)
+    local spec = at(i, 8)
+    local chain = nil
     local why = wrong(wip, 'list')
     if not why and kind == 'retry' then why = wrong(KEYS[2], 'zset') end
     if not why and kind == 'dead' then why = wrong(KEYS[3], 'zset') end
+    if not why and spec ~= '' then
+      chain = kiq_batch_chain(levels, string.match(spec, '^%S+ %S+ (.*)$') or '')
+      why = wrong(KEYS[9], 'zset') or kiq_batch_wrong(chain, wrong)
+    end
     local r
     if not why and kind == 'retry' then
       r = redis.pcall('ZADD', KEYS[2], at(i, 4), at(i, 5))
@@ -82,12 +108,31 @@ for i = 0, n - 1 do
       refused[#refused + 1] = at(i, 1)
       refused[#refused + 1] = why
     else
+      if chain and #chain > 0 then
+        local role, what, refs = string.match(spec, '^(%S+) (%S+) (.*)$')
+        if role == 'm' and what == 'ok' then
+          local g = succeeded[refs]
+          if not g then
+            g = {chain = chain, jids = {}}
+            succeeded[refs] = g
+            order[#order + 1] = refs
+          end
+          g.jids[#g.jids + 1] = at(i, 9)
+        elseif role == 'm' then
+          kiq_batch_member(ctx, chain, what, at(i, 9))
+        else
+          kiq_batch_callback_ran(ctx, chain, what, at(i, 9))
+        end
+      end
       local c = at(i, 7)
       if c == 'p' or c == 'pf' then processed = processed + 1 end
       if c == 'pf' then failed = failed + 1 end
       if kind == 'expired' then expired = expired + 1 end
     end
   end
+end
+for _, refs in ipairs(order) do
+  kiq_batch_succeeded(ctx, succeeded[refs].chain, succeeded[refs].jids)
 end
 if buried then
   redis.pcall('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[4])
@@ -105,4 +150,4 @@ end
 bump(4, 6, processed)
 bump(5, 7, failed)
 if expired > 0 and count_ok[8] then redis.pcall('INCRBY', KEYS[8], expired) end
-return refused
+return {refused, ctx.fired}
