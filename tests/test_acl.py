@@ -122,7 +122,7 @@ def workload(url: str, r: redis.Redis) -> None:
         wait_for(lambda: api.dead.size() >= 1, timeout=30, what="a dead job")
         dead = api.dead.jobs()[0].jid
         api.dead.retry(dead)
-        producer.enqueue(ok.new(10), delay=600)
+        producer.enqueue(ok.new(10), delay=600, sync=True)
         sched = api.scheduled.jobs()[0].jid
         api.scheduled.kill(sched)
         api.dead.delete(sched)

@@ -99,6 +99,8 @@ def tell(message: str) -> None:
 
 
 DEFAULT_URL = "redis://localhost:6379/0"
+#: The wire-name prefix of kiq's own workers (kiq.workflow.NextStep).
+_KIQ_OWN = "kiq."
 #: Below this an ``at`` value looks like a relative delay, not an epoch time (Sidekiq's rule).
 _EPOCH_FLOOR = 1_000_000_000
 Seconds = int | float | dt.timedelta
@@ -463,8 +465,9 @@ class Kiq:
 
     @property
     def workers(self) -> dict[str, Registered]:
-        """Registered workers by wire name."""
-        return dict(self._workers)
+        """The application's registered workers by wire name (kiq's own, such as
+        the step of a chain, run too but are not listed)."""
+        return {name: w for name, w in self._workers.items() if not name.startswith(_KIQ_OWN)}
 
     # -- client ----------------------------------------------------------
 

@@ -329,6 +329,9 @@ def cmd_all(ns: argparse.Namespace) -> int:
         done, gone = listed.delete_all(**filters, max_scan=ns.scan)
     past = "enqueued now from" if ns.command == "retry" else "deleted from"
     print(f"{done:,} jobs {past} {where}" + (f"; {gone:,} were gone before their turn" if gone else ""))
+    return 0
+
+
 def _when(epoch: float | None) -> str:
     if epoch is None:
         return "-"

@@ -347,7 +347,7 @@ class Processor:
 
     def unknown(self, d: _kiq.Delivery) -> UnknownWorkerError:
         """The error of a job whose class no registered worker has."""
-        known = ", ".join(sorted(self.workers)) or "none"
+        known = ", ".join(sorted(n for n in self.workers if not n.startswith("kiq."))) or "none"
         return UnknownWorkerError(
             f"no worker is registered for class {d.class_name!r} in this process (registered: {known})"
             + script_hint(d.class_name, self.workers)
