@@ -303,7 +303,13 @@ def test_a_phased_restart_loses_nothing_keeps_capacity_and_loads_new_code(
     print(f"phased restart: {produced} jobs, fewest fetching processes seen {min(capacity)} (N=2)")
     assert min(capacity) >= 1, "capacity never below N-1"
     assert r.smembers("versions") >= {"v2"}, "the new children run the new code"
-    assert not s.children() & first, "every child was replaced"
+    second = s.children()
+    assert len(second) == 2 and not second & first, "every child was replaced"
+    # Broken code: the first new child dies before it fetches, and the restart stops there.
+    write(tmp_path, script.replace('VERSION = "v1"', 'raise RuntimeError("typo")'), "tick.py")
+    s.signal(signal.SIGUSR2)
+    s.wait_message("phased restart aborted", timeout=60)
+    assert s.children() == second, "the old children keep running"
     assert s.stop() == 0
     s.assert_no_orphans()
 
@@ -390,6 +396,16 @@ def test_signals_and_the_web_uis_stop(tmp_path: Path, redis_url: str, r: redis.R
     s.signal(signal.SIGTSTP)
     wait_for(lambda: [r.hget(m, "quiet") for m in r.smembers("processes")] == ["true", "true"], timeout=10,
              what="both children quiet")
+    # A child that dies while the swarm is quiet is replaced by a quiet one.
+    quiet_victim = sorted(r.smembers("processes"))[0]
+    os.kill(pid_of(quiet_victim), signal.SIGKILL)
+    s.wait_message("up (quiet)", 1)
+    wait_for(lambda: len(m := r.smembers("processes")) == 2 and quiet_victim not in m, timeout=10,
+             what="the replacement's heartbeat")
+    push(redis_url, "Nap", [[1]])
+    time.sleep(0.5)
+    assert r.hgetall("runs") == {} and r.llen("queue:default") == 1, "a quiet swarm fetches nothing"
+    assert [r.hget(m, "quiet") for m in r.smembers("processes")] == ["true", "true"]
     assert s.stop() == 0
     s.assert_no_orphans()
 

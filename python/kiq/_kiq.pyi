@@ -47,6 +47,7 @@ __all__ = [
     "encode_job",
     "new_jid",
     "read_envelope",
+    "runtime_started",
     "set_log_level",
     "unwrap_active_job",
     "wake_logs",

@@ -32,6 +32,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kiq.errors import ConfigError, ShutdownError
@@ -83,6 +84,7 @@ class Supervisor:
         #: New children are fresh interpreters (no preload, or since a phased restart).
         self.fresh = not preload
         self.signals: list[int] = []
+        #: Children to start again after a backoff: (when, index).
         self.restarts: list[tuple[float, int]] = []
         self.crashes: Counter[int] = Counter()
         self.recoveries: dict[str, Recovery] = {}
@@ -113,6 +115,10 @@ class Supervisor:
             forksafe.check("the swarm's children")
         if self.app.health_address is not None:
             self.health = SwarmHealth(self.app.health_address, self.processes)
+        if self.app.buffer_path is not None and (Path(self.app.buffer_path) / "spool.log").exists():
+            tell(f"swarm: {self.app.buffer_path} holds the spool of a run without --processes (a swarm's children "
+                 f"spool in {Path(self.app.buffer_path) / '<slot>'}); deliver what it may hold with: kiq spool push "
+                 f"{self.app.buffer_path}")
         spawner = Spawner(self.app, health=self.health is not None, after_fork=self._in_child)
         self.spawner = spawner
         self._install()
@@ -161,14 +167,18 @@ class Supervisor:
 
     # -- children ------------------------------------------------------------
 
-    def _start(self, index: int, now: float, replacing: Child | None = None) -> Child | None:
+    def _start(self, index: int, now: float, replacing: Child | None = None, reason: str = "") -> Child | None:
+        """Starts child ``index``; ``reason`` (why the one before it ended) is counted for /metrics."""
+        if reason:
+            self.restarted[reason] += 1
         used = {c.slot for c in self.children.values()}
         slot = next(s for s in range(len(used) + 1) if s not in used)
         try:
             c = self.spawner.start(index, slot, quiet=self.state == "quiet", fresh=self.fresh, now=now)
         except OSError as exc:
             logger.error("swarm: cannot start child #%d (%s); trying again in 1s", index, exc)
-            self.restarts.append((now + 1.0, index))
+            if replacing is None:
+                self.restarts.append((now + 1.0, index))
             return None
         c.replacing = replacing
         if replacing is not None:
@@ -262,8 +272,6 @@ class Supervisor:
         if self.state == "stopping" or c.state == "retiring" or replacement is not None:
             logger.info("swarm: %s %s after %.1fs%s", c, how, lived,
                         "" if code == 0 else " (its jobs are recovered by a sibling)")
-            if c.kill_reason:
-                self.restarted[c.kill_reason] += 1
             return
         if c.replacing is not None:
             # A replacement that never fetched: the child it was to replace goes on.
@@ -273,21 +281,19 @@ class Supervisor:
                 tell("swarm: phased restart aborted (fix the new code, then send USR2 again)")
                 self.phase_before = None
             return
-        reason = c.kill_reason or ("stopped" if code == 0 else "crash")
-        self.restarted[reason] += 1
         if c.kill_reason:
             tell(f"swarm: {c} {how} ({c.kill_reason}); starting a new one")
-            self._start(c.index, now)
+            self._start(c.index, now, reason=c.kill_reason)
         elif code == 0:
             tell(f"swarm: {c} stopped by itself (the Web UI's Stop, or --max-jobs); starting a new one")
-            self._start(c.index, now)
+            self._start(c.index, now, reason="stopped")
         else:
             self.crashes[c.index] = self.crashes[c.index] + 1 if lived < FAST_CRASH else 1
             crashes = self.crashes[c.index]
             delay = 0.0 if crashes == 1 else min(MAX_BACKOFF, 2.0 ** (crashes - 2))
             if delay == 0:
                 tell(f"swarm: {c} {how} after {lived:.1f}s; starting a new one")
-                self._start(c.index, now)
+                self._start(c.index, now, reason="crash")
             else:
                 tell(f"swarm: {c} {how} after {lived:.1f}s, crashing in a loop ({crashes} crashes within "
                      f"{FAST_CRASH:g}s of starting); starting a new one in {delay:g}s")
@@ -300,7 +306,7 @@ class Supervisor:
             if due <= now:
                 self.restarts.remove((due, index))
                 if self.state != "stopping":
-                    self._start(index, now)
+                    self._start(index, now, reason="crash")
         for c in list(self.children.values()):
             overdue = {jid: limit for jid, (deadline, limit) in c.jobs.items() if deadline <= now}
             if overdue and not c.kill_reason:
@@ -328,8 +334,7 @@ class Supervisor:
         elif c.rss > limit and c.state in ("fetching", "quiet") and c.replaced_by is None and self.state != "stopping":
             logger.warning("swarm: %s uses %.0f MiB, above --max-memory (%g MiB); starting its replacement, "
                            "then it drains and stops", c, mib, limit / (1 << 20))
-            self.restarted["memory"] += 1
-            self._start(c.index, now, replacing=c)
+            self._start(c.index, now, replacing=c, reason="memory")
 
     def _phase(self, now: float) -> None:
         """A phased restart's next step: one child at a time, the new one first."""
@@ -348,8 +353,7 @@ class Supervisor:
             self.phase_before = None
             return
         nxt = min(old, key=lambda c: c.index)
-        self.restarted["phased"] += 1
-        self._start(nxt.index, now, replacing=nxt)
+        self._start(nxt.index, now, replacing=nxt, reason="phased")
 
     def _dispatch(self, now: float) -> None:
         """Gives each dead child's recovery to a living child."""
