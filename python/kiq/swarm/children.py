@@ -11,6 +11,7 @@ started with ``posix_spawn``, which is safe either way.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import secrets
 import signal
@@ -91,6 +92,9 @@ class Spawner:
 
     def _fork(self, spec: child.Spec, mine: socket.socket, theirs: socket.socket) -> int:
         forksafe.check(f"child #{spec.index}")
+        # The imported app's objects move to a generation no collection visits, so a
+        # child's garbage collector does not write to (and so copy) the pages it shares.
+        gc.freeze()
         pid = os.fork()
         if pid != 0:
             return pid

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from kiq.errors import ConfigError
@@ -27,7 +28,7 @@ from kiq.swarm.http import Get, Incoming, respond
 if TYPE_CHECKING:
     from kiq.swarm.children import Child
 
-__all__ = ["SwarmHealth", "aggregate"]
+__all__ = ["SwarmHealth", "aggregate", "swarm_metrics"]
 
 #: A child's last /ready answer counts for this long.
 FRESH = 3.0
@@ -95,6 +96,27 @@ def aggregate(texts: dict[int, str]) -> str:
         out.append(f"# TYPE {child_name} {kind}")
         out.extend(lines)
     return "\n".join(out) + "\n" if out else ""
+
+
+def swarm_metrics(processes: int, children: list[Child], restarts: Mapping[str, int]) -> str:
+    """The parent's own families: children by state, restarts by reason, each child's memory."""
+    states = Counter(c.state for c in children)
+    lines = [
+        "# HELP kiq_swarm_processes Children the swarm runs (--processes).",
+        "# TYPE kiq_swarm_processes gauge",
+        f"kiq_swarm_processes {processes}",
+        "# HELP kiq_swarm_children Children alive, by state.",
+        "# TYPE kiq_swarm_children gauge",
+        *(f'kiq_swarm_children{{state="{s}"}} {states.get(s, 0)}' for s in ("starting", "fetching", "quiet", "retiring")),
+        "# HELP kiq_swarm_restarts_total Children started again, by why the one before ended.",
+        "# TYPE kiq_swarm_restarts_total counter",
+        *(f'kiq_swarm_restarts_total{{reason="{r}"}} {n}' for r, n in sorted(restarts.items())),
+        "# HELP kiq_swarm_child_resident_bytes Each child's resident memory at the last sample.",
+        "# TYPE kiq_swarm_child_resident_bytes gauge",
+        *(f'kiq_swarm_child_resident_bytes{{child="{c.index}",pid="{c.pid}"}} {c.rss}'
+          for c in sorted(children, key=lambda c: c.index)),
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _number(v: float) -> str:

@@ -38,8 +38,9 @@ from typing import TYPE_CHECKING
 from kiq.errors import ConfigError, ShutdownError
 from kiq.swarm import forksafe
 from kiq.swarm.children import Child, Spawner
-from kiq.swarm.health import SwarmHealth
+from kiq.swarm.health import SwarmHealth, swarm_metrics
 from kiq.swarm.memory import rss_bytes
+from kiq.swarm.recoveries import Recoveries
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -60,17 +61,6 @@ _HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGTSTP, signal.SIGTTIN, signa
             signal.SIGCHLD)
 
 
-class Recovery:
-    """A dead child's jobs, to be recovered by a living one."""
-
-    def __init__(self, identity: str, timed_out: dict[str, float]) -> None:
-        self.identity = identity
-        self.timed_out = timed_out
-        #: The pid of the child asked to do it; None while nobody is.
-        self.by: int | None = None
-        self.not_before = 0.0
-
-
 class Supervisor:
     """The parent of one swarm (see the module's documentation)."""
 
@@ -87,7 +77,7 @@ class Supervisor:
         #: Children to start again after a backoff: (when, index).
         self.restarts: list[tuple[float, int]] = []
         self.crashes: Counter[int] = Counter()
-        self.recoveries: dict[str, Recovery] = {}
+        self.recoveries = Recoveries()
         #: During a phased restart: children started before this moment are replaced.
         self.phase_before: float | None = None
         self.stop_deadline: float | None = None
@@ -163,7 +153,7 @@ class Supervisor:
             self._reap(now)
             self._tick(now)
             if self.health is not None:
-                self.health.service(ready, ready_w, now, list(self.children.values()), self.state, self._metrics())
+                self.health.service(ready, ready_w, now, list(self.children.values()), self.state, swarm_metrics(self.processes, list(self.children.values()), self.restarted))
 
     # -- children ------------------------------------------------------------
 
@@ -205,14 +195,12 @@ class Supervisor:
             elif kind == "done":
                 c.jobs.pop(str(msg["jid"]), None)
             elif kind == "recovered":
-                self.recoveries.pop(str(msg["identity"]), None)
+                self.recoveries.done(str(msg["identity"]))
                 logger.info("swarm: %s recovered the jobs of %s: %s back in their queues, %s poison pills, "
                             "%s failed for their hard_timeout", c, msg["identity"], msg.get("requeued"),
                             msg.get("poisoned"), msg.get("timed_out"))
             elif kind == "recover_failed":
-                rec = self.recoveries.get(str(msg["identity"]))
-                if rec is not None:
-                    rec.by, rec.not_before = None, now + 1.0
+                self.recoveries.failed(str(msg["identity"]), now)
                 logger.warning("swarm: %s could not recover %s yet (%s); trying again", c, msg["identity"],
                                msg.get("error"))
 
@@ -265,7 +253,7 @@ class Supervisor:
         lived = now - c.born
         if code != 0 or c.kill_reason:
             # A clean exit handed its jobs back itself.
-            self.recoveries[c.identity] = Recovery(c.identity, dict(c.killed_for))
+            self.recoveries.add(c.identity, dict(c.killed_for))
         replacement = c.replaced_by if c.replaced_by is not None and c.replaced_by.pid in self.children else None
         if replacement is not None and replacement.replacing is c:
             replacement.replacing = None  # still starting: it now simply takes the place
@@ -360,12 +348,7 @@ class Supervisor:
         if self.state == "stopping":
             return  # stopping children cannot; the leader recovers them (see _leftovers)
         helpers = [c for c in self.children.values() if c.working and c.state != "retiring"]
-        for rec in self.recoveries.values():
-            if rec.by in self.children or now < rec.not_before or not helpers:
-                continue
-            helper = helpers[len(rec.identity) % len(helpers)]
-            rec.by = helper.pid
-            helper.channel.send("recover", identity=rec.identity, timed_out=rec.timed_out)
+        self.recoveries.dispatch(helpers, set(self.children), now)
 
     # -- signals -------------------------------------------------------------
 
@@ -444,9 +427,9 @@ class Supervisor:
     def _leftovers(self) -> None:
         """Children still running when the loop ended (an error in the parent): stopped gracefully, else killed."""
         if not self.children:
-            if self.recoveries:
+            if left := self.recoveries.identities():
                 logger.warning("swarm: the jobs of %s were not recovered by the swarm; the kiq leader recovers "
-                               "them once their heartbeat expires", ", ".join(sorted(self.recoveries)))
+                               "them once their heartbeat expires", ", ".join(left))
             return
         logger.error("swarm: the parent is ending with %d children running; stopping them", len(self.children))
         for c in self.children.values():
@@ -464,24 +447,3 @@ class Supervisor:
                 os.kill(c.pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(c.pid, 0)
-
-    def _metrics(self) -> str:
-        """The parent's own Prometheus families."""
-        states = Counter(c.state for c in self.children.values())
-        lines = [
-            "# HELP kiq_swarm_processes Children the swarm runs (--processes).",
-            "# TYPE kiq_swarm_processes gauge",
-            f"kiq_swarm_processes {self.processes}",
-            "# HELP kiq_swarm_children Children alive, by state.",
-            "# TYPE kiq_swarm_children gauge",
-            *(f'kiq_swarm_children{{state="{s}"}} {states.get(s, 0)}' for s in
-              ("starting", "fetching", "quiet", "retiring")),
-            "# HELP kiq_swarm_restarts_total Children started again, by why the one before ended.",
-            "# TYPE kiq_swarm_restarts_total counter",
-            *(f'kiq_swarm_restarts_total{{reason="{r}"}} {n}' for r, n in sorted(self.restarted.items())),
-            "# HELP kiq_swarm_child_resident_bytes Each child's resident memory at the last sample.",
-            "# TYPE kiq_swarm_child_resident_bytes gauge",
-            *(f'kiq_swarm_child_resident_bytes{{child="{c.index}",pid="{c.pid}"}} {c.rss}'
-              for c in sorted(self.children.values(), key=lambda c: c.index)),
-        ]
-        return "\n".join(lines) + "\n"
