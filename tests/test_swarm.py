@@ -26,7 +26,7 @@ import redis
 
 from kiq import Kiq, worker
 from kiq.errors import ConfigError
-from kiq.swarm import processes
+from kiq.swarm import preloading, processes
 from kiq.swarm.forksafe import problems
 from kiq.swarm.health import aggregate
 from support import free_port, wait_for
@@ -123,6 +123,17 @@ def test_fork_safety_names_what_runs() -> None:
     finally:
         release.set()
         t.join()
+
+
+def test_a_preload_defers_the_spool_and_a_swarm_refuses_an_app_that_opened_it(
+    make_app: Callable[..., Kiq], tmp_path: Path
+) -> None:
+    with preloading():
+        deferred = make_app(buffer_path=tmp_path / "deferred")
+    assert deferred._client is None and not (tmp_path / "deferred").exists(), "the spool opens in each child"
+    eager = make_app(buffer_path=tmp_path / "eager")
+    with pytest.raises(ConfigError, match=r"opened its Redis client when it was built.*kiq.swarm.preloading"):
+        eager.run(processes=2)  # refused before anything forks
 
 
 def test_metrics_are_summed_and_per_child() -> None:

@@ -1,6 +1,7 @@
 """The ``kiq`` command (also ``python -m kiq``).
 
     kiq run myproject.jobs:app          run workers until SIGTERM / SIGINT (alias: kiq worker)
+    kiq run myproject.jobs:app -p auto  a swarm: one supervised worker process per core
     kiq enqueue HardJob bob 5 -q critical [--app myproject.jobs:app]
     kiq stats | kiq queues
     kiq jobs retry|dead|scheduled|busy | kiq jobs queue NAME   [--class C] [--error TEXT] [--json]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import socket
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from kiq.errors import ConfigError
@@ -151,16 +151,14 @@ class SwarmHealth:
         return read, write
 
     def service(self, readable: set[int], writable: set[int], now: float, children: Iterable[Child],
-                state: str, extra: str) -> None:
-        """Accepts and answers requests, reads children's answers."""
+                state: str, extra: Callable[[], str]) -> None:
+        """One turn of the select loop; ``extra()`` gives the parent's own metrics."""
         kids = list(children)
         if self.listener.fileno() in readable:
             while True:
                 try:
                     sock, _ = self.listener.accept()
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
+                except OSError:  # nothing more to accept now (or a connection reset before it was)
                     break
                 self.incoming.append(Incoming(sock, now + 2.0))
         for get, _, _ in self.gets:
@@ -178,7 +176,7 @@ class SwarmHealth:
                 req.writable()
         self.tick(now, kids, extra)
 
-    def tick(self, now: float, children: list[Child], extra: str) -> None:
+    def tick(self, now: float, children: list[Child], extra: Callable[[], str]) -> None:
         """Polls children's readiness, finishes fetches and /metrics answers, drops what timed out."""
         for get, _, _ in self.gets:
             if not get.done and now >= get.deadline:
@@ -199,7 +197,7 @@ class SwarmHealth:
             if not awaited or now >= deadline:
                 self.metrics.remove(entry)
                 head = req.request is not None and req.request[0] == "HEAD"
-                req.answer(respond(200, aggregate(texts) + extra, text=True, head=head))
+                req.answer(respond(200, aggregate(texts) + extra(), text=True, head=head))
         if now >= self.next_poll:
             self.next_poll = now + POLL
             for child in children:

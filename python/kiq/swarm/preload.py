@@ -20,8 +20,8 @@ from collections.abc import Iterator
 
 __all__ = ["CHILD_ENV", "deferring", "note_client", "noted", "preloading"]
 
-#: Set in a fresh interpreter the swarm starts as a child: the file descriptor of its link to the parent.
-CHILD_ENV = "KIQ_SWARM_FD"
+#: Set in a fresh interpreter the swarm starts as a child: who it is, and its link to the parent.
+CHILD_ENV = "KIQ_SWARM_CHILD"
 
 
 class _Mode:

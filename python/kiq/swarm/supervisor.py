@@ -86,9 +86,7 @@ class Supervisor:
         self.restarted: Counter[str] = Counter()
         self.health: SwarmHealth | None = None
         self.previous: dict[int, signal.Handlers | int | None | object] = {}
-        self.wakeup_r, self.wakeup_w = os.pipe()
-        os.set_blocking(self.wakeup_r, False)
-        os.set_blocking(self.wakeup_w, False)
+        self.wakeup_r = self.wakeup_w = -1
         self.start_timeout = max(60.0, app.shutdown_timeout)
 
     # -- the loop ------------------------------------------------------------
@@ -102,17 +100,24 @@ class Supervisor:
         if self.app.test_mode is not None:
             raise ConfigError("a sandboxed Kiq does not fetch from Redis; run its jobs with kiq.testing.drain(app)")
         if self.preload:
+            if self.app._client is not None and self.app.buffer_path is not None:
+                raise ConfigError(
+                    f"{self.app!r} opened its Redis client when it was built, to deliver its spool "
+                    f"({self.app.buffer_path}): a process that forks must not have one. Build the app inside "
+                    "`with kiq.swarm.preloading():` (kiq run -p does), or pass preload=False"
+                )
             forksafe.check("the swarm's children")
-        if self.app.health_address is not None:
-            self.health = SwarmHealth(self.app.health_address, self.processes)
         if self.app.buffer_path is not None and (Path(self.app.buffer_path) / "spool.log").exists():
             tell(f"swarm: {self.app.buffer_path} holds the spool of a run without --processes (a swarm's children "
                  f"spool in {Path(self.app.buffer_path) / '<slot>'}); deliver what it may hold with: kiq spool push "
                  f"{self.app.buffer_path}")
-        spawner = Spawner(self.app, health=self.health is not None, after_fork=self._in_child)
+        spawner = Spawner(self.app, health=False, after_fork=self._in_child)
         self.spawner = spawner
         self._install()
         try:
+            if self.app.health_address is not None:
+                self.health = SwarmHealth(self.app.health_address, self.processes)
+                spawner.health = True
             how = "forked from this preloaded process" if self.preload else "each importing the app itself"
             where = f"; health checks on {self.health.address}" if self.health is not None else ""
             tell(f"swarm pid {os.getpid()}: starting {self.processes} children ({how}){where}; TERM stops them, "
@@ -153,7 +158,9 @@ class Supervisor:
             self._reap(now)
             self._tick(now)
             if self.health is not None:
-                self.health.service(ready, ready_w, now, list(self.children.values()), self.state, swarm_metrics(self.processes, list(self.children.values()), self.restarted))
+                kids = list(self.children.values())
+                self.health.service(ready, ready_w, now, kids, self.state,
+                                    lambda: swarm_metrics(self.processes, kids, self.restarted))
 
     # -- children ------------------------------------------------------------
 
@@ -353,6 +360,9 @@ class Supervisor:
     # -- signals -------------------------------------------------------------
 
     def _install(self) -> None:
+        self.wakeup_r, self.wakeup_w = os.pipe()
+        os.set_blocking(self.wakeup_r, False)
+        os.set_blocking(self.wakeup_w, False)
         signal.set_wakeup_fd(self.wakeup_w, warn_on_full_buffer=False)
         for sig in _HANDLED:
             self.previous[sig] = signal.signal(sig, self._note)
