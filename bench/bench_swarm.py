@@ -57,8 +57,7 @@ BURN = textwrap.dedent(
         end = time.thread_time() + 0.005
         while time.thread_time() < end:
             pass
-        r.zadd("started", {n: start})
-        r.zadd("ended", {n: time.time()})
+        r.pipeline(transaction=False).zadd("started", {n: start}).zadd("ended", {n: time.time()}).execute()
 
     app = Kiq(queues={"default": 2}, workers=[burn], heartbeat_interval=1, shutdown_timeout=5)
     """
