@@ -370,6 +370,7 @@ def test_a_child_above_max_memory_is_replaced_new_one_first(tmp_path: Path, redi
             for _ in range(20):  # 10 MiB every 50 ms, pages touched
                 hog.append(b"x" * (10 << 20))
                 time.sleep(0.05)
+            time.sleep(1)  # held a while: a busy machine may sample late
             r.incr("grown")
 
         app = Kiq(queues={{"default": 1}}, workers=[grow], {FAST})

@@ -211,7 +211,9 @@ class Kiq:
         max_memory_bytes: recycle the process, likewise, once its resident
             memory passes this (checked every 0.2 s; Linux). Jobs still running
             at the stop's deadline are judged as a crash's (a job that blows
-            the limit every time ends as a poison pill).
+            the limit every time ends as a poison pill). Under a swarm
+            (``run(processes=N)``) it is each child's limit, which the parent
+            enforces by replacing the child.
         stuck_after: seconds after which a running job counts as stuck:
             ``/ready`` answers 503 naming it (``/live`` stays 200; whether to
             restart is the orchestrator's call). A job stuck in C code holding

@@ -51,7 +51,8 @@ logger = logging.getLogger("kiq")
 INDEX_ENV = "KIQ_INDEX"
 #: Signals a child holds back from birth: TSTP and TTIN until it runs (a quiet
 #: or a thread dump before then would stop or kill a half-started process),
-#: USR2 and HUP for good (they restart the swarm: the parent's business).
+#: USR2 for good (it restarts the swarm: the parent's business), and HUP (a
+#: terminal's hang-up ends the parent, whose children then stop gracefully).
 LINGERING = {signal.SIGUSR2, signal.SIGHUP, signal.SIGTSTP, signal.SIGTTIN}
 _PR_SET_PDEATHSIG = 1
 

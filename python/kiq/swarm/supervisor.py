@@ -12,7 +12,7 @@ after a backoff, hard time limits, the stop's deadline). What it does:
   or the next child to start if none lives.
 - **Signals.** TERM/INT stop every child gracefully (the parent exits when
   they have; a second one hands running jobs back at once); TSTP quiets
-  them; TTIN has each child log its threads; USR2 (or HUP) restarts them
+  them; TTIN has each child log its threads; USR2 restarts them
   in phases: one at a time, a fresh interpreter first, the old child quieted
   and stopped once the new one fetches.
 - **Limits.** Children's resident memory is sampled every 0.2 s: a child
@@ -57,8 +57,9 @@ STOP_GRACE = 15.0
 #: A crash sooner than this after the start counts toward a crash loop.
 FAST_CRASH = 30.0
 MAX_BACKOFF = 60.0
-_HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGUSR2, signal.SIGHUP,
-            signal.SIGCHLD)
+# Not HUP: a terminal's hang-up ends the parent as it ends any program, and
+# the children (which hold HUP back) then stop gracefully on their own.
+_HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGUSR2, signal.SIGCHLD)
 
 
 class Supervisor:
@@ -423,7 +424,7 @@ class Supervisor:
                     logger.warning("swarm: %s %s, %s, %.0f MiB, %d hard-limited jobs running", c, c.identity,
                                    c.state, c.rss / (1 << 20), len(c.jobs))
                     c.channel.send("dump")
-            elif sig in (signal.SIGUSR2, signal.SIGHUP):
+            elif sig == signal.SIGUSR2:
                 if self.state != "running":
                     logger.warning("swarm: got %s while %s; no phased restart", sig.name, self.state)
                     continue
