@@ -63,6 +63,7 @@ fn main() {
         max_rss_kb: None,
         stuck_after: None,
         keyring: None,
+        quiet: false,
     };
     let server = Server::start(pool, Keys::default(), config).unwrap();
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));

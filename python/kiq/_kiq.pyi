@@ -58,6 +58,7 @@ __all__ = [
     "encode_job",
     "new_jid",
     "read_envelope",
+    "runtime_started",
     "set_log_level",
     "unwrap_active_job",
     "wake_logs",
@@ -404,6 +405,7 @@ class Server:
         max_jobs: int | None = None,
         max_memory_bytes: int | None = None,
         stuck_after: float | None = None,
+        quiet: bool = False,
     ) -> Server: ...
     def next_job(self, lane: int, timeout: float | None = None) -> Delivery | None:
         """The next job of queue number ``lane``; None once the server stops (or on timeout)."""
@@ -426,6 +428,10 @@ class Server:
     ) -> Fate:
         """Records the failure; returns where the job went."""
     def abandon(self, delivery: Delivery) -> None: ...
+    def recover_dead(self, identity: str, timed_out: dict[str, float]) -> tuple[int, int, int]:
+        """Recovers another process known to be dead (a swarm's child that exited) at once;
+        jobs in ``timed_out`` (jid -> hard_timeout) fail with JobTimeoutError. Returns
+        ``(requeued, poisoned, timed_out)``."""
     def set_quiet(self, quiet: bool) -> None: ...
     @property
     def state(self) -> str: ...
@@ -715,3 +721,6 @@ class Admin:
     def processes(self) -> list[ProcessView]: ...
 def wake_logs() -> None:
     """Makes a ``drain_logs`` call waiting in another thread return now."""
+
+def runtime_started() -> bool:
+    """Whether this process has started the core's runtime (its threads)."""

@@ -37,9 +37,10 @@ from kiq.job import Enqueued, Job
 from kiq.logs import current_job
 from kiq.paths import default_state_dir, undeliverable_path, unsent_dir
 from kiq.pool import WorkerThreads
-from kiq.processor import Processor, Registered, register
+from kiq.processor import HardLimits, Processor, Registered, register
 from kiq.reporters import Reporter, ReporterThread
 from kiq.sandbox import Sandbox, default_mode
+from kiq.swarm import preload
 from kiq.tracing import Tracing
 from kiq.worker import WorkerLike, bind, check_arguments, is_worker
 from kiq.workflow import NextStep
@@ -215,7 +216,9 @@ class Kiq:
         max_memory_bytes: recycle the process, likewise, once its resident
             memory passes this (checked every 0.2 s; Linux). Jobs still running
             at the stop's deadline are judged as a crash's (a job that blows
-            the limit every time ends as a poison pill).
+            the limit every time ends as a poison pill). Under a swarm
+            (``run(processes=N)``) it is each child's limit, which the parent
+            enforces by replacing the child.
         stuck_after: seconds after which a running job counts as stuck:
             ``/ready`` answers 503 naming it (``/live`` stays 200; whether to
             restart is the orchestrator's call). A job stuck in C code holding
@@ -388,10 +391,17 @@ class Kiq:
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         #: Set by a second stop signal to run(): stop() then waits for no running job.
         self._hurry = threading.Event()
+        #: The link to a swarm's parent, in a swarm's child (it watches hard_timeout).
+        self._swarm: HardLimits | None = None
+        #: Start without fetching (a swarm's child started while the swarm is quiet).
+        self._start_quiet = False
+        #: Called (in the thread that called start()) once the process fetches.
+        self._on_started: list[Callable[[], None]] = []
         # kiq's own worker: chains (kiq.workflow) run their next step from any process.
         self.register(NextStep, *workers)
-        if buffer_path is not None and self._sandbox is None:
-            # Jobs an earlier run left in the spool go to Redis now, not at the first enqueue.
+        if buffer_path is not None and self._sandbox is None and not preload.deferring():
+            # Jobs an earlier run left in the spool go to Redis now, not at the first enqueue
+            # (a swarm's preload leaves that to each child's start).
             _ = self.client
 
     @classmethod
@@ -478,6 +488,7 @@ class Kiq:
             raise ConfigError(f"a sandboxed Kiq (test_mode=\"sandbox\") never connects to Redis{self._why_sandboxed()}")
         with self._lock:
             if self._client is None:
+                preload.note_client(self)
                 corelog.start()
                 self._client = _kiq.Client(
                     self.redis_url,
@@ -854,6 +865,14 @@ class Kiq:
         with self._lock:
             if self._server is not None:
                 raise ConfigError("this Kiq is already started")
+        if self._swarm is None:
+            limited = sorted(name for name, reg in self._workers.items() if reg.options.hard_timeout is not None)
+            if limited:
+                raise ConfigError(
+                    f"worker {limited[0]} sets hard_timeout, which only a swarm enforces (its parent kills a child "
+                    "whose job runs past it): start the workers with kiq run --processes N (one supervised child "
+                    "is enough: -p 1) or app.run(processes=N)"
+                )
         corelog.start()
         server = _kiq.Server(
             self.client,
@@ -880,15 +899,18 @@ class Kiq:
             max_jobs=self.max_jobs,
             max_memory_bytes=self.max_memory_bytes,
             stuck_after=self.stuck_after,
+            quiet=self._start_quiet,
         )
         reporters = self._start_reporters()
         aio = AsyncRunner() if any(w.is_async for w in self._workers.values()) else None
-        threads = WorkerThreads(Processor(server, self._workers, reporters, aio, self._tracing, app=self),
-                                list(self.queues.items()))
+        processor = Processor(server, self._workers, reporters, aio, self._tracing, app=self, limits=self._swarm)
+        threads = WorkerThreads(processor, list(self.queues.items()))
         with self._lock:
             self._server, self._threads, self._reporters, self._aio = server, threads, reporters, aio
-        self._stop_requested.clear()
-        self._hurry.clear()
+        if not self._running_main:
+            # run() cleared them before its signal handlers could set them.
+            self._stop_requested.clear()
+            self._hurry.clear()
         threads.start()
         server.report_threads(threads.revive())
         listener = threading.Thread(target=self._listen, args=(server,), name="kiq-signals", daemon=True)
@@ -897,6 +919,8 @@ class Kiq:
         # A process that exits without stop() stops first, while its threads can still leave the core.
         atexit.register(_stop_at_exit, weakref.ref(self))
         logger.info("process %s started: queues %s, %d workers", self.identity, self.queues, len(self._workers))
+        for hook in self._on_started:
+            hook()
 
     def quiet(self) -> None:
         """Stops fetching new jobs; running ones finish (Sidekiq's TSTP)."""
@@ -1031,23 +1055,42 @@ class Kiq:
         for rt in reporters:
             rt.stop(max(0.0, deadline - time.monotonic()))
 
-    def run(self) -> None:
+    def run(self, processes: int | str | None = None, *, preload: bool = True) -> None:
         """Starts, then blocks until SIGTERM or SIGINT (or the Web UI's Stop),
         then stops gracefully.
 
         As with Sidekiq, SIGTSTP quiets the process (no new fetches) and
         SIGTTIN logs every thread's stack. Must be called from the main thread.
+
+        ``processes=N`` (or ``"auto"``: one per usable core) runs a swarm
+        instead (see :mod:`kiq.swarm`): this process becomes the parent of
+        N children, each running the workers, supervised and restarted;
+        ``preload=False`` makes each child import the app itself rather
+        than fork from this process. Code after ``run()`` runs in the parent
+        once the swarm has stopped.
         """
+        if processes is not None:
+            from kiq.swarm import run as run_swarm  # noqa: PLC0415 - the swarm stays off the single-process path
+
+            run_swarm(self, processes, preload=preload)
+            return
         if threading.current_thread() is not threading.main_thread():
             raise ShutdownError("Kiq.run() handles signals and must run in the main thread")
         stop = self._stop_requested
+        signalled = False
+        stop.clear()
+        self._hurry.clear()
 
         def on_stop(signum: int, _frame: FrameType | None) -> None:
+            nonlocal signalled
             name = signal.Signals(signum).name
-            if not stop.is_set():
+            if not signalled:
+                # The first signal; a stop may be under way already (the Web UI's, a swarm parent's).
+                signalled = True
+                already = "already " if stop.is_set() else ""
                 stop.set()
-                tell(f"got {name}: stopping gracefully; running jobs get up to {self.shutdown_timeout:g}s to finish "
-                     "(SIGINT or SIGTERM again hands them back to their queues at once)")
+                tell(f"got {name}: {already}stopping gracefully; running jobs get up to {self.shutdown_timeout:g}s "
+                     "to finish (SIGINT or SIGTERM again hands them back to their queues at once)")
             elif not self._hurry.is_set():
                 self._hurry.set()
                 tell(f"got {name} again: handing running jobs back to their queues now")

@@ -1,6 +1,7 @@
 """The ``kiq`` command (also ``python -m kiq``).
 
     kiq run myproject.jobs:app          run workers until SIGTERM / SIGINT (alias: kiq worker)
+    kiq run myproject.jobs:app -p auto  a swarm: one supervised worker process per core
     kiq enqueue HardJob bob 5 -q critical [--app myproject.jobs:app]
     kiq stats | kiq queues
     kiq jobs retry|dead|scheduled|busy | kiq jobs queue NAME   [--class C] [--error TEXT] [--json]
@@ -31,7 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kiq import _kiq, acl, gen
+from kiq import _kiq, acl, gen, swarm
 from kiq.api import Api, JobSet, Queue
 from kiq.app import DEFAULT_URL, Kiq
 from kiq.errors import ArgumentError, ConfigError, ConnectionError, KiqError
@@ -100,7 +101,13 @@ def _queue_limit(text: str) -> tuple[str, int | None]:
 
 def cmd_run(ns: argparse.Namespace) -> int:
     configure(ns.log_level.upper(), json_format=ns.json_logs, name=None)
-    app = load_app(ns.target)
+    processes = ns.processes if ns.processes is not None else os.environ.get(swarm.PROCESSES_ENV) or None
+    if processes is not None:
+        swarm.processes(processes)  # a bad count fails before the import
+        with swarm.preloading():  # the app's spool (buffer_path) opens in each child, not here
+            app = load_app(ns.target)
+    else:
+        app = load_app(ns.target)
     if ns.redis_url is not None or ns.namespace is not None:
         if app._client is not None:
             raise CliError(f"{ns.target} connected to Redis while it was imported; -r/--namespace cannot change "
@@ -128,12 +135,16 @@ def cmd_run(ns: argparse.Namespace) -> int:
         if ns.max_memory <= 0:
             raise CliError("--max-memory must be a positive number of MiB", EXIT_USAGE)
         app.max_memory_bytes = int(ns.max_memory * (1 << 20))
+    if not app.workers:
+        logging.getLogger("kiq").warning("kiq: %s registers no workers; jobs will fail as unknown", ns.target)
+    if processes is not None:
+        # The parent never connects to Redis: each child does (and says so if it cannot).
+        swarm.run(app, processes, preload=not ns.no_preload)
+        return 0
     try:
         app.client.command("PING")
     except (ConnectionError, KiqTimeoutError) as exc:
         raise _redis_error(app.redis_url, exc) from exc
-    if not app.workers:
-        logging.getLogger("kiq").warning("kiq: %s registers no workers; jobs will fail as unknown", ns.target)
     app.run()
     return 0
 
@@ -522,7 +533,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-jobs", type=int, metavar="N",
                    help="exit gracefully (status 0) after N jobs, for the supervisor to restart the process")
     p.add_argument("--max-memory", type=float, metavar="MIB",
-                   help="exit gracefully (status 0) once resident memory passes MIB mebibytes")
+                   help="exit gracefully (status 0) once resident memory passes MIB mebibytes (with -p: each child "
+                        "above it is replaced)")
+    p.add_argument("-p", "--processes", metavar="N|auto",
+                   help="run a swarm of N worker processes (auto: one per usable core) under one supervising parent "
+                        "(default: $KIQ_PROCESSES; without either, this process runs the workers itself)")
+    p.add_argument("--no-preload", action="store_true",
+                   help="with -p: each child imports the app itself instead of forking from the parent that did")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--json-logs", action="store_true", help="one JSON object per log line")
     p.add_argument("-r", "--redis-url", help="Redis URL (default: the app's, which defaults to $REDIS_URL)")

@@ -15,7 +15,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from kiq import _kiq
 from kiq.aio import AsyncRunner
@@ -26,7 +26,7 @@ from kiq.reporters import JobInfo, ReporterThread
 from kiq.tracing import Tracing
 from kiq.worker import FunctionWorker, Worker, WorkerLike, WorkerOptions
 
-__all__ = ["Processor", "Registered", "register"]
+__all__ = ["HardLimits", "Processor", "Registered", "register"]
 
 logger = logging.getLogger("kiq")
 
@@ -67,8 +67,37 @@ def register(w: WorkerLike) -> Registered:
     raise TypeError(f"{w!r} is not a kiq worker: subclass kiq.Worker or decorate a function with @kiq.worker")
 
 
-def runner(reg: Registered, aio: AsyncRunner | None) -> Callable[[list[Any], str, dict[str, Any] | None], Any]:
-    """How a thread runs one job of this worker: directly, on the event loop, with its timeout."""
+class HardLimits(Protocol):
+    """Told when a job of a worker with ``hard_timeout`` starts and ends (a
+    swarm's child tells its parent, which kills the child if the end is late)."""
+
+    def started(self, jid: str, limit: float) -> None: ...
+
+    def ended(self, jid: str) -> None: ...
+
+
+def runner(
+    reg: Registered, aio: AsyncRunner | None, limits: HardLimits | None = None
+) -> Callable[[list[Any], str, dict[str, Any] | None], Any]:
+    """How a thread runs one job of this worker: directly, on the event loop,
+    with its timeout, and with its hard limit watched from outside."""
+    run = _runner(reg, aio)
+    hard = reg.options.hard_timeout
+    if hard is None or limits is None:
+        return run  # the per-job path of other workers stays as it was
+    started, ended = limits.started, limits.ended
+
+    def limited(args: list[Any], jid: str, kwargs: dict[str, Any] | None) -> Any:
+        started(jid, hard)
+        try:
+            return run(args, jid, kwargs)
+        finally:
+            ended(jid)
+
+    return limited
+
+
+def _runner(reg: Registered, aio: AsyncRunner | None) -> Callable[[list[Any], str, dict[str, Any] | None], Any]:
     call, timeout = reg.call, reg.options.timeout
     if reg.is_async:
         if aio is None:
@@ -129,6 +158,7 @@ class Processor:
         aio: AsyncRunner | None = None,
         tracing: Tracing | None = None,
         app: Any = None,
+        limits: HardLimits | None = None,
     ) -> None:
         self.server = server
         self.tracing = tracing
@@ -137,7 +167,7 @@ class Processor:
         self.workers = dict(workers)
         self.reporters = list(reporters)
         self.aio = aio
-        self.runners = {name: runner(reg, aio) for name, reg in self.workers.items()}
+        self.runners = {name: runner(reg, aio, limits) for name, reg in self.workers.items()}
 
     def run_lane(self, lane: int) -> None:
         """Takes and runs jobs of one lane until the server stops."""

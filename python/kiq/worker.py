@@ -172,6 +172,13 @@ class WorkerOptions:
     - ``timeout``: seconds a run may take; an ``async`` job is cancelled at
       the deadline, a sync one fails when it returns (threads cannot be
       stopped); both with :class:`~kiq.errors.JobTimeoutError`, retried.
+    - ``hard_timeout``: seconds after which a run is stopped for sure, even
+      a sync job spinning in Python or C code (Celery's ``time_limit``):
+      under a swarm (``kiq run --processes N``), the parent kills the child
+      running it and starts a new one; the job fails with
+      :class:`~kiq.errors.JobTimeoutError` through the retry path, and the
+      child's other running jobs go back to their queues. Needs a swarm: an
+      app started without one refuses it.
     - ``encrypt``: encrypt the last argument, as Sidekiq Enterprise's
       ``encrypt: true`` does (needs the app's ``encryption_keys``, at least 2
       arguments, and no ``unique_for``).
@@ -189,6 +196,7 @@ class WorkerOptions:
     expires_in: float | None = None
     timeout: float | None = None
     encrypt: bool = False
+    hard_timeout: float | None = None
     _payload: dict[str, Any] = dataclasses.field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -208,12 +216,13 @@ class WorkerOptions:
             object.__setattr__(self, "unique_for", self.unique_for.total_seconds())
         if isinstance(self.expires_in, dt.timedelta):
             object.__setattr__(self, "expires_in", self.expires_in.total_seconds())
-        if isinstance(self.timeout, dt.timedelta):
-            object.__setattr__(self, "timeout", self.timeout.total_seconds())
-        if self.timeout is not None and (
-            isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)) or self.timeout <= 0
-        ):
-            raise ConfigError(f"timeout must be a positive number of seconds, not {self.timeout!r}")
+        for name in ("timeout", "hard_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, dt.timedelta):
+                value = value.total_seconds()
+                object.__setattr__(self, name, value)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+                raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
         check_unique_and_expiry(self.unique_for, self.unique_until, self.expires_in)
         check_encrypt(self.encrypt, self.unique_for)
         # Written into every job: computed once.
@@ -273,6 +282,7 @@ class Worker:
         expires_in: float | dt.timedelta | None = _UNSET,
         timeout: float | dt.timedelta | None = _UNSET,
         encrypt: bool = _UNSET,
+        hard_timeout: float | dt.timedelta | None = _UNSET,
         **kwargs: Any,
     ) -> None:
         super().__init_subclass__(**kwargs)
@@ -283,6 +293,7 @@ class Worker:
         cls.kiq_options = inherited.updated(
             queue=queue, retry=retry, dead=dead, backtrace=backtrace, retry_queue=retry_queue, tags=tags, name=name,
             unique_for=unique_for, unique_until=unique_until, expires_in=expires_in, timeout=timeout, encrypt=encrypt,
+            hard_timeout=hard_timeout,
         )
         cls._kiq_arity = arity(cls.perform, method=True)
 
@@ -427,6 +438,7 @@ def worker(
     expires_in: float | dt.timedelta | None = ...,
     timeout: float | dt.timedelta | None = ...,
     encrypt: bool = ...,
+    hard_timeout: float | dt.timedelta | None = ...,
 ) -> Callable[[Callable[P, R]], FunctionWorker[P, R]]: ...
 
 
@@ -446,12 +458,14 @@ def worker(
     expires_in: float | dt.timedelta | None = _UNSET,
     timeout: float | dt.timedelta | None = _UNSET,
     encrypt: bool = _UNSET,
+    hard_timeout: float | dt.timedelta | None = _UNSET,
 ) -> FunctionWorker[P, R] | Callable[[Callable[P, R]], FunctionWorker[P, R]]:
     """Makes a function (or an ``async def`` function) a worker: ``@worker`` or
     ``@worker(queue=..., retry=..., name=...)``."""
     options = WorkerOptions().updated(
         queue=queue, retry=retry, dead=dead, backtrace=backtrace, retry_queue=retry_queue, tags=tags, name=name,
         unique_for=unique_for, unique_until=unique_until, expires_in=expires_in, timeout=timeout, encrypt=encrypt,
+        hard_timeout=hard_timeout,
     )
 
     def wrap(f: Callable[P, R]) -> FunctionWorker[P, R]:

@@ -198,6 +198,19 @@ impl Keys {
         format!("{}kiq:wip|*", self.prefix)
     }
 
+    /// Glob matching one process's in-progress lists (glob characters in
+    /// the identity are escaped).
+    pub fn in_progress_pattern_of(&self, identity: &str) -> String {
+        let mut escaped = String::with_capacity(identity.len());
+        for c in identity.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                escaped.push('\\');
+            }
+            escaped.push(c);
+        }
+        format!("{}kiq:wip|{escaped}|*", self.prefix)
+    }
+
     /// The (identity, queue) an in-progress list key names.
     pub fn parse_in_progress<'a>(&self, key: &'a str) -> Option<(&'a str, &'a str)> {
         key.strip_prefix(&self.prefix)?.strip_prefix("kiq:wip|")?.rsplit_once('|')
@@ -240,6 +253,8 @@ mod tests {
         assert_eq!(k.parse_in_progress("kiq:wip|h:1:ab|q"), Some(("h:1:ab", "q")));
         assert_eq!(Keys::new(Some("ns")).parse_in_progress("ns:kiq:wip|h:1:ab|q.x"), Some(("h:1:ab", "q.x")));
         assert_eq!(k.parse_in_progress("queue:x"), None);
+        assert_eq!(k.in_progress_pattern_of("h:1:ab"), "kiq:wip|h:1:ab|*");
+        assert_eq!(k.in_progress_pattern_of("h[1]*?\\"), "kiq:wip|h\\[1\\]\\*\\?\\\\|*");
         assert_eq!(k.work("h:1:ab"), "h:1:ab:work");
         assert_eq!(k.workers("h:1:ab"), "h:1:ab:workers");
         assert_eq!(k.signals("h:1:ab"), "h:1:ab-signals");

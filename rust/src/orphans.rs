@@ -9,6 +9,12 @@
 //! `max_recoveries` deaths) is `poison.rs`'s rule. Identities without a
 //! heartbeat are also pruned from `processes`, as Sidekiq's
 //! `ProcessSet#cleanup` does.
+//!
+//! A swarm's parent knows the moment a child dies, and asks a living child to
+//! recover it at once ([`recover_dead`]) rather than 60 s later; when it
+//! killed the child because a job ran past its `hard_timeout`, that job fails
+//! with `JobTimeoutError` through the retry path and its neighbours go back
+//! untouched (none of them is suspected or blamed).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -17,21 +23,32 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::error::Result;
-use crate::job::Payload;
-use crate::keys::Keys;
+use crate::heartbeat;
+use crate::job::{Payload, field};
+use crate::keys::{DAILY_STAT_TTL_SECS, Keys};
 use crate::leader::Leadership;
-use crate::poison::{self, Outcome};
+use crate::poison::{self, Outcome, Verdict};
 use crate::pool::Pool;
-use crate::retry::RetryPolicy;
+use crate::retry::{self, Disposition, Failure, RetryPolicy, WorkerOptions};
+use crate::scripts;
+use crate::timestamp::{self, float_json};
 
 pub use crate::poison::POISON_ERROR;
+
+/// The error class of a job whose process was killed for its `hard_timeout`.
+pub const TIMEOUT_ERROR: &str = "kiq.errors.JobTimeoutError";
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Recovery {
     pub requeued: usize,
     pub poisoned: usize,
     pub pruned: usize,
+    /// Jobs failed with `JobTimeoutError` (their process was killed for them).
+    pub timed_out: usize,
 }
+
+/// Jobs a swarm's parent killed a process for: jid → the `hard_timeout` (seconds) it ran past.
+pub type TimedOut = HashMap<String, f64>;
 
 /// One pass: recovers every dead process's in-progress jobs.
 pub async fn recover(pool: &Pool, keys: &Keys, policy: &RetryPolicy, max_recoveries: u32) -> Result<Recovery> {
@@ -68,7 +85,7 @@ pub async fn recover(pool: &Pool, keys: &Keys, policy: &RetryPolicy, max_recover
         }
     }
     for (identity, lists) in dead {
-        let r = recover_process(pool, keys, policy, max_recoveries, &identity, &lists).await?;
+        let r = recover_process(pool, keys, policy, max_recoveries, &identity, &lists, &TimedOut::new()).await?;
         report.requeued += r.requeued;
         report.poisoned += r.poisoned;
     }
@@ -90,9 +107,69 @@ pub async fn recover(pool: &Pool, keys: &Keys, policy: &RetryPolicy, max_recover
     Ok(report)
 }
 
-/// Hands back every job a dead process held, judged together (`poison.rs`).
-/// A list whose queue key holds the wrong kind of value keeps its jobs (the
-/// next pass tries again), without holding up the rest.
+/// Recovers a process known to be dead (its swarm parent reaped it), whatever
+/// its heartbeat says: its in-progress jobs go back as [`recover_process`]
+/// decides, then it leaves the Busy page and `processes`, and gives up the
+/// leadership if it held it (so another process leads within moments, not
+/// a lease later). Safe to run again: a job already handed back is skipped.
+pub async fn recover_dead(
+    pool: &Pool,
+    keys: &Keys,
+    policy: &RetryPolicy,
+    max_recoveries: u32,
+    identity: &str,
+    timed_out: &TimedOut,
+) -> Result<Recovery> {
+    let mut conn = pool.get();
+    let mut lists: Vec<(String, String)> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(keys.in_progress_pattern_of(identity))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await?;
+        for list in page {
+            if let Some((owner, queue)) = keys.parse_in_progress(&list)
+                && owner == identity
+            {
+                let queue = queue.to_owned();
+                lists.push((list, queue));
+            }
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    lists.sort();
+    lists.dedup();
+    // Its heartbeat stays until the jobs are back, so the leader's own pass
+    // (which only touches processes without one) does not race this one.
+    let report = recover_process(pool, keys, policy, max_recoveries, identity, &lists, timed_out).await?;
+    heartbeat::clear(pool, keys, identity).await?;
+    let _: i64 = scripts::RESIGN.key(keys.leader()).arg(identity).invoke_async(&mut conn).await?;
+    if report.requeued + report.poisoned + report.timed_out > 0 {
+        log::warn!(
+            "recovered {} jobs of the dead process {identity}: {} back in their queues, {} poison pills to the dead \
+             set, {} failed for their hard_timeout",
+            report.requeued + report.poisoned + report.timed_out,
+            report.requeued,
+            report.poisoned,
+            report.timed_out
+        );
+    }
+    Ok(report)
+}
+
+/// Hands back every job a dead process held, judged together (`poison.rs`);
+/// jobs in `timed_out` instead fail with `JobTimeoutError`, and then nothing
+/// else is suspected (the process died for them). A list whose queue key
+/// holds the wrong kind of value keeps its jobs (the next pass tries again),
+/// without holding up the rest.
 pub async fn recover_process(
     pool: &Pool,
     keys: &Keys,
@@ -100,6 +177,7 @@ pub async fn recover_process(
     max_recoveries: u32,
     identity: &str,
     lists: &[(String, String)],
+    timed_out: &TimedOut,
 ) -> Result<Recovery> {
     let mut conn = pool.get();
     let mut report = Recovery::default();
@@ -111,12 +189,22 @@ pub async fn recover_process(
     }
     let payloads: Vec<Option<Payload>> =
         held.iter().map(|(_, _, raw)| std::str::from_utf8(raw).ok().and_then(|s| Payload::parse(s).ok())).collect();
-    let verdicts = poison::judge(&payloads, isolated.as_deref());
+    let verdicts = if timed_out.is_empty() {
+        poison::judge(&payloads, isolated.as_deref())
+    } else {
+        vec![Verdict::Innocent; payloads.len()]
+    };
     let mut complete = true;
-    for ((list, queue, raw), verdict) in held.iter().zip(verdicts) {
-        match poison::hand_back(pool, keys, policy, max_recoveries, list, queue, raw, verdict, identity, "died").await {
+    for (((list, queue, raw), verdict), payload) in held.iter().zip(verdicts).zip(payloads) {
+        let limit = payload.as_ref().and_then(Payload::jid).and_then(|jid| timed_out.get(&jid).copied());
+        let handled = match (payload, limit) {
+            (Some(p), Some(limit)) => fail_timed_out(pool, keys, policy, identity, list, queue, raw, p, limit).await,
+            _ => poison::hand_back(pool, keys, policy, max_recoveries, list, queue, raw, verdict, identity, "died").await,
+        };
+        match handled {
             Ok(Outcome::Requeued) => report.requeued += 1,
             Ok(Outcome::Poisoned) => report.poisoned += 1,
+            Ok(Outcome::TimedOut) => report.timed_out += 1,
             Ok(Outcome::Gone) => {}
             Err(e) => {
                 log::error!("cannot hand back a job of the dead process {identity} from {list:?}: {e}");
@@ -134,6 +222,68 @@ pub async fn recover_process(
         let _: () = unlink.query_async(&mut conn).await?;
     }
     Ok(report)
+}
+
+/// Fails a job its process was killed for (it ran past `limit`, its
+/// `hard_timeout`) through the retry path, as if it had raised `JobTimeoutError`.
+#[allow(clippy::too_many_arguments)]
+async fn fail_timed_out(
+    pool: &Pool,
+    keys: &Keys,
+    policy: &RetryPolicy,
+    identity: &str,
+    list: &str,
+    queue: &str,
+    raw: &[u8],
+    payload: Payload,
+    limit: f64,
+) -> Result<Outcome> {
+    let now = timestamp::now();
+    let jid = payload.jid().unwrap_or_default();
+    let lock = payload.get(field::UNIQUE_TOKEN).and_then(|t| serde_json::from_str::<String>(t).ok());
+    let failure = Failure {
+        error_class: TIMEOUT_ERROR.into(),
+        error_message: format!(
+            "the job ran past its hard_timeout of {limit}s: the swarm killed its process {identity} and started a \
+             new one"
+        ),
+        ..Failure::default()
+    };
+    let (disposition, _) =
+        retry::on_failure(payload, queue, &failure, &WorkerOptions::default(), policy, now, rand::random());
+    let (kind, score, failed, frees_lock) = match disposition {
+        Disposition::Retry { at, payload } => ("retry", float_json(at), payload, false),
+        Disposition::Dead { payload } => ("dead", String::new(), payload, true),
+        Disposition::Discard | Disposition::Dropped => ("discard", String::new(), String::new(), true),
+    };
+    let day = timestamp::utc_date(now);
+    let moved: i64 = scripts::FAIL_ORPHAN
+        .key(list)
+        .key(keys.retry())
+        .key(keys.dead())
+        .key(keys.stat_processed())
+        .key(keys.stat_failed())
+        .key(keys.stat_processed_day(&day))
+        .key(keys.stat_failed_day(&day))
+        .arg(raw)
+        .arg(kind)
+        .arg(score)
+        .arg(failed)
+        .arg(float_json(now))
+        .arg(float_json(now - policy.dead_timeout_secs))
+        .arg(policy.dead_limit)
+        .arg(DAILY_STAT_TTL_SECS)
+        .invoke_async(&mut pool.get())
+        .await?;
+    if moved == 0 {
+        return Ok(Outcome::Gone);
+    }
+    log::warn!("job {jid} ran past its hard_timeout of {limit}s and was failed with JobTimeoutError ({kind})");
+    // A unique job that failed for good frees its lock, as a failure in a worker does.
+    if let Some(token) = lock.filter(|_| frees_lock) {
+        let _: i64 = scripts::UNLOCK.key(keys.unique(&token)).arg(&jid).invoke_async(&mut pool.get()).await?;
+    }
+    Ok(Outcome::TimedOut)
 }
 
 pub struct Recoverer {

@@ -46,6 +46,8 @@ pub enum Outcome {
     Poisoned,
     /// No longer in the list (another recovery took it).
     Gone,
+    /// Failed with `JobTimeoutError`: its process was killed for it (`orphans.rs`).
+    TimedOut,
 }
 
 /// The name a job's deaths are counted under: its jid, else a digest of the

@@ -12,6 +12,14 @@ use tokio::runtime::{Builder, Runtime};
 
 static RUNTIME: Mutex<Option<(u32, Arc<Runtime>)>> = Mutex::new(None);
 
+/// Whether this process has started its runtime (and so owns its threads).
+/// A process that forks must not have: the child would inherit locks held by
+/// threads that do not exist there (the swarm's parent checks this).
+pub fn started() -> bool {
+    let slot = RUNTIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    slot.as_ref().is_some_and(|(owner, _)| *owner == std::process::id())
+}
+
 /// The runtime of this process.
 pub fn get() -> Arc<Runtime> {
     let pid = std::process::id();

@@ -30,7 +30,7 @@ use crate::keys::Keys;
 use crate::lane::{Delivery, Lane, Take};
 use crate::leader::{Elector, Leadership};
 use crate::metrics::{self, Metrics};
-use crate::orphans::Recoverer;
+use crate::orphans::{Recoverer, Recovery, TimedOut};
 use crate::periodic::{Clock, Entry, Periodic};
 use crate::poison::{self, Verdict};
 use crate::pool::Pool;
@@ -76,6 +76,9 @@ pub struct ServerConfig {
     pub stuck_after: Option<Duration>,
     /// Keys that decrypt encrypted jobs (Sidekiq Enterprise's format) at fetch.
     pub keyring: Option<Arc<crate::crypto::Keyring>>,
+    /// Start quiet: fetch nothing until resumed (a swarm's child started
+    /// while the swarm is quiet).
+    pub quiet: bool,
 }
 
 /// How often resident memory is compared with `max_rss_kb`.
@@ -163,6 +166,10 @@ impl Server {
         let (tx, rx) = mpsc::unbounded_channel();
         let control = Control::default();
         let watch = Arc::new(Watch::default());
+        if config.quiet {
+            // Before any fetcher starts, so none takes a job.
+            control.set(RunState::Quiet);
+        }
         let acker = tokio::spawn(ack::run(rx, pool.clone(), keys.clone(), config.policy.clone(), identity.clone()));
         let mut tasks = Vec::new();
         for (i, lane) in lanes.iter().enumerate() {
@@ -668,6 +675,16 @@ impl Server {
                 .await?;
         }
         Ok(total)
+    }
+
+    /// Recovers the jobs of another process known to be dead (a swarm's
+    /// child that exited), at once; see [`crate::orphans::recover_dead`].
+    pub async fn recover_dead(&self, identity: &str, timed_out: &TimedOut) -> Result<Recovery> {
+        if identity == self.config.process.identity {
+            return Err(KiqError::config("a process cannot recover itself"));
+        }
+        let (policy, max) = (&self.config.policy, self.config.max_recoveries);
+        crate::orphans::recover_dead(&self.pool, &self.keys, policy, max, identity, timed_out).await
     }
 
     /// Whether this process is the kiq leader now.

@@ -44,6 +44,7 @@ fn config() -> ServerConfig {
         max_jobs: None,
         max_rss_kb: None,
         stuck_after: None,
+        quiet: false,
         keyring: None,
     }
 }

@@ -43,6 +43,7 @@ fn config(queues: &[(&str, usize)]) -> ServerConfig {
         max_rss_kb: None,
         stuck_after: None,
         keyring: None,
+        quiet: false,
     }
 }
 
@@ -239,6 +240,62 @@ fn heartbeat_registers_the_process_and_its_running_jobs() {
     assert!(!exists);
     let day7: Vec<String> = rt.block_on(conn.keys("j|*")).unwrap();
     assert_eq!(day7.len(), 3, "Sidekiq 7 minute hash and Sidekiq 8 minute and ten-minute hashes: {day7:?}");
+}
+
+#[test]
+fn a_dead_swarm_child_is_recovered_at_once_and_its_timed_out_job_fails() {
+    let redis = support::RedisServer::start();
+    let rt = _kiq::runtime::get();
+    let _g = rt.enter();
+    let pool = Pool::new(RedisConfig::new(redis.url())).unwrap();
+    let mut cfg = config(&[("elsewhere", 1)]);
+    cfg.quiet = true;
+    let server = Server::start(pool.clone(), Keys::default(), cfg).unwrap();
+    let mut conn = pool.get();
+    // A child killed while three jobs ran, one past its hard_timeout; its heartbeat still looks alive.
+    let dead = "host:42:[odd]*";
+    let wip = format!("kiq:wip|{dead}|default");
+    let job = |jid: &str| format!(r#"{{"class":"Spin","args":[],"jid":"{jid}","retry":true,"queue":"default"}}"#);
+    for jid in ["a1", "b2", "c3"] {
+        let _: () = rt.block_on(conn.rpush(&wip, job(jid))).unwrap();
+    }
+    let _: () = rt.block_on(conn.hset(dead, "busy", 3)).unwrap();
+    let _: () = rt.block_on(conn.sadd("processes", dead)).unwrap();
+    let _: () = rt.block_on(conn.set("kiq:leader", dead)).unwrap();
+    // A neighbour whose identity the dead one's glob would match if it were not escaped.
+    let _: () = rt.block_on(conn.rpush("kiq:wip|host:42:xoddy|default", job("z9"))).unwrap();
+    let timed_out = std::collections::HashMap::from([("b2".to_owned(), 5.0)]);
+    let r = rt.block_on(server.recover_dead(dead, &timed_out)).unwrap();
+    assert_eq!((r.requeued, r.poisoned, r.timed_out), (2, 0, 1), "{r:?}");
+    let retry: Vec<String> = rt.block_on(conn.zrange("retry", 0, -1)).unwrap();
+    let failed = Payload::parse(retry[0].clone()).unwrap();
+    assert_eq!(failed.jid().as_deref(), Some("b2"));
+    assert_eq!(failed.get("error_class"), Some("\"kiq.errors.JobTimeoutError\""));
+    assert!(failed.get("error_message").unwrap().contains("hard_timeout of 5s"));
+    let queued: Vec<String> = rt.block_on(conn.lrange("queue:default", 0, -1)).unwrap();
+    assert_eq!(queued, vec![job("a1"), job("c3")], "the neighbours go back untouched, not as suspects");
+    assert!(!rt.block_on(conn.exists::<_, bool>(&wip)).unwrap());
+    assert!(!rt.block_on(conn.exists::<_, bool>(dead)).unwrap(), "off the Busy page");
+    assert!(!rt.block_on(conn.sismember::<_, _, bool>("processes", dead)).unwrap());
+    assert!(!rt.block_on(conn.exists::<_, bool>("kiq:leader")).unwrap(), "its leadership is given up");
+    assert_eq!(rt.block_on(conn.get::<_, Option<i64>>("stat:failed")).unwrap(), Some(1));
+    assert_eq!(rt.block_on(conn.llen::<_, i64>("kiq:wip|host:42:xoddy|default")).unwrap(), 1);
+    // Asked again (the first reply was lost, say): nothing more happens.
+    let again = rt.block_on(server.recover_dead(dead, &timed_out)).unwrap();
+    assert_eq!((again.requeued, again.timed_out), (0, 0));
+    assert_eq!(rt.block_on(conn.zcard::<_, i64>("retry")).unwrap(), 1);
+    // Without a timeout, the usual poison-pill rule: two jobs in flight are suspects.
+    let other = "host:43:abc";
+    for jid in ["d4", "e5"] {
+        let _: () = rt.block_on(conn.rpush(format!("kiq:wip|{other}|default"), job(jid))).unwrap();
+    }
+    let r = rt.block_on(server.recover_dead(other, &std::collections::HashMap::new())).unwrap();
+    assert_eq!(r.requeued, 2);
+    let queued: Vec<String> = rt.block_on(conn.lrange("queue:default", 2, -1)).unwrap();
+    assert!(queued.iter().all(|q| q.contains("\"kiq_suspect\":true")), "{queued:?}");
+    assert!(rt.block_on(server.recover_dead("test:1:abcdefabcdef", &std::collections::HashMap::new())).is_err());
+    server.begin_stop();
+    rt.block_on(server.finish_stop(Instant::now() + Duration::from_secs(2))).unwrap();
 }
 
 #[test]

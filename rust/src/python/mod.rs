@@ -169,6 +169,13 @@ mod _kiq {
         (out, dropped)
     }
 
+    /// Whether this process has started the core's runtime (its threads): a
+    /// process that forks must not have (the swarm's parent checks).
+    #[pyfunction]
+    fn runtime_started() -> bool {
+        crate::runtime::started()
+    }
+
     /// Makes a `drain_logs` call waiting in another thread return now.
     #[pyfunction]
     fn wake_logs() {

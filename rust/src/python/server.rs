@@ -1,6 +1,7 @@
 //! `kiq._kiq.Server` and `Delivery`: the processing side, for the Python
 //! thread pool (bindings only; the logic is `crate::server`).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -216,8 +217,9 @@ pub struct Server {
 #[pymethods]
 impl Server {
     #[new]
-    #[pyo3(signature = (client, identity, queues, *, hostname, tag = None, labels = None, max_retries = 25, dead_limit = 10_000, dead_timeout = 15_552_000.0, poll_interval_average = None, average_scheduled_poll_interval = 5.0, scheduler = true, heartbeat = true, heartbeat_interval = 5.0, heartbeat_ttl = 60.0, metrics = true, leader_ttl = 30.0, orphan_check_interval = 60.0, max_recoveries = 3, periodics = None, periodic_clock = None, health = None, max_jobs = None, max_memory_bytes = None, stuck_after = None))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (client, identity, queues, *, hostname, tag = None, labels = None, max_retries = 25, dead_limit = 10_000, dead_timeout = 15_552_000.0, poll_interval_average = None, average_scheduled_poll_interval = 5.0, scheduler = true, heartbeat = true, heartbeat_interval = 5.0, heartbeat_ttl = 60.0, metrics = true, leader_ttl = 30.0, orphan_check_interval = 60.0, max_recoveries = 3, periodics = None, periodic_clock = None, health = None, max_jobs = None, max_memory_bytes = None, stuck_after = None, quiet = false))]
+    // Keyword arguments of one Python constructor, mirrored one to one.
+    #[allow(clippy::too_many_arguments, clippy::fn_params_excessive_bools)]
     fn new(
         py: Python<'_>,
         client: &Client,
@@ -245,6 +247,7 @@ impl Server {
         max_jobs: Option<u64>,
         max_memory_bytes: Option<u64>,
         stuck_after: Option<f64>,
+        quiet: bool,
     ) -> PyResult<Self> {
         let entries = match periodics {
             Some(p) => periodic_entries(p, client.keyring.as_ref())?,
@@ -299,6 +302,7 @@ impl Server {
             max_rss_kb: max_memory_bytes.map(|b| b / 1024),
             stuck_after: stuck_after.filter(|s| *s > 0.0).map(Duration::from_secs_f64),
             keyring: client.keyring.clone(),
+            quiet,
         };
         let pool = client.pool.clone();
         gil::block_on(py, async move { crate::pool::require_version(&pool).await })?;
@@ -428,6 +432,21 @@ impl Server {
         let d = delivery.take()?;
         self.inner.abandon(&d);
         Ok(())
+    }
+
+    /// Recovers the jobs of another process known to be dead (a swarm's
+    /// child that exited) at once, whatever its heartbeat says; the jobs
+    /// named in `timed_out` (jid → the `hard_timeout` it ran past) fail with
+    /// `JobTimeoutError`. Returns (requeued, poisoned, timed_out).
+    fn recover_dead(
+        &self,
+        py: Python<'_>,
+        identity: String,
+        timed_out: HashMap<String, f64>,
+    ) -> PyResult<(usize, usize, usize)> {
+        let inner = self.inner.clone();
+        let r = gil::block_on(py, async move { inner.recover_dead(&identity, &timed_out).await })?;
+        Ok((r.requeued, r.poisoned, r.timed_out))
     }
 
     /// Stops or resumes fetching new jobs.

@@ -1,0 +1,52 @@
+-- fail_orphan.lua: fail one job a dead process held, if it is still in the
+-- process's in-progress list: the job its swarm parent killed the process
+-- for, because it ran past its hard_timeout. The job takes the retry path
+-- as a job that raised would (retry set, dead set or dropped, decided by
+-- the caller) and counts as processed and failed; taking it off the list
+-- and writing its fate are one atomic step, so a recovery run twice (or
+-- racing the leader's) never writes it twice.
+--
+-- KEYS[1]  kiq:wip|<identity>|<queue>   LIST, the dead process's in-progress jobs.
+-- KEYS[2]  retry                        ZSET, score = when the retry runs.
+-- KEYS[3]  dead                         ZSET, score = time of death.
+-- KEYS[4]  stat:processed               STRING counter
+-- KEYS[5]  stat:failed                  STRING counter
+-- KEYS[6]  stat:processed:<day>         STRING counter
+-- KEYS[7]  stat:failed:<day>            STRING counter
+-- ARGV[1]  the job, exactly as in KEYS[1].
+-- ARGV[2]  "retry", "dead" or "discard".
+-- ARGV[3]  the retry's score (epoch seconds), or "".
+-- ARGV[4]  the failed payload for retry or dead, or "".
+-- ARGV[5]  now, epoch seconds.
+-- ARGV[6]  oldest score kept in dead.
+-- ARGV[7]  dead_limit (Sidekiq's trim: ranks 0 .. -dead_limit removed).
+-- ARGV[8]  seconds the daily counters live.
+--
+-- Returns 1 when the job was failed, 0 when it was already gone; a
+-- WRONGTYPE error naming the key (nothing changed) when a key holds the
+-- wrong kind of value.
+for i, want in ipairs({'list', 'zset', 'zset'}) do
+  local t = redis.call('TYPE', KEYS[i])['ok']
+  if t ~= 'none' and t ~= want then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. t .. ', not a ' .. want)
+  end
+end
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then
+  return 0
+end
+if ARGV[2] == 'retry' then
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+elseif ARGV[2] == 'dead' then
+  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[6])
+  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[7]))
+end
+-- Counters of the wrong type are skipped, as settle.lua skips them.
+for _, k in ipairs({4, 5, 6, 7}) do
+  local t = redis.call('TYPE', KEYS[k])['ok']
+  if t == 'none' or t == 'string' then
+    redis.pcall('INCR', KEYS[k])
+    if k >= 6 then redis.pcall('EXPIRE', KEYS[k], ARGV[8]) end
+  end
+end
+return 1
