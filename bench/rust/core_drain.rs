@@ -63,6 +63,8 @@ fn main() {
         max_rss_kb: None,
         stuck_after: None,
         keyring: None,
+        throttles: std::collections::HashMap::new(),
+        limits: None,
     };
     let server = Server::start(pool, Keys::default(), config).unwrap();
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));

@@ -22,7 +22,9 @@ from kiq.app import Kiq, StopResult
 from kiq.crontab import Crontab
 from kiq.job import Enqueued, Job
 from kiq.logs import JobContext, current_job
+from kiq.limiter import Limiter
 from kiq.reporters import JobInfo, Reporter
+from kiq.throttle import Throttle
 from kiq.worker import FunctionWorker, Worker, WorkerOptions, worker
 
 # A library never configures logging for the application; records of the
@@ -37,8 +39,10 @@ __all__ = [
     "JobContext",
     "JobInfo",
     "Kiq",
+    "Limiter",
     "Reporter",
     "StopResult",
+    "Throttle",
     "Worker",
     "WorkerOptions",
     "__version__",

@@ -367,6 +367,14 @@ class Api:
         self.client.request_cancel(jid)
         return "requested"
 
+    def limiters(self, limit: int = 1000) -> list[_kiq.LimiterState]:
+        """The rate limiters used in the last 7 days (newest first, at most
+        ``limit``) and what they hold now, cluster-wide: ``kind``, ``name``,
+        ``capacity``, ``interval`` (seconds), ``in_use`` (holders, uses this
+        period or window, or the bucket's level), ``waiting`` (callers waiting
+        for room), ``last_used`` (epoch seconds)."""
+        return _kiq.limiter_states(self.client, limit)
+
     def work(self) -> list[Work]:
         """Jobs running right now in every process, oldest first."""
         c = self.client

@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Generic, ParamSpec, TypeVar, overload
 
 from kiq.errors import ConfigError
 from kiq.job import DEFAULT_QUEUE, Job, check_encrypt, check_unique_and_expiry
+from kiq.throttle import Rate, Throttle
 
 __all__ = ["FunctionWorker", "Worker", "WorkerOptions", "worker"]
 
@@ -55,6 +56,10 @@ class WorkerOptions:
     - ``encrypt``: encrypt the last argument, as Sidekiq Enterprise's
       ``encrypt: true`` does (needs the app's ``encryption_keys``, at least 2
       arguments, and no ``unique_for``).
+    - ``throttle``: a :class:`~kiq.Throttle`: at most N of its jobs running
+      per key, cluster-wide; ``rate``: ``(count, period_seconds)``, at most
+      ``count`` starts per key in any ``period`` (the throttle's key, if any).
+      Checked when jobs are fetched, before they take a thread.
     """
 
     queue: str = DEFAULT_QUEUE
@@ -69,7 +74,10 @@ class WorkerOptions:
     expires_in: float | None = None
     timeout: float | None = None
     encrypt: bool = False
+    throttle: Throttle | None = None
+    rate: Rate | None = None
     _payload: dict[str, Any] = dataclasses.field(init=False, repr=False, compare=False, default_factory=dict)
+    _throttle: Throttle | None = dataclasses.field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
         if not isinstance(self.queue, str) or not self.queue:
@@ -96,8 +104,19 @@ class WorkerOptions:
             raise ConfigError(f"timeout must be a positive number of seconds, not {self.timeout!r}")
         check_unique_and_expiry(self.unique_for, self.unique_until, self.expires_in)
         check_encrypt(self.encrypt, self.unique_for)
+        if self.throttle is not None and not isinstance(self.throttle, Throttle):
+            raise ConfigError(f"throttle must be a kiq.Throttle(concurrency=..., key=...), not {self.throttle!r}")
+        combined = self.throttle
+        if self.rate is not None:
+            combined = Throttle(rate=self.rate) if combined is None else combined.with_rate(self.rate)
+        object.__setattr__(self, "_throttle", combined)
         # Written into every job: computed once.
         object.__setattr__(self, "_payload", self.payload_options())
+
+    @property
+    def throttled(self) -> Throttle | None:
+        """The throttle the core applies: ``throttle`` with ``rate`` added."""
+        return self._throttle
 
     def updated(self, **changes: Any) -> WorkerOptions:
         given = {k: v for k, v in changes.items() if v is not _UNSET}
@@ -151,6 +170,8 @@ class Worker:
         expires_in: float | dt.timedelta | None = _UNSET,
         timeout: float | dt.timedelta | None = _UNSET,
         encrypt: bool = _UNSET,
+        throttle: Throttle | None = _UNSET,
+        rate: Rate | None = _UNSET,
         **kwargs: Any,
     ) -> None:
         super().__init_subclass__(**kwargs)
@@ -161,6 +182,7 @@ class Worker:
         cls.kiq_options = inherited.updated(
             queue=queue, retry=retry, dead=dead, backtrace=backtrace, retry_queue=retry_queue, tags=tags, name=name,
             unique_for=unique_for, unique_until=unique_until, expires_in=expires_in, timeout=timeout, encrypt=encrypt,
+            throttle=throttle, rate=rate,
         )
 
     def perform(self, *args: Any) -> Any:
@@ -231,6 +253,8 @@ def worker(
     expires_in: float | dt.timedelta | None = ...,
     timeout: float | dt.timedelta | None = ...,
     encrypt: bool = ...,
+    throttle: Throttle | None = ...,
+    rate: Rate | None = ...,
 ) -> Callable[[Callable[P, R]], FunctionWorker[P, R]]: ...
 
 
@@ -250,12 +274,15 @@ def worker(
     expires_in: float | dt.timedelta | None = _UNSET,
     timeout: float | dt.timedelta | None = _UNSET,
     encrypt: bool = _UNSET,
+    throttle: Throttle | None = _UNSET,
+    rate: Rate | None = _UNSET,
 ) -> FunctionWorker[P, R] | Callable[[Callable[P, R]], FunctionWorker[P, R]]:
     """Makes a function (or an ``async def`` function) a worker: ``@worker`` or
     ``@worker(queue=..., retry=..., name=...)``."""
     options = WorkerOptions().updated(
         queue=queue, retry=retry, dead=dead, backtrace=backtrace, retry_queue=retry_queue, tags=tags, name=name,
         unique_for=unique_for, unique_until=unique_until, expires_in=expires_in, timeout=timeout, encrypt=encrypt,
+        throttle=throttle, rate=rate,
     )
 
     def wrap(f: Callable[P, R]) -> FunctionWorker[P, R]:

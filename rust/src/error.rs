@@ -32,6 +32,9 @@ pub enum KiqError {
     /// An encrypted job argument could not be decrypted (never quotes plaintext).
     #[error("{0}")]
     Decryption(String),
+    /// A rate limiter had no room within its `wait_timeout`.
+    #[error("{0}")]
+    OverLimit(String),
 }
 
 impl KiqError {

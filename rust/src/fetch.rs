@@ -8,7 +8,9 @@
 //! per 2 s (Sidekiq's fetch timeout) and a new job is picked up as soon as it
 //! is pushed. When every worker is busy it sleeps until a job finishes. Payloads that cannot run
 //! (not JSON, no class, args not an array) never reach a worker: they go to
-//! the dead set or the retry path with an error saying what is wrong.
+//! the dead set or the retry path with an error saying what is wrong. Jobs of
+//! throttled classes are checked here, the batch in one round trip, before
+//! any takes a thread; refused ones are parked (`throttle.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +29,7 @@ use crate::lane::{Delivery, Lane};
 use crate::pool::Pool;
 use crate::retry::{self, Disposition, Failure, RetryPolicy, WorkerOptions};
 use crate::scripts;
+use crate::throttle::{Throttles, Verdict};
 use crate::timestamp;
 
 /// Sidekiq's fetch timeout: how long one blocking wait lasts.
@@ -50,6 +53,8 @@ pub struct Fetcher {
     pub control: Control,
     /// Keys for jobs whose last argument is encrypted (Sidekiq Enterprise's format).
     pub keyring: Option<Arc<Keyring>>,
+    /// The process's throttles, if any worker has one.
+    pub throttles: Option<Arc<Throttles>>,
 }
 
 impl Fetcher {
@@ -122,7 +127,7 @@ impl Fetcher {
                         failing = false;
                         delay = Duration::from_millis(100);
                     }
-                    self.deliver(jobs);
+                    self.deliver(jobs).await;
                 }
                 Err(e) => {
                     self.pool.note_error(&e);
@@ -212,7 +217,7 @@ impl Fetcher {
         }
     }
 
-    fn deliver(&self, raws: Vec<Vec<u8>>) {
+    async fn deliver(&self, raws: Vec<Vec<u8>>) {
         let mut good = Vec::with_capacity(raws.len());
         for raw in raws {
             match self.decode(raw) {
@@ -222,9 +227,110 @@ impl Fetcher {
                 }
             }
         }
+        if let Some(t) = &self.throttles
+            && good.iter().any(|d| t.spec(&d.class).is_some())
+        {
+            good = self.throttle(t, good).await;
+        }
         // Jobs offered after a stop began stay in the in-progress list, which
-        // the stop hands back to the queue.
-        let _ = self.lane.offer(good);
+        // the stop hands back to the queue (their throttle holds go back now).
+        for d in self.lane.offer(good).unwrap_or_default() {
+            if let Some(held) = d.held {
+                if let Some(t) = &self.throttles {
+                    t.forget(&held);
+                }
+                let _ = self.acks.send(Msg::Release(held));
+            }
+        }
+    }
+
+    /// The jobs that may run now; throttled ones over their limit are parked
+    /// in `schedule` (their settlement takes them off the in-progress list).
+    async fn throttle(&self, t: &Arc<Throttles>, jobs: Vec<Delivery>) -> Vec<Delivery> {
+        let (jobs, keys) = t.keys_of(jobs).await;
+        let mut ready = Vec::with_capacity(jobs.len());
+        let mut checked: Vec<(Delivery, String)> = Vec::new();
+        for (d, key) in jobs.into_iter().zip(keys) {
+            match key {
+                None => ready.push(d),
+                Some(Ok(key)) => checked.push((d, key)),
+                Some(Err(failure)) => {
+                    log::error!(
+                        "the throttle key of job {} jid={} could not be computed: {}: {}",
+                        d.class,
+                        d.jid,
+                        failure.error_class,
+                        failure.error_message
+                    );
+                    let _ = self.acks.send(Msg::Settle(self.failed(d.payload, &failure)));
+                }
+            }
+        }
+        if checked.is_empty() {
+            return ready;
+        }
+        let (refs, keys): (Vec<&Delivery>, Vec<String>) = checked.iter().map(|(d, k)| (d, k.clone())).unzip();
+        let mut delay = Duration::from_millis(50);
+        let verdicts = loop {
+            match t.check(&self.pool, &self.keys, &self.lane.name, &refs, &keys).await {
+                Ok(v) => break v,
+                Err(e) => {
+                    self.pool.note_error(&e);
+                    log::warn!("cannot check the throttles of {} jobs of queue {:?} yet: {e}", refs.len(), self.lane.name);
+                    if !self.control.sleep(delay).await {
+                        // Stopping: the jobs stay in progress and go back to the queue.
+                        ready.extend(checked.into_iter().map(|(d, _)| d));
+                        return ready;
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        };
+        for ((mut d, _), verdict) in checked.into_iter().zip(verdicts) {
+            match verdict {
+                Verdict::Run { held, at } => {
+                    d.held = held.map(Box::new);
+                    d.throttle_at = Some(at);
+                    ready.push(d);
+                }
+                Verdict::Park { at, parked_key } => {
+                    let raw = d.payload.source().as_bytes().to_vec();
+                    let before = d.payload.get(field::THROTTLED).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                    let mut payload = d.payload;
+                    payload.set_json(field::THROTTLED, (before + 1).to_string());
+                    let s = Settlement {
+                        wip_key: self.wip_key.clone(),
+                        raw,
+                        settle: Settle::Schedule { at, payload: payload.encode(), parked: parked_key },
+                        processed: false,
+                        failed: false,
+                        unlock: None,
+                        held: None,
+                    };
+                    let _ = self.acks.send(Msg::Settle(s));
+                }
+            }
+        }
+        ready
+    }
+
+    /// The settlement of a job that failed before it could run: the retry path.
+    fn failed(&self, payload: Payload, failure: &Failure) -> Settlement {
+        let raw = payload.source().as_bytes().to_vec();
+        let settle = match retry::on_failure(
+            payload,
+            &self.lane.name,
+            failure,
+            &WorkerOptions::default(),
+            &self.policy,
+            timestamp::now(),
+            rand::random(),
+        ) {
+            Disposition::Retry { at, payload } => Settle::Retry { at, payload },
+            Disposition::Dead { payload } => Settle::Dead { payload: payload.into_bytes() },
+            Disposition::Discard => Settle::Discard,
+        };
+        Settlement { wip_key: self.wip_key.clone(), raw, settle, processed: true, failed: true, unlock: None, held: None }
     }
 
     /// A runnable job of this lane with these arguments, its expiry and
@@ -264,6 +370,7 @@ impl Fetcher {
                 processed: false,
                 failed: false,
                 unlock: None,
+                held: None,
             }
         };
         let text = match String::from_utf8(raw) {
@@ -316,21 +423,7 @@ impl Fetcher {
             (Some(_), Some(_)) => "the job's \"class\" is empty".into(),
         };
         log::error!("cannot run job {} from queue {:?}: {problem}", payload.jid().unwrap_or_default(), self.lane.name);
-        let raw = payload.source().as_bytes().to_vec();
         let failure = Failure { error_class: error_class.to_owned(), error_message: problem, ..Failure::default() };
-        let settle = match retry::on_failure(
-            payload,
-            &self.lane.name,
-            &failure,
-            &WorkerOptions::default(),
-            &self.policy,
-            timestamp::now(),
-            rand::random(),
-        ) {
-            Disposition::Retry { at, payload } => Settle::Retry { at, payload },
-            Disposition::Dead { payload } => Settle::Dead { payload: payload.into_bytes() },
-            Disposition::Discard => Settle::Discard,
-        };
-        Err(Settlement { wip_key: self.wip_key.clone(), raw, settle, processed: true, failed: true, unlock: None })
+        Err(self.failed(payload, &failure))
     }
 }

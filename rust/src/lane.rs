@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 
 use crate::job::{Payload, UniqueUntil};
 use crate::marshal;
+use crate::throttle;
 
 /// A job taken from Redis, waiting for or being run by a thread.
 #[derive(Debug)]
@@ -54,6 +55,10 @@ pub struct Delivery {
     /// An encrypted job's last argument, decrypted at fetch (its place in
     /// `args` holds the ciphertext, which is all that is ever written back).
     pub bag: Option<Box<marshal::Value>>,
+    /// Its hold on a concurrency throttle's key, given back when it ends.
+    pub held: Option<Box<throttle::Held>>,
+    /// When a throttle admitted it (epoch seconds, Redis's clock).
+    pub throttle_at: Option<f64>,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -75,6 +80,8 @@ impl Delivery {
             alone: false,
             admitted: false,
             bag: None,
+            held: None,
+            throttle_at: None,
         }
     }
 }

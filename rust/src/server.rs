@@ -8,6 +8,7 @@
 //! still running past the deadline) back to the right end of their queues,
 //! where they are the next to run.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc as sync_mpsc};
@@ -27,6 +28,7 @@ use crate::job::{UniqueUntil, check_queue_name, field};
 use crate::keys::Keys;
 use crate::lane::{Delivery, Lane, Take};
 use crate::leader::{Elector, Leadership};
+use crate::limits::Limits;
 use crate::metrics::{self, Metrics};
 use crate::orphans::Recoverer;
 use crate::periodic::{Clock, Entry, Periodic};
@@ -36,6 +38,7 @@ use crate::retry::{self, Disposition, Failure, RetryPolicy, WorkerOptions};
 use crate::runtime;
 use crate::scheduled::{PollConfig, Poller};
 use crate::scripts;
+use crate::throttle::{self, Held, Throttles};
 use crate::timestamp;
 use crate::work::{self, Work, WorkSet};
 
@@ -71,6 +74,10 @@ pub struct ServerConfig {
     pub stuck_after: Option<Duration>,
     /// Keys that decrypt encrypted jobs (Sidekiq Enterprise's format) at fetch.
     pub keyring: Option<Arc<crate::crypto::Keyring>>,
+    /// Throttles by worker class, checked at fetch (`throttle.rs`).
+    pub throttles: HashMap<String, throttle::Spec>,
+    /// The rate limiters of this process's Redis, for `/metrics`.
+    pub limits: Option<Arc<Limits>>,
 }
 
 /// How often resident memory is compared with `max_rss_kb`.
@@ -118,6 +125,7 @@ pub struct Server {
     /// judged as a death's (lane, payload, ran alone).
     memory_stop: Arc<AtomicBool>,
     handed_back: Mutex<Vec<(usize, Vec<u8>, bool)>>,
+    throttles: Option<Arc<Throttles>>,
 }
 
 /// The lock a finished unique job releases: (key, jid).
@@ -151,6 +159,7 @@ impl Server {
         let queue_names: Vec<Arc<str>> = queues.iter().map(|(n, _)| Arc::from(n.as_str())).collect();
         let (tx, rx) = mpsc::unbounded_channel();
         let control = Control::default();
+        let throttles = (!config.throttles.is_empty()).then(|| Arc::new(Throttles::new(config.throttles.clone())));
         let acker = tokio::spawn(ack::run(rx, pool.clone(), keys.clone(), config.policy.clone(), identity.clone()));
         let mut tasks = Vec::new();
         for (i, lane) in lanes.iter().enumerate() {
@@ -167,6 +176,7 @@ impl Server {
                 acks: tx.clone(),
                 control: control.clone(),
                 keyring: config.keyring.clone(),
+                throttles: throttles.clone(),
             };
             tasks.push(tokio::spawn(fetcher.run()));
         }
@@ -214,6 +224,8 @@ impl Server {
                 lanes: lanes.clone(),
                 leadership: leadership.clone(),
                 stuck_after: config.stuck_after,
+                limits: config.limits.clone(),
+                throttles: throttles.clone(),
             };
             background.push(tokio::spawn(health::serve(listener, probe, halted.clone())));
         }
@@ -237,6 +249,11 @@ impl Server {
                 leadership: leadership.clone(),
             };
             background.push(tokio::spawn(recoverer.run(halted.clone())));
+        }
+        if let Some(t) = &throttles
+            && let Some(every) = t.refresh_every()
+        {
+            background.push(tokio::spawn(refresh_holds(t.clone(), pool.clone(), every, halted.clone())));
         }
         let memory_stop = Arc::new(AtomicBool::new(false));
         if let Some(max) = config.max_rss_kb {
@@ -283,6 +300,7 @@ impl Server {
             gate: Gate::default(),
             memory_stop,
             handed_back: Mutex::new(Vec::new()),
+            throttles,
         }))
     }
 
@@ -333,8 +351,25 @@ impl Server {
 
     /// A fetched job that was not admitted (a stop): it stays in the
     /// in-progress list, which the stop hands back to its queue.
-    pub fn give_back(&self, d: &Delivery) {
+    pub fn give_back(&self, d: &mut Delivery) {
+        self.release_held(d);
         self.lanes[d.lane].finish();
+    }
+
+    /// A job's throttle hold, no longer refreshed: it goes back with its result.
+    fn take_held(&self, d: &mut Delivery) -> Option<Box<Held>> {
+        let held = d.held.take()?;
+        if let Some(t) = &self.throttles {
+            t.forget(&held);
+        }
+        Some(held)
+    }
+
+    /// Gives a job's throttle hold back now (a job handed back without a result).
+    fn release_held(&self, d: &mut Delivery) {
+        if let Some(held) = self.take_held(d) {
+            let _ = self.acks.send(Msg::Release(held));
+        }
     }
 
     /// An admitted job ended.
@@ -405,10 +440,10 @@ impl Server {
     }
 
     /// Ends the bookkeeping of a started job and counts it for the metrics tab.
-    fn end(&self, d: &Delivery, ok: bool) {
+    fn end(&self, d: &Delivery, ok: bool, outcome: Outcome) {
         self.work.remove(d.id);
         self.release(d);
-        self.count_finished(if ok { Outcome::Succeeded } else { Outcome::Failed });
+        self.count_finished(outcome);
         if !self.config.beat.is_some_and(|b| b.metrics) {
             return;
         }
@@ -422,20 +457,42 @@ impl Server {
 
     /// Records a job as done: it leaves the in-progress list on the next write
     /// (and a unique job's lock goes with it).
-    pub fn complete(&self, d: Delivery) {
-        self.end(&d, true);
+    pub fn complete(&self, mut d: Delivery) {
+        self.end(&d, true, Outcome::Succeeded);
         let unlock = unlock_of(&d);
+        let held = self.take_held(&mut d);
         let lane = d.lane;
-        self.send(lane, d.payload.into_source().into_bytes(), Settle::Done, false, unlock);
+        self.send(lane, d.payload.into_source().into_bytes(), Settle::Done, false, unlock, held);
+    }
+
+    /// `OverLimit` escaped the job: it goes to the `schedule` set with its
+    /// `overrated` count raised (`overlimit.rs`), counted as processed, not
+    /// failed. Returns when it runs next (epoch seconds), or the delivery
+    /// untouched once it was rescheduled `max` times (fail it then).
+    #[allow(clippy::result_large_err)]
+    pub fn reschedule(&self, mut d: Delivery, max: u32, delay: Option<f64>) -> std::result::Result<f64, Delivery> {
+        if d.payload.overrated() >= u64::from(max) {
+            return Err(d);
+        }
+        self.end(&d, true, Outcome::Rescheduled);
+        let raw = d.payload.source().as_bytes().to_vec();
+        let (lane, unlock, held) = (d.lane, None, self.take_held(&mut d));
+        let Some(r) = crate::overlimit::reschedule(d.payload, max, delay, timestamp::now(), rand::random()) else {
+            unreachable!("the count was checked above")
+        };
+        let settle = Settle::Schedule { at: r.at, payload: r.payload, parked: None };
+        self.send(lane, raw, settle, false, unlock, held);
+        Ok(r.at)
     }
 
     /// The job expired before it could start: it is dropped, not run, not
     /// retried, and counted (`kiq:stat:expired`); a unique lock is released.
-    pub fn expire(&self, d: Delivery) {
+    pub fn expire(&self, mut d: Delivery) {
         self.work.remove(d.id);
         self.release(&d);
         self.count_finished(Outcome::Expired);
         let unlock = unlock_of(&d);
+        let held = self.take_held(&mut d);
         let lane = d.lane;
         let s = Settlement {
             wip_key: self.wip_keys[lane].clone(),
@@ -444,6 +501,7 @@ impl Server {
             processed: false,
             failed: false,
             unlock,
+            held,
         };
         let _ = self.acks.send(Msg::Settle(s));
         self.lanes[lane].finish();
@@ -451,8 +509,9 @@ impl Server {
 
     /// Records a job as failed, sending it to the retry set, the dead set or
     /// nowhere, as its options say.
-    pub fn fail(&self, d: Delivery, failure: &Failure, worker: &WorkerOptions) {
-        self.end(&d, false);
+    pub fn fail(&self, mut d: Delivery, failure: &Failure, worker: &WorkerOptions) {
+        self.end(&d, false, Outcome::Failed);
+        let held = self.take_held(&mut d);
         let queue = self.lanes[d.lane].name.clone();
         let raw = d.payload.source().to_owned();
         let lane = d.lane;
@@ -472,14 +531,15 @@ impl Server {
             Disposition::Dead { payload } => (Settle::Dead { payload: payload.into_bytes() }, lock),
             Disposition::Discard => (Settle::Discard, lock),
         };
-        self.send(lane, raw.into_bytes(), settle, true, unlock);
+        self.send(lane, raw.into_bytes(), settle, true, unlock, held);
     }
 
     /// Gives a job up without a result (stop deadline passed): it stays in
     /// the in-progress list and goes back to its queue.
-    pub fn abandon(&self, d: &Delivery) {
+    pub fn abandon(&self, d: &mut Delivery) {
         self.work.remove(d.id);
         self.release(d);
+        self.release_held(d);
         if self.memory_stop.load(Ordering::Acquire) {
             let mut back = self.handed_back.lock().unwrap_or_else(PoisonError::into_inner);
             back.push((d.lane, d.payload.source().as_bytes().to_vec(), d.alone));
@@ -502,8 +562,16 @@ impl Server {
         self.signals.lock().unwrap_or_else(PoisonError::into_inner).recv_timeout(timeout).ok()
     }
 
-    fn send(&self, lane: usize, raw: Vec<u8>, settle: Settle, failed: bool, unlock: Option<(String, String)>) {
-        let s = Settlement { wip_key: self.wip_keys[lane].clone(), raw, settle, processed: true, failed, unlock };
+    fn send(
+        &self,
+        lane: usize,
+        raw: Vec<u8>,
+        settle: Settle,
+        failed: bool,
+        unlock: Option<(String, String)>,
+        held: Option<Box<Held>>,
+    ) {
+        let s = Settlement { wip_key: self.wip_keys[lane].clone(), raw, settle, processed: true, failed, unlock, held };
         // After the final write the channel is closed; the job was requeued.
         let _ = self.acks.send(Msg::Settle(s));
         self.lanes[lane].finish();
@@ -515,7 +583,14 @@ impl Server {
         self.control.set(RunState::Stopping);
         self.gate.close();
         // Fetchers blocked in BLMOVE see the state change and unblock themselves.
-        self.lanes.iter().map(|l| l.close().len()).sum()
+        let mut untaken = 0;
+        for lane in &self.lanes {
+            for mut d in lane.close() {
+                self.release_held(&mut d);
+                untaken += 1;
+            }
+        }
+        untaken
     }
 
     /// Second half of a stop: write pending results (until `deadline`), then
@@ -653,6 +728,25 @@ fn bind_health(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
     let std_listener = std::net::TcpListener::bind(addr).map_err(fail)?;
     std_listener.set_nonblocking(true).map_err(fail)?;
     tokio::net::TcpListener::from_std(std_listener).map_err(fail)
+}
+
+/// Extends the throttle holds of the running jobs every `every` until halted.
+async fn refresh_holds(throttles: Arc<Throttles>, pool: Arc<Pool>, every: Duration, mut halt: watch::Receiver<bool>) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = halt.wait_for(|h| *h) => return,
+        }
+        match throttles.refresh(&pool).await {
+            Ok(()) => failing = false,
+            Err(e) if !failing => {
+                log::warn!("cannot refresh the throttle holds of running jobs (they expire after lock_timeout): {e}");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 /// Quiets the process and asks for a recycle once its resident memory passes

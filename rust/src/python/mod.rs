@@ -10,6 +10,7 @@ mod cron;
 mod crypto;
 mod errors;
 mod gil;
+mod limiter;
 mod marshal;
 mod options;
 mod server;
@@ -33,8 +34,10 @@ mod _kiq {
     #[pymodule_export]
     use super::errors::{
         BufferFullError, CodecError, ConfigError, ConnectionError, CrontabError, DecryptionError, KiqError,
-        ShutdownError, TimeoutError, UndeliverableError,
+        OverLimit, ShutdownError, TimeoutError, UndeliverableError,
     };
+    #[pymodule_export]
+    use super::limiter::{Grant, Limiter, LimiterState, Throttle, limiter_states};
     #[pymodule_export]
     use super::server::{Delivery, Server};
 
@@ -116,6 +119,16 @@ mod _kiq {
         })
     }
 
+    /// What a job over a rate limit becomes, without Redis (sandbox mode):
+    /// `(at, payload)` of the job rescheduled, or None past `max_reschedules`.
+    #[pyfunction]
+    #[pyo3(signature = (payload, *, max_reschedules = 20, delay = None))]
+    fn decide_reschedule(payload: String, max_reschedules: u32, delay: Option<f64>) -> PyResult<Option<(f64, String)>> {
+        let job = errors::py_result(crate::job::Payload::parse(payload))?;
+        let r = crate::overlimit::reschedule(job, max_reschedules, delay, crate::timestamp::now(), rand::random());
+        Ok(r.map(|r| (r.at, r.payload)))
+    }
+
     /// A new 24-hex-digit job id.
     #[pyfunction]
     fn new_jid() -> String {
@@ -160,6 +173,7 @@ mod _kiq {
         m.add("TRACE_CONTEXT_FIELDS", pyo3::types::PyTuple::new(m.py(), crate::job::field::TRACE_CONTEXT)?)?;
         m.add("ENCRYPT_FIELD", crate::job::field::ENCRYPT)?;
         m.add("ENCRYPTED_DATA", crate::crypto::REDACTED)?;
+        m.add("DEFAULT_MAX_RESCHEDULES", crate::overlimit::DEFAULT_MAX_RESCHEDULES)?;
         Ok(())
     }
 }

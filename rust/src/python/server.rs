@@ -11,6 +11,7 @@ use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use super::client::{Client, Extra, keys_for, new_job};
 use super::convert::value_to_py;
 use super::errors::{CrontabError, ShutdownError, py_result};
+use super::limiter::Throttle;
 use super::{gil, options};
 use crate::crontab;
 use crate::heartbeat::{BeatConfig, ProcessInfo};
@@ -120,6 +121,18 @@ impl Delivery {
         self.with(|d| d.payload.time(field::ENQUEUED_AT)).flatten()
     }
 
+    /// Times the job was rescheduled over a rate limit before (`overrated`, 0 if never).
+    #[getter]
+    fn overrated(&self) -> u64 {
+        self.with(|d| d.payload.overrated()).unwrap_or(0)
+    }
+
+    /// When its worker's throttle admitted it (epoch seconds, Redis's clock); None if not throttled.
+    #[getter]
+    fn admitted_at(&self) -> Option<f64> {
+        self.with(|d| d.throttle_at).flatten()
+    }
+
     fn __repr__(&self, py: Python<'_>) -> String {
         format!("<Delivery {} jid={} queue={}>", self.class_name.bind(py), self.jid.bind(py), self.queue.bind(py))
     }
@@ -195,7 +208,7 @@ pub struct Server {
 #[pymethods]
 impl Server {
     #[new]
-    #[pyo3(signature = (client, identity, queues, *, hostname, tag = None, labels = None, max_retries = 25, dead_limit = 10_000, dead_timeout = 15_552_000.0, poll_interval_average = None, average_scheduled_poll_interval = 5.0, scheduler = true, heartbeat = true, heartbeat_interval = 5.0, heartbeat_ttl = 60.0, metrics = true, leader_ttl = 30.0, orphan_check_interval = 60.0, max_recoveries = 3, periodics = None, periodic_clock = None, health = None, max_jobs = None, max_memory_bytes = None, stuck_after = None))]
+    #[pyo3(signature = (client, identity, queues, *, hostname, tag = None, labels = None, max_retries = 25, dead_limit = 10_000, dead_timeout = 15_552_000.0, poll_interval_average = None, average_scheduled_poll_interval = 5.0, scheduler = true, heartbeat = true, heartbeat_interval = 5.0, heartbeat_ttl = 60.0, metrics = true, leader_ttl = 30.0, orphan_check_interval = 60.0, max_recoveries = 3, periodics = None, periodic_clock = None, health = None, max_jobs = None, max_memory_bytes = None, stuck_after = None, throttles = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -224,7 +237,13 @@ impl Server {
         max_jobs: Option<u64>,
         max_memory_bytes: Option<u64>,
         stuck_after: Option<f64>,
+        throttles: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
+        let mut throttle_specs = std::collections::HashMap::new();
+        for (class, t) in throttles.map(|d| d.iter().collect::<Vec<_>>()).unwrap_or_default() {
+            let t = t.cast_into::<Throttle>()?;
+            throttle_specs.insert(class.extract::<String>()?, t.get().spec.clone());
+        }
         let entries = match periodics {
             Some(p) => periodic_entries(p, client.keyring.as_ref())?,
             None => Vec::new(),
@@ -278,6 +297,8 @@ impl Server {
             max_rss_kb: max_memory_bytes.map(|b| b / 1024),
             stuck_after: stuck_after.filter(|s| *s > 0.0).map(Duration::from_secs_f64),
             keyring: client.keyring.clone(),
+            throttles: throttle_specs,
+            limits: Some(client.limits.clone()),
         };
         let pool = client.pool.clone();
         gil::block_on(py, async move { crate::pool::require_version(&pool).await })?;
@@ -311,7 +332,7 @@ impl Server {
             let (admission, back) = py.detach(move || (inner.admit(&mut d), d));
             d = back;
             if admission == crate::isolation::Admission::Stopping {
-                self.inner.give_back(&d);
+                self.inner.give_back(&mut d);
                 return Ok(None);
             }
         }
@@ -398,9 +419,25 @@ impl Server {
 
     /// Gives the job up without a result; a stop hands it back to its queue.
     fn abandon(&self, delivery: &Delivery) -> PyResult<()> {
-        let d = delivery.take()?;
-        self.inner.abandon(&d);
+        let mut d = delivery.take()?;
+        self.inner.abandon(&mut d);
         Ok(())
+    }
+
+    /// `OverLimit` escaped the job: it goes to the schedule set (`overrated`
+    /// raised, `delay` seconds or Sidekiq Enterprise's default) and the time
+    /// it runs next is returned; None once it was rescheduled
+    /// `max_reschedules` times, and then the delivery is untouched (fail it).
+    #[pyo3(signature = (delivery, *, max_reschedules = 20, delay = None))]
+    fn reschedule(&self, delivery: &Delivery, max_reschedules: u32, delay: Option<f64>) -> PyResult<Option<f64>> {
+        let d = delivery.take()?;
+        match self.inner.reschedule(d, max_reschedules, delay) {
+            Ok(at) => Ok(Some(at)),
+            Err(d) => {
+                *delivery.inner.lock().unwrap_or_else(PoisonError::into_inner) = Some(d);
+                Ok(None)
+            }
+        }
     }
 
     /// Stops or resumes fetching new jobs.

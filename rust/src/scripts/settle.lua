@@ -1,8 +1,8 @@
 -- settle.lua: write the results of finished jobs, exactly once. For each job:
--- its retry or dead entry (if any) and the LREM that takes it off this
--- process's in-progress list; then Sidekiq's processed/failed counters. Each
--- result carries a number; the highest number applied is stored in the same
--- atomic step, so a batch sent again after a lost reply changes nothing
+-- its retry, dead or schedule entry (if any) and the LREM that takes it off
+-- this process's in-progress list; then Sidekiq's processed/failed counters.
+-- Each result carries a number; the highest number applied is stored in the
+-- same atomic step, so a batch sent again after a lost reply changes nothing
 -- twice (no job in two places, no counter counted twice). Key types are
 -- checked before anything is written: a result that needs a key holding the
 -- wrong kind of value is refused (its job stays in progress), the others go on.
@@ -15,23 +15,27 @@
 -- KEYS[6]    stat:processed:<day>         STRING counter
 -- KEYS[7]    stat:failed:<day>            STRING counter
 -- KEYS[8]    kiq:stat:expired             STRING counter
--- KEYS[9..]  kiq:wip|<identity>|<queue>   LIST per queue of the batch
+-- KEYS[9]    schedule                     ZSET (jobs rescheduled over a rate limit, or parked by a throttle)
+-- KEYS[10..] kiq:wip|<identity>|<queue>   LIST per queue of the batch, and
+--            kiq:parked|<queue>|<class>|<key>  ZSET per throttle key of a parked job
 -- ARGV[1]    milliseconds KEYS[1] lives after this write
 -- ARGV[2]    seconds the daily counters live
 -- ARGV[3]    now (epoch seconds): the dead entries' score
 -- ARGV[4]    the oldest score kept in dead
 -- ARGV[5]    dead_limit (Sidekiq's trim: ranks 0 .. -dead_limit removed)
--- ARGV[6]    number of results N
--- then per result, 7 values: number, in-progress list (i: KEYS[8 + i]),
---   kind ("done", "retry", "dead", "expired"), retry score or "",
---   the payload for retry/dead or "", the job as in its list, counters
---   ("p" processed, "pf" processed and failed, "" neither)
+-- ARGV[6]    milliseconds a kiq:parked key lives after a job is parked in it
+-- ARGV[7]    number of results N
+-- then per result, 8 values: number, in-progress list (i: KEYS[9 + i]),
+--   kind ("done", "retry", "dead", "expired", "schedule"), retry or schedule
+--   score or "", the payload for retry/dead/schedule or "", the job as in its
+--   list, counters ("p" processed, "pf" processed and failed, "" neither),
+--   the kiq:parked key a scheduled job is also listed in (j: KEYS[9 + j]) or 0
 --
 -- Returns {number, reason, ...} of the results refused.
 
 local hw = tonumber(redis.call('HGET', KEYS[1], 'hw') or '0')
-local n = tonumber(ARGV[6])
-local function at(i, k) return ARGV[6 + 7 * i + k] end
+local n = tonumber(ARGV[7])
+local function at(i, k) return ARGV[7 + 8 * i + k] end
 
 local types = {}
 local function wrong(key, want)
@@ -61,17 +65,26 @@ local refused = {}
 local processed, failed, expired, buried = 0, 0, 0, false
 for i = 0, n - 1 do
   if tonumber(at(i, 1)) > hw then
-    local wip = KEYS[8 + tonumber(at(i, 2))]
+    local wip = KEYS[9 + tonumber(at(i, 2))]
     local kind = at(i, 3)
+    local parked = tonumber(at(i, 8)) > 0 and KEYS[9 + tonumber(at(i, 8))]
     local why = wrong(wip, 'list')
     if not why and kind == 'retry' then why = wrong(KEYS[2], 'zset') end
     if not why and kind == 'dead' then why = wrong(KEYS[3], 'zset') end
+    if not why and kind == 'schedule' then why = wrong(KEYS[9], 'zset') end
+    if not why and parked then why = wrong(parked, 'zset') end
     local r
     if not why and kind == 'retry' then
       r = redis.pcall('ZADD', KEYS[2], at(i, 4), at(i, 5))
     elseif not why and kind == 'dead' then
       r = redis.pcall('ZADD', KEYS[3], ARGV[3], at(i, 5))
       buried = true
+    elseif not why and kind == 'schedule' then
+      r = redis.pcall('ZADD', KEYS[9], at(i, 4), at(i, 5))
+      if parked and not (type(r) == 'table' and r['err']) then
+        redis.pcall('ZADD', parked, at(i, 4), at(i, 5))
+        redis.pcall('PEXPIRE', parked, ARGV[6])
+      end
     end
     if not why and type(r) == 'table' and r['err'] then why = r['err'] end
     if not why then
