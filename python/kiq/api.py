@@ -10,6 +10,7 @@
     api.dead.delete(jid)
     api.processes()[0].quiet()          # the Busy page's Quiet button
     api.cancel(jid)                     # delete a waiting job, or cancel a running one
+    api.limiters()                      # rate limiters: in use, capacity, waiters
 
 Reads Sidekiq's keys, so it shows Ruby and Python jobs and processes alike.
 The worker runtime never imports this module (as Sidekiq's server never

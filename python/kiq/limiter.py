@@ -27,18 +27,21 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from kiq import _kiq
-from kiq.errors import ConfigError, OverLimit
+from kiq.errors import ConfigError, KiqError, OverLimit
 
 if TYPE_CHECKING:
     from kiq.app import Kiq
     from kiq.reporters import JobInfo
 
 __all__ = ["Backoff", "Hold", "Limiter", "Limiters"]
+
+logger = logging.getLogger("kiq")
 
 Seconds = int | float | dt.timedelta
 Interval = str | int | float | dt.timedelta
@@ -130,7 +133,10 @@ class Hold:
     ) -> None:
         grant, self._grant = self._grant, None
         if grant is not None:
-            self._limiter._core.release(grant)
+            try:
+                self._limiter._core.release(grant)
+            except KiqError as err:
+                self._release_failed(err, exc)
 
     async def __aenter__(self) -> Hold:
         loop = asyncio.get_running_loop()
@@ -170,7 +176,18 @@ class Hold:
                 done.set_result(bool(ok))
 
         self._limiter._core.release_async(grant, lambda ok, e: loop.call_soon_threadsafe(settle, ok, e))
-        await done
+        try:
+            await done
+        except KiqError as err:
+            self._release_failed(err, exc)
+
+    def _release_failed(self, err: KiqError, raised: BaseException | None) -> None:
+        """A release Redis did not take: the slot frees itself after ``lock_timeout``. Raised, unless the
+        block raised already (its own error is the one to see)."""
+        if raised is None:
+            raise err
+        logger.warning("kiq: could not give back room in %r (it frees itself after lock_timeout): %s",
+                       self._limiter, err)
 
 
 def _ignore(_result: Any, _error: BaseException | None) -> None:

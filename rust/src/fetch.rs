@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::ack::{Msg, Settle, Settlement};
 use crate::activejob;
+use crate::admit::Admitter;
 use crate::args;
 use crate::control::{Control, RunState};
 use crate::crypto::{self, Keyring};
@@ -29,7 +30,7 @@ use crate::lane::{Delivery, Lane};
 use crate::pool::Pool;
 use crate::retry::{self, Disposition, Failure, RetryPolicy, WorkerOptions};
 use crate::scripts;
-use crate::throttle::{Throttles, Verdict};
+use crate::throttle::Throttles;
 use crate::timestamp;
 
 /// Sidekiq's fetch timeout: how long one blocking wait lasts.
@@ -37,6 +38,31 @@ pub const BLOCK: Duration = Duration::from_secs(2);
 
 /// The error class recorded for payloads kiq cannot run.
 pub const INVALID_JOB_ERROR: &str = "kiq.errors.InvalidJobError";
+
+/// The settlement of a job that failed before it could run: the retry path.
+pub(crate) fn failure_settlement(
+    wip_key: &Arc<str>,
+    queue: &str,
+    policy: &RetryPolicy,
+    payload: Payload,
+    failure: &Failure,
+) -> Settlement {
+    let raw = payload.source().as_bytes().to_vec();
+    let settle = match retry::on_failure(
+        payload,
+        queue,
+        failure,
+        &WorkerOptions::default(),
+        policy,
+        timestamp::now(),
+        rand::random(),
+    ) {
+        Disposition::Retry { at, payload } => Settle::Retry { at, payload },
+        Disposition::Dead { payload } => Settle::Dead { payload: payload.into_bytes() },
+        Disposition::Discard => Settle::Discard,
+    };
+    Settlement { wip_key: wip_key.clone(), raw, settle, processed: true, failed: true, unlock: None, held: None }
+}
 
 pub struct Fetcher {
     pub lane_index: usize,
@@ -59,6 +85,32 @@ pub struct Fetcher {
 
 impl Fetcher {
     pub async fn run(self) {
+        let (admitter, admitting) = match &self.throttles {
+            Some(t) if t.any_at_fetch() => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let admit = Admitter {
+                    throttles: t.clone(),
+                    lane: self.lane.clone(),
+                    wip_key: self.wip_key.clone(),
+                    pool: self.pool.clone(),
+                    keys: self.keys.clone(),
+                    policy: self.policy.clone(),
+                    acks: self.acks.clone(),
+                    control: self.control.clone(),
+                };
+                (Some(tx), Some(tokio::spawn(admit.run(rx))))
+            }
+            _ => (None, None),
+        };
+        self.fetch_loop(admitter.as_ref()).await;
+        // Batches still being checked are offered (or handed back) before the stop goes on.
+        drop(admitter);
+        if let Some(task) = admitting {
+            let _ = task.await;
+        }
+    }
+
+    async fn fetch_loop(&self, admitter: Option<&mpsc::UnboundedSender<Vec<Delivery>>>) {
         let mut blocking = self.pool.blocking(BLOCK);
         let mut state = self.control.subscribe();
         let mut failing = false;
@@ -127,7 +179,7 @@ impl Fetcher {
                         failing = false;
                         delay = Duration::from_millis(100);
                     }
-                    self.deliver(jobs).await;
+                    self.deliver(jobs, admitter);
                 }
                 Err(e) => {
                     self.pool.note_error(&e);
@@ -217,7 +269,7 @@ impl Fetcher {
         }
     }
 
-    async fn deliver(&self, raws: Vec<Vec<u8>>) {
+    fn deliver(&self, raws: Vec<Vec<u8>>, admitter: Option<&mpsc::UnboundedSender<Vec<Delivery>>>) {
         let mut good = Vec::with_capacity(raws.len());
         for raw in raws {
             match self.decode(raw) {
@@ -227,110 +279,19 @@ impl Fetcher {
                 }
             }
         }
-        if let Some(t) = &self.throttles
-            && good.iter().any(|d| t.spec(&d.class).is_some())
+        if let (Some(t), Some(admitter)) = (&self.throttles, admitter)
+            && good.iter().any(|d| t.at_fetch(&d.class))
         {
-            good = self.throttle(t, good).await;
+            // Checked beside this loop, which fetches on meanwhile: their slots are taken.
+            self.lane.reserve(good.len());
+            if let Err(back) = admitter.send(good) {
+                self.lane.unreserve(back.0.len());
+            }
+            return;
         }
         // Jobs offered after a stop began stay in the in-progress list, which
-        // the stop hands back to the queue (their throttle holds go back now).
-        for d in self.lane.offer(good).unwrap_or_default() {
-            if let Some(held) = d.held {
-                if let Some(t) = &self.throttles {
-                    t.forget(&held);
-                }
-                let _ = self.acks.send(Msg::Release(held));
-            }
-        }
-    }
-
-    /// The jobs that may run now; throttled ones over their limit are parked
-    /// in `schedule` (their settlement takes them off the in-progress list).
-    async fn throttle(&self, t: &Arc<Throttles>, jobs: Vec<Delivery>) -> Vec<Delivery> {
-        let (jobs, keys) = t.keys_of(jobs).await;
-        let mut ready = Vec::with_capacity(jobs.len());
-        let mut checked: Vec<(Delivery, String)> = Vec::new();
-        for (d, key) in jobs.into_iter().zip(keys) {
-            match key {
-                None => ready.push(d),
-                Some(Ok(key)) => checked.push((d, key)),
-                Some(Err(failure)) => {
-                    log::error!(
-                        "the throttle key of job {} jid={} could not be computed: {}: {}",
-                        d.class,
-                        d.jid,
-                        failure.error_class,
-                        failure.error_message
-                    );
-                    let _ = self.acks.send(Msg::Settle(self.failed(d.payload, &failure)));
-                }
-            }
-        }
-        if checked.is_empty() {
-            return ready;
-        }
-        let (refs, keys): (Vec<&Delivery>, Vec<String>) = checked.iter().map(|(d, k)| (d, k.clone())).unzip();
-        let mut delay = Duration::from_millis(50);
-        let verdicts = loop {
-            match t.check(&self.pool, &self.keys, &self.lane.name, &refs, &keys).await {
-                Ok(v) => break v,
-                Err(e) => {
-                    self.pool.note_error(&e);
-                    log::warn!("cannot check the throttles of {} jobs of queue {:?} yet: {e}", refs.len(), self.lane.name);
-                    if !self.control.sleep(delay).await {
-                        // Stopping: the jobs stay in progress and go back to the queue.
-                        ready.extend(checked.into_iter().map(|(d, _)| d));
-                        return ready;
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-            }
-        };
-        for ((mut d, _), verdict) in checked.into_iter().zip(verdicts) {
-            match verdict {
-                Verdict::Run { held, at } => {
-                    d.held = held.map(Box::new);
-                    d.throttle_at = Some(at);
-                    ready.push(d);
-                }
-                Verdict::Park { at, parked_key } => {
-                    let raw = d.payload.source().as_bytes().to_vec();
-                    let before = d.payload.get(field::THROTTLED).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-                    let mut payload = d.payload;
-                    payload.set_json(field::THROTTLED, (before + 1).to_string());
-                    let s = Settlement {
-                        wip_key: self.wip_key.clone(),
-                        raw,
-                        settle: Settle::Schedule { at, payload: payload.encode(), parked: parked_key },
-                        processed: false,
-                        failed: false,
-                        unlock: None,
-                        held: None,
-                    };
-                    let _ = self.acks.send(Msg::Settle(s));
-                }
-            }
-        }
-        ready
-    }
-
-    /// The settlement of a job that failed before it could run: the retry path.
-    fn failed(&self, payload: Payload, failure: &Failure) -> Settlement {
-        let raw = payload.source().as_bytes().to_vec();
-        let settle = match retry::on_failure(
-            payload,
-            &self.lane.name,
-            failure,
-            &WorkerOptions::default(),
-            &self.policy,
-            timestamp::now(),
-            rand::random(),
-        ) {
-            Disposition::Retry { at, payload } => Settle::Retry { at, payload },
-            Disposition::Dead { payload } => Settle::Dead { payload: payload.into_bytes() },
-            Disposition::Discard => Settle::Discard,
-        };
-        Settlement { wip_key: self.wip_key.clone(), raw, settle, processed: true, failed: true, unlock: None, held: None }
+        // the stop hands back to the queue.
+        let _ = self.lane.offer(good);
     }
 
     /// A runnable job of this lane with these arguments, its expiry and
@@ -424,6 +385,6 @@ impl Fetcher {
         };
         log::error!("cannot run job {} from queue {:?}: {problem}", payload.jid().unwrap_or_default(), self.lane.name);
         let failure = Failure { error_class: error_class.to_owned(), error_message: problem, ..Failure::default() };
-        Err(self.failed(payload, &failure))
+        Err(failure_settlement(&self.wip_key, &self.lane.name, &self.policy, payload, &failure))
     }
 }

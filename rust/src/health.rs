@@ -24,9 +24,9 @@ use crate::lane::Lane;
 use crate::leader::Leadership;
 use crate::limiter_state;
 use crate::limits::Limits;
-use crate::throttle::Throttles;
 use crate::limits::Usage;
 use crate::throttle;
+use crate::throttle::Throttles;
 use crate::timestamp;
 use crate::work::WorkSet;
 
@@ -250,9 +250,11 @@ impl Probe {
         let mut out = String::new();
         type Gauge = fn(&limiter_state::LimiterState) -> String;
         let families: [(&str, &str, Gauge); 3] = [
-            ("kiq_limiter_in_use", "Room in use now, cluster-wide (holders, uses this period or window, level).", |s| {
-                format!("{}", (s.in_use * 1000.0).round() / 1000.0)
-            }),
+            (
+                "kiq_limiter_in_use",
+                "Room in use now, cluster-wide (holders, uses this period or window, level).",
+                |s| format!("{}", (s.in_use * 1000.0).round() / 1000.0),
+            ),
             ("kiq_limiter_capacity", "A limiter's size, count or points.", |s| s.capacity.to_string()),
             ("kiq_limiter_waiting", "Callers waiting for room now, cluster-wide.", |s| s.waiting.to_string()),
         ];

@@ -6,6 +6,7 @@
 pub mod ack;
 pub mod activejob;
 pub mod admin;
+pub mod admit;
 pub mod args;
 pub mod backtrace;
 pub mod batch;
@@ -15,8 +16,8 @@ pub mod bulk;
 pub mod client;
 pub mod control;
 pub mod crontab;
-pub mod deadletter;
 pub mod crypto;
+pub mod deadletter;
 pub mod error;
 pub mod exec;
 pub mod fetch;

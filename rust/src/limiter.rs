@@ -131,11 +131,9 @@ fn interval_ms(arg: Option<&IntervalArg>, kind: Kind, calendar: bool) -> Result<
         Some(IntervalArg::Named(n)) => {
             let lower = n.trim().to_ascii_lowercase();
             let lower = lower.strip_prefix(':').unwrap_or(&lower);
-            NAMED
-                .iter()
-                .find(|(name, _)| *name == lower)
-                .map(|(_, ms)| *ms)
-                .ok_or_else(|| KiqError::config(format!("unknown interval {n:?} for a {} limiter: use {what}", kind.as_str())))
+            NAMED.iter().find(|(name, _)| *name == lower).map(|(_, ms)| *ms).ok_or_else(|| {
+                KiqError::config(format!("unknown interval {n:?} for a {} limiter: use {what}", kind.as_str()))
+            })
         }
         Some(IntervalArg::Seconds(_)) if calendar => Err(KiqError::config(format!(
             "a bucket limiter counts per calendar interval: use {names} (window takes a number of seconds)"

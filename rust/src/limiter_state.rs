@@ -47,7 +47,9 @@ pub async fn read(pool: &Pool, keys: &Keys, max: usize) -> Result<Vec<LimiterSta
         let state = keys.limiter(kind, name);
         match spec.kind {
             Kind::Concurrent => pipe.cmd("ZCOUNT").arg(state).arg(format!("({now}")).arg("+inf"),
-            Kind::Window => pipe.cmd("ZCOUNT").arg(state).arg(format!("({}", now - spec.interval_ms as i64)).arg("+inf"),
+            Kind::Window => {
+                pipe.cmd("ZCOUNT").arg(state).arg(format!("({}", now - spec.interval_ms as i64)).arg("+inf")
+            }
             Kind::Bucket => pipe.cmd("HMGET").arg(state).arg("start").arg("n"),
             _ => pipe.cmd("HMGET").arg(state).arg("level").arg("at"),
         };

@@ -25,11 +25,13 @@ use crate::runtime;
 use crate::scripts;
 
 /// The longest single block on a wake list (then the state is read again).
-const MAX_BLOCK: Duration = Duration::from_secs(2);
+const MAX_BLOCK: Duration = crate::pool::MAX_THREAD_BLOCK;
 /// Blocking connections kept for the next waiters.
 const MAX_IDLE_CONNS: usize = 16;
 /// How long the registry remembers a limiter nobody uses.
 pub const REGISTRY_MS: u64 = 7 * 24 * 3600 * 1000;
+/// A limiter's last use is written to the registry at most this often.
+const REGISTRY_TOUCH_MS: u64 = 1000;
 /// Limiters counted separately in this process's statistics; more are summed.
 const MAX_STATS: usize = 1000;
 
@@ -79,8 +81,70 @@ struct Attempt {
     retry_ms: i64,
 }
 
-fn new_token() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
+impl Attempt {
+    fn parse(reply: &[i64]) -> Result<Self> {
+        match *reply {
+            [granted, now_ms, retry_ms, _] => Ok(Self { granted: granted == 1, now_ms, retry_ms }),
+            _ => Err(KiqError::codec(format!("limit_acquire.lua answered {reply:?}"))),
+        }
+    }
+}
+
+/// What an acquire does next.
+enum Next {
+    Granted(Grant),
+    /// No room in time: `leave` the waiters' set (the caller registered).
+    Over {
+        leave: bool,
+    },
+    /// Block on the wake list (a concurrent limiter) up to this long.
+    Wake(Duration),
+    /// Sleep until room comes back (a limiter that refills).
+    Sleep(Duration),
+}
+
+/// The decisions of one acquire, whichever thread or task does its I/O.
+struct Acquire<'a> {
+    spec: &'a Spec,
+    points: u64,
+    token: String,
+    started: Instant,
+    deadline: Instant,
+    registered: bool,
+}
+
+impl<'a> Acquire<'a> {
+    fn new(spec: &'a Spec, points: u64) -> Self {
+        let started = Instant::now();
+        Self { spec, points, token: new_token(), started, deadline: started + spec.wait, registered: false }
+    }
+
+    /// How long the caller waits if the next attempt is refused (it is then a registered waiter).
+    fn ask(&mut self) -> Duration {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        self.registered |= !left.is_zero();
+        left
+    }
+
+    fn next(&self, a: &Attempt) -> Next {
+        if a.granted {
+            let acquired_at = a.now_ms as f64 / 1000.0;
+            return Next::Granted(Grant { token: self.token.clone(), acquired_at, points: self.points });
+        }
+        let retry = Duration::from_millis(a.retry_ms.max(1) as u64);
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        // Waiting for room that comes back after the deadline is pointless.
+        if left.is_zero() || (self.spec.kind.refills() && retry > left) {
+            return Next::Over { leave: self.registered };
+        }
+        let pause = retry.min(left);
+        if self.spec.kind == Kind::Concurrent {
+            Next::Wake(pause.min(MAX_BLOCK))
+        } else {
+            // A little jitter so callers woken by one refill do not all ask at once.
+            Next::Sleep(pause + Duration::from_micros(rand::random::<u64>() % 3000))
+        }
+    }
 }
 
 impl Limits {
@@ -114,36 +178,76 @@ impl Limits {
         f(map.entry(key).or_default());
     }
 
-    async fn attempt(&self, spec: &Spec, token: &str, points: u64, wait: Duration) -> Result<Attempt> {
-        let kind = spec.kind.as_str();
-        let reply: Vec<i64> = scripts::LIMIT_ACQUIRE
-            .key(self.keys.limiter(kind, &spec.name))
+    fn granted(&self, acq: &Acquire<'_>, grant: Grant) -> Grant {
+        let waited = acq.started.elapsed().as_secs_f64();
+        self.count(acq.spec, |u| {
+            u.acquired += 1;
+            u.waited += waited;
+        });
+        grant
+    }
+
+    fn over(&self, acq: &Acquire<'_>) -> KiqError {
+        let waited = acq.started.elapsed().as_secs_f64();
+        self.count(acq.spec, |u| {
+            u.over += 1;
+            u.waited += waited;
+        });
+        KiqError::OverLimit(format!(
+            "{} is over its limit: no room within its wait_timeout of {}s",
+            acq.spec,
+            acq.spec.wait.as_secs_f64()
+        ))
+    }
+
+    /// One attempt; `again` when it is sent anew after a failure (it may have been applied).
+    fn acquire_script(&self, acq: &Acquire<'_>, wait: Duration, again: bool) -> redis::ScriptInvocation<'static> {
+        let (spec, kind) = (acq.spec, acq.spec.kind.as_str());
+        let mut inv = scripts::LIMIT_ACQUIRE.prepare_invoke();
+        inv.key(self.keys.limiter(kind, &spec.name))
             .key(self.keys.limiter_waiting(kind, &spec.name))
             .key(self.keys.limiters())
             .arg(kind)
-            .arg(token)
+            .arg(&acq.token)
             .arg(spec.capacity)
             .arg(spec.interval_ms)
-            .arg(points)
+            .arg(acq.points)
             .arg(wait.as_millis() as u64)
             .arg(spec.registry_member())
             .arg(REGISTRY_MS)
-            .invoke_async(&mut self.pool.get())
-            .await?;
-        match reply[..] {
-            [granted, now_ms, retry_ms, _] => Ok(Attempt { granted: granted == 1, now_ms, retry_ms }),
-            _ => Err(KiqError::codec(format!("limit_acquire.lua answered {reply:?}"))),
-        }
+            .arg(REGISTRY_TOUCH_MS)
+            .arg(u8::from(again));
+        inv
+    }
+
+    fn release_script(&self, spec: &Spec, grant: &Grant) -> redis::ScriptInvocation<'static> {
+        let (kind, name) = (spec.kind.as_str(), &spec.name);
+        let mut inv = scripts::LIMIT_RELEASE.prepare_invoke();
+        inv.key(self.keys.limiter(kind, name))
+            .key(self.keys.limiter_waiting(kind, name))
+            .key(self.keys.limiter_wake(kind, name))
+            .arg(&grant.token);
+        inv
+    }
+
+    fn leave_cmd(&self, acq: &Acquire<'_>) -> redis::Cmd {
+        let mut cmd = redis::cmd("ZREM");
+        cmd.arg(self.keys.limiter_waiting(acq.spec.kind.as_str(), &acq.spec.name)).arg(&acq.token);
+        cmd
+    }
+
+    fn wake_cmd(&self, spec: &Spec, pause: Duration) -> redis::Cmd {
+        let mut cmd = redis::cmd("BLPOP");
+        // 0 would block forever; Redis takes fractions of a second.
+        cmd.arg(self.keys.limiter_wake(spec.kind.as_str(), &spec.name)).arg(pause.as_secs_f64().max(0.01));
+        cmd
     }
 
     /// Blocks on the limiter's wake list up to `pause` (a release pushes to it).
     async fn wait_wake(&self, spec: &Spec, pause: Duration) {
         let conn = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
         let mut conn = conn.unwrap_or_else(|| self.pool.blocking(MAX_BLOCK));
-        let mut cmd = redis::cmd("BLPOP");
-        // 0 would block forever; Redis takes fractions of a second.
-        cmd.arg(self.keys.limiter_wake(spec.kind.as_str(), &spec.name)).arg(pause.as_secs_f64().max(0.01));
-        match conn.query::<Option<(String, String)>>(&cmd).await {
+        match conn.query::<Option<(String, String)>>(&self.wake_cmd(spec, pause)).await {
             Ok(_) => {
                 let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
                 if idle.len() < MAX_IDLE_CONNS {
@@ -168,55 +272,70 @@ impl Limiter {
 
     /// Takes `points` of room (1 for a concurrent slot), waiting up to the
     /// limiter's `wait_timeout`; `KiqError::OverLimit` when there is none.
+    /// For async callers: the I/O runs on the core runtime.
     pub async fn acquire(&self, points: i64) -> Result<Grant> {
         let points = self.spec.check_points(points)?;
-        let Some(limits) = &self.limits else {
-            return Ok(Grant { token: String::new(), acquired_at: 0.0, points });
-        };
-        let spec = &self.spec;
-        let token = new_token();
-        let started = Instant::now();
-        let deadline = started + spec.wait;
-        let mut registered = false;
+        let Some(limits) = &self.limits else { return Ok(unlimited(points)) };
+        let mut acq = Acquire::new(&self.spec, points);
+        let mut again = false;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let a = limits.attempt(spec, &token, points, left).await?;
-            if a.granted {
-                limits.count(spec, |u| {
-                    u.acquired += 1;
-                    u.waited += started.elapsed().as_secs_f64();
-                });
-                return Ok(Grant { token, acquired_at: a.now_ms as f64 / 1000.0, points });
+            let wait = acq.ask();
+            let sent = limits.acquire_script(&acq, wait, again).invoke_async::<Vec<i64>>(&mut limits.pool.get()).await;
+            // The connection manager reconnects; an attempt that failed is sent once more, marked.
+            let reply = match sent {
+                Err(e) if !again && (e.is_io_error() || e.is_connection_dropped()) => {
+                    again = true;
+                    continue;
+                }
+                other => other?,
+            };
+            match acq.next(&Attempt::parse(&reply)?) {
+                Next::Granted(grant) => return Ok(limits.granted(&acq, grant)),
+                Next::Over { leave } => {
+                    if leave {
+                        let gone: redis::RedisResult<i64> =
+                            limits.leave_cmd(&acq).query_async(&mut limits.pool.get()).await;
+                        if let Err(e) = gone {
+                            log::debug!("{}: a waiter could not unregister (it expires): {e}", self.spec);
+                        }
+                    }
+                    return Err(limits.over(&acq));
+                }
+                Next::Wake(pause) => limits.wait_wake(&self.spec, pause).await,
+                Next::Sleep(pause) => tokio::time::sleep(pause).await,
             }
-            registered |= !left.is_zero();
-            let retry = Duration::from_millis(a.retry_ms.max(1) as u64);
-            let left = deadline.saturating_duration_since(Instant::now());
-            // Waiting for room that comes back after the deadline is pointless.
-            if left.is_zero() || (spec.kind.refills() && retry > left) {
-                if registered {
-                    let key = limits.keys.limiter_waiting(spec.kind.as_str(), &spec.name);
-                    let gone: redis::RedisResult<i64> =
-                        redis::cmd("ZREM").arg(key).arg(&token).query_async(&mut limits.pool.get()).await;
-                    if let Err(e) = gone {
-                        log::debug!("{spec}: a waiter could not unregister (it expires): {e}");
+        }
+    }
+
+    /// [`Limiter::acquire`] for a thread that waits anyway (call it without
+    /// the GIL): its round trips and waits run on the calling thread, on a
+    /// connection of its own, with no hand-off between threads.
+    pub fn acquire_blocking(&self, points: i64) -> Result<Grant> {
+        let points = self.spec.check_points(points)?;
+        let Some(limits) = &self.limits else { return Ok(unlimited(points)) };
+        let mut acq = Acquire::new(&self.spec, points);
+        loop {
+            let wait = acq.ask();
+            let reply: Vec<i64> =
+                limits.pool.on_thread(|c, again| limits.acquire_script(&acq, wait, again).invoke(c))?;
+            match acq.next(&Attempt::parse(&reply)?) {
+                Next::Granted(grant) => return Ok(limits.granted(&acq, grant)),
+                Next::Over { leave } => {
+                    if leave && let Err(e) = limits.pool.on_thread(|c, _| limits.leave_cmd(&acq).query::<i64>(c)) {
+                        log::debug!("{}: a waiter could not unregister (it expires): {e}", self.spec);
+                    }
+                    return Err(limits.over(&acq));
+                }
+                Next::Wake(pause) => {
+                    let woke = limits
+                        .pool
+                        .on_thread(|c, _| limits.wake_cmd(&self.spec, pause).query::<Option<(String, String)>>(c));
+                    if let Err(e) = woke {
+                        log::debug!("waiting for {}: {e}", self.spec);
+                        std::thread::sleep(pause.min(Duration::from_millis(100)));
                     }
                 }
-                limits.count(spec, |u| {
-                    u.over += 1;
-                    u.waited += started.elapsed().as_secs_f64();
-                });
-                return Err(KiqError::OverLimit(format!(
-                    "{spec} is over its limit: no room within its wait_timeout of {}s",
-                    spec.wait.as_secs_f64()
-                )));
-            }
-            let pause = retry.min(left);
-            if spec.kind == Kind::Concurrent {
-                limits.wait_wake(spec, pause.min(MAX_BLOCK)).await;
-            } else {
-                // A little jitter so callers woken by one refill do not all ask at once.
-                let jitter = Duration::from_micros(rand::random::<u64>() % 3000);
-                tokio::time::sleep(pause + jitter).await;
+                Next::Sleep(pause) => std::thread::sleep(pause),
             }
         }
     }
@@ -224,19 +343,26 @@ impl Limiter {
     /// Gives room back: a concurrent slot is freed and a waiter woken; the
     /// other kinds refill with time, so this does nothing for them.
     pub async fn release(&self, grant: &Grant) -> Result<()> {
-        let Some(limits) = &self.limits else { return Ok(()) };
-        if self.spec.kind != Kind::Concurrent || grant.token.is_empty() {
-            return Ok(());
-        }
-        let (keys, name) = (&limits.keys, &self.spec.name);
-        let kind = self.spec.kind.as_str();
-        let held: i64 = scripts::LIMIT_RELEASE
-            .key(keys.limiter(kind, name))
-            .key(keys.limiter_waiting(kind, name))
-            .key(keys.limiter_wake(kind, name))
-            .arg(&grant.token)
-            .invoke_async(&mut limits.pool.get())
-            .await?;
+        let Some(limits) = self.concurrent(grant) else { return Ok(()) };
+        let held: i64 = limits.release_script(&self.spec, grant).invoke_async(&mut limits.pool.get()).await?;
+        self.released(held);
+        Ok(())
+    }
+
+    /// [`Limiter::release`] on the calling thread (see [`Limiter::acquire_blocking`]).
+    pub fn release_blocking(&self, grant: &Grant) -> Result<()> {
+        let Some(limits) = self.concurrent(grant) else { return Ok(()) };
+        let held: i64 = limits.pool.on_thread(|c, _| limits.release_script(&self.spec, grant).invoke(c))?;
+        self.released(held);
+        Ok(())
+    }
+
+    /// The limits to release a grant in (only a concurrent slot is given back).
+    fn concurrent(&self, grant: &Grant) -> Option<&Arc<Limits>> {
+        self.limits.as_ref().filter(|_| self.spec.kind == Kind::Concurrent && !grant.token.is_empty())
+    }
+
+    fn released(&self, held: i64) {
         if held == 0 {
             log::warn!(
                 "{}: a slot was held longer than its lock_timeout ({}s) and had been freed already",
@@ -244,8 +370,15 @@ impl Limiter {
                 self.spec.interval_ms as f64 / 1000.0
             );
         }
-        Ok(())
     }
+}
+
+fn new_token() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+fn unlimited(points: u64) -> Grant {
+    Grant { token: String::new(), acquired_at: 0.0, points }
 }
 
 /// Runs an acquire on the core runtime and hands its result to `done` on a

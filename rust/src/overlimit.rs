@@ -39,8 +39,9 @@ pub fn reschedule(mut job: Payload, max: u32, delay: Option<f64>, now: f64, roll
     let delay = delay.filter(|d| d.is_finite() && *d >= 0.0).unwrap_or_else(|| default_delay(before, roll));
     let overrated = before + 1;
     job.set_json(field::OVERRATED, overrated.to_string());
-    // It ran (and stopped itself) without killing its process.
+    // It ran (and stopped itself) without killing its process; a throttle's pause starts over.
     job.remove(field::SUSPECT);
+    job.remove(field::THROTTLED);
     Some(Rescheduled { at: now + delay, payload: job.encode(), overrated })
 }
 

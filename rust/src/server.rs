@@ -343,6 +343,67 @@ impl Server {
         admission
     }
 
+    /// Whether jobs of this class are throttled by a key function, checked by
+    /// [`Server::admit_keyed`] in the thread that takes them.
+    pub fn keyed_throttle(&self, class: &str) -> bool {
+        self.throttles.as_ref().is_some_and(|t| t.keyed(class))
+    }
+
+    /// The throttle check of a job whose key a function gave (`key`), on the
+    /// calling thread's own connection, before the job starts (call it without
+    /// the GIL). Returns the job to run; None when it was parked, failed (the
+    /// key function raised) or a stop came while Redis did not answer (it stays
+    /// in progress and goes back to its queue): its slot is then free.
+    pub fn admit_keyed(&self, d: Delivery, key: std::result::Result<String, Failure>) -> Option<Delivery> {
+        let Some(t) = self.throttles.as_ref().filter(|t| t.keyed(&d.class)) else { return Some(d) };
+        let lane = d.lane;
+        let key = match key.and_then(throttle::check_key) {
+            Ok(key) => key,
+            Err(failure) => {
+                log::error!(
+                    "the throttle key of job {} jid={} could not be computed: {}: {}",
+                    d.class,
+                    d.jid,
+                    failure.error_class,
+                    failure.error_message
+                );
+                let queue = &self.lanes[lane].name;
+                let s = crate::fetch::failure_settlement(
+                    &self.wip_keys[lane],
+                    queue,
+                    &self.config.policy,
+                    d.payload,
+                    &failure,
+                );
+                let _ = self.acks.send(Msg::Settle(s));
+                self.lanes[lane].finish();
+                return None;
+            }
+        };
+        let candidate = [throttle::Candidate::of(&d, key)];
+        let mut delay = Duration::from_millis(50);
+        let verdict = loop {
+            match t.check_blocking(&self.pool, &self.keys, &self.lanes[lane].name, &candidate) {
+                Ok(mut v) => break v.pop(),
+                Err(e) => {
+                    log::warn!("cannot check the throttle of job {} jid={} yet: {e}", d.class, d.jid);
+                    if self.control.state() == RunState::Stopping {
+                        self.lanes[lane].finish();
+                        return None;
+                    }
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        };
+        let Some(verdict) = verdict else { return Some(d) };
+        let run = crate::admit::apply(d, verdict, &self.wip_keys[lane], &self.acks);
+        if run.is_none() {
+            self.lanes[lane].finish();
+        }
+        run
+    }
+
     /// [`Server::admit`] without waiting: true when an ordinary job may start now.
     pub fn try_admit(&self, d: &mut Delivery) -> bool {
         d.admitted = !d.suspect && self.gate.try_enter();

@@ -12,7 +12,14 @@
 //! time, and the jobs behind it in the queue go on. The end of a job under a
 //! concurrency throttle moves the next job parked for its key back into its
 //! queue, where new jobs join (`throttle_release.lua`), so parked jobs rarely
-//! wait for their pause and never overtake the other jobs waiting there. A key function, when given, runs once per job (the only
+//! wait for their pause and never overtake the other jobs waiting there.
+//!
+//! Where the check runs: a class without a key function is checked by its
+//! queue's fetcher, a batch per round trip (`admit.rs`). A class with a key
+//! function (the only Python call a throttle makes, once per job) is checked
+//! by the worker thread that takes the job, which holds the GIL already, on a
+//! connection of its own, before the job starts: asking for the GIL from a
+//! core thread would wait for the interpreter's switch interval instead. A key function, when given, runs once per job (the only
 //! Python call a throttle makes), on a blocking thread.
 
 use std::collections::HashMap;
@@ -31,31 +38,27 @@ pub const MAX_KEY_LEN: usize = 1000;
 /// The longest pause before a parked job is fetched again (without a wake-up).
 const MAX_PAUSE_SECS: f64 = 60.0;
 
-/// Computes the throttle key of jobs (the binding calls the user's `key(*args)`).
-pub trait KeyFn: Send + Sync {
-    /// One key or failure per job, in order.
-    fn keys(&self, jobs: &[&Delivery]) -> Vec<std::result::Result<String, Failure>>;
-}
-
 /// One class's throttle.
-#[derive(Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spec {
     pub concurrency: Option<u32>,
     /// `(count, period ms)`.
     pub rate: Option<(u32, u64)>,
     pub lock_ms: u64,
-    pub key: Option<Arc<dyn KeyFn>>,
+    /// Keyed by a function of the job's arguments (else one key for the class).
+    pub keyed: bool,
 }
 
-impl std::fmt::Debug for Spec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Spec")
-            .field("concurrency", &self.concurrency)
-            .field("rate", &self.rate)
-            .field("lock_ms", &self.lock_ms)
-            .field("key", &self.key.is_some())
-            .finish()
+/// Checks a key a key function returned.
+pub fn check_key(key: String) -> std::result::Result<String, Failure> {
+    if key.chars().count() > MAX_KEY_LEN {
+        return Err(Failure {
+            error_class: "kiq.errors.ConfigError".into(),
+            error_message: format!("the throttle key function returned a key longer than {MAX_KEY_LEN} characters"),
+            ..Failure::default()
+        });
     }
+    Ok(key)
 }
 
 impl Spec {
@@ -65,7 +68,7 @@ impl Spec {
         rate_count: Option<i64>,
         rate_period: Option<f64>,
         lock_timeout: f64,
-        key: Option<Arc<dyn KeyFn>>,
+        keyed: bool,
     ) -> Result<Self> {
         let concurrency = match concurrency {
             None => None,
@@ -95,7 +98,7 @@ impl Spec {
                 "a throttle's lock_timeout must be at least 1 second, not {lock_timeout}"
             )));
         }
-        Ok(Self { concurrency, rate, lock_ms: (lock_timeout * 1000.0) as u64, key })
+        Ok(Self { concurrency, rate, lock_ms: (lock_timeout * 1000.0) as u64, keyed })
     }
 }
 
@@ -103,11 +106,48 @@ impl Spec {
 #[derive(Debug, Clone)]
 pub struct Held {
     pub token: String,
+    pub key: Arc<HeldKey>,
+}
+
+/// What the holds of one class, key and queue share.
+#[derive(Debug)]
+pub struct HeldKey {
     pub holds_key: String,
     pub parked_key: String,
     pub queue_key: String,
     pub queue: String,
     pub concurrency: u32,
+    pub lock_ms: u64,
+}
+
+/// A new hold token.
+pub fn new_token() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// A throttled job to check: its class and key, the token its hold would
+/// have, and how many times it was parked before.
+pub struct Candidate<'a> {
+    pub class: &'a str,
+    pub key: String,
+    pub token: String,
+    pub parked_before: u32,
+}
+
+impl<'a> Candidate<'a> {
+    pub fn of(d: &'a Delivery, key: String) -> Self {
+        let parked_before =
+            d.payload.get(crate::job::field::THROTTLED).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
+        Self { class: &d.class, key, token: new_token(), parked_before }
+    }
+}
+
+/// One check's script call, and what its reply needs: each key group's
+/// shared hold data and each job's group.
+struct Invocation {
+    inv: redis::ScriptInvocation<'static>,
+    groups: Vec<Option<Arc<HeldKey>>>,
+    group_of: Vec<usize>,
 }
 
 /// What the check decided for one job.
@@ -130,8 +170,8 @@ pub struct ClassCounts {
 /// The throttles of one process.
 pub struct Throttles {
     specs: HashMap<String, Spec>,
-    /// Holds of running jobs: token -> (holds key, lock ms), refreshed while they run.
-    holds: Mutex<HashMap<String, (String, u64)>>,
+    /// Holds of running jobs by token, refreshed while they run.
+    holds: Mutex<HashMap<String, Arc<HeldKey>>>,
     counts: Mutex<HashMap<String, ClassCounts>>,
 }
 
@@ -146,11 +186,7 @@ impl Throttles {
 
     /// How often running jobs' holds are refreshed: a third of the shortest lock.
     pub fn refresh_every(&self) -> Option<Duration> {
-        self.specs
-            .values()
-            .filter(|s| s.concurrency.is_some())
-            .map(|s| Duration::from_millis(s.lock_ms / 3))
-            .min()
+        self.specs.values().filter(|s| s.concurrency.is_some()).map(|s| Duration::from_millis(s.lock_ms / 3)).min()
     }
 
     /// Admitted and parked jobs of each class, in this process.
@@ -161,132 +197,132 @@ impl Throttles {
         v
     }
 
-    /// The keys of the throttled jobs among `jobs` (None: not throttled),
-    /// running key functions once per job on a blocking thread.
-    pub async fn keys_of(
-        self: &Arc<Self>,
-        jobs: Vec<Delivery>,
-    ) -> (Vec<Delivery>, Vec<Option<std::result::Result<String, Failure>>>) {
-        let needs_python = jobs.iter().any(|d| self.spec(&d.class).is_some_and(|s| s.key.is_some()));
-        if !needs_python {
-            let keys = jobs.iter().map(|d| self.spec(&d.class).map(|_| Ok(String::new()))).collect();
-            return (jobs, keys);
-        }
-        let me = self.clone();
-        let joined = tokio::task::spawn_blocking(move || {
-            let keys = me.compute_keys(&jobs);
-            (jobs, keys)
-        })
-        .await;
-        joined.unwrap_or_else(|e| panic!("a throttle key function panicked: {e}"))
+    /// Whether jobs of `class` are checked at fetch (throttled, without a key function).
+    pub fn at_fetch(&self, class: &str) -> bool {
+        self.specs.get(class).is_some_and(|s| !s.keyed)
     }
 
-    fn compute_keys(&self, jobs: &[Delivery]) -> Vec<Option<std::result::Result<String, Failure>>> {
-        let mut out: Vec<Option<std::result::Result<String, Failure>>> =
-            jobs.iter().map(|d| self.spec(&d.class).map(|_| Ok(String::new()))).collect();
-        // One call per class, so the binding takes the GIL once per class and batch.
-        let mut by_class: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (i, d) in jobs.iter().enumerate() {
-            if self.spec(&d.class).is_some_and(|s| s.key.is_some()) {
-                by_class.entry(&d.class).or_default().push(i);
-            }
-        }
-        for (class, idx) in by_class {
-            let Some(f) = self.spec(class).and_then(|s| s.key.as_ref()) else { continue };
-            let batch: Vec<&Delivery> = idx.iter().map(|&i| &jobs[i]).collect();
-            for (i, key) in idx.iter().zip(f.keys(&batch)) {
-                out[*i] = Some(key.and_then(|k| {
-                    if k.chars().count() > MAX_KEY_LEN {
-                        Err(Failure {
-                            error_class: "kiq.errors.ConfigError".into(),
-                            error_message: format!(
-                                "the throttle key function returned a key longer than {MAX_KEY_LEN} characters"
-                            ),
-                            ..Failure::default()
-                        })
-                    } else {
-                        Ok(k)
-                    }
-                }));
-            }
-        }
-        out
+    /// Whether some class is checked at fetch.
+    pub fn any_at_fetch(&self) -> bool {
+        self.specs.values().any(|s| !s.keyed)
     }
 
-    /// Checks throttled jobs (with their keys) in one round trip.
-    pub async fn check(
-        &self,
-        pool: &Pool,
-        keys: &Keys,
-        queue: &str,
-        jobs: &[&Delivery],
-        job_keys: &[String],
-    ) -> redis::RedisResult<Vec<Verdict>> {
-        let mut groups: Vec<(&str, &str)> = Vec::new();
+    /// Whether jobs of `class` are checked at dispatch (their key comes from a function).
+    pub fn keyed(&self, class: &str) -> bool {
+        self.specs.get(class).is_some_and(|s| s.keyed)
+    }
+
+    fn invocation(&self, keys: &Keys, queue: &str, jobs: &[Candidate<'_>], again: bool) -> Invocation {
+        let mut named: Vec<(&str, &str)> = Vec::new();
+        let mut groups = Vec::new();
+        let mut group_of = Vec::with_capacity(jobs.len());
         let mut inv = scripts::THROTTLE_ADMIT.prepare_invoke();
-        inv.arg(jobs.len());
-        let tokens: Vec<String> = jobs.iter().map(|_| uuid::Uuid::new_v4().simple().to_string()).collect();
-        for ((d, key), token) in jobs.iter().zip(job_keys).zip(&tokens) {
-            let spec = &self.specs[&d.class];
-            let g = if let Some(g) = groups.iter().position(|(c, k)| *c == d.class && *k == key) {
+        let mut per_group = Vec::new();
+        for c in jobs {
+            let key = c.key.as_str();
+            let g = if let Some(g) = named.iter().position(|(class, k)| *class == c.class && *k == key) {
                 g
             } else {
-                groups.push((&d.class, key));
-                inv.key(keys.throttle(&d.class, key)).key(keys.throttle_rate(&d.class, key));
-                groups.len() - 1
-            };
-            let (count, period) = spec.rate.unwrap_or((0, 0));
-            inv.arg(token).arg(g + 1).arg(spec.concurrency.unwrap_or(0)).arg(spec.lock_ms).arg(count).arg(period);
-        }
-        let reply: Vec<i64> = inv.invoke_async(&mut pool.get()).await?;
-        let now_ms = reply.first().copied().unwrap_or(0);
-        let now = now_ms as f64 / 1000.0;
-        let mut out = Vec::with_capacity(jobs.len());
-        // Refused jobs of one key are spread over the times their turns may come.
-        let mut queued: HashMap<(&str, &str), u32> = HashMap::new();
-        for (i, ((d, key), token)) in jobs.iter().zip(job_keys).zip(tokens).enumerate() {
-            let spec = &self.specs[&d.class];
-            let r = &reply[1 + 3 * i..4 + 3 * i];
-            let (admitted, retry_ms, by_conc) = (r[0] == 1, r[1], r[2] == 1);
-            let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-            let c = counts.entry(d.class.clone()).or_default();
-            if admitted {
-                c.admitted += 1;
-                drop(counts);
-                let held = spec.concurrency.map(|n| {
-                    let holds_key = keys.throttle(&d.class, key);
-                    self.holds
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(token.clone(), (holds_key.clone(), spec.lock_ms));
-                    Held {
-                        token,
-                        holds_key,
-                        parked_key: keys.parked(queue, &d.class, key),
+                let spec = &self.specs[c.class];
+                groups.push(spec.concurrency.map(|n| {
+                    Arc::new(HeldKey {
+                        holds_key: keys.throttle(c.class, key),
+                        parked_key: keys.parked(queue, c.class, key),
                         queue_key: keys.queue(queue),
                         queue: queue.to_owned(),
                         concurrency: n,
-                    }
+                        lock_ms: spec.lock_ms,
+                    })
+                }));
+                named.push((c.class, key));
+                inv.key(keys.throttle(c.class, key)).key(keys.throttle_rate(c.class, key));
+                let (count, period) = spec.rate.unwrap_or((0, 0));
+                per_group.push((spec.concurrency.unwrap_or(0), spec.lock_ms, count, period));
+                named.len() - 1
+            };
+            group_of.push(g);
+        }
+        inv.arg(jobs.len()).arg(u8::from(again)).arg(per_group.len());
+        for (conc, lock, count, period) in per_group {
+            inv.arg(conc).arg(lock).arg(count).arg(period);
+        }
+        for (c, g) in jobs.iter().zip(&group_of) {
+            inv.arg(&c.token).arg(g + 1);
+        }
+        Invocation { inv, groups, group_of }
+    }
+
+    fn verdicts(&self, jobs: &[Candidate<'_>], call: Invocation, reply: &[i64]) -> Vec<Verdict> {
+        let now = reply.first().copied().unwrap_or(0) as f64 / 1000.0;
+        let mut out = Vec::with_capacity(jobs.len());
+        // Refused jobs of one key are spread over the times their turns may come.
+        let mut queued: HashMap<usize, u32> = HashMap::new();
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut holds = self.holds.lock().unwrap_or_else(PoisonError::into_inner);
+        for (i, (c, g)) in jobs.iter().zip(call.group_of).enumerate() {
+            let r = reply.get(1 + 3 * i..4 + 3 * i).unwrap_or(&[0, 1, 0]);
+            let (admitted, retry_ms, by_conc) = (r[0] == 1, r[1], r[2] == 1);
+            if !counts.contains_key(c.class) {
+                counts.insert(c.class.to_owned(), ClassCounts::default());
+            }
+            let n = counts.get_mut(c.class).expect("inserted above");
+            if admitted {
+                n.admitted += 1;
+                let held = call.groups[g].as_ref().map(|key| {
+                    holds.insert(c.token.clone(), key.clone());
+                    Held { token: c.token.clone(), key: key.clone() }
                 });
                 out.push(Verdict::Run { held, at: now });
                 continue;
             }
-            c.parked += 1;
-            drop(counts);
-            let before = d.payload.get(crate::job::field::THROTTLED).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
-            let k = queued.entry((&d.class, key)).or_insert(0);
-            let spread = match spec.rate {
+            n.parked += 1;
+            let k = queued.entry(g).or_insert(0);
+            let spread = match self.specs[c.class].rate {
                 Some((count, period)) if !by_conc => f64::from(*k) * period as f64 / f64::from(count) / 1000.0,
                 _ => 0.0,
             };
             *k += 1;
             let base = if by_conc { 0.0 } else { retry_ms as f64 / 1000.0 + spread };
             out.push(Verdict::Park {
-                at: now + pause(base, before, rand::random()),
-                parked_key: by_conc.then(|| keys.parked(queue, &d.class, key)),
+                at: now + pause(base, c.parked_before, rand::random()),
+                parked_key: call.groups[g].as_ref().filter(|_| by_conc).map(|k| k.parked_key.clone()),
             });
         }
-        Ok(out)
+        out
+    }
+
+    /// Checks throttled jobs in one round trip; `again` when the same check
+    /// (the same tokens) is sent anew after a failure.
+    pub async fn check(
+        &self,
+        pool: &Pool,
+        keys: &Keys,
+        queue: &str,
+        jobs: &[Candidate<'_>],
+        again: bool,
+    ) -> redis::RedisResult<Vec<Verdict>> {
+        let call = self.invocation(keys, queue, jobs, again);
+        let reply: Vec<i64> = call.inv.invoke_async(&mut pool.get()).await?;
+        Ok(self.verdicts(jobs, call, &reply))
+    }
+
+    /// [`Throttles::check`] on the calling thread's own connection (a worker
+    /// thread at dispatch, without the GIL).
+    pub fn check_blocking(
+        &self,
+        pool: &Pool,
+        keys: &Keys,
+        queue: &str,
+        jobs: &[Candidate<'_>],
+    ) -> redis::RedisResult<Vec<Verdict>> {
+        let mut sent = None;
+        let reply: Vec<i64> = pool.on_thread(|conn, again| {
+            let call = self.invocation(keys, queue, jobs, again);
+            let reply = call.inv.invoke(conn);
+            sent = Some(call);
+            reply
+        })?;
+        Ok(self.verdicts(jobs, sent.expect("the call was made"), &reply))
     }
 
     /// A running job's hold is no longer refreshed (it is being given back).
@@ -296,17 +332,17 @@ impl Throttles {
 
     /// Extends the holds of this process's running jobs.
     pub async fn refresh(&self, pool: &Pool) -> redis::RedisResult<()> {
-        let holds: Vec<(String, String, u64)> = self
+        let holds: Vec<(String, Arc<HeldKey>)> = self
             .holds
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .map(|(t, (k, l))| (t.clone(), k.clone(), *l))
+            .map(|(t, k)| (t.clone(), k.clone()))
             .collect();
         for chunk in holds.chunks(500) {
             let mut inv = scripts::THROTTLE_REFRESH.prepare_invoke();
-            for (token, key, lock) in chunk {
-                inv.key(key).arg(token).arg(*lock);
+            for (token, key) in chunk {
+                inv.key(&key.holds_key).arg(token).arg(key.lock_ms);
             }
             let _: i64 = inv.invoke_async(&mut pool.get()).await?;
         }
@@ -325,13 +361,26 @@ pub fn pause(base: f64, parked_before: u32, roll: f64) -> f64 {
 /// Gives holds back (jobs ended) and moves parked jobs of their keys back to
 /// their queues; returns how many parked jobs moved.
 pub async fn release(pool: &Pool, keys: &Keys, held: &[Held]) -> redis::RedisResult<i64> {
+    // Holds of one key and queue go together: their keys are sent once.
+    let mut groups: Vec<(&Arc<HeldKey>, Vec<&str>)> = Vec::new();
+    for h in held {
+        let same =
+            |k: &Arc<HeldKey>| Arc::ptr_eq(k, &h.key) || (k.holds_key == h.key.holds_key && k.queue == h.key.queue);
+        match groups.iter_mut().find(|(k, _)| same(k)) {
+            Some((_, tokens)) => tokens.push(&h.token),
+            None => groups.push((&h.key, vec![&h.token])),
+        }
+    }
     let mut moved = 0;
-    for chunk in held.chunks(300) {
+    for chunk in groups.chunks(100) {
         let mut inv = scripts::THROTTLE_RELEASE.prepare_invoke();
         inv.key(keys.schedule()).key(keys.queues());
-        for h in chunk {
-            inv.key(&h.holds_key).key(&h.parked_key).key(&h.queue_key);
-            inv.arg(&h.token).arg(h.concurrency).arg(&h.queue);
+        for (k, tokens) in chunk {
+            inv.key(&k.holds_key).key(&k.parked_key).key(&k.queue_key);
+            inv.arg(k.concurrency).arg(&k.queue).arg(tokens.len());
+            for t in tokens {
+                inv.arg(*t);
+            }
         }
         let (m, skipped): (i64, i64) = inv.invoke_async(&mut pool.get()).await?;
         if skipped > 0 {
@@ -348,16 +397,17 @@ mod tests {
 
     #[test]
     fn specs_are_checked() {
-        let s = Spec::new(Some(1), None, None, 60.0, None).unwrap();
+        let s = Spec::new(Some(1), None, None, 60.0, false).unwrap();
         assert_eq!((s.concurrency, s.rate, s.lock_ms), (Some(1), None, 60_000));
-        let s = Spec::new(None, Some(5), Some(0.5), 60.0, None).unwrap();
+        let s = Spec::new(None, Some(5), Some(0.5), 60.0, true).unwrap();
         assert_eq!(s.rate, Some((5, 500)));
         let err = |r: Result<Spec>| r.unwrap_err().to_string();
-        assert!(err(Spec::new(Some(0), None, None, 60.0, None)).contains("at least 1, not 0"));
-        assert!(err(Spec::new(None, None, None, 60.0, None)).contains("needs concurrency=N"));
-        assert!(err(Spec::new(None, Some(5), None, 60.0, None)).contains("give both"));
-        assert!(err(Spec::new(None, Some(5), Some(-1.0), 60.0, None)).contains("positive number of seconds"));
-        assert!(err(Spec::new(Some(2), None, None, 0.5, None)).contains("at least 1 second"));
+        assert!(err(Spec::new(Some(0), None, None, 60.0, false)).contains("at least 1, not 0"));
+        assert!(err(Spec::new(None, None, None, 60.0, false)).contains("needs concurrency=N"));
+        assert!(err(Spec::new(None, Some(5), None, 60.0, false)).contains("give both"));
+        assert!(err(Spec::new(None, Some(5), Some(-1.0), 60.0, false)).contains("positive number of seconds"));
+        assert!(err(Spec::new(Some(2), None, None, 0.5, false)).contains("at least 1 second"));
+        assert!(check_key("x".repeat(1001)).is_err() && check_key("user-1".into()).is_ok());
     }
 
     #[test]

@@ -285,7 +285,7 @@ fn a_throttled_job_over_its_limit_is_parked_and_comes_back_when_the_holder_ends(
     let pool = Pool::new(RedisConfig::new(redis.url())).unwrap();
     let mut cfg = config(&[("default", 3)]);
     cfg.scheduler = false;
-    cfg.throttles.insert("Echo".into(), Spec::new(Some(1), None, None, 60.0, None).unwrap());
+    cfg.throttles.insert("Echo".into(), Spec::new(Some(1), None, None, 60.0, false).unwrap());
     let server = Server::start(pool.clone(), Keys::default(), cfg).unwrap();
     push_jobs(&rt, &pool, "default", 3);
     let first = take(&server, 0);

@@ -114,7 +114,7 @@ impl Limiter {
     fn acquire(&self, py: Python<'_>, points: Option<&Bound<'_, PyAny>>) -> PyResult<Grant> {
         let points = points.map_or(Ok(1), |p| count(p, "points"))?;
         let inner = self.inner.clone();
-        gil::block_on(py, async move { inner.acquire(points).await }).map(Grant::from)
+        gil::run(py, move || inner.acquire_blocking(points)).map(Grant::from)
     }
 
     /// `acquire` for asyncio: returns at once; `done(grant, None)` or
@@ -128,7 +128,7 @@ impl Limiter {
     /// Gives the room back (a concurrent slot; a no-op for the other kinds).
     fn release(&self, py: Python<'_>, grant: &Grant) -> PyResult<()> {
         let (inner, grant) = (self.inner.clone(), grant.core());
-        gil::block_on(py, async move { inner.release(&grant).await })
+        gil::run(py, move || inner.release_blocking(&grant))
     }
 
     /// `release` for asyncio: `done(True, None)` or `done(None, error)` later.
@@ -213,9 +213,6 @@ pub fn limiter_states(py: Python<'_>, client: &Client, max: usize) -> PyResult<V
     Ok(states.into_iter().map(LimiterState::from).collect())
 }
 
-/// The user's `key(*args)`, called once per throttled job.
-struct PyKey(Py<PyAny>);
-
 /// A Python exception as a job failure (`error_class` as the Web UI shows it).
 fn failure(py: Python<'_>, e: &PyErr, what: &str) -> Failure {
     let t = e.get_type(py);
@@ -226,45 +223,39 @@ fn failure(py: Python<'_>, e: &PyErr, what: &str) -> Failure {
     Failure { error_class, error_message: format!("{what}: {message}"), ..Failure::default() }
 }
 
-impl PyKey {
-    fn key(&self, py: Python<'_>, d: &Delivery) -> Result<String, Failure> {
-        let call = || -> PyResult<Bound<'_, PyAny>> {
-            let args = PyTuple::new(py, super::marshal::delivery_args(py, d)?)?;
-            let kwargs = match &d.kwargs {
-                Some(k) => Some(super::convert::value_to_py(py, k)?.cast_into::<PyDict>()?),
-                None => None,
-            };
-            self.0.bind(py).call(args, kwargs.as_ref())
+/// The throttle key of a job: the user's `key(*args)` (a str, or an int made one).
+pub(crate) fn throttle_key(py: Python<'_>, key_fn: &Bound<'_, PyAny>, d: &Delivery) -> Result<String, Failure> {
+    let call = || -> PyResult<Bound<'_, PyAny>> {
+        let args = PyTuple::new(py, super::marshal::delivery_args(py, d)?)?;
+        let kwargs = match &d.kwargs {
+            Some(k) => Some(super::convert::value_to_py(py, k)?.cast_into::<PyDict>()?),
+            None => None,
         };
-        let key = call().map_err(|e| failure(py, &e, "the throttle key function raised"))?;
-        if key.is_instance_of::<PyString>() {
-            return key.extract().map_err(|e| failure(py, &e, "the throttle key function returned a bad str"));
-        }
-        if key.is_instance_of::<PyInt>() && !key.is_instance_of::<PyBool>() {
-            return Ok(key.to_string());
-        }
-        Err(Failure {
-            error_class: "kiq.errors.ConfigError".into(),
-            error_message: format!(
-                "the throttle key function must return a str (or an int), not {}",
-                key.get_type().name().map(|n| n.to_string()).unwrap_or_default()
-            ),
-            ..Failure::default()
-        })
+        key_fn.call(args, kwargs.as_ref())
+    };
+    let key = call().map_err(|e| failure(py, &e, "the throttle key function raised"))?;
+    if key.is_instance_of::<PyString>() {
+        return key.extract().map_err(|e| failure(py, &e, "the throttle key function returned a bad str"));
     }
+    if key.is_instance_of::<PyInt>() && !key.is_instance_of::<PyBool>() {
+        return Ok(key.to_string());
+    }
+    Err(Failure {
+        error_class: "kiq.errors.ConfigError".into(),
+        error_message: format!(
+            "the throttle key function must return a str (or an int), not {}",
+            key.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+        ),
+        ..Failure::default()
+    })
 }
 
-impl throttle::KeyFn for PyKey {
-    fn keys(&self, jobs: &[&Delivery]) -> Vec<Result<String, Failure>> {
-        Python::attach(|py| jobs.iter().map(|d| self.key(py, d)).collect())
-    }
-}
-
-/// A worker's throttle, checked by the core when its jobs are fetched.
+/// A worker's throttle, checked by the core when its jobs are fetched (or,
+/// with a key function, by the thread that takes one).
 #[pyclass(module = "kiq._kiq", frozen)]
 pub struct Throttle {
     pub(crate) spec: throttle::Spec,
-    key: Option<Py<PyAny>>,
+    pub(crate) key: Option<Py<PyAny>>,
 }
 
 #[pymethods]
@@ -288,8 +279,7 @@ impl Throttle {
         let rate_count = rate_count.map(|c| count(c, "a throttle rate's count")).transpose()?;
         let rate_period = rate_period.map(|p| seconds(p, "a throttle rate's period")).transpose()?;
         let lock = lock_timeout.map(|l| seconds(l, "lock_timeout")).transpose()?.unwrap_or(60.0);
-        let key_fn = key.as_ref().map(|k| Arc::new(PyKey(k.clone_ref(py))) as Arc<dyn throttle::KeyFn>);
-        let spec = py_result(throttle::Spec::new(concurrency, rate_count, rate_period, lock, key_fn))?;
+        let spec = py_result(throttle::Spec::new(concurrency, rate_count, rate_period, lock, key.is_some()))?;
         Ok(Self { spec, key })
     }
 

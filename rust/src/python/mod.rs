@@ -33,8 +33,8 @@ mod _kiq {
     use super::crypto::{Keyring, read_envelope};
     #[pymodule_export]
     use super::errors::{
-        BufferFullError, CodecError, ConfigError, ConnectionError, CrontabError, DecryptionError, KiqError,
-        OverLimit, ShutdownError, TimeoutError, UndeliverableError,
+        BufferFullError, CodecError, ConfigError, ConnectionError, CrontabError, DecryptionError, KiqError, OverLimit,
+        ShutdownError, TimeoutError, UndeliverableError,
     };
     #[pymodule_export]
     use super::limiter::{Grant, Limiter, LimiterState, Throttle, limiter_states};

@@ -203,6 +203,8 @@ pub struct Server {
     /// back after them (what a woken thread pays before it can run Python).
     gil_waits: AtomicU64,
     gil_wait_ns: AtomicU64,
+    /// Throttle key functions by class, called by the thread that takes a job.
+    throttle_keys: std::collections::HashMap<String, Py<PyAny>>,
 }
 
 #[pymethods]
@@ -240,9 +242,13 @@ impl Server {
         throttles: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
         let mut throttle_specs = std::collections::HashMap::new();
+        let mut throttle_keys = std::collections::HashMap::new();
         for (class, t) in throttles.map(|d| d.iter().collect::<Vec<_>>()).unwrap_or_default() {
-            let t = t.cast_into::<Throttle>()?;
-            throttle_specs.insert(class.extract::<String>()?, t.get().spec.clone());
+            let (class, t) = (class.extract::<String>()?, t.cast_into::<Throttle>()?);
+            if let Some(key) = &t.get().key {
+                throttle_keys.insert(class.clone(), key.clone_ref(py));
+            }
+            throttle_specs.insert(class, t.get().spec.clone());
         }
         let entries = match periodics {
             Some(p) => periodic_entries(p, client.keyring.as_ref())?,
@@ -305,7 +311,7 @@ impl Server {
         let rt = runtime::get();
         let _guard = rt.enter();
         let inner = py_result(server::Server::start(client.pool.clone(), client.keys.clone(), config))?;
-        Ok(Self { inner, names, gil_waits: AtomicU64::new(0), gil_wait_ns: AtomicU64::new(0) })
+        Ok(Self { inner, names, gil_waits: AtomicU64::new(0), gil_wait_ns: AtomicU64::new(0), throttle_keys })
     }
 
     /// The next job of queue number `lane`, waiting (without the GIL) up to
@@ -313,19 +319,31 @@ impl Server {
     #[pyo3(signature = (lane, timeout = None))]
     fn next_job(&self, py: Python<'_>, lane: usize, timeout: Option<f64>) -> PyResult<Option<Delivery>> {
         let l = py_result(self.inner.lane(lane))?.clone();
-        // A ready job is taken without releasing the GIL: no thread switch.
-        let mut d = if let Some(d) = l.try_take() {
-            d
-        } else {
-            let (taken, woke) = py.detach(|| (l.take(timeout.map(Duration::from_secs_f64)), Instant::now()));
-            match taken {
-                Take::Job(d) => {
-                    self.gil_waits.fetch_add(1, Ordering::Relaxed);
-                    self.gil_wait_ns.fetch_add(woke.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                    d
+        let mut d = loop {
+            // A ready job is taken without releasing the GIL: no thread switch.
+            let d = if let Some(d) = l.try_take() {
+                d
+            } else {
+                let (taken, woke) = py.detach(|| (l.take(timeout.map(Duration::from_secs_f64)), Instant::now()));
+                match taken {
+                    Take::Job(d) => {
+                        self.gil_waits.fetch_add(1, Ordering::Relaxed);
+                        self.gil_wait_ns.fetch_add(woke.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                        d
+                    }
+                    Take::Closed | Take::TimedOut => return Ok(None),
                 }
-                Take::Closed | Take::TimedOut => return Ok(None),
+            };
+            // A keyed throttle: the key here, where the GIL is held already; the check without it.
+            let Some(key_fn) = self.throttle_keys.get(&d.class).filter(|_| self.inner.keyed_throttle(&d.class)) else {
+                break d;
+            };
+            let key = super::limiter::throttle_key(py, key_fn.bind(py), &d);
+            let inner = self.inner.clone();
+            if let Some(d) = py.detach(move || inner.admit_keyed(d, key)) {
+                break d;
             }
+            // Parked (or failed): this thread takes the next job.
         };
         if !self.inner.try_admit(&mut d) {
             let inner = self.inner.clone();

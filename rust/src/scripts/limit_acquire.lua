@@ -1,6 +1,8 @@
 -- limit_acquire.lua: one attempt to take room in a rate limiter (`limits.rs`),
 -- in one round trip. Time is Redis's own clock (TIME), so processes on every
--- host count against one clock. Key types are checked before any write.
+-- host count against one clock. Key types are checked before any write: each
+-- key is first read by a command that fails on a key of the wrong type
+-- (ZCARD, ZSCORE, HMGET), before anything is written.
 --
 -- KEYS[1]  kiq:limiter|<kind>|<name>          the state: ZSET for concurrent (token -> lock expiry ms)
 --                                             and window (member -> time ms); HASH for bucket
@@ -16,36 +18,41 @@
 -- ARGV[6]  ms the caller waits if refused (> 0: it is registered as a waiter until then)
 -- ARGV[7]  the registry member (kind|name|capacity|interval_ms)
 -- ARGV[8]  ms the registry keeps a limiter nobody used
+-- ARGV[9]  ms between two writes of a limiter's last use to the registry
+-- ARGV[10] 1 when this attempt is sent again after a failure (it may have been applied)
 --
 -- Returns {granted (1 or 0), now ms, ms until room may come back, in use now}.
 
+local kind, token = ARGV[1], ARGV[2]
+local again = ARGV[10] == '1'
+-- The reads that check KEYS[2] and KEYS[3] (KEYS[1] is read first below).
+local waiting, registered = redis.call('ZCARD', KEYS[2]), false
+local seen = redis.call('ZSCORE', KEYS[3], ARGV[7])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local kind, token = ARGV[1], ARGV[2]
 local cap, interval = tonumber(ARGV[3]), tonumber(ARGV[4])
 local points, wait = tonumber(ARGV[5]), tonumber(ARGV[6])
 
-local state_type = (kind == 'concurrent' or kind == 'window') and 'zset' or 'hash'
-for _, want in ipairs({{KEYS[1], state_type}, {KEYS[2], 'zset'}, {KEYS[3], 'zset'}}) do
-  local ty = redis.call('TYPE', want[1])['ok']
-  if ty ~= 'none' and ty ~= want[2] then
-    return redis.error_reply('WRONGTYPE ' .. want[1] .. ' holds a ' .. ty .. ', not a ' .. want[2])
-  end
+-- Waiters, if any (most acquires find none and skip this).
+if waiting > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  waiting = redis.call('ZCARD', KEYS[2])
+  registered = redis.call('ZSCORE', KEYS[2], token)
 end
-
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-local registered = redis.call('ZSCORE', KEYS[2], token)
 local granted, retry, used = false, 0, 0
 
 if kind == 'concurrent' then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
   used = redis.call('ZCARD', KEYS[1])
-  if redis.call('ZSCORE', KEYS[1], token) then
+  if used > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+    used = redis.call('ZCARD', KEYS[1])
+  end
+  if again and redis.call('ZSCORE', KEYS[1], token) then
     granted = true -- an attempt sent again after its reply was lost
   else
     local free = cap - used
     -- Free slots go first to the callers already waiting for one.
-    if free > 0 and (registered or free > redis.call('ZCARD', KEYS[2])) then
+    if free > 0 and (registered or free > waiting) then
       redis.call('ZADD', KEYS[1], now + interval, token)
       redis.call('PEXPIRE', KEYS[1], interval)
       granted, used = true, used + 1
@@ -73,9 +80,11 @@ elseif kind == 'bucket' then
   end
 elseif kind == 'window' then
   -- Members older than the window leave it: at most cap in any interval.
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - interval)
+  if redis.call('ZCARD', KEYS[1]) > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - interval)
+  end
   used = redis.call('ZCARD', KEYS[1])
-  if redis.call('ZSCORE', KEYS[1], token .. ':1') then
+  if again and redis.call('ZSCORE', KEYS[1], token .. ':1') then
     granted = true
   elseif used + points <= cap then
     for i = 1, points do
@@ -113,6 +122,9 @@ elseif wait > 0 then
   local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
   redis.call('PEXPIRE', KEYS[2], math.max(1, tonumber(last[2]) - now))
 end
-redis.call('ZADD', KEYS[3], now, ARGV[7])
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[8]))
+-- The registry learns of the use at most every ARGV[9] ms (it is for display).
+if not seen or now - tonumber(seen) >= tonumber(ARGV[9]) then
+  redis.call('ZADD', KEYS[3], now, ARGV[7])
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[8]))
+end
 return {granted and 1 or 0, now, math.max(1, retry), used}
