@@ -180,10 +180,6 @@ impl Throttles {
         Self { specs, holds: Mutex::default(), counts: Mutex::default() }
     }
 
-    pub fn spec(&self, class: &str) -> Option<&Spec> {
-        self.specs.get(class)
-    }
-
     /// How often running jobs' holds are refreshed: a third of the shortest lock.
     pub fn refresh_every(&self) -> Option<Duration> {
         self.specs.values().filter(|s| s.concurrency.is_some()).map(|s| Duration::from_millis(s.lock_ms / 3)).min()
