@@ -9,12 +9,14 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+import urllib.request
 from typing import Any
 
 import redis
 
-from kiq import Job, Kiq, acl, worker
+from kiq import Job, Kiq, Throttle, acl, errors, worker
 from kiq.api import Api
 from support import RedisServer, wait_for
 
@@ -56,6 +58,16 @@ def workload(url: str, r: redis.Redis) -> None:
     def slow(n: int) -> None:
         ran.append(("slow", n))
 
+    @worker(name="Throttled", throttle=Throttle(concurrency=1, key=lambda n: f"k{n % 2}"), rate=(50, 1))
+    def throttled(n: int) -> None:
+        time.sleep(0.01)
+        ran.append(("throttled", n))
+
+    @worker(name="Overrated")
+    def overrated(n: int) -> None:
+        ran.append(("overrated", n))
+        raise errors.OverLimit("rescheduled, not failed")
+
     # Producer: buffered, synchronous, bulk, scheduled, unique, expiring.
     producer = Kiq(url)
     producer.enqueue(ok.new(1))
@@ -65,6 +77,8 @@ def workload(url: str, r: redis.Redis) -> None:
     producer.enqueue(Job("Ok", [6], unique_for=60))
     producer.enqueue(Job("Ok", [7], expires_in=60))
     producer.enqueue(fails.new(8))
+    producer.enqueue_bulk(throttled, [[i] for i in range(6)])
+    producer.enqueue(overrated.new(1))
     producer.flush(5)
     # Batches: a nested batch with callbacks, a block that staged a chunk and raised, a reopen.
     batch = producer.batch(description="acl")
@@ -85,6 +99,31 @@ def workload(url: str, r: redis.Redis) -> None:
         producer.enqueue(ok.new(14))
     assert batch.valid
 
+    # Rate limiters, as a web request uses them: a waiter woken by a release, each kind, OverLimit.
+    lim = producer.limiter.concurrent("acl-c", 1, wait_timeout=5)
+    got: list[float] = []
+
+    def wait_for_slot() -> None:
+        with lim.within_limit() as hold:
+            got.append(hold.acquired_at or 0.0)
+
+    with lim.within_limit():
+        waiter = threading.Thread(target=wait_for_slot)
+        waiter.start()
+        time.sleep(0.2)
+    waiter.join(5)
+    assert got, "the waiter got the slot"
+    for lim in (producer.limiter.bucket("acl-b", 5, "second"), producer.limiter.window("acl-w", 5, 1),
+                producer.limiter.leaky("acl-l", 5, 1), producer.limiter.points("acl-p", 5, 1)):
+        with lim.within_limit():
+            pass
+    try:
+        with producer.limiter.window("acl-w", 1, 60, wait_timeout=0).within_limit(), \
+                producer.limiter.window("acl-w", 1, 60, wait_timeout=0).within_limit():
+            pass
+    except errors.OverLimit:
+        pass
+
     # A process killed with jobs in flight, recovered by the worker below.
     victim = subprocess.Popen([sys.executable, "-c", VICTIM, url], stdout=subprocess.PIPE, text=True)
     assert victim.stdout is not None
@@ -96,7 +135,8 @@ def workload(url: str, r: redis.Redis) -> None:
     victim.stdout.close()
 
     # Worker process: leader, scheduler, periodic job, recovery, retries, dead set, cancel.
-    app = Kiq(url, queues={"default": 5, "slow": 1}, workers=[ok, fails, slow, cb], heartbeat_interval=0.3,
+    app = Kiq(url, queues={"default": 5, "slow": 1}, workers=[ok, fails, slow, cb, throttled, overrated],
+              heartbeat_interval=0.3,
               poll_interval_average=0.1, leader_ttl=1, orphan_check_interval=0.3, max_retries=1,
               periodics=[("* * * * *", ok, {"args": [99]})], periodic_clock=(time.time() - 61, time.time(), 1.0),
               health_address="127.0.0.1:0", max_memory_bytes=1 << 40)
@@ -107,11 +147,16 @@ def workload(url: str, r: redis.Redis) -> None:
         wait_for(lambda: {("cb", 20), ("cb", 21), ("cb", 22)} <= set(ran), timeout=20, what="the batch callbacks")
         wait_for(lambda: {("slow", i) for i in range(3)} <= set(ran), timeout=20, what="the recovered jobs")
         wait_for(lambda: 99 in ran, timeout=20, what="the periodic job")
+        wait_for(lambda: {("throttled", i) for i in range(6)} <= set(ran), timeout=20, what="the throttled jobs")
+        wait_for(lambda: ("overrated", 1) in ran and r.zcard("schedule") >= 1, timeout=20, what="a reschedule")
+        metrics = urllib.request.urlopen(f"http://{app.health_address}/metrics", timeout=5).read().decode()
+        assert 'kiq_limiter_capacity{kind="concurrent",name="acl-c"} 1' in metrics
         # Admin: what the CLI, kiq.api and the dashboards read and do.
         api = Api(url)
         api.stats()
         [q.size() and q.latency() for q in api.queues()]
         api.work()
+        assert {s.name for s in api.limiters()} >= {"acl-c", "acl-b", "acl-w", "acl-l", "acl-p"}
         [p.quiet_down() for p in api.processes() if False]  # noqa: SIM115 - the signal below is enough
         for p in api.processes():
             p.dump_threads()

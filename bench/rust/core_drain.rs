@@ -64,6 +64,8 @@ fn main() {
         stuck_after: None,
         keyring: None,
         quiet: false,
+        throttles: std::collections::HashMap::new(),
+        limits: None,
     };
     let server = Server::start(pool, Keys::default(), config).unwrap();
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));

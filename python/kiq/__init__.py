@@ -23,7 +23,9 @@ from kiq.batch import Batch, BatchStatus
 from kiq.crontab import Crontab
 from kiq.job import Enqueued, Job
 from kiq.logs import JobContext, current_job
+from kiq.limiter import Limiter
 from kiq.reporters import JobInfo, Reporter
+from kiq.throttle import Throttle
 from kiq.worker import FunctionWorker, Worker, WorkerOptions, worker
 
 # A library never configures logging for the application; records of the
@@ -40,8 +42,10 @@ __all__ = [
     "JobContext",
     "JobInfo",
     "Kiq",
+    "Limiter",
     "Reporter",
     "StopResult",
+    "Throttle",
     "Worker",
     "WorkerOptions",
     "__version__",

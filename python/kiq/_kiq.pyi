@@ -32,6 +32,14 @@ __all__ = [
     "Client",
     "CodecError",
     "ConfigError",
+    "DEFAULT_MAX_RESCHEDULES",
+    "Grant",
+    "Limiter",
+    "LimiterState",
+    "OverLimit",
+    "Throttle",
+    "decide_reschedule",
+    "limiter_states",
     "Crontab",
     "CrontabError",
     "ConnectionError",
@@ -77,6 +85,8 @@ ENCRYPTED_DATA: str
 #: kiq's batch-id payload field (``kiq_bid``), and Sidekiq Pro's (``bid``), which kiq never writes.
 BATCH_FIELD: str
 PRO_BATCH_FIELD: str
+#: Reschedules over a rate limit before the retry path (Sidekiq Enterprise's 20).
+DEFAULT_MAX_RESCHEDULES: int
 
 class KiqError(Exception):
     """Base class of every error kiq raises."""
@@ -107,6 +117,10 @@ class UndeliverableError(KiqError):
 
 class BatchError(KiqError):
     """A batch cannot do what was asked: it expired or never existed, or it already succeeded."""
+
+class OverLimit(KiqError):
+    """A rate limiter had no room within its wait_timeout. Raised inside a job, it reschedules the job (Sidekiq
+    Enterprise's rule) instead of failing it."""
 
 class DecryptionError(KiqError):
     """An encrypted job argument could not be decrypted: unknown key version, altered data, or a value outside the
@@ -315,6 +329,12 @@ class Delivery:
     @property
     def batch_invalidated(self) -> bool:
         """The job's batch was invalidated: skip it (``Server.skip``)."""
+    @property
+    def overrated(self) -> int:
+        """Times the job was rescheduled over a rate limit before (``overrated``, 0 if never)."""
+    @property
+    def admitted_at(self) -> float | None:
+        """When its worker's throttle admitted it (epoch seconds, Redis's clock); None if not throttled."""
 
 @final
 class BatchBuilder:
@@ -406,6 +426,7 @@ class Server:
         max_memory_bytes: int | None = None,
         stuck_after: float | None = None,
         quiet: bool = False,
+        throttles: Mapping[str, Throttle] | None = None,
     ) -> Server: ...
     def next_job(self, lane: int, timeout: float | None = None) -> Delivery | None:
         """The next job of queue number ``lane``; None once the server stops (or on timeout)."""
@@ -432,6 +453,9 @@ class Server:
         """Recovers another process known to be dead (a swarm's child that exited) at once;
         jobs in ``timed_out`` (jid -> hard_timeout) fail with JobTimeoutError. Returns
         ``(requeued, poisoned, timed_out)``."""
+    def reschedule(self, delivery: Delivery, *, max_reschedules: int = 20, delay: float | None = None) -> float | None:
+        """Over a rate limit: the job goes to the schedule set (``overrated`` + 1) and the time it runs next is
+        returned; None once it was rescheduled ``max_reschedules`` times (the delivery is then untouched)."""
     def set_quiet(self, quiet: bool) -> None: ...
     @property
     def state(self) -> str: ...
@@ -507,8 +531,102 @@ def decide_failure(
 def display_args(payload: str) -> list[Any]:
     """A job's args as shown: an encrypted job's last argument is ``"[encrypted data]"``."""
 
+def decide_reschedule(
+    payload: str, *, max_reschedules: int = 20, delay: float | None = None
+) -> tuple[float, str] | None:
+    """What a job over a rate limit becomes, without Redis: ``(at, payload)``, or None past ``max_reschedules``."""
+
 def new_jid() -> str:
     """A new 24-hex-digit job id."""
+
+@final
+class Grant:
+    """Room taken in a limiter (give it back with ``Limiter.release``)."""
+
+    @property
+    def token(self) -> str: ...
+    @property
+    def acquired_at(self) -> float:
+        """Epoch seconds by Redis's clock when the room was taken (0.0 for an unlimited limiter)."""
+    @property
+    def points(self) -> int: ...
+
+@final
+class Limiter:
+    """One rate limiter: a validated definition bound to a client's Redis (without a client it always has room)."""
+
+    def __new__(
+        cls,
+        client: Client | None,
+        kind: str,
+        name: str = "",
+        *,
+        size: int | None = None,
+        interval: str | float | Any | None = None,
+        wait_timeout: float | Any | None = None,
+        lock_timeout: float | Any | None = None,
+    ) -> Limiter: ...
+    def acquire(self, points: int | None = None) -> Grant:
+        """Takes room, waiting without the GIL up to ``wait_timeout``; raises ``OverLimit`` when there is none."""
+    def acquire_async(self, points: int, done: Callable[[Grant | None, BaseException | None], object]) -> None:
+        """``acquire`` for asyncio: ``done(grant, None)`` or ``done(None, error)`` is called from a core thread."""
+    def release(self, grant: Grant) -> None:
+        """Gives the room back (a concurrent slot; a no-op for the other kinds)."""
+    def release_async(self, grant: Grant, done: Callable[[bool | None, BaseException | None], object]) -> None: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def interval(self) -> float: ...
+    @property
+    def wait_timeout(self) -> float: ...
+
+@final
+class LimiterState:
+    """A limiter's state now, cluster-wide."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def interval(self) -> float: ...
+    @property
+    def in_use(self) -> float: ...
+    @property
+    def waiting(self) -> int: ...
+    @property
+    def last_used(self) -> float: ...
+
+def limiter_states(client: Client, max: int = 1000) -> list[LimiterState]:
+    """The limiters used lately (newest first, at most ``max``) and their state."""
+
+@final
+class Throttle:
+    """A worker's throttle, checked by the core when its jobs are fetched."""
+
+    def __new__(
+        cls,
+        *,
+        concurrency: int | None = None,
+        key: Callable[..., str | int] | None = None,
+        rate_count: int | None = None,
+        rate_period: float | Any | None = None,
+        lock_timeout: float | Any | None = None,
+    ) -> Throttle: ...
+    @property
+    def concurrency(self) -> int | None: ...
+    @property
+    def rate(self) -> tuple[int, float] | None: ...
+    @property
+    def key(self) -> Callable[..., str | int] | None: ...
+    @property
+    def lock_timeout(self) -> float: ...
 
 def unwrap_active_job(args: str) -> tuple[str, list[Any], dict[str, Any] | None]:
     """``(job_class, args, kwargs)`` of an ActiveJob wrapper job's ``args`` JSON."""

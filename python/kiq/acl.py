@@ -4,14 +4,16 @@ Three roles; each list includes the commands kiq's Lua scripts run (Redis
 checks those against the ACL too, so a script-only command missing here
 fails the script at run time):
 
-- ``producer``: enqueueing (the push buffer, ``sync``, unique jobs);
+- ``producer``: enqueueing (the push buffer, ``sync``, unique jobs) and rate
+  limiters (``app.limiter``, which a web request may use too);
 - ``worker``: a ``kiq run`` process, which may also become the leader and then
   runs periodic jobs and recovers dead processes' jobs (``LRANGE``,
   ``SCAN``...). It includes ``producer`` (jobs enqueue jobs);
 - ``admin``: :mod:`kiq.api`, the ``kiq`` CLI's listings and actions, and the
   web dashboard.
 
-Keys: kiq reads and writes Sidekiq's own keys (``queue:*``, ``schedule``,
+Limiter and throttle scripts read Redis's clock (``TIME``), and a concurrent
+limiter's waiters block in ``BLPOP``. Keys: kiq reads and writes Sidekiq's own keys (``queue:*``, ``schedule``,
 ``retry``, ``dead``, ``processes``, ``stat:*``, the process hashes named by
 identity, the metrics hashes named by class) and its own ``kiq:*`` keys, so
 the key pattern is ``~*``; with a namespace (``redis-namespace``), ``~ns:*``.
@@ -24,10 +26,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["ADMIN", "COMMANDS", "PRODUCER", "WORKER", "rules"]
+__all__ = ["ADMIN", "COMMANDS", "LIMITER", "PRODUCER", "WORKER", "rules"]
 
-PRODUCER: tuple[str, ...] = (
-    "evalsha", "script|load",
+#: Rate limiters (limit_acquire.lua, limit_release.lua, waiting and giving up).
+LIMITER: tuple[str, ...] = (
+    "evalsha", "script|load", "time", "type", "zremrangebyscore", "zscore", "zcard", "zadd", "zrem", "zrange",
+    "pexpire", "hmget", "hset", "lpush", "ltrim", "blpop",
+)
+
+PRODUCER: tuple[str, ...] = LIMITER + (
     # inside push.lua and unique_push.lua
     "type", "hget", "hset", "hdel", "pexpire", "lpush", "zadd", "sadd", "get", "set", "del",
     # batches: batch_stage.lua, batch_commit.lua (with batch_lib.lua), moving fired callbacks
@@ -43,6 +50,8 @@ WORKER: tuple[str, ...] = PRODUCER + (
     "incrby", "expire", "hincrby", "hsetnx", "hexists", "bitfield", "unlink", "scard", "smembers",
     # the leader: orphan recovery and pruning dead processes
     "scan", "exists", "lrange", "srem",
+    # throttles (throttle_*.lua) and the limiters' state in /metrics
+    "zpopmin", "zrevrange", "zcount",
 )
 
 ADMIN: tuple[str, ...] = (
@@ -53,6 +62,8 @@ ADMIN: tuple[str, ...] = (
     "get", "mget", "type", "llen", "lindex", "lrange", "lrem", "lpush", "rpush", "zcard", "zrange", "zrevrange",
     "zscan", "zscore", "zadd", "zrem", "zremrangebyscore", "zremrangebyrank", "smembers", "srem", "sadd", "scard",
     "hget", "hgetall", "hmget", "hset", "hsetnx", "expire", "pexpire", "exists", "unlink", "del", "scan",
+    # the limiters' state (kiq.api.Api.limiters)
+    "time", "zrevrange", "zcount",
 )
 
 #: Every command of every role.

@@ -12,6 +12,7 @@
     api.cancel(jid)                     # delete a waiting job, or cancel a running one
     api.batches()                       # kiq's batches, newest first (Pro's BatchSet)
     api.batch(bid)                      # one batch's status, or None
+    api.limiters()                      # rate limiters: in use, capacity, waiters
 
 Reads Sidekiq's keys, so it shows Ruby and Python jobs and processes alike.
 The worker runtime never imports this module (as Sidekiq's server never
@@ -456,6 +457,14 @@ class Api:
         expired or never existed."""
         found = _kiq.batch_status(self.client, bid)
         return None if found is None else BatchStatus(found)
+
+    def limiters(self, limit: int = 1000) -> list[_kiq.LimiterState]:
+        """The rate limiters used in the last 7 days (newest first, at most
+        ``limit``) and what they hold now, cluster-wide: ``kind``, ``name``,
+        ``capacity``, ``interval`` (seconds), ``in_use`` (holders, uses this
+        period or window, or the bucket's level), ``waiting`` (callers waiting
+        for room), ``last_used`` (epoch seconds)."""
+        return _kiq.limiter_states(self.client, limit)
 
     def work(self) -> list[Work]:
         """Jobs running right now in every process, oldest first."""

@@ -35,6 +35,7 @@ from kiq.instrument import Instrumenter
 from kiq.crontab import Crontab
 from kiq.job import Enqueued, Job
 from kiq.logs import current_job
+from kiq.limiter import Limiters
 from kiq.paths import default_state_dir, undeliverable_path, unsent_dir
 from kiq.pool import WorkerThreads
 from kiq.processor import HardLimits, Processor, Registered, register
@@ -377,6 +378,8 @@ class Kiq:
         self._throwaway_keyring: _kiq.Keyring | None = None  # sandbox mode without keys
         #: Instrumentation hooks: ``app.instrument.attach(handler)``; see :mod:`kiq.instrument`.
         self.instrument = Instrumenter()
+        #: Rate limiters on this app's Redis: ``app.limiter.concurrent(...)``; see :mod:`kiq.limiter`.
+        self.limiter = Limiters(self)
         self.tls_ca_file, self.tls_cert_file, self.tls_key_file = tls_ca_file, tls_cert_file, tls_key_file
         self._workers: dict[str, Registered] = {}
         self._client: _kiq.Client | None = None
@@ -900,10 +903,13 @@ class Kiq:
             max_memory_bytes=self.max_memory_bytes,
             stuck_after=self.stuck_after,
             quiet=self._start_quiet,
+            throttles={name: reg.options.throttled.spec for name, reg in self._workers.items()
+                       if reg.options.throttled is not None},
         )
         reporters = self._start_reporters()
         aio = AsyncRunner() if any(w.is_async for w in self._workers.values()) else None
-        processor = Processor(server, self._workers, reporters, aio, self._tracing, app=self, limits=self._swarm)
+        processor = Processor(server, self._workers, reporters, aio, self._tracing, app=self, limits=self._swarm,
+                              limiters=self.limiter)
         threads = WorkerThreads(processor, list(self.queues.items()))
         with self._lock:
             self._server, self._threads, self._reporters, self._aio = server, threads, reporters, aio

@@ -111,6 +111,9 @@ class {cls}(Reporter):
     def handle_aborted(self, job: JobInfo, reason: str) -> None:
         logger.warning("%s %s aborted: %s", job.class_name, job.jid, reason)
 
+    def handle_rescheduled(self, job: JobInfo, reason: str, at: float) -> None:
+        logger.info("%s %s rescheduled (%s) to %.0f", job.class_name, job.jid, reason, at)
+
     def handle_stopped(self, job: JobInfo) -> None:
         pass
 '''

@@ -7,6 +7,7 @@ metadata)`` for every event, or only for the events listed:
 - ``"job.success"``: ``{"timing": seconds}``, metadata ``class``, ``queue``
 - ``"job.failure"``: ``{"value": 1}``, metadata ``class``, ``queue``, ``error`` (the exception's class name)
 - ``"job.aborted"``: ``{"value": 1}``, metadata ``class``, ``queue``, ``reason``
+- ``"job.rescheduled"``: ``{"value": 1}``, metadata ``class``, ``queue``, ``reason`` (``"over_limit"``), ``at``
 
 Handlers run on a reporter thread, never on the job's; with nothing
 attached, no event is even built.
@@ -28,7 +29,7 @@ __all__ = ["EVENTS", "Handler", "Instrumenter"]
 
 logger = logging.getLogger("kiq")
 
-EVENTS = ("job.started", "job.success", "job.failure", "job.aborted")
+EVENTS = ("job.started", "job.success", "job.failure", "job.aborted", "job.rescheduled")
 Handler = Callable[[str, dict[str, Any], dict[str, Any]], None]
 
 
@@ -83,3 +84,7 @@ class Instrumenter(Reporter):
 
     def handle_aborted(self, job: JobInfo, reason: str) -> None:
         self._emit("job.aborted", {"value": 1}, {"class": job.class_name, "queue": job.queue, "reason": reason})
+
+    def handle_rescheduled(self, job: JobInfo, reason: str, at: float) -> None:
+        meta = {"class": job.class_name, "queue": job.queue, "reason": reason, "at": at}
+        self._emit("job.rescheduled", {"value": 1}, meta)

@@ -78,6 +78,11 @@ class JobContext:
         """Whether cancelling this job was asked (seen within a heartbeat of the request)."""
         return self._server is not None and bool(self._server.is_cancelled(self._delivery))
 
+    @property
+    def admitted_at(self) -> float | None:
+        """When its worker's throttle admitted it (epoch seconds, Redis's clock); None if unthrottled."""
+        return getattr(self._delivery, "admitted_at", None)
+
     def raise_if_cancelled(self) -> None:
         """Raises :class:`~kiq.errors.JobCancelledError` if cancelling this job was asked;
         long sync jobs call it between steps (Python threads cannot be stopped from outside)."""

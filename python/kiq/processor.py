@@ -12,19 +12,23 @@ import contextlib
 import dataclasses
 import inspect
 import logging
+import math
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kiq import _kiq
 from kiq.aio import AsyncRunner
-from kiq.errors import JobCancelledError, JobTimeoutError, Shutdown, UnknownWorkerError
+from kiq.errors import JobCancelledError, JobTimeoutError, OverLimit, Shutdown, UnknownWorkerError
 from kiq.batch import BatchStatus
 from kiq.logs import _app, _current, _server
 from kiq.reporters import JobInfo, ReporterThread
 from kiq.tracing import Tracing
 from kiq.worker import FunctionWorker, Worker, WorkerLike, WorkerOptions
+
+if TYPE_CHECKING:
+    from kiq.limiter import Limiters
 
 __all__ = ["HardLimits", "Processor", "Registered", "register"]
 
@@ -159,8 +163,11 @@ class Processor:
         tracing: Tracing | None = None,
         app: Any = None,
         limits: HardLimits | None = None,
+        limiters: Limiters | None = None,
     ) -> None:
         self.server = server
+        #: The app's defaults for jobs rescheduled over a rate limit.
+        self.limiters = limiters
         self.tracing = tracing
         #: The Kiq the jobs run in (for batches reopened from a job).
         self.app = app
@@ -219,6 +226,9 @@ class Processor:
                     return
                 except JobCancelledError:
                     self.cancelled(d)
+                except OverLimit as exc:
+                    if not self.over_limit(d, exc):
+                        self.failed(d, workers.get(d.class_name), exc)
                 except concurrent.futures.CancelledError as exc:
                     if self.aio is not None and self.aio.stopping:
                         server.abandon(d)  # cancelled by a stop: back to its queue
@@ -286,6 +296,11 @@ class Processor:
             go_on = False
         except JobCancelledError:
             self.cancelled(d, job)
+        except OverLimit as exc:
+            if not self.over_limit(d, exc, job):
+                self.failed(d, reg, exc)
+                for r in reporters:
+                    r.put(("handle_failure", job, (exc, exc.__traceback__)))  # type: ignore[arg-type]
         except BaseException as exc:  # noqa: BLE001 - every failure is recorded, as Sidekiq's retry does
             fate = self.failed(d, reg, exc)
             for r in reporters:
@@ -336,6 +351,41 @@ class Processor:
                                       "reason": "cancelled"}})
         for r in self.reporters:
             r.put(("handle_aborted", job, ("cancelled",)))  # type: ignore[arg-type]
+
+    def over_limit(self, d: _kiq.Delivery, exc: OverLimit, job: JobInfo | None = None) -> bool:
+        """``OverLimit`` escaped the job: it is rescheduled through the schedule
+        set (``overrated`` + 1), not failed, unless it was rescheduled as often
+        as its limiter (or the app) allows: then False, and the caller fails it."""
+        lim = getattr(exc, "limiter", None)
+        defaults = self.limiters
+        cap = getattr(lim, "reschedule", None)
+        if cap is None:
+            cap = defaults.reschedule if defaults is not None else _kiq.DEFAULT_MAX_RESCHEDULES
+        backoff = getattr(lim, "backoff", None) or (defaults.backoff if defaults is not None else None)
+        delay = None
+        before = d.overrated
+        if backoff is not None and before < cap:
+            try:
+                delay = float(backoff(lim, job or JobInfo.of(d), exc))
+                if not (math.isfinite(delay) and delay >= 0):
+                    raise ValueError(f"it returned {delay!r}, not a number of seconds >= 0")
+            except Exception as err:  # noqa: BLE001 - a broken backoff must not lose the job
+                logger.error("kiq: the backoff of %r failed for job %s (the default delay applies): %s", lim,
+                             d.jid, err)
+                delay = None
+        at = self.server.reschedule(d, max_reschedules=cap, delay=delay)
+        if at is None:
+            return False
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("job_rescheduled %s jid=%s queue=%s reason=over_limit at=%.3f overrated=%d", d.class_name,
+                        d.jid, d.queue, at, before + 1,
+                        extra={"kiq": {"event": "job_rescheduled", "class": d.class_name, "queue": d.queue,
+                                       "jid": d.jid, "reason": "over_limit", "at": at, "error": error_message(exc)}})
+        if self.reporters:
+            info = job or JobInfo.of(d)
+            for r in self.reporters:
+                r.put(("handle_rescheduled", info, ("over_limit", at)))
+        return True
 
     def failed(self, d: _kiq.Delivery, reg: Registered | None, exc: BaseException) -> _kiq.Fate:
         """Hands the failure to the core's retry path and logs where the job went."""

@@ -3,8 +3,8 @@
 Subclass :class:`Reporter`, override the handlers you need, and pass
 instances as ``Kiq(extra_reporters=[...])``. For each job a reporter sees, in
 order: ``handle_started``, then one of ``handle_success`` /
-``handle_failure`` / ``handle_aborted`` (after ``handle_failure``,
-``handle_death`` when the job went to the dead set), then ``handle_stopped``.
+``handle_failure`` / ``handle_aborted`` / ``handle_rescheduled`` (after
+``handle_failure``, ``handle_death`` when the job went to the dead set), then ``handle_stopped``.
 
 Each reporter runs on a thread of its own, fed by a queue, so a reporter that
 is slow or raises never slows down or breaks job processing: its first error
@@ -33,7 +33,7 @@ class JobInfo:
     job is ``"[encrypted data]"`` here, as in Sidekiq's Web UI: only the job
     itself sees the secret."""
 
-    __slots__ = ("args", "class_name", "enqueued_at", "jid", "queue", "retry_count")
+    __slots__ = ("args", "class_name", "enqueued_at", "jid", "overrated", "queue", "retry_count")
 
     def __init__(
         self,
@@ -43,6 +43,7 @@ class JobInfo:
         args: list[Any],
         retry_count: int | None,
         enqueued_at: float | None,
+        overrated: int = 0,
     ) -> None:
         self.class_name = class_name
         self.jid = jid
@@ -52,13 +53,15 @@ class JobInfo:
         self.retry_count = retry_count
         #: Epoch seconds it was last pushed to its queue, if known.
         self.enqueued_at = enqueued_at
+        #: Times it was rescheduled over a rate limit before this run (Sidekiq Enterprise's ``overrated``).
+        self.overrated = overrated
 
     @classmethod
     def of(cls, d: _kiq.Delivery) -> JobInfo:
         args = d.args
         if d.encrypted and args:
             args = [*args[:-1], _kiq.ENCRYPTED_DATA]
-        return cls(d.class_name, d.jid, d.queue, args, d.retry_count, d.enqueued_at)
+        return cls(d.class_name, d.jid, d.queue, args, d.retry_count, d.enqueued_at, d.overrated)
 
     def __repr__(self) -> str:
         return f"<JobInfo {self.class_name} jid={self.jid} queue={self.queue}>"
@@ -85,6 +88,10 @@ class Reporter:
 
     def handle_aborted(self, job: JobInfo, reason: str) -> None:
         """The job did not complete for ``reason`` (``"shutdown"``: handed back at a stop; ``"expired"``)."""
+
+    def handle_rescheduled(self, job: JobInfo, reason: str, at: float) -> None:
+        """The job was rescheduled to run at ``at`` (epoch seconds), not failed:
+        ``reason`` ``"over_limit"`` (a rate limiter's :class:`~kiq.errors.OverLimit`)."""
 
     def handle_stopped(self, job: JobInfo) -> None:
         """The job's life in this process ended (after any of the above)."""

@@ -195,6 +195,9 @@ class _Delivery:
         self.retry_count = item.get("retry_count")
         self.enqueued_at = item.get("enqueued_at")
         self.expires_at = item.get("expires_at")
+        overrated = item.get("overrated")
+        self.overrated = overrated if isinstance(overrated, int) and overrated > 0 else 0
+        self.admitted_at = None
         self.payload = job.payload
         # Batches need Redis: no sandboxed job belongs to one.
         self.bid: str | None = None
@@ -230,6 +233,17 @@ class _DrainServer:
 
     def abandon(self, d: _Delivery) -> None:
         d.settled = True
+
+    def reschedule(self, d: _Delivery, max_reschedules: int = 20, delay: float | None = None) -> float | None:
+        """Over a rate limit: rescheduled as the core would (it runs again in this drain)."""
+        decided = _kiq.decide_reschedule(d.job.payload, max_reschedules=max_reschedules, delay=delay)
+        if decided is None:
+            return None
+        d.settled = True
+        self.ran += 1
+        d.job.at, d.job.payload = decided
+        d.job.state = "queued"
+        return decided[0]
 
     def fail(self, d: _Delivery, error_class: str, error_message: str, **opts: Any) -> _kiq.Fate:
         d.settled = True
@@ -269,7 +283,8 @@ def drain(app: Kiq, *, scope: str = "sandbox", retries: bool = True, max_runs: i
             for j in batch:
                 j.state = "running"
             server = _DrainServer(app, batch)
-            Processor(server, app.workers, reporters, aio, app._tracing).run_lane(0)  # type: ignore[arg-type]
+            Processor(server, app.workers, reporters, aio, app._tracing,  # type: ignore[arg-type]
+                      app.limiter).run_lane(0)
             total += server.ran
             for j in batch:  # a job whose run was abandoned goes back to waiting
                 if j.state == "running":

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, Protocol, T
 
 from kiq.errors import ArgumentError, ConfigError
 from kiq.job import DEFAULT_QUEUE, Enqueued, Job, check_encrypt, check_unique_and_expiry
+from kiq.throttle import Rate, Throttle
 
 if TYPE_CHECKING:
     from kiq.app import Kiq
@@ -182,6 +183,10 @@ class WorkerOptions:
     - ``encrypt``: encrypt the last argument, as Sidekiq Enterprise's
       ``encrypt: true`` does (needs the app's ``encryption_keys``, at least 2
       arguments, and no ``unique_for``).
+    - ``throttle``: a :class:`~kiq.Throttle`: at most N of its jobs running
+      per key, cluster-wide; ``rate``: ``(count, period_seconds)``, at most
+      ``count`` starts per key in any ``period`` (the throttle's key, if any).
+      Checked when jobs are fetched, before they take a thread.
     """
 
     queue: str = DEFAULT_QUEUE
@@ -197,7 +202,10 @@ class WorkerOptions:
     timeout: float | None = None
     encrypt: bool = False
     hard_timeout: float | None = None
+    throttle: Throttle | None = None
+    rate: Rate | None = None
     _payload: dict[str, Any] = dataclasses.field(init=False, repr=False, compare=False, default_factory=dict)
+    _throttle: Throttle | None = dataclasses.field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
         if not isinstance(self.queue, str) or not self.queue:
@@ -225,8 +233,19 @@ class WorkerOptions:
                 raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
         check_unique_and_expiry(self.unique_for, self.unique_until, self.expires_in)
         check_encrypt(self.encrypt, self.unique_for)
+        if self.throttle is not None and not isinstance(self.throttle, Throttle):
+            raise ConfigError(f"throttle must be a kiq.Throttle(concurrency=..., key=...), not {self.throttle!r}")
+        combined = self.throttle
+        if self.rate is not None:
+            combined = Throttle(rate=self.rate) if combined is None else combined.with_rate(self.rate)
+        object.__setattr__(self, "_throttle", combined)
         # Written into every job: computed once.
         object.__setattr__(self, "_payload", self.payload_options())
+
+    @property
+    def throttled(self) -> Throttle | None:
+        """The throttle the core applies: ``throttle`` with ``rate`` added."""
+        return self._throttle
 
     def updated(self, **changes: Any) -> WorkerOptions:
         given = {k: v for k, v in changes.items() if v is not _UNSET}
@@ -283,6 +302,8 @@ class Worker:
         timeout: float | dt.timedelta | None = _UNSET,
         encrypt: bool = _UNSET,
         hard_timeout: float | dt.timedelta | None = _UNSET,
+        throttle: Throttle | None = _UNSET,
+        rate: Rate | None = _UNSET,
         **kwargs: Any,
     ) -> None:
         super().__init_subclass__(**kwargs)
@@ -294,6 +315,7 @@ class Worker:
             queue=queue, retry=retry, dead=dead, backtrace=backtrace, retry_queue=retry_queue, tags=tags, name=name,
             unique_for=unique_for, unique_until=unique_until, expires_in=expires_in, timeout=timeout, encrypt=encrypt,
             hard_timeout=hard_timeout,
+            throttle=throttle, rate=rate,
         )
         cls._kiq_arity = arity(cls.perform, method=True)
 
@@ -439,6 +461,8 @@ def worker(
     timeout: float | dt.timedelta | None = ...,
     encrypt: bool = ...,
     hard_timeout: float | dt.timedelta | None = ...,
+    throttle: Throttle | None = ...,
+    rate: Rate | None = ...,
 ) -> Callable[[Callable[P, R]], FunctionWorker[P, R]]: ...
 
 
@@ -459,6 +483,8 @@ def worker(
     timeout: float | dt.timedelta | None = _UNSET,
     encrypt: bool = _UNSET,
     hard_timeout: float | dt.timedelta | None = _UNSET,
+    throttle: Throttle | None = _UNSET,
+    rate: Rate | None = _UNSET,
 ) -> FunctionWorker[P, R] | Callable[[Callable[P, R]], FunctionWorker[P, R]]:
     """Makes a function (or an ``async def`` function) a worker: ``@worker`` or
     ``@worker(queue=..., retry=..., name=...)``."""
@@ -466,6 +492,7 @@ def worker(
         queue=queue, retry=retry, dead=dead, backtrace=backtrace, retry_queue=retry_queue, tags=tags, name=name,
         unique_for=unique_for, unique_until=unique_until, expires_in=expires_in, timeout=timeout, encrypt=encrypt,
         hard_timeout=hard_timeout,
+        throttle=throttle, rate=rate,
     )
 
     def wrap(f: Callable[P, R]) -> FunctionWorker[P, R]:

@@ -23,6 +23,7 @@ use crate::keys::{DAILY_STAT_TTL_SECS, Keys};
 use crate::pool::Pool;
 use crate::retry::RetryPolicy;
 use crate::scripts;
+use crate::throttle::{self, Held};
 use crate::timestamp::{self, float_json};
 
 /// Settlements written per round trip at most.
@@ -31,6 +32,9 @@ const MAX_BATCH: usize = 2000;
 const NUMBERS_TTL_MS: u64 = 24 * 3600 * 1000;
 /// The longest pause before a refused settlement is tried again.
 const MAX_REFUSED_PAUSE: Duration = Duration::from_secs(5);
+/// How long a throttle key's list of parked jobs lives after a job is parked
+/// (far beyond the longest pause; entries whose job left `schedule` are skipped).
+const PARKED_TTL_MS: u64 = 24 * 3600 * 1000;
 
 /// Where a finished job goes.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,6 +50,10 @@ pub enum Settle {
     Discard,
     /// Not run: it expired before it could start (counted in `kiq:stat:expired`).
     Expired,
+    /// Into the `schedule` set at `at` (epoch seconds): rescheduled over a
+    /// rate limit, or parked by a throttle (then also listed under `parked`,
+    /// the throttle key's `kiq:parked` set, so a job ending frees it sooner).
+    Schedule { at: f64, payload: String, parked: Option<String> },
 }
 
 #[derive(Debug)]
@@ -63,12 +71,16 @@ pub struct Settlement {
     pub unlock: Option<(String, String)>,
     /// Its batch's bookkeeping (a batch member, or a callback that ran).
     pub batch: Option<Settled>,
+    /// Its throttle hold, given back once this is written.
+    pub held: Option<Box<Held>>,
 }
 
 pub enum Msg {
     Settle(Settlement),
     /// Release a unique job's lock (key, jid): `unique_until: start`.
     Unlock(String, String),
+    /// Give a throttle hold back (a job handed back without a result).
+    Release(Box<Held>),
     /// Write what is pending (retrying until the deadline), then stop.
     Close {
         deadline: Instant,
@@ -123,11 +135,12 @@ pub async fn run(
         reported: std::collections::HashSet::new(),
     };
     let mut unlocks: Vec<(String, String)> = Vec::new();
+    let mut releases: Vec<Held> = Vec::new();
     let mut close: Option<(Instant, oneshot::Sender<usize>)> = None;
     let mut failing = false;
     let numbers = keys.acked(&identity);
     loop {
-        if p.batch.is_empty() && unlocks.is_empty() && close.is_none() {
+        if p.batch.is_empty() && unlocks.is_empty() && releases.is_empty() && close.is_none() {
             let msg = match p.retry_refused_at {
                 Some(t) => tokio::time::timeout_at(t.into(), rx.recv()).await.ok(),
                 None => Some(rx.recv().await),
@@ -135,17 +148,19 @@ pub async fn run(
             match msg {
                 Some(Some(Msg::Settle(s))) => p.add(s),
                 Some(Some(Msg::Unlock(k, j))) => unlocks.push((k, j)),
+                Some(Some(Msg::Release(h))) => releases.push(*h),
                 Some(Some(Msg::Close { deadline, done })) => close = Some((deadline, done)),
                 Some(None) => return,
                 None => {}
             }
         }
-        take_pending(&mut rx, &mut p, &mut unlocks, &mut close);
+        take_pending(&mut rx, &mut p, &mut unlocks, &mut releases, &mut close);
         p.due(Instant::now());
         if close.is_some() {
             p.due(Instant::now() + MAX_REFUSED_PAUSE);
         }
-        write_pending(&pool, &keys, &policy, &numbers, &mut p, &mut rx, &mut unlocks, &mut close, &mut failing).await;
+        let mut side = Side { unlocks: &mut unlocks, releases: &mut releases, close: &mut close };
+        write_pending(&pool, &keys, &policy, &numbers, &mut p, &mut rx, &mut side, &mut failing).await;
         // Locks go after the results that free them; a failure keeps them for the next round.
         if !unlocks.is_empty() {
             if let Err(e) = unlock(&pool, &unlocks).await {
@@ -155,6 +170,18 @@ pub async fn run(
                 }
             } else {
                 unlocks.clear();
+            }
+        }
+        // Throttle holds go after their results too; parked jobs of their keys move back.
+        if !releases.is_empty() {
+            match throttle::release(&pool, &keys, &releases).await {
+                Ok(_) => releases.clear(),
+                Err(e) => {
+                    log::warn!("cannot give back {} throttle holds yet: {e}", releases.len());
+                    if close.is_none() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
             }
         }
         if let Some((deadline, done)) = close.take() {
@@ -178,6 +205,14 @@ pub async fn run(
     }
 }
 
+/// What the task does besides writing settlements: unique locks and
+/// throttle holds to release once their results are written, and a stop.
+struct Side<'a> {
+    unlocks: &'a mut Vec<(String, String)>,
+    releases: &'a mut Vec<Held>,
+    close: &'a mut Option<(Instant, oneshot::Sender<usize>)>,
+}
+
 /// Writes the batch, retrying with backoff while Redis is away (until a stop's
 /// deadline); refused settlements wait for their own retry.
 #[allow(clippy::too_many_arguments)]
@@ -188,8 +223,7 @@ async fn write_pending(
     numbers: &str,
     p: &mut Pending,
     rx: &mut mpsc::UnboundedReceiver<Msg>,
-    unlocks: &mut Vec<(String, String)>,
-    close: &mut Option<(Instant, oneshot::Sender<usize>)>,
+    side: &mut Side<'_>,
     failing: &mut bool,
 ) {
     let mut delay = Duration::from_millis(20);
@@ -209,18 +243,18 @@ async fn write_pending(
                 let refused: std::collections::HashMap<u64, String> = refused.into_iter().collect();
                 let mut again = 0;
                 for (seq, s) in p.batch.drain(..) {
-                    match refused.get(&seq) {
-                        Some(why) => {
-                            if p.reported.insert(why.clone()) {
-                                log::error!(
-                                    "Redis refused the result of a job, which stays in progress until it is \
-                                         written (retrying): {why}"
-                                );
-                            }
-                            p.refused.push(s);
-                            again += 1;
+                    if let Some(why) = refused.get(&seq) {
+                        if p.reported.insert(why.clone()) {
+                            log::error!(
+                                "Redis refused the result of a job, which stays in progress until it is \
+                                     written (retrying): {why}"
+                            );
                         }
-                        None => unlocks.extend(s.unlock),
+                        p.refused.push(s);
+                        again += 1;
+                    } else {
+                        side.unlocks.extend(s.unlock);
+                        side.releases.extend(s.held.map(|h| *h));
                     }
                 }
                 if again > 0 {
@@ -237,8 +271,8 @@ async fn write_pending(
                     *failing = true;
                 }
                 // A stop may arrive while Redis is away: its deadline ends the retries.
-                take_pending(rx, p, unlocks, close);
-                if close.as_ref().is_some_and(|(deadline, _)| Instant::now() >= *deadline) {
+                take_pending(rx, p, side.unlocks, side.releases, side.close);
+                if side.close.as_ref().is_some_and(|(deadline, _)| Instant::now() >= *deadline) {
                     break;
                 }
                 tokio::time::sleep(delay).await;
@@ -253,12 +287,14 @@ fn take_pending(
     rx: &mut mpsc::UnboundedReceiver<Msg>,
     p: &mut Pending,
     unlocks: &mut Vec<(String, String)>,
+    releases: &mut Vec<Held>,
     close: &mut Option<(Instant, oneshot::Sender<usize>)>,
 ) {
     while p.batch.len() < MAX_BATCH {
         match rx.try_recv() {
             Ok(Msg::Settle(s)) => p.add(s),
             Ok(Msg::Unlock(k, j)) => unlocks.push((k, j)),
+            Ok(Msg::Release(h)) => releases.push(*h),
             Ok(Msg::Close { deadline, done }) => *close = Some((deadline, done)),
             Err(_) => break,
         }
@@ -294,12 +330,18 @@ async fn write(
         .key(keys.stat_failed_day(&day))
         .key(keys.stat_expired())
         .key(keys.schedule());
-    let mut wips: Vec<&str> = Vec::new();
+    // In-progress lists and parked-job sets, each passed once.
+    let mut extra: Vec<&str> = Vec::new();
     // Every batch any result touches (its own, and its ancestors), numbered from 1.
     let mut levels: Vec<&str> = Vec::new();
     for (_, s) in batch {
-        if !wips.contains(&&*s.wip_key) {
-            wips.push(&s.wip_key);
+        if !extra.contains(&&*s.wip_key) {
+            extra.push(&s.wip_key);
+        }
+        if let Settle::Schedule { parked: Some(k), .. } = &s.settle
+            && !extra.contains(&k.as_str())
+        {
+            extra.push(k);
         }
         for bid in s.batch.iter().flat_map(|b| &b.chain) {
             if !levels.contains(&bid.as_str()) {
@@ -307,8 +349,8 @@ async fn write(
             }
         }
     }
-    for w in &wips {
-        inv.key(*w);
+    for k in &extra {
+        inv.key(*k);
     }
     for bid in &levels {
         inv.key(keys.batch(bid)).key(keys.batch_done(bid)).key(keys.batch_failed(bid));
@@ -321,17 +363,24 @@ async fn write(
         .arg(batch.len())
         .arg(policy.unit.encode(now))
         .arg(KEEP_SECS)
+        .arg(PARKED_TTL_MS)
         .arg(levels.len());
     for bid in &levels {
         inv.arg(*bid);
     }
+    let position = |key: &str| extra.iter().position(|k| *k == key).map_or(0, |i| i + 1);
     for (seq, s) in batch {
-        let wip = wips.iter().position(|w| **w == *s.wip_key).unwrap_or(0) + 1;
+        let wip = position(&s.wip_key);
         let (kind, score, payload): (&str, String, &[u8]) = match &s.settle {
             Settle::Retry { at, payload } => ("retry", float_json(*at), payload.as_bytes()),
             Settle::Dead { payload } => ("dead", String::new(), payload),
             Settle::Expired => ("expired", String::new(), b""),
             Settle::Done | Settle::Discard => ("done", String::new(), b""),
+            Settle::Schedule { at, payload, .. } => ("schedule", float_json(*at), payload.as_bytes()),
+        };
+        let parked = match &s.settle {
+            Settle::Schedule { parked: Some(k), .. } => position(k),
+            _ => 0,
         };
         let counted = match (s.processed, s.failed) {
             (true, true) => "pf",
@@ -346,7 +395,7 @@ async fn write(
             }
             None => (String::new(), ""),
         };
-        inv.arg(*seq).arg(wip).arg(kind).arg(score).arg(payload).arg(&s.raw).arg(counted).arg(spec).arg(jid);
+        inv.arg(*seq).arg(wip).arg(kind).arg(score).arg(payload).arg(&s.raw).arg(counted).arg(spec).arg(jid).arg(parked);
     }
     let (refused, fired): (Vec<String>, Vec<String>) = inv.invoke_async(&mut pool.get()).await?;
     let refused =

@@ -39,6 +39,9 @@ pub enum KiqError {
     /// unknown, already succeeded).
     #[error("{0}")]
     Batch(String),
+    /// A rate limiter had no room within its `wait_timeout`.
+    #[error("{0}")]
+    OverLimit(String),
 }
 
 impl KiqError {

@@ -8,7 +8,9 @@
 //! per 2 s (Sidekiq's fetch timeout) and a new job is picked up as soon as it
 //! is pushed. When every worker is busy it sleeps until a job finishes. Payloads that cannot run
 //! (not JSON, no class, args not an array) never reach a worker: they go to
-//! the dead set or the retry path with an error saying what is wrong.
+//! the dead set or the retry path with an error saying what is wrong. Jobs of
+//! throttled classes are checked here, the batch in one round trip, before
+//! any takes a thread; refused ones are parked (`throttle.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::ack::{Msg, Settle, Settlement};
 use crate::activejob;
+use crate::admit::Admitter;
 use crate::args;
 use crate::batches::watch::Watch;
 use crate::batches::{BatchRef, Outcome as BatchOutcome, Settled};
@@ -29,6 +32,7 @@ use crate::lane::{Delivery, Lane};
 use crate::pool::Pool;
 use crate::retry::{self, Disposition, Failure, RetryPolicy, WorkerOptions};
 use crate::scripts;
+use crate::throttle::Throttles;
 use crate::timestamp;
 
 /// Sidekiq's fetch timeout: how long one blocking wait lasts.
@@ -36,6 +40,28 @@ pub const BLOCK: Duration = Duration::from_secs(2);
 
 /// The error class recorded for payloads kiq cannot run.
 pub const INVALID_JOB_ERROR: &str = "kiq.errors.InvalidJobError";
+
+/// The settlement of a job that failed before it could run: the retry path.
+pub(crate) fn failure_settlement(
+    wip_key: &Arc<str>,
+    queue: &str,
+    policy: &RetryPolicy,
+    payload: Payload,
+    failure: &Failure,
+) -> Settlement {
+    let raw = payload.source().as_bytes().to_vec();
+    let batch_ref = BatchRef::of(&payload);
+    let jid = payload.jid().unwrap_or_default();
+    let (disposition, _) =
+        retry::on_failure(payload, queue, failure, &WorkerOptions::default(), policy, timestamp::now(), rand::random());
+    let batch = batch_ref.and_then(|b| Settled::new(&b, &jid, BatchOutcome::of(&disposition)));
+    let settle = match disposition {
+        Disposition::Retry { at, payload } => Settle::Retry { at, payload },
+        Disposition::Dead { payload } => Settle::Dead { payload: payload.into_bytes() },
+        Disposition::Discard | Disposition::Dropped => Settle::Discard,
+    };
+    Settlement { wip_key: wip_key.clone(), raw, settle, processed: true, failed: true, unlock: None, held: None, batch }
+}
 
 pub struct Fetcher {
     pub lane_index: usize,
@@ -54,10 +80,38 @@ pub struct Fetcher {
     pub keyring: Option<Arc<Keyring>>,
     /// Batch checks shared by the process's fetchers (invalidation, Pro bids).
     pub watch: Arc<Watch>,
+    /// The process's throttles, if any worker has one.
+    pub throttles: Option<Arc<Throttles>>,
 }
 
 impl Fetcher {
     pub async fn run(self) {
+        let (admitter, admitting) = match &self.throttles {
+            Some(t) if t.any_at_fetch() => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let admit = Admitter {
+                    throttles: t.clone(),
+                    lane: self.lane.clone(),
+                    wip_key: self.wip_key.clone(),
+                    pool: self.pool.clone(),
+                    keys: self.keys.clone(),
+                    policy: self.policy.clone(),
+                    acks: self.acks.clone(),
+                    control: self.control.clone(),
+                };
+                (Some(tx), Some(tokio::spawn(admit.run(rx))))
+            }
+            _ => (None, None),
+        };
+        self.fetch_loop(admitter.as_ref()).await;
+        // Batches still being checked are offered (or handed back) before the stop goes on.
+        drop(admitter);
+        if let Some(task) = admitting {
+            let _ = task.await;
+        }
+    }
+
+    async fn fetch_loop(&self, admitter: Option<&mpsc::UnboundedSender<Vec<Delivery>>>) {
         let mut blocking = self.pool.blocking(BLOCK);
         let mut state = self.control.subscribe();
         let mut failing = false;
@@ -126,7 +180,7 @@ impl Fetcher {
                         failing = false;
                         delay = Duration::from_millis(100);
                     }
-                    self.deliver(jobs).await;
+                    self.deliver(jobs, admitter).await;
                 }
                 Err(e) => {
                     self.pool.note_error(&e);
@@ -216,7 +270,7 @@ impl Fetcher {
         }
     }
 
-    async fn deliver(&self, raws: Vec<Vec<u8>>) {
+    async fn deliver(&self, raws: Vec<Vec<u8>>, admitter: Option<&mpsc::UnboundedSender<Vec<Delivery>>>) {
         let mut good = Vec::with_capacity(raws.len());
         for raw in raws {
             match self.decode(raw) {
@@ -230,6 +284,16 @@ impl Fetcher {
                     let _ = self.acks.send(Msg::Settle(s));
                 }
             }
+        }
+        if let (Some(t), Some(admitter)) = (&self.throttles, admitter)
+            && good.iter().any(|d| t.at_fetch(&d.class))
+        {
+            // Checked beside this loop, which fetches on meanwhile: their slots are taken.
+            self.lane.reserve(good.len());
+            if let Err(back) = admitter.send(good) {
+                self.lane.unreserve(back.0.len());
+            }
+            return;
         }
         // Jobs offered after a stop began stay in the in-progress list, which
         // the stop hands back to the queue.
@@ -279,6 +343,7 @@ impl Fetcher {
                 failed: false,
                 unlock: None,
                 batch: None,
+                held: None,
             }
         };
         let text = match String::from_utf8(raw) {
@@ -331,33 +396,7 @@ impl Fetcher {
             (Some(_), Some(_)) => "the job's \"class\" is empty".into(),
         };
         log::error!("cannot run job {} from queue {:?}: {problem}", payload.jid().unwrap_or_default(), self.lane.name);
-        let raw = payload.source().as_bytes().to_vec();
         let failure = Failure { error_class: error_class.to_owned(), error_message: problem, ..Failure::default() };
-        let batch_ref = BatchRef::of(&payload);
-        let jid = payload.jid().unwrap_or_default();
-        let (disposition, _) = retry::on_failure(
-            payload,
-            &self.lane.name,
-            &failure,
-            &WorkerOptions::default(),
-            &self.policy,
-            timestamp::now(),
-            rand::random(),
-        );
-        let batch = batch_ref.and_then(|b| Settled::new(&b, &jid, BatchOutcome::of(&disposition)));
-        let settle = match disposition {
-            Disposition::Retry { at, payload } => Settle::Retry { at, payload },
-            Disposition::Dead { payload } => Settle::Dead { payload: payload.into_bytes() },
-            Disposition::Discard | Disposition::Dropped => Settle::Discard,
-        };
-        Err(Settlement {
-            wip_key: self.wip_key.clone(),
-            raw,
-            settle,
-            processed: true,
-            failed: true,
-            unlock: None,
-            batch,
-        })
+        Err(failure_settlement(&self.wip_key, &self.lane.name, &self.policy, payload, &failure))
     }
 }

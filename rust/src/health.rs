@@ -22,6 +22,11 @@ use crate::control::{Control, RunState};
 use crate::job::json_string;
 use crate::lane::Lane;
 use crate::leader::Leadership;
+use crate::limiter_state;
+use crate::limits::Limits;
+use crate::limits::Usage;
+use crate::throttle;
+use crate::throttle::Throttles;
 use crate::timestamp;
 use crate::work::WorkSet;
 
@@ -54,6 +59,8 @@ pub enum Outcome {
     Expired,
     /// Not run: its batch was invalidated.
     Skipped,
+    /// Rescheduled over a rate limit (`overlimit.rs`).
+    Rescheduled,
 }
 
 /// Jobs this process finished, by outcome.
@@ -63,6 +70,7 @@ pub struct Tally {
     failed: AtomicU64,
     expired: AtomicU64,
     skipped: AtomicU64,
+    rescheduled: AtomicU64,
     total: AtomicU64,
 }
 
@@ -74,6 +82,7 @@ impl Tally {
             Outcome::Failed => &self.failed,
             Outcome::Expired => &self.expired,
             Outcome::Skipped => &self.skipped,
+            Outcome::Rescheduled => &self.rescheduled,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         self.total.fetch_add(1, Ordering::Relaxed) + 1
@@ -95,6 +104,9 @@ pub struct Probe {
     /// `/ready` fails while a job has run longer than this (`stuck_after`):
     /// a job stuck in C code holding the GIL looks alive otherwise.
     pub stuck_after: Option<Duration>,
+    /// This process's rate limiters (their Redis, for the cluster-wide state).
+    pub limits: Option<Arc<Limits>>,
+    pub throttles: Option<Arc<Throttles>>,
 }
 
 /// An HTTP status and body (JSON unless `text`).
@@ -165,6 +177,7 @@ impl Probe {
                 (r#"{outcome="failure"}"#.into(), n(&t.failed)),
                 (r#"{outcome="expired"}"#.into(), n(&t.expired)),
                 (r#"{outcome="skipped"}"#.into(), n(&t.skipped)),
+                (r#"{outcome="rescheduled"}"#.into(), n(&t.rescheduled)),
             ],
         );
         let per_queue = |f: &dyn Fn(&Lane) -> usize| -> Vec<(String, String)> {
@@ -204,6 +217,58 @@ impl Probe {
             let help = "Seconds since a heartbeat last reached Redis.";
             family("kiq_heartbeat_age_seconds", "gauge", help, &[(String::new(), format!("{a:.3}"))]);
         }
+        if let Some(t) = &self.throttles {
+            let counts = t.counts();
+            let by_class = |f: &dyn Fn(&throttle::ClassCounts) -> u64| -> Vec<(String, String)> {
+                counts.iter().map(|(c, n)| (format!("{{class={}}}", json_string(c)), f(n).to_string())).collect()
+            };
+            let help = "Jobs a throttle admitted at fetch in this process, per worker class.";
+            family("kiq_throttle_admitted_total", "counter", help, &by_class(&|n| n.admitted));
+            let help = "Jobs a throttle parked (sent back to wait) in this process, per worker class.";
+            family("kiq_throttle_parked_total", "counter", help, &by_class(&|n| n.parked));
+        }
+        if let Some(limits) = &self.limits {
+            let usage = limits.usage();
+            let per = |f: &dyn Fn(&Usage) -> String| -> Vec<(String, String)> {
+                usage.iter().map(|(k, name, u)| (limiter_labels(k.as_str(), name), f(u))).collect()
+            };
+            let help = "Rate limiter acquires that got room, in this process.";
+            family("kiq_limiter_acquired_total", "counter", help, &per(&|u| u.acquired.to_string()));
+            let help = "Rate limiter acquires that ended in OverLimit, in this process.";
+            family("kiq_limiter_over_total", "counter", help, &per(&|u| u.over.to_string()));
+            let help = "Seconds this process waited for rate limiter room.";
+            family("kiq_limiter_wait_seconds_total", "counter", help, &per(&|u| format!("{:.3}", u.waited)));
+        }
+        out
+    }
+
+    /// The cluster-wide state of the limiters used lately (read from Redis;
+    /// empty when Redis does not answer within a second).
+    async fn limiter_metrics(&self) -> String {
+        use std::fmt::Write;
+        let Some(limits) = &self.limits else { return String::new() };
+        let read = limiter_state::read(limits.pool(), limits.keys(), METRICS_LIMITERS);
+        let states = match tokio::time::timeout(Duration::from_secs(1), read).await {
+            Ok(Ok(states)) if !states.is_empty() => states,
+            _ => return String::new(),
+        };
+        let mut out = String::new();
+        type Gauge = fn(&limiter_state::LimiterState) -> String;
+        let families: [(&str, &str, Gauge); 3] = [
+            (
+                "kiq_limiter_in_use",
+                "Room in use now, cluster-wide (holders, uses this period or window, level).",
+                |s| format!("{}", (s.in_use * 1000.0).round() / 1000.0),
+            ),
+            ("kiq_limiter_capacity", "A limiter's size, count or points.", |s| s.capacity.to_string()),
+            ("kiq_limiter_waiting", "Callers waiting for room now, cluster-wide.", |s| s.waiting.to_string()),
+        ];
+        for (name, help, value) in families {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for st in &states {
+                let _ = writeln!(out, "{name}{} {}", limiter_labels(st.kind.as_str(), &st.name), value(st));
+            }
+        }
         out
     }
 
@@ -242,6 +307,13 @@ impl Probe {
             Some(_) => None,
         }
     }
+}
+
+/// Limiters listed in `/metrics` at most (the most recently used).
+const METRICS_LIMITERS: usize = 1000;
+
+fn limiter_labels(kind: &str, name: &str) -> String {
+    format!("{{kind={},name={}}}", json_string(kind), json_string(name))
 }
 
 /// Answers probes on `listener` until `halt`.
@@ -285,7 +357,10 @@ async fn respond(mut stream: TcpStream, probe: Probe) {
     let head = String::from_utf8_lossy(&buf[..len]);
     let mut parts = head.lines().next().unwrap_or("").split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let answer = probe.answer(method, path);
+    let mut answer = probe.answer(method, path);
+    if answer.status == 200 && answer.text {
+        answer.body.push_str(&probe.limiter_metrics().await);
+    }
     let content_type = if answer.text { "text/plain; version=0.0.4" } else { "application/json" };
     let reason = match answer.status {
         200 => "OK",
@@ -320,6 +395,8 @@ mod tests {
             lanes: vec![Arc::new(Lane::new("default", 25)), Arc::new(Lane::new("a\"b", 2))],
             leadership: Arc::new(Leadership::default()),
             stuck_after: Some(Duration::from_secs(60)),
+            limits: None,
+            throttles: None,
         }
     }
 

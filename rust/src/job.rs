@@ -71,6 +71,11 @@ pub mod field {
     /// and the batch whose callback it is.
     pub const CALLBACK: &str = "kiq_callback";
     pub const CALLBACK_BATCH: &str = "kiq_callback_bid";
+    /// Sidekiq Enterprise's count of the times a job was rescheduled because
+    /// a rate limiter was over its limit (`overlimit.rs`).
+    pub const OVERRATED: &str = "overrated";
+    /// How many times a throttle parked the job (`throttle.rs`), for its growing pause.
+    pub const THROTTLED: &str = "kiq_throttled";
 }
 
 /// When a unique job's lock is released (besides its `unique_for` running out).
@@ -418,6 +423,14 @@ impl Payload {
 
     pub fn failed_at(&self) -> Option<f64> {
         self.time(field::FAILED_AT)
+    }
+
+    /// `overrated`: times the job was rescheduled over a rate limit (0 when
+    /// absent or not a count; a huge count saturates).
+    pub fn overrated(&self) -> u64 {
+        self.parsed::<serde_json::Number>(field::OVERRATED)
+            .and_then(|n| n.as_u64().or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)))
+            .unwrap_or(0)
     }
 
     /// Whether `encrypt` says the last argument is encrypted (any value but

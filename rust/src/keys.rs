@@ -193,6 +193,49 @@ impl Keys {
         format!("{}kiq:staged|{builder}", self.prefix)
     }
 
+    /// A rate limiter's state (`limits.rs`): for `concurrent` a ZSET of
+    /// holders (token → expiry ms), `window` a ZSET of acquisitions (member →
+    /// time ms), `bucket`, `leaky` and `points` a HASH. kiq's own names:
+    /// Sidekiq Enterprise's limiters (`lmtr-*`) are never read or written.
+    pub fn limiter(&self, kind: &str, name: &str) -> String {
+        format!("{}kiq:limiter|{kind}|{name}", self.prefix)
+    }
+
+    /// ZSET of the callers waiting for a limiter: token → deadline (ms).
+    pub fn limiter_waiting(&self, kind: &str, name: &str) -> String {
+        format!("{}kiq:limiter|{kind}|{name}|waiting", self.prefix)
+    }
+
+    /// LIST a concurrent limiter's releases push to, one entry per freed
+    /// slot; waiters block on it (`BLPOP`) instead of polling.
+    pub fn limiter_wake(&self, kind: &str, name: &str) -> String {
+        format!("{}kiq:limiter|{kind}|{name}|wake", self.prefix)
+    }
+
+    /// ZSET of the limiters used lately, `kind|name|capacity|interval_ms` →
+    /// last use (ms), for `kiq.api` and `/metrics`.
+    pub fn limiters(&self) -> String {
+        self.key("kiq:limiters")
+    }
+
+    /// ZSET of the jobs of a worker class running under one throttle key:
+    /// hold token → expiry (ms), refreshed while they run (`throttle.rs`).
+    pub fn throttle(&self, class: &str, key: &str) -> String {
+        format!("{}kiq:throttle|{class}|{key}", self.prefix)
+    }
+
+    /// ZSET of a throttle key's recent starts (token → time ms), for `rate`.
+    pub fn throttle_rate(&self, class: &str, key: &str) -> String {
+        format!("{}kiq:throttle-rate|{class}|{key}", self.prefix)
+    }
+
+    /// ZSET of the jobs of one queue parked in `schedule` by a concurrency
+    /// throttle (the member as stored in `schedule` → its score), so the
+    /// end of a running job of that key moves the next one back at once.
+    pub fn parked(&self, queue: &str, class: &str, key: &str) -> String {
+        format!("{}kiq:parked|{queue}|{class}|{key}", self.prefix)
+    }
+
     /// Glob matching every process's in-progress lists.
     pub fn in_progress_pattern(&self) -> String {
         format!("{}kiq:wip|*", self.prefix)
@@ -263,6 +306,8 @@ mod tests {
         assert_eq!(k.batch("b1"), "kiq:batch|b1");
         assert_eq!(k.batch_failed("b1"), "kiq:batch|b1|failed");
         assert_eq!(Keys::new(Some("ns")).batch_done("b1"), "ns:kiq:batch|b1|done");
+        assert_eq!(k.limiter("concurrent", "stripe-7"), "kiq:limiter|concurrent|stripe-7");
+        assert_eq!(Keys::new(Some("ns")).throttle("Sync", "user-1"), "ns:kiq:throttle|Sync|user-1");
     }
 
     #[test]

@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 use crate::batches::BatchRef;
 use crate::job::{Payload, UniqueUntil};
 use crate::marshal;
+use crate::throttle;
 
 /// A job taken from Redis, waiting for or being run by a thread.
 #[derive(Debug)]
@@ -61,6 +62,10 @@ pub struct Delivery {
     pub batch: Option<Box<BatchRef>>,
     /// Its batch was invalidated: the job is skipped, not run.
     pub batch_invalidated: bool,
+    /// Its hold on a concurrency throttle's key, given back when it ends.
+    pub held: Option<Box<throttle::Held>>,
+    /// When a throttle admitted it (epoch seconds, Redis's clock).
+    pub throttle_at: Option<f64>,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -84,6 +89,8 @@ impl Delivery {
             bag: None,
             batch: None,
             batch_invalidated: false,
+            held: None,
+            throttle_at: None,
         }
     }
 }
@@ -157,15 +164,35 @@ impl Lane {
     /// Adds freshly fetched jobs. Returns them if the lane is closed (stop),
     /// since they then stay in the in-progress list for the requeue.
     pub fn offer(&self, jobs: Vec<Delivery>) -> Option<Vec<Delivery>> {
+        self.reserve(jobs.len());
+        self.offer_reserved(jobs)
+    }
+
+    /// Counts `n` fetched jobs as out before they are offered (a throttle
+    /// checks them meanwhile), so the fetcher does not fetch for their slots.
+    pub fn reserve(&self, n: usize) {
+        self.out.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Reserved jobs that will not be offered (parked or failed): their slots are free again.
+    pub fn unreserve(&self, n: usize) {
+        if n > 0 {
+            let _ = self.out.fetch_update(Ordering::AcqRel, Ordering::Acquire, |o| Some(o.saturating_sub(n)));
+            self.demand.notify_one();
+        }
+    }
+
+    /// [`Lane::offer`] for reserved jobs.
+    pub fn offer_reserved(&self, jobs: Vec<Delivery>) -> Option<Vec<Delivery>> {
         if jobs.is_empty() {
             return None;
         }
-        let n = jobs.len();
         let mut ready = self.lock();
         if ready.closed {
+            drop(ready);
+            self.unreserve(jobs.len());
             return Some(jobs);
         }
-        self.out.fetch_add(n, Ordering::AcqRel);
         ready.jobs.extend(jobs);
         drop(ready);
         self.cond.notify_one();

@@ -56,8 +56,28 @@ struct Generation {
     addr: Option<(String, u16)>,
 }
 
+/// The longest a command on a thread's own connection blocks (`BLPOP`).
+pub const MAX_THREAD_BLOCK: Duration = Duration::from_secs(2);
+
+/// A thread's own connection to one pool's Redis (`Pool::on_thread`).
+struct ThreadConn {
+    pool: u64,
+    generation: u64,
+    /// A forked child's copy of its parent's thread (gunicorn's preload) must not share the socket.
+    pid: u32,
+    conn: redis::Connection,
+}
+
+thread_local! {
+    static THREAD_CONNS: std::cell::RefCell<Vec<ThreadConn>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+static NEXT_POOL_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// The shared connections of one Kiq instance.
 pub struct Pool {
+    /// Tells this pool's thread-local connections from other pools'.
+    id: u64,
     current: RwLock<Arc<Generation>>,
     next: AtomicUsize,
     config: RedisConfig,
@@ -86,6 +106,7 @@ impl Pool {
         };
         let generation = build(&config, &url, 0, addr)?;
         let pool = Arc::new(Self {
+            id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
             current: RwLock::new(Arc::new(generation)),
             next: AtomicUsize::new(0),
             config,
@@ -134,6 +155,58 @@ impl Pool {
                 *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
             }
             Err(err) => log::error!("cannot reconnect after READONLY: {err}"),
+        }
+    }
+
+    /// Runs `f` on the calling thread's own connection to this pool's Redis,
+    /// for callers that wait for Redis anyway (a sync limiter acquire, a
+    /// throttle check at dispatch; call it without the GIL): the I/O runs on
+    /// that thread, with no hand-off to the runtime's. The connection is made
+    /// on first use (reads may block up to `MAX_THREAD_BLOCK`), remade when
+    /// the master moved, and replaced after a dropped connection, `f` then
+    /// running once more (it learns that it runs again: callers send only
+    /// what is safe to repeat).
+    pub fn on_thread<T>(
+        &self,
+        mut f: impl FnMut(&mut redis::Connection, bool) -> redis::RedisResult<T>,
+    ) -> redis::RedisResult<T> {
+        let current = self.generation();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let r = THREAD_CONNS.with(|conns| {
+                let mut conns = conns.borrow_mut();
+                let pid = std::process::id();
+                if conns.iter().any(|c| c.pid != pid) {
+                    // Inherited across a fork: never used, never closed (the socket is the parent's).
+                    let (mine, parents): (Vec<_>, Vec<_>) = conns.drain(..).partition(|c| c.pid == pid);
+                    parents.into_iter().for_each(std::mem::forget);
+                    *conns = mine;
+                }
+                conns.retain(|c| c.pool != self.id || c.generation == current.id);
+                let i = if let Some(i) = conns.iter().position(|c| c.pool == self.id) {
+                    i
+                } else {
+                    let conn = current.client.get_connection_with_timeout(self.config.connect_timeout)?;
+                    conn.set_read_timeout(Some(MAX_THREAD_BLOCK + self.config.response_timeout))?;
+                    conn.set_write_timeout(Some(self.config.response_timeout))?;
+                    conns.push(ThreadConn { pool: self.id, generation: current.id, pid, conn });
+                    conns.len() - 1
+                };
+                let r = f(&mut conns[i].conn, tries > 1);
+                if r.as_ref().is_err_and(|e| e.is_io_error() || e.is_connection_dropped()) {
+                    conns.swap_remove(i);
+                }
+                r
+            });
+            match r {
+                Err(e) if tries == 1 && (e.is_io_error() || e.is_connection_dropped()) => {}
+                Err(e) => {
+                    self.note_error(&e);
+                    return Err(e);
+                }
+                ok => return ok,
+            }
         }
     }
 

@@ -145,6 +145,8 @@ pub fn on_failure(
     let target = job.retry_queue().or_else(|| worker.retry_queue.clone()).unwrap_or_else(|| queue.to_owned());
     // It ran to a failure: whatever killed a process before, it was not this run.
     job.remove(field::SUSPECT);
+    // A throttle's pause starts over with the next attempt.
+    job.remove(field::THROTTLED);
     job.set_str(field::QUEUE, &target);
     job.set_str(field::ERROR_MESSAGE, &truncate_chars(&failure.error_message, MAX_ERROR_MESSAGE_CHARS));
     job.set_str(field::ERROR_CLASS, &failure.error_class);

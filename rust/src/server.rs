@@ -8,6 +8,7 @@
 //! still running past the deadline) back to the right end of their queues,
 //! where they are the next to run.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc as sync_mpsc};
@@ -29,6 +30,7 @@ use crate::job::{UniqueUntil, check_queue_name, field};
 use crate::keys::Keys;
 use crate::lane::{Delivery, Lane, Take};
 use crate::leader::{Elector, Leadership};
+use crate::limits::Limits;
 use crate::metrics::{self, Metrics};
 use crate::orphans::{Recoverer, Recovery, TimedOut};
 use crate::periodic::{Clock, Entry, Periodic};
@@ -38,6 +40,7 @@ use crate::retry::{self, Disposition, Failure, Fate, RetryPolicy, WorkerOptions}
 use crate::runtime;
 use crate::scheduled::{PollConfig, Poller};
 use crate::scripts;
+use crate::throttle::{self, Held, Throttles};
 use crate::timestamp;
 use crate::work::{self, Work, WorkSet};
 
@@ -79,6 +82,10 @@ pub struct ServerConfig {
     /// Start quiet: fetch nothing until resumed (a swarm's child started
     /// while the swarm is quiet).
     pub quiet: bool,
+    /// Throttles by worker class, checked at fetch (`throttle.rs`).
+    pub throttles: HashMap<String, throttle::Spec>,
+    /// The rate limiters of this process's Redis, for `/metrics`.
+    pub limits: Option<Arc<Limits>>,
 }
 
 /// How often resident memory is compared with `max_rss_kb`.
@@ -126,6 +133,7 @@ pub struct Server {
     /// judged as a death's (lane, payload, ran alone).
     memory_stop: Arc<AtomicBool>,
     handed_back: Mutex<Vec<(usize, Vec<u8>, bool)>>,
+    throttles: Option<Arc<Throttles>>,
 }
 
 /// The lock a finished unique job releases: (key, jid).
@@ -170,6 +178,7 @@ impl Server {
             // Before any fetcher starts, so none takes a job.
             control.set(RunState::Quiet);
         }
+        let throttles = (!config.throttles.is_empty()).then(|| Arc::new(Throttles::new(config.throttles.clone())));
         let acker = tokio::spawn(ack::run(rx, pool.clone(), keys.clone(), config.policy.clone(), identity.clone()));
         let mut tasks = Vec::new();
         for (i, lane) in lanes.iter().enumerate() {
@@ -187,6 +196,7 @@ impl Server {
                 control: control.clone(),
                 keyring: config.keyring.clone(),
                 watch: watch.clone(),
+                throttles: throttles.clone(),
             };
             tasks.push(tokio::spawn(fetcher.run()));
         }
@@ -234,6 +244,8 @@ impl Server {
                 lanes: lanes.clone(),
                 leadership: leadership.clone(),
                 stuck_after: config.stuck_after,
+                limits: config.limits.clone(),
+                throttles: throttles.clone(),
             };
             background.push(tokio::spawn(health::serve(listener, probe, halted.clone())));
         }
@@ -257,6 +269,11 @@ impl Server {
                 leadership: leadership.clone(),
             };
             background.push(tokio::spawn(recoverer.run(halted.clone())));
+        }
+        if let Some(t) = &throttles
+            && let Some(every) = t.refresh_every()
+        {
+            background.push(tokio::spawn(refresh_holds(t.clone(), pool.clone(), every, halted.clone())));
         }
         let memory_stop = Arc::new(AtomicBool::new(false));
         if let Some(max) = config.max_rss_kb {
@@ -303,6 +320,7 @@ impl Server {
             gate: Gate::default(),
             memory_stop,
             handed_back: Mutex::new(Vec::new()),
+            throttles,
         }))
     }
 
@@ -345,6 +363,67 @@ impl Server {
         admission
     }
 
+    /// Whether jobs of this class are throttled by a key function, checked by
+    /// [`Server::admit_keyed`] in the thread that takes them.
+    pub fn keyed_throttle(&self, class: &str) -> bool {
+        self.throttles.as_ref().is_some_and(|t| t.keyed(class))
+    }
+
+    /// The throttle check of a job whose key a function gave (`key`), on the
+    /// calling thread's own connection, before the job starts (call it without
+    /// the GIL). Returns the job to run; None when it was parked, failed (the
+    /// key function raised) or a stop came while Redis did not answer (it stays
+    /// in progress and goes back to its queue): its slot is then free.
+    pub fn admit_keyed(&self, d: Delivery, key: std::result::Result<String, Failure>) -> Option<Delivery> {
+        let Some(t) = self.throttles.as_ref().filter(|t| t.keyed(&d.class)) else { return Some(d) };
+        let lane = d.lane;
+        let key = match key.and_then(throttle::check_key) {
+            Ok(key) => key,
+            Err(failure) => {
+                log::error!(
+                    "the throttle key of job {} jid={} could not be computed: {}: {}",
+                    d.class,
+                    d.jid,
+                    failure.error_class,
+                    failure.error_message
+                );
+                let queue = &self.lanes[lane].name;
+                let s = crate::fetch::failure_settlement(
+                    &self.wip_keys[lane],
+                    queue,
+                    &self.config.policy,
+                    d.payload,
+                    &failure,
+                );
+                let _ = self.acks.send(Msg::Settle(s));
+                self.lanes[lane].finish();
+                return None;
+            }
+        };
+        let candidate = [throttle::Candidate::of(&d, key)];
+        let mut delay = Duration::from_millis(50);
+        let verdict = loop {
+            match t.check_blocking(&self.pool, &self.keys, &self.lanes[lane].name, &candidate) {
+                Ok(mut v) => break v.pop(),
+                Err(e) => {
+                    log::warn!("cannot check the throttle of job {} jid={} yet: {e}", d.class, d.jid);
+                    if self.control.state() == RunState::Stopping {
+                        self.lanes[lane].finish();
+                        return None;
+                    }
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        };
+        let Some(verdict) = verdict else { return Some(d) };
+        let run = crate::admit::apply(d, verdict, &self.wip_keys[lane], &self.acks);
+        if run.is_none() {
+            self.lanes[lane].finish();
+        }
+        run
+    }
+
     /// [`Server::admit`] without waiting: true when an ordinary job may start now.
     pub fn try_admit(&self, d: &mut Delivery) -> bool {
         d.admitted = !d.suspect && self.gate.try_enter();
@@ -353,8 +432,25 @@ impl Server {
 
     /// A fetched job that was not admitted (a stop): it stays in the
     /// in-progress list, which the stop hands back to its queue.
-    pub fn give_back(&self, d: &Delivery) {
+    pub fn give_back(&self, d: &mut Delivery) {
+        self.release_held(d);
         self.lanes[d.lane].finish();
+    }
+
+    /// A job's throttle hold, no longer refreshed: it goes back with its result.
+    fn take_held(&self, d: &mut Delivery) -> Option<Box<Held>> {
+        let held = d.held.take()?;
+        if let Some(t) = &self.throttles {
+            t.forget(&held);
+        }
+        Some(held)
+    }
+
+    /// Gives a job's throttle hold back now (a job handed back without a result).
+    fn release_held(&self, d: &mut Delivery) {
+        if let Some(held) = self.take_held(d) {
+            let _ = self.acks.send(Msg::Release(held));
+        }
     }
 
     /// An admitted job ended.
@@ -425,10 +521,10 @@ impl Server {
     }
 
     /// Ends the bookkeeping of a started job and counts it for the metrics tab.
-    fn end(&self, d: &Delivery, ok: bool) {
+    fn end(&self, d: &Delivery, ok: bool, outcome: Outcome) {
         self.work.remove(d.id);
         self.release(d);
-        self.count_finished(if ok { Outcome::Succeeded } else { Outcome::Failed });
+        self.count_finished(outcome);
         if !self.config.beat.is_some_and(|b| b.metrics) {
             return;
         }
@@ -443,11 +539,12 @@ impl Server {
     /// Records a job as done: it leaves the in-progress list on the next write
     /// (and a unique job's lock goes with it).
     pub fn complete(&self, mut d: Delivery) {
-        self.end(&d, true);
+        self.end(&d, true, Outcome::Succeeded);
         let unlock = unlock_of(&d);
         let batch = batch_of(&mut d, BatchOutcome::Ok);
+        let held = self.take_held(&mut d);
         let lane = d.lane;
-        self.send(lane, d.payload.into_source().into_bytes(), Settle::Done, false, unlock, batch);
+        self.send(lane, d.payload.into_source().into_bytes(), Settle::Done, false, unlock, batch, held);
     }
 
     /// The job's batch was invalidated: it is not run, counts as done for its
@@ -458,6 +555,7 @@ impl Server {
         self.count_finished(Outcome::Skipped);
         let unlock = unlock_of(&d);
         let batch = batch_of(&mut d, BatchOutcome::Ok);
+        let held = self.take_held(&mut d);
         let lane = d.lane;
         let s = Settlement {
             wip_key: self.wip_keys[lane].clone(),
@@ -467,9 +565,30 @@ impl Server {
             failed: false,
             unlock,
             batch,
+            held,
         };
         let _ = self.acks.send(Msg::Settle(s));
         self.lanes[lane].finish();
+    }
+
+    /// `OverLimit` escaped the job: it goes to the `schedule` set with its
+    /// `overrated` count raised (`overlimit.rs`), counted as processed, not
+    /// failed. Returns when it runs next (epoch seconds), or the delivery
+    /// untouched once it was rescheduled `max` times (fail it then).
+    #[allow(clippy::result_large_err)]
+    pub fn reschedule(&self, mut d: Delivery, max: u32, delay: Option<f64>) -> std::result::Result<f64, Delivery> {
+        if d.payload.overrated() >= u64::from(max) {
+            return Err(d);
+        }
+        self.end(&d, true, Outcome::Rescheduled);
+        let raw = d.payload.source().as_bytes().to_vec();
+        let (lane, unlock, held) = (d.lane, None, self.take_held(&mut d));
+        let Some(r) = crate::overlimit::reschedule(d.payload, max, delay, timestamp::now(), rand::random()) else {
+            unreachable!("the count was checked above")
+        };
+        let settle = Settle::Schedule { at: r.at, payload: r.payload, parked: None };
+        self.send(lane, raw, settle, false, unlock, None, held);
+        Ok(r.at)
     }
 
     /// The job expired before it could start: it is dropped, not run, not
@@ -480,6 +599,7 @@ impl Server {
         self.count_finished(Outcome::Expired);
         let unlock = unlock_of(&d);
         let batch = batch_of(&mut d, BatchOutcome::Ok);
+        let held = self.take_held(&mut d);
         let lane = d.lane;
         let s = Settlement {
             wip_key: self.wip_keys[lane].clone(),
@@ -489,6 +609,7 @@ impl Server {
             failed: false,
             unlock,
             batch,
+            held,
         };
         let _ = self.acks.send(Msg::Settle(s));
         self.lanes[lane].finish();
@@ -497,7 +618,8 @@ impl Server {
     /// Records a job as failed, sending it to the retry set, the dead set or
     /// nowhere, as its options say; returns where it went.
     pub fn fail(&self, mut d: Delivery, failure: &Failure, worker: &WorkerOptions) -> Fate {
-        self.end(&d, false);
+        self.end(&d, false, Outcome::Failed);
+        let held = self.take_held(&mut d);
         let queue = self.lanes[d.lane].name.clone();
         let raw = d.payload.source().to_owned();
         let lane = d.lane;
@@ -521,15 +643,16 @@ impl Server {
             Disposition::Discard | Disposition::Dropped => (Settle::Discard, lock),
         };
         let batch = batch.and_then(|b| Settled::from_ref(*b, jid, outcome));
-        self.send(lane, raw.into_bytes(), settle, true, unlock, batch);
+        self.send(lane, raw.into_bytes(), settle, true, unlock, batch, held);
         fate
     }
 
     /// Gives a job up without a result (stop deadline passed): it stays in
     /// the in-progress list and goes back to its queue.
-    pub fn abandon(&self, d: &Delivery) {
+    pub fn abandon(&self, d: &mut Delivery) {
         self.work.remove(d.id);
         self.release(d);
+        self.release_held(d);
         if self.memory_stop.load(Ordering::Acquire) {
             let mut back = self.handed_back.lock().unwrap_or_else(PoisonError::into_inner);
             back.push((d.lane, d.payload.source().as_bytes().to_vec(), d.alone));
@@ -564,6 +687,7 @@ impl Server {
         None
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn send(
         &self,
         lane: usize,
@@ -572,9 +696,18 @@ impl Server {
         failed: bool,
         unlock: Option<(String, String)>,
         batch: Option<Settled>,
+        held: Option<Box<Held>>,
     ) {
-        let s =
-            Settlement { wip_key: self.wip_keys[lane].clone(), raw, settle, processed: true, failed, unlock, batch };
+        let s = Settlement {
+            wip_key: self.wip_keys[lane].clone(),
+            raw,
+            settle,
+            processed: true,
+            failed,
+            unlock,
+            batch,
+            held,
+        };
         // After the final write the channel is closed; the job was requeued.
         let _ = self.acks.send(Msg::Settle(s));
         self.lanes[lane].finish();
@@ -586,7 +719,14 @@ impl Server {
         self.control.set(RunState::Stopping);
         self.gate.close();
         // Fetchers blocked in BLMOVE see the state change and unblock themselves.
-        self.lanes.iter().map(|l| l.close().len()).sum()
+        let mut untaken = 0;
+        for lane in &self.lanes {
+            for mut d in lane.close() {
+                self.release_held(&mut d);
+                untaken += 1;
+            }
+        }
+        untaken
     }
 
     /// Second half of a stop: write pending results (until `deadline`), then
@@ -734,6 +874,25 @@ fn bind_health(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
     let std_listener = std::net::TcpListener::bind(addr).map_err(fail)?;
     std_listener.set_nonblocking(true).map_err(fail)?;
     tokio::net::TcpListener::from_std(std_listener).map_err(fail)
+}
+
+/// Extends the throttle holds of the running jobs every `every` until halted.
+async fn refresh_holds(throttles: Arc<Throttles>, pool: Arc<Pool>, every: Duration, mut halt: watch::Receiver<bool>) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = halt.wait_for(|h| *h) => return,
+        }
+        match throttles.refresh(&pool).await {
+            Ok(()) => failing = false,
+            Err(e) if !failing => {
+                log::warn!("cannot refresh the throttle holds of running jobs (they expire after lock_timeout): {e}");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 /// Quiets the process and asks for a recycle once its resident memory passes

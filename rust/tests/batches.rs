@@ -45,6 +45,8 @@ fn config() -> ServerConfig {
         max_rss_kb: None,
         stuck_after: None,
         quiet: false,
+        throttles: std::collections::HashMap::new(),
+        limits: None,
         keyring: None,
     }
 }

@@ -43,6 +43,8 @@ fn config(queues: &[(&str, usize)]) -> ServerConfig {
         max_rss_kb: None,
         stuck_after: None,
         keyring: None,
+        throttles: std::collections::HashMap::new(),
+        limits: None,
         quiet: false,
     }
 }
@@ -119,7 +121,8 @@ fn failures_go_to_retry_and_stop_requeues_the_rest() {
     // Stop with one job running and one fetched: both must go back.
     std::thread::sleep(Duration::from_millis(100));
     server.begin_stop();
-    server.abandon(&running);
+    let mut running = running;
+    server.abandon(&mut running);
     let report = rt.block_on(server.finish_stop(Instant::now() + Duration::from_secs(2))).unwrap();
     let mut conn = pool.get();
     let retry: Vec<String> = rt.block_on(conn.zrange("retry", 0, -1)).unwrap();
@@ -369,4 +372,75 @@ fn listings_read_bounded_windows_filter_and_act_on_all() {
         small,
     ));
     assert_eq!(done.unwrap().done, 5);
+}
+
+#[test]
+fn a_concurrent_limiter_counts_holders_and_a_release_wakes_a_waiter() {
+    use _kiq::limiter::{Kind, Spec};
+    use _kiq::limits::{Limiter, Limits};
+    let redis = support::RedisServer::start();
+    let rt = _kiq::runtime::get();
+    let _g = rt.enter();
+    let pool = Pool::new(RedisConfig::new(redis.url())).unwrap();
+    let limits = Limits::new(pool.clone(), Keys::default());
+    let now_only = Spec::new(Kind::Concurrent, "core", Some(2), None, 0.0, 30.0).unwrap();
+    let lim = Arc::new(Limiter::new(now_only, Some(limits.clone())));
+    let a = rt.block_on(lim.acquire(1)).unwrap();
+    let _b = rt.block_on(lim.acquire(1)).unwrap();
+    let err = rt.block_on(lim.acquire(1)).unwrap_err().to_string();
+    assert!(err.contains("concurrent limiter \"core\" (2 at once) is over its limit"), "{err}");
+    let waiting = Spec::new(Kind::Concurrent, "core", Some(2), None, 5.0, 30.0).unwrap();
+    let waiter = Arc::new(Limiter::new(waiting, Some(limits.clone())));
+    let started = Instant::now();
+    let w = rt.spawn({
+        let waiter = waiter.clone();
+        async move { waiter.acquire(1).await }
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    rt.block_on(lim.release(&a)).unwrap();
+    let got = rt.block_on(w).unwrap().unwrap();
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(200) && waited < Duration::from_secs(2), "{waited:?}");
+    assert!(got.acquired_at > a.acquired_at);
+    let usage = limits.usage();
+    assert_eq!((usage[0].2.acquired, usage[0].2.over), (3, 1));
+}
+
+#[test]
+fn a_throttled_job_over_its_limit_is_parked_and_comes_back_when_the_holder_ends() {
+    use _kiq::throttle::Spec;
+    let redis = support::RedisServer::start();
+    let rt = _kiq::runtime::get();
+    let _g = rt.enter();
+    let pool = Pool::new(RedisConfig::new(redis.url())).unwrap();
+    let mut cfg = config(&[("default", 3)]);
+    cfg.scheduler = false;
+    cfg.throttles.insert("Echo".into(), Spec::new(Some(1), None, None, 60.0, false).unwrap());
+    let server = Server::start(pool.clone(), Keys::default(), cfg).unwrap();
+    push_jobs(&rt, &pool, "default", 3);
+    let first = take(&server, 0);
+    assert!(first.held.is_some() && first.throttle_at.is_some());
+    let mut conn = pool.get();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // The other two wait in the schedule set, not in a thread.
+    while rt.block_on(conn.zcard::<_, i64>("schedule")).unwrap() != 2 {
+        assert!(Instant::now() < deadline, "two jobs parked");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let parked: Vec<String> = rt.block_on(conn.zrange("schedule", 0, -1)).unwrap();
+    assert!(parked.iter().all(|p| p.contains(r#""kiq_throttled":1"#)), "{parked:?}");
+    server.complete(first);
+    // Its end moves one parked job back (no scheduler runs here), which then runs.
+    let second = take(&server, 0);
+    assert!(second.held.is_some());
+    assert_eq!(rt.block_on(conn.zcard::<_, i64>("schedule")).unwrap(), 1);
+    server.complete(second);
+    let third = take(&server, 0);
+    server.complete(third);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rt.block_on(conn.exists::<_, bool>("kiq:throttle|Echo|")).unwrap() {
+        assert!(Instant::now() < deadline, "the last hold given back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    rt.block_on(server.finish_stop(Instant::now() + Duration::from_secs(2))).unwrap();
 }

@@ -37,6 +37,8 @@ pub struct Client {
     pub(crate) sync_timeout: Duration,
     /// Keys for `encrypt=True` jobs (pushing and, in a server, fetching).
     pub(crate) keyring: Option<Arc<crate::crypto::Keyring>>,
+    /// The rate limiters of this Redis (connections for waiters, this process's counts).
+    pub(crate) limits: Arc<crate::limits::Limits>,
 }
 
 /// Unique jobs not pushed, by jid, with the jid holding each lock (if known).
@@ -298,6 +300,7 @@ impl Client {
             None
         };
         Ok(Self {
+            limits: crate::limits::Limits::new(pool.clone(), keys.clone()),
             pool,
             keys,
             unit,

@@ -41,6 +41,14 @@ create_exception!(
 
 create_exception!(
     kiq.errors,
+    OverLimit,
+    KiqError,
+    "A rate limiter had no room within its wait_timeout. Raised inside a job, it reschedules the job (Sidekiq \
+     Enterprise's rule) instead of failing it."
+);
+
+create_exception!(
+    kiq.errors,
     UndeliverableError,
     KiqError,
     "Redis refused jobs for a reason retrying cannot fix (a key of the wrong type, an ACL); they were kept aside."
@@ -69,6 +77,7 @@ impl From<PyKiqError> for PyErr {
             CoreError::Undeliverable(_) => UndeliverableError::new_err(msg),
             CoreError::Decryption(_) => DecryptionError::new_err(msg),
             CoreError::Batch(_) => BatchError::new_err(msg),
+            CoreError::OverLimit(_) => OverLimit::new_err(msg),
         }
     }
 }

@@ -12,6 +12,7 @@ mod crypto;
 mod errors;
 mod fate;
 mod gil;
+mod limiter;
 mod marshal;
 mod options;
 mod server;
@@ -40,10 +41,12 @@ mod _kiq {
     #[pymodule_export]
     use super::errors::{
         BatchError, BufferFullError, CodecError, ConfigError, ConnectionError, CrontabError, DecryptionError, KiqError,
-        ShutdownError, TimeoutError, UndeliverableError,
+        OverLimit, ShutdownError, TimeoutError, UndeliverableError,
     };
     #[pymodule_export]
     use super::fate::Fate;
+    #[pymodule_export]
+    use super::limiter::{Grant, Limiter, LimiterState, Throttle, limiter_states};
     #[pymodule_export]
     use super::server::{Delivery, Server};
 
@@ -135,6 +138,16 @@ mod _kiq {
         super::convert::json_to_py(py, &crate::admin::display_args(&job))
     }
 
+    /// What a job over a rate limit becomes, without Redis (sandbox mode):
+    /// `(at, payload)` of the job rescheduled, or None past `max_reschedules`.
+    #[pyfunction]
+    #[pyo3(signature = (payload, *, max_reschedules = 20, delay = None))]
+    fn decide_reschedule(payload: String, max_reschedules: u32, delay: Option<f64>) -> PyResult<Option<(f64, String)>> {
+        let job = errors::py_result(crate::job::Payload::parse(payload))?;
+        let r = crate::overlimit::reschedule(job, max_reschedules, delay, crate::timestamp::now(), rand::random());
+        Ok(r.map(|r| (r.at, r.payload)))
+    }
+
     /// A new 24-hex-digit job id.
     #[pyfunction]
     fn new_jid() -> String {
@@ -196,6 +209,7 @@ mod _kiq {
         m.add("ENCRYPTED_DATA", crate::crypto::REDACTED)?;
         m.add("BATCH_FIELD", crate::job::field::BATCH)?;
         m.add("PRO_BATCH_FIELD", crate::job::field::BID)?;
+        m.add("DEFAULT_MAX_RESCHEDULES", crate::overlimit::DEFAULT_MAX_RESCHEDULES)?;
         Ok(())
     }
 }

@@ -13,6 +13,7 @@ use super::client::{Client, Extra, keys_for, new_job};
 use super::convert::value_to_py;
 use super::errors::{ShutdownError, py_result};
 use super::fate::Fate;
+use super::limiter::Throttle;
 use super::{gil, options};
 use crate::crontab;
 use crate::heartbeat::{BeatConfig, ProcessInfo};
@@ -142,6 +143,18 @@ impl Delivery {
         self.with(|d| d.payload.time(field::ENQUEUED_AT)).flatten()
     }
 
+    /// Times the job was rescheduled over a rate limit before (`overrated`, 0 if never).
+    #[getter]
+    fn overrated(&self) -> u64 {
+        self.with(|d| d.payload.overrated()).unwrap_or(0)
+    }
+
+    /// When its worker's throttle admitted it (epoch seconds, Redis's clock); None if not throttled.
+    #[getter]
+    fn admitted_at(&self) -> Option<f64> {
+        self.with(|d| d.throttle_at).flatten()
+    }
+
     fn __repr__(&self, py: Python<'_>) -> String {
         format!("<Delivery {} jid={} queue={}>", self.class_name.bind(py), self.jid.bind(py), self.queue.bind(py))
     }
@@ -212,12 +225,14 @@ pub struct Server {
     /// back after them (what a woken thread pays before it can run Python).
     gil_waits: AtomicU64,
     gil_wait_ns: AtomicU64,
+    /// Throttle key functions by class, called by the thread that takes a job.
+    throttle_keys: std::collections::HashMap<String, Py<PyAny>>,
 }
 
 #[pymethods]
 impl Server {
     #[new]
-    #[pyo3(signature = (client, identity, queues, *, hostname, tag = None, labels = None, max_retries = 25, dead_limit = 10_000, dead_timeout = 15_552_000.0, poll_interval_average = None, average_scheduled_poll_interval = 5.0, scheduler = true, heartbeat = true, heartbeat_interval = 5.0, heartbeat_ttl = 60.0, metrics = true, leader_ttl = 30.0, orphan_check_interval = 60.0, max_recoveries = 3, periodics = None, periodic_clock = None, health = None, max_jobs = None, max_memory_bytes = None, stuck_after = None, quiet = false))]
+    #[pyo3(signature = (client, identity, queues, *, hostname, tag = None, labels = None, max_retries = 25, dead_limit = 10_000, dead_timeout = 15_552_000.0, poll_interval_average = None, average_scheduled_poll_interval = 5.0, scheduler = true, heartbeat = true, heartbeat_interval = 5.0, heartbeat_ttl = 60.0, metrics = true, leader_ttl = 30.0, orphan_check_interval = 60.0, max_recoveries = 3, periodics = None, periodic_clock = None, health = None, max_jobs = None, max_memory_bytes = None, stuck_after = None, quiet = false, throttles = None))]
     // Keyword arguments of one Python constructor, mirrored one to one.
     #[allow(clippy::too_many_arguments, clippy::fn_params_excessive_bools)]
     fn new(
@@ -248,7 +263,17 @@ impl Server {
         max_memory_bytes: Option<u64>,
         stuck_after: Option<f64>,
         quiet: bool,
+        throttles: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
+        let mut throttle_specs = std::collections::HashMap::new();
+        let mut throttle_keys = std::collections::HashMap::new();
+        for (class, t) in throttles.map(|d| d.iter().collect::<Vec<_>>()).unwrap_or_default() {
+            let (class, t) = (class.extract::<String>()?, t.cast_into::<Throttle>()?);
+            if let Some(key) = &t.get().key {
+                throttle_keys.insert(class.clone(), key.clone_ref(py));
+            }
+            throttle_specs.insert(class, t.get().spec.clone());
+        }
         let entries = match periodics {
             Some(p) => periodic_entries(p, client.keyring.as_ref())?,
             None => Vec::new(),
@@ -303,13 +328,15 @@ impl Server {
             stuck_after: stuck_after.filter(|s| *s > 0.0).map(Duration::from_secs_f64),
             keyring: client.keyring.clone(),
             quiet,
+            throttles: throttle_specs,
+            limits: Some(client.limits.clone()),
         };
         let pool = client.pool.clone();
         gil::block_on(py, async move { crate::pool::require_version(&pool).await })?;
         let rt = runtime::get();
         let _guard = rt.enter();
         let inner = py_result(server::Server::start(client.pool.clone(), client.keys.clone(), config))?;
-        Ok(Self { inner, names, gil_waits: AtomicU64::new(0), gil_wait_ns: AtomicU64::new(0) })
+        Ok(Self { inner, names, gil_waits: AtomicU64::new(0), gil_wait_ns: AtomicU64::new(0), throttle_keys })
     }
 
     /// The next job of queue number `lane`, waiting (without the GIL) up to
@@ -317,26 +344,38 @@ impl Server {
     #[pyo3(signature = (lane, timeout = None))]
     fn next_job(&self, py: Python<'_>, lane: usize, timeout: Option<f64>) -> PyResult<Option<Delivery>> {
         let l = py_result(self.inner.lane(lane))?.clone();
-        // A ready job is taken without releasing the GIL: no thread switch.
-        let mut d = if let Some(d) = l.try_take() {
-            d
-        } else {
-            let (taken, woke) = py.detach(|| (l.take(timeout.map(Duration::from_secs_f64)), Instant::now()));
-            match taken {
-                Take::Job(d) => {
-                    self.gil_waits.fetch_add(1, Ordering::Relaxed);
-                    self.gil_wait_ns.fetch_add(woke.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                    d
+        let mut d = loop {
+            // A ready job is taken without releasing the GIL: no thread switch.
+            let d = if let Some(d) = l.try_take() {
+                d
+            } else {
+                let (taken, woke) = py.detach(|| (l.take(timeout.map(Duration::from_secs_f64)), Instant::now()));
+                match taken {
+                    Take::Job(d) => {
+                        self.gil_waits.fetch_add(1, Ordering::Relaxed);
+                        self.gil_wait_ns.fetch_add(woke.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                        d
+                    }
+                    Take::Closed | Take::TimedOut => return Ok(None),
                 }
-                Take::Closed | Take::TimedOut => return Ok(None),
+            };
+            // A keyed throttle: the key here, where the GIL is held already; the check without it.
+            let Some(key_fn) = self.throttle_keys.get(&d.class).filter(|_| self.inner.keyed_throttle(&d.class)) else {
+                break d;
+            };
+            let key = super::limiter::throttle_key(py, key_fn.bind(py), &d);
+            let inner = self.inner.clone();
+            if let Some(d) = py.detach(move || inner.admit_keyed(d, key)) {
+                break d;
             }
+            // Parked (or failed): this thread takes the next job.
         };
         if !self.inner.try_admit(&mut d) {
             let inner = self.inner.clone();
             let (admission, back) = py.detach(move || (inner.admit(&mut d), d));
             d = back;
             if admission == crate::isolation::Admission::Stopping {
-                self.inner.give_back(&d);
+                self.inner.give_back(&mut d);
                 return Ok(None);
             }
         }
@@ -429,8 +468,8 @@ impl Server {
 
     /// Gives the job up without a result; a stop hands it back to its queue.
     fn abandon(&self, delivery: &Delivery) -> PyResult<()> {
-        let d = delivery.take()?;
-        self.inner.abandon(&d);
+        let mut d = delivery.take()?;
+        self.inner.abandon(&mut d);
         Ok(())
     }
 
@@ -447,6 +486,22 @@ impl Server {
         let inner = self.inner.clone();
         let r = gil::block_on(py, async move { inner.recover_dead(&identity, &timed_out).await })?;
         Ok((r.requeued, r.poisoned, r.timed_out))
+    }
+
+    /// `OverLimit` escaped the job: it goes to the schedule set (`overrated`
+    /// raised, `delay` seconds or Sidekiq Enterprise's default) and the time
+    /// it runs next is returned; None once it was rescheduled
+    /// `max_reschedules` times, and then the delivery is untouched (fail it).
+    #[pyo3(signature = (delivery, *, max_reschedules = 20, delay = None))]
+    fn reschedule(&self, delivery: &Delivery, max_reschedules: u32, delay: Option<f64>) -> PyResult<Option<f64>> {
+        let d = delivery.take()?;
+        match self.inner.reschedule(d, max_reschedules, delay) {
+            Ok(at) => Ok(Some(at)),
+            Err(d) => {
+                *delivery.inner.lock().unwrap_or_else(PoisonError::into_inner) = Some(d);
+                Ok(None)
+            }
+        }
     }
 
     /// Stops or resumes fetching new jobs.

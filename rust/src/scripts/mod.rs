@@ -29,3 +29,8 @@ pub static PERIODIC: LazyLock<Script> = LazyLock::new(|| Script::new(include_str
 pub static FAIL_ORPHAN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("fail_orphan.lua")));
 pub static KILL_MANY: LazyLock<Script> =
     LazyLock::new(|| Script::new(concat!(include_str!("batch_lib.lua"), include_str!("kill_many.lua"))));
+pub static LIMIT_ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("limit_acquire.lua")));
+pub static LIMIT_RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("limit_release.lua")));
+pub static THROTTLE_ADMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("throttle_admit.lua")));
+pub static THROTTLE_RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("throttle_release.lua")));
+pub static THROTTLE_REFRESH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("throttle_refresh.lua")));

@@ -1,5 +1,5 @@
 -- settle.lua: write the results of finished jobs, exactly once. For each job:
--- its retry or dead entry (if any), the LREM that takes it off this
+-- its retry, dead or schedule entry (if any), the LREM that takes it off this
 -- process's in-progress list and, for a batch job or callback, its batch
 -- bookkeeping (batch_lib.lua, prepended: counted once per jid, callbacks
 -- fired once); then Sidekiq's processed/failed counters. Each result carries
@@ -17,8 +17,10 @@
 -- KEYS[6]    stat:processed:<day>         STRING counter
 -- KEYS[7]    stat:failed:<day>            STRING counter
 -- KEYS[8]    kiq:stat:expired             STRING counter
--- KEYS[9]    schedule                     ZSET, where fired batch callbacks wait (due now)
--- KEYS[10..] kiq:wip|<identity>|<queue>   LIST per queue of the batch
+-- KEYS[9]    schedule                     ZSET: jobs rescheduled over a rate limit or parked by a
+--                                         throttle, and fired batch callbacks (due now)
+-- KEYS[10..] kiq:wip|<identity>|<queue>   LIST per queue of the batch, and
+--            kiq:parked|<queue>|<class>|<key>  ZSET per throttle key of a parked job
 -- then, last, 3 keys per batch level (M levels): kiq:batch|<bid> HASH,
 --            kiq:batch|<bid>|done SET, kiq:batch|<bid>|failed HASH
 -- ARGV[1]    milliseconds KEYS[1] lives after this write
@@ -29,25 +31,27 @@
 -- ARGV[6]    number of results N
 -- ARGV[7]    now in the jobs' timestamp unit (callback jobs' created_at)
 -- ARGV[8]    seconds a batch is kept after it succeeded
--- ARGV[9]    M, then ARGV[10 .. 9+M] the bids of the batch levels
--- then per result, 9 values: number, in-progress list (i: KEYS[9 + i]),
---   kind ("done", "retry", "dead", "expired"), retry score or "",
---   the payload for retry/dead or "", the job as in its list, counters
+-- ARGV[9]    milliseconds a kiq:parked key lives after a job is parked in it
+-- ARGV[10]   M, then ARGV[11 .. 10+M] the bids of the batch levels
+-- then per result, 10 values: number, in-progress list (i: KEYS[9 + i]),
+--   kind ("done", "retry", "dead", "expired", "schedule"), retry or schedule
+--   score or "", the payload for retry/dead/schedule or "", the job as in its list, counters
 --   ("p" processed, "pf" processed and failed, "" neither), its batch part
 --   ("" none; "m <outcome> <levels>" for a member, outcome "ok", "fail" or
 --   "dead"; "c <event> <levels>" for a callback job that succeeded; levels
---   are level numbers, the batch first, then its ancestors), and its jid
+--   are level numbers, the batch first, then its ancestors), its jid, and
+--   the kiq:parked key a scheduled job is also listed in (j: KEYS[9 + j]) or 0
 --
 -- Returns {{number, reason, ...} of the results refused, {payload, ...} of
 -- the batch callback jobs written to the schedule set}.
 
 local hw = tonumber(redis.call('HGET', KEYS[1], 'hw') or '0')
 local n = tonumber(ARGV[6])
-local m = tonumber(ARGV[9])
-local base = 9 + m
-local function at(i, k) return ARGV[base + 9 * i + k] end
+local m = tonumber(ARGV[10])
+local base = 10 + m
+local function at(i, k) return ARGV[base + 10 * i + k] end
 local bids = {}
-for k = 1, m do bids[k] = ARGV[9 + k] end
+for k = 1, m do bids[k] = ARGV[10 + k] end
 local levels = kiq_batch_levels(#KEYS - 3 * m + 1, bids)
 local ctx = {now = ARGV[3], stamp = ARGV[7], sched = KEYS[9], keep = ARGV[8], fired = {}}
 
@@ -85,9 +89,12 @@ for i = 0, n - 1 do
     local kind = at(i, 3)
     local spec = at(i, 8)
     local chain = nil
+    local parked = tonumber(at(i, 10)) > 0 and KEYS[9 + tonumber(at(i, 10))]
     local why = wrong(wip, 'list')
     if not why and kind == 'retry' then why = wrong(KEYS[2], 'zset') end
     if not why and kind == 'dead' then why = wrong(KEYS[3], 'zset') end
+    if not why and kind == 'schedule' then why = wrong(KEYS[9], 'zset') end
+    if not why and parked then why = wrong(parked, 'zset') end
     if not why and spec ~= '' then
       chain = kiq_batch_chain(levels, string.match(spec, '^%S+ %S+ (.*)$') or '')
       why = wrong(KEYS[9], 'zset') or kiq_batch_wrong(chain, wrong)
@@ -98,6 +105,12 @@ for i = 0, n - 1 do
     elseif not why and kind == 'dead' then
       r = redis.pcall('ZADD', KEYS[3], ARGV[3], at(i, 5))
       buried = true
+    elseif not why and kind == 'schedule' then
+      r = redis.pcall('ZADD', KEYS[9], at(i, 4), at(i, 5))
+      if parked and not (type(r) == 'table' and r['err']) then
+        redis.pcall('ZADD', parked, at(i, 4), at(i, 5))
+        redis.pcall('PEXPIRE', parked, ARGV[9])
+      end
     end
     if not why and type(r) == 'table' and r['err'] then why = r['err'] end
     if not why then
