@@ -22,7 +22,9 @@ def loaded(path: Path) -> str:
     libs = [lib for lib in LIBRARIES if f'include_str!("{lib}"), include_str!("{path.name}")' in mod]
     return "\n".join([*((HERE / lib).read_text() for lib in libs), path.read_text()])
 CALL = re.compile(r"redis\.p?call\(\s*'([A-Za-z]+)'\s*,\s*([^,)]+)")
-ASSIGN = re.compile(r"\b(?:local\s+)?(\w+)\s*=\s*KEYS\[")
+ASSIGN = re.compile(r"\b(?:local\s+)?(\w+)\s*=\s*KEYS\[")  # also a table field: `{h = KEYS[i]}`
+ASSIGN_LIST = re.compile(r"^\s*(?:local\s+)?(\w+(?:\s*,\s*\w+)*)\s*=\s*(.+)$", re.M)
+KEY_EXPR = re.compile(r"(?:.*\band\s+)?KEYS\[[^\]]*\]")  # `KEYS[i]`, or `cond and KEYS[i]` (a key or false)
 ASSIGN_INDEXED = re.compile(r"\b(\w+)\[(?:[^\[\]]|\[[^\]]*\])*\]\s*=\s*KEYS\[")  # a table of keys: t[name] = KEYS[i]
 FUNC = re.compile(r"local function (\w+)\(([^)]*)\)")
 
@@ -30,7 +32,15 @@ FUNC = re.compile(r"local function (\w+)\(([^)]*)\)")
 def key_like(source: str) -> set[str]:
     """Names that only ever hold a key from KEYS: locals assigned from it, and
     parameters of local functions whose every call passes such a key."""
-    names = set(ASSIGN.findall(source)) | {f"{t}[]" for t in ASSIGN_INDEXED.findall(source)}
+    lists = [m for m in ASSIGN_LIST.finditer(source) if "," in m.group(1)]
+    in_list = lambda pos: any(m.start(1) <= pos < m.end(1) for m in lists)  # noqa: E731
+    names = {m.group(1) for m in ASSIGN.finditer(source) if not in_list(m.start(1))}
+    names |= {f"{t}[]" for t in ASSIGN_INDEXED.findall(source)}
+    for m in ASSIGN_LIST.finditer(source):
+        # `local a, b = KEYS[1], ARGV[1]`: pair each name with its value.
+        for name, value in zip((t.strip() for t in m.group(1).split(",")), split_top(m.group(2))):
+            if KEY_EXPR.fullmatch(value.strip()):
+                names.add(name)
     funcs = {name: [p.strip() for p in params.split(",") if p.strip()] for name, params in FUNC.findall(source)}
     changed = True
     while changed:
@@ -46,6 +56,20 @@ def key_like(source: str) -> set[str]:
                     names.add(param)
                     changed = True
     return names
+
+
+def split_top(values: str) -> list[str]:
+    """Split an expression list at its top-level commas."""
+    parts, depth, cur = [], 0, ""
+    for ch in values:
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [*parts, cur]
 
 
 def is_key(expr: str, names: set[str]) -> bool:
@@ -84,3 +108,7 @@ def test_the_check_catches_a_key_built_inside() -> None:
     ok = "local function kind(key) return redis.call('TYPE', key) end\nkind(KEYS[1])\nlocal w = KEYS[2]\nkind(w)"
     assert undeclared(ok) == []
     assert undeclared(ok + "\nkind(ARGV[1])") == ["TYPE key"]
+    pair = "local a, b = KEYS[1], ARGV[1]\nredis.call('DEL', a)\nredis.call('DEL', b)"
+    assert undeclared(pair) == ["DEL b"]
+    maybe = "local p = n > 0 and KEYS[3]\nredis.call('DEL', p)\nlocal q = n > 0 and ARGV[3]\nredis.call('DEL', q)"
+    assert undeclared(maybe) == ["DEL q"]

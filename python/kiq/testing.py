@@ -284,7 +284,7 @@ def drain(app: Kiq, *, scope: str = "sandbox", retries: bool = True, max_runs: i
                 j.state = "running"
             server = _DrainServer(app, batch)
             Processor(server, app.workers, reporters, aio, app._tracing,  # type: ignore[arg-type]
-                      app.limiter).run_lane(0)
+                      app=app, limiters=app.limiter).run_lane(0)
             total += server.ran
             for j in batch:  # a job whose run was abandoned goes back to waiting
                 if j.state == "running":
