@@ -39,11 +39,14 @@ WORKER = textwrap.dedent(
         r.incr("t:runs")
         if n % 100 == 0 and job.retry_count is None:
             raise ValueError(f"{n} fails once")
+        if job.retry_count is not None:
+            r.sadd("t:retried", job.jid)
 
     @worker(name="Crash.Done")
     def done(status, options) -> None:
         job = current_job()
         r.sadd(f"t:cb:{status['event']}", job.jid)
+        r.setnx(f"t:retried_by:{status['event']}", r.scard("t:retried"))
         r.incr(f"t:cbruns:{status['event']}")
         r.rpush(f"t:cbstatus:{status['event']}", json.dumps(status))
 
@@ -113,7 +116,11 @@ def test_callbacks_exactly_once_while_workers_are_killed(redis_url: str, r: redi
 
 
     [complete] = [json.loads(s) for s in r.lrange("t:cbstatus:complete", 0, -1)]
-    assert (complete["total"], complete["pending"], complete["failures"]) == (N, 100, 100)
+    # A retry (due 15 s or more after its failure) may succeed before complete fires when the
+    # machine is slow: the failures at that moment are the 100 minus those, and all still pending.
+    early = int(r.get("t:retried_by:complete") or 0)
+    assert complete["total"] == N and complete["pending"] == complete["failures"]
+    assert 100 - early <= complete["failures"] <= 100, (complete, early)
     status = app.batch_status(batch.bid)
     assert (status.total, status.pending, status.failures, status.complete, status.success) == (N, 0, 0, True, True)
     assert int(r.get("t:runs") or 0) >= N + 100

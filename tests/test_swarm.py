@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import redis
 
-from kiq import Kiq, worker
+from kiq import Job, Kiq, worker
 from kiq.errors import ConfigError
 from kiq.swarm import preloading, processes
 from kiq.swarm.forksafe import problems
@@ -350,6 +350,46 @@ def test_a_job_past_its_hard_timeout_kills_its_child_and_fails(tmp_path: Path, r
     [second] = s.wait_children(1)
     assert second != first
     assert s.messages("ran past its hard_timeout of 1s; killing child #0")
+    assert s.stop() == 0
+    s.assert_no_orphans()
+
+
+def test_a_batch_job_past_its_hard_timeout_dies_for_its_batch(tmp_path: Path, redis_url: str, r: redis.Redis,
+                                                              swarms: Callable[..., Swarm]) -> None:
+    """The job failed for its child's death counts for its batch like one that raised: death and
+    complete fire (once each), so the batch does not wait forever."""
+    write(tmp_path, NAPS + textwrap.dedent(
+        """
+        @worker(name="Spin", hard_timeout=1, retry=0)
+        def spin() -> None:
+            while True:
+                pass
+
+        @worker(name="Done")
+        def done(status, options) -> None:
+            r.rpush("callbacks", status["event"])
+
+        app.register(spin)
+        app.register(done)
+        """))
+    client = Kiq(redis_url, buffer=False)
+    batch = client.batch(description="one spins")
+    batch.on("death", "Done").on("complete", "Done").on("success", "Done")
+    with batch.jobs():
+        # The payload carries retry: 0 (a push by class name, as from Ruby, carries the pusher's options).
+        client.enqueue_bulk(Job("Spin", retry=0), [[]], sync=True)
+        client.enqueue_bulk("Nap", [[0]], sync=True)
+    s = swarms("-p", "1", env={"CONCURRENCY": "3", "NAP": "0.1"})
+    s.wait_children(1)
+    wait_for(lambda: sorted(r.lrange("callbacks", 0, -1)) == ["complete", "death"], timeout=30,
+             what="death and complete fired")
+    status = client.batch_status(batch.bid)
+    assert (status.total, status.pending, status.failures) == (2, 1, 1)
+    assert status.dead_jids == status.failed_jids and len(status.dead_jids) == 1
+    [dead] = [json.loads(p) for p in r.zrange("dead", 0, -1)]
+    assert dead["class"] == "Spin" and dead["error_class"] == "kiq.errors.JobTimeoutError"
+    time.sleep(0.5)  # a second firing would have arrived by now
+    assert sorted(r.lrange("callbacks", 0, -1)) == ["complete", "death"] and runs(r) == {0: 1}
     assert s.stop() == 0
     s.assert_no_orphans()
 

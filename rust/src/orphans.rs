@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::batches::{BatchRef, KEEP_SECS, Outcome as BatchOutcome};
 use crate::error::Result;
 use crate::heartbeat;
 use crate::job::{Payload, field};
@@ -249,16 +250,19 @@ async fn fail_timed_out(
         ),
         ..Failure::default()
     };
+    // A batch member failed here counts for its batch in the same step (callbacks count only successes).
+    let batch = BatchRef::of(&payload).filter(|b| b.callback.is_none()).map(|b| b.chain);
     let (disposition, _) =
         retry::on_failure(payload, queue, &failure, &WorkerOptions::default(), policy, now, rand::random());
+    let outcome = BatchOutcome::of(&disposition);
     let (kind, score, failed, frees_lock) = match disposition {
         Disposition::Retry { at, payload } => ("retry", float_json(at), payload, false),
         Disposition::Dead { payload } => ("dead", String::new(), payload, true),
         Disposition::Discard | Disposition::Dropped => ("discard", String::new(), String::new(), true),
     };
     let day = timestamp::utc_date(now);
-    let moved: i64 = scripts::FAIL_ORPHAN
-        .key(list)
+    let mut inv = scripts::FAIL_ORPHAN.prepare_invoke();
+    inv.key(list)
         .key(keys.retry())
         .key(keys.dead())
         .key(keys.stat_processed())
@@ -272,11 +276,27 @@ async fn fail_timed_out(
         .arg(float_json(now))
         .arg(float_json(now - policy.dead_timeout_secs))
         .arg(policy.dead_limit)
-        .arg(DAILY_STAT_TTL_SECS)
-        .invoke_async(&mut pool.get())
-        .await?;
-    if moved == 0 {
+        .arg(DAILY_STAT_TTL_SECS);
+    if let Some(chain) = &batch {
+        inv.key(keys.schedule());
+        for bid in chain {
+            inv.key(keys.batch(bid)).key(keys.batch_done(bid)).key(keys.batch_failed(bid));
+        }
+        inv.arg(policy.unit.encode(now)).arg(KEEP_SECS).arg(&jid).arg(outcome.as_str()).arg(chain.len());
+        for bid in chain {
+            inv.arg(bid);
+        }
+    }
+    let reply: Vec<redis::Value> = inv.invoke_async(&mut pool.get()).await?;
+    if reply.first().and_then(|v| redis::from_redis_value::<i64>(v.clone()).ok()) != Some(1) {
         return Ok(Outcome::Gone);
+    }
+    let fired: Vec<String> =
+        reply.iter().skip(1).filter_map(|v| redis::from_redis_value::<String>(v.clone()).ok()).collect();
+    if !fired.is_empty()
+        && let Err(e) = crate::scheduled::release(pool, keys, policy.unit, fired).await
+    {
+        log::warn!("batch callbacks wait for the scheduler's next poll: {e}");
     }
     log::warn!("job {jid} ran past its hard_timeout of {limit}s and was failed with JobTimeoutError ({kind})");
     // A unique job that failed for good frees its lock, as a failure in a worker does.

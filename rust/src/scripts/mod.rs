@@ -26,7 +26,8 @@ pub static BATCH_INVALIDATE: LazyLock<Script> = LazyLock::new(|| Script::new(inc
 pub static UNIQUE_PUSH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("unique_push.lua")));
 pub static UNLOCK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("unlock.lua")));
 pub static PERIODIC: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("periodic.lua")));
-pub static FAIL_ORPHAN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("fail_orphan.lua")));
+pub static FAIL_ORPHAN: LazyLock<Script> =
+    LazyLock::new(|| Script::new(concat!(include_str!("batch_lib.lua"), include_str!("fail_orphan.lua"))));
 pub static KILL_MANY: LazyLock<Script> =
     LazyLock::new(|| Script::new(concat!(include_str!("batch_lib.lua"), include_str!("kill_many.lua"))));
 pub static LIMIT_ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("limit_acquire.lua")));
