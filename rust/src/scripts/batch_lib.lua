@@ -198,6 +198,19 @@ local function kiq_batch_levels(first, bids)
   return out
 end
 
+-- The chain of one job of a recovery script: M levels whose bids are
+-- ARGV[at + 1 .. at + M] and whose keys start at KEYS[first], with the
+-- schedule key just before them; records in `wants` the type each key needs.
+local function kiq_batch_job_chain(first, at, m, wants)
+  local bids = {}
+  for k = 1, m do bids[k] = ARGV[at + k] end
+  wants[first - 1] = 'zset'
+  for k = 0, m - 1 do
+    wants[first + 3 * k], wants[first + 3 * k + 1], wants[first + 3 * k + 2] = 'hash', 'set', 'hash'
+  end
+  return kiq_batch_levels(first, bids)
+end
+
 -- A chain from level numbers ("3 4": levels[3], then levels[4]).
 local function kiq_batch_chain(levels, refs)
   local chain = {}

@@ -37,16 +37,7 @@
 -- wrong kind of value.
 local wants = {'list', 'zset', 'zset'}
 local m = tonumber(ARGV[13] or '0')
-local chain = {}
-if m > 0 then
-  local bids = {}
-  for k = 1, m do bids[k] = ARGV[13 + k] end
-  chain = kiq_batch_levels(9, bids)
-  wants[8] = 'zset'
-  for k = 1, m do
-    wants[6 + 3 * k], wants[7 + 3 * k], wants[8 + 3 * k] = 'hash', 'set', 'hash'
-  end
-end
+local chain = m > 0 and kiq_batch_job_chain(9, 13, m, wants) or {}
 for i = 1, 8 + 3 * m do
   local want = wants[i]
   if want then

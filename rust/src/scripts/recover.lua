@@ -35,16 +35,7 @@
 -- holds the wrong kind of value.
 local wants = {'list', 'list', 'set', 'zset', 'hash'}
 local m = tonumber(ARGV[15] or '0')
-local chain = {}
-if m > 0 then
-  local bids = {}
-  for k = 1, m do bids[k] = ARGV[15 + k] end
-  chain = kiq_batch_levels(7, bids)
-  wants[6] = 'zset'
-  for k = 1, m do
-    wants[4 + 3 * k], wants[5 + 3 * k], wants[6 + 3 * k] = 'hash', 'set', 'hash'
-  end
-end
+local chain = m > 0 and kiq_batch_job_chain(7, 15, m, wants) or {}
 for i, want in ipairs(wants) do
   local t = redis.call('TYPE', KEYS[i])['ok']
   if t ~= 'none' and t ~= want then
