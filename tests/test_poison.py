@@ -12,6 +12,7 @@ from typing import Any
 
 import redis
 
+from kiq import Job
 from support import wait_for
 
 VICTIM = textwrap.dedent(
@@ -103,6 +104,34 @@ def test_a_bomb_without_a_jid_is_caught_by_its_digest(make_app: Any, redis_url: 
     assert json.loads(dead)["error_class"] == "kiq.errors.PoisonPillError"
     assert r.lrange("done", 0, -1) == ["7"]
     assert deaths == 3, deaths
+
+
+def test_a_buried_batch_job_dies_for_its_batch(make_app: Any, redis_url: str, r: redis.Redis) -> None:
+    """Burying a poison pill counts as its death for its batch, in the same step: death and
+    complete fire once, so the batch does not wait forever for a job that will never end."""
+    app = make_app(queues={"elsewhere": 1}, heartbeat_interval=0.3, leader_ttl=1, orphan_check_interval=0.3,
+                   max_recoveries=1)
+    batch = app.batch(description="with a bomb", callback_queue="callbacks")
+    batch.on("death", "Cb").on("complete", "Cb").on("success", "Cb")
+    with batch.jobs():
+        app.enqueue(Job("Bomb", ["in a batch"]), sync=True)
+        app.enqueue(Job("Innocent", [7]), sync=True)
+    app.start()
+
+    def done() -> bool:  # the innocent's success written too (not only run), so no victim is left to run it
+        return r.zcard("dead") == 1 and r.scard(f"kiq:batch|{batch.bid}|done") == 1
+
+    deaths = crash_loop(redis_url, r, done, 0.2, 8)
+    assert deaths == 3, deaths
+    wait_for(lambda: r.llen("queue:callbacks") == 2, timeout=10, what="death and complete callbacks")
+    events = sorted(json.loads(p)["kiq_callback"] for p in r.lrange("queue:callbacks", 0, -1))
+    assert events == ["complete", "death"]
+    status = app.batch_status(batch.bid)
+    [dead] = r.zrange("dead", 0, -1)
+    assert (status.total, status.pending, status.failures) == (2, 1, 1)
+    assert status.dead_jids == [json.loads(dead)["jid"]]
+    # At least once: it runs again if a death beat the write of its success.
+    assert set(r.lrange("done", 0, -1)) == {"7"}
 
 
 HOG = textwrap.dedent(
