@@ -4,6 +4,8 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, final
 
+from kiq.job import Job, PeriodicEntry
+
 __version__: str
 __all__ = [
     "ACTIVE_JOB_WRAPPER",
@@ -174,49 +176,34 @@ class Client:
     ) -> Client: ...
     def push(
         self,
-        class_name: str,
-        args: Sequence[Any],
+        job: Job,
         *,
-        queue: str = "default",
-        retry: bool | int | None = None,
-        options: Mapping[str, Any] | None = None,
-        jid: str | None = None,
         at: float | None = None,
         sync: bool = False,
-        unique_for: float | None = None,
-        unique_until: str | None = None,
-        expires_in: float | None = None,
-        encrypt: bool = False,
         batch: BatchBuilder | None = None,
     ) -> tuple[str, str | None]:
         """Pushes one job; returns ``(jid, held_by)``, ``held_by`` None unless a unique job was skipped.
         With ``batch`` the job joins that batch's ``jobs()`` block instead."""
     def push_bulk(
         self,
-        class_name: str,
+        template: Job,
         args_list: Iterable[Sequence[Any]],
         *,
-        queue: str = "default",
-        retry: bool | int | None = None,
-        options: Mapping[str, Any] | None = None,
         at: float | None = None,
         sync: bool = False,
-        unique_for: float | None = None,
-        unique_until: str | None = None,
-        expires_in: float | None = None,
-        encrypt: bool = False,
         batch: BatchBuilder | None = None,
     ) -> tuple[list[str], dict[str, str | None]]:
-        """Pushes one job per argument list in one round trip; returns the jids and the skipped unique ones."""
+        """Pushes one job like ``template`` (its args and jid ignored) per argument list in one round trip;
+        returns the jids and the skipped unique ones."""
     def push_jobs(
         self,
-        jobs: Iterable[tuple[Any, ...]],
+        jobs: Iterable[Job],
         *,
+        at: float | None = None,
         sync: bool = False,
         batch: BatchBuilder | None = None,
     ) -> tuple[list[str], dict[str, str | None]]:
-        """Pushes ``(class_name, args, queue, retry, options, jid, at, unique_for, unique_until, expires_in,
-        encrypt)`` jobs in one round trip; returns the jids and the skipped unique ones."""
+        """Pushes jobs in one round trip; returns the jids and the skipped unique ones."""
     def flush(self, timeout: float) -> None:
         """Waits until every buffered job is in Redis; raises TimeoutError after ``timeout`` seconds."""
     def buffer_stats(self) -> dict[str, Any] | None:
@@ -419,7 +406,7 @@ class Server:
         leader_ttl: float | None = 30.0,
         orphan_check_interval: float | None = 60.0,
         max_recoveries: int = 3,
-        periodics: Iterable[tuple[Any, ...]] | None = None,
+        periodics: Iterable[PeriodicEntry] | None = None,
         periodic_clock: tuple[float, float, float] | None = None,
         health: str | None = None,
         max_jobs: int | None = None,
@@ -496,21 +483,14 @@ def decode_backtrace(value: str) -> list[str]:
     """Decodes an ``error_backtrace`` value written by Sidekiq or kiq."""
 
 def encode_job(
-    class_name: str,
-    args: Sequence[Any],
+    job: Job,
     *,
-    queue: str = "default",
-    retry: bool | int | None = None,
-    options: Mapping[str, Any] | None = None,
-    jid: str | None = None,
     at: float | None = None,
-    unique_for: float | None = None,
-    unique_until: str | None = None,
-    expires_in: float | None = None,
     timestamps: str = "seconds",
     keyring: Keyring | None = None,
 ) -> tuple[str, str, float | None]:
-    """The payload a push would write, without Redis: ``(jid, payload, at)``; encrypted with ``keyring``."""
+    """The payload a push of ``job`` would write, without Redis: ``(jid, payload, at)``; encrypted with
+    ``keyring``."""
 
 def decide_failure(
     payload: str,

@@ -33,7 +33,7 @@ from kiq.errors import ConfigError, KiqError, ShutdownError, UndeliverableError
 from kiq.identity import hostname, new_identity
 from kiq.instrument import Instrumenter
 from kiq.crontab import Crontab
-from kiq.job import Enqueued, Job
+from kiq.job import Enqueued, Job, PeriodicEntry
 from kiq.logs import current_job
 from kiq.limiter import Limiters
 from kiq.paths import default_state_dir, undeliverable_path, unsent_dir
@@ -408,7 +408,7 @@ class Kiq:
             _ = self.client
 
     @classmethod
-    def _periodic(cls, entry: tuple[Any, ...]) -> tuple[Any, ...]:
+    def _periodic(cls, entry: tuple[Any, ...]) -> PeriodicEntry:
         """A periodics entry as the core takes it; bad entries fail here, at construction."""
         if not isinstance(entry, tuple) or len(entry) not in (2, 3):
             raise ConfigError(f"a periodic entry is (crontab, worker) or (crontab, worker, options), not {entry!r}")
@@ -430,10 +430,8 @@ class Kiq:
         expires_in = opts.pop("expires_in", job.expires_in)
         encrypt = opts.pop("encrypt", job.encrypt)
         payload = {**job.options, **opts}
-        Job(job.class_name, list(args), queue, retry, payload, None, unique_for, unique_until, expires_in,  # checks
-            encrypt)
-        return (expr, job.class_name, queue, list(args), retry, payload or None, unique_for,
-                unique_until if unique_for is not None else None, expires_in, encrypt)
+        return PeriodicEntry(expr, Job(job.class_name, list(args), queue, retry, payload, None, unique_for,
+                                       unique_until, expires_in, encrypt))
 
     @staticmethod
     def _check_queues(queues: Mapping[str, int]) -> dict[str, int]:
@@ -626,22 +624,8 @@ class Kiq:
         if self._sandbox is not None:
             return Enqueued(self._record(job, self._when(delay, at)))
         client = self._client or self.client
-        options = job.options
-        jid, held = client.push(
-            job.class_name,
-            job.args,
-            queue=job.queue,
-            retry=job.retry,
-            options=(options if type(options) is dict else dict(options)) or None,
-            jid=job.jid,
-            at=None if delay is None and at is None else self._when(delay, at),
-            sync=sync,
-            unique_for=job.unique_for,
-            unique_until=job.unique_until if job.unique_for is not None else None,
-            expires_in=job.expires_in,
-            encrypt=job.encrypt,
-            batch=open_block(self),
-        )
+        jid, held = client.push(job, at=None if delay is None and at is None else self._when(delay, at), sync=sync,
+                                batch=open_block(self))
         if held is not None:
             logger.info("kiq: skipped enqueueing %s %s: not unique (lock held by %s)", job.class_name, jid,
                         held or "an unknown job")
@@ -679,20 +663,8 @@ class Kiq:
         if self._sandbox is not None:
             when = self._when(delay, at)
             return [self._record(dataclasses.replace(job, args=list(a), jid=None), when) for a in args_list]
-        jids, skipped = self.client.push_bulk(
-            job.class_name,
-            args_list,
-            queue=job.queue,
-            retry=job.retry,
-            options=dict(job.options) or None,
-            at=self._when(delay, at),
-            sync=sync,
-            unique_for=job.unique_for,
-            unique_until=job.unique_until if job.unique_for is not None else None,
-            expires_in=job.expires_in,
-            encrypt=job.encrypt,
-            batch=open_block(self),
-        )
+        jids, skipped = self.client.push_bulk(job, args_list, at=self._when(delay, at), sync=sync,
+                                              batch=open_block(self))
         return _results(jids, skipped)
 
     def enqueue_all(
@@ -717,23 +689,14 @@ class Kiq:
     def _enqueue_all(self, jobs: list[Job], when: float | None, sync: bool) -> list[str]:
         if self._sandbox is not None:
             return [self._record(job, when) for job in jobs]
-        specs = [
-            (job.class_name, job.args, job.queue, job.retry, dict(job.options) or None, job.jid, when, job.unique_for,
-             job.unique_until if job.unique_for is not None else None, job.expires_in, job.encrypt)
-            for job in jobs
-        ]
-        jids, skipped = self.client.push_jobs(specs, sync=sync, batch=open_block(self))
+        jids, skipped = self.client.push_jobs(jobs, at=when, sync=sync, batch=open_block(self))
         return _results(jids, skipped)
 
     def _record(self, job: Job, at: float | None) -> str:
         """Sandbox mode: the job, encoded as a push would, kept in memory."""
         assert self._sandbox is not None
-        options = dict(job.options) or None
         jid, payload, when = _kiq.encode_job(
-            job.class_name, job.args, queue=job.queue, retry=job.retry, options=options, jid=job.jid, at=at,
-            unique_for=job.unique_for, unique_until=job.unique_until if job.unique_for is not None else None,
-            expires_in=job.expires_in, timestamps=self.timestamps,
-            keyring=self._sandbox_keyring() if job.encrypt else None,
+            job, at=at, timestamps=self.timestamps, keyring=self._sandbox_keyring() if job.encrypt else None,
         )
         self._sandbox.add(job.class_name, list(job.args), job.queue, jid, payload, when, encrypted=job.encrypt)
         return jid

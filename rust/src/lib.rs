@@ -42,6 +42,7 @@ pub mod overview;
 pub mod periodic;
 pub mod poison;
 pub mod pool;
+pub mod producer;
 pub mod retry;
 pub mod runtime;
 pub mod scheduled;

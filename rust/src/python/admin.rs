@@ -181,8 +181,8 @@ impl Admin {
     #[pyo3(signature = (client, *, dead_limit = 10_000, dead_timeout = 15_552_000.0))]
     fn new(client: &Client, dead_limit: u64, dead_timeout: f64) -> Self {
         let policy =
-            RetryPolicy { unit: client.unit, dead_limit, dead_timeout_secs: dead_timeout, ..RetryPolicy::default() };
-        Self { pool: client.pool.clone(), keys: client.keys.clone(), policy }
+            RetryPolicy { unit: client.producer.unit, dead_limit, dead_timeout_secs: dead_timeout, ..RetryPolicy::default() };
+        Self { pool: client.producer.pool.clone(), keys: client.producer.keys.clone(), policy }
     }
 
     /// `count` jobs of `set` ("schedule", "retry", "dead"; or the queue named
