@@ -23,7 +23,6 @@ __all__ = [
     "check_batch_callback",
     "new_bid",
     "ClassMetrics",
-    "ENCRYPTED_ARG",
     "JobView",
     "Page",
     "ProcessView",
@@ -75,7 +74,6 @@ __all__ = [
 ]
 
 ACTIVE_JOB_WRAPPER: str
-ENCRYPTED_ARG: str
 #: How the core was built: ``"rustc <version>, <target>, <profile>"``.
 BUILD_INFO: str
 SIDEKIQ_ACTIVE_JOB_WRAPPER: str
@@ -432,7 +430,6 @@ class Server:
         dead: bool | None = None,
         backtrace_option: bool | int | None = None,
         retry_queue: str | None = None,
-        retry_in: float | None = None,
     ) -> Fate:
         """Records the failure; returns where the job went."""
     def abandon(self, delivery: Delivery) -> None: ...
@@ -632,7 +629,7 @@ def drain_logs(timeout: float) -> tuple[list[tuple[str, str, str]], int]: ...
 class JobView:
     """One job as a dashboard shows it: the shown class (``display_class``,
     else ActiveJob's ``wrapped``, else ``class``), each shown argument as JSON
-    text (an encrypted job's last one is ``ENCRYPTED_ARG``), times in epoch
+    text (an encrypted job's last one is ``ENCRYPTED_DATA``), times in epoch
     seconds whatever unit the payload used."""
 
     @property
@@ -742,6 +739,9 @@ class WorkView:
 class ProcessView:
     @property
     def identity(self) -> str: ...
+    @property
+    def info(self) -> str:
+        """The heartbeat's ``info`` JSON as the process wrote it."""
     @property
     def hostname(self) -> str: ...
     @property

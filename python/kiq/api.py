@@ -414,16 +414,8 @@ class Api:
 
     def processes(self) -> list[Process]:
         """Processes with a live heartbeat (entries whose heartbeat expired are skipped)."""
-        c = self.client
-        out = []
-        for identity in sorted(c.command("SMEMBERS", c.key("processes"))):
-            info, busy, beat, quiet, rss = c.command("HMGET", c.key("process", identity), "info", "busy", "beat",
-                                                     "quiet", "rss")
-            if info is None:
-                continue
-            out.append(Process(self, identity, json.loads(info), int(busy or 0), float(beat or 0),
-                               quiet == "true", int(rss or 0)))
-        return out
+        return [Process(self, p.identity, json.loads(p.info), p.busy, p.beat, p.quiet, p.rss_kb)
+                for p in self.admin.processes()]
 
     def cancel(self, jid: str) -> str:
         """Cancels a job: one still waiting (scheduled, retrying or queued) is
@@ -468,13 +460,6 @@ class Api:
 
     def work(self) -> list[Work]:
         """Jobs running right now in every process, oldest first."""
-        c = self.client
-        out = []
-        for p in self.processes():
-            raw = c.command("HGETALL", c.key("work", p.identity))
-            pairs = raw.items() if isinstance(raw, dict) else zip(raw[::2], raw[1::2])
-            for tid, value in pairs:
-                w = json.loads(value)
-                payload = w["payload"] if isinstance(w["payload"], str) else json.dumps(w["payload"])
-                out.append(Work(p.identity, tid, w["queue"], int(w["run_at"]), JobRecord(payload)))
+        out = [Work(p.identity, w.tid, w.queue, w.run_at, JobRecord(w.job.payload))
+               for p in self.admin.processes() for w in p.work]
         return sorted(out, key=lambda w: w.run_at)

@@ -973,10 +973,10 @@ class Kiq:
             self._stop_reporters(reporters)
             logger.error(
                 "kiq %s: could not hand unfinished jobs back to their queues (%s); they stay in its "
-                "in-progress lists (kiq:wip|%s|<queue>)",
+                "in-progress lists (%s)",
                 self.identity,
                 exc,
-                self.identity,
+                self.client.key("in_progress", self.identity),
             )
             return StopResult(timed_out=len(alive), error=str(exc))
         self._stop_reporters(reporters)

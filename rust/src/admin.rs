@@ -129,11 +129,8 @@ pub async fn request_cancel(pool: &Pool, keys: &Keys, jid: &str) -> Result<()> {
     Ok(())
 }
 
-/// What Sidekiq's Web UI shows in place of an encrypted last argument.
-pub const ENCRYPTED_ARG: &str = "[encrypted data]";
-
 /// The JSON text of a job's `args` as it may be shown: the last argument of
-/// an encrypted job (`"encrypt": true`) is replaced by [`ENCRYPTED_ARG`], as
+/// an encrypted job (`"encrypt": true`) is replaced by [`crate::crypto::REDACTED`], as
 /// Sidekiq's Web UI does. `[]` when the payload has no args array.
 pub fn display_args(job: &Payload) -> String {
     let args = job.args().unwrap_or("[]");
@@ -143,7 +140,7 @@ pub fn display_args(job: &Payload) -> String {
     match serde_json::from_str::<Vec<&serde_json::value::RawValue>>(args) {
         Ok(items) if !items.is_empty() => {
             let mut shown: Vec<&str> = items[..items.len() - 1].iter().map(|v| v.get()).collect();
-            let masked = json_string(ENCRYPTED_ARG);
+            let masked = json_string(crate::crypto::REDACTED);
             shown.push(&masked);
             format!("[{}]", shown.join(","))
         }

@@ -193,8 +193,7 @@ pub async fn kill(pool: &Pool, keys: &Keys, policy: &RetryPolicy, set: &str, mem
         inv.key(keys.batch(bid)).key(keys.batch_done(bid)).key(keys.batch_failed(bid));
     }
     inv.arg(float_json(now))
-        .arg(float_json(now - policy.dead_timeout_secs))
-        .arg(policy.dead_limit)
+        .arg(policy.dead_trim(now))
         .arg(policy.unit.encode(now))
         .arg(KEEP_SECS)
         .arg(levels.len());

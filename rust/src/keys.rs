@@ -22,6 +22,11 @@ impl Keys {
         Self { prefix }
     }
 
+    /// The namespace prefix in front of every key (`"<namespace>:"`, or "").
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     fn key(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
     }

@@ -270,8 +270,7 @@ async fn fail_timed_out(
         .arg(score)
         .arg(failed)
         .arg(float_json(now))
-        .arg(float_json(now - policy.dead_timeout_secs))
-        .arg(policy.dead_limit)
+        .arg(policy.dead_trim(now))
         .arg(DAILY_STAT_TTL_SECS)
         .invoke_async(&mut pool.get())
         .await?;

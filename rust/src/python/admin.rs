@@ -113,6 +113,8 @@ pub struct WorkView {
 #[pyclass(module = "kiq._kiq", frozen, get_all)]
 pub struct ProcessView {
     identity: String,
+    /// The `info` JSON as the process wrote it.
+    info: String,
     hostname: String,
     pid: i64,
     tag: String,
@@ -350,6 +352,7 @@ impl Admin {
                     .collect::<PyResult<_>>()?;
                 Ok(ProcessView {
                     identity: p.identity,
+                    info: p.info,
                     hostname: p.hostname,
                     pid: p.pid,
                     tag: p.tag,

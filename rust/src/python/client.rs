@@ -351,6 +351,7 @@ impl Client {
             "work" => k.work(arg()?),
             "workers" => k.workers(arg()?),
             "signals" => k.signals(arg()?),
+            "in_progress" => k.in_progress_pattern_of(arg()?),
             "stat_processed_day" => k.stat_processed_day(arg()?),
             "stat_failed_day" => k.stat_failed_day(arg()?),
             other => return Err(ConfigError::new_err(format!("unknown key kind {other:?}"))),
@@ -466,6 +467,6 @@ impl Client {
     /// The key prefix in use ("" without a namespace).
     #[getter]
     fn namespace_prefix(&self) -> String {
-        self.producer.keys.queue("").trim_end_matches("queue:").to_owned()
+        self.producer.keys.prefix().to_owned()
     }
 }

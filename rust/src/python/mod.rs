@@ -111,7 +111,7 @@ mod _kiq {
         };
         let unit = super::options::unit(timestamps)?;
         let policy = RetryPolicy { max_retries, unit, jitter: super::options::jitter(unit), ..RetryPolicy::default() };
-        let failure = Failure { error_class, error_message, backtrace: backtrace.unwrap_or_default(), retry_in: None };
+        let failure = Failure { error_class, error_message, backtrace: backtrace.unwrap_or_default() };
         let (disposition, fate) =
             on_failure(job, queue, &failure, &worker, &policy, crate::timestamp::now(), rand::random());
         let payload = match disposition {
@@ -194,7 +194,6 @@ mod _kiq {
         // Wire names the Python layer matches on, spelled once in the core.
         m.add("ACTIVE_JOB_WRAPPER", crate::activejob::WRAPPER)?;
         m.add("SIDEKIQ_ACTIVE_JOB_WRAPPER", crate::activejob::SIDEKIQ_WRAPPER)?;
-        m.add("ENCRYPTED_ARG", crate::jobview::ENCRYPTED)?;
         m.add("TRACE_CONTEXT_FIELDS", pyo3::types::PyTuple::new(m.py(), crate::job::field::TRACE_CONTEXT)?)?;
         m.add("ENCRYPT_FIELD", crate::job::field::ENCRYPT)?;
         m.add("ENCRYPTED_DATA", crate::crypto::REDACTED)?;

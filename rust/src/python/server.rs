@@ -399,7 +399,7 @@ impl Server {
 
     /// The job raised. The worker's options apply where the payload has none.
     /// Returns where it went (its `Fate`).
-    #[pyo3(signature = (delivery, error_class, error_message, *, backtrace = None, retry = None, dead = None, backtrace_option = None, retry_queue = None, retry_in = None))]
+    #[pyo3(signature = (delivery, error_class, error_message, *, backtrace = None, retry = None, dead = None, backtrace_option = None, retry_queue = None))]
     #[allow(clippy::too_many_arguments)]
     fn fail(
         &self,
@@ -412,7 +412,6 @@ impl Server {
         dead: Option<bool>,
         backtrace_option: Option<&Bound<'_, PyAny>>,
         retry_queue: Option<String>,
-        retry_in: Option<f64>,
     ) -> PyResult<Fate> {
         let worker = WorkerOptions {
             retry: retry.map(options::retry).transpose()?,
@@ -420,7 +419,7 @@ impl Server {
             backtrace: backtrace_option.map(options::backtrace).transpose()?,
             retry_queue,
         };
-        let failure = Failure { error_class, error_message, backtrace: backtrace.unwrap_or_default(), retry_in };
+        let failure = Failure { error_class, error_message, backtrace: backtrace.unwrap_or_default() };
         let d = delivery.take()?;
         let inner = self.inner.clone();
         gil::run(py, move || Ok(inner.fail(d, &failure, &worker).into()))
