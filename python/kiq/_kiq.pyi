@@ -220,8 +220,20 @@ class Client:
         """Round-trip time of a PING, in seconds."""
     def command(self, *args: str) -> Any:
         """Runs one Redis command and returns its reply as Python values."""
-    def key(self, kind: str, name: str | None = None) -> str:
-        """The Redis key of a kind ("queue", "retry", "process", ...), namespace applied."""
+    def size(self, kind: str, name: str | None = None) -> int:
+        """Entries in a set ("schedule", "retry", "dead") or queue ("queue", ``name``)."""
+    def window(
+        self, kind: str, name: str | None = None, *, start: int = 0, count: int = 100
+    ) -> list[tuple[str, float | None]]:
+        """``count`` entries from display position ``start`` as ``(payload, score)``, score None for a queue."""
+    def remove(self, kind: str, name: str | None, member: str) -> bool:
+        """Removes one entry equal to ``member``; False if there was none."""
+    def clear(self, kind: str, name: str | None = None) -> None:
+        """Deletes a set, or a queue and its name (in one step)."""
+    def queue_names(self) -> list[str]:
+        """The known queue names, sorted."""
+    def totals(self) -> tuple[int, int]:
+        """``(processed, failed)`` all-time counters."""
     def find_job(self, set: str, jid: str) -> list[tuple[str, float]]:
         """``(member, score)`` of each entry of "schedule", "retry" or "dead" with this jid."""
     def list_jobs(
@@ -446,6 +458,9 @@ class Server:
     @property
     def health_address(self) -> str | None: ...
     def is_cancelled(self, delivery: Delivery) -> bool: ...
+    @property
+    def in_progress_keys(self) -> str:
+        """Glob of this process's in-progress lists, namespace applied."""
     @property
     def is_leader(self) -> bool:
         """Whether this process is the kiq leader now."""

@@ -976,7 +976,7 @@ class Kiq:
                 "in-progress lists (%s)",
                 self.identity,
                 exc,
-                self.client.key("in_progress", self.identity),
+                server.in_progress_keys,
             )
             return StopResult(timed_out=len(alive), error=str(exc))
         self._stop_reporters(reporters)

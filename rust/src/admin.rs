@@ -224,7 +224,8 @@ pub struct Listing {
     pub next: Option<usize>,
 }
 
-async fn size(pool: &Pool, source: &Source) -> Result<u64> {
+/// Entries in `source`.
+pub async fn size(pool: &Pool, source: &Source) -> Result<u64> {
     let cmd = match source {
         Source::Set { key, .. } => redis::cmd("ZCARD").arg(key).clone(),
         Source::Queue { key } => redis::cmd("LLEN").arg(key).clone(),
@@ -233,7 +234,7 @@ async fn size(pool: &Pool, source: &Source) -> Result<u64> {
 }
 
 /// Entries `start..start + count` of `source` in display order.
-async fn window(pool: &Pool, source: &Source, start: usize, count: usize) -> Result<Vec<(String, Option<f64>)>> {
+pub async fn window(pool: &Pool, source: &Source, start: usize, count: usize) -> Result<Vec<(String, Option<f64>)>> {
     let (first, last) = (start as i64, (start + count) as i64 - 1);
     let mut conn = pool.get();
     Ok(match source {
@@ -250,6 +251,41 @@ async fn window(pool: &Pool, source: &Source, start: usize, count: usize) -> Res
             page.into_iter().rev().map(|m| (m, None)).collect()
         }
     })
+}
+
+/// Removes one entry equal to `member` from `source`; false if there was none.
+pub async fn remove(pool: &Pool, source: &Source, member: &str) -> Result<bool> {
+    let cmd = match source {
+        Source::Set { key, .. } => redis::cmd("ZREM").arg(key).arg(member).clone(),
+        Source::Queue { key } => redis::cmd("LREM").arg(key).arg(1).arg(member).clone(),
+    };
+    let removed: u64 = cmd.query_async(&mut pool.get()).await?;
+    Ok(removed > 0)
+}
+
+/// Deletes a sorted set (a queue is cleared with `bulk::queue_clear`, which also forgets its name).
+pub async fn clear_set(pool: &Pool, key: &str) -> Result<()> {
+    redis::cmd("UNLINK").arg(key).query_async::<()>(&mut pool.get()).await?;
+    Ok(())
+}
+
+/// The known queue names, sorted.
+pub async fn queue_names(pool: &Pool, keys: &Keys) -> Result<Vec<String>> {
+    let mut names: Vec<String> = redis::cmd("SMEMBERS").arg(keys.queues()).query_async(&mut pool.get()).await?;
+    names.sort();
+    Ok(names)
+}
+
+/// `(processed, failed)`: the all-time counters (0 when unset).
+pub async fn totals(pool: &Pool, keys: &Keys) -> Result<(u64, u64)> {
+    let (p, f): (Option<u64>, Option<u64>) = redis::pipe()
+        .cmd("GET")
+        .arg(keys.stat_processed())
+        .cmd("GET")
+        .arg(keys.stat_failed())
+        .query_async(&mut pool.get())
+        .await?;
+    Ok((p.unwrap_or(0), f.unwrap_or(0)))
 }
 
 /// Walks `source` from display position `start`, window by window, handing

@@ -56,6 +56,16 @@ impl Keys {
         self.key("dead")
     }
 
+    /// A job set by its name: `schedule`, `retry` or `dead`.
+    pub fn job_set(&self, name: &str) -> Option<String> {
+        match name {
+            "schedule" => Some(self.schedule()),
+            "retry" => Some(self.retry()),
+            "dead" => Some(self.dead()),
+            _ => None,
+        }
+    }
+
     /// SET of live process identities (heartbeats).
     pub fn processes(&self) -> String {
         self.key("processes")

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 
 use super::client::Client;
-use super::errors::{ConfigError, py_result};
+use super::errors::py_result;
 use super::gil;
 use crate::browse::{self, Filter, Source};
 use crate::bulk::{self, Action, JobRef};
@@ -160,12 +160,7 @@ pub struct Admin {
 
 impl Admin {
     fn set_key(&self, set: &str) -> PyResult<String> {
-        match set {
-            "schedule" => Ok(self.keys.schedule()),
-            "retry" => Ok(self.keys.retry()),
-            "dead" => Ok(self.keys.dead()),
-            other => Err(ConfigError::new_err(format!("{other:?} is not a job set: use schedule, retry or dead"))),
-        }
+        py_result(super::client::job_set(&self.keys, set))
     }
 
     /// A sorted set by name, or with `queue` set, that queue.

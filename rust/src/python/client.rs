@@ -31,6 +31,13 @@ pub struct Client {
     pub(crate) limits: Arc<crate::limits::Limits>,
 }
 
+/// A job set's key by its name, or why the name is not one.
+pub(crate) fn job_set(keys: &crate::keys::Keys, set: &str) -> crate::Result<String> {
+    keys.job_set(set).ok_or_else(|| {
+        crate::error::KiqError::config(format!("{set:?} is not a job set: use schedule, retry or dead"))
+    })
+}
+
 impl Client {
     /// Sends prepared jobs into the batch being built, or to Redis.
     fn send(&self, py: Python<'_>, prepared: Vec<Prepared>, sync: bool, batch: Option<&BatchBuilder>) -> PyResult<Skipped> {
@@ -51,13 +58,7 @@ impl Client {
     }
 
     fn set_key(&self, set: &str) -> PyResult<String> {
-        let keys = &self.producer.keys;
-        match set {
-            "schedule" => Ok(keys.schedule()),
-            "retry" => Ok(keys.retry()),
-            "dead" => Ok(keys.dead()),
-            other => Err(ConfigError::new_err(format!("{other:?} is not a job set: use schedule, retry or dead"))),
-        }
+        py_result(job_set(&self.producer.keys, set))
     }
 
     /// What a listing is about: a job set ("schedule", "retry", "dead") or a
@@ -332,30 +333,62 @@ impl Client {
         Ok(redis_to_py(py, &value)?.unbind())
     }
 
-    /// The Redis key of a kind (`"queue"`, `"retry"`, `"process"`, ...) and
-    /// argument, with the namespace applied; keys are spelled in the core only.
+    /// Entries in a set ("schedule", "retry", "dead") or queue ("queue", `name`).
     #[pyo3(signature = (kind, name = None))]
-    fn key(&self, kind: &str, name: Option<&str>) -> PyResult<String> {
-        let k = &self.producer.keys;
-        let arg = || name.ok_or_else(|| ConfigError::new_err(format!("key kind {kind:?} needs a name")));
-        Ok(match kind {
-            "queues" => k.queues(),
-            "schedule" => k.schedule(),
-            "retry" => k.retry(),
-            "dead" => k.dead(),
-            "processes" => k.processes(),
-            "stat_processed" => k.stat_processed(),
-            "stat_failed" => k.stat_failed(),
-            "queue" => k.queue(arg()?),
-            "process" => k.process(arg()?),
-            "work" => k.work(arg()?),
-            "workers" => k.workers(arg()?),
-            "signals" => k.signals(arg()?),
-            "in_progress" => k.in_progress_pattern_of(arg()?),
-            "stat_processed_day" => k.stat_processed_day(arg()?),
-            "stat_failed_day" => k.stat_failed_day(arg()?),
-            other => return Err(ConfigError::new_err(format!("unknown key kind {other:?}"))),
-        })
+    fn size(&self, py: Python<'_>, kind: &str, name: Option<&str>) -> PyResult<u64> {
+        let (source, _, _) = self.query(kind, name, None, None, 1, 0)?;
+        let pool = self.producer.pool.clone();
+        gil::block_on(py, async move { admin::size(&pool, &source).await })
+    }
+
+    /// `count` entries of a set or queue from display position `start`, as `(payload, score)`
+    /// (score None for a queue): soonest first, latest death first, next to run first.
+    #[pyo3(signature = (kind, name = None, *, start = 0, count = 100))]
+    fn window(
+        &self,
+        py: Python<'_>,
+        kind: &str,
+        name: Option<&str>,
+        start: usize,
+        count: usize,
+    ) -> PyResult<Vec<(String, Option<f64>)>> {
+        let (source, _, _) = self.query(kind, name, None, None, 1, 0)?;
+        let pool = self.producer.pool.clone();
+        gil::block_on(py, async move { admin::window(&pool, &source, start, count).await })
+    }
+
+    /// Removes one entry equal to `member` from a set or queue; False if there was none.
+    #[pyo3(signature = (kind, name, member))]
+    fn remove(&self, py: Python<'_>, kind: &str, name: Option<&str>, member: String) -> PyResult<bool> {
+        let (source, _, _) = self.query(kind, name, None, None, 1, 0)?;
+        let pool = self.producer.pool.clone();
+        gil::block_on(py, async move { admin::remove(&pool, &source, &member).await })
+    }
+
+    /// Deletes a set, or a queue and its name (in one step).
+    #[pyo3(signature = (kind, name = None))]
+    fn clear(&self, py: Python<'_>, kind: &str, name: Option<String>) -> PyResult<()> {
+        let (pool, keys) = (self.producer.pool.clone(), self.producer.keys.clone());
+        match (kind, name) {
+            ("queue", Some(q)) => gil::block_on(py, async move { crate::bulk::queue_clear(&pool, &keys, &q).await })
+                .map(|_| ()),
+            (set, _) => {
+                let key = self.set_key(set)?;
+                gil::block_on(py, async move { admin::clear_set(&pool, &key).await })
+            }
+        }
+    }
+
+    /// The known queue names, sorted.
+    fn queue_names(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        let (pool, keys) = (self.producer.pool.clone(), self.producer.keys.clone());
+        gil::block_on(py, async move { admin::queue_names(&pool, &keys).await })
+    }
+
+    /// `(processed, failed)` all-time counters.
+    fn totals(&self, py: Python<'_>) -> PyResult<(u64, u64)> {
+        let (pool, keys) = (self.producer.pool.clone(), self.producer.keys.clone());
+        gil::block_on(py, async move { admin::totals(&pool, &keys).await })
     }
 
     /// `(member, score)` of every entry of sorted set `set` ("schedule",

@@ -495,6 +495,12 @@ impl Server {
         self.inner.health_addr().map(|a| a.to_string())
     }
 
+    /// Glob of this process's in-progress lists, namespace applied (for messages).
+    #[getter]
+    fn in_progress_keys(&self) -> String {
+        self.inner.in_progress_pattern()
+    }
+
     /// Whether this process is the kiq leader now (no Redis round trip).
     #[getter]
     fn is_leader(&self) -> bool {
