@@ -157,6 +157,24 @@ pub enum Source {
     Queue { key: String },
 }
 
+impl Source {
+    /// A job set by name (`"schedule"`, `"retry"`, `"dead"`), or with `kind`
+    /// `"queue"`, the queue `name`.
+    pub fn named(keys: &Keys, kind: &str, name: Option<&str>) -> Result<Self> {
+        match (kind, name) {
+            ("queue", Some(q)) => Ok(Self::Queue { key: keys.queue(q) }),
+            ("queue", None) => Err(KiqError::config("listing a queue needs its name")),
+            (set, _) => Ok(Self::Set { key: job_set(keys, set)?, newest_first: set == "dead" }),
+        }
+    }
+}
+
+/// A job set's key by its name, or why the name is not one.
+pub fn job_set(keys: &Keys, set: &str) -> Result<String> {
+    keys.job_set(set)
+        .ok_or_else(|| KiqError::config(format!("{set:?} is not a job set: use schedule, retry or dead")))
+}
+
 /// Which jobs a listing keeps: all, or those of a class, or with an error
 /// containing some text (case-insensitive, in `error_class: error_message`).
 #[derive(Debug, Clone, Default)]
@@ -359,6 +377,17 @@ pub enum Action {
     /// Run now (a set member to its queue).
     Retry,
     Delete,
+}
+
+impl Action {
+    /// `"retry"` or `"delete"`.
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "retry" => Ok(Self::Retry),
+            "delete" => Ok(Self::Delete),
+            other => Err(KiqError::config(format!("action must be \"retry\" or \"delete\", not {other:?}"))),
+        }
+    }
 }
 
 /// What a bulk action did: jobs acted on, jobs already gone when their turn came, entries read.

@@ -36,6 +36,7 @@ pub mod limits;
 pub mod logbridge;
 pub mod marshal;
 pub mod metrics;
+pub mod newjob;
 pub mod orphans;
 pub mod overlimit;
 pub mod overview;

@@ -160,7 +160,7 @@ pub struct Admin {
 
 impl Admin {
     fn set_key(&self, set: &str) -> PyResult<String> {
-        py_result(super::client::job_set(&self.keys, set))
+        py_result(crate::admin::job_set(&self.keys, set))
     }
 
     /// A sorted set by name, or with `queue` set, that queue.

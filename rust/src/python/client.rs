@@ -31,13 +31,6 @@ pub struct Client {
     pub(crate) limits: Arc<crate::limits::Limits>,
 }
 
-/// A job set's key by its name, or why the name is not one.
-pub(crate) fn job_set(keys: &crate::keys::Keys, set: &str) -> crate::Result<String> {
-    keys.job_set(set).ok_or_else(|| {
-        crate::error::KiqError::config(format!("{set:?} is not a job set: use schedule, retry or dead"))
-    })
-}
-
 impl Client {
     /// Sends prepared jobs into the batch being built, or to Redis.
     fn send(&self, py: Python<'_>, prepared: Vec<Prepared>, sync: bool, batch: Option<&BatchBuilder>) -> PyResult<Skipped> {
@@ -58,7 +51,7 @@ impl Client {
     }
 
     fn set_key(&self, set: &str) -> PyResult<String> {
-        py_result(job_set(&self.producer.keys, set))
+        py_result(admin::job_set(&self.producer.keys, set))
     }
 
     /// What a listing is about: a job set ("schedule", "retry", "dead") or a
@@ -73,11 +66,7 @@ impl Client {
         window: usize,
         max_scan: usize,
     ) -> PyResult<(admin::Source, admin::Filter, admin::Bounds)> {
-        let source = match (kind, name) {
-            ("queue", Some(q)) => admin::Source::Queue { key: self.producer.keys.queue(q) },
-            ("queue", None) => return Err(ConfigError::new_err("listing a queue needs its name")),
-            (set, _) => admin::Source::Set { key: self.set_key(set)?, newest_first: set == "dead" },
-        };
+        let source = py_result(admin::Source::named(&self.producer.keys, kind, name))?;
         Ok((source, admin::Filter { class, error }, admin::Bounds { window: window.max(1), max_scan }))
     }
 }
@@ -475,13 +464,7 @@ impl Client {
         window: usize,
         max_scan: usize,
     ) -> PyResult<(u64, u64, usize)> {
-        let action = match action {
-            "retry" => admin::Action::Retry,
-            "delete" => admin::Action::Delete,
-            other => {
-                return Err(ConfigError::new_err(format!("action must be \"retry\" or \"delete\", not {other:?}")));
-            }
-        };
+        let action = py_result(admin::Action::parse(action))?;
         let (source, filter, bounds) = self.query(kind, name, class_name, error, window, max_scan)?;
         let (pool, keys) = (self.producer.pool.clone(), self.producer.keys.clone());
         let policy = RetryPolicy { unit: self.producer.unit, ..RetryPolicy::default() };
