@@ -14,8 +14,8 @@ use serde::Deserialize;
 use serde::de::{self, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-pub use crate::newjob::{NewJob, Template, UNIQUE_AND_ENCRYPT, check_args, check_queue_name, new_jid};
 use crate::error::{KiqError, Result};
+pub use crate::newjob::{NewJob, Template, UNIQUE_AND_ENCRYPT, check_args, check_queue_name, new_jid};
 use crate::timestamp;
 
 /// Wire field names, as Sidekiq spells them.

@@ -202,4 +202,3 @@ pub fn check_queue_name(name: &str) -> Result<()> {
         )))
     }
 }
-

@@ -64,9 +64,9 @@ pub fn seal_keys(encrypt: bool, keyring: Option<&Arc<Keyring>>) -> Result<Option
     match (encrypt, keyring) {
         (false, _) => Ok(None),
         (true, Some(k)) => Ok(Some(k.clone())),
-        (true, None) => Err(KiqError::config(
-            "encrypt=True needs encryption keys: Kiq(encryption_keys={1: key}) with 32-byte keys",
-        )),
+        (true, None) => {
+            Err(KiqError::config("encrypt=True needs encryption keys: Kiq(encryption_keys={1: key}) with 32-byte keys"))
+        }
     }
 }
 
@@ -113,12 +113,15 @@ fn read_file(p: &std::path::Path) -> Result<Vec<u8>> {
     std::fs::read(p).map_err(|e| KiqError::config(format!("cannot read TLS file {}: {e}", p.display())))
 }
 
-/// The TLS files of a connection, read now: `(CA, (cert, key))`.
+/// A connection's TLS files as read: the CA, and the client's (cert, key).
+pub type TlsFiles = (Option<Vec<u8>>, Option<(Vec<u8>, Vec<u8>)>);
+
+/// The TLS files of a connection, read now.
 pub fn tls_files(
     ca: Option<&std::path::Path>,
     cert: Option<&std::path::Path>,
     key: Option<&std::path::Path>,
-) -> Result<(Option<Vec<u8>>, Option<(Vec<u8>, Vec<u8>)>)> {
+) -> Result<TlsFiles> {
     let ca = ca.map(read_file).transpose()?;
     let client = match (cert, key) {
         (Some(c), Some(k)) => Some((read_file(c)?, read_file(k)?)),
@@ -141,12 +144,12 @@ impl Producer {
     /// Connects, and opens the buffer (its spool read back: may block on disk).
     /// Must run inside the core runtime (the buffer's flusher is spawned on it).
     pub fn open(config: ProducerConfig) -> Result<Self> {
-        if let Some(b) = &config.buffer {
-            if !(b.flush_interval > 0.0 && b.full_timeout >= 0.0) || b.max_bytes == 0 {
-                return Err(KiqError::config(
-                    "flush_interval must be positive, buffer_full_timeout not negative, buffer_max_bytes above 0",
-                ));
-            }
+        if let Some(b) = &config.buffer
+            && (!(b.flush_interval > 0.0 && b.full_timeout >= 0.0) || b.max_bytes == 0)
+        {
+            return Err(KiqError::config(
+                "flush_interval must be positive, buffer_full_timeout not negative, buffer_max_bytes above 0",
+            ));
         }
         if config.path_without_buffer {
             return Err(KiqError::config("buffer_path needs the push buffer (buffer=True)"));

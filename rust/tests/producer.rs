@@ -102,7 +102,10 @@ fn without_a_buffer_pushes_are_synchronous_and_bulk_takes_the_fast_path() {
 fn the_producer_checks_options_once() {
     let mut j = job("X", "[]");
     let bad = |e: Extras<'_>, j: &mut NewJob| e.apply(j).unwrap_err().to_string();
-    assert!(bad(Extras { unique_for: Some(0.0), ..Extras::default() }, &mut j).contains("unique_for must be a positive number"));
+    assert!(
+        bad(Extras { unique_for: Some(0.0), ..Extras::default() }, &mut j)
+            .contains("unique_for must be a positive number")
+    );
     assert!(
         bad(Extras { unique_for: Some(1.0), unique_until: Some("never"), ..Extras::default() }, &mut j)
             .contains("unique_until")
@@ -116,7 +119,7 @@ fn the_producer_checks_options_once() {
 fn periodic_entry_ids_are_stable_and_differ_by_schedule() {
     let every = Crontab::parse("* * * * *").unwrap();
     let hourly = Crontab::parse("0 * * * *").unwrap();
-    let a = periodic::Entry::new(every.clone(), job("Tick", "[1]")).unwrap();
+    let a = periodic::Entry::new(every, job("Tick", "[1]")).unwrap();
     let b = periodic::Entry::new(every, job("Tick", "[1]")).unwrap();
     let c = periodic::Entry::new(hourly, job("Tick", "[1]")).unwrap();
     assert_eq!(a.id, b.id);

@@ -33,7 +33,13 @@ pub struct Client {
 
 impl Client {
     /// Sends prepared jobs into the batch being built, or to Redis.
-    fn send(&self, py: Python<'_>, prepared: Vec<Prepared>, sync: bool, batch: Option<&BatchBuilder>) -> PyResult<Skipped> {
+    fn send(
+        &self,
+        py: Python<'_>,
+        prepared: Vec<Prepared>,
+        sync: bool,
+        batch: Option<&BatchBuilder>,
+    ) -> PyResult<Skipped> {
         match batch {
             Some(b) => {
                 b.collect(py, prepared.into_iter().map(|p| p.1).collect())?;
@@ -43,7 +49,13 @@ impl Client {
         }
     }
 
-    fn send_items(&self, py: Python<'_>, items: Vec<PushItem>, sync: bool, batch: Option<&BatchBuilder>) -> PyResult<()> {
+    fn send_items(
+        &self,
+        py: Python<'_>,
+        items: Vec<PushItem>,
+        sync: bool,
+        batch: Option<&BatchBuilder>,
+    ) -> PyResult<()> {
         match batch {
             Some(b) => b.collect(py, items),
             None => gil::run(py, || self.producer.deliver_items(items, sync)),
@@ -359,8 +371,9 @@ impl Client {
     fn clear(&self, py: Python<'_>, kind: &str, name: Option<String>) -> PyResult<()> {
         let (pool, keys) = (self.producer.pool.clone(), self.producer.keys.clone());
         match (kind, name) {
-            ("queue", Some(q)) => gil::block_on(py, async move { crate::bulk::queue_clear(&pool, &keys, &q).await })
-                .map(|_| ()),
+            ("queue", Some(q)) => {
+                gil::block_on(py, async move { crate::bulk::queue_clear(&pool, &keys, &q).await }).map(|_| ())
+            }
             (set, _) => {
                 let key = self.set_key(set)?;
                 gil::block_on(py, async move { admin::clear_set(&pool, &key).await })

@@ -41,7 +41,7 @@ pub(crate) fn new_job(spec: &Bound<'_, PyAny>, with_args: bool, seal: Option<Arc
     if with_args {
         set_args(&mut job, &spec.getattr(intern!(py, "args"))?, seal)?;
     } else {
-        job.args = "[]".to_owned();
+        "[]".clone_into(&mut job.args);
     }
     job.queue = spec.getattr(intern!(py, "queue"))?.extract()?;
     let retry = spec.getattr(intern!(py, "retry"))?;

@@ -16,11 +16,13 @@ pub static BURY: LazyLock<Script> =
     LazyLock::new(|| Script::new(concat!(include_str!("dead_lib.lua"), include_str!("bury.lua"))));
 pub static REELECT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("reelect.lua")));
 pub static RESIGN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("resign.lua")));
-pub static RECOVER: LazyLock<Script> =
-    LazyLock::new(|| Script::new(concat!(include_str!("batch_lib.lua"), include_str!("dead_lib.lua"), include_str!("recover.lua"))));
+pub static RECOVER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(include_str!("batch_lib.lua"), include_str!("dead_lib.lua"), include_str!("recover.lua")))
+});
 pub static PUSH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("push.lua")));
-pub static SETTLE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(concat!(include_str!("batch_lib.lua"), include_str!("dead_lib.lua"), include_str!("settle.lua"))));
+pub static SETTLE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(include_str!("batch_lib.lua"), include_str!("dead_lib.lua"), include_str!("settle.lua")))
+});
 pub static BATCH_COMMIT: LazyLock<Script> =
     LazyLock::new(|| Script::new(concat!(include_str!("batch_lib.lua"), include_str!("batch_commit.lua"))));
 pub static BATCH_STAGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("batch_stage.lua")));
@@ -30,8 +32,9 @@ pub static UNLOCK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!(
 pub static PERIODIC: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("periodic.lua")));
 pub static FAIL_ORPHAN: LazyLock<Script> =
     LazyLock::new(|| Script::new(concat!(include_str!("dead_lib.lua"), include_str!("fail_orphan.lua"))));
-pub static KILL_MANY: LazyLock<Script> =
-    LazyLock::new(|| Script::new(concat!(include_str!("batch_lib.lua"), include_str!("dead_lib.lua"), include_str!("kill_many.lua"))));
+pub static KILL_MANY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(include_str!("batch_lib.lua"), include_str!("dead_lib.lua"), include_str!("kill_many.lua")))
+});
 pub static LIMIT_ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("limit_acquire.lua")));
 pub static LIMIT_RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("limit_release.lua")));
 pub static THROTTLE_ADMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("throttle_admit.lua")));
