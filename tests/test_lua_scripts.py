@@ -13,13 +13,15 @@ import pytest
 HERE = Path(__file__).parent.parent / "rust" / "src" / "scripts"
 SCRIPTS = sorted(HERE.glob("*.lua"))
 #: Files prepended to scripts (scripts/mod.rs concat!s them): checked as part of each script that uses them.
-LIBRARIES = {"batch_lib.lua"}
+LIBRARIES = {"batch_lib.lua", "dead_lib.lua"}
 
 
 def loaded(path: Path) -> str:
     """A script's text as Redis runs it: with the libraries scripts/mod.rs puts in front."""
     mod = (HERE / "mod.rs").read_text()
-    libs = [lib for lib in LIBRARIES if f'include_str!("{lib}"), include_str!("{path.name}")' in mod]
+    front = re.search(r'concat!\(((?:\s*include_str!\("[\w.]+"\),)+)\s*include_str!\("' + re.escape(path.name) + '"', mod)
+    libs = re.findall(r'include_str!\("([\w.]+)"\)', front.group(1)) if front else []
+    assert set(libs) <= LIBRARIES, f"{path.name}: unknown libraries {libs}"
     return "\n".join([*((HERE / lib).read_text() for lib in libs), path.read_text()])
 CALL = re.compile(r"redis\.p?call\(\s*'([A-Za-z]+)'\s*,\s*([^,)]+)")
 ASSIGN = re.compile(r"\b(?:local\s+)?(\w+)\s*=\s*KEYS\[")  # also a table field: `{h = KEYS[i]}`

@@ -4,6 +4,8 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, final
 
+from kiq.job import Job, PeriodicEntry
+
 __version__: str
 __all__ = [
     "ACTIVE_JOB_WRAPPER",
@@ -21,7 +23,6 @@ __all__ = [
     "check_batch_callback",
     "new_bid",
     "ClassMetrics",
-    "ENCRYPTED_ARG",
     "JobView",
     "Page",
     "ProcessView",
@@ -73,7 +74,6 @@ __all__ = [
 ]
 
 ACTIVE_JOB_WRAPPER: str
-ENCRYPTED_ARG: str
 #: How the core was built: ``"rustc <version>, <target>, <profile>"``.
 BUILD_INFO: str
 SIDEKIQ_ACTIVE_JOB_WRAPPER: str
@@ -174,49 +174,34 @@ class Client:
     ) -> Client: ...
     def push(
         self,
-        class_name: str,
-        args: Sequence[Any],
+        job: Job,
         *,
-        queue: str = "default",
-        retry: bool | int | None = None,
-        options: Mapping[str, Any] | None = None,
-        jid: str | None = None,
         at: float | None = None,
         sync: bool = False,
-        unique_for: float | None = None,
-        unique_until: str | None = None,
-        expires_in: float | None = None,
-        encrypt: bool = False,
         batch: BatchBuilder | None = None,
     ) -> tuple[str, str | None]:
         """Pushes one job; returns ``(jid, held_by)``, ``held_by`` None unless a unique job was skipped.
         With ``batch`` the job joins that batch's ``jobs()`` block instead."""
     def push_bulk(
         self,
-        class_name: str,
+        template: Job,
         args_list: Iterable[Sequence[Any]],
         *,
-        queue: str = "default",
-        retry: bool | int | None = None,
-        options: Mapping[str, Any] | None = None,
         at: float | None = None,
         sync: bool = False,
-        unique_for: float | None = None,
-        unique_until: str | None = None,
-        expires_in: float | None = None,
-        encrypt: bool = False,
         batch: BatchBuilder | None = None,
     ) -> tuple[list[str], dict[str, str | None]]:
-        """Pushes one job per argument list in one round trip; returns the jids and the skipped unique ones."""
+        """Pushes one job like ``template`` (its args and jid ignored) per argument list in one round trip;
+        returns the jids and the skipped unique ones."""
     def push_jobs(
         self,
-        jobs: Iterable[tuple[Any, ...]],
+        jobs: Iterable[Job],
         *,
+        at: float | None = None,
         sync: bool = False,
         batch: BatchBuilder | None = None,
     ) -> tuple[list[str], dict[str, str | None]]:
-        """Pushes ``(class_name, args, queue, retry, options, jid, at, unique_for, unique_until, expires_in,
-        encrypt)`` jobs in one round trip; returns the jids and the skipped unique ones."""
+        """Pushes jobs in one round trip; returns the jids and the skipped unique ones."""
     def flush(self, timeout: float) -> None:
         """Waits until every buffered job is in Redis; raises TimeoutError after ``timeout`` seconds."""
     def buffer_stats(self) -> dict[str, Any] | None:
@@ -235,8 +220,20 @@ class Client:
         """Round-trip time of a PING, in seconds."""
     def command(self, *args: str) -> Any:
         """Runs one Redis command and returns its reply as Python values."""
-    def key(self, kind: str, name: str | None = None) -> str:
-        """The Redis key of a kind ("queue", "retry", "process", ...), namespace applied."""
+    def size(self, kind: str, name: str | None = None) -> int:
+        """Entries in a set ("schedule", "retry", "dead") or queue ("queue", ``name``)."""
+    def window(
+        self, kind: str, name: str | None = None, *, start: int = 0, count: int = 100
+    ) -> list[tuple[str, float | None]]:
+        """``count`` entries from display position ``start`` as ``(payload, score)``, score None for a queue."""
+    def remove(self, kind: str, name: str | None, member: str) -> bool:
+        """Removes one entry equal to ``member``; False if there was none."""
+    def clear(self, kind: str, name: str | None = None) -> None:
+        """Deletes a set, or a queue and its name (in one step)."""
+    def queue_names(self) -> list[str]:
+        """The known queue names, sorted."""
+    def totals(self) -> tuple[int, int]:
+        """``(processed, failed)`` all-time counters."""
     def find_job(self, set: str, jid: str) -> list[tuple[str, float]]:
         """``(member, score)`` of each entry of "schedule", "retry" or "dead" with this jid."""
     def list_jobs(
@@ -419,7 +416,7 @@ class Server:
         leader_ttl: float | None = 30.0,
         orphan_check_interval: float | None = 60.0,
         max_recoveries: int = 3,
-        periodics: Iterable[tuple[Any, ...]] | None = None,
+        periodics: Iterable[PeriodicEntry] | None = None,
         periodic_clock: tuple[float, float, float] | None = None,
         health: str | None = None,
         max_jobs: int | None = None,
@@ -445,7 +442,6 @@ class Server:
         dead: bool | None = None,
         backtrace_option: bool | int | None = None,
         retry_queue: str | None = None,
-        retry_in: float | None = None,
     ) -> Fate:
         """Records the failure; returns where the job went."""
     def abandon(self, delivery: Delivery) -> None: ...
@@ -462,6 +458,9 @@ class Server:
     @property
     def health_address(self) -> str | None: ...
     def is_cancelled(self, delivery: Delivery) -> bool: ...
+    @property
+    def in_progress_keys(self) -> str:
+        """Glob of this process's in-progress lists, namespace applied."""
     @property
     def is_leader(self) -> bool:
         """Whether this process is the kiq leader now."""
@@ -496,21 +495,14 @@ def decode_backtrace(value: str) -> list[str]:
     """Decodes an ``error_backtrace`` value written by Sidekiq or kiq."""
 
 def encode_job(
-    class_name: str,
-    args: Sequence[Any],
+    job: Job,
     *,
-    queue: str = "default",
-    retry: bool | int | None = None,
-    options: Mapping[str, Any] | None = None,
-    jid: str | None = None,
     at: float | None = None,
-    unique_for: float | None = None,
-    unique_until: str | None = None,
-    expires_in: float | None = None,
     timestamps: str = "seconds",
     keyring: Keyring | None = None,
 ) -> tuple[str, str, float | None]:
-    """The payload a push would write, without Redis: ``(jid, payload, at)``; encrypted with ``keyring``."""
+    """The payload a push of ``job`` would write, without Redis: ``(jid, payload, at)``; encrypted with
+    ``keyring``."""
 
 def decide_failure(
     payload: str,
@@ -652,7 +644,7 @@ def drain_logs(timeout: float) -> tuple[list[tuple[str, str, str]], int]: ...
 class JobView:
     """One job as a dashboard shows it: the shown class (``display_class``,
     else ActiveJob's ``wrapped``, else ``class``), each shown argument as JSON
-    text (an encrypted job's last one is ``ENCRYPTED_ARG``), times in epoch
+    text (an encrypted job's last one is ``ENCRYPTED_DATA``), times in epoch
     seconds whatever unit the payload used."""
 
     @property
@@ -762,6 +754,9 @@ class WorkView:
 class ProcessView:
     @property
     def identity(self) -> str: ...
+    @property
+    def info(self) -> str:
+        """The heartbeat's ``info`` JSON as the process wrote it."""
     @property
     def hostname(self) -> str: ...
     @property

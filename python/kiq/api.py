@@ -231,27 +231,25 @@ class Queue(_Listed):
         self.api = api
         self.name = name
         self.kind, self.queue_name = "queue", name
-        self.key = api.client.key("queue", name)
 
     def __repr__(self) -> str:
         return f"<Queue {self.name}>"
 
     def size(self) -> int:
-        return int(self.api.client.command("LLEN", self.key))
+        return self.api.client.size("queue", self.name)
 
     def latency(self) -> float:
         """Seconds the oldest job has waited (0 when empty), as Sidekiq computes it."""
-        oldest = self.api.client.command("LINDEX", self.key, "-1")
-        if oldest is None:
+        oldest = self.api.client.window("queue", self.name, start=0, count=1)
+        if not oldest:
             return 0.0
-        job = JobRecord(oldest)
+        job = JobRecord(oldest[0][0])
         at = job.enqueued_at or job.created_at
         return max(0.0, time.time() - at) if at else 0.0
 
     def jobs(self, start: int = 0, count: int = 100) -> list[JobRecord]:
         """Jobs next to run first."""
-        raw = self.api.client.command("LRANGE", self.key, str(-start - count), str(-start - 1))
-        return [JobRecord(p) for p in reversed(raw)]
+        return [JobRecord(p) for p, _ in self.api.client.window("queue", self.name, start=start, count=count)]
 
     def delete(self, jid: str) -> bool:
         start: int | None = 0
@@ -259,13 +257,12 @@ class Queue(_Listed):
             page = self.select(start=start, limit=1000)
             for job in page.jobs:
                 if job.jid == jid:
-                    return bool(self.api.client.command("LREM", self.key, "1", job.payload))
+                    return self.api.client.remove("queue", self.name, job.payload)
             start = page.next
         return False
 
     def clear(self) -> None:
-        self.api.client.command("UNLINK", self.key)
-        self.api.client.command("SREM", self.api.client.key("queues"), self.name)
+        self.api.client.clear("queue", self.name)
 
 
 class JobSet(_Listed):
@@ -275,19 +272,16 @@ class JobSet(_Listed):
         self.api = api
         self.name = name
         self.kind = name
-        self.key = api.client.key(name)
 
     def __repr__(self) -> str:
         return f"<JobSet {self.name}>"
 
     def size(self) -> int:
-        return int(self.api.client.command("ZCARD", self.key))
+        return self.api.client.size(self.name)
 
     def jobs(self, start: int = 0, count: int = 100) -> list[JobRecord]:
         """Members in score order (soonest first; newest first for dead)."""
-        cmd = "ZREVRANGE" if self.name == "dead" else "ZRANGE"
-        raw = self.api.client.command(cmd, self.key, str(start), str(start + count - 1), "WITHSCORES")
-        return [JobRecord(raw[i], float(raw[i + 1])) for i in range(0, len(raw), 2)]
+        return [JobRecord(m, s) for m, s in self.api.client.window(self.name, start=start, count=count)]
 
     def find(self, jid: str) -> list[JobRecord]:
         return [JobRecord(m, s) for m, s in self.api.client.find_job(self.name, jid)]
@@ -308,10 +302,10 @@ class JobSet(_Listed):
         return any(self.api.client.kill(self.name, job.payload) for job in self.find(jid))
 
     def delete(self, jid: str) -> bool:
-        return any(self.api.client.command("ZREM", self.key, job.payload) for job in self.find(jid))
+        return any(self.api.client.remove(self.name, None, job.payload) for job in self.find(jid))
 
     def clear(self) -> None:
-        self.api.client.command("UNLINK", self.key)
+        self.api.client.clear(self.name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -394,15 +388,14 @@ class Api:
         return Queue(self, name)
 
     def queues(self) -> list[Queue]:
-        names = self.client.command("SMEMBERS", self.client.key("queues"))
-        return [Queue(self, n) for n in sorted(names)]
+        return [Queue(self, n) for n in self.client.queue_names()]
 
     def stats(self) -> Stats:
-        c = self.client
         sizes = {q.name: q.size() for q in self.queues()}
+        processed, failed = self.client.totals()
         return Stats(
-            processed=int(c.command("GET", c.key("stat_processed")) or 0),
-            failed=int(c.command("GET", c.key("stat_failed")) or 0),
+            processed=processed,
+            failed=failed,
             scheduled_size=self.scheduled.size(),
             retry_size=self.retries.size(),
             dead_size=self.dead.size(),
@@ -414,16 +407,8 @@ class Api:
 
     def processes(self) -> list[Process]:
         """Processes with a live heartbeat (entries whose heartbeat expired are skipped)."""
-        c = self.client
-        out = []
-        for identity in sorted(c.command("SMEMBERS", c.key("processes"))):
-            info, busy, beat, quiet, rss = c.command("HMGET", c.key("process", identity), "info", "busy", "beat",
-                                                     "quiet", "rss")
-            if info is None:
-                continue
-            out.append(Process(self, identity, json.loads(info), int(busy or 0), float(beat or 0),
-                               quiet == "true", int(rss or 0)))
-        return out
+        return [Process(self, p.identity, json.loads(p.info), p.busy, p.beat, p.quiet, p.rss_kb)
+                for p in self.admin.processes()]
 
     def cancel(self, jid: str) -> str:
         """Cancels a job: one still waiting (scheduled, retrying or queued) is
@@ -468,13 +453,6 @@ class Api:
 
     def work(self) -> list[Work]:
         """Jobs running right now in every process, oldest first."""
-        c = self.client
-        out = []
-        for p in self.processes():
-            raw = c.command("HGETALL", c.key("work", p.identity))
-            pairs = raw.items() if isinstance(raw, dict) else zip(raw[::2], raw[1::2])
-            for tid, value in pairs:
-                w = json.loads(value)
-                payload = w["payload"] if isinstance(w["payload"], str) else json.dumps(w["payload"])
-                out.append(Work(p.identity, tid, w["queue"], int(w["run_at"]), JobRecord(payload)))
+        out = [Work(p.identity, w.tid, w.queue, w.run_at, JobRecord(w.job.payload))
+               for p in self.admin.processes() for w in p.work]
         return sorted(out, key=lambda w: w.run_at)

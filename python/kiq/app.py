@@ -7,12 +7,8 @@ jobs does.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
-import contextvars
-import dataclasses
 import datetime as dt
-import functools
 import logging
 import os
 import signal
@@ -21,19 +17,20 @@ import threading
 import time
 import traceback
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 from kiq import _kiq, corelog
 from kiq.aio import AsyncRunner
-from kiq.batch import Batch, BatchStatus, open_block, parent_chain, reopen, status_of
+from kiq.batch import Batch, BatchStatus, parent_chain, reopen, status_of
 from kiq.errors import ConfigError, KiqError, ShutdownError, UndeliverableError
 from kiq.identity import hostname, new_identity
 from kiq.instrument import Instrumenter
 from kiq.crontab import Crontab
-from kiq.job import Enqueued, Job
+from kiq.enqueueing import Enqueueing, Seconds, seconds
+from kiq.job import Job, PeriodicEntry
 from kiq.logs import current_job
 from kiq.limiter import Limiters
 from kiq.paths import default_state_dir, undeliverable_path, unsent_dir
@@ -47,21 +44,6 @@ from kiq.worker import WorkerLike, bind, check_arguments, is_worker
 from kiq.workflow import NextStep
 
 __all__ = ["Kiq", "StopResult"]
-
-T = TypeVar("T")
-
-
-def _results(jids: list[str], skipped: dict[str, str | None]) -> list[str]:
-    if not skipped:
-        return jids
-    return [Enqueued(j, skipped[j] or "") if j in skipped else j for j in jids]
-
-
-async def _off_loop(call: Callable[[], T]) -> T:
-    """Runs a blocking call on the default executor, with the caller's context variables."""
-    ctx = contextvars.copy_context()
-    return await asyncio.get_running_loop().run_in_executor(None, ctx.run, call)
-
 
 def _flush_at_exit(ref: weakref.ReferenceType[Kiq]) -> None:
     app = ref()
@@ -103,17 +85,6 @@ def tell(message: str) -> None:
 DEFAULT_URL = "redis://localhost:6379/0"
 #: The wire-name prefix of kiq's own workers (kiq.workflow.NextStep).
 _KIQ_OWN = "kiq."
-#: Below this an ``at`` value looks like a relative delay, not an epoch time (Sidekiq's rule).
-_EPOCH_FLOOR = 1_000_000_000
-Seconds = int | float | dt.timedelta
-
-
-def seconds(value: Seconds, name: str) -> float:
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{name} must be a number of seconds or a timedelta, not {value!r}")
-    return float(value)
 
 
 class StopResult:
@@ -139,7 +110,7 @@ class StopResult:
         )
 
 
-class Kiq:
+class Kiq(Enqueueing):
     """A Sidekiq-compatible job queue client and worker process.
 
     Args:
@@ -408,7 +379,7 @@ class Kiq:
             _ = self.client
 
     @classmethod
-    def _periodic(cls, entry: tuple[Any, ...]) -> tuple[Any, ...]:
+    def _periodic(cls, entry: tuple[Any, ...]) -> PeriodicEntry:
         """A periodics entry as the core takes it; bad entries fail here, at construction."""
         if not isinstance(entry, tuple) or len(entry) not in (2, 3):
             raise ConfigError(f"a periodic entry is (crontab, worker) or (crontab, worker, options), not {entry!r}")
@@ -430,10 +401,8 @@ class Kiq:
         expires_in = opts.pop("expires_in", job.expires_in)
         encrypt = opts.pop("encrypt", job.encrypt)
         payload = {**job.options, **opts}
-        Job(job.class_name, list(args), queue, retry, payload, None, unique_for, unique_until, expires_in,  # checks
-            encrypt)
-        return (expr, job.class_name, queue, list(args), retry, payload or None, unique_for,
-                unique_until if unique_for is not None else None, expires_in, encrypt)
+        return PeriodicEntry(expr, Job(job.class_name, list(args), queue, retry, payload, None, unique_for,
+                                       unique_until, expires_in, encrypt))
 
     @staticmethod
     def _check_queues(queues: Mapping[str, int]) -> dict[str, int]:
@@ -579,206 +548,6 @@ class Kiq:
             return None
         return self.client.buffer_stats()
 
-    @staticmethod
-    def _when(delay: Seconds | None, at: dt.datetime | float | None) -> float | None:
-        if delay is not None and at is not None:
-            raise ConfigError("give either delay or at, not both")
-        if delay is not None:
-            return time.time() + seconds(delay, "delay")
-        if at is None:
-            return None
-        if isinstance(at, dt.datetime):
-            return at.timestamp()
-        if isinstance(at, bool) or not isinstance(at, (int, float)):
-            raise ConfigError(f"at must be a datetime or epoch seconds, not {at!r}")
-        if at < _EPOCH_FLOOR:
-            raise ConfigError(f"at={at!r} looks like a relative delay; pass delay= for that, or an epoch time")
-        return float(at)
-
-    def enqueue(
-        self,
-        job: Job,
-        *,
-        delay: Seconds | None = None,
-        at: dt.datetime | float | None = None,
-        sync: bool = False,
-    ) -> Enqueued:
-        """Enqueues a job and returns its jid (an :class:`~kiq.Enqueued`).
-
-        With the push buffer (the default) it returns once the job is
-        buffered (on disk too with ``buffer_path``); ``sync=True`` returns only
-        once it is in Redis. ``delay`` (seconds or a timedelta) or ``at`` (a
-        datetime or epoch seconds) schedules it; a time already past pushes it
-        now. Arguments that JSON cannot carry raise
-        :class:`~kiq.errors.CodecError` here, never later at run time. A unique
-        job (``unique_for``) is pushed synchronously, its lock taken in the same
-        step; if another job holds the lock the result says so
-        (``.skipped``, ``.held_by``) and nothing is enqueued.
-        """
-        if not isinstance(job, Job):
-            raise ConfigError(f"enqueue() takes a kiq.Job (e.g. MyWorker.new(...)), not {type(job).__name__}")
-        if self._tracing is not None:
-            with self._tracing.publish([job]) as traced:
-                return self._enqueue(traced[0], delay, at, sync)
-        return self._enqueue(job, delay, at, sync)
-
-    def _enqueue(self, job: Job, delay: Seconds | None, at: dt.datetime | float | None, sync: bool) -> Enqueued:
-        if self._sandbox is not None:
-            return Enqueued(self._record(job, self._when(delay, at)))
-        client = self._client or self.client
-        options = job.options
-        jid, held = client.push(
-            job.class_name,
-            job.args,
-            queue=job.queue,
-            retry=job.retry,
-            options=(options if type(options) is dict else dict(options)) or None,
-            jid=job.jid,
-            at=None if delay is None and at is None else self._when(delay, at),
-            sync=sync,
-            unique_for=job.unique_for,
-            unique_until=job.unique_until if job.unique_for is not None else None,
-            expires_in=job.expires_in,
-            encrypt=job.encrypt,
-            batch=open_block(self),
-        )
-        if held is not None:
-            logger.info("kiq: skipped enqueueing %s %s: not unique (lock held by %s)", job.class_name, jid,
-                        held or "an unknown job")
-        return Enqueued(jid, held)
-
-    def enqueue_bulk(
-        self,
-        template: Job | WorkerLike | str,
-        args_list: Iterable[Sequence[Any]],
-        *,
-        delay: Seconds | None = None,
-        at: dt.datetime | float | None = None,
-        sync: bool = False,
-    ) -> list[str]:
-        """Pushes one job per argument list in a single round trip (Sidekiq's ``push_bulk``).
-        For a unique template, skipped jobs are :class:`~kiq.Enqueued` with ``.skipped`` set.
-
-        ``template`` is a worker, a :class:`Job` whose class and options every
-        job shares, or a class name. Returns the jids in order.
-        """
-        job = self._template(template)
-        if is_worker(template):
-            args_list = list(args_list)
-            check_arguments(template, args_list)
-        if self._tracing is not None:
-            args_list = list(args_list)
-            with self._tracing.publish([job], batch=len(args_list)) as traced:
-                return self._enqueue_bulk(traced[0], args_list, delay, at, sync)
-        return self._enqueue_bulk(job, args_list, delay, at, sync)
-
-    def _enqueue_bulk(
-        self, job: Job, args_list: Iterable[Sequence[Any]], delay: Seconds | None, at: dt.datetime | float | None,
-        sync: bool,
-    ) -> list[str]:
-        if self._sandbox is not None:
-            when = self._when(delay, at)
-            return [self._record(dataclasses.replace(job, args=list(a), jid=None), when) for a in args_list]
-        jids, skipped = self.client.push_bulk(
-            job.class_name,
-            args_list,
-            queue=job.queue,
-            retry=job.retry,
-            options=dict(job.options) or None,
-            at=self._when(delay, at),
-            sync=sync,
-            unique_for=job.unique_for,
-            unique_until=job.unique_until if job.unique_for is not None else None,
-            expires_in=job.expires_in,
-            encrypt=job.encrypt,
-            batch=open_block(self),
-        )
-        return _results(jids, skipped)
-
-    def enqueue_all(
-        self,
-        jobs: Iterable[Job],
-        *,
-        delay: Seconds | None = None,
-        at: dt.datetime | float | None = None,
-        sync: bool = False,
-    ) -> list[str]:
-        """Pushes several jobs (of any classes) in a single round trip. Returns the jids."""
-        when = self._when(delay, at)
-        jobs = list(jobs)
-        for job in jobs:
-            if not isinstance(job, Job):
-                raise ConfigError(f"enqueue_all() takes kiq.Job objects, not {type(job).__name__}")
-        if self._tracing is not None and jobs:
-            with self._tracing.publish(jobs, batch=len(jobs)) as traced:
-                return self._enqueue_all(traced, when, sync)
-        return self._enqueue_all(jobs, when, sync)
-
-    def _enqueue_all(self, jobs: list[Job], when: float | None, sync: bool) -> list[str]:
-        if self._sandbox is not None:
-            return [self._record(job, when) for job in jobs]
-        specs = [
-            (job.class_name, job.args, job.queue, job.retry, dict(job.options) or None, job.jid, when, job.unique_for,
-             job.unique_until if job.unique_for is not None else None, job.expires_in, job.encrypt)
-            for job in jobs
-        ]
-        jids, skipped = self.client.push_jobs(specs, sync=sync, batch=open_block(self))
-        return _results(jids, skipped)
-
-    def _record(self, job: Job, at: float | None) -> str:
-        """Sandbox mode: the job, encoded as a push would, kept in memory."""
-        assert self._sandbox is not None
-        options = dict(job.options) or None
-        jid, payload, when = _kiq.encode_job(
-            job.class_name, job.args, queue=job.queue, retry=job.retry, options=options, jid=job.jid, at=at,
-            unique_for=job.unique_for, unique_until=job.unique_until if job.unique_for is not None else None,
-            expires_in=job.expires_in, timestamps=self.timestamps,
-            keyring=self._sandbox_keyring() if job.encrypt else None,
-        )
-        self._sandbox.add(job.class_name, list(job.args), job.queue, jid, payload, when, encrypted=job.encrypt)
-        return jid
-
-    def _sandbox_keyring(self) -> _kiq.Keyring:
-        """The app's keys, or (an app configured without any) a throwaway key: a sandboxed
-        encrypted job's payload is encrypted as a push would write it; its args stay readable."""
-        if self._keyring is not None:
-            return self._keyring
-        if self._throwaway_keyring is None:
-            self._throwaway_keyring = _kiq.Keyring({1: os.urandom(32)})
-        return self._throwaway_keyring
-
-    async def enqueue_async(
-        self,
-        job: Job,
-        *,
-        delay: Seconds | None = None,
-        at: dt.datetime | float | None = None,
-        sync: bool = False,
-    ) -> Enqueued:
-        """:meth:`enqueue` for ``async`` code (FastAPI and the like): never blocks the event loop."""
-        if self._sandbox is not None:
-            return self.enqueue(job, delay=delay, at=at)  # in memory: nothing to wait for
-        return await _off_loop(functools.partial(self.enqueue, job, delay=delay, at=at, sync=sync))
-
-    async def enqueue_bulk_async(
-        self,
-        template: Job | WorkerLike | str,
-        args_list: Iterable[Sequence[Any]],
-        *,
-        delay: Seconds | None = None,
-        at: dt.datetime | float | None = None,
-        sync: bool = False,
-    ) -> list[str]:
-        """:meth:`enqueue_bulk` for ``async`` code."""
-        call = functools.partial(self.enqueue_bulk, template, list(args_list), delay=delay, at=at, sync=sync)
-        if self._sandbox is not None:
-            return call()
-        return await _off_loop(call)
-
-    async def flush_async(self, timeout: Seconds | None = None) -> None:
-        """:meth:`flush` for ``async`` code."""
-        await _off_loop(functools.partial(self.flush, timeout))
-
     # -- batches ---------------------------------------------------------
 
     def batch(self, bid: str | None = None, *, description: str | None = None,
@@ -809,16 +578,6 @@ class Kiq:
         if self._sandbox is not None:
             raise ConfigError("batches need Redis: a sandboxed Kiq (test_mode=\"sandbox\") has none")
         return status_of(self, bid)
-
-    @staticmethod
-    def _template(template: Job | WorkerLike | str) -> Job:
-        if isinstance(template, Job):
-            return template
-        if isinstance(template, str):
-            return Job(template)
-        if is_worker(template):
-            return template.kiq_options.job(template.wire_name(), ())  # arguments come later
-        raise ConfigError(f"expected a Job, a worker or a class name, not {template!r}")
 
     def _why_sandboxed(self) -> str:
         if not self._sandboxed_by:
@@ -1010,10 +769,10 @@ class Kiq:
             self._stop_reporters(reporters)
             logger.error(
                 "kiq %s: could not hand unfinished jobs back to their queues (%s); they stay in its "
-                "in-progress lists (kiq:wip|%s|<queue>)",
+                "in-progress lists (%s)",
                 self.identity,
                 exc,
-                self.identity,
+                server.in_progress_keys,
             )
             return StopResult(timed_out=len(alive), error=str(exc))
         self._stop_reporters(reporters)

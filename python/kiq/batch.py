@@ -163,7 +163,7 @@ class _Open:
 _building: contextvars.ContextVar[_Open | None] = contextvars.ContextVar("kiq_batch_building", default=None)
 
 
-def open_block(app: Kiq) -> _kiq.BatchBuilder | None:
+def open_block(app: object) -> _kiq.BatchBuilder | None:
     """The builder enqueues of ``app`` go to here (inside one of its batches' ``jobs()`` blocks), if any."""
     block = _building.get()
     return block.builder if block is not None and block.batch.app is app else None

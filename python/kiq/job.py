@@ -8,7 +8,7 @@ from typing import Any
 
 from kiq.errors import ConfigError
 
-__all__ = ["Enqueued", "Job"]
+__all__ = ["Enqueued", "Job", "PeriodicEntry"]
 
 DEFAULT_QUEUE = "default"
 
@@ -106,6 +106,14 @@ class Job:
         options.update(changes.get("options", {}))
         options.update(extra)
         return dataclasses.replace(self, options=options, **direct)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PeriodicEntry:
+    """A periodic job as the core takes it: its crontab and the job enqueued at each match."""
+
+    crontab: str
+    job: Job
 
 
 def check_unique_and_expiry(unique_for: float | None, unique_until: str, expires_in: float | None) -> None:

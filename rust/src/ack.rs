@@ -358,8 +358,7 @@ async fn write(
     inv.arg(NUMBERS_TTL_MS)
         .arg(DAILY_STAT_TTL_SECS)
         .arg(float_json(now))
-        .arg(float_json(now - policy.dead_timeout_secs))
-        .arg(policy.dead_limit)
+        .arg(policy.dead_trim(now))
         .arg(batch.len())
         .arg(policy.unit.encode(now))
         .arg(KEEP_SECS)
@@ -395,17 +394,19 @@ async fn write(
             }
             None => (String::new(), ""),
         };
-        inv.arg(*seq).arg(wip).arg(kind).arg(score).arg(payload).arg(&s.raw).arg(counted).arg(spec).arg(jid).arg(parked);
+        inv.arg(*seq)
+            .arg(wip)
+            .arg(kind)
+            .arg(score)
+            .arg(payload)
+            .arg(&s.raw)
+            .arg(counted)
+            .arg(spec)
+            .arg(jid)
+            .arg(parked);
     }
     let (refused, fired): (Vec<String>, Vec<String>) = inv.invoke_async(&mut pool.get()).await?;
     let refused =
         refused.chunks(2).filter_map(|c| Some((c[0].parse().ok()?, c.get(1).cloned().unwrap_or_default()))).collect();
     Ok((refused, fired))
-}
-
-/// Sidekiq's dead-set trim: entries older than `dead_timeout`, then all but
-/// the newest `dead_limit - 1` (`ZREMRANGEBYRANK dead 0 -dead_limit`).
-pub fn trim_dead(pipe: &mut redis::Pipeline, keys: &Keys, policy: &RetryPolicy, now: f64) {
-    pipe.cmd("ZREMRANGEBYSCORE").arg(keys.dead()).arg("-inf").arg(float_json(now - policy.dead_timeout_secs)).ignore();
-    pipe.cmd("ZREMRANGEBYRANK").arg(keys.dead()).arg(0).arg(-(policy.dead_limit as i64)).ignore();
 }

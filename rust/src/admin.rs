@@ -129,11 +129,8 @@ pub async fn request_cancel(pool: &Pool, keys: &Keys, jid: &str) -> Result<()> {
     Ok(())
 }
 
-/// What Sidekiq's Web UI shows in place of an encrypted last argument.
-pub const ENCRYPTED_ARG: &str = "[encrypted data]";
-
 /// The JSON text of a job's `args` as it may be shown: the last argument of
-/// an encrypted job (`"encrypt": true`) is replaced by [`ENCRYPTED_ARG`], as
+/// an encrypted job (`"encrypt": true`) is replaced by [`crate::crypto::REDACTED`], as
 /// Sidekiq's Web UI does. `[]` when the payload has no args array.
 pub fn display_args(job: &Payload) -> String {
     let args = job.args().unwrap_or("[]");
@@ -143,7 +140,7 @@ pub fn display_args(job: &Payload) -> String {
     match serde_json::from_str::<Vec<&serde_json::value::RawValue>>(args) {
         Ok(items) if !items.is_empty() => {
             let mut shown: Vec<&str> = items[..items.len() - 1].iter().map(|v| v.get()).collect();
-            let masked = json_string(ENCRYPTED_ARG);
+            let masked = json_string(crate::crypto::REDACTED);
             shown.push(&masked);
             format!("[{}]", shown.join(","))
         }
@@ -158,6 +155,23 @@ pub enum Source {
     Set { key: String, newest_first: bool },
     /// A queue, next job to run first.
     Queue { key: String },
+}
+
+impl Source {
+    /// A job set by name (`"schedule"`, `"retry"`, `"dead"`), or with `kind`
+    /// `"queue"`, the queue `name`.
+    pub fn named(keys: &Keys, kind: &str, name: Option<&str>) -> Result<Self> {
+        match (kind, name) {
+            ("queue", Some(q)) => Ok(Self::Queue { key: keys.queue(q) }),
+            ("queue", None) => Err(KiqError::config("listing a queue needs its name")),
+            (set, _) => Ok(Self::Set { key: job_set(keys, set)?, newest_first: set == "dead" }),
+        }
+    }
+}
+
+/// A job set's key by its name, or why the name is not one.
+pub fn job_set(keys: &Keys, set: &str) -> Result<String> {
+    keys.job_set(set).ok_or_else(|| KiqError::config(format!("{set:?} is not a job set: use schedule, retry or dead")))
 }
 
 /// Which jobs a listing keeps: all, or those of a class, or with an error
@@ -227,7 +241,8 @@ pub struct Listing {
     pub next: Option<usize>,
 }
 
-async fn size(pool: &Pool, source: &Source) -> Result<u64> {
+/// Entries in `source`.
+pub async fn size(pool: &Pool, source: &Source) -> Result<u64> {
     let cmd = match source {
         Source::Set { key, .. } => redis::cmd("ZCARD").arg(key).clone(),
         Source::Queue { key } => redis::cmd("LLEN").arg(key).clone(),
@@ -236,7 +251,7 @@ async fn size(pool: &Pool, source: &Source) -> Result<u64> {
 }
 
 /// Entries `start..start + count` of `source` in display order.
-async fn window(pool: &Pool, source: &Source, start: usize, count: usize) -> Result<Vec<(String, Option<f64>)>> {
+pub async fn window(pool: &Pool, source: &Source, start: usize, count: usize) -> Result<Vec<(String, Option<f64>)>> {
     let (first, last) = (start as i64, (start + count) as i64 - 1);
     let mut conn = pool.get();
     Ok(match source {
@@ -253,6 +268,41 @@ async fn window(pool: &Pool, source: &Source, start: usize, count: usize) -> Res
             page.into_iter().rev().map(|m| (m, None)).collect()
         }
     })
+}
+
+/// Removes one entry equal to `member` from `source`; false if there was none.
+pub async fn remove(pool: &Pool, source: &Source, member: &str) -> Result<bool> {
+    let cmd = match source {
+        Source::Set { key, .. } => redis::cmd("ZREM").arg(key).arg(member).clone(),
+        Source::Queue { key } => redis::cmd("LREM").arg(key).arg(1).arg(member).clone(),
+    };
+    let removed: u64 = cmd.query_async(&mut pool.get()).await?;
+    Ok(removed > 0)
+}
+
+/// Deletes a sorted set (a queue is cleared with `bulk::queue_clear`, which also forgets its name).
+pub async fn clear_set(pool: &Pool, key: &str) -> Result<()> {
+    redis::cmd("UNLINK").arg(key).query_async::<()>(&mut pool.get()).await?;
+    Ok(())
+}
+
+/// The known queue names, sorted.
+pub async fn queue_names(pool: &Pool, keys: &Keys) -> Result<Vec<String>> {
+    let mut names: Vec<String> = redis::cmd("SMEMBERS").arg(keys.queues()).query_async(&mut pool.get()).await?;
+    names.sort();
+    Ok(names)
+}
+
+/// `(processed, failed)`: the all-time counters (0 when unset).
+pub async fn totals(pool: &Pool, keys: &Keys) -> Result<(u64, u64)> {
+    let (p, f): (Option<u64>, Option<u64>) = redis::pipe()
+        .cmd("GET")
+        .arg(keys.stat_processed())
+        .cmd("GET")
+        .arg(keys.stat_failed())
+        .query_async(&mut pool.get())
+        .await?;
+    Ok((p.unwrap_or(0), f.unwrap_or(0)))
 }
 
 /// Walks `source` from display position `start`, window by window, handing
@@ -326,6 +376,17 @@ pub enum Action {
     /// Run now (a set member to its queue).
     Retry,
     Delete,
+}
+
+impl Action {
+    /// `"retry"` or `"delete"`.
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "retry" => Ok(Self::Retry),
+            "delete" => Ok(Self::Delete),
+            other => Err(KiqError::config(format!("action must be \"retry\" or \"delete\", not {other:?}"))),
+        }
+    }
 }
 
 /// What a bulk action did: jobs acted on, jobs already gone when their turn came, entries read.

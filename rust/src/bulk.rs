@@ -192,12 +192,7 @@ pub async fn kill(pool: &Pool, keys: &Keys, policy: &RetryPolicy, set: &str, mem
     for bid in &levels {
         inv.key(keys.batch(bid)).key(keys.batch_done(bid)).key(keys.batch_failed(bid));
     }
-    inv.arg(float_json(now))
-        .arg(float_json(now - policy.dead_timeout_secs))
-        .arg(policy.dead_limit)
-        .arg(policy.unit.encode(now))
-        .arg(KEEP_SECS)
-        .arg(levels.len());
+    inv.arg(float_json(now)).arg(policy.dead_trim(now)).arg(policy.unit.encode(now)).arg(KEEP_SECS).arg(levels.len());
     for bid in &levels {
         inv.arg(*bid);
     }

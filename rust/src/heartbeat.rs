@@ -30,6 +30,17 @@ use crate::pool::Pool;
 use crate::timestamp::{self, float_json};
 use crate::work::WorkSet;
 
+/// The fields of a process's heartbeat hash (`keys.process(identity)`), Sidekiq's names.
+pub mod field {
+    pub const INFO: &str = "info";
+    pub const BUSY: &str = "busy";
+    pub const BEAT: &str = "beat";
+    pub const QUIET: &str = "quiet";
+    pub const RSS: &str = "rss";
+    pub const RTT_US: &str = "rtt_us";
+    pub const CONCURRENCY: &str = "concurrency";
+}
+
 /// Who this process is, for the `info` field.
 #[derive(Debug, Clone)]
 pub struct ProcessInfo {
@@ -246,19 +257,19 @@ impl Heartbeat {
             .arg(id)
             .cmd("HSET")
             .arg(self.keys.process(id))
-            .arg("info")
+            .arg(field::INFO)
             .arg(info)
-            .arg("concurrency")
+            .arg(field::CONCURRENCY)
             .arg(self.info.concurrency())
-            .arg("busy")
+            .arg(field::BUSY)
             .arg(running.len())
-            .arg("beat")
+            .arg(field::BEAT)
             .arg(float_json(timestamp::now()))
-            .arg("rtt_us")
+            .arg(field::RTT_US)
             .arg(rtt_us)
-            .arg("quiet")
+            .arg(field::QUIET)
             .arg(if quiet { "true" } else { "false" })
-            .arg("rss")
+            .arg(field::RSS)
             .arg(rss)
             .cmd("EXPIRE")
             .arg(self.keys.process(id))

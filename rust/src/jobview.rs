@@ -10,9 +10,6 @@ use crate::activejob;
 use crate::backtrace;
 use crate::job::{Payload, field};
 
-/// Shown in place of an encrypted job's last argument.
-pub const ENCRYPTED: &str = "[encrypted data]";
-
 /// The fields a job page shows in their own rows (Sidekiq's list); the rest are extras.
 const STANDARD: [&str; 17] = [
     field::QUEUE,
@@ -48,7 +45,7 @@ pub struct JobView {
     /// The `class` field itself (the ActiveJob wrapper, for ActiveJob jobs).
     pub raw_class: String,
     pub queue: String,
-    /// Each argument as JSON text; for an encrypted job the last is [`ENCRYPTED`].
+    /// Each argument as JSON text; for an encrypted job the last is [`crate::crypto::REDACTED`].
     pub args: Vec<String>,
     /// The last argument is encrypted and not shown.
     pub encrypted: bool,
@@ -83,7 +80,7 @@ impl JobView {
         let encrypted = job.get(field::ENCRYPT) == Some("true");
         let mut args = display_args(&job, &raw_class);
         if encrypted && let Some(last) = args.last_mut() {
-            ENCRYPTED.clone_into(last);
+            crate::crypto::REDACTED.clone_into(last);
         }
         let tags = job.get(field::TAGS).and_then(|t| serde_json::from_str::<Vec<String>>(t).ok()).unwrap_or_default();
         Self {
@@ -163,7 +160,7 @@ mod tests {
     #[test]
     fn encrypted_last_argument_is_never_shown() {
         let v = JobView::new(r#"{"class":"Secret","args":[1,"c2VjcmV0"],"jid":"a","encrypt":true}"#.into(), None);
-        assert_eq!(v.args, ["1", ENCRYPTED]);
+        assert_eq!(v.args, ["1", crate::crypto::REDACTED]);
         assert!(v.encrypted && !v.payload.is_empty());
         let plain = JobView::new(r#"{"class":"Plain","args":[1,"x"],"jid":"a","encrypt":false}"#.into(), None);
         assert_eq!(plain.args, ["1", "\"x\""]);

@@ -22,6 +22,11 @@ impl Keys {
         Self { prefix }
     }
 
+    /// The namespace prefix in front of every key (`"<namespace>:"`, or "").
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     fn key(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
     }
@@ -49,6 +54,16 @@ impl Keys {
     /// ZSET of jobs that ran out of retries, score = time of death.
     pub fn dead(&self) -> String {
         self.key("dead")
+    }
+
+    /// A job set by its name: `schedule`, `retry` or `dead`.
+    pub fn job_set(&self, name: &str) -> Option<String> {
+        match name {
+            "schedule" => Some(self.schedule()),
+            "retry" => Some(self.retry()),
+            "dead" => Some(self.dead()),
+            _ => None,
+        }
     }
 
     /// SET of live process identities (heartbeats).

@@ -200,7 +200,9 @@ pub async fn recover_process(
         let limit = payload.as_ref().and_then(Payload::jid).and_then(|jid| timed_out.get(&jid).copied());
         let handled = match (payload, limit) {
             (Some(p), Some(limit)) => fail_timed_out(pool, keys, policy, identity, list, queue, raw, p, limit).await,
-            _ => poison::hand_back(pool, keys, policy, max_recoveries, list, queue, raw, verdict, identity, "died").await,
+            _ => {
+                poison::hand_back(pool, keys, policy, max_recoveries, list, queue, raw, verdict, identity, "died").await
+            }
         };
         match handled {
             Ok(Outcome::Requeued) => report.requeued += 1,
@@ -274,8 +276,7 @@ async fn fail_timed_out(
         .arg(score)
         .arg(failed)
         .arg(float_json(now))
-        .arg(float_json(now - policy.dead_timeout_secs))
-        .arg(policy.dead_limit)
+        .arg(policy.dead_trim(now))
         .arg(DAILY_STAT_TTL_SECS);
     if let Some(chain) = &batch {
         inv.key(keys.schedule());

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use crate::error::Result;
+use crate::heartbeat::field as process_field;
 use crate::job::{Payload, field};
 use crate::jobview::JobView;
 use crate::keys::Keys;
@@ -78,7 +79,7 @@ pub async fn summary(pool: &Pool, keys: &Keys, now: f64) -> Result<Summary> {
     names.sort();
     let mut pipe = redis::pipe();
     for id in &members {
-        pipe.cmd("HGET").arg(keys.process(id)).arg("busy");
+        pipe.cmd("HGET").arg(keys.process(id)).arg(process_field::BUSY);
     }
     for q in &names {
         pipe.cmd("LLEN").arg(keys.queue(q));
@@ -188,6 +189,8 @@ pub async fn class_metrics(pool: &Pool, keys: &Keys, minutes: u32, now: f64) -> 
 #[derive(Debug, Clone, Default)]
 pub struct ProcessView {
     pub identity: String,
+    /// The `info` JSON as the process wrote it.
+    pub info: String,
     pub hostname: String,
     pub pid: i64,
     pub tag: String,
@@ -251,7 +254,15 @@ pub async fn processes(pool: &Pool, keys: &Keys) -> Result<Vec<ProcessView>> {
     }
     let mut pipe = redis::pipe();
     for id in &ids {
-        pipe.cmd("HMGET").arg(keys.process(id)).arg(&["info", "busy", "beat", "quiet", "rss", "rtt_us", "concurrency"]);
+        pipe.cmd("HMGET").arg(keys.process(id)).arg(&[
+            process_field::INFO,
+            process_field::BUSY,
+            process_field::BEAT,
+            process_field::QUIET,
+            process_field::RSS,
+            process_field::RTT_US,
+            process_field::CONCURRENCY,
+        ]);
         pipe.cmd("HGETALL").arg(keys.work(id));
         pipe.cmd("HGETALL").arg(keys.workers(id));
     }
@@ -279,6 +290,7 @@ pub async fn processes(pool: &Pool, keys: &Keys) -> Result<Vec<ProcessView>> {
         jobs.sort_by(|a, b| a.run_at.cmp(&b.run_at).then_with(|| a.tid.cmp(&b.tid)));
         out.push(ProcessView {
             identity,
+            info: info_json.clone(),
             hostname: info.hostname,
             pid: info.pid,
             tag: info.tag,

@@ -16,8 +16,8 @@ use tokio::sync::watch;
 
 use crate::client;
 use crate::crontab::Crontab;
-use crate::error::Result;
-use crate::job::{NewJob, field};
+use crate::error::{KiqError, Result};
+use crate::job::{NewJob, canonical_sha256, field, json_string};
 use crate::keys::Keys;
 use crate::leader::Leadership;
 use crate::pool::Pool;
@@ -33,6 +33,45 @@ pub struct Entry {
     pub id: String,
     pub crontab: Crontab,
     pub job: NewJob,
+}
+
+impl Entry {
+    /// An entry with its id: the same schedule, class and options give the
+    /// same id in every process.
+    pub fn new(crontab: Crontab, job: NewJob) -> Result<Self> {
+        let options: Vec<String> = job.options.iter().map(|(k, v)| format!("[{},{v}]", json_string(k))).collect();
+        // An encrypted entry's secret is not part of its id (a hash of it in
+        // Redis would leak it), so entries differing only by it are refused (see [`entries`]).
+        let identity = format!(
+            "[{},{},{},{},{},[{}]{}]",
+            json_string(&crontab.to_string()),
+            json_string(&job.class),
+            json_string(&job.queue),
+            job.args,
+            job.retry.to_json(),
+            options.join(","),
+            if job.encrypt.is_some() { ",\"encrypt\"" } else { "" }
+        );
+        let id = canonical_sha256(&identity)?[..32].to_owned();
+        Ok(Self { id, crontab, job })
+    }
+}
+
+/// The entries of an app, refusing encrypted ones that only their secret tells apart.
+pub fn entries(specs: impl IntoIterator<Item = (Crontab, NewJob)>) -> Result<Vec<Entry>> {
+    let mut out: Vec<Entry> = Vec::new();
+    for (crontab, job) in specs {
+        let entry = Entry::new(crontab, job)?;
+        if entry.job.encrypt.is_some() && out.iter().any(|e| e.id == entry.id) {
+            return Err(KiqError::config(format!(
+                "two periodic entries for {} differ only in their encrypted last argument; give them different \
+                 arguments, queues or schedules",
+                entry.job.class
+            )));
+        }
+        out.push(entry);
+    }
+    Ok(out)
 }
 
 /// The scheduler's notion of now: the wall clock, or a fast-forwarded one for tests.

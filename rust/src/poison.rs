@@ -136,8 +136,7 @@ pub async fn hand_back(
         .arg(poisoned)
         .arg(mode)
         .arg(float_json(now))
-        .arg(float_json(now - policy.dead_timeout_secs))
-        .arg(policy.dead_limit)
+        .arg(policy.dead_trim(now))
         .arg(queue)
         .arg(RECOVERIES_TTL_SECS);
     if let Some((chain, jid)) = &batch {

@@ -51,6 +51,14 @@ impl Default for RetryPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// The two ARGV of the dead-set trim every burying script runs
+    /// (`scripts/dead_lib.lua`): the oldest score kept, and `dead_limit`.
+    pub fn dead_trim(&self, now: f64) -> (String, u64) {
+        (crate::timestamp::float_json(now - self.dead_timeout_secs), self.dead_limit)
+    }
+}
+
 /// Options of the worker that ran the job, used where the payload is silent
 /// (Sidekiq merges the Ruby class's `sidekiq_options` the same way).
 #[derive(Debug, Clone, Default)]
@@ -68,8 +76,6 @@ pub struct Failure {
     pub error_message: String,
     /// Backtrace lines, innermost call last; only kept when the job asks for it.
     pub backtrace: Vec<String>,
-    /// A delay chosen by the job itself (in seconds), replacing the formula.
-    pub retry_in: Option<f64>,
 }
 
 /// Where the failed job goes next.
@@ -184,7 +190,7 @@ pub fn on_failure(
             (Disposition::Dropped, fate(Went::Discard, None))
         };
     }
-    let delay = failure.retry_in.unwrap_or_else(|| backoff(count)) + jitter(policy.jitter, count, roll);
+    let delay = backoff(count) + jitter(policy.jitter, count, roll);
     (Disposition::Retry { at: now + delay, payload: job.encode() }, fate(Went::Retry, Some(now + delay)))
 }
 
@@ -222,7 +228,6 @@ mod tests {
             error_class: "ValueError".into(),
             error_message: "boom".into(),
             backtrace: vec!["a.py:1:in `perform'".into(), "b.py:2:in `x'".into()],
-            retry_in: None,
         };
         on_failure(Payload::parse(payload).unwrap(), "default", &failure, worker, &RetryPolicy::default(), NOW, 0.0).0
     }

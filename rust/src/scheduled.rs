@@ -215,8 +215,7 @@ async fn move_members(
                 .key(keys.dead())
                 .arg(&member)
                 .arg(float_json(now))
-                .arg(float_json(now - policy.dead_timeout_secs))
-                .arg(policy.dead_limit)
+                .arg(policy.dead_trim(now))
                 .invoke_async(&mut pool.get())
                 .await?;
         }

@@ -827,6 +827,11 @@ impl Server {
         crate::orphans::recover_dead(&self.pool, &self.keys, policy, max, identity, timed_out).await
     }
 
+    /// Glob of this process's in-progress lists (for messages).
+    pub fn in_progress_pattern(&self) -> String {
+        self.keys.in_progress_pattern_of(&self.config.process.identity)
+    }
+
     /// Whether this process is the kiq leader now.
     pub fn is_leader(&self) -> bool {
         self.leadership.is_leader()

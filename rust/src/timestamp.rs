@@ -19,6 +19,17 @@ pub enum TimestampUnit {
 }
 
 impl TimestampUnit {
+    /// `"seconds"` or `"milliseconds"`, as `Kiq(timestamps=...)` names them.
+    pub fn parse(value: &str) -> crate::Result<Self> {
+        match value {
+            "seconds" => Ok(Self::Seconds),
+            "milliseconds" => Ok(Self::Millis),
+            other => Err(crate::error::KiqError::config(format!(
+                "timestamps must be \"seconds\" (Sidekiq 6.4-8.x) or \"milliseconds\" (Sidekiq 8 only), not {other:?}"
+            ))),
+        }
+    }
+
     /// JSON text for the instant `secs` (epoch seconds) in this unit.
     pub fn encode(self, secs: f64) -> String {
         match self {

@@ -18,7 +18,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
-from kiq._kiq import ENCRYPTED_ARG, __version__
+from kiq._kiq import ENCRYPTED_DATA, __version__
 from kiq.api import Api
 from kiq.errors import CodecError, ConfigError, ConnectionError, TimeoutError
 from kiq.web import display
@@ -73,7 +73,7 @@ class Dashboard:
             csrf_token=self.csrf.token(cookie),
             version=__version__,
             poll_ms=int(self.poll_interval * 1000),
-            encrypted_arg=ENCRYPTED_ARG,
+            encrypted_arg=ENCRYPTED_DATA,
         )
         response = HTMLResponse(self.env.get_template(template).render(context))
         if fresh:

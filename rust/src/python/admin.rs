@@ -6,7 +6,7 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 
 use super::client::Client;
-use super::errors::{ConfigError, py_result};
+use super::errors::py_result;
 use super::gil;
 use crate::browse::{self, Filter, Source};
 use crate::bulk::{self, Action, JobRef};
@@ -113,6 +113,8 @@ pub struct WorkView {
 #[pyclass(module = "kiq._kiq", frozen, get_all)]
 pub struct ProcessView {
     identity: String,
+    /// The `info` JSON as the process wrote it.
+    info: String,
     hostname: String,
     pid: i64,
     tag: String,
@@ -158,12 +160,7 @@ pub struct Admin {
 
 impl Admin {
     fn set_key(&self, set: &str) -> PyResult<String> {
-        match set {
-            "schedule" => Ok(self.keys.schedule()),
-            "retry" => Ok(self.keys.retry()),
-            "dead" => Ok(self.keys.dead()),
-            other => Err(ConfigError::new_err(format!("{other:?} is not a job set: use schedule, retry or dead"))),
-        }
+        py_result(crate::admin::job_set(&self.keys, set))
     }
 
     /// A sorted set by name, or with `queue` set, that queue.
@@ -180,9 +177,13 @@ impl Admin {
     #[new]
     #[pyo3(signature = (client, *, dead_limit = 10_000, dead_timeout = 15_552_000.0))]
     fn new(client: &Client, dead_limit: u64, dead_timeout: f64) -> Self {
-        let policy =
-            RetryPolicy { unit: client.unit, dead_limit, dead_timeout_secs: dead_timeout, ..RetryPolicy::default() };
-        Self { pool: client.pool.clone(), keys: client.keys.clone(), policy }
+        let policy = RetryPolicy {
+            unit: client.producer.unit,
+            dead_limit,
+            dead_timeout_secs: dead_timeout,
+            ..RetryPolicy::default()
+        };
+        Self { pool: client.producer.pool.clone(), keys: client.producer.keys.clone(), policy }
     }
 
     /// `count` jobs of `set` ("schedule", "retry", "dead"; or the queue named
@@ -350,6 +351,7 @@ impl Admin {
                     .collect::<PyResult<_>>()?;
                 Ok(ProcessView {
                     identity: p.identity,
+                    info: p.info,
                     hostname: p.hostname,
                     pid: p.pid,
                     tag: p.tag,

@@ -114,10 +114,10 @@ impl BatchBuilder {
             bid: builder.bid().to_owned(),
             chain: builder.chain(),
             inner: Mutex::new(Some(builder)),
-            pool: client.pool.clone(),
-            keys: client.keys.clone(),
-            unit: client.unit,
-            timeout: client.sync_timeout,
+            pool: client.producer.pool.clone(),
+            keys: client.producer.keys.clone(),
+            unit: client.producer.unit,
+            timeout: client.producer.sync_timeout,
         })
     }
 
@@ -184,7 +184,7 @@ fn status_dict<'py>(py: Python<'py>, s: &status::Status) -> PyResult<Bound<'py, 
 /// it expired or never existed.
 #[pyfunction]
 pub fn batch_status<'py>(py: Python<'py>, client: &Client, bid: String) -> PyResult<Option<Bound<'py, PyDict>>> {
-    let (pool, keys) = (client.pool.clone(), client.keys.clone());
+    let (pool, keys) = (client.producer.pool.clone(), client.producer.keys.clone());
     let s = gil::block_on(py, async move { status::read(&pool, &keys, &bid).await })?;
     s.map(|s| status_dict(py, &s)).transpose()
 }
@@ -199,7 +199,7 @@ pub fn batch_list<'py>(
     start: usize,
     count: usize,
 ) -> PyResult<(usize, Vec<Bound<'py, PyDict>>)> {
-    let (pool, keys) = (client.pool.clone(), client.keys.clone());
+    let (pool, keys) = (client.producer.pool.clone(), client.producer.keys.clone());
     let (total, list) = gil::block_on(py, async move { status::list(&pool, &keys, start, count).await })?;
     Ok((total, list.iter().map(|s| status_dict(py, s)).collect::<PyResult<_>>()?))
 }
@@ -207,21 +207,21 @@ pub fn batch_list<'py>(
 /// A batch's ancestors (nearest first), to reopen it; None when it is gone.
 #[pyfunction]
 pub fn batch_ancestors(py: Python<'_>, client: &Client, bid: String) -> PyResult<Option<Vec<String>>> {
-    let (pool, keys) = (client.pool.clone(), client.keys.clone());
+    let (pool, keys) = (client.producer.pool.clone(), client.producer.keys.clone());
     gil::block_on(py, async move { status::ancestors(&pool, &keys, &bid).await })
 }
 
 /// Marks a batch invalid; False when it is gone.
 #[pyfunction]
 pub fn batch_invalidate(py: Python<'_>, client: &Client, bid: String) -> PyResult<bool> {
-    let (pool, keys) = (client.pool.clone(), client.keys.clone());
+    let (pool, keys) = (client.producer.pool.clone(), client.producer.keys.clone());
     gil::block_on(py, async move { status::invalidate(&pool, &keys, &bid).await })
 }
 
 /// Whether any batch of `chain` was invalidated.
 #[pyfunction]
 pub fn batch_invalidated(py: Python<'_>, client: &Client, chain: Vec<String>) -> PyResult<bool> {
-    let (pool, keys) = (client.pool.clone(), client.keys.clone());
+    let (pool, keys) = (client.producer.pool.clone(), client.producer.keys.clone());
     gil::block_on(py, async move { Ok(status::invalidated(&pool, &keys, &chain).await?.contains(&true)) })
 }
 

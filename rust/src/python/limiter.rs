@@ -206,7 +206,7 @@ impl LimiterState {
 #[pyfunction]
 #[pyo3(signature = (client, max = 1000))]
 pub fn limiter_states(py: Python<'_>, client: &Client, max: usize) -> PyResult<Vec<LimiterState>> {
-    let (pool, keys) = (client.pool.clone(), client.keys.clone());
+    let (pool, keys) = (client.producer.pool.clone(), client.producer.keys.clone());
     let states = gil::block_on(py, async move { crate::limiter_state::read(&pool, &keys, max).await })?;
     Ok(states.into_iter().map(LimiterState::from).collect())
 }

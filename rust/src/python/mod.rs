@@ -12,6 +12,7 @@ mod crypto;
 mod errors;
 mod fate;
 mod gil;
+mod jobspec;
 mod limiter;
 mod marshal;
 mod options;
@@ -62,29 +63,19 @@ mod _kiq {
         errors::py_result(crate::backtrace::decode(value))
     }
 
-    /// The payload a push would write, without Redis (sandbox mode): returns
-    /// `(jid, payload, at)`, `at` None for a job to run now.
+    /// The payload a push of `job` (a `kiq.Job`) would write, without Redis
+    /// (sandbox mode): returns `(jid, payload, at)`, `at` None for a job to run now.
     #[pyfunction]
-    #[pyo3(signature = (class_name, args, *, queue = "default", retry = None, options = None, jid = None, at = None, unique_for = None, unique_until = None, expires_in = None, timestamps = "seconds", keyring = None))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (job, *, at = None, timestamps = "seconds", keyring = None))]
     fn encode_job(
-        class_name: String,
-        args: &Bound<'_, pyo3::PyAny>,
-        queue: &str,
-        retry: Option<&Bound<'_, pyo3::PyAny>>,
-        options: Option<&Bound<'_, pyo3::types::PyDict>>,
-        jid: Option<String>,
+        job: &Bound<'_, pyo3::PyAny>,
         at: Option<f64>,
-        unique_for: Option<f64>,
-        unique_until: Option<&str>,
-        expires_in: Option<f64>,
         timestamps: &str,
         keyring: Option<Bound<'_, super::crypto::Keyring>>,
     ) -> PyResult<(String, String, Option<f64>)> {
         // With a keyring the job is encrypted, as a push of `encrypt=True` would.
         let seal = keyring.map(|k| k.get().inner.clone());
-        let mut job = super::client::new_job(class_name, args, queue.to_owned(), retry, options, jid, seal)?;
-        super::client::Extra { unique_for, unique_until, expires_in }.apply(&mut job)?;
+        let job = super::jobspec::new_job(job, true, seal)?;
         let unit = super::options::unit(timestamps)?;
         let keys = crate::keys::Keys::default();
         let (jid, item, _) =
@@ -120,7 +111,7 @@ mod _kiq {
         };
         let unit = super::options::unit(timestamps)?;
         let policy = RetryPolicy { max_retries, unit, jitter: super::options::jitter(unit), ..RetryPolicy::default() };
-        let failure = Failure { error_class, error_message, backtrace: backtrace.unwrap_or_default(), retry_in: None };
+        let failure = Failure { error_class, error_message, backtrace: backtrace.unwrap_or_default() };
         let (disposition, fate) =
             on_failure(job, queue, &failure, &worker, &policy, crate::timestamp::now(), rand::random());
         let payload = match disposition {
@@ -203,7 +194,6 @@ mod _kiq {
         // Wire names the Python layer matches on, spelled once in the core.
         m.add("ACTIVE_JOB_WRAPPER", crate::activejob::WRAPPER)?;
         m.add("SIDEKIQ_ACTIVE_JOB_WRAPPER", crate::activejob::SIDEKIQ_WRAPPER)?;
-        m.add("ENCRYPTED_ARG", crate::jobview::ENCRYPTED)?;
         m.add("TRACE_CONTEXT_FIELDS", pyo3::types::PyTuple::new(m.py(), crate::job::field::TRACE_CONTEXT)?)?;
         m.add("ENCRYPT_FIELD", crate::job::field::ENCRYPT)?;
         m.add("ENCRYPTED_DATA", crate::crypto::REDACTED)?;

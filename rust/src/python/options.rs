@@ -41,13 +41,7 @@ pub fn backtrace(value: &Bound<'_, PyAny>) -> PyResult<Backtrace> {
 
 /// `timestamps="seconds"|"milliseconds"`.
 pub fn unit(value: &str) -> PyResult<TimestampUnit> {
-    match value {
-        "seconds" => Ok(TimestampUnit::Seconds),
-        "milliseconds" => Ok(TimestampUnit::Millis),
-        other => Err(ConfigError::new_err(format!(
-            "timestamps must be \"seconds\" (Sidekiq 6.4-8.x) or \"milliseconds\" (Sidekiq 8 only), not {other:?}"
-        ))),
-    }
+    super::errors::py_result(TimestampUnit::parse(value))
 }
 
 /// The retry jitter that goes with the timestamp unit's Sidekiq generation.

@@ -6,19 +6,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyDict, PyList, PyString};
 
-use super::client::{Client, Extra, keys_for, new_job};
+use super::client::Client;
 use super::convert::value_to_py;
 use super::errors::{ShutdownError, py_result};
 use super::fate::Fate;
+use super::jobspec;
 use super::limiter::Throttle;
 use super::{gil, options};
 use crate::crontab;
 use crate::heartbeat::{BeatConfig, ProcessInfo};
 use crate::job::{Backtrace, field};
-use crate::job::{canonical_sha256, json_string};
 use crate::lane::{self, Take};
 use crate::periodic::{Clock, Entry};
 use crate::retry::{Failure, RetryPolicy, WorkerOptions};
@@ -160,60 +161,19 @@ impl Delivery {
     }
 }
 
-/// Periodic entries from `(crontab, class, queue, args, retry, options,
-/// unique_for, unique_until, expires_in[, encrypt])` tuples; an encrypted one
-/// is sealed afresh at each enqueue.
+/// Periodic entries from `kiq.app.PeriodicEntry` objects (`crontab`, `job`);
+/// an encrypted one is sealed afresh at each enqueue.
 fn periodic_entries(specs: &Bound<'_, PyAny>, keyring: Option<&Arc<crate::crypto::Keyring>>) -> PyResult<Vec<Entry>> {
-    let mut out = Vec::new();
+    let mut parsed = Vec::new();
     for spec in specs.try_iter()? {
         let spec = spec?;
-        let spec = spec.cast::<PyTuple>()?;
-        let expr: String = spec.get_item(0)?.extract()?;
+        let expr: String = spec.getattr(intern!(spec.py(), "crontab"))?.extract()?;
         let crontab = py_result(crontab::Crontab::parse(&expr))?;
-        let retry = spec.get_item(4)?;
-        let opts = spec.get_item(5)?;
-        let opts = if opts.is_none() { None } else { Some(opts.cast_into::<PyDict>()?) };
-        let mut job = new_job(
-            spec.get_item(1)?.extract()?,
-            &spec.get_item(3)?,
-            spec.get_item(2)?.extract()?,
-            if retry.is_none() { None } else { Some(&retry) },
-            opts.as_ref(),
-            None,
-            keys_for(spec.len() > 9 && spec.get_item(9)?.is_truthy()?, keyring)?,
-        )?;
-        let until: Option<String> = spec.get_item(7)?.extract()?;
-        Extra {
-            unique_for: spec.get_item(6)?.extract()?,
-            unique_until: until.as_deref(),
-            expires_in: spec.get_item(8)?.extract()?,
-        }
-        .apply(&mut job)?;
-        // The same schedule, class and options give the same id in every process.
-        let options: Vec<String> = job.options.iter().map(|(k, v)| format!("[{},{v}]", json_string(k))).collect();
-        // An encrypted entry's secret is not part of its id (a hash of it in
-        // Redis would leak it), so entries differing only by it are refused.
-        let identity = format!(
-            "[{},{},{},{},{},[{}]{}]",
-            json_string(&crontab.to_string()),
-            json_string(&job.class),
-            json_string(&job.queue),
-            job.args,
-            job.retry.to_json(),
-            options.join(","),
-            if job.encrypt.is_some() { ",\"encrypt\"" } else { "" }
-        );
-        let id = py_result(canonical_sha256(&identity))?[..32].to_owned();
-        if job.encrypt.is_some() && out.iter().any(|e: &Entry| e.id == id) {
-            return Err(super::errors::ConfigError::new_err(format!(
-                "two periodic entries for {} differ only in their encrypted last argument; give them different \
-                 arguments, queues or schedules",
-                job.class
-            )));
-        }
-        out.push(Entry { id, crontab, job });
+        let job = spec.getattr(intern!(spec.py(), "job"))?;
+        let seal = py_result(crate::producer::seal_keys(jobspec::encrypted(&job)?, keyring))?;
+        parsed.push((crontab, jobspec::new_job(&job, true, seal)?));
     }
-    Ok(out)
+    py_result(crate::periodic::entries(parsed))
 }
 
 /// The fetchers, result writer and scheduler of one Kiq process.
@@ -275,7 +235,7 @@ impl Server {
             throttle_specs.insert(class, t.get().spec.clone());
         }
         let entries = match periodics {
-            Some(p) => periodic_entries(p, client.keyring.as_ref())?,
+            Some(p) => periodic_entries(p, client.producer.keyring.as_ref())?,
             None => Vec::new(),
         };
         if leader_ttl.is_some_and(|t| t < 0.1) || orphan_check_interval.is_some_and(|t| t <= 0.0) {
@@ -302,8 +262,8 @@ impl Server {
             },
             policy: RetryPolicy {
                 max_retries,
-                unit: client.unit,
-                jitter: options::jitter(client.unit),
+                unit: client.producer.unit,
+                jitter: options::jitter(client.producer.unit),
                 dead_limit,
                 dead_timeout_secs: dead_timeout,
             },
@@ -326,16 +286,17 @@ impl Server {
             max_jobs,
             max_rss_kb: max_memory_bytes.map(|b| b / 1024),
             stuck_after: stuck_after.filter(|s| *s > 0.0).map(Duration::from_secs_f64),
-            keyring: client.keyring.clone(),
+            keyring: client.producer.keyring.clone(),
             quiet,
             throttles: throttle_specs,
             limits: Some(client.limits.clone()),
         };
-        let pool = client.pool.clone();
+        let pool = client.producer.pool.clone();
         gil::block_on(py, async move { crate::pool::require_version(&pool).await })?;
         let rt = runtime::get();
         let _guard = rt.enter();
-        let inner = py_result(server::Server::start(client.pool.clone(), client.keys.clone(), config))?;
+        let inner =
+            py_result(server::Server::start(client.producer.pool.clone(), client.producer.keys.clone(), config))?;
         Ok(Self { inner, names, gil_waits: AtomicU64::new(0), gil_wait_ns: AtomicU64::new(0), throttle_keys })
     }
 
@@ -439,7 +400,7 @@ impl Server {
 
     /// The job raised. The worker's options apply where the payload has none.
     /// Returns where it went (its `Fate`).
-    #[pyo3(signature = (delivery, error_class, error_message, *, backtrace = None, retry = None, dead = None, backtrace_option = None, retry_queue = None, retry_in = None))]
+    #[pyo3(signature = (delivery, error_class, error_message, *, backtrace = None, retry = None, dead = None, backtrace_option = None, retry_queue = None))]
     #[allow(clippy::too_many_arguments)]
     fn fail(
         &self,
@@ -452,7 +413,6 @@ impl Server {
         dead: Option<bool>,
         backtrace_option: Option<&Bound<'_, PyAny>>,
         retry_queue: Option<String>,
-        retry_in: Option<f64>,
     ) -> PyResult<Fate> {
         let worker = WorkerOptions {
             retry: retry.map(options::retry).transpose()?,
@@ -460,7 +420,7 @@ impl Server {
             backtrace: backtrace_option.map(options::backtrace).transpose()?,
             retry_queue,
         };
-        let failure = Failure { error_class, error_message, backtrace: backtrace.unwrap_or_default(), retry_in };
+        let failure = Failure { error_class, error_message, backtrace: backtrace.unwrap_or_default() };
         let d = delivery.take()?;
         let inner = self.inner.clone();
         gil::run(py, move || Ok(inner.fail(d, &failure, &worker).into()))
@@ -534,6 +494,12 @@ impl Server {
     #[getter]
     fn health_address(&self) -> Option<String> {
         self.inner.health_addr().map(|a| a.to_string())
+    }
+
+    /// Glob of this process's in-progress lists, namespace applied (for messages).
+    #[getter]
+    fn in_progress_keys(&self) -> String {
+        self.inner.in_progress_pattern()
     }
 
     /// Whether this process is the kiq leader now (no Redis round trip).

@@ -54,8 +54,7 @@ if ARGV[2] == 'retry' then
   redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 elseif ARGV[2] == 'dead' then
   redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[6])
-  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[7]))
+  kiq_trim_dead(KEYS[3], ARGV[6], ARGV[7])
 end
 -- Counters of the wrong type are skipped, as settle.lua skips them.
 for _, k in ipairs({4, 5, 6, 7}) do

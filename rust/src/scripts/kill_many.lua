@@ -42,8 +42,7 @@ for i = 7 + m, #ARGV, 3 do
   end
 end
 if moved > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[2])
-  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[3]))
+  kiq_trim_dead(KEYS[2], ARGV[2], ARGV[3])
 end
 local out = {moved}
 for _, p in ipairs(ctx.fired) do out[#out + 1] = p end

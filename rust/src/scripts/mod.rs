@@ -2,7 +2,8 @@
 //! `redis::Script` sends EVALSHA and reloads a script Redis has forgotten
 //! (after a restart, failover or SCRIPT FLUSH), so no job waits on a boot-time load.
 //! `batch_lib.lua` is not a script: it defines the batch bookkeeping the
-//! scripts that settle jobs and commit batches share, and is prepended to them.
+//! scripts that settle jobs and commit batches share, and is prepended to them;
+//! `dead_lib.lua` likewise holds the dead-set trim of every script that buries a job.
 
 use std::sync::LazyLock;
 
@@ -11,14 +12,17 @@ use redis::Script;
 pub static FETCH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("fetch.lua")));
 pub static REQUEUE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("requeue.lua")));
 pub static ENQUEUE_DUE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("enqueue_due.lua")));
-pub static BURY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("bury.lua")));
+pub static BURY: LazyLock<Script> =
+    LazyLock::new(|| Script::new(concat!(include_str!("dead_lib.lua"), include_str!("bury.lua"))));
 pub static REELECT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("reelect.lua")));
 pub static RESIGN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("resign.lua")));
-pub static RECOVER: LazyLock<Script> =
-    LazyLock::new(|| Script::new(concat!(include_str!("batch_lib.lua"), include_str!("recover.lua"))));
+pub static RECOVER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(include_str!("batch_lib.lua"), include_str!("dead_lib.lua"), include_str!("recover.lua")))
+});
 pub static PUSH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("push.lua")));
-pub static SETTLE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(concat!(include_str!("batch_lib.lua"), include_str!("settle.lua"))));
+pub static SETTLE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(include_str!("batch_lib.lua"), include_str!("dead_lib.lua"), include_str!("settle.lua")))
+});
 pub static BATCH_COMMIT: LazyLock<Script> =
     LazyLock::new(|| Script::new(concat!(include_str!("batch_lib.lua"), include_str!("batch_commit.lua"))));
 pub static BATCH_STAGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("batch_stage.lua")));
@@ -26,10 +30,12 @@ pub static BATCH_INVALIDATE: LazyLock<Script> = LazyLock::new(|| Script::new(inc
 pub static UNIQUE_PUSH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("unique_push.lua")));
 pub static UNLOCK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("unlock.lua")));
 pub static PERIODIC: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("periodic.lua")));
-pub static FAIL_ORPHAN: LazyLock<Script> =
-    LazyLock::new(|| Script::new(concat!(include_str!("batch_lib.lua"), include_str!("fail_orphan.lua"))));
-pub static KILL_MANY: LazyLock<Script> =
-    LazyLock::new(|| Script::new(concat!(include_str!("batch_lib.lua"), include_str!("kill_many.lua"))));
+pub static FAIL_ORPHAN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(include_str!("batch_lib.lua"), include_str!("dead_lib.lua"), include_str!("fail_orphan.lua")))
+});
+pub static KILL_MANY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(include_str!("batch_lib.lua"), include_str!("dead_lib.lua"), include_str!("kill_many.lua")))
+});
 pub static LIMIT_ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("limit_acquire.lua")));
 pub static LIMIT_RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("limit_release.lua")));
 pub static THROTTLE_ADMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("throttle_admit.lua")));

@@ -55,8 +55,7 @@ if deaths > tonumber(ARGV[4]) then
   local outcome = 'dropped'
   if ARGV[6] ~= 'drop' then
     redis.call('ZADD', KEYS[4], ARGV[7], ARGV[5])
-    redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[8])
-    redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -tonumber(ARGV[9]))
+    kiq_trim_dead(KEYS[4], ARGV[8], ARGV[9])
     outcome = 'buried'
   end
   local out = {1, outcome, deaths}

@@ -148,8 +148,7 @@ for _, refs in ipairs(order) do
   kiq_batch_succeeded(ctx, succeeded[refs].chain, succeeded[refs].jids)
 end
 if buried then
-  redis.pcall('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[4])
-  redis.pcall('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[5]))
+  kiq_trim_dead(KEYS[3], ARGV[4], ARGV[5])
 end
 local function bump(total, daily, by)
   if by > 0 then
