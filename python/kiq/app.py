@@ -1,4 +1,6 @@
-"""The Kiq application object: configuration, enqueueing, and the worker process.
+"""The Kiq application object: its configuration, its Redis client and
+batches; the enqueue methods come from ``enqueueing.py`` and the running
+process (start, quiet, stop, run) from ``running.py``.
 
 A :class:`Kiq` is owned by the application (no global state; several may
 coexist with different Redis URLs). Enqueueing needs no ``start()``; running
@@ -11,31 +13,28 @@ import atexit
 import datetime as dt
 import logging
 import os
-import signal
-import sys
 import threading
-import time
-import traceback
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
 
 from kiq import _kiq, corelog
 from kiq.aio import AsyncRunner
 from kiq.batch import Batch, BatchStatus, parent_chain, reopen, status_of
-from kiq.errors import ConfigError, KiqError, ShutdownError, UndeliverableError
-from kiq.identity import hostname, new_identity
+from kiq.errors import ConfigError, KiqError, UndeliverableError
+from kiq.identity import new_identity
 from kiq.instrument import Instrumenter
 from kiq.crontab import Crontab
 from kiq.enqueueing import Enqueueing, Seconds, seconds
+from kiq.running import Running, StopResult, say
 from kiq.job import Job, PeriodicEntry
 from kiq.logs import current_job
 from kiq.limiter import Limiters
 from kiq.paths import default_state_dir, undeliverable_path, unsent_dir
 from kiq.pool import WorkerThreads
-from kiq.processor import HardLimits, Processor, Registered, register
+from kiq.processor import HardLimits, Registered, register
 from kiq.reporters import Reporter, ReporterThread
 from kiq.sandbox import Sandbox, default_mode
 from kiq.swarm import preload
@@ -51,35 +50,7 @@ def _flush_at_exit(ref: weakref.ReferenceType[Kiq]) -> None:
         app._flush_at_exit(app._client)
 
 
-def _say(message: str) -> None:
-    """A line on stderr, whether or not logging is configured (jobs at stake at exit)."""
-    try:
-        print(f"kiq: {message}", file=sys.stderr, flush=True)
-    except (OSError, ValueError):
-        pass
-
-def _stop_at_exit(ref: weakref.ReferenceType[Kiq]) -> None:
-    """A started app still running at interpreter exit stops gracefully first: its
-    jobs go back to their queues, and no thread of it is left inside the core
-    (``pthread_exit`` unwinding through the core's frames can crash the process)."""
-    app = ref()
-    if app is not None and app.running:
-        logger.warning("process %s still running at exit; stopping it (call stop() or use run())", app.identity)
-        app.stop()
-
 logger = logging.getLogger("kiq")
-
-
-def tell(message: str) -> None:
-    """Logs what the person at the terminal must see at WARNING, and also prints
-    it to stderr when logging is not configured (``kiq`` has only its NullHandler)."""
-    logger.warning(message)
-    log: logging.Logger | None = logger
-    while log is not None:
-        if any(not isinstance(h, logging.NullHandler) for h in log.handlers):
-            return
-        log = log.parent if log.propagate else None
-    print(f"kiq: {message}", file=sys.stderr, flush=True)
 
 
 DEFAULT_URL = "redis://localhost:6379/0"
@@ -87,30 +58,7 @@ DEFAULT_URL = "redis://localhost:6379/0"
 _KIQ_OWN = "kiq."
 
 
-class StopResult:
-    """What :meth:`Kiq.stop` did."""
-
-    __slots__ = ("error", "requeued", "timed_out", "unwritten")
-
-    def __init__(self, requeued: int = 0, unwritten: int = 0, timed_out: int = 0, error: str | None = None) -> None:
-        #: Jobs handed back to their queues (not started, or still running at the deadline).
-        self.requeued = requeued
-        #: Results that could not be written to Redis in time (their jobs were requeued).
-        self.unwritten = unwritten
-        #: Jobs still running when the deadline passed.
-        self.timed_out = timed_out
-        #: Why unfinished jobs could not be handed back (Redis unreachable); they
-        #: then stay in this process's in-progress lists.
-        self.error = error
-
-    def __repr__(self) -> str:
-        return (
-            f"StopResult(requeued={self.requeued}, unwritten={self.unwritten}, timed_out={self.timed_out}, "
-            f"error={self.error!r})"
-        )
-
-
-class Kiq(Enqueueing):
+class Kiq(Running, Enqueueing):
     """A Sidekiq-compatible job queue client and worker process.
 
     Args:
@@ -498,36 +446,36 @@ class Kiq(Enqueueing):
             client.flush(0.5)
             return
         except UndeliverableError as exc:
-            _say(str(exc))
+            say(str(exc))
             return
         except KiqError:
             pass
         stats = client.buffer_stats() or {}
         limit = self.shutdown_timeout
-        _say(f"waiting up to {limit:g}s for {stats.get('jobs', 0)} buffered jobs to reach Redis at {client.url} "
+        say(f"waiting up to {limit:g}s for {stats.get('jobs', 0)} buffered jobs to reach Redis at {client.url} "
              "(Ctrl-C stops waiting and saves them to disk; Kiq(shutdown_timeout=...) sets the wait)")
         try:
             client.flush(limit)
-            _say("all buffered jobs are in Redis")
+            say("all buffered jobs are in Redis")
             return
         except UndeliverableError as exc:
-            _say(str(exc))
+            say(str(exc))
             return
         except (KiqError, KeyboardInterrupt):
             pass
         left = (client.buffer_stats() or {}).get("jobs", 0)
         if self.buffer_path is not None:
             path = self.buffer_path
-            _say(f"{left} jobs are not in Redis yet; they are safe in the spool at {path}: the next process started "
+            say(f"{left} jobs are not in Redis yet; they are safe in the spool at {path}: the next process started "
                  f"with buffer_path={str(path)!r} delivers them, or deliver them now with: kiq spool push {path}")
             return
         target = unsent_dir(self.state_dir, self.identity)
         try:
             saved = client.dump(str(target))
         except KiqError as exc:
-            _say(f"{left} jobs could not reach Redis at {client.url}, and could not be saved to {target}: {exc}")
+            say(f"{left} jobs could not reach Redis at {client.url}, and could not be saved to {target}: {exc}")
             return
-        _say(f"{saved} jobs could not reach Redis at {client.url} within {limit:g}s; saved to {target}. Deliver "
+        say(f"{saved} jobs could not reach Redis at {client.url} within {limit:g}s; saved to {target}. Deliver "
              f"them with: kiq spool push {target} (or start a Kiq with buffer_path={str(target)!r})")
 
     def flush(self, timeout: Seconds | None = None) -> None:
@@ -589,303 +537,6 @@ class Kiq(Enqueueing):
     def test_mode(self) -> str | None:
         """``"sandbox"`` while enqueued jobs stay in memory (see :mod:`kiq.testing`), else None."""
         return "sandbox" if self._sandbox is not None else None
-
-    # -- server ----------------------------------------------------------
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None
-
-    @property
-    def health_address(self) -> str | None:
-        """Where health checks are answered: the bound ``host:port`` while
-        running (the real port when 0 was asked), else the configured one."""
-        server = self._server
-        if server is not None and server.health_address is not None:
-            return server.health_address
-        return self._health_address
-
-    @health_address.setter
-    def health_address(self, value: str | None) -> None:
-        if value is not None and (not isinstance(value, str) or ":" not in value):
-            raise ConfigError(f'health_address must be "HOST:PORT", e.g. "0.0.0.0:8080", not {value!r}')
-        self._health_address = value
-
-    @property
-    def is_leader(self) -> bool:
-        """Whether this process is the kiq leader now (periodic jobs and orphan
-        recovery run only there). Answered locally, without a round trip."""
-        server = self._server
-        return server is not None and server.is_leader
-
-    def start(self) -> None:
-        """Starts fetching and running jobs; returns once the threads run."""
-        if self._sandbox is not None:
-            raise ConfigError(
-                f"a sandboxed Kiq does not fetch from Redis; run its jobs with kiq.testing.drain(app){self._why_sandboxed()}"
-            )
-        with self._lock:
-            if self._server is not None:
-                raise ConfigError("this Kiq is already started")
-        if self._swarm is None:
-            limited = sorted(name for name, reg in self._workers.items() if reg.options.hard_timeout is not None)
-            if limited:
-                raise ConfigError(
-                    f"worker {limited[0]} sets hard_timeout, which only a swarm enforces (its parent kills a child "
-                    "whose job runs past it): start the workers with kiq run --processes N (one supervised child "
-                    "is enough: -p 1) or app.run(processes=N)"
-                )
-        corelog.start()
-        server = _kiq.Server(
-            self.client,
-            self.identity,
-            list(self.queues.items()),
-            hostname=hostname(),
-            tag=self.tag,
-            labels=self.labels,
-            heartbeat_interval=self.heartbeat_interval,
-            heartbeat_ttl=self.heartbeat_ttl,
-            metrics=self.metrics,
-            leader_ttl=self.leader_ttl,
-            orphan_check_interval=self.orphan_check_interval,
-            max_recoveries=self.max_recoveries,
-            periodics=self.periodics,
-            periodic_clock=self.periodic_clock,
-            max_retries=self.max_retries,
-            dead_limit=self.dead_limit,
-            dead_timeout=self.dead_timeout,
-            poll_interval_average=self.poll_interval_average,
-            average_scheduled_poll_interval=self.average_scheduled_poll_interval,
-            scheduler=self.scheduler,
-            health=self._health_address,
-            max_jobs=self.max_jobs,
-            max_memory_bytes=self.max_memory_bytes,
-            stuck_after=self.stuck_after,
-            quiet=self._start_quiet,
-            throttles={name: reg.options.throttled.spec for name, reg in self._workers.items()
-                       if reg.options.throttled is not None},
-        )
-        reporters = self._start_reporters()
-        aio = AsyncRunner() if any(w.is_async for w in self._workers.values()) else None
-        processor = Processor(server, self._workers, reporters, aio, self._tracing, app=self, limits=self._swarm,
-                              limiters=self.limiter)
-        threads = WorkerThreads(processor, list(self.queues.items()))
-        with self._lock:
-            self._server, self._threads, self._reporters, self._aio = server, threads, reporters, aio
-        if not self._running_main:
-            # run() cleared them before its signal handlers could set them.
-            self._stop_requested.clear()
-            self._hurry.clear()
-        threads.start()
-        server.report_threads(threads.revive())
-        listener = threading.Thread(target=self._listen, args=(server,), name="kiq-signals", daemon=True)
-        self._listener = listener
-        listener.start()
-        # A process that exits without stop() stops first, while its threads can still leave the core.
-        atexit.register(_stop_at_exit, weakref.ref(self))
-        logger.info("process %s started: queues %s, %d workers", self.identity, self.queues, len(self._workers))
-        for hook in self._on_started:
-            hook()
-
-    def quiet(self) -> None:
-        """Stops fetching new jobs; running ones finish (Sidekiq's TSTP)."""
-        self.configure(quiet=True)
-
-    def configure(self, *, quiet: bool) -> None:
-        """Changes the running process (Kiq's ``configure``): ``quiet=True``
-        stops fetching (running jobs finish, the heartbeat says quiet),
-        ``quiet=False`` resumes."""
-        server = self._server
-        if server is not None:
-            server.set_quiet(quiet)
-            logger.info("process %s %s", self.identity, "quiet" if quiet else "resumed")
-
-    def _listen(self, server: _kiq.Server) -> None:
-        """Acts on signals sent through Redis (the Web UI's Quiet and Stop buttons)."""
-        while self._server is server:
-            threads = self._threads
-            if threads is not None:
-                server.report_threads(threads.revive())  # dead worker threads replaced; /ready sees the count
-            aio = self._aio
-            if aio is not None:
-                aio.cancel_requested(server.is_cancelled)  # async jobs are cancelled from here
-            sig = server.next_signal(1.0)
-            if sig in ("TERM", "RECYCLE"):
-                if sig == "TERM":
-                    logger.info("process %s: stop requested through Redis", self.identity)
-                else:
-                    logger.info("process %s: recycling (max_jobs or max_memory_bytes reached), stopping gracefully",
-                                self.identity)
-                if self._running_main:
-                    self._stop_requested.set()
-                else:
-                    threading.Thread(target=self.stop, name="kiq-remote-stop", daemon=True).start()
-                return
-            if sig == "TSTP":
-                logger.info("process %s: quiet requested through Redis", self.identity)
-            elif sig == "TTIN":
-                self.dump_threads()
-
-    @staticmethod
-    def dump_threads() -> None:
-        """Logs every thread's stack at WARNING (Sidekiq's TTIN)."""
-        names = {t.ident: t.name for t in threading.enumerate()}
-        for ident, frame in sys._current_frames().items():
-            stack = "".join(traceback.format_stack(frame)).rstrip()
-            logger.warning("thread %s (%s):\n%s", names.get(ident, "?"), ident, stack)
-
-    def stop(self, timeout: Seconds | None = None) -> StopResult:
-        """Stops gracefully: no new fetches, running jobs get ``timeout``
-        seconds (default ``shutdown_timeout``), then every job not finished,
-        running or never started, goes back to its queue. None is lost."""
-        limit = self.shutdown_timeout if timeout is None else seconds(timeout, "timeout")
-        deadline = time.monotonic() + limit
-        with self._lock:
-            server, threads, reporters, aio = self._server, self._threads, self._reporters, self._aio
-            self._server = self._threads = self._aio = None
-            self._reporters = []
-        if server is None or threads is None:
-            self._flush_before_stop(deadline)
-            return StopResult()
-        threads.stopping = True
-        server.begin_stop()
-        self._join_listener()
-        alive = self._join_workers(threads, deadline)
-        if alive:
-            if self._hurry.is_set():
-                logger.warning("handing %d running jobs back to their queues now", len(alive))
-            else:
-                logger.warning("%d jobs still running after %.1fs; handing them back to their queues", len(alive),
-                               limit)
-            if aio is not None:
-                aio.cancel_all()  # async jobs: cancelled on the loop
-            threads.interrupt(alive)
-            alive = threads.join(time.monotonic() + 1.0)
-        if aio is not None:
-            aio.close()
-        try:
-            requeued, unwritten = server.finish_stop(max(5.0, deadline - time.monotonic()))
-        except KiqError as exc:
-            self._stop_reporters(reporters)
-            logger.error(
-                "kiq %s: could not hand unfinished jobs back to their queues (%s); they stay in its "
-                "in-progress lists (%s)",
-                self.identity,
-                exc,
-                server.in_progress_keys,
-            )
-            return StopResult(timed_out=len(alive), error=str(exc))
-        self._stop_reporters(reporters)
-        self._flush_before_stop(deadline)
-        result = StopResult(requeued, unwritten, len(alive))
-        logger.info("process %s stopped: %s", self.identity, result)
-        return result
-
-    def _join_workers(self, threads: WorkerThreads, deadline: float) -> list[threading.Thread]:
-        """Waits for the worker threads until ``deadline`` (monotonic), or until a
-        second stop signal to :meth:`run` says not to wait. Returns the live ones."""
-        while True:
-            alive = threads.join(min(deadline, time.monotonic() + 0.1))
-            if not alive or time.monotonic() >= deadline or self._hurry.is_set():
-                return alive
-
-    def _join_listener(self) -> None:
-        """The signal listener returns within 50 ms of a stop's start; joined so no thread waits in the core after."""
-        listener, self._listener = self._listener, None
-        if listener is not None and listener is not threading.current_thread():
-            listener.join(5.0)
-
-    def _flush_before_stop(self, deadline: float) -> None:
-        """Jobs enqueued by this process (jobs enqueuing jobs, too) reach Redis before a stop returns."""
-        try:
-            self.flush(max(1.0, deadline - time.monotonic()))
-        except KiqError as exc:
-            left = self.buffer_stats() or {}
-            where = f"; they are in the spool at {self.buffer_path}" if self.buffer_path else ""
-            logger.error("kiq %s: %s buffered jobs are not in Redis yet (%s)%s", self.identity, left.get("jobs"), exc,
-                         where)
-
-    def _start_reporters(self) -> list[ReporterThread]:
-        """A thread per reporter (and one for instrumentation handlers), started."""
-        reporters = [ReporterThread(r) for r in self.extra_reporters]
-        if self.instrument.attached:
-            reporters.append(ReporterThread(self.instrument))
-        for rt in reporters:
-            rt.start()
-        return reporters
-
-    @staticmethod
-    def _stop_reporters(reporters: list[ReporterThread]) -> None:
-        deadline = time.monotonic() + 5.0
-        for rt in reporters:
-            rt.stop(max(0.0, deadline - time.monotonic()))
-
-    def run(self, processes: int | str | None = None, *, preload: bool = True) -> None:
-        """Starts, then blocks until SIGTERM or SIGINT (or the Web UI's Stop),
-        then stops gracefully.
-
-        As with Sidekiq, SIGTSTP quiets the process (no new fetches) and
-        SIGTTIN logs every thread's stack. Must be called from the main thread.
-
-        ``processes=N`` (or ``"auto"``: one per usable core) runs a swarm
-        instead (see :mod:`kiq.swarm`): this process becomes the parent of
-        N children, each running the workers, supervised and restarted;
-        ``preload=False`` makes each child import the app itself rather
-        than fork from this process. Code after ``run()`` runs in the parent
-        once the swarm has stopped.
-        """
-        if processes is not None:
-            from kiq.swarm import run as run_swarm  # noqa: PLC0415 - the swarm stays off the single-process path
-
-            run_swarm(self, processes, preload=preload)
-            return
-        if threading.current_thread() is not threading.main_thread():
-            raise ShutdownError("Kiq.run() handles signals and must run in the main thread")
-        stop = self._stop_requested
-        signalled = False
-        stop.clear()
-        self._hurry.clear()
-
-        def on_stop(signum: int, _frame: FrameType | None) -> None:
-            nonlocal signalled
-            name = signal.Signals(signum).name
-            if not signalled:
-                # The first signal; a stop may be under way already (the Web UI's, a swarm parent's).
-                signalled = True
-                already = "already " if stop.is_set() else ""
-                stop.set()
-                tell(f"got {name}: {already}stopping gracefully; running jobs get up to {self.shutdown_timeout:g}s "
-                     "to finish (SIGINT or SIGTERM again hands them back to their queues at once)")
-            elif not self._hurry.is_set():
-                self._hurry.set()
-                tell(f"got {name} again: handing running jobs back to their queues now")
-
-        def on_quiet(_signum: int, _frame: FrameType | None) -> None:
-            logger.info("got SIGTSTP, quieting")
-            self.quiet()
-
-        def on_ttin(_signum: int, _frame: FrameType | None) -> None:
-            self.dump_threads()
-
-        previous = {sig: signal.signal(sig, on_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-        previous[signal.SIGTSTP] = signal.signal(signal.SIGTSTP, on_quiet)
-        previous[signal.SIGTTIN] = signal.signal(signal.SIGTTIN, on_ttin)
-        self._running_main = True
-        try:
-            self.start()
-            while not stop.wait(1.0):
-                pass
-        finally:
-            self._running_main = False
-            try:
-                self.stop()
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
-
-    def request_stop(self) -> None:
-        """Makes a running :meth:`run` return (after a graceful stop)."""
-        self._stop_requested.set()
 
     def __enter__(self) -> Kiq:
         self.start()

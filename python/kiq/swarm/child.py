@@ -144,7 +144,7 @@ def serve(app: Kiq, spec: Spec, sock: socket.socket) -> int:
     try:
         app.run()
     except KiqError as exc:
-        from kiq.app import tell  # noqa: PLC0415 - kiq.app imports the swarm package
+        from kiq.running import tell  # noqa: PLC0415 - kiq.app imports the swarm package
 
         what = "cannot reach Redis" if isinstance(exc, ConnectionError) else type(exc).__name__
         tell(f"swarm child #{spec.index} ({app.identity}) could not run: {what}: {exc}")

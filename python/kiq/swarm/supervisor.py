@@ -94,7 +94,7 @@ class Supervisor:
 
     def run(self) -> None:
         """Runs the swarm until TERM or INT, and until every child has stopped."""
-        from kiq.app import tell  # noqa: PLC0415 - kiq.app imports this package
+        from kiq.running import tell  # noqa: PLC0415 - kiq.app imports this package
 
         if threading.current_thread() is not threading.main_thread():
             raise ShutdownError("a swarm handles signals and must run in the main thread")
@@ -252,7 +252,7 @@ class Supervisor:
                 self._exited(self.children.pop(pid), status, now)
 
     def _exited(self, c: Child, status: int, now: float) -> None:
-        from kiq.app import tell  # noqa: PLC0415
+        from kiq.running import tell  # noqa: PLC0415
 
         if not c.channel.closed:
             c.channel.close()
@@ -334,7 +334,7 @@ class Supervisor:
 
     def _phase(self, now: float) -> None:
         """A phased restart's next step: one child at a time, the new one first."""
-        from kiq.app import tell  # noqa: PLC0415
+        from kiq.running import tell  # noqa: PLC0415
 
         if self.phase_before is None or self.state == "stopping":
             return
@@ -393,7 +393,7 @@ class Supervisor:
             c.channel.sock.close()
 
     def _signals(self, now: float) -> None:
-        from kiq.app import tell  # noqa: PLC0415
+        from kiq.running import tell  # noqa: PLC0415
 
         while self.signals:
             sig = signal.Signals(self.signals.pop(0))
