@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import functools
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -37,12 +39,13 @@ class AsyncRunner:
         #: Each running job's task and its delivery (touched on the loop thread; read by cancel_requested).
         self._inflight: dict[asyncio.Task[Any], Any] = {}
         self._cancelled: set[asyncio.Task[Any]] = set()
-        #: Jobs handed over and not yet started by the loop: (coroutine, context, delivery, settle).
-        self._incoming: collections.deque[tuple[Coroutine[Any, Any, Any], contextvars.Context, Any, Settle]] = (
-            collections.deque())
+        #: Jobs handed over and not yet started by the loop: (coroutine, context, delivery, settle, count).
+        self._incoming: collections.deque[
+            tuple[Coroutine[Any, Any, Any], contextvars.Context, Any, Settle, list[int]]] = collections.deque()
         self._woken = False
-        #: Jobs handed over and not settled; ``idle`` is notified when it drops to 0.
-        self._pending = 0
+        #: Jobs handed over without a count of their own and not settled yet
+        #: (a worker thread keeps its own); ``_idle`` is notified when a count drops to 0.
+        self._tally = [0]
         self._idle = threading.Condition(threading.Lock())
         self._thread = threading.Thread(target=self._main, name="kiq-asyncio", daemon=True)
         self._thread.start()
@@ -51,15 +54,18 @@ class AsyncRunner:
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
 
-    def submit(self, coro: Coroutine[Any, Any, Any], timeout: float | None, d: Any, settle: Settle) -> None:
+    def submit(self, coro: Coroutine[Any, Any, Any], timeout: float | None, d: Any, settle: Settle,
+               mine: list[int] | None = None) -> None:
         """Starts ``coro`` on the loop without waiting; ``settle(d, error)`` runs
         there when it ends. The coroutine sees the calling thread's context
-        variables (the job's log context, a test's sandbox scope)."""
+        variables (the job's log context, a test's sandbox scope). ``mine``
+        counts the caller's jobs not settled yet (see :meth:`wait_idle`)."""
         if timeout is not None:
             coro = _timed(coro, timeout)
+        tally = self._tally if mine is None else mine
         with self._idle:
-            self._pending += 1
-        self._incoming.append((coro, contextvars.copy_context(), d, settle))
+            tally[0] += 1
+        self._incoming.append((coro, contextvars.copy_context(), d, settle, tally))
         if not self._woken:
             # Ordered after the append: the loop clears the flag before it drains.
             self._woken = True
@@ -70,12 +76,14 @@ class AsyncRunner:
         self._woken = False
         incoming, create, inflight = self._incoming, self.loop.create_task, self._inflight
         while incoming:
-            coro, ctx, d, settle = incoming.popleft()
+            coro, ctx, d, settle, tally = incoming.popleft()
             task = create(coro, context=ctx)
+            if self.stopping:
+                task.cancel()  # handed over after the stop's deadline: back to its queue
             inflight[task] = d
-            task.add_done_callback(lambda t, d=d, settle=settle: self._done(t, d, settle), context=ctx)
+            task.add_done_callback(functools.partial(self._done, d=d, settle=settle, tally=tally), context=ctx)
 
-    def _done(self, task: asyncio.Task[Any], d: Any, settle: Settle) -> None:
+    def _done(self, task: asyncio.Task[Any], *, d: Any, settle: Settle, tally: list[int]) -> None:
         self._inflight.pop(task, None)
         exc: BaseException | None
         if task.cancelled():
@@ -88,14 +96,28 @@ class AsyncRunner:
             settle(d, exc)
         finally:
             with self._idle:
-                self._pending -= 1
-                if self._pending == 0:
+                tally[0] -= 1
+                if tally[0] == 0:
                     self._idle.notify_all()
 
-    def wait_idle(self, timeout: float | None = None) -> bool:
-        """Waits (without holding the GIL) until every job handed over has been settled."""
+    def wait_idle(self, timeout: float | None = None, mine: list[int] | None = None) -> bool:
+        """Waits (without holding the GIL) until the jobs counted in ``mine``
+        (default: handed over without a count of their own) have been settled.
+        Waits in slices, so a stop's :class:`~kiq.errors.Shutdown` reaches a
+        worker thread waiting here."""
+        tally = self._tally if mine is None else mine
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._idle:
-            return self._idle.wait_for(lambda: self._pending == 0, timeout)
+            while tally[0]:
+                left = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    def idle(self) -> bool:
+        """Whether no job runs on the loop or waits to start there."""
+        return not self._inflight and not self._incoming
 
     def cancel_requested(self, is_cancelled: Callable[[Any], bool]) -> int:
         """Cancels the running jobs whose cancellation was asked; returns how many."""
@@ -115,9 +137,11 @@ class AsyncRunner:
 
     def close(self) -> None:
         """Cancels what still runs, waits briefly for those jobs to be handed back, and stops the loop."""
-        if not self.wait_idle(0):
+        if not self.idle():
             self.cancel_all()
-            self.wait_idle(5)
+            deadline = time.monotonic() + 5
+            while not self.idle() and time.monotonic() < deadline:
+                time.sleep(0.01)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
         if not self._thread.is_alive():

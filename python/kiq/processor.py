@@ -250,13 +250,14 @@ class Processor:
     def run_lane(self, lane: int) -> None:
         """Takes and runs jobs of one lane until the server stops; then waits
         for the async jobs it handed to the loop, as for a job of its own."""
+        mine = [0]  # this thread's async jobs not settled yet
         try:
-            self._run_lane(lane)
+            self._run_lane(lane, mine)
         finally:
             if self.aio is not None:
-                self.aio.wait_idle()
+                self.aio.wait_idle(mine=mine)
 
-    def _run_lane(self, lane: int) -> None:
+    def _run_lane(self, lane: int, mine: list[int]) -> None:
         server = self.server
         next_job = server.next_job
         complete = server.complete
@@ -309,7 +310,7 @@ class Processor:
                     except BaseException as exc:  # noqa: BLE001 - calling an async worker can raise too
                         settle(d, exc, watch)
                         continue
-                    submit(coro, async_timeouts[name], d, watch.settle if watch is not None else settle)  # type: ignore[misc]
+                    submit(coro, async_timeouts[name], d, watch.settle if watch is not None else settle, mine)  # type: ignore[misc]
                     continue
                 try:
                     if tracing is None:
