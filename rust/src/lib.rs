@@ -58,8 +58,3 @@ pub use error::{KiqError, Result};
 #[cfg(feature = "python")]
 mod python;
 
-/// The extension's allocator: fewer instructions per allocation than glibc's
-/// malloc (the core allocates a few times per job), and a flat RSS over long drains.
-#[cfg(feature = "python")]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
