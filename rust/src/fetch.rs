@@ -137,7 +137,7 @@ impl Fetcher {
                 jobs
             } else {
                 let free = self.lane.free();
-                if !self.lane.wants() {
+                if free == 0 {
                     tokio::select! {
                         () = self.lane.demand.notified() => {}
                         _ = state.changed() => {}

@@ -6,12 +6,6 @@
 //! jobs of a queue than it can run at once. Taking a ready job is a mutex pop;
 //! only an empty lane makes a thread sleep (on a condvar, so it costs nothing).
 //!
-//! The fetcher is woken for more only when a fetch is worth its round trip:
-//! when half the lane's slots are free, or when no fetched job is left
-//! waiting (threads would idle). While jobs wait, finished ones do not wake
-//! it, so quick jobs are fetched in batches of about half the concurrency
-//! instead of one fetch per finished job.
-//!
 //! Waking is a relay: new jobs wake one sleeping thread, and a thread woken
 //! from sleep that leaves jobs behind wakes the next. Threads busy with short
 //! jobs come back for more on their own, so a batch of quick jobs does not
@@ -124,8 +118,6 @@ pub struct Lane {
     ready: Mutex<Ready>,
     cond: Condvar,
     out: AtomicUsize,
-    /// Jobs offered and not taken yet (a copy of `ready.jobs.len()`, read without the lock).
-    waiting: AtomicUsize,
     /// Worker threads alive, as last reported; `usize::MAX` until the first report.
     threads: AtomicUsize,
     /// Woken whenever a job finishes, so the fetcher can fetch again.
@@ -140,7 +132,6 @@ impl Lane {
             ready: Mutex::new(Ready::default()),
             cond: Condvar::new(),
             out: AtomicUsize::new(0),
-            waiting: AtomicUsize::new(0),
             threads: AtomicUsize::new(usize::MAX),
             demand: Notify::new(),
         }
@@ -153,13 +144,6 @@ impl Lane {
     /// How many more jobs the fetcher may take for this lane.
     pub fn free(&self) -> usize {
         self.concurrency.saturating_sub(self.out.load(Ordering::Acquire))
-    }
-
-    /// Whether the fetcher should fetch now: slots are free, and either half
-    /// of them are or no fetched job is left waiting for a thread.
-    pub fn wants(&self) -> bool {
-        let free = self.free();
-        free > 0 && (free * 2 >= self.concurrency || self.waiting.load(Ordering::Acquire) == 0)
     }
 
     /// Records how many worker threads serve this lane now.
@@ -210,7 +194,6 @@ impl Lane {
             return Some(jobs);
         }
         ready.jobs.extend(jobs);
-        self.waiting.store(ready.jobs.len(), Ordering::Release);
         drop(ready);
         self.cond.notify_one();
         None
@@ -218,18 +201,7 @@ impl Lane {
 
     /// A ready job, without waiting.
     pub fn try_take(&self) -> Option<Delivery> {
-        let mut ready = self.lock();
-        let job = ready.jobs.pop_front()?;
-        self.taken(&ready);
-        Some(job)
-    }
-
-    /// After a take: the last waiting job gone, the fetcher may want to fetch.
-    fn taken(&self, ready: &Ready) {
-        self.waiting.store(ready.jobs.len(), Ordering::Release);
-        if ready.jobs.is_empty() && self.free() > 0 {
-            self.demand.notify_one();
-        }
+        self.lock().jobs.pop_front()
     }
 
     /// Waits for a job until `timeout` (forever when `None`) or until the lane closes.
@@ -239,7 +211,6 @@ impl Lane {
         let mut slept = false;
         loop {
             if let Some(job) = ready.jobs.pop_front() {
-                self.taken(&ready);
                 if slept && !ready.jobs.is_empty() {
                     // Pass the wake-up on: more jobs wait than this thread can take.
                     self.cond.notify_one();
@@ -266,9 +237,7 @@ impl Lane {
     /// Records that a job taken from this lane is finished (or given up).
     pub fn finish(&self) {
         let _ = self.out.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-        if self.wants() {
-            self.demand.notify_one();
-        }
+        self.demand.notify_one();
     }
 
     /// Closes the lane: waiting threads get `Closed`, and the jobs no thread
@@ -277,7 +246,6 @@ impl Lane {
         let mut ready = self.lock();
         ready.closed = true;
         let left: Vec<Delivery> = ready.jobs.drain(..).collect();
-        self.waiting.store(0, Ordering::Release);
         drop(ready);
         let _ = self.out.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(left.len())));
         self.cond.notify_all();
@@ -312,26 +280,6 @@ mod tests {
         assert_eq!(lane.free(), 2);
         assert!(matches!(lane.take(Some(Duration::ZERO)), Take::Job(_)));
         assert!(matches!(lane.take(Some(Duration::from_millis(5))), Take::TimedOut));
-    }
-
-    #[test]
-    fn wants_a_fetch_when_half_is_free_or_nothing_waits() {
-        let lane = Lane::new("q", 4);
-        assert!(lane.wants());
-        lane.offer((0..4).map(job).collect());
-        assert!(!lane.wants(), "no slot free");
-        let _a = lane.try_take().unwrap();
-        lane.finish();
-        assert!(!lane.wants(), "one slot free while three jobs wait");
-        let _b = lane.try_take().unwrap();
-        lane.finish();
-        assert!(lane.wants(), "half free");
-        lane.offer(vec![job(9)]);
-        let _c = lane.try_take().unwrap();
-        let _d = lane.try_take().unwrap();
-        let _e = lane.try_take().unwrap();
-        lane.finish();
-        assert!(lane.wants(), "nothing waits");
     }
 
     #[test]
