@@ -4,6 +4,7 @@
 
 For each system and run: flush Redis, bulk-enqueue N no-op jobs (10,000 per
 call), then start one worker process with concurrency 25 and time the drain
+(kiq twice: ``def perform`` and ``async def perform`` no-op jobs)
 from the first job started to the last finished. Reports the median of the
 runs, peak RSS, CPU per job, and Redis commands and Redis CPU per job (from
 INFO) so the limit can be seen. Uses $REDIS_URL if set, else a throwaway
@@ -48,9 +49,9 @@ def kiq_enqueue(url: str, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def kiq_drain(url: str, n: int) -> dict[str, Any]:
+def kiq_drain(url: str, n: int, kind: str = "sync") -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, str(HERE / "kiq_drain.py"), url, str(n), "25"],
+        [sys.executable, str(HERE / "kiq_drain.py"), url, str(n), "25", "default", kind],
         capture_output=True, text=True, check=True, timeout=900,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -95,11 +96,11 @@ def ruby_drain(url: str, n: int) -> dict[str, Any]:
 def measure(system: str, url: str, n: int) -> dict[str, Any]:
     r = redis.Redis.from_url(url)
     r.flushall()
-    rate_in = kiq_enqueue(url, n) if system == "kiq" else ruby_enqueue(url, n)
+    rate_in = ruby_enqueue(url, n) if system == "sidekiq" else kiq_enqueue(url, n)
     assert r.llen("queue:default") == n
     r.config_resetstat()
     calls0, cpu0 = redis_counters(r)
-    drained = kiq_drain(url, n) if system == "kiq" else ruby_drain(url, n)
+    drained = ruby_drain(url, n) if system == "sidekiq" else kiq_drain(url, n, "async" if system == "kiq-async" else "sync")
     calls1, cpu1 = redis_counters(r)
     r.close()
     return {"enqueue_rate": rate_in, **drained,
@@ -110,9 +111,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=200_000)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--only", choices=["kiq", "sidekiq"])
+    ap.add_argument("--only", choices=["kiq", "kiq-async", "sidekiq"])
     args = ap.parse_args()
-    systems = [args.only] if args.only else ["kiq", "sidekiq"]
+    systems = [args.only] if args.only else ["kiq", "kiq-async", "sidekiq"]
 
     def go(url: str) -> None:
         results: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
@@ -133,10 +134,10 @@ def main() -> None:
             def med(key: str, rs: list[dict[str, Any]] = rs) -> float:
                 return statistics.median(x[key] for x in rs)
 
-            if s == "kiq":
+            if s != "sidekiq":
                 cpu = f"{med('cpu_core_us_per_job') + med('cpu_python_us_per_job'):.1f} " \
                       f"(core {med('cpu_core_us_per_job'):.1f} + python {med('cpu_python_us_per_job'):.1f})"
-                name = "kiq"
+                name = "kiq (async def)" if s == "kiq-async" else "kiq"
             else:
                 cpu = f"{med('cpu_us_per_job'):.1f}"
                 name = "Ruby Sidekiq 6.4.1"
@@ -146,10 +147,14 @@ def main() -> None:
             k = results["kiq"]
             print(f"\nkiq: {statistics.median(x['wakeups_per_job'] for x in k):.2f} thread wake-ups per job, "
                   f"{statistics.median(x['gil_wait_us_per_job'] for x in k):.1f} us per job waiting for the GIL after one")
-        if len(systems) == 2:
+        if "kiq" in systems and "sidekiq" in systems:
             k, s = results["kiq"], results["sidekiq"]
             print(f"\nkiq / Sidekiq: drain {statistics.median(x['rate'] for x in k) / statistics.median(x['rate'] for x in s):.1f}x, "
                   f"bulk enqueue {statistics.median(x['enqueue_rate'] for x in k) / statistics.median(x['enqueue_rate'] for x in s):.1f}x")
+        if "kiq-async" in systems and "sidekiq" in systems:
+            a, s = results["kiq-async"], results["sidekiq"]
+            print(f"kiq async / Sidekiq: drain "
+                  f"{statistics.median(x['rate'] for x in a) / statistics.median(x['rate'] for x in s):.1f}x")
 
     url = os.environ.get("REDIS_URL")
     if url:

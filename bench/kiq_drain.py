@@ -1,8 +1,15 @@
 """One kiq worker process draining N no-op jobs; prints a JSON report.
 
-Run by bench_throughput.py. Timing runs from the first job started to the
-last finished; CPU time is split between kiq's Rust core threads and the
-Python threads (from /proc/self/task)."""
+    python bench/kiq_drain.py URL N CONCURRENCY [MODE [KIND [QUEUES]]]
+
+Run by bench_throughput.py and bench_shapes.py. MODE is default, none,
+warning, info or reporter (logging and reporters, below); KIND is sync,
+async (``async def perform``) or mixed (NoopJob sync and AsyncNoopJob async,
+the queue holding both); QUEUES > 1 serves queues q0..q{QUEUES-1} with
+CONCURRENCY threads each (the jobs are enqueued there by the caller).
+Timing runs from the first job started to the last finished; CPU time is
+split between kiq's Rust core threads and the Python threads (from
+/proc/self/task)."""
 
 from __future__ import annotations
 
@@ -48,6 +55,8 @@ def main() -> None:
     # JSON log handler (to /dev/null) at that level; reporter: warning plus
     # one no-op extra reporter.
     mode = sys.argv[4] if len(sys.argv) > 4 else "default"
+    kind = sys.argv[5] if len(sys.argv) > 5 else "sync"
+    nqueues = int(sys.argv[6]) if len(sys.argv) > 6 else 1
     if mode in ("warning", "info", "reporter"):
         handler = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the process
         handler.setFormatter(JsonFormatter())
@@ -58,11 +67,13 @@ def main() -> None:
     done = threading.Event()
     lock = threading.Lock()
 
-    @worker(name="NoopJob")
-    def noop(i: int) -> None:
+    per_class: dict[str, float] = {}
+
+    def count(name: str) -> None:
         with lock:
             state["count"] += 1
             c = state["count"]
+        per_class[name] = time.perf_counter()  # when the last job of each class ended
         if c == 1:
             state["first"] = time.perf_counter()
             state["cpu0"] = thread_cpu()  # type: ignore[assignment]
@@ -70,7 +81,21 @@ def main() -> None:
             state["last"] = time.perf_counter()
             done.set()
 
-    app = Kiq(url, queues={"default": concurrency}, workers=[noop], metrics=mode != "none",
+    if kind == "async":
+        @worker(name="NoopJob")
+        async def noop(i: int) -> None:
+            count("async")
+    else:
+        @worker(name="NoopJob")
+        def noop(i: int) -> None:
+            count("sync")
+
+    @worker(name="AsyncNoopJob")
+    async def async_noop(i: int) -> None:
+        count("async")
+
+    queues = {"default": concurrency} if nqueues == 1 else {f"q{k}": concurrency for k in range(nqueues)}
+    app = Kiq(url, queues=queues, workers=[noop, async_noop], metrics=mode != "none",
               extra_reporters=[NoopReporter()] if mode == "reporter" else [])
     app.start()
     done.wait(600)
@@ -89,6 +114,8 @@ def main() -> None:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "wakeups_per_job": waits / n,
         "gil_wait_us_per_job": gil_s / n * 1e6,
+        # mixed: how long before the end each class finished (0 for the last one; a starved class ends last)
+        "ended_before_last_s": {k: state["last"] - v for k, v in per_class.items()},
     }))
 
 

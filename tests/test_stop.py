@@ -44,9 +44,11 @@ def test_stop_waits_for_running_jobs_and_requeues_the_unstarted(make_app, r):
 def test_jobs_past_the_deadline_are_interrupted_and_requeued(make_app, r):
     done: list[int] = []
     interrupted: list[int] = []
+    started = threading.Semaphore(0)
 
     class Spin(Worker, name="Spin"):
         def perform(self, n: int) -> None:
+            started.release()
             try:
                 end = time.monotonic() + 30
                 while time.monotonic() < end:
@@ -59,7 +61,9 @@ def test_jobs_past_the_deadline_are_interrupted_and_requeued(make_app, r):
     app = make_app(queues={"default": 3}, workers=[Spin])
     app.enqueue_bulk(Spin, [[i] for i in range(5)])
     app.start()
-    wait_for(lambda: r.llen(f"kiq:wip|{app.identity}|default") == 3, what="3 running")
+    # Three started (three fetched is not enough: a thread starts its job a moment after the fetch).
+    for _ in range(3):
+        assert started.acquire(timeout=5)
     t0 = time.monotonic()
     result = app.stop(timeout=0.3)
     assert time.monotonic() - t0 < 5

@@ -428,6 +428,8 @@ class Server:
     def next_job(self, lane: int, timeout: float | None = None) -> Delivery | None:
         """The next job of queue number ``lane``; None once the server stops (or on timeout)."""
     def complete(self, delivery: Delivery) -> None: ...
+    def set_expired_to_python(self, on: bool) -> None:
+        """Expired jobs reach Python (to be reported) instead of being dropped in the core."""
     def expire(self, delivery: Delivery) -> None: ...
     def skip(self, delivery: Delivery) -> None:
         """The job's batch was invalidated: not run, done for its batch, not counted as processed."""

@@ -1,25 +1,33 @@
 """asyncio: ``async def`` jobs run on an event loop thread kiq owns.
 
-A queue's worker threads still bound how many of its jobs run at once: a
-thread that takes an async job hands the coroutine to the loop and waits
-(without the GIL) for it to finish, so async and sync workers share the same
-per-queue limits and can be mixed freely. At a stop's deadline the jobs still
-running on the loop are cancelled and handed back to their queues.
+A worker thread that takes an async job hands its coroutine to the loop and
+goes on to its next job at once; the loop settles the job when it ends. So
+the loop runs many jobs per iteration and no thread waits per job. A queue's
+concurrency still bounds its async jobs: the core fetches only for jobs not
+finished, and an async job finishes when the loop settles it. Hand-offs are
+batched: threads append to one list and wake the loop only when it was not
+woken already. At a stop the threads wait for the loop's jobs (as they would
+for their own); at the deadline the jobs still running are cancelled and
+handed back to their queues.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import collections
 import contextvars
+import functools
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from kiq.errors import JobCancelledError, JobTimeoutError
-from kiq.logs import _current
 
 __all__ = ["AsyncRunner"]
+
+#: Called on the loop thread when a job's coroutine ended: (its delivery, the error or None).
+Settle = Callable[[Any, BaseException | None], object]
 
 
 class AsyncRunner:
@@ -28,10 +36,17 @@ class AsyncRunner:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self.stopping = False
-        #: Each running job's future, and the job (None outside one) for cancellation requests.
-        self._inflight: dict[concurrent.futures.Future[Any], Any] = {}
-        self._cancelled: set[concurrent.futures.Future[Any]] = set()
-        self._lock = threading.Lock()
+        #: Each running job's task and its delivery (touched on the loop thread; read by cancel_requested).
+        self._inflight: dict[asyncio.Task[Any], Any] = {}
+        self._cancelled: set[asyncio.Task[Any]] = set()
+        #: Jobs handed over and not yet started by the loop: (coroutine, context, delivery, settle, count).
+        self._incoming: collections.deque[
+            tuple[Coroutine[Any, Any, Any], contextvars.Context, Any, Settle, list[int]]] = collections.deque()
+        self._woken = False
+        #: Jobs handed over without a count of their own and not settled yet
+        #: (a worker thread keeps its own); ``_idle`` is notified when a count drops to 0.
+        self._tally = [0]
+        self._idle = threading.Condition(threading.Lock())
         self._thread = threading.Thread(target=self._main, name="kiq-asyncio", daemon=True)
         self._thread.start()
 
@@ -39,57 +54,102 @@ class AsyncRunner:
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
 
-    def run(self, coro: Coroutine[Any, Any, Any], timeout: float | None) -> Any:
-        """Runs ``coro`` on the loop and waits for its result (raises what it raises).
+    def submit(self, coro: Coroutine[Any, Any, Any], timeout: float | None, d: Any, settle: Settle,
+               mine: list[int] | None = None) -> None:
+        """Starts ``coro`` on the loop without waiting; ``settle(d, error)`` runs
+        there when it ends. The coroutine sees the calling thread's context
+        variables (the job's log context, a test's sandbox scope). ``mine``
+        counts the caller's jobs not settled yet (see :meth:`wait_idle`)."""
+        if timeout is not None:
+            coro = _timed(coro, timeout)
+        tally = self._tally if mine is None else mine
+        with self._idle:
+            tally[0] += 1
+        self._incoming.append((coro, contextvars.copy_context(), d, settle, tally))
+        if not self._woken:
+            # Ordered after the append: the loop clears the flag before it drains.
+            self._woken = True
+            self.loop.call_soon_threadsafe(self._start)
 
-        The coroutine sees the calling thread's context variables (the job's
-        log context, a test's sandbox scope)."""
-        fut = asyncio.run_coroutine_threadsafe(self._guard(coro, timeout, contextvars.copy_context()), self.loop)
-        with self._lock:
-            self._inflight[fut] = _current.get()
+    def _start(self) -> None:
+        """On the loop: starts every job handed over since the last wake-up."""
+        self._woken = False
+        incoming, create, inflight = self._incoming, self.loop.create_task, self._inflight
+        while incoming:
+            coro, ctx, d, settle, tally = incoming.popleft()
+            task = create(coro, context=ctx)
+            if self.stopping:
+                task.cancel()  # handed over after the stop's deadline: back to its queue
+            inflight[task] = d
+            task.add_done_callback(functools.partial(self._done, d=d, settle=settle, tally=tally), context=ctx)
+
+    def _done(self, task: asyncio.Task[Any], *, d: Any, settle: Settle, tally: list[int]) -> None:
+        self._inflight.pop(task, None)
+        exc: BaseException | None
+        if task.cancelled():
+            exc = (JobCancelledError("the job was cancelled on request") if task in self._cancelled
+                   else asyncio.CancelledError())
+            self._cancelled.discard(task)
+        else:
+            exc = task.exception()
         try:
-            return fut.result()
-        except concurrent.futures.CancelledError:
-            if fut in self._cancelled:
-                raise JobCancelledError("the job was cancelled on request") from None
-            raise
+            settle(d, exc)
         finally:
-            with self._lock:
-                self._inflight.pop(fut, None)
-                self._cancelled.discard(fut)
+            with self._idle:
+                tally[0] -= 1
+                if tally[0] == 0:
+                    self._idle.notify_all()
 
-    @staticmethod
-    async def _guard(coro: Coroutine[Any, Any, Any], timeout: float | None, ctx: contextvars.Context) -> Any:
-        for var, value in ctx.items():
-            var.set(value)  # in this task's own context only
-        if timeout is None:
-            return await coro
-        try:
-            return await asyncio.wait_for(coro, timeout)
-        except asyncio.TimeoutError:
-            raise JobTimeoutError(f"the job was cancelled after its timeout of {timeout:g}s") from None
+    def wait_idle(self, timeout: float | None = None, mine: list[int] | None = None) -> bool:
+        """Waits (without holding the GIL) until the jobs counted in ``mine``
+        (default: handed over without a count of their own) have been settled.
+        Waits in slices, so a stop's :class:`~kiq.errors.Shutdown` reaches a
+        worker thread waiting here."""
+        tally = self._tally if mine is None else mine
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._idle:
+            while tally[0]:
+                left = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    def idle(self) -> bool:
+        """Whether no job runs on the loop or waits to start there."""
+        return not self._inflight and not self._incoming
 
     def cancel_requested(self, is_cancelled: Callable[[Any], bool]) -> int:
         """Cancels the running jobs whose cancellation was asked; returns how many."""
-        with self._lock:
-            asked = [fut for fut, job in self._inflight.items()
-                     if job is not None and fut not in self._cancelled and is_cancelled(job)]
-            self._cancelled.update(asked)
-        for fut in asked:
-            fut.cancel()
+        asked = [t for t, d in list(self._inflight.items()) if t not in self._cancelled and is_cancelled(d)]
+        self._cancelled.update(asked)
+        for t in asked:
+            self.loop.call_soon_threadsafe(t.cancel)
         return len(asked)
 
     def cancel_all(self) -> int:
         """Cancels every job running on the loop (a stop's deadline passed)."""
         self.stopping = True
-        with self._lock:
-            running = list(self._inflight)
-        for fut in running:
-            fut.cancel()
+        running = list(self._inflight)
+        for t in running:
+            self.loop.call_soon_threadsafe(t.cancel)
         return len(running)
 
     def close(self) -> None:
+        """Cancels what still runs, waits briefly for those jobs to be handed back, and stops the loop."""
+        if not self.idle():
+            self.cancel_all()
+            deadline = time.monotonic() + 5
+            while not self.idle() and time.monotonic() < deadline:
+                time.sleep(0.01)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
         if not self._thread.is_alive():
             self.loop.close()
+
+
+async def _timed(coro: Coroutine[Any, Any, Any], timeout: float) -> Any:
+    try:
+        return await asyncio.wait_for(coro, timeout)
+    except asyncio.TimeoutError:
+        raise JobTimeoutError(f"the job was cancelled after its timeout of {timeout:g}s") from None

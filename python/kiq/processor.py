@@ -7,15 +7,15 @@ unless the logger is enabled, and locals bound once per thread.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
-import contextlib
 import dataclasses
 import inspect
 import logging
 import math
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kiq import _kiq
@@ -35,6 +35,8 @@ __all__ = ["HardLimits", "Processor", "Registered", "register"]
 logger = logging.getLogger("kiq")
 
 UNREADABLE_MESSAGE = "!!! ERROR MESSAGE THREW AN ERROR !!!"
+#: How a cancelled async job ends (a stop's deadline, unless cancelled on request).
+CANCELLED = (asyncio.CancelledError, concurrent.futures.CancelledError)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -80,16 +82,25 @@ class HardLimits(Protocol):
     def ended(self, jid: str) -> None: ...
 
 
-def runner(
-    reg: Registered, aio: AsyncRunner | None, limits: HardLimits | None = None
-) -> Callable[[list[Any], str, dict[str, Any] | None], Any]:
-    """How a thread runs one job of this worker: directly, on the event loop,
-    with its timeout, and with its hard limit watched from outside."""
-    run = _runner(reg, aio)
+def runner(reg: Registered, limits: HardLimits | None = None) -> Callable[[list[Any], str, dict[str, Any] | None], Any]:
+    """How a thread runs one job of this worker: directly, with its timeout,
+    and with its hard limit watched from outside. For an async worker it
+    returns the coroutine to hand to the loop (timed there)."""
+    run = reg.call if reg.is_async else _timed(reg)
     hard = reg.options.hard_timeout
     if hard is None or limits is None:
         return run  # the per-job path of other workers stays as it was
     started, ended = limits.started, limits.ended
+    if reg.is_async:
+
+        async def limited_async(args: list[Any], jid: str, kwargs: dict[str, Any] | None) -> Any:
+            started(jid, hard)
+            try:
+                return await run(args, jid, kwargs)
+            finally:
+                ended(jid)
+
+        return limited_async
 
     def limited(args: list[Any], jid: str, kwargs: dict[str, Any] | None) -> Any:
         started(jid, hard)
@@ -101,13 +112,8 @@ def runner(
     return limited
 
 
-def _runner(reg: Registered, aio: AsyncRunner | None) -> Callable[[list[Any], str, dict[str, Any] | None], Any]:
+def _timed(reg: Registered) -> Callable[[list[Any], str, dict[str, Any] | None], Any]:
     call, timeout = reg.call, reg.options.timeout
-    if reg.is_async:
-        if aio is None:
-            raise RuntimeError("async workers need the asyncio runner")
-        run_async = aio.run
-        return lambda args, jid, kwargs: run_async(call(args, jid, kwargs), timeout)
     if timeout is None:
         return call
 
@@ -151,8 +157,65 @@ def backtrace_lines(exc: BaseException) -> list[str]:
     return [f"{f.filename}:{f.lineno}:in `{f.name}'" for f in reversed(frames)]
 
 
+class Watch:
+    """The log lines and reporter events of one job: the ladder's hooks,
+    built only when something listens (INFO logging, reporters, tracing), so
+    an unobserved job pays one ``None`` check per hook."""
+
+    __slots__ = ("d", "fields", "info", "job", "processor", "reporters", "start")
+
+    def __init__(self, d: _kiq.Delivery, processor: Processor) -> None:
+        self.d = d
+        self.processor = processor
+        self.reporters = reporters = processor.reporters
+        self.job = JobInfo.of(d) if reporters else None
+        self.fields = {"class": d.class_name, "queue": d.queue, "jid": d.jid}
+        self.info = logger.isEnabledFor(logging.INFO)
+        if self.info:
+            logger.info("job_started %s jid=%s queue=%s", d.class_name, d.jid, d.queue,
+                        extra={"kiq": {"event": "job_started", **self.fields}})
+        self._put("handle_started")
+        self.start = time.perf_counter()
+
+    def _put(self, event: str, *args: Any) -> None:
+        for r in self.reporters:
+            r.put((event, self.job, args))  # type: ignore[arg-type]
+
+    def success(self) -> None:
+        elapsed = time.perf_counter() - self.start
+        d = self.d
+        if self.info:
+            logger.info("job_success %s jid=%s queue=%s elapsed=%.6f", d.class_name, d.jid, d.queue, elapsed,
+                        extra={"kiq": {"event": "job_success", **self.fields, "elapsed": round(elapsed, 6)}})
+        self._put("handle_success", elapsed)
+
+    def failure(self, exc: BaseException, fate: _kiq.Fate | None) -> None:
+        self._put("handle_failure", exc, exc.__traceback__)
+        if fate is not None and fate.went == "dead":
+            self._put("handle_death", exc)
+
+    def stopped(self) -> None:
+        self._put("handle_stopped")
+
+    def aborted(self, reason: str) -> None:
+        d = self.d
+        logger.warning("job_aborted %s jid=%s queue=%s reason=%s", d.class_name, d.jid, d.queue, reason,
+                       extra={"kiq": {"event": "job_aborted", **self.fields, "reason": reason}})
+        self._put("handle_aborted", reason)
+
+    def settle(self, d: _kiq.Delivery, exc: BaseException | None) -> None:
+        """For the loop: the processor's ladder with this watch."""
+        self.processor.settle(d, exc, self)
+
+
+async def _traced(tracing: Tracing, d: _kiq.Delivery, coro: Coroutine[Any, Any, Any]) -> Any:
+    """An async job's coroutine inside its consumer span (on the loop, in the job's context)."""
+    with tracing.process(d):
+        return await coro
+
+
 class Processor:
-    """Runs the jobs of one server's lanes on the calling threads."""
+    """Runs the jobs of one server's lanes on the calling threads (async jobs on the loop)."""
 
     def __init__(
         self,
@@ -174,16 +237,37 @@ class Processor:
         self.workers = dict(workers)
         self.reporters = list(reporters)
         self.aio = aio
-        self.runners = {name: runner(reg, aio, limits) for name, reg in self.workers.items()}
+        if aio is None and any(reg.is_async for reg in self.workers.values()):
+            raise RuntimeError("async workers need the asyncio runner")
+        self.runners = {name: runner(reg, limits) for name, reg in self.workers.items()}
+        # Expired jobs are dropped in the core, unless reporters are to hear of them.
+        hand_up = getattr(server, "set_expired_to_python", None)
+        if hand_up is not None:
+            hand_up(bool(self.reporters) or tracing is not None)
+        #: Async workers' timeouts, by name (their runners return coroutines).
+        self.async_timeouts = {name: reg.options.timeout for name, reg in self.workers.items() if reg.is_async}
 
     def run_lane(self, lane: int) -> None:
-        """Takes and runs jobs of one lane until the server stops."""
+        """Takes and runs jobs of one lane until the server stops; then waits
+        for the async jobs it handed to the loop, as for a job of its own."""
+        mine = [0]  # this thread's async jobs not settled yet
+        try:
+            self._run_lane(lane, mine)
+        finally:
+            if self.aio is not None:
+                self.aio.wait_idle(mine=mine)
+
+    def _run_lane(self, lane: int, mine: list[int]) -> None:
         server = self.server
         next_job = server.next_job
         complete = server.complete
-        workers = self.workers
         runners = self.runners
-        observe = bool(self.reporters) or self.tracing is not None
+        async_timeouts = self.async_timeouts
+        submit = self.aio.submit if self.aio is not None else None
+        settle = self.settle
+        reporters = self.reporters
+        tracing = self.tracing
+        observe = bool(reporters) or tracing is not None
         enabled = logger.isEnabledFor
         set_current = _current.set
         reset_current = _current.reset
@@ -211,35 +295,39 @@ class Processor:
                 if d.batch_invalidated:
                     self.skipped(d)
                     continue
-                if observe or enabled(logging.INFO):
-                    if not self.run_observed(d):
-                        return
-                    continue
-                run = runners.get(d.class_name)
+                watch = Watch(d, self) if observe or enabled(logging.INFO) else None
+                name = d.class_name
+                run = runners.get(name)
                 if run is None:
-                    self.failed(d, None, self.unknown(d))
+                    settle(d, self.unknown(d), watch)
+                    continue
+                args = d.args if d.batch_event is None else callback_args(d.args)
+                if name in async_timeouts:
+                    try:
+                        coro = run(args, d.jid, d.kwargs)
+                        if tracing is not None:
+                            coro = _traced(tracing, d, coro)
+                    except BaseException as exc:  # noqa: BLE001 - calling an async worker can raise too
+                        settle(d, exc, watch)
+                        continue
+                    submit(coro, async_timeouts[name], d, watch.settle if watch is not None else settle, mine)  # type: ignore[misc]
                     continue
                 try:
-                    run(d.args if d.batch_event is None else callback_args(d.args), d.jid, d.kwargs)
-                except Shutdown:
-                    server.abandon(d)
-                    return
-                except JobCancelledError:
-                    self.cancelled(d)
-                except OverLimit as exc:
-                    if not self.over_limit(d, exc):
-                        self.failed(d, workers.get(d.class_name), exc)
-                except concurrent.futures.CancelledError as exc:
-                    if self.aio is not None and self.aio.stopping:
-                        server.abandon(d)  # cancelled by a stop: back to its queue
-                        return
-                    self.failed(d, workers.get(d.class_name), exc)
+                    if tracing is None:
+                        run(args, d.jid, d.kwargs)
+                    else:
+                        with tracing.process(d):
+                            run(args, d.jid, d.kwargs)
                 except BaseException as exc:  # noqa: BLE001 - every failure is recorded, as Sidekiq's retry does
                     # SystemExit or KeyboardInterrupt from a job fail that job
                     # only; the thread keeps serving its queue.
-                    self.failed(d, workers.get(d.class_name), exc)
+                    if not settle(d, exc, watch):
+                        return
                 else:
-                    complete(d)
+                    if watch is None:
+                        complete(d)
+                    else:
+                        settle(d, None, watch)
             except Shutdown:
                 if not d.settled:
                     server.abandon(d)
@@ -248,6 +336,37 @@ class Processor:
                 self.contain(d, exc)
             finally:
                 reset_current(token)
+
+    def settle(self, d: _kiq.Delivery, exc: BaseException | None, watch: Watch | None = None) -> bool:
+        """The outcome ladder, for sync jobs on their thread and async ones on
+        the loop: done, handed back (a stop), cancelled on request,
+        rescheduled over a limit, or failed through the retry path. False
+        means the thread is to stop (a stop interrupted it)."""
+        go_on = True
+        try:
+            if exc is None:
+                self.server.complete(d)
+                if watch is not None:
+                    watch.success()
+            elif isinstance(exc, Shutdown) or (isinstance(exc, CANCELLED) and self.aio is not None
+                                               and self.aio.stopping):
+                self.server.abandon(d)  # back to its queue
+                if watch is not None:
+                    watch.aborted("shutdown")
+                go_on = False
+            elif isinstance(exc, JobCancelledError):
+                self.cancelled(d, watch.job if watch is not None else None)
+            elif not (isinstance(exc, OverLimit) and self.over_limit(d, exc, watch.job if watch is not None else None)):
+                fate = self.failed(d, self.workers.get(d.class_name), exc)
+                if watch is not None:
+                    watch.failure(exc, fate)
+        except Shutdown:
+            raise
+        except BaseException as err:  # noqa: BLE001 - an error outside perform ends its job, not the thread
+            self.contain(d, err)
+        if watch is not None:
+            watch.stopped()
+        return go_on
 
     def contain(self, d: _kiq.Delivery, exc: BaseException) -> None:
         """An error outside ``perform`` (a reporter, a log handler, a hook, kiq
@@ -260,64 +379,6 @@ class Processor:
                          d.class_name, d.jid, exc_info=(type(exc), exc, exc.__traceback__))
         except Exception:  # noqa: BLE001, S110 - last line of defence: the thread must survive
             pass
-
-    def run_observed(self, d: _kiq.Delivery) -> bool:
-        """Runs one job with its log lines and reporter events. False means: stop the thread."""
-        reporters = self.reporters
-        job = JobInfo.of(d) if reporters else None
-        fields = {"class": d.class_name, "queue": d.queue, "jid": d.jid}
-        if logger.isEnabledFor(logging.INFO):
-            logger.info("job_started %s jid=%s queue=%s", d.class_name, d.jid, d.queue,
-                        extra={"kiq": {"event": "job_started", **fields}})
-        for r in reporters:
-            r.put(("handle_started", job, ()))  # type: ignore[arg-type]
-        start = time.perf_counter()
-        reg = self.workers.get(d.class_name)
-        go_on = True
-        try:
-            with self.tracing.process(d) if self.tracing is not None else contextlib.nullcontext():
-                if reg is None:
-                    raise self.unknown(d)
-                self.runners[d.class_name](d.args if d.batch_event is None else callback_args(d.args), d.jid,
-                                           d.kwargs)
-        except (Shutdown, concurrent.futures.CancelledError) as exc:
-            if isinstance(exc, concurrent.futures.CancelledError) and not (self.aio and self.aio.stopping):
-                self.failed(d, reg, exc)
-                for r in reporters:
-                    r.put(("handle_failure", job, (exc, exc.__traceback__)))  # type: ignore[arg-type]
-                for r in reporters:
-                    r.put(("handle_stopped", job, ()))  # type: ignore[arg-type]
-                return True
-            self.server.abandon(d)
-            logger.warning("job_aborted %s jid=%s queue=%s reason=shutdown", d.class_name, d.jid, d.queue,
-                           extra={"kiq": {"event": "job_aborted", **fields, "reason": "shutdown"}})
-            for r in reporters:
-                r.put(("handle_aborted", job, ("shutdown",)))  # type: ignore[arg-type]
-            go_on = False
-        except JobCancelledError:
-            self.cancelled(d, job)
-        except OverLimit as exc:
-            if not self.over_limit(d, exc, job):
-                self.failed(d, reg, exc)
-                for r in reporters:
-                    r.put(("handle_failure", job, (exc, exc.__traceback__)))  # type: ignore[arg-type]
-        except BaseException as exc:  # noqa: BLE001 - every failure is recorded, as Sidekiq's retry does
-            fate = self.failed(d, reg, exc)
-            for r in reporters:
-                r.put(("handle_failure", job, (exc, exc.__traceback__)))  # type: ignore[arg-type]
-                if fate.went == "dead":
-                    r.put(("handle_death", job, (exc,)))  # type: ignore[arg-type]
-        else:
-            self.server.complete(d)
-            elapsed = time.perf_counter() - start
-            if logger.isEnabledFor(logging.INFO):
-                logger.info("job_success %s jid=%s queue=%s elapsed=%.6f", d.class_name, d.jid, d.queue, elapsed,
-                            extra={"kiq": {"event": "job_success", **fields, "elapsed": round(elapsed, 6)}})
-            for r in reporters:
-                r.put(("handle_success", job, (elapsed,)))  # type: ignore[arg-type]
-        for r in reporters:
-            r.put(("handle_stopped", job, ()))  # type: ignore[arg-type]
-        return go_on
 
     def expired(self, d: _kiq.Delivery) -> None:
         """A job that did not start before its ``expires_at``: dropped, counted, logged, reported."""

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::batches::{KEEP_SECS, Settled};
 use crate::keys::{DAILY_STAT_TTL_SECS, Keys};
 use crate::pool::Pool;
-use crate::retry::RetryPolicy;
+use crate::retry::{Disposition, RetryPolicy};
 use crate::scripts;
 use crate::throttle::{self, Held};
 use crate::timestamp::{self, float_json};
@@ -54,6 +54,19 @@ pub enum Settle {
     /// rate limit, or parked by a throttle (then also listed under `parked`,
     /// the throttle key's `kiq:parked` set, so a job ending frees it sooner).
     Schedule { at: f64, payload: String, parked: Option<String> },
+}
+
+impl Settle {
+    /// The one place a failure decision becomes a settlement: where the job
+    /// goes, and whether it leaves for good (then a unique lock goes with it;
+    /// a retrying job keeps its lock).
+    pub fn of_failure(disposition: Disposition) -> (Settle, bool) {
+        match disposition {
+            Disposition::Retry { at, payload } => (Settle::Retry { at, payload }, false),
+            Disposition::Dead { payload } => (Settle::Dead { payload: payload.into_bytes() }, true),
+            Disposition::Discard | Disposition::Dropped => (Settle::Discard, true),
+        }
+    }
 }
 
 #[derive(Debug)]

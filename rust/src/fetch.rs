@@ -30,7 +30,7 @@ use crate::job::{Payload, UniqueUntil, field};
 use crate::keys::Keys;
 use crate::lane::{Delivery, Lane};
 use crate::pool::Pool;
-use crate::retry::{self, Disposition, Failure, RetryPolicy, WorkerOptions};
+use crate::retry::{self, Failure, RetryPolicy, WorkerOptions};
 use crate::scripts;
 use crate::throttle::Throttles;
 use crate::timestamp;
@@ -55,11 +55,7 @@ pub(crate) fn failure_settlement(
     let (disposition, _) =
         retry::on_failure(payload, queue, failure, &WorkerOptions::default(), policy, timestamp::now(), rand::random());
     let batch = batch_ref.and_then(|b| Settled::new(&b, &jid, BatchOutcome::of(&disposition)));
-    let settle = match disposition {
-        Disposition::Retry { at, payload } => Settle::Retry { at, payload },
-        Disposition::Dead { payload } => Settle::Dead { payload: payload.into_bytes() },
-        Disposition::Discard | Disposition::Dropped => Settle::Discard,
-    };
+    let (settle, _) = Settle::of_failure(disposition);
     Settlement { wip_key: wip_key.clone(), raw, settle, processed: true, failed: true, unlock: None, held: None, batch }
 }
 

@@ -59,3 +59,4 @@ pub use error::{KiqError, Result};
 
 #[cfg(feature = "python")]
 mod python;
+

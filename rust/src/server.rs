@@ -36,7 +36,7 @@ use crate::orphans::{Recoverer, Recovery, TimedOut};
 use crate::periodic::{Clock, Entry, Periodic};
 use crate::poison::{self, Verdict};
 use crate::pool::Pool;
-use crate::retry::{self, Disposition, Failure, Fate, RetryPolicy, WorkerOptions};
+use crate::retry::{self, Failure, Fate, RetryPolicy, WorkerOptions};
 use crate::runtime;
 use crate::scheduled::{PollConfig, Poller};
 use crate::scripts;
@@ -615,6 +615,17 @@ impl Server {
         self.lanes[lane].finish();
     }
 
+    /// The job if it may still start; else it expired (`expires_at` passed):
+    /// dropped here, before any thread runs Python for it, and logged.
+    pub fn unexpired(&self, d: Delivery) -> Option<Delivery> {
+        if !d.expires_at.is_some_and(|at| timestamp::now() > at) {
+            return Some(d);
+        }
+        log::warn!("job_aborted {} jid={} queue={} reason=expired", d.class, d.jid, self.lanes[d.lane].name);
+        self.expire(d);
+        None
+    }
+
     /// Records a job as failed, sending it to the retry set, the dead set or
     /// nowhere, as its options say; returns where it went.
     pub fn fail(&self, mut d: Delivery, failure: &Failure, worker: &WorkerOptions) -> Fate {
@@ -637,11 +648,8 @@ impl Server {
         );
         // A failing unique job keeps its lock while it retries; one that dies releases it.
         let outcome = BatchOutcome::of(&disposition);
-        let (settle, unlock) = match disposition {
-            Disposition::Retry { at, payload } => (Settle::Retry { at, payload }, None),
-            Disposition::Dead { payload } => (Settle::Dead { payload: payload.into_bytes() }, lock),
-            Disposition::Discard | Disposition::Dropped => (Settle::Discard, lock),
-        };
+        let (settle, gone) = Settle::of_failure(disposition);
+        let unlock = lock.filter(|_| gone);
         let batch = batch.and_then(|b| Settled::from_ref(*b, jid, outcome));
         self.send(lane, raw.into_bytes(), settle, true, unlock, batch, held);
         fate

@@ -187,6 +187,9 @@ pub struct Server {
     gil_wait_ns: AtomicU64,
     /// Throttle key functions by class, called by the thread that takes a job.
     throttle_keys: std::collections::HashMap<String, Py<PyAny>>,
+    /// Expired jobs are handed to Python (its reporters want to hear of them)
+    /// rather than dropped in the core.
+    expired_to_python: std::sync::atomic::AtomicBool,
 }
 
 #[pymethods]
@@ -297,7 +300,14 @@ impl Server {
         let _guard = rt.enter();
         let inner =
             py_result(server::Server::start(client.producer.pool.clone(), client.producer.keys.clone(), config))?;
-        Ok(Self { inner, names, gil_waits: AtomicU64::new(0), gil_wait_ns: AtomicU64::new(0), throttle_keys })
+        Ok(Self {
+            inner,
+            names,
+            gil_waits: AtomicU64::new(0),
+            gil_wait_ns: AtomicU64::new(0),
+            throttle_keys,
+            expired_to_python: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     /// The next job of queue number `lane`, waiting (without the GIL) up to
@@ -318,6 +328,14 @@ impl Server {
                         d
                     }
                     Take::Closed | Take::TimedOut => return Ok(None),
+                }
+            };
+            let d = if self.expired_to_python.load(Ordering::Relaxed) {
+                d
+            } else {
+                match self.inner.unexpired(d) {
+                    Some(d) => d,
+                    None => continue,
                 }
             };
             // A keyed throttle: the key here, where the GIL is held already; the check without it.
@@ -378,6 +396,12 @@ impl Server {
             args,
             inner: Mutex::new(Some(d)),
         }))
+    }
+
+    /// Whether expired jobs reach Python (to be reported, then `expire`d) or
+    /// are dropped in the core before a thread wakes for them (the default).
+    fn set_expired_to_python(&self, on: bool) {
+        self.expired_to_python.store(on, Ordering::Relaxed);
     }
 
     /// The job expired before it started: dropped (not run, not retried) and counted.
