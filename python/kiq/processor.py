@@ -382,26 +382,21 @@ class Processor:
 
     def expired(self, d: _kiq.Delivery) -> None:
         """A job that did not start before its ``expires_at``: dropped, counted, logged, reported."""
-        job = JobInfo.of(d) if self.reporters else None
-        self.server.expire(d)
-        logger.warning("job_aborted %s jid=%s queue=%s reason=expired", d.class_name, d.jid, d.queue,
-                       extra={"kiq": {"event": "job_aborted", "class": d.class_name, "queue": d.queue, "jid": d.jid,
-                                      "reason": "expired"}})
-        for r in self.reporters:
-            r.put(("handle_started", job, ()))  # type: ignore[arg-type]
-            r.put(("handle_aborted", job, ("expired",)))  # type: ignore[arg-type]
-            r.put(("handle_stopped", job, ()))  # type: ignore[arg-type]
+        self._not_run(d, "expired", self.server.expire)
 
     def skipped(self, d: _kiq.Delivery) -> None:
         """A job of an invalidated batch: not run, done for its batch, logged and reported as aborted."""
+        self._not_run(d, "batch_invalidated", self.server.skip)
+
+    def _not_run(self, d: _kiq.Delivery, reason: str, settle: Callable[[_kiq.Delivery], None]) -> None:
         job = JobInfo.of(d) if self.reporters else None
-        self.server.skip(d)
-        logger.warning("job_aborted %s jid=%s queue=%s reason=batch_invalidated", d.class_name, d.jid, d.queue,
+        settle(d)
+        logger.warning("job_aborted %s jid=%s queue=%s reason=%s", d.class_name, d.jid, d.queue, reason,
                        extra={"kiq": {"event": "job_aborted", "class": d.class_name, "queue": d.queue, "jid": d.jid,
-                                      "reason": "batch_invalidated"}})
+                                      "reason": reason}})
         for r in self.reporters:
             r.put(("handle_started", job, ()))  # type: ignore[arg-type]
-            r.put(("handle_aborted", job, ("batch_invalidated",)))  # type: ignore[arg-type]
+            r.put(("handle_aborted", job, (reason,)))  # type: ignore[arg-type]
             r.put(("handle_stopped", job, ()))  # type: ignore[arg-type]
 
     def cancelled(self, d: _kiq.Delivery, job: JobInfo | None = None) -> None:

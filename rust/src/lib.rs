@@ -59,4 +59,3 @@ pub use error::{KiqError, Result};
 
 #[cfg(feature = "python")]
 mod python;
-

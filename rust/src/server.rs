@@ -549,26 +549,8 @@ impl Server {
 
     /// The job's batch was invalidated: it is not run, counts as done for its
     /// batch, and is not counted as processed (a unique lock is released).
-    pub fn skip(&self, mut d: Delivery) {
-        self.work.remove(d.id);
-        self.release(&d);
-        self.count_finished(Outcome::Skipped);
-        let unlock = unlock_of(&d);
-        let batch = batch_of(&mut d, BatchOutcome::Ok);
-        let held = self.take_held(&mut d);
-        let lane = d.lane;
-        let s = Settlement {
-            wip_key: self.wip_keys[lane].clone(),
-            raw: d.payload.into_source().into_bytes(),
-            settle: Settle::Done,
-            processed: false,
-            failed: false,
-            unlock,
-            batch,
-            held,
-        };
-        let _ = self.acks.send(Msg::Settle(s));
-        self.lanes[lane].finish();
+    pub fn skip(&self, d: Delivery) {
+        self.drop_unrun(d, Outcome::Skipped, Settle::Done);
     }
 
     /// `OverLimit` escaped the job: it goes to the `schedule` set with its
@@ -593,10 +575,16 @@ impl Server {
 
     /// The job expired before it could start: it is dropped, not run, not
     /// retried, and counted (`kiq:stat:expired`); a unique lock is released.
-    pub fn expire(&self, mut d: Delivery) {
+    pub fn expire(&self, d: Delivery) {
+        self.drop_unrun(d, Outcome::Expired, Settle::Expired);
+    }
+
+    /// Settles a job that will not run (skipped or expired): done for its
+    /// batch, not counted as processed, its unique lock released.
+    fn drop_unrun(&self, mut d: Delivery, outcome: Outcome, settle: Settle) {
         self.work.remove(d.id);
         self.release(&d);
-        self.count_finished(Outcome::Expired);
+        self.count_finished(outcome);
         let unlock = unlock_of(&d);
         let batch = batch_of(&mut d, BatchOutcome::Ok);
         let held = self.take_held(&mut d);
@@ -604,7 +592,7 @@ impl Server {
         let s = Settlement {
             wip_key: self.wip_keys[lane].clone(),
             raw: d.payload.into_source().into_bytes(),
-            settle: Settle::Expired,
+            settle,
             processed: false,
             failed: false,
             unlock,
