@@ -70,6 +70,56 @@ def test_kill_9_with_100_jobs_in_flight(make_app, redis_url, r):
     assert not r.exists(wip) and not r.sismember("processes", identity)
 
 
+ASYNC_VICTIM = textwrap.dedent(
+    """
+    import asyncio, sys, threading
+    from kiq import Kiq, Worker
+
+    class SlowAsync(Worker, name="SlowAsync"):
+        async def perform(self, n):
+            await asyncio.Event().wait()   # in this process, jobs never finish
+
+    app = Kiq(sys.argv[1], queues={"default": 20}, workers=[SlowAsync], heartbeat_interval=0.5,
+              heartbeat_ttl=3, leader_ttl=2, orphan_check_interval=1)
+    app.start()
+    print(app.identity, flush=True)
+    threading.Event().wait(600)
+    """
+)
+
+
+def test_kill_9_with_async_jobs_in_flight(make_app, redis_url, r):
+    """Async jobs handed to the loop (no thread waits for each) still count against the queue's
+    concurrency until they end, and a kill -9 leaves them to the rescuer: every job runs."""
+    done: list[int] = []
+    lock = threading.Lock()
+
+    class SlowAsync(Worker, name="SlowAsync"):
+        async def perform(self, n: int) -> None:
+            with lock:
+                done.append(n)
+
+    Kiq(redis_url).enqueue_bulk(SlowAsync, [[i] for i in range(60)], sync=True)
+    victim = subprocess.Popen([sys.executable, "-c", ASYNC_VICTIM, redis_url], stdout=subprocess.PIPE, text=True)
+    assert victim.stdout is not None
+    identity = victim.stdout.readline().strip()
+    wip = f"kiq:wip|{identity}|default"
+    wait_for(lambda: r.llen(wip) == 20, what="20 async jobs in flight in the victim")
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:  # the loop holds them all; the fetcher takes no more
+        assert r.llen(wip) == 20 and r.llen("queue:default") == 40
+        time.sleep(0.05)
+    victim.kill()
+    victim.wait()
+    victim.stdout.close()
+    rescuer = make_app(queues={"default": 10}, workers=[SlowAsync], heartbeat_interval=0.5, leader_ttl=2,
+                       orphan_check_interval=1)
+    rescuer.start()
+    wait_for(lambda: len(set(done)) == 60, timeout=20, what="all 60 jobs done")
+    assert sorted(done) == list(range(60)), "each job ran once (none had run in the victim)"
+    assert not r.exists(wip)
+
+
 OUTAGE_WORKERS = 20
 
 
