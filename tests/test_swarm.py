@@ -354,6 +354,34 @@ def test_a_job_past_its_hard_timeout_kills_its_child_and_fails(tmp_path: Path, r
     s.assert_no_orphans()
 
 
+def test_a_hard_timeout_failure_follows_the_workers_registered_options(tmp_path: Path, redis_url: str,
+                                                                      r: redis.Redis,
+                                                                      swarms: Callable[..., Swarm]) -> None:
+    """The payload says nothing of retries (as a hand-written push may): the options the worker
+    registered with the server apply, so ``retry=0`` sends the killed job straight to the dead set."""
+    write(tmp_path, NAPS + textwrap.dedent(
+        """
+        @worker(name="Spin", hard_timeout=1, retry=0, backtrace=True)
+        def spin() -> None:
+            while True:
+                pass
+
+        app.register(spin)
+        """))
+    now = time.time()
+    r.sadd("queues", "default")
+    r.lpush("queue:default", json.dumps({"class": "Spin", "queue": "default", "args": [], "jid": "a" * 24,
+                                         "created_at": now, "enqueued_at": now}))
+    s = swarms("-p", "1", env={"CONCURRENCY": "2"})
+    s.wait_children(1)
+    wait_for(lambda: r.zcard("dead") == 1, timeout=30, what="the killed job in the dead set")
+    [dead] = [json.loads(p) for p in r.zrange("dead", 0, -1)]
+    assert dead["jid"] == "a" * 24 and dead["error_class"] == "kiq.errors.JobTimeoutError"
+    assert r.zcard("retry") == 0 and r.llen("queue:default") == 0
+    assert s.stop() == 0
+    s.assert_no_orphans()
+
+
 def test_a_batch_job_past_its_hard_timeout_dies_for_its_batch(tmp_path: Path, redis_url: str, r: redis.Redis,
                                                               swarms: Callable[..., Swarm]) -> None:
     """The job failed for its child's death counts for its batch like one that raised: death and

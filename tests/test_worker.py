@@ -150,3 +150,50 @@ def test_a_worker_named_after_main_explains_a_missing_worker(make_app, r):
     assert message.startswith("no worker is registered for class 'tasks.Resize' in this process")
     assert "a module run as a script (python tasks.py) is named __main__" in message
     assert "name='Resize'" in message
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"queue": ""}, "queue must be a non-empty str, not ''"),
+        ({"queue": 5}, "queue must be a non-empty str, not 5"),
+        ({"retry": -1}, "retry must be True, False or a count >= 0, not -1"),
+        ({"retry": "3"}, "retry must be True, False or an int, not '3'"),
+        ({"dead": 0}, "dead must be True or False, not 0"),
+        ({"backtrace": -2}, "backtrace must be True, False or a line count, not -2"),
+        ({"retry_queue": ""}, "retry_queue must be a non-empty str"),
+        ({"name": ""}, "name must be a non-empty str"),
+        ({"tags": "urgent"}, "tags must be a list of str, not 'urgent'"),
+        ({"unique_for": 0}, "unique_for must be a positive number of seconds, not 0"),
+        ({"unique_for": True}, "unique_for must be a positive number of seconds, not True"),
+        ({"unique_for": 5, "unique_until": "never"}, 'unique_until must be "success" or "start", not "never"'),
+        ({"expires_in": float("nan")}, "expires_in must be a positive number of seconds, not NaN"),
+        ({"timeout": dt.timedelta(seconds=-1)}, "timeout must be a positive number of seconds, not -1"),
+        ({"hard_timeout": "1"}, "hard_timeout must be a positive number of seconds, not '1'"),
+        ({"encrypt": 1}, "encrypt must be True or False, not 1"),
+        ({"encrypt": True, "unique_for": 5}, "unique_for and encrypt cannot be combined"),
+    ],
+)
+def test_worker_and_job_options_are_checked_once_with_a_message_naming_the_option(options, message):
+    """One set of rules (the core's) for class keywords, ``@worker(...)``, ``X.set(...)`` and ``Job(...)``."""
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        worker(**options)(lambda: None)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        type("Bad", (Worker,), {}, **options)
+    shared = {k: v for k, v in options.items() if k in ("queue", "retry", "unique_for", "unique_until",
+                                                          "expires_in", "encrypt")}
+    if shared == options:
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            Job("X", [1, 2], **shared)
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            notify.set(**shared)
+
+
+def test_a_job_needs_a_class_name_and_an_argument_list():
+    with pytest.raises(ConfigError, match="class_name must be a non-empty str, not ''"):
+        Job("")
+    with pytest.raises(ConfigError, match="class_name must be a non-empty str, not None"):
+        Job(None)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="args must be a list or tuple, not str"):
+        Job("X", "abc")  # type: ignore[arg-type]
+    assert Job("X", range(3)).args == range(3)  # any sequence

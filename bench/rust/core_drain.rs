@@ -64,7 +64,7 @@ fn main() {
         stuck_after: None,
         keyring: None,
         quiet: false,
-        throttles: std::collections::HashMap::new(),
+        workers: Default::default(),
         limits: None,
     };
     let server = Server::start(pool, Keys::default(), config).unwrap();

@@ -5,6 +5,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, final
 
 from kiq.job import Job, PeriodicEntry
+from kiq.worker import WorkerOptions
 
 __version__: str
 __all__ = [
@@ -59,6 +60,8 @@ __all__ = [
     "UndeliverableError",
     "__version__",
     "active_job_args",
+    "check_job",
+    "check_worker_options",
     "decide_failure",
     "decode_backtrace",
     "display_args",
@@ -307,8 +310,6 @@ class Delivery:
     @property
     def payload(self) -> str | None: ...
     @property
-    def backtrace(self) -> bool | int | None: ...
-    @property
     def trace_context(self) -> list[tuple[str, str]]: ...
     @property
     def retry_count(self) -> int | None: ...
@@ -423,7 +424,7 @@ class Server:
         max_memory_bytes: int | None = None,
         stuck_after: float | None = None,
         quiet: bool = False,
-        throttles: Mapping[str, Throttle] | None = None,
+        workers: Mapping[str, WorkerOptions] | None = None,
     ) -> Server: ...
     def next_job(self, lane: int, timeout: float | None = None) -> Delivery | None:
         """The next job of queue number ``lane``; None once the server stops (or on timeout)."""
@@ -440,12 +441,11 @@ class Server:
         error_message: str,
         *,
         backtrace: list[str] | None = None,
-        retry: bool | int | None = None,
-        dead: bool | None = None,
-        backtrace_option: bool | int | None = None,
-        retry_queue: str | None = None,
     ) -> Fate:
-        """Records the failure; returns where the job went."""
+        """Records the failure (the worker's registered options apply where the payload has none);
+        returns where the job went."""
+    def wants_backtrace(self, delivery: Delivery) -> bool:
+        """Whether a failure of this job keeps a backtrace (its own option, else its worker's)."""
     def abandon(self, delivery: Delivery) -> None: ...
     def recover_dead(self, identity: str, timed_out: dict[str, float]) -> tuple[int, int, int]:
         """Recovers another process known to be dead (a swarm's child that exited) at once;
@@ -513,14 +513,17 @@ def decide_failure(
     error_message: str,
     *,
     backtrace: list[str] | None = None,
-    retry: bool | int | None = None,
-    dead: bool | None = None,
-    backtrace_option: bool | int | None = None,
-    retry_queue: str | None = None,
+    worker: WorkerOptions | None = None,
     max_retries: int = 25,
     timestamps: str = "seconds",
 ) -> tuple[Fate, str | None]:
     """What the retry path does with a failed payload: its fate and the payload to keep (None when discarded)."""
+
+def check_job(job: Job) -> None:
+    """Checks a job's class name, arguments and options; raises ConfigError naming the first wrong one."""
+
+def check_worker_options(options: WorkerOptions) -> None:
+    """Checks a worker's options; raises ConfigError naming the first wrong one."""
 
 def display_args(payload: str) -> list[Any]:
     """A job's args as shown: an encrypted job's last argument is ``"[encrypted data]"``."""

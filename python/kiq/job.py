@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kiq.errors import ConfigError
+from kiq import _kiq
 
 __all__ = ["Enqueued", "Job", "PeriodicEntry"]
 
@@ -55,16 +55,7 @@ class Job:
     encrypt: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.class_name, str) or not self.class_name:
-            raise ConfigError(f"Job class_name must be a non-empty str, not {self.class_name!r}")
-        if isinstance(self.args, (str, bytes)) or not isinstance(self.args, Sequence):
-            raise ConfigError(f"Job args must be a list or tuple, not {type(self.args).__name__}")
-        if not isinstance(self.queue, str) or not self.queue:
-            raise ConfigError(f"Job queue must be a non-empty str, not {self.queue!r}")
-        if not (isinstance(self.retry, bool) or (isinstance(self.retry, int) and self.retry >= 0)):
-            raise ConfigError(f"Job retry must be True, False or a count >= 0, not {self.retry!r}")
-        check_unique_and_expiry(self.unique_for, self.unique_until, self.expires_in)
-        check_encrypt(self.encrypt, self.unique_for)
+        _kiq.check_job(self)  # the core's rules, shared with worker options
 
     @classmethod
     def _checked(
@@ -114,24 +105,6 @@ class PeriodicEntry:
 
     crontab: str
     job: Job
-
-
-def check_unique_and_expiry(unique_for: float | None, unique_until: str, expires_in: float | None) -> None:
-    for name, value in (("unique_for", unique_for), ("expires_in", expires_in)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-            raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
-    if unique_until not in ("success", "start"):
-        raise ConfigError(f'unique_until must be "success" or "start", not {unique_until!r}')
-
-
-def check_encrypt(encrypt: bool, unique_for: float | None) -> None:
-    if not isinstance(encrypt, bool):
-        raise ConfigError(f"encrypt must be True or False, not {encrypt!r}")
-    if encrypt and unique_for is not None:
-        raise ConfigError(
-            "unique_for and encrypt cannot be combined: each push encrypts the last argument under a fresh IV, so "
-            "two pushes of the same arguments never look alike (as in Sidekiq Enterprise)"
-        )
 
 
 class Enqueued(str):

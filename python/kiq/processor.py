@@ -357,7 +357,7 @@ class Processor:
             elif isinstance(exc, JobCancelledError):
                 self.cancelled(d, watch.job if watch is not None else None)
             elif not (isinstance(exc, OverLimit) and self.over_limit(d, exc, watch.job if watch is not None else None)):
-                fate = self.failed(d, self.workers.get(d.class_name), exc)
+                fate = self.failed(d, exc)
                 if watch is not None:
                     watch.failure(exc, fate)
         except Shutdown:
@@ -443,25 +443,12 @@ class Processor:
                 r.put(("handle_rescheduled", info, ("over_limit", at)))
         return True
 
-    def failed(self, d: _kiq.Delivery, reg: Registered | None, exc: BaseException) -> _kiq.Fate:
-        """Hands the failure to the core's retry path and logs where the job went."""
-        opts = reg.options if reg is not None else None
-        wanted = d.backtrace if d.backtrace is not None else (opts.backtrace if opts else False)
-        lines = backtrace_lines(exc) if wanted else None
+    def failed(self, d: _kiq.Delivery, exc: BaseException) -> _kiq.Fate:
+        """Hands the failure to the core's retry path (the worker's options were
+        registered with the server at start) and logs where the job went."""
+        lines = backtrace_lines(exc) if self.server.wants_backtrace(d) else None
         cls, message = error_class(exc), error_message(exc)
-        if opts is None:
-            fate = self.server.fail(d, cls, message, backtrace=lines)
-        else:
-            fate = self.server.fail(
-                d,
-                cls,
-                message,
-                backtrace=lines,
-                retry=opts.retry,
-                dead=opts.dead,
-                backtrace_option=opts.backtrace,
-                retry_queue=opts.retry_queue,
-            )
+        fate = self.server.fail(d, cls, message, backtrace=lines)
         if logger.isEnabledFor(logging.WARNING):
             fields = {"class": d.class_name, "queue": d.queue, "jid": d.jid, "error": cls, "error_message": message}
             logger.warning(

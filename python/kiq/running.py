@@ -225,8 +225,7 @@ class Running:
             max_memory_bytes=self.max_memory_bytes,
             stuck_after=self.stuck_after,
             quiet=self._start_quiet,
-            throttles={name: reg.options.throttled.spec for name, reg in self._workers.items()
-                       if reg.options.throttled is not None},
+            workers={name: reg.options for name, reg in self._workers.items()},
         )
         reporters = self._start_reporters()
         aio = AsyncRunner() if any(w.is_async for w in self._workers.values()) else None

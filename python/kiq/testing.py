@@ -191,7 +191,6 @@ class _Delivery:
                      else list(item.get("args", [])))
         self.kwargs = job.kwargs
         self.trace_context = [(k, v) for k in TRACE_FIELDS if isinstance(v := item.get(k), str)]
-        self.backtrace = item.get("backtrace")
         self.retry_count = item.get("retry_count")
         self.enqueued_at = item.get("enqueued_at")
         self.expires_at = item.get("expires_at")
@@ -245,12 +244,17 @@ class _DrainServer:
         d.job.state = "queued"
         return decided[0]
 
-    def fail(self, d: _Delivery, error_class: str, error_message: str, **opts: Any) -> _kiq.Fate:
+    def wants_backtrace(self, d: _Delivery) -> bool:
+        return True  # the core keeps it or not, by the job's and its worker's options
+
+    def fail(self, d: _Delivery, error_class: str, error_message: str, backtrace: list[str] | None = None) -> _kiq.Fate:
         d.settled = True
         self.ran += 1
+        reg = self.app.workers.get(d.class_name)
         fate, payload = _kiq.decide_failure(
-            d.job.payload, d.queue, error_class, error_message, max_retries=self.app.max_retries,
-            timestamps=self.app.timestamps, **opts,
+            d.job.payload, d.queue, error_class, error_message, backtrace=backtrace,
+            worker=reg.options if reg is not None else None, max_retries=self.app.max_retries,
+            timestamps=self.app.timestamps,
         )
         job = d.job
         if payload is None:

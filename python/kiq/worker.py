@@ -33,8 +33,9 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, Protocol, TypeGuard, TypeVar, overload
 
+from kiq import _kiq
 from kiq.errors import ArgumentError, ConfigError
-from kiq.job import DEFAULT_QUEUE, Enqueued, Job, check_encrypt, check_unique_and_expiry
+from kiq.job import DEFAULT_QUEUE, Enqueued, Job
 from kiq.throttle import Rate, Throttle
 
 if TYPE_CHECKING:
@@ -208,37 +209,17 @@ class WorkerOptions:
     _throttle: Throttle | None = dataclasses.field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.queue, str) or not self.queue:
-            raise ConfigError(f"queue must be a non-empty str, not {self.queue!r}")
-        if not (isinstance(self.retry, bool) or (isinstance(self.retry, int) and self.retry >= 0)):
-            raise ConfigError(f"retry must be True, False or a count >= 0, not {self.retry!r}")
-        if not isinstance(self.dead, bool):
-            raise ConfigError(f"dead must be True or False, not {self.dead!r}")
-        if not (isinstance(self.backtrace, bool) or (isinstance(self.backtrace, int) and self.backtrace >= 0)):
-            raise ConfigError(f"backtrace must be True, False or a line count, not {self.backtrace!r}")
-        if self.retry_queue is not None and (not isinstance(self.retry_queue, str) or not self.retry_queue):
-            raise ConfigError(f"retry_queue must be a non-empty str, not {self.retry_queue!r}")
-        if self.name is not None and (not isinstance(self.name, str) or not self.name):
-            raise ConfigError(f"name must be a non-empty str, not {self.name!r}")
-        if isinstance(self.unique_for, dt.timedelta):
-            object.__setattr__(self, "unique_for", self.unique_for.total_seconds())
-        if isinstance(self.expires_in, dt.timedelta):
-            object.__setattr__(self, "expires_in", self.expires_in.total_seconds())
-        for name in ("timeout", "hard_timeout"):
+        for name in ("unique_for", "expires_in", "timeout", "hard_timeout"):
             value = getattr(self, name)
             if isinstance(value, dt.timedelta):
-                value = value.total_seconds()
-                object.__setattr__(self, name, value)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-                raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
-        check_unique_and_expiry(self.unique_for, self.unique_until, self.expires_in)
-        check_encrypt(self.encrypt, self.unique_for)
+                object.__setattr__(self, name, value.total_seconds())
         if self.throttle is not None and not isinstance(self.throttle, Throttle):
             raise ConfigError(f"throttle must be a kiq.Throttle(concurrency=..., key=...), not {self.throttle!r}")
         combined = self.throttle
         if self.rate is not None:
             combined = Throttle(rate=self.rate) if combined is None else combined.with_rate(self.rate)
         object.__setattr__(self, "_throttle", combined)
+        _kiq.check_worker_options(self)  # every rule on the values lives in the core (worker.rs)
         # Written into every job: computed once.
         object.__setattr__(self, "_payload", self.payload_options())
 
@@ -249,7 +230,7 @@ class WorkerOptions:
 
     def updated(self, **changes: Any) -> WorkerOptions:
         given = {k: v for k, v in changes.items() if v is not _UNSET}
-        if "tags" in given:
+        if "tags" in given and not isinstance(given["tags"], str):  # a str is refused by the check, not split
             given["tags"] = tuple(given["tags"])
         return dataclasses.replace(self, **given)
 

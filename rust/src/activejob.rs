@@ -57,6 +57,12 @@ const VALUE_SERIALIZERS: [&str; 7] = [
     "ActiveJob::Serializers::ModuleSerializer",
 ];
 
+/// The class a job runs as: its `class`, or the job class an ActiveJob wrapper carries.
+pub fn runs_as(payload: &crate::job::Payload) -> Option<String> {
+    let class = payload.class()?;
+    if is_wrapper(&class) { unwrap(payload.args()?).ok().map(|call| call.class) } else { Some(class) }
+}
+
 pub fn is_wrapper(class: &str) -> bool {
     class == WRAPPER || class == SIDEKIQ_WRAPPER
 }

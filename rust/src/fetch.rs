@@ -30,10 +30,11 @@ use crate::job::{Payload, UniqueUntil, field};
 use crate::keys::Keys;
 use crate::lane::{Delivery, Lane};
 use crate::pool::Pool;
-use crate::retry::{self, Failure, RetryPolicy, WorkerOptions};
+use crate::retry::{self, Failure, RetryPolicy};
 use crate::scripts;
 use crate::throttle::Throttles;
 use crate::timestamp;
+use crate::worker::WorkerOptions;
 
 /// Sidekiq's fetch timeout: how long one blocking wait lasts.
 pub const BLOCK: Duration = Duration::from_secs(2);

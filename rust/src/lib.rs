@@ -54,6 +54,7 @@ pub mod spool;
 pub mod throttle;
 pub mod timestamp;
 pub mod work;
+pub mod worker;
 
 pub use error::{KiqError, Result};
 

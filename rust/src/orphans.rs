@@ -22,6 +22,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::ack::Settle;
+use crate::activejob;
 use crate::batches::{BatchRef, KEEP_SECS, Outcome as BatchOutcome};
 use crate::error::Result;
 use crate::heartbeat;
@@ -30,9 +32,10 @@ use crate::keys::{DAILY_STAT_TTL_SECS, Keys};
 use crate::leader::Leadership;
 use crate::poison::{self, Outcome, Verdict};
 use crate::pool::Pool;
-use crate::retry::{self, Disposition, Failure, RetryPolicy, WorkerOptions};
+use crate::retry::{self, Failure, RetryPolicy};
 use crate::scripts;
 use crate::timestamp::{self, float_json};
+use crate::worker::{WorkerOptions, Workers};
 
 pub use crate::poison::POISON_ERROR;
 
@@ -48,8 +51,14 @@ pub struct Recovery {
     pub timed_out: usize,
 }
 
-/// Jobs a swarm's parent killed a process for: jid → the `hard_timeout` (seconds) it ran past.
-pub type TimedOut = HashMap<String, f64>;
+/// Jobs a swarm's parent killed a process for, and how they fail.
+#[derive(Debug, Clone, Default)]
+pub struct TimedOut {
+    /// jid → the `hard_timeout` (seconds) it ran past.
+    pub limits: HashMap<String, f64>,
+    /// The registered workers, whose options apply where the payload is silent.
+    pub workers: Workers,
+}
 
 /// One pass: recovers every dead process's in-progress jobs.
 pub async fn recover(pool: &Pool, keys: &Keys, policy: &RetryPolicy, max_recoveries: u32) -> Result<Recovery> {
@@ -86,7 +95,7 @@ pub async fn recover(pool: &Pool, keys: &Keys, policy: &RetryPolicy, max_recover
         }
     }
     for (identity, lists) in dead {
-        let r = recover_process(pool, keys, policy, max_recoveries, &identity, &lists, &TimedOut::new()).await?;
+        let r = recover_process(pool, keys, policy, max_recoveries, &identity, &lists, &TimedOut::default()).await?;
         report.requeued += r.requeued;
         report.poisoned += r.poisoned;
     }
@@ -190,16 +199,19 @@ pub async fn recover_process(
     }
     let payloads: Vec<Option<Payload>> =
         held.iter().map(|(_, _, raw)| std::str::from_utf8(raw).ok().and_then(|s| Payload::parse(s).ok())).collect();
-    let verdicts = if timed_out.is_empty() {
+    let verdicts = if timed_out.limits.is_empty() {
         poison::judge(&payloads, isolated.as_deref())
     } else {
         vec![Verdict::Innocent; payloads.len()]
     };
     let mut complete = true;
     for (((list, queue, raw), verdict), payload) in held.iter().zip(verdicts).zip(payloads) {
-        let limit = payload.as_ref().and_then(Payload::jid).and_then(|jid| timed_out.get(&jid).copied());
+        let limit = payload.as_ref().and_then(Payload::jid).and_then(|jid| timed_out.limits.get(&jid).copied());
         let handled = match (payload, limit) {
-            (Some(p), Some(limit)) => fail_timed_out(pool, keys, policy, identity, list, queue, raw, p, limit).await,
+            (Some(p), Some(limit)) => {
+                let worker = timed_out.workers.of(&activejob::runs_as(&p).unwrap_or_default());
+                fail_timed_out(pool, keys, policy, worker, identity, list, queue, raw, p, limit).await
+            }
             _ => {
                 poison::hand_back(pool, keys, policy, max_recoveries, list, queue, raw, verdict, identity, "died").await
             }
@@ -234,6 +246,7 @@ async fn fail_timed_out(
     pool: &Pool,
     keys: &Keys,
     policy: &RetryPolicy,
+    worker: &WorkerOptions,
     identity: &str,
     list: &str,
     queue: &str,
@@ -254,13 +267,13 @@ async fn fail_timed_out(
     };
     // A batch member failed here counts for its batch in the same step (callbacks count only successes).
     let batch = BatchRef::of(&payload).filter(|b| b.callback.is_none()).map(|b| b.chain);
-    let (disposition, _) =
-        retry::on_failure(payload, queue, &failure, &WorkerOptions::default(), policy, now, rand::random());
+    let (disposition, _) = retry::on_failure(payload, queue, &failure, worker, policy, now, rand::random());
     let outcome = BatchOutcome::of(&disposition);
-    let (kind, score, failed, frees_lock) = match disposition {
-        Disposition::Retry { at, payload } => ("retry", float_json(at), payload, false),
-        Disposition::Dead { payload } => ("dead", String::new(), payload, true),
-        Disposition::Discard | Disposition::Dropped => ("discard", String::new(), String::new(), true),
+    let (settle, frees_lock) = Settle::of_failure(disposition);
+    let (kind, score, failed) = match settle {
+        Settle::Retry { at, payload } => ("retry", float_json(at), payload.into_bytes()),
+        Settle::Dead { payload } => ("dead", String::new(), payload),
+        _ => ("discard", String::new(), Vec::new()),
     };
     let day = timestamp::utc_date(now);
     let mut inv = scripts::FAIL_ORPHAN.prepare_invoke();

@@ -22,6 +22,7 @@ use crate::pool::{Pool, RedisConfig};
 use crate::runtime;
 use crate::spool::Fsync;
 use crate::timestamp::TimestampUnit;
+use crate::worker::{self, positive_seconds};
 
 /// Unique jobs not pushed, by jid, with the jid holding each lock (if known).
 pub type Skipped = HashMap<String, Option<String>>;
@@ -35,26 +36,13 @@ pub struct Extras<'a> {
 }
 
 impl Extras<'_> {
-    /// Checks the options and sets them on `job`.
+    /// Checks the options (by the rules of `worker.rs`) and sets them on `job`.
     pub fn apply(self, job: &mut NewJob) -> Result<()> {
-        if let Some(secs) = self.unique_for {
-            if secs.is_nan() || secs <= 0.0 {
-                return Err(KiqError::config(format!("unique_for must be a positive number of seconds, not {secs}")));
-            }
-            let until = match self.unique_until {
-                None => UniqueUntil::Success,
-                Some(u) => UniqueUntil::parse(u).ok_or_else(|| {
-                    KiqError::config(format!("unique_until must be \"success\" or \"start\", not {u:?}"))
-                })?,
-            };
+        if let Some(secs) = positive_seconds("unique_for", self.unique_for)? {
+            let until = self.unique_until.map_or(Ok(UniqueUntil::Success), worker::unique_until)?;
             job.unique = Some(Unique { for_secs: secs, until });
         }
-        if let Some(secs) = self.expires_in {
-            if secs.is_nan() || secs <= 0.0 {
-                return Err(KiqError::config(format!("expires_in must be a positive number of seconds, not {secs}")));
-            }
-            job.expires_in = Some(secs);
-        }
+        job.expires_in = positive_seconds("expires_in", self.expires_in)?;
         Ok(())
     }
 }

@@ -11,6 +11,7 @@
 use crate::backtrace;
 use crate::job::{Backtrace, Payload, Retry, field, json_string};
 use crate::timestamp::TimestampUnit;
+use crate::worker::WorkerOptions;
 
 /// Sidekiq's default number of retries (`retry: true`).
 pub const DEFAULT_MAX_RETRIES: u32 = 25;
@@ -57,16 +58,6 @@ impl RetryPolicy {
     pub fn dead_trim(&self, now: f64) -> (String, u64) {
         (crate::timestamp::float_json(now - self.dead_timeout_secs), self.dead_limit)
     }
-}
-
-/// Options of the worker that ran the job, used where the payload is silent
-/// (Sidekiq merges the Ruby class's `sidekiq_options` the same way).
-#[derive(Debug, Clone, Default)]
-pub struct WorkerOptions {
-    pub retry: Option<Retry>,
-    pub dead: Option<bool>,
-    pub backtrace: Option<Backtrace>,
-    pub retry_queue: Option<String>,
 }
 
 /// The error a job raised.
@@ -136,9 +127,10 @@ pub fn on_failure(
     now: f64,
     roll: f64,
 ) -> (Disposition, Fate) {
-    // A missing `retry` on a job no worker knows still retries: dropping it, as
-    // Sidekiq's global handler does, would lose the job silently.
-    let retry = job.retry().or(worker.retry).unwrap_or(Retry::Default);
+    // Where the payload is silent the worker's options apply (Sidekiq merges the
+    // class's `sidekiq_options` the same way); a job no worker knows gets the
+    // defaults, so a missing `retry` still retries (see `Workers::of`).
+    let retry = job.retry().unwrap_or(worker.retry);
     let max = match retry {
         Retry::Never => {
             let count = job.retry_count().map_or(0, |c| c + 1);
@@ -166,7 +158,7 @@ pub fn on_failure(
         0
     };
     job.set_json(field::RETRY_COUNT, count.to_string());
-    let kept = match job.backtrace().or(worker.backtrace).unwrap_or(Backtrace::Off) {
+    let kept = match job.backtrace().unwrap_or(worker.backtrace) {
         Backtrace::Off => None,
         Backtrace::All => Some(&failure.backtrace[..]),
         Backtrace::Lines(n) => Some(&failure.backtrace[..n.min(failure.backtrace.len())]),
@@ -184,7 +176,7 @@ pub fn on_failure(
     let fate =
         |went, retry_at| Fate { went, retry_count: count, max_retries: window.is_none().then_some(max), retry_at };
     if exhausted {
-        return if job.dead().or(worker.dead).unwrap_or(true) {
+        return if job.dead().unwrap_or(worker.dead) {
             (Disposition::Dead { payload: job.encode() }, fate(Went::Dead, None))
         } else {
             (Disposition::Dropped, fate(Went::Discard, None))
@@ -299,7 +291,7 @@ mod tests {
 
     #[test]
     fn worker_options_fill_in_and_retry_queue_moves_the_job() {
-        let w = WorkerOptions { retry: Some(Retry::Never), ..Default::default() };
+        let w = WorkerOptions { retry: Retry::Never, ..Default::default() };
         assert_eq!(fail(r#"{"class":"X","args":[]}"#, &w), Disposition::Discard);
         // Missing retry and no worker: retried, never silently dropped.
         assert!(matches!(fail(r#"{"class":"X","args":[]}"#, &WorkerOptions::default()), Disposition::Retry { .. }));

@@ -26,7 +26,7 @@ use crate::fetch::Fetcher;
 use crate::health::{self, Beats, Outcome, Probe, Tally};
 use crate::heartbeat::{self, BeatConfig, Heartbeat, ProcessInfo, Signal};
 use crate::isolation::{self, Admission, Gate};
-use crate::job::{UniqueUntil, check_queue_name, field};
+use crate::job::{Backtrace, UniqueUntil, check_queue_name, field};
 use crate::keys::Keys;
 use crate::lane::{Delivery, Lane, Take};
 use crate::leader::{Elector, Leadership};
@@ -36,13 +36,14 @@ use crate::orphans::{Recoverer, Recovery, TimedOut};
 use crate::periodic::{Clock, Entry, Periodic};
 use crate::poison::{self, Verdict};
 use crate::pool::Pool;
-use crate::retry::{self, Failure, Fate, RetryPolicy, WorkerOptions};
+use crate::retry::{self, Failure, Fate, RetryPolicy};
 use crate::runtime;
 use crate::scheduled::{PollConfig, Poller};
 use crate::scripts;
 use crate::throttle::{self, Held, Throttles};
 use crate::timestamp;
 use crate::work::{self, Work, WorkSet};
+use crate::worker::Workers;
 
 /// How often a wait for a Web UI signal checks whether a stop began.
 const SIGNAL_POLL: Duration = Duration::from_millis(50);
@@ -82,8 +83,9 @@ pub struct ServerConfig {
     /// Start quiet: fetch nothing until resumed (a swarm's child started
     /// while the swarm is quiet).
     pub quiet: bool,
-    /// Throttles by worker class, checked at fetch (`throttle.rs`).
-    pub throttles: HashMap<String, throttle::Spec>,
+    /// The workers this process runs, by class: their options apply where a
+    /// failing job's payload is silent, and their throttles are checked at fetch.
+    pub workers: Workers,
     /// The rate limiters of this process's Redis, for `/metrics`.
     pub limits: Option<Arc<Limits>>,
 }
@@ -178,7 +180,8 @@ impl Server {
             // Before any fetcher starts, so none takes a job.
             control.set(RunState::Quiet);
         }
-        let throttles = (!config.throttles.is_empty()).then(|| Arc::new(Throttles::new(config.throttles.clone())));
+        let throttle_specs = config.workers.throttles();
+        let throttles = (!throttle_specs.is_empty()).then(|| Arc::new(Throttles::new(throttle_specs)));
         let acker = tokio::spawn(ack::run(rx, pool.clone(), keys.clone(), config.policy.clone(), identity.clone()));
         let mut tasks = Vec::new();
         for (i, lane) in lanes.iter().enumerate() {
@@ -614,9 +617,16 @@ impl Server {
         None
     }
 
+    /// Whether a failure of this job keeps a backtrace (its own option, else
+    /// its worker's): the caller formats one only then.
+    pub fn wants_backtrace(&self, d: &Delivery) -> bool {
+        d.payload.backtrace().unwrap_or(self.config.workers.of(&d.class).backtrace) != Backtrace::Off
+    }
+
     /// Records a job as failed, sending it to the retry set, the dead set or
-    /// nowhere, as its options say; returns where it went.
-    pub fn fail(&self, mut d: Delivery, failure: &Failure, worker: &WorkerOptions) -> Fate {
+    /// nowhere, as its options (else its worker's) say; returns where it went.
+    pub fn fail(&self, mut d: Delivery, failure: &Failure) -> Fate {
+        let worker = self.config.workers.of(&d.class);
         self.end(&d, false, Outcome::Failed);
         let held = self.take_held(&mut d);
         let queue = self.lanes[d.lane].name.clone();
@@ -815,12 +825,14 @@ impl Server {
 
     /// Recovers the jobs of another process known to be dead (a swarm's
     /// child that exited), at once; see [`crate::orphans::recover_dead`].
-    pub async fn recover_dead(&self, identity: &str, timed_out: &TimedOut) -> Result<Recovery> {
+    /// `timed_out`: jid → the `hard_timeout` its process was killed for.
+    pub async fn recover_dead(&self, identity: &str, timed_out: &HashMap<String, f64>) -> Result<Recovery> {
         if identity == self.config.process.identity {
             return Err(KiqError::config("a process cannot recover itself"));
         }
         let (policy, max) = (&self.config.policy, self.config.max_recoveries);
-        crate::orphans::recover_dead(&self.pool, &self.keys, policy, max, identity, timed_out).await
+        let timed_out = TimedOut { limits: timed_out.clone(), workers: self.config.workers.clone() };
+        crate::orphans::recover_dead(&self.pool, &self.keys, policy, max, identity, &timed_out).await
     }
 
     /// Glob of this process's in-progress lists (for messages).

@@ -13,7 +13,7 @@ use _kiq::job::{NewJob, Retry};
 use _kiq::keys::Keys;
 use _kiq::lane::{Delivery, Take};
 use _kiq::pool::{Pool, RedisConfig};
-use _kiq::retry::{Failure, RetryPolicy, WorkerOptions};
+use _kiq::retry::{Failure, RetryPolicy};
 use _kiq::scheduled::PollConfig;
 use _kiq::server::{Server, ServerConfig};
 use _kiq::timestamp::{self, TimestampUnit};
@@ -45,7 +45,7 @@ fn config() -> ServerConfig {
         max_rss_kb: None,
         stuck_after: None,
         quiet: false,
-        throttles: std::collections::HashMap::new(),
+        workers: Default::default(),
         limits: None,
         keyring: None,
     }
@@ -107,9 +107,9 @@ fn read(pool: &Pool, bid: &str) -> status::Status {
     _kiq::runtime::get().block_on(status::read(pool, &Keys::default(), bid)).unwrap().expect("the batch exists")
 }
 
-fn fail(server: &Server, d: Delivery, retry: Retry) {
+fn fail(server: &Server, d: Delivery) {
     let failure = Failure { error_class: "ValueError".into(), error_message: "no".into(), ..Default::default() };
-    server.fail(d, &failure, &WorkerOptions { retry: Some(retry), ..Default::default() });
+    server.fail(d, &failure);
 }
 
 #[test]
@@ -125,7 +125,7 @@ fn callbacks_fire_once_and_a_job_run_twice_counts_once() {
     let first = take(&server, 0);
     let again = first.payload.source().to_owned();
     server.complete(first);
-    fail(&server, take(&server, 0), Retry::Default);
+    fail(&server, take(&server, 0));
     let third = take(&server, 0);
     nothing(&server, 1);
     // The first job runs a second time (a crash before its result, say): counted once.
@@ -200,7 +200,7 @@ fn children_callbacks_run_before_their_parents_and_deaths_go_up_once() {
     add_jobs(&mut mid, 2, Retry::Times(0));
     top.defer(mid);
     commit(&pool, top);
-    fail(&server, take(&server, 0), Retry::Times(0));
+    fail(&server, take(&server, 0));
     let c = take(&server, 1);
     assert_eq!((order(&c), c.args[0]["event"].as_str()), ("C2".into(), Some("death")));
     assert_eq!(c.args[0]["dead_jids"].as_array().map(Vec::len), Some(1));
@@ -209,7 +209,7 @@ fn children_callbacks_run_before_their_parents_and_deaths_go_up_once() {
     let p = take(&server, 1);
     assert_eq!((order(&p), p.args[0]["event"].as_str()), ("P2".into(), Some("death")));
     server.complete(p);
-    fail(&server, take(&server, 0), Retry::Times(0));
+    fail(&server, take(&server, 0));
     nothing(&server, 1);
     let s = read(&pool, "C2");
     assert_eq!((s.failures, s.dead_jids.len(), s.complete()), (2, 2, true));

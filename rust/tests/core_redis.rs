@@ -11,7 +11,7 @@ use _kiq::job::{NewJob, Payload};
 use _kiq::keys::Keys;
 use _kiq::lane::Take;
 use _kiq::pool::{Pool, RedisConfig};
-use _kiq::retry::{Failure, RetryPolicy, WorkerOptions};
+use _kiq::retry::{Failure, RetryPolicy};
 use _kiq::scheduled::{self, PollConfig};
 use _kiq::server::{Server, ServerConfig};
 use _kiq::timestamp::{self, TimestampUnit};
@@ -43,7 +43,7 @@ fn config(queues: &[(&str, usize)]) -> ServerConfig {
         max_rss_kb: None,
         stuck_after: None,
         keyring: None,
-        throttles: std::collections::HashMap::new(),
+        workers: Default::default(),
         limits: None,
         quiet: false,
     }
@@ -116,7 +116,7 @@ fn failures_go_to_retry_and_stop_requeues_the_rest() {
     push_jobs(&rt, &pool, "default", 5);
     let d = take(&server, 0);
     let failure = Failure { error_class: "ValueError".into(), error_message: "boom".into(), ..Default::default() };
-    server.fail(d, &failure, &WorkerOptions::default());
+    server.fail(d, &failure);
     let running = take(&server, 0);
     // Stop with one job running and one fetched: both must go back.
     std::thread::sleep(Duration::from_millis(100));
@@ -409,13 +409,16 @@ fn a_concurrent_limiter_counts_holders_and_a_release_wakes_a_waiter() {
 #[test]
 fn a_throttled_job_over_its_limit_is_parked_and_comes_back_when_the_holder_ends() {
     use _kiq::throttle::Spec;
+    use _kiq::worker::{WorkerOptions, Workers};
     let redis = support::RedisServer::start();
     let rt = _kiq::runtime::get();
     let _g = rt.enter();
     let pool = Pool::new(RedisConfig::new(redis.url())).unwrap();
     let mut cfg = config(&[("default", 3)]);
     cfg.scheduler = false;
-    cfg.throttles.insert("Echo".into(), Spec::new(Some(1), None, None, 60.0, false).unwrap());
+    let echo =
+        WorkerOptions { throttle: Some(Spec::new(Some(1), None, None, 60.0, false).unwrap()), ..Default::default() };
+    cfg.workers = Workers::new([("Echo".to_owned(), echo)].into());
     let server = Server::start(pool.clone(), Keys::default(), cfg).unwrap();
     push_jobs(&rt, &pool, "default", 3);
     let first = take(&server, 0);

@@ -4,7 +4,8 @@
 
 use _kiq::backtrace;
 use _kiq::job::{Payload, field};
-use _kiq::retry::{self, Disposition, Failure, RetryPolicy, WorkerOptions};
+use _kiq::retry::{self, Disposition, Failure, RetryPolicy};
+use _kiq::worker::WorkerOptions;
 
 const FIXTURES: [(&str, &str); 3] = [
     ("6.4.1", include_str!("../../tests/fixtures/sidekiq/sidekiq-6.4.1.json")),

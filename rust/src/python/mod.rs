@@ -17,6 +17,7 @@ mod limiter;
 mod marshal;
 mod options;
 mod server;
+mod worker;
 
 use pyo3::prelude::*;
 
@@ -50,6 +51,8 @@ mod _kiq {
     use super::limiter::{Grant, Limiter, LimiterState, Throttle, limiter_states};
     #[pymodule_export]
     use super::server::{Delivery, Server};
+    #[pymodule_export]
+    use super::worker::{check_job, check_worker_options};
 
     /// Encodes backtrace lines as Sidekiq's `error_backtrace` (JSON, zlib, Base64).
     #[pyfunction]
@@ -86,7 +89,7 @@ mod _kiq {
     /// What the retry path does with a failed payload, without Redis (sandbox
     /// mode): returns its `Fate` and the payload to keep (None when discarded).
     #[pyfunction]
-    #[pyo3(signature = (payload, queue, error_class, error_message, *, backtrace = None, retry = None, dead = None, backtrace_option = None, retry_queue = None, max_retries = 25, timestamps = "seconds"))]
+    #[pyo3(signature = (payload, queue, error_class, error_message, *, backtrace = None, worker = None, max_retries = 25, timestamps = "seconds"))]
     #[allow(clippy::too_many_arguments)]
     fn decide_failure(
         payload: String,
@@ -94,21 +97,13 @@ mod _kiq {
         error_class: String,
         error_message: String,
         backtrace: Option<Vec<String>>,
-        retry: Option<&Bound<'_, pyo3::PyAny>>,
-        dead: Option<bool>,
-        backtrace_option: Option<&Bound<'_, pyo3::PyAny>>,
-        retry_queue: Option<String>,
+        worker: Option<&Bound<'_, pyo3::PyAny>>,
         max_retries: u32,
         timestamps: &str,
     ) -> PyResult<(super::fate::Fate, Option<String>)> {
-        use crate::retry::{Disposition, Failure, RetryPolicy, WorkerOptions, on_failure};
+        use crate::retry::{Disposition, Failure, RetryPolicy, on_failure};
         let job = errors::py_result(crate::job::Payload::parse(payload))?;
-        let worker = WorkerOptions {
-            retry: retry.map(super::options::retry).transpose()?,
-            dead,
-            backtrace: backtrace_option.map(super::options::backtrace).transpose()?,
-            retry_queue,
-        };
+        let worker = worker.map(super::worker::worker_options).transpose()?.unwrap_or_default();
         let unit = super::options::unit(timestamps)?;
         let policy = RetryPolicy { max_retries, unit, jitter: super::options::jitter(unit), ..RetryPolicy::default() };
         let failure = Failure { error_class, error_message, backtrace: backtrace.unwrap_or_default() };

@@ -27,16 +27,11 @@ pub fn backtrace(value: &Bound<'_, PyAny>) -> PyResult<Backtrace> {
     if let Ok(b) = value.cast::<PyBool>() {
         return Ok(if b.is_true() { Backtrace::All } else { Backtrace::Off });
     }
-    let n: i64 = value.extract().map_err(|_| {
-        ConfigError::new_err(format!(
-            "backtrace must be True, False or a line count, not {}",
-            value.repr().map(|r| r.to_string()).unwrap_or_default()
-        ))
-    })?;
-    Ok(match n {
-        n if n <= 0 => Backtrace::Off,
-        n => Backtrace::Lines(n as usize),
-    })
+    match value.extract::<i64>() {
+        Ok(0) => Ok(Backtrace::Off),
+        Ok(n) if n > 0 => Ok(Backtrace::Lines(n as usize)),
+        _ => Err(ConfigError::new_err(format!("backtrace must be True, False or a line count, not {}", value.repr()?))),
+    }
 }
 
 /// `timestamps="seconds"|"milliseconds"`.

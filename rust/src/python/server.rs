@@ -15,18 +15,18 @@ use super::convert::value_to_py;
 use super::errors::{ShutdownError, py_result};
 use super::fate::Fate;
 use super::jobspec;
-use super::limiter::Throttle;
 use super::{gil, options};
 use crate::crontab;
 use crate::heartbeat::{BeatConfig, ProcessInfo};
-use crate::job::{Backtrace, field};
+use crate::job::field;
 use crate::lane::{self, Take};
 use crate::periodic::{Clock, Entry};
-use crate::retry::{Failure, RetryPolicy, WorkerOptions};
+use crate::retry::{Failure, RetryPolicy};
 use crate::runtime;
 use crate::scheduled::PollConfig;
 use crate::server::{self, ServerConfig};
 use crate::timestamp;
+use crate::worker::Workers;
 
 /// One job handed to a Python thread.
 #[pyclass(module = "kiq._kiq", frozen)]
@@ -86,18 +86,6 @@ impl Delivery {
     #[getter]
     fn payload(&self) -> Option<String> {
         self.with(|d| d.payload.source().to_owned())
-    }
-
-    /// The job's own `backtrace` option: None when absent, else True/False or a line count.
-    #[getter]
-    fn backtrace(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let bt = self.with(|d| d.payload.backtrace()).flatten();
-        Ok(match bt {
-            None => py.None(),
-            Some(Backtrace::Off) => false.into_pyobject(py)?.to_owned().into_any().unbind(),
-            Some(Backtrace::All) => true.into_pyobject(py)?.to_owned().into_any().unbind(),
-            Some(Backtrace::Lines(n)) => n.into_pyobject(py)?.into_any().unbind(),
-        })
     }
 
     /// The job's trace context fields (`traceparent`, `tracestate`, `baggage`) that are strings.
@@ -195,7 +183,7 @@ pub struct Server {
 #[pymethods]
 impl Server {
     #[new]
-    #[pyo3(signature = (client, identity, queues, *, hostname, tag = None, labels = None, max_retries = 25, dead_limit = 10_000, dead_timeout = 15_552_000.0, poll_interval_average = None, average_scheduled_poll_interval = 5.0, scheduler = true, heartbeat = true, heartbeat_interval = 5.0, heartbeat_ttl = 60.0, metrics = true, leader_ttl = 30.0, orphan_check_interval = 60.0, max_recoveries = 3, periodics = None, periodic_clock = None, health = None, max_jobs = None, max_memory_bytes = None, stuck_after = None, quiet = false, throttles = None))]
+    #[pyo3(signature = (client, identity, queues, *, hostname, tag = None, labels = None, max_retries = 25, dead_limit = 10_000, dead_timeout = 15_552_000.0, poll_interval_average = None, average_scheduled_poll_interval = 5.0, scheduler = true, heartbeat = true, heartbeat_interval = 5.0, heartbeat_ttl = 60.0, metrics = true, leader_ttl = 30.0, orphan_check_interval = 60.0, max_recoveries = 3, periodics = None, periodic_clock = None, health = None, max_jobs = None, max_memory_bytes = None, stuck_after = None, quiet = false, workers = None))]
     // Keyword arguments of one Python constructor, mirrored one to one.
     #[allow(clippy::too_many_arguments, clippy::fn_params_excessive_bools)]
     fn new(
@@ -226,16 +214,19 @@ impl Server {
         max_memory_bytes: Option<u64>,
         stuck_after: Option<f64>,
         quiet: bool,
-        throttles: Option<&Bound<'_, PyDict>>,
+        workers: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
-        let mut throttle_specs = std::collections::HashMap::new();
-        let mut throttle_keys = std::collections::HashMap::new();
-        for (class, t) in throttles.map(|d| d.iter().collect::<Vec<_>>()).unwrap_or_default() {
-            let (class, t) = (class.extract::<String>()?, t.cast_into::<Throttle>()?);
-            if let Some(key) = &t.get().key {
-                throttle_keys.insert(class.clone(), key.clone_ref(py));
+        // The workers' options by class (`kiq.WorkerOptions`), and the throttle key functions Python calls.
+        let mut by_class = HashMap::new();
+        let mut throttle_keys = HashMap::new();
+        for (class, options) in workers.map(|d| d.iter().collect::<Vec<_>>()).unwrap_or_default() {
+            let class = class.extract::<String>()?;
+            if let Some(key) =
+                super::worker::throttle(&options)?.and_then(|t| t.get().key.as_ref().map(|k| k.clone_ref(py)))
+            {
+                throttle_keys.insert(class.clone(), key);
             }
-            throttle_specs.insert(class, t.get().spec.clone());
+            by_class.insert(class, super::worker::worker_options(&options)?);
         }
         let entries = match periodics {
             Some(p) => periodic_entries(p, client.producer.keyring.as_ref())?,
@@ -291,7 +282,7 @@ impl Server {
             stuck_after: stuck_after.filter(|s| *s > 0.0).map(Duration::from_secs_f64),
             keyring: client.producer.keyring.clone(),
             quiet,
-            throttles: throttle_specs,
+            workers: Workers::new(by_class),
             limits: Some(client.limits.clone()),
         };
         let pool = client.producer.pool.clone();
@@ -379,7 +370,6 @@ impl Server {
                         error_message: format!("its arguments could not be turned into Python objects: {e}"),
                         ..Default::default()
                     },
-                    &WorkerOptions::default(),
                 );
                 return Err(e);
             }
@@ -422,10 +412,15 @@ impl Server {
         Ok(())
     }
 
-    /// The job raised. The worker's options apply where the payload has none.
-    /// Returns where it went (its `Fate`).
-    #[pyo3(signature = (delivery, error_class, error_message, *, backtrace = None, retry = None, dead = None, backtrace_option = None, retry_queue = None))]
-    #[allow(clippy::too_many_arguments)]
+    /// Whether a failure of this job keeps a backtrace (its own `backtrace`
+    /// option, else its worker's): format one for `fail` only then.
+    fn wants_backtrace(&self, delivery: &Delivery) -> bool {
+        delivery.with(|d| self.inner.wants_backtrace(d)).unwrap_or(false)
+    }
+
+    /// The job raised. Its worker's options (registered at start) apply where
+    /// the payload has none. Returns where it went (its `Fate`).
+    #[pyo3(signature = (delivery, error_class, error_message, *, backtrace = None))]
     fn fail(
         &self,
         py: Python<'_>,
@@ -433,21 +428,11 @@ impl Server {
         error_class: String,
         error_message: String,
         backtrace: Option<Vec<String>>,
-        retry: Option<&Bound<'_, PyAny>>,
-        dead: Option<bool>,
-        backtrace_option: Option<&Bound<'_, PyAny>>,
-        retry_queue: Option<String>,
     ) -> PyResult<Fate> {
-        let worker = WorkerOptions {
-            retry: retry.map(options::retry).transpose()?,
-            dead,
-            backtrace: backtrace_option.map(options::backtrace).transpose()?,
-            retry_queue,
-        };
         let failure = Failure { error_class, error_message, backtrace: backtrace.unwrap_or_default() };
         let d = delivery.take()?;
         let inner = self.inner.clone();
-        gil::run(py, move || Ok(inner.fail(d, &failure, &worker).into()))
+        gil::run(py, move || Ok(inner.fail(d, &failure).into()))
     }
 
     /// Gives the job up without a result; a stop hands it back to its queue.
