@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import resource
 import sys
 import threading
 import time
@@ -43,6 +42,18 @@ def thread_cpu() -> dict[str, float]:
         group = "core" if name.startswith("kiq-core") else "python"
         groups[group] = groups.get(group, 0.0) + cpu
     return groups
+
+
+def peak_rss_mb() -> float:
+    """This process's high-water RSS since it was exec'd (VmHWM, as sidekiq_drain.rb reads it).
+
+    Not ``getrusage().ru_maxrss``: Linux carries that across exec, so it would
+    report the RSS of the (big) benchmark parent this process was forked from."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 class NoopReporter(Reporter):
@@ -111,7 +122,7 @@ def main() -> None:
         "rate": n / elapsed if elapsed else 0.0,
         "cpu_core_us_per_job": (cpu1.get("core", 0) - cpu0.get("core", 0)) / n * 1e6,
         "cpu_python_us_per_job": (cpu1.get("python", 0) - cpu0.get("python", 0)) / n * 1e6,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "wakeups_per_job": waits / n,
         "gil_wait_us_per_job": gil_s / n * 1e6,
         # mixed: how long before the end each class finished (0 for the last one; a starved class ends last)
