@@ -11,16 +11,10 @@ use super::limiter::Throttle;
 use super::options;
 use crate::worker::{self, WorkerOptions};
 
-/// The options `obj` sets; fields it does not have (a `Job` has no `dead`) keep their defaults.
+/// The options a `kiq.WorkerOptions` sets.
 pub(crate) fn worker_options(obj: &Bound<'_, PyAny>) -> PyResult<WorkerOptions> {
     let py = obj.py();
-    let mut w = WorkerOptions::default();
-    if let Some(v) = field(obj, intern!(py, "queue"))? {
-        w.queue = text(&v, "queue")?;
-    }
-    if let Some(v) = field(obj, intern!(py, "retry"))? {
-        w.retry = options::retry(&v)?;
-    }
+    let mut w = job_options(obj)?;
     if let Some(v) = field(obj, intern!(py, "dead"))? {
         w.dead = flag(&v, "dead")?;
     }
@@ -37,17 +31,30 @@ pub(crate) fn worker_options(obj: &Bound<'_, PyAny>) -> PyResult<WorkerOptions> 
     if let Some(v) = field(obj, intern!(py, "name"))? {
         w.name = Some(text(&v, "name")?);
     }
+    w.timeout = seconds(obj, intern!(py, "timeout"))?;
+    w.hard_timeout = seconds(obj, intern!(py, "hard_timeout"))?;
+    w.throttle = throttle(obj)?.map(|t| t.get().spec.clone());
+    Ok(w)
+}
+
+/// The options a worker shares with a `kiq.Job` (all a `Job` has); the rest keep their defaults.
+fn job_options(obj: &Bound<'_, PyAny>) -> PyResult<WorkerOptions> {
+    let py = obj.py();
+    let mut w = WorkerOptions::default();
+    if let Some(v) = field(obj, intern!(py, "queue"))? {
+        w.queue = text(&v, "queue")?;
+    }
+    if let Some(v) = field(obj, intern!(py, "retry"))? {
+        w.retry = options::retry(&v)?;
+    }
     w.unique_for = seconds(obj, intern!(py, "unique_for"))?;
     if let Some(v) = field(obj, intern!(py, "unique_until"))? {
         w.unique_until = py_result(worker::unique_until(&text(&v, "unique_until")?))?;
     }
     w.expires_in = seconds(obj, intern!(py, "expires_in"))?;
-    w.timeout = seconds(obj, intern!(py, "timeout"))?;
     if let Some(v) = field(obj, intern!(py, "encrypt"))? {
         w.encrypt = flag(&v, "encrypt")?;
     }
-    w.hard_timeout = seconds(obj, intern!(py, "hard_timeout"))?;
-    w.throttle = throttle(obj)?.map(|t| t.get().spec.clone());
     Ok(w)
 }
 
@@ -79,12 +86,12 @@ pub fn check_job(job: &Bound<'_, PyAny>) -> PyResult<()> {
             args.get_type().name()?
         )));
     }
-    py_result(worker::check_job(&class, &worker_options(job)?))
+    py_result(worker::check_job(&class, &job_options(job)?))
 }
 
-/// An attribute that is set (not None), or None when `obj` lacks it.
+/// An attribute's value unless None.
 fn field<'py>(obj: &Bound<'py, PyAny>, name: &Bound<'py, PyString>) -> PyResult<Option<Bound<'py, PyAny>>> {
-    Ok(obj.getattr_opt(name)?.filter(|v| !v.is_none()))
+    Ok(Some(obj.getattr(name)?).filter(|v| !v.is_none()))
 }
 
 fn text(v: &Bound<'_, PyAny>, name: &str) -> PyResult<String> {
