@@ -237,6 +237,15 @@ mod tests {
     }
 
     #[test]
+    fn a_wrapped_job_runs_as_its_job_class() {
+        let payload = |s: &str| crate::job::Payload::parse(s.to_owned()).unwrap();
+        let wrapped = format!(r#"{{"class":"{WRAPPER}","args":{RAILS},"jid":"j"}}"#);
+        assert_eq!(runs_as(&payload(&wrapped)).as_deref(), Some("WelcomeJob"));
+        assert_eq!(runs_as(&payload(r#"{"class":"HardJob","args":[],"jid":"j"}"#)).as_deref(), Some("HardJob"));
+        assert_eq!(runs_as(&payload(r#"{"args":[],"jid":"j"}"#)), None);
+    }
+
+    #[test]
     fn globalids_and_other_serializers() {
         let call = unwrap(
             r#"[{"job_class":"J","arguments":[{"_aj_globalid":"gid://app/User/1"},
