@@ -56,7 +56,7 @@ def instructions(url: str, mode: str, n: int, keep: str | None) -> tuple[int, in
 
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "cg.out")
-        subprocess.run(["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}",
+        subprocess.run(["valgrind", "--tool=callgrind", "--separate-threads=yes", "--fair-sched=yes", f"--callgrind-out-file={out}",
                         sys.executable, "-c", ENQUEUE, url, mode, str(n)],
                        check=True, capture_output=True, timeout=7200)
         r = redis.Redis.from_url(url)
