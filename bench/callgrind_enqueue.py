@@ -7,8 +7,9 @@ machine, unlike wall-clock time).
 per job from one Python thread (``bench_enqueue.py``'s shape). ``bulk``:
 ``app.enqueue_bulk("NoopJob", [[i], ...])``, 10,000 jobs per call
 (``bench_throughput.py``'s first phase). Each runs under ``valgrind
---tool=callgrind --separate-threads=yes`` twice (N and 2N jobs, all flushed
-to Redis) and reports the difference divided by N, for the calling thread
+--tool=callgrind --separate-threads=yes --fair-sched=yes`` twice (N and 2N
+jobs, all flushed to Redis; without fair scheduling a starved flusher lets
+the buffer back up and the counts depend on scheduling) and reports the difference divided by N, for the calling thread
 (what limits calls/s) and for all threads (the flusher included): the
 per-job cost with start-up and shutdown cancelled out. ``--keep DIR`` keeps
 both runs' profiles for ``callgrind_annotate``. Needs valgrind.
