@@ -105,8 +105,9 @@ impl NewJob {
     pub fn encode(&self, jid: &str, now: f64, unit: TimestampUnit, enqueued: bool) -> String {
         let stamp = unit.encode(now);
         let options: usize = self.options.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
-        let mut out =
-            String::with_capacity(112 + self.queue.len() + options + self.args.len() + self.class.len() + 2 * stamp.len());
+        let mut out = String::with_capacity(
+            112 + self.queue.len() + options + self.args.len() + self.class.len() + 2 * stamp.len(),
+        );
         self.write_head(&mut out);
         out.push_str(&self.args);
         write_mid(&mut out, &self.class);
