@@ -3,9 +3,11 @@
 //! is away.
 //!
 //! Jobs wait in segments. The newest segment is kept as plain items; a
-//! segment that grows past 64 KiB, and every segment once a flush has failed,
-//! is LZ4-compressed (JSON payloads of one app compress several times over),
-//! so a long outage holds many jobs in little memory. Memory is bounded by
+//! segment that grows past 64 KiB while more than one batch waits before it
+//! (or no flusher runs), and every segment once a flush has failed, is
+//! LZ4-compressed (JSON payloads of one app compress several times over), so
+//! a long outage holds many jobs in little memory, while jobs that go out in
+//! the next round trip are not compressed only to be decompressed at once. Memory is bounded by
 //! `max_bytes` (plain bytes of open segments, compressed bytes of the rest):
 //! a push that does not fit waits up to `full_timeout` for room, then fails
 //! with a clear error; nothing is dropped. With a spool (see `spool.rs`) each
@@ -121,6 +123,8 @@ struct State {
     /// Its jobs (shared with the flusher), for [`Buffer::dump`].
     sending: Option<Arc<Vec<(u64, PushItem)>>>,
     failing: Option<String>,
+    /// A flusher ([`run`]) takes the jobs; without one everything waits.
+    flusher: bool,
     flushed: u64,
     /// Jobs moved to the dead-letter file, in all and since the last `flush`.
     undeliverable: u64,
@@ -244,7 +248,14 @@ impl Buffer {
             }
             _ => state.segments.push_back((first, Segment::Open(items, size))),
         }
+        // Compressed only if it will wait: behind a full batch, or with no flusher or a failing one.
+        let (in_flight, in_flight_bytes) = state.inflight.map_or((0, 0), |(_, jobs, bytes, _)| (jobs, bytes));
+        let waits = !state.flusher
+            || state.failing.is_some()
+            || state.jobs - in_flight > MAX_BATCH
+            || state.bytes - in_flight_bytes > MAX_BATCH_BYTES;
         if let Some((_, seg @ Segment::Open(_, _))) = state.segments.back_mut()
+            && waits
             && seg.bytes() >= SEAL_BYTES
         {
             let before = seg.bytes();
@@ -560,6 +571,7 @@ impl Buffer {
 
 /// Flushes `buffer` to Redis until the process ends (or the buffer is dropped elsewhere).
 pub async fn run(buffer: Arc<Buffer>, pool: Arc<Pool>, keys: Keys) {
+    buffer.lock().flusher = true;
     let mut backoff = buffer.config.flush_interval;
     // A batch whose outcome is not known yet: sent again exactly as it is.
     let mut pinned: Option<Batch> = None;

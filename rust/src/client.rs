@@ -152,25 +152,36 @@ pub async fn push_numbered<C: ConnectionLike>(
             queues.push(&item.queue);
         }
     }
-    let mut inv = scripts::PUSH.prepare_invoke();
-    inv.key(keys.pushed(producer)).key(keys.queues()).key(keys.schedule());
+    // One command buffer for the whole call (a ScriptInvocation allocates
+    // each argument on its own, then copies them all into a command).
+    let bytes: usize = items.iter().map(|(_, item)| item.payload.len() + 40).sum();
+    let mut cmd = redis::Cmd::with_capacity(8 + 2 * queues.len() + 4 * items.len(), bytes + 256);
+    cmd.arg("EVALSHA").arg(scripts::PUSH.get_hash()).arg(3 + queues.len());
+    cmd.arg(keys.pushed(producer)).arg(keys.queues()).arg(keys.schedule());
     for q in &queues {
-        inv.key(keys.queue(q));
+        cmd.arg(keys.queue(q));
     }
-    inv.arg(ttl.as_millis() as u64).arg(items.len());
+    cmd.arg(ttl.as_millis() as u64).arg(items.len());
     for q in &queues {
-        inv.arg(*q);
+        cmd.arg(*q);
     }
     for (seq, item) in items {
         if let Some(at) = item.at {
-            inv.arg(*seq).arg(0).arg(timestamp::float_json(at));
+            cmd.arg(*seq).arg(0).arg(timestamp::float_json(at));
         } else {
             let target = queues.iter().position(|q| **q == *item.queue).unwrap_or(0) + 1;
-            inv.arg(*seq).arg(target).arg("");
+            cmd.arg(*seq).arg(target).arg("");
         }
-        inv.arg(&item.payload);
+        cmd.arg(&item.payload);
     }
-    let reply: Vec<String> = inv.invoke_async(conn).await?;
+    let reply: Vec<String> = match cmd.query_async(conn).await {
+        // Redis does not know the script yet (a new or flushed server): load it, send again.
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            scripts::PUSH.load_async(conn).await?;
+            cmd.query_async(conn).await?
+        }
+        sent => sent?,
+    };
     Ok(match reply.split_first() {
         Some((head, rest)) if head == "wrongtype" => PushReply::WrongType(
             rest.chunks(2).map(|p| (p[0].clone(), p.get(1).cloned().unwrap_or_default())).collect(),

@@ -13,12 +13,24 @@ use crate::timestamp::TimestampUnit;
 pub fn new_jid() -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes: [u8; 12] = rand::random();
-    let mut out = [0u8; 24];
-    for (i, b) in bytes.iter().enumerate() {
-        out[2 * i] = HEX[usize::from(b >> 4)];
-        out[2 * i + 1] = HEX[usize::from(b & 0xf)];
+    let mut out = String::with_capacity(24);
+    for b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
     }
-    out.iter().map(|&c| char::from(c)).collect()
+    out
+}
+
+/// Appends `s` as a JSON string, exactly as [`json_string`] writes it: between
+/// quotes as it is when nothing in it needs escaping (the usual case, no allocation).
+pub fn push_json_str(out: &mut String, s: &str) {
+    if s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push_str(&json_string(s));
+    } else {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    }
 }
 
 /// Validates the JSON text of `args`: it must parse and be an array.
@@ -91,12 +103,20 @@ impl NewJob {
     /// Encodes the payload in Sidekiq's key order: `retry`, `queue`, options,
     /// `args`, `class`, `jid`, `created_at`, then `enqueued_at` for immediate pushes.
     pub fn encode(&self, jid: &str, now: f64, unit: TimestampUnit, enqueued: bool) -> String {
-        self.template().render(&self.args, jid, &unit.encode(now), enqueued)
+        let stamp = unit.encode(now);
+        let options: usize = self.options.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+        let mut out = String::with_capacity(
+            112 + self.queue.len() + options + self.args.len() + self.class.len() + 2 * stamp.len(),
+        );
+        self.write_head(&mut out);
+        out.push_str(&self.args);
+        write_mid(&mut out, &self.class);
+        finish(&mut out, jid, &stamp, enqueued);
+        out
     }
 
-    /// The parts of the payload every job of a bulk push shares.
-    pub fn template(&self) -> Template {
-        let mut head = String::with_capacity(64);
+    /// The payload up to `args`'s value (`..."args":`).
+    fn write_head(&self, head: &mut String) {
         head.push_str("{\"");
         head.push_str(field::RETRY);
         head.push_str("\":");
@@ -104,7 +124,7 @@ impl NewJob {
         head.push_str(",\"");
         head.push_str(field::QUEUE);
         head.push_str("\":");
-        head.push_str(&json_string(&self.queue));
+        push_json_str(head, &self.queue);
         if self.encrypt.is_some() {
             head.push_str(",\"");
             head.push_str(field::ENCRYPT);
@@ -112,18 +132,50 @@ impl NewJob {
         }
         for (k, v) in &self.options {
             head.push(',');
-            head.push_str(&json_string(k));
+            push_json_str(head, k);
             head.push(':');
             head.push_str(v);
         }
         head.push_str(",\"");
         head.push_str(field::ARGS);
         head.push_str("\":");
-        let mid = format!(",\"{}\":{},\"{}\":\"", field::CLASS, json_string(&self.class), field::JID);
-        let tail = format!("\",\"{}\":", field::CREATED_AT);
-        let enqueued = format!(",\"{}\":", field::ENQUEUED_AT);
-        Template { head, mid, tail, enqueued }
     }
+
+    /// The parts of the payload every job of a bulk push shares.
+    pub fn template(&self) -> Template {
+        let mut head = String::with_capacity(64);
+        self.write_head(&mut head);
+        let mut mid = String::with_capacity(32 + self.class.len());
+        write_mid(&mut mid, &self.class);
+        Template { head, mid }
+    }
+}
+
+/// The payload from after `args`'s value up to the jid's opening quote.
+fn write_mid(out: &mut String, class: &str) {
+    out.push_str(",\"");
+    out.push_str(field::CLASS);
+    out.push_str("\":");
+    push_json_str(out, class);
+    out.push_str(",\"");
+    out.push_str(field::JID);
+    out.push_str("\":\"");
+}
+
+/// The payload from the jid on: the jid, `created_at`, and `enqueued_at` for immediate pushes.
+fn finish(out: &mut String, jid: &str, stamp: &str, enqueued: bool) {
+    out.push_str(jid);
+    out.push_str("\",\"");
+    out.push_str(field::CREATED_AT);
+    out.push_str("\":");
+    out.push_str(stamp);
+    if enqueued {
+        out.push_str(",\"");
+        out.push_str(field::ENQUEUED_AT);
+        out.push_str("\":");
+        out.push_str(stamp);
+    }
+    out.push('}');
 }
 
 /// A new job's payload with holes for `args`, `jid` and the timestamps.
@@ -131,8 +183,6 @@ impl NewJob {
 pub struct Template {
     head: String,
     mid: String,
-    tail: String,
-    enqueued: String,
 }
 
 impl Template {
@@ -148,19 +198,12 @@ impl Template {
 
     /// The payload for these args (JSON text), jid and timestamp (JSON text).
     pub fn render(&self, args: &str, jid: &str, stamp: &str, enqueued: bool) -> String {
-        let len = self.head.len() + args.len() + self.mid.len() + jid.len() + self.tail.len() + 2 * stamp.len() + 20;
+        let len = self.head.len() + args.len() + self.mid.len() + jid.len() + 2 * stamp.len() + 36;
         let mut out = String::with_capacity(len);
         out.push_str(&self.head);
         out.push_str(args);
         out.push_str(&self.mid);
-        out.push_str(jid);
-        out.push_str(&self.tail);
-        out.push_str(stamp);
-        if enqueued {
-            out.push_str(&self.enqueued);
-            out.push_str(stamp);
-        }
-        out.push('}');
+        finish(&mut out, jid, stamp, enqueued);
         out
     }
 }

@@ -13,22 +13,77 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use super::errors::{CodecError, py_result};
 use crate::args::{self, MAX_ARGS_DEPTH, MAX_NESTING, Num};
 use crate::job::json_string;
+use crate::newjob::push_json_str;
 use crate::timestamp::float_json;
 
-/// Refuses a container deeper than workers (kiq's and Ruby's) accept.
-fn check_depth(path: &str, depth: usize) -> PyResult<()> {
-    if depth > MAX_ARGS_DEPTH {
-        return Err(CodecError::new_err(format!(
-            "job argument {path} is nested more than {MAX_ARGS_DEPTH} levels deep (a reference cycle?): job \
-             payloads may nest at most {MAX_NESTING} levels (Ruby's JSON max_nesting, which Sidekiq uses), \
-             counting the payload and its args array"
-        )));
-    }
-    Ok(())
+/// Why a value cannot be written as JSON: a Python error as raised, or a
+/// value refused where `at` says (path segments, innermost first, collected
+/// only on the way out of a failure so that a success never formats a path).
+enum Bad {
+    Py(PyErr),
+    Value { at: Vec<String>, why: Why },
 }
 
-/// Appends `obj` as JSON to `out`; `path` names it in errors (e.g. `args[1]["when"]`).
-pub fn write_json(obj: &Bound<'_, PyAny>, out: &mut String, path: &mut String, depth: usize) -> PyResult<()> {
+enum Why {
+    NotFinite(f64),
+    KeyType(String),
+    Type(String),
+    TooDeep,
+}
+
+impl From<PyErr> for Bad {
+    fn from(e: PyErr) -> Self {
+        Self::Py(e)
+    }
+}
+
+impl Bad {
+    fn refused(why: Why) -> Self {
+        Self::Value { at: Vec::new(), why }
+    }
+
+    /// Adds the segment of the container the failure happened inside.
+    fn within(mut self, segment: impl FnOnce() -> String) -> Self {
+        if let Self::Value { at, .. } = &mut self {
+            at.push(segment());
+        }
+        self
+    }
+
+    /// The Python exception, naming the value by its path from `base` (e.g. `args[1]["when"]`).
+    fn into_err(self, base: &str) -> PyErr {
+        let (at, why) = match self {
+            Self::Py(e) => return e,
+            Self::Value { at, why } => (at, why),
+        };
+        let mut path = base.to_owned();
+        for segment in at.iter().rev() {
+            path.push_str(segment);
+        }
+        CodecError::new_err(match why {
+            Why::NotFinite(v) => format!("job argument {path} is {v}, which JSON cannot carry"),
+            Why::KeyType(t) => {
+                format!("job argument {path} has a key of type {t}: Sidekiq job hashes need str keys")
+            }
+            Why::Type(t) => format!(
+                "job argument {path} has type {t}, which Sidekiq jobs cannot carry: use None, bool, int, float, str, list or dict with str keys"
+            ),
+            Why::TooDeep => format!(
+                "job argument {path} is nested more than {MAX_ARGS_DEPTH} levels deep (a reference cycle?): job \
+                 payloads may nest at most {MAX_NESTING} levels (Ruby's JSON max_nesting, which Sidekiq uses), \
+                 counting the payload and its args array"
+            ),
+        })
+    }
+}
+
+/// Refuses a container deeper than workers (kiq's and Ruby's) accept.
+fn check_depth(depth: usize) -> Result<(), Bad> {
+    if depth > MAX_ARGS_DEPTH { Err(Bad::refused(Why::TooDeep)) } else { Ok(()) }
+}
+
+/// Appends `obj` as JSON to `out`.
+fn write_json(obj: &Bound<'_, PyAny>, out: &mut String, depth: usize) -> Result<(), Bad> {
     if obj.is_none() {
         out.push_str("null");
     } else if let Ok(b) = obj.cast::<PyBool>() {
@@ -45,43 +100,37 @@ pub fn write_json(obj: &Bound<'_, PyAny>, out: &mut String, path: &mut String, d
     } else if let Ok(f) = obj.cast::<PyFloat>() {
         let v = f.value();
         if !v.is_finite() {
-            return Err(CodecError::new_err(format!("job argument {path} is {v}, which JSON cannot carry")));
+            return Err(Bad::refused(Why::NotFinite(v)));
         }
         out.push_str(&float_json(v));
     } else if let Ok(s) = obj.cast::<PyString>() {
-        out.push_str(&json_string(s.to_str()?));
+        push_json_str(out, s.to_str()?);
     } else if let Ok(list) = obj.cast::<PyList>() {
-        check_depth(path, depth)?;
-        write_seq(list.iter(), out, path, depth)?;
+        check_depth(depth)?;
+        write_seq(list.iter(), out, depth)?;
     } else if let Ok(tuple) = obj.cast::<PyTuple>() {
-        check_depth(path, depth)?;
-        write_seq(tuple.iter(), out, path, depth)?;
+        check_depth(depth)?;
+        write_seq(tuple.iter(), out, depth)?;
     } else if let Ok(dict) = obj.cast::<PyDict>() {
-        check_depth(path, depth)?;
+        check_depth(depth)?;
         out.push('{');
         for (n, (k, v)) in dict.iter().enumerate() {
             let Ok(key) = k.cast::<PyString>() else {
-                return Err(CodecError::new_err(format!(
-                    "job argument {path} has a key of type {}: Sidekiq job hashes need str keys",
-                    type_name(&k)
-                )));
+                return Err(Bad::refused(Why::KeyType(type_name(&k))));
             };
             let key = key.to_str()?;
             if n > 0 {
                 out.push(',');
             }
-            out.push_str(&json_string(key));
+            push_json_str(out, key);
             out.push(':');
-            let len = path.len();
-            let _ = write!(path, "[{}]", json_string(key));
-            write_json(&v, out, path, depth + 1)?;
-            path.truncate(len);
+            write_json(&v, out, depth + 1).map_err(|e| e.within(|| format!("[{}]", json_string(key))))?;
         }
         out.push('}');
     } else if !obj.is_instance_of::<pyo3::types::PyType>() && obj.hasattr("__dataclass_fields__")? {
-        check_depth(path, depth)?;
+        check_depth(depth)?;
         let fields = obj.getattr("__dataclass_fields__")?;
-        let fields = fields.cast::<PyDict>()?;
+        let fields = fields.cast::<PyDict>().map_err(PyErr::from)?;
         out.push('{');
         for (n, name) in fields.keys().iter().enumerate() {
             let name: String = name.extract()?;
@@ -90,36 +139,22 @@ pub fn write_json(obj: &Bound<'_, PyAny>, out: &mut String, path: &mut String, d
             }
             out.push_str(&json_string(&name));
             out.push(':');
-            let len = path.len();
-            let _ = write!(path, ".{name}");
-            write_json(&obj.getattr(name.as_str())?, out, path, depth + 1)?;
-            path.truncate(len);
+            write_json(&obj.getattr(name.as_str())?, out, depth + 1).map_err(|e| e.within(|| format!(".{name}")))?;
         }
         out.push('}');
     } else {
-        return Err(CodecError::new_err(format!(
-            "job argument {path} has type {}, which Sidekiq jobs cannot carry: use None, bool, int, float, str, list or dict with str keys",
-            type_name(obj)
-        )));
+        return Err(Bad::refused(Why::Type(type_name(obj))));
     }
     Ok(())
 }
 
-fn write_seq<'py>(
-    items: impl Iterator<Item = Bound<'py, PyAny>>,
-    out: &mut String,
-    path: &mut String,
-    depth: usize,
-) -> PyResult<()> {
+fn write_seq<'py>(items: impl Iterator<Item = Bound<'py, PyAny>>, out: &mut String, depth: usize) -> Result<(), Bad> {
     out.push('[');
     for (n, item) in items.enumerate() {
         if n > 0 {
             out.push(',');
         }
-        let len = path.len();
-        let _ = write!(path, "[{n}]");
-        write_json(&item, out, path, depth + 1)?;
-        path.truncate(len);
+        write_json(&item, out, depth + 1).map_err(|e| e.within(|| format!("[{n}]")))?;
     }
     out.push(']');
     Ok(())
@@ -135,19 +170,17 @@ fn type_name(obj: &Bound<'_, PyAny>) -> String {
 /// JSON text of a sequence of job arguments (`args`).
 pub fn args_json(args: &Bound<'_, PyAny>) -> PyResult<String> {
     let mut out = String::with_capacity(64);
-    let mut path = String::from("args");
     if args.cast::<PyList>().is_err() && args.cast::<PyTuple>().is_err() {
         return Err(CodecError::new_err(format!("job args must be a list or tuple, not {}", type_name(args))));
     }
-    write_json(args, &mut out, &mut path, 0)?;
+    write_json(args, &mut out, 0).map_err(|e| e.into_err("args"))?;
     Ok(out)
 }
 
 /// JSON text of one option value (for payload fields such as `tags`).
 pub fn value_json(value: &Bound<'_, PyAny>, name: &str) -> PyResult<String> {
     let mut out = String::new();
-    let mut path = format!("option {name:?}");
-    write_json(value, &mut out, &mut path, 0)?;
+    write_json(value, &mut out, 0).map_err(|e| e.into_err(&format!("option {name:?}")))?;
     Ok(out)
 }
 
