@@ -1,12 +1,13 @@
 """One kiq worker process draining N no-op jobs; prints a JSON report.
 
-    python bench/kiq_drain.py URL N CONCURRENCY [MODE [KIND [QUEUES]]]
+    python bench/kiq_drain.py URL N CONCURRENCY [MODE [KIND [QUEUES [PREFETCH]]]]
 
 Run by bench_throughput.py and bench_shapes.py. MODE is default, none,
 warning, info or reporter (logging and reporters, below); KIND is sync,
 async (``async def perform``) or mixed (NoopJob sync and AsyncNoopJob async,
 the queue holding both); QUEUES > 1 serves queues q0..q{QUEUES-1} with
-CONCURRENCY threads each (the jobs are enqueued there by the caller).
+CONCURRENCY threads each (the jobs are enqueued there by the caller);
+PREFETCH is ``Kiq(prefetch=...)`` (0 by default).
 Timing runs from the first job started to the last finished; CPU time is
 split between kiq's Rust core threads and the Python threads (from
 /proc/self/task)."""
@@ -68,6 +69,7 @@ def main() -> None:
     mode = sys.argv[4] if len(sys.argv) > 4 else "default"
     kind = sys.argv[5] if len(sys.argv) > 5 else "sync"
     nqueues = int(sys.argv[6]) if len(sys.argv) > 6 else 1
+    prefetch = int(sys.argv[7]) if len(sys.argv) > 7 else 0
     if mode in ("warning", "info", "reporter"):
         handler = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the process
         handler.setFormatter(JsonFormatter())
@@ -106,7 +108,7 @@ def main() -> None:
         count("async")
 
     queues = {"default": concurrency} if nqueues == 1 else {f"q{k}": concurrency for k in range(nqueues)}
-    app = Kiq(url, queues=queues, workers=[noop, async_noop], metrics=mode != "none",
+    app = Kiq(url, queues=queues, workers=[noop, async_noop], metrics=mode != "none", prefetch=prefetch,
               extra_reporters=[NoopReporter()] if mode == "reporter" else [])
     app.start()
     done.wait(600)

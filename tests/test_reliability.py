@@ -36,6 +36,41 @@ VICTIM = textwrap.dedent(
 )
 
 
+def kill_and_rescue(victim: subprocess.Popen[str], make_app, worker) -> None:
+    """kill -9 of the victim, then a rescuer with fast recovery settings running ``worker``."""
+    victim.kill()
+    victim.wait()
+    assert victim.stdout is not None
+    victim.stdout.close()
+    make_app(queues={"default": 10}, workers=[worker], heartbeat_interval=0.5, leader_ttl=2,
+             orphan_check_interval=1).start()
+
+
+def test_kill_9_with_prefetched_jobs_loses_none(make_app, redis_url, r):
+    """A victim with 10 threads and prefetch=40 holds 50 jobs (10 running, 40 waiting for a
+    thread) when it is killed: the rescuer runs all 80, none lost."""
+    done: list[int] = []
+    lock = threading.Lock()
+
+    class Slow(Worker, name="Slow"):
+        def perform(self, n: int) -> None:
+            with lock:
+                done.append(n)
+
+    Kiq(redis_url).enqueue_bulk(Slow, [[i] for i in range(80)], sync=True)
+    script = VICTIM.replace('queues={"default": 100}', 'queues={"default": 10}, prefetch=40')
+    victim = subprocess.Popen([sys.executable, "-c", script, redis_url], stdout=subprocess.PIPE, text=True)
+    assert victim.stdout is not None
+    identity = victim.stdout.readline().strip()
+    wip = f"kiq:wip|{identity}|default"
+    wait_for(lambda: r.llen(wip) == 50, what="10 running + 40 prefetched in the victim")
+    assert r.llen("queue:default") == 30
+    kill_and_rescue(victim, make_app, Slow)
+    wait_for(lambda: len(set(done)) == 80, timeout=20, what="all 80 jobs done")
+    assert sorted(done) == list(range(80)), "each job ran once: the victim ran none"
+    assert not r.exists(wip) and r.zcard("dead") == 0
+
+
 def test_kill_9_with_100_jobs_in_flight(make_app, redis_url, r):
     done: list[int] = []
     lock = threading.Lock()
@@ -109,12 +144,7 @@ def test_kill_9_with_async_jobs_in_flight(make_app, redis_url, r):
     while time.monotonic() < deadline:  # the loop holds them all; the fetcher takes no more
         assert r.llen(wip) == 20 and r.llen("queue:default") == 40
         time.sleep(0.05)
-    victim.kill()
-    victim.wait()
-    victim.stdout.close()
-    rescuer = make_app(queues={"default": 10}, workers=[SlowAsync], heartbeat_interval=0.5, leader_ttl=2,
-                       orphan_check_interval=1)
-    rescuer.start()
+    kill_and_rescue(victim, make_app, SlowAsync)
     wait_for(lambda: len(set(done)) == 60, timeout=20, what="all 60 jobs done")
     assert sorted(done) == list(range(60)), "each job ran once (none had run in the victim)"
     assert not r.exists(wip)

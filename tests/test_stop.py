@@ -202,3 +202,30 @@ def test_a_second_signal_hands_running_jobs_back_at_once(redis_url, r):
     assert "got SIGINT again: handing running jobs back to their queues now" in err
     assert r.llen("done") == 0 and r.llen("queue:default") == 40, "every job is back in its queue"
     assert r.keys("kiq:wip|*") == []
+
+
+def test_prefetched_jobs_wait_in_the_process_and_a_stop_hands_them_back(make_app, r):
+    """prefetch=6 with 2 threads: 8 jobs taken from the queue, 2 running; at the stop the 6 not
+    started go back to the queue, in order, and every job is counted once."""
+    done: list[int] = []
+    started = threading.Semaphore(0)
+
+    class Slow(Worker, name="SlowPrefetch"):
+        def perform(self, n: int) -> None:
+            started.release()
+            time.sleep(0.3)
+            done.append(n)
+
+    app = make_app(queues={"default": 2}, workers=[Slow], prefetch=6)
+    app.enqueue_bulk(Slow, [[i] for i in range(20)])
+    app.start()
+    for _ in range(2):
+        assert started.acquire(timeout=5)
+    wait_for(lambda: r.llen("queue:default") == 12, what="2 running + 6 prefetched taken from the queue")
+    assert sum(r.llen(k) for k in r.keys("kiq:wip|*")) == 8
+    result = app.stop(timeout=5)
+    assert result.timed_out == 0
+    queued = [json.loads(j)["args"][0] for j in r.lrange("queue:default", 0, -1)]
+    assert sorted(done + queued) == list(range(20)), (done, queued)
+    assert r.keys("kiq:wip|*") == []
+    assert list(reversed(queued)) == sorted(queued), "the queue still runs oldest first"

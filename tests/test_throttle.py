@@ -226,3 +226,16 @@ def test_bad_throttles_are_refused_by_name() -> None:
     with pytest.raises(errors.ConfigError, match="throttle must be a kiq.Throttle"):
         class Bad(Worker, throttle=3):  # type: ignore[arg-type]
             pass
+
+
+def test_prefetch_is_refused_with_throttled_workers(make_app: Any) -> None:
+    """A fetched job takes its throttle's slot: a prefetched one would hold it while it waits."""
+
+    @worker(name="OnePerUser", throttle=Throttle(1))
+    def one(user: int) -> None:
+        pass
+
+    with pytest.raises(errors.ConfigError, match=r"prefetch cannot be used with throttled workers \(OnePerUser\)"):
+        make_app(workers=[one], prefetch=5).start()
+    with pytest.raises(errors.ConfigError, match="prefetch must be an int >= 0, not -1"):
+        Kiq(prefetch=-1)

@@ -64,6 +64,7 @@ fn main() {
         stuck_after: None,
         keyring: None,
         quiet: false,
+        prefetch: 0,
         workers: Default::default(),
         limits: None,
     };

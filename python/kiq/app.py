@@ -129,6 +129,15 @@ class Kiq(Running, Enqueueing):
             HTTP health checks (``/live``, ``/ready``) from a core thread;
             ``"0.0.0.0:8080"`` for Kubernetes probes, port 0 for any free port
             (read back from :attr:`health_address`). Off by default.
+        prefetch: jobs each queue fetches beyond its concurrency (default 0:
+            like Sidekiq, a process takes only jobs a thread can start now).
+            With ``prefetch=N`` up to N more wait in the process for a free
+            thread, so threads do not wait for a fetch's round trip (no-op
+            jobs at concurrency 25 drain ~1.5× faster with N=25). The cost:
+            those jobs wait here even if another process is idle, and a crash
+            hands them back as it does running ones (they had not started).
+            Not with throttled workers (a fetched job takes its throttle's
+            slot).
         max_jobs: recycle the process after it finished this many jobs: it
             quiets and stops gracefully (``run()`` returns, ``kiq run``
             exits 0) for its supervisor to start a fresh one; a cure for
@@ -204,6 +213,7 @@ class Kiq(Running, Enqueueing):
         health_address: str | None = None,
         max_jobs: int | None = None,
         max_memory_bytes: int | None = None,
+        prefetch: int = 0,
         tracing: str | None = None,
         state_dir: str | os.PathLike[str] | None = None,
         stuck_after: Seconds | None = None,
@@ -286,6 +296,9 @@ class Kiq(Running, Enqueueing):
                 raise ConfigError(f"{name} must be a positive int or None, not {limit!r}")
         self.max_jobs = max_jobs
         self.max_memory_bytes = max_memory_bytes
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+            raise ConfigError(f"prefetch must be an int >= 0, not {prefetch!r}")
+        self.prefetch = prefetch
         self.stuck_after = None if stuck_after is None else seconds(stuck_after, "stuck_after")
         if self.stuck_after is not None and self.stuck_after <= 0:
             raise ConfigError(f"stuck_after must be a positive number of seconds, not {stuck_after!r}")

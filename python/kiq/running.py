@@ -117,6 +117,7 @@ class Running:
     scheduler: bool
     max_jobs: int | None
     max_memory_bytes: int | None
+    prefetch: int
     stuck_after: float | None
     buffer_path: Any
     extra_reporters: list[Reporter]
@@ -222,6 +223,7 @@ class Running:
             scheduler=self.scheduler,
             health=self._health_address,
             max_jobs=self.max_jobs,
+            prefetch=self.prefetch,
             max_memory_bytes=self.max_memory_bytes,
             stuck_after=self.stuck_after,
             quiet=self._start_quiet,

@@ -2,8 +2,9 @@
 //!
 //! A lane holds the jobs fetched for its queue that no thread has taken yet,
 //! and counts the jobs it has out (fetched and not yet finished). The fetcher
-//! only asks Redis for `concurrency - out` jobs, so a process never holds more
-//! jobs of a queue than it can run at once. Taking a ready job is a mutex pop;
+//! only asks Redis for `concurrency + prefetch - out` jobs, so a process never
+//! holds more jobs of a queue than it can run at once, plus `prefetch` (0
+//! unless asked for: `Kiq(prefetch=N)`) waiting for a thread. Taking a ready job is a mutex pop;
 //! only an empty lane makes a thread sleep (on a condvar, so it costs nothing).
 //!
 //! Waking is a relay: new jobs wake one sleeping thread, and a thread woken
@@ -115,6 +116,8 @@ pub enum Take {
 pub struct Lane {
     pub name: String,
     pub concurrency: usize,
+    /// Jobs fetched beyond `concurrency`, so threads need not wait for a fetch's round trip.
+    prefetch: usize,
     ready: Mutex<Ready>,
     cond: Condvar,
     out: AtomicUsize,
@@ -129,6 +132,7 @@ impl Lane {
         Self {
             name: name.into(),
             concurrency,
+            prefetch: 0,
             ready: Mutex::new(Ready::default()),
             cond: Condvar::new(),
             out: AtomicUsize::new(0),
@@ -137,13 +141,20 @@ impl Lane {
         }
     }
 
+    /// The lane, fetching up to `n` jobs beyond its concurrency.
+    #[must_use]
+    pub fn prefetching(mut self, n: usize) -> Self {
+        self.prefetch = n;
+        self
+    }
+
     fn lock(&self) -> MutexGuard<'_, Ready> {
         self.ready.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// How many more jobs the fetcher may take for this lane.
     pub fn free(&self) -> usize {
-        self.concurrency.saturating_sub(self.out.load(Ordering::Acquire))
+        (self.concurrency + self.prefetch).saturating_sub(self.out.load(Ordering::Acquire))
     }
 
     /// Records how many worker threads serve this lane now.
@@ -270,6 +281,7 @@ mod tests {
 
     #[test]
     fn counts_out_jobs_and_frees_on_finish() {
+        assert_eq!(Lane::new("q", 3).prefetching(2).free(), 5);
         let lane = Lane::new("q", 3);
         assert_eq!(lane.free(), 3);
         assert!(lane.offer(vec![job(1), job(2)]).is_none());

@@ -83,6 +83,8 @@ pub struct ServerConfig {
     /// Start quiet: fetch nothing until resumed (a swarm's child started
     /// while the swarm is quiet).
     pub quiet: bool,
+    /// Jobs each queue fetches beyond its concurrency (0: none; see `lane.rs`).
+    pub prefetch: usize,
     /// The workers this process runs, by class: their options apply where a
     /// failing job's payload is silent, and their throttles are checked at fetch.
     pub workers: Workers,
@@ -157,6 +159,16 @@ impl Server {
         if queues.is_empty() {
             return Err(KiqError::config("queues must name at least one queue"));
         }
+        let throttled = config.workers.throttles();
+        if config.prefetch > 0 && !throttled.is_empty() {
+            let mut names: Vec<&String> = throttled.keys().collect();
+            names.sort();
+            return Err(KiqError::config(format!(
+                "prefetch cannot be used with throttled workers ({}): a fetched job takes its throttle's slot, and a \
+                 prefetched one would hold it while it waits for a thread",
+                names.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        }
         for (i, (name, limit)) in queues.iter().enumerate() {
             check_queue_name(name).map_err(|e| KiqError::config(e.to_string()))?;
             if *limit == 0 {
@@ -170,7 +182,8 @@ impl Server {
         let health = config.health.map(bind_health).transpose()?;
         let health_addr = health.as_ref().and_then(|l| l.local_addr().ok());
         let identity = &config.process.identity;
-        let lanes: Vec<Arc<Lane>> = queues.iter().map(|(n, c)| Arc::new(Lane::new(n.clone(), *c))).collect();
+        let lanes: Vec<Arc<Lane>> =
+            queues.iter().map(|(n, c)| Arc::new(Lane::new(n.clone(), *c).prefetching(config.prefetch))).collect();
         let wip_keys: Vec<Arc<str>> = queues.iter().map(|(n, _)| Arc::from(keys.in_progress(identity, n))).collect();
         let queue_names: Vec<Arc<str>> = queues.iter().map(|(n, _)| Arc::from(n.as_str())).collect();
         let (tx, rx) = mpsc::unbounded_channel();
@@ -180,8 +193,7 @@ impl Server {
             // Before any fetcher starts, so none takes a job.
             control.set(RunState::Quiet);
         }
-        let throttle_specs = config.workers.throttles();
-        let throttles = (!throttle_specs.is_empty()).then(|| Arc::new(Throttles::new(throttle_specs)));
+        let throttles = (!throttled.is_empty()).then(|| Arc::new(Throttles::new(throttled)));
         let acker = tokio::spawn(ack::run(rx, pool.clone(), keys.clone(), config.policy.clone(), identity.clone()));
         let mut tasks = Vec::new();
         for (i, lane) in lanes.iter().enumerate() {

@@ -45,6 +45,7 @@ fn config() -> ServerConfig {
         max_rss_kb: None,
         stuck_after: None,
         quiet: false,
+        prefetch: 0,
         workers: Default::default(),
         limits: None,
         keyring: None,

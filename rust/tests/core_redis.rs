@@ -43,6 +43,7 @@ fn config(queues: &[(&str, usize)]) -> ServerConfig {
         max_rss_kb: None,
         stuck_after: None,
         keyring: None,
+        prefetch: 0,
         workers: Default::default(),
         limits: None,
         quiet: false,
