@@ -49,9 +49,9 @@ def kiq_enqueue(url: str, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def kiq_drain(url: str, n: int, kind: str = "sync") -> dict[str, Any]:
+def kiq_drain(url: str, n: int, kind: str = "sync", prefetch: int = 0) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, str(HERE / "kiq_drain.py"), url, str(n), "25", "default", kind],
+        [sys.executable, str(HERE / "kiq_drain.py"), url, str(n), "25", "default", kind, "1", str(prefetch)],
         capture_output=True, text=True, check=True, timeout=900,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -100,7 +100,10 @@ def measure(system: str, url: str, n: int) -> dict[str, Any]:
     assert r.llen("queue:default") == n
     r.config_resetstat()
     calls0, cpu0 = redis_counters(r)
-    drained = ruby_drain(url, n) if system == "sidekiq" else kiq_drain(url, n, "async" if system == "kiq-async" else "sync")
+    if system == "sidekiq":
+        drained = ruby_drain(url, n)
+    else:
+        drained = kiq_drain(url, n, "async" if system == "kiq-async" else "sync", 25 if system == "kiq-prefetch" else 0)
     calls1, cpu1 = redis_counters(r)
     r.close()
     return {"enqueue_rate": rate_in, **drained,
@@ -111,9 +114,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=200_000)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--only", choices=["kiq", "kiq-async", "sidekiq"])
+    ap.add_argument("--only", choices=["kiq", "kiq-prefetch", "kiq-async", "sidekiq"])
     args = ap.parse_args()
-    systems = [args.only] if args.only else ["kiq", "kiq-async", "sidekiq"]
+    systems = [args.only] if args.only else ["kiq", "kiq-prefetch", "kiq-async", "sidekiq"]
 
     def go(url: str) -> None:
         results: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
@@ -121,7 +124,7 @@ def main() -> None:
             for s in systems:
                 res = measure(s, url, args.jobs)
                 results[s].append(res)
-                print(f"run {run + 1} {s:8} enqueue {res['enqueue_rate']:>9,.0f}/s  drain {res['rate']:>8,.0f}/s",
+                print(f"run {run + 1} {s:12} enqueue {res['enqueue_rate']:>9,.0f}/s  drain {res['rate']:>8,.0f}/s",
                       file=sys.stderr)
         print(f"\nN={args.jobs:,} no-op jobs, concurrency 25, median of {args.runs} runs\n")
         cols = ["bulk enqueue/s", "drain jobs/s", "peak RSS MB", "worker CPU us/job", "redis cmds/job",
@@ -137,7 +140,7 @@ def main() -> None:
             if s != "sidekiq":
                 cpu = f"{med('cpu_core_us_per_job') + med('cpu_python_us_per_job'):.1f} " \
                       f"(core {med('cpu_core_us_per_job'):.1f} + python {med('cpu_python_us_per_job'):.1f})"
-                name = "kiq (async def)" if s == "kiq-async" else "kiq"
+                name = {"kiq-async": "kiq (async def)", "kiq-prefetch": "kiq (prefetch=25)"}.get(s, "kiq")
             else:
                 cpu = f"{med('cpu_us_per_job'):.1f}"
                 name = "Ruby Sidekiq 6.4.1"
@@ -151,10 +154,11 @@ def main() -> None:
             k, s = results["kiq"], results["sidekiq"]
             print(f"\nkiq / Sidekiq: drain {statistics.median(x['rate'] for x in k) / statistics.median(x['rate'] for x in s):.1f}x, "
                   f"bulk enqueue {statistics.median(x['enqueue_rate'] for x in k) / statistics.median(x['enqueue_rate'] for x in s):.1f}x")
-        if "kiq-async" in systems and "sidekiq" in systems:
-            a, s = results["kiq-async"], results["sidekiq"]
-            print(f"kiq async / Sidekiq: drain "
-                  f"{statistics.median(x['rate'] for x in a) / statistics.median(x['rate'] for x in s):.1f}x")
+        for other, label in (("kiq-prefetch", "kiq prefetch=25"), ("kiq-async", "kiq async")):
+            if other in systems and "sidekiq" in systems:
+                a, s = results[other], results["sidekiq"]
+                print(f"{label} / Sidekiq: drain "
+                      f"{statistics.median(x['rate'] for x in a) / statistics.median(x['rate'] for x in s):.1f}x")
 
     url = os.environ.get("REDIS_URL")
     if url:
