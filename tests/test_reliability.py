@@ -36,6 +36,14 @@ VICTIM = textwrap.dedent(
 )
 
 
+def start_victim(script: str, redis_url: str) -> tuple[subprocess.Popen[str], str, str]:
+    """Starts a victim process; returns it, its identity and its in-progress list of ``default``."""
+    victim = subprocess.Popen([sys.executable, "-c", script, redis_url], stdout=subprocess.PIPE, text=True)
+    assert victim.stdout is not None
+    identity = victim.stdout.readline().strip()
+    return victim, identity, f"kiq:wip|{identity}|default"
+
+
 def kill_and_rescue(victim: subprocess.Popen[str], make_app, worker) -> None:
     """kill -9 of the victim, then a rescuer with fast recovery settings running ``worker``."""
     victim.kill()
@@ -59,10 +67,7 @@ def test_kill_9_with_prefetched_jobs_loses_none(make_app, redis_url, r):
 
     Kiq(redis_url).enqueue_bulk(Slow, [[i] for i in range(80)], sync=True)
     script = VICTIM.replace('queues={"default": 100}', 'queues={"default": 10}, prefetch=40')
-    victim = subprocess.Popen([sys.executable, "-c", script, redis_url], stdout=subprocess.PIPE, text=True)
-    assert victim.stdout is not None
-    identity = victim.stdout.readline().strip()
-    wip = f"kiq:wip|{identity}|default"
+    victim, _, wip = start_victim(script, redis_url)
     wait_for(lambda: r.llen(wip) == 50, what="10 running + 40 prefetched in the victim")
     assert r.llen("queue:default") == 30
     kill_and_rescue(victim, make_app, Slow)
@@ -82,10 +87,7 @@ def test_kill_9_with_100_jobs_in_flight(make_app, redis_url, r):
                 done.append(n)
 
     Kiq(redis_url).enqueue_bulk(Slow, [[i] for i in range(150)], sync=True)
-    victim = subprocess.Popen([sys.executable, "-c", VICTIM, redis_url], stdout=subprocess.PIPE, text=True)
-    assert victim.stdout is not None
-    identity = victim.stdout.readline().strip()
-    wip = f"kiq:wip|{identity}|default"
+    victim, identity, wip = start_victim(VICTIM, redis_url)
     wait_for(lambda: r.llen(wip) == 100, what="100 jobs in flight in the victim")
     rescuer = make_app(queues={"default": 10}, workers=[Slow], heartbeat_interval=0.5, leader_ttl=2,
                        orphan_check_interval=1)
@@ -135,10 +137,7 @@ def test_kill_9_with_async_jobs_in_flight(make_app, redis_url, r):
                 done.append(n)
 
     Kiq(redis_url).enqueue_bulk(SlowAsync, [[i] for i in range(60)], sync=True)
-    victim = subprocess.Popen([sys.executable, "-c", ASYNC_VICTIM, redis_url], stdout=subprocess.PIPE, text=True)
-    assert victim.stdout is not None
-    identity = victim.stdout.readline().strip()
-    wip = f"kiq:wip|{identity}|default"
+    victim, _, wip = start_victim(ASYNC_VICTIM, redis_url)
     wait_for(lambda: r.llen(wip) == 20, what="20 async jobs in flight in the victim")
     deadline = time.monotonic() + 1.0
     while time.monotonic() < deadline:  # the loop holds them all; the fetcher takes no more

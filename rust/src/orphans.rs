@@ -273,6 +273,7 @@ async fn fail_timed_out(
     let (kind, score, failed) = match settle {
         Settle::Retry { at, payload } => ("retry", float_json(at), payload.into_bytes()),
         Settle::Dead { payload } => ("dead", String::new(), payload),
+        // Discard: of_failure makes no other settlement.
         _ => ("discard", String::new(), Vec::new()),
     };
     let day = timestamp::utc_date(now);
