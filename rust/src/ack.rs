@@ -333,16 +333,6 @@ async fn write(
 ) -> redis::RedisResult<(Vec<(u64, String)>, Vec<String>)> {
     let now = timestamp::now();
     let day = timestamp::utc_date(now);
-    let mut inv = scripts::SETTLE.prepare_invoke();
-    inv.key(numbers)
-        .key(keys.retry())
-        .key(keys.dead())
-        .key(keys.stat_processed())
-        .key(keys.stat_failed())
-        .key(keys.stat_processed_day(&day))
-        .key(keys.stat_failed_day(&day))
-        .key(keys.stat_expired())
-        .key(keys.schedule());
     // In-progress lists and parked-job sets, each passed once.
     let mut extra: Vec<&str> = Vec::new();
     // Every batch any result touches (its own, and its ancestors), numbered from 1.
@@ -362,11 +352,26 @@ async fn write(
             }
         }
     }
+    // One command buffer for the whole batch (a ScriptInvocation allocates
+    // each argument on its own, then copies them all into a command).
+    // (A retry, dead or schedule entry carries the payload a second time, about as long.)
+    let bytes: usize = batch.iter().map(|(_, s)| 2 * s.raw.len() + 64).sum();
+    let mut inv = redis::Cmd::with_capacity(24 + 3 * levels.len() + 10 * batch.len(), bytes + 512);
+    inv.arg("EVALSHA").arg(scripts::SETTLE.get_hash()).arg(9 + extra.len() + 3 * levels.len());
+    inv.arg(numbers)
+        .arg(keys.retry())
+        .arg(keys.dead())
+        .arg(keys.stat_processed())
+        .arg(keys.stat_failed())
+        .arg(keys.stat_processed_day(&day))
+        .arg(keys.stat_failed_day(&day))
+        .arg(keys.stat_expired())
+        .arg(keys.schedule());
     for k in &extra {
-        inv.key(*k);
+        inv.arg(*k);
     }
     for bid in &levels {
-        inv.key(keys.batch(bid)).key(keys.batch_done(bid)).key(keys.batch_failed(bid));
+        inv.arg(keys.batch(bid)).arg(keys.batch_done(bid)).arg(keys.batch_failed(bid));
     }
     inv.arg(NUMBERS_TTL_MS)
         .arg(DAILY_STAT_TTL_SECS)
@@ -418,7 +423,15 @@ async fn write(
             .arg(jid)
             .arg(parked);
     }
-    let (refused, fired): (Vec<String>, Vec<String>) = inv.invoke_async(&mut pool.get()).await?;
+    let mut conn = pool.get();
+    let (refused, fired): (Vec<String>, Vec<String>) = match inv.query_async(&mut conn).await {
+        // Redis does not know the script yet (a new or flushed server): load it, send again.
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            scripts::SETTLE.load_async(&mut conn).await?;
+            inv.query_async(&mut conn).await?
+        }
+        sent => sent?,
+    };
     let refused =
         refused.chunks(2).filter_map(|c| Some((c[0].parse().ok()?, c.get(1).cloned().unwrap_or_default()))).collect();
     Ok((refused, fired))

@@ -57,47 +57,76 @@ pub fn parse(text: &str, what: &str) -> Result<Value> {
 /// Checks a parsed value against the limits: container depth and numbers a
 /// float can hold. The error names the offending place, e.g. `args[2]["n"]`.
 pub fn check(value: &Value, what: &str) -> Result<()> {
-    let mut path = String::from(what);
-    walk(value, 0, &mut path, what)
+    let Some((trouble, mut path)) = walk(value, 0) else {
+        return Ok(());
+    };
+    match trouble {
+        Trouble::Deep => Err(nesting_error(what)),
+        Trouble::Float(n) => {
+            use std::fmt::Write as _;
+            // The place is spelled only for a bad value: a good one (every job) builds no path.
+            let mut at = String::from(what);
+            path.reverse();
+            for step in path {
+                let _ = match step {
+                    Step::Index(i) => write!(at, "[{i}]"),
+                    Step::Key(k) => write!(at, "[{}]", crate::job::json_string(k)),
+                };
+            }
+            Err(KiqError::codec(format!(
+                "{at} is the number {n}, which is outside the range of a float (about ±1.8e308)"
+            )))
+        }
+    }
 }
 
-fn walk(value: &Value, depth: usize, path: &mut String, what: &str) -> Result<()> {
-    use std::fmt::Write as _;
+/// What [`walk`] found wrong.
+enum Trouble<'v> {
+    Deep,
+    Float(&'v Number),
+}
+
+/// One step down from a container to the offending value.
+enum Step<'v> {
+    Index(usize),
+    Key(&'v str),
+}
+
+/// The first value past a limit, with the steps to it innermost first.
+fn walk(value: &Value, depth: usize) -> Option<(Trouble<'_>, Vec<Step<'_>>)> {
     match value {
         Value::Array(items) => {
             if depth > MAX_ARGS_DEPTH {
-                return Err(nesting_error(what));
+                return Some((Trouble::Deep, Vec::new()));
             }
             for (i, item) in items.iter().enumerate() {
-                let len = path.len();
-                let _ = write!(path, "[{i}]");
-                walk(item, depth + 1, path, what)?;
-                path.truncate(len);
+                if let Some((t, mut path)) = walk(item, depth + 1) {
+                    path.push(Step::Index(i));
+                    return Some((t, path));
+                }
             }
         }
         Value::Object(map) => {
             if depth > MAX_ARGS_DEPTH {
-                return Err(nesting_error(what));
+                return Some((Trouble::Deep, Vec::new()));
             }
             for (k, item) in map {
-                let len = path.len();
-                let _ = write!(path, "[{}]", crate::job::json_string(k));
-                walk(item, depth + 1, path, what)?;
-                path.truncate(len);
+                if let Some((t, mut path)) = walk(item, depth + 1) {
+                    path.push(Step::Key(k));
+                    return Some((t, path));
+                }
             }
         }
         Value::Number(n) => {
             if let Num::Float(f) = number(n)
                 && !f.is_finite()
             {
-                return Err(KiqError::codec(format!(
-                    "{path} is the number {n}, which is outside the range of a float (about ±1.8e308)"
-                )));
+                return Some((Trouble::Float(n), Vec::new()));
             }
         }
         Value::Null | Value::Bool(_) | Value::String(_) => {}
     }
-    Ok(())
+    None
 }
 
 fn nesting_error(what: &str) -> KiqError {
@@ -124,6 +153,13 @@ mod tests {
         // Beyond serde_json's own limit too, with the same message.
         let err = parse(&nested(5000), "args").unwrap_err().to_string();
         assert!(err.contains("nest more than"), "{err}");
+    }
+
+    #[test]
+    fn a_float_out_of_range_is_named_by_its_place() {
+        let err = parse(r#"[1, {"a": 2, "n": [3, 1e999]}]"#, "args").unwrap_err().to_string();
+        assert!(err.starts_with(r#"args[1]["n"][1] is the number 1e+999, which is outside"#), "{err}");
+        assert!(parse(r#"[1, {"n": [3, 1e300]}]"#, "args").is_ok());
     }
 
     #[test]
