@@ -317,7 +317,12 @@ impl Payload {
     }
 
     fn position(&self, key: &str) -> Option<usize> {
-        self.entries.iter().position(|(k, _)| self.text(k) == key)
+        // Called several times per job: compare lengths, then bytes (no char-boundary checks).
+        let key = key.as_bytes();
+        self.entries.iter().position(|(k, _)| match k {
+            Text::Src(r) => r.len() == key.len() && &self.src.as_bytes()[r.clone()] == key,
+            Text::Owned(s) => s.as_bytes() == key,
+        })
     }
 
     /// The JSON text of a top-level field.
