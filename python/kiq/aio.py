@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
-import functools
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -36,8 +35,9 @@ class AsyncRunner:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self.stopping = False
-        #: Each running job's task and its delivery (touched on the loop thread; read by cancel_requested).
-        self._inflight: dict[asyncio.Task[Any], Any] = {}
+        #: Each running job's task: its delivery, settle and count (touched on the loop thread; read by
+        #: cancel_requested). The done callback finds them here (no per-job partial to build).
+        self._inflight: dict[asyncio.Task[Any], tuple[Any, Settle, list[int]]] = {}
         self._cancelled: set[asyncio.Task[Any]] = set()
         #: Jobs handed over and not yet started by the loop: (coroutine, context, delivery, settle, count).
         self._incoming: collections.deque[
@@ -46,7 +46,9 @@ class AsyncRunner:
         #: Jobs handed over without a count of their own and not settled yet
         #: (a worker thread keeps its own); ``_idle`` is notified when a count drops to 0.
         self._tally = [0]
-        self._idle = threading.Condition(threading.Lock())
+        #: Taken directly on the per-job paths: a Condition's own ``with`` runs two Python-level methods.
+        self._tally_lock = threading.Lock()
+        self._idle = threading.Condition(self._tally_lock)
         self._thread = threading.Thread(target=self._main, name="kiq-asyncio", daemon=True)
         self._thread.start()
 
@@ -63,7 +65,7 @@ class AsyncRunner:
         if timeout is not None:
             coro = _timed(coro, timeout)
         tally = self._tally if mine is None else mine
-        with self._idle:
+        with self._tally_lock:
             tally[0] += 1
         self._incoming.append((coro, contextvars.copy_context(), d, settle, tally))
         if not self._woken:
@@ -74,17 +76,17 @@ class AsyncRunner:
     def _start(self) -> None:
         """On the loop: starts every job handed over since the last wake-up."""
         self._woken = False
-        incoming, create, inflight = self._incoming, self.loop.create_task, self._inflight
+        incoming, create, inflight, done = self._incoming, self.loop.create_task, self._inflight, self._done
         while incoming:
             coro, ctx, d, settle, tally = incoming.popleft()
             task = create(coro, context=ctx)
             if self.stopping:
                 task.cancel()  # handed over after the stop's deadline: back to its queue
-            inflight[task] = d
-            task.add_done_callback(functools.partial(self._done, d=d, settle=settle, tally=tally), context=ctx)
+            inflight[task] = (d, settle, tally)
+            task.add_done_callback(done, context=ctx)
 
-    def _done(self, task: asyncio.Task[Any], *, d: Any, settle: Settle, tally: list[int]) -> None:
-        self._inflight.pop(task, None)
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        d, settle, tally = self._inflight.pop(task)
         exc: BaseException | None
         if task.cancelled():
             exc = (JobCancelledError("the job was cancelled on request") if task in self._cancelled
@@ -95,7 +97,7 @@ class AsyncRunner:
         try:
             settle(d, exc)
         finally:
-            with self._idle:
+            with self._tally_lock:
                 tally[0] -= 1
                 if tally[0] == 0:
                     self._idle.notify_all()
@@ -121,7 +123,7 @@ class AsyncRunner:
 
     def cancel_requested(self, is_cancelled: Callable[[Any], bool]) -> int:
         """Cancels the running jobs whose cancellation was asked; returns how many."""
-        asked = [t for t, d in list(self._inflight.items()) if t not in self._cancelled and is_cancelled(d)]
+        asked = [t for t, (d, _, _) in list(self._inflight.items()) if t not in self._cancelled and is_cancelled(d)]
         self._cancelled.update(asked)
         for t in asked:
             self.loop.call_soon_threadsafe(t.cancel)
