@@ -237,6 +237,29 @@ impl Buffer {
         if let Some(spool) = &self.spool {
             spool.lock().unwrap_or_else(PoisonError::into_inner).append(first, &items)?;
         }
+        self.add(state, items, size);
+        Ok(())
+    }
+
+    /// Adds jobs if that takes neither waiting for room nor writing a spool
+    /// (so a caller may do it without giving up other locks, such as
+    /// Python's GIL); else gives them back for [`Buffer::push`].
+    pub fn try_push(&self, items: Vec<PushItem>) -> std::result::Result<(), Vec<PushItem>> {
+        if self.spool.is_some() || items.is_empty() {
+            return Err(items);
+        }
+        let size: usize = items.iter().map(batch::raw_size).sum();
+        let state = self.lock();
+        if state.bytes + size > self.config.max_bytes {
+            return Err(items);
+        }
+        self.add(state, items, size);
+        Ok(())
+    }
+
+    /// Appends jobs (numbered from `next_seq`, on disk already if spooled) and wakes the flusher.
+    fn add(&self, mut state: MutexGuard<'_, State>, items: Vec<PushItem>, size: usize) {
+        let first = state.next_seq;
         state.next_seq += items.len() as u64;
         state.jobs += items.len();
         state.bytes += size;
@@ -265,7 +288,6 @@ impl Buffer {
         }
         drop(state);
         self.wake.notify_one();
-        Ok(())
     }
 
     /// Waits until every job pushed so far is in Redis, up to `timeout`.
