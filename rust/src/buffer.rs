@@ -518,8 +518,8 @@ fn group(refusals: &mut Refusals, why: String, job: (u64, PushItem)) {
 }
 
 impl Buffer {
-    /// The batch reached Redis; the jobs it refused are set aside. Returns the batch's size.
-    fn landed(&self, batch: Batch, refused: &[(u64, String)]) -> usize {
+    /// The batch reached Redis; the jobs it refused are set aside.
+    fn landed(&self, batch: Batch, refused: &[(u64, String)]) {
         let n = batch.items.len();
         let last = batch.items.last().map_or(0, |(s, _)| *s);
         if !refused.is_empty() {
@@ -535,7 +535,12 @@ impl Buffer {
             }
         }
         self.confirm(last, n - refused.len());
-        n
+    }
+
+    /// Whether a full batch (by count or bytes) waits to be sent.
+    fn full_batch_waits(&self) -> bool {
+        let state = self.lock();
+        state.jobs >= MAX_BATCH || state.bytes >= MAX_BATCH_BYTES
     }
 
     /// Nothing was written because keys hold the wrong kind of value: their
@@ -616,7 +621,11 @@ pub async fn run(buffer: Arc<Buffer>, pool: Arc<Pool>, keys: Keys) {
         match sent {
             Ok(PushReply::Done { refused }) => {
                 backoff = buffer.config.flush_interval;
-                if buffer.landed(batch, &refused) < MAX_BATCH {
+                buffer.landed(batch, &refused);
+                // Jobs gather for flush_interval before the next round trip,
+                // unless a full batch waits already (a batch ends at a
+                // segment's edge, so its own size does not tell).
+                if !buffer.full_batch_waits() {
                     buffer.sync_spool();
                     tokio::time::sleep(buffer.config.flush_interval).await;
                 }
