@@ -31,6 +31,8 @@ T = TypeVar("T")
 #: Below this an ``at`` value looks like a relative delay, not an epoch time (Sidekiq's rule).
 _EPOCH_FLOOR = 1_000_000_000
 Seconds = int | float | dt.timedelta
+#: ``_new_str(Enqueued, jid)``: an Enqueued that went in, without the Python ``__new__`` a skipped one needs.
+_new_str = str.__new__
 
 
 def seconds(value: Seconds, name: str) -> float:
@@ -108,6 +110,13 @@ class Enqueueing:
         """
         if not isinstance(job, Job):
             raise ConfigError(f"enqueue() takes a kiq.Job (e.g. MyWorker.new(...)), not {type(job).__name__}")
+        client = self._client
+        if client is not None and self._tracing is None and self._sandbox is None and delay is None and at is None:
+            # The common call, with as few Python steps as it takes.
+            jid, held = client.push(job, sync=sync, batch=open_block(self))
+            if held is None:
+                return _new_str(Enqueued, jid)
+            return self._skipped(job, jid, held)
         if self._tracing is not None:
             with self._tracing.publish([job]) as traced:
                 return self._enqueue(traced[0], delay, at, sync)
@@ -120,8 +129,13 @@ class Enqueueing:
         jid, held = client.push(job, at=None if delay is None and at is None else self._when(delay, at), sync=sync,
                                 batch=open_block(self))
         if held is not None:
-            logger.info("kiq: skipped enqueueing %s %s: not unique (lock held by %s)", job.class_name, jid,
-                        held or "an unknown job")
+            return self._skipped(job, jid, held)
+        return _new_str(Enqueued, jid)
+
+    @staticmethod
+    def _skipped(job: Job, jid: str, held: str) -> Enqueued:
+        logger.info("kiq: skipped enqueueing %s %s: not unique (lock held by %s)", job.class_name, jid,
+                    held or "an unknown job")
         return Enqueued(jid, held)
 
     def enqueue_bulk(

@@ -71,19 +71,22 @@ class Job:
         encrypt: bool = False,
     ) -> Job:
         """A job from parts already validated (a worker's options): skips ``__post_init__``."""
-        job = object.__new__(cls)
-        put = object.__setattr__
-        put(job, "class_name", class_name)
-        put(job, "args", args)
-        put(job, "queue", queue)
-        put(job, "retry", retry)
-        put(job, "options", options)
-        put(job, "jid", None)
-        put(job, "unique_for", unique_for)
-        put(job, "unique_until", unique_until)
-        put(job, "expires_in", expires_in)
-        put(job, "encrypt", encrypt)
-        return job
+        # Filled in as an unfrozen twin with the same slots, then turned into a
+        # Job: plain attribute stores instead of ten object.__setattr__ calls
+        # (most of the cost of building a job for every enqueue).
+        job = _Unfrozen()
+        job.class_name = class_name
+        job.args = args
+        job.queue = queue
+        job.retry = retry
+        job.options = options
+        job.jid = None
+        job.unique_for = unique_for
+        job.unique_until = unique_until
+        job.expires_in = expires_in
+        job.encrypt = encrypt
+        job.__class__ = cls  # type: ignore[assignment]
+        return job  # type: ignore[return-value]
 
     def set(self, **changes: Any) -> Job:
         """A copy with fields changed, like Sidekiq's ``Job.set(queue: ...)``.
@@ -97,6 +100,23 @@ class Job:
         options.update(changes.get("options", {}))
         options.update(extra)
         return dataclasses.replace(self, options=options, **direct)
+
+
+class _Unfrozen:
+    """Job's slots, writable: what :meth:`Job._checked` fills in before it becomes a Job
+    (``__class__`` may change between classes of the same slot layout)."""
+
+    __slots__ = Job.__slots__
+    class_name: str
+    args: tuple[Any, ...]
+    queue: str
+    retry: bool | int
+    options: Mapping[str, Any]
+    jid: str | None
+    unique_for: float | None
+    unique_until: str
+    expires_in: float | None
+    encrypt: bool
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -115,13 +135,14 @@ class Enqueued(str):
     could be read); the job was not enqueued.
     """
 
-    __slots__ = ("held_by", "skipped")
-
-    held_by: str | None
-    skipped: bool
+    # Class-level defaults: a job that went in (nearly every one) is a bare
+    # ``str.__new__(Enqueued, jid)``; only a skipped one gets its own values.
+    held_by: str | None = None
+    skipped: bool = False
 
     def __new__(cls, jid: str, held_by: str | None = None) -> Enqueued:
         self = super().__new__(cls, jid)
-        self.skipped = held_by is not None
-        self.held_by = held_by or None
+        if held_by is not None:
+            self.skipped = True
+            self.held_by = held_by or None
         return self

@@ -237,6 +237,29 @@ impl Buffer {
         if let Some(spool) = &self.spool {
             spool.lock().unwrap_or_else(PoisonError::into_inner).append(first, &items)?;
         }
+        self.add(state, items, size);
+        Ok(())
+    }
+
+    /// Adds jobs if that takes neither waiting for room nor writing a spool
+    /// (so a caller may do it without giving up other locks, such as
+    /// Python's GIL); else gives them back for [`Buffer::push`].
+    pub fn try_push(&self, items: Vec<PushItem>) -> std::result::Result<(), Vec<PushItem>> {
+        if self.spool.is_some() || items.is_empty() {
+            return Err(items);
+        }
+        let size: usize = items.iter().map(batch::raw_size).sum();
+        let state = self.lock();
+        if state.bytes + size > self.config.max_bytes {
+            return Err(items);
+        }
+        self.add(state, items, size);
+        Ok(())
+    }
+
+    /// Appends jobs (numbered from `next_seq`, on disk already if spooled) and wakes the flusher.
+    fn add(&self, mut state: MutexGuard<'_, State>, items: Vec<PushItem>, size: usize) {
+        let first = state.next_seq;
         state.next_seq += items.len() as u64;
         state.jobs += items.len();
         state.bytes += size;
@@ -265,7 +288,6 @@ impl Buffer {
         }
         drop(state);
         self.wake.notify_one();
-        Ok(())
     }
 
     /// Waits until every job pushed so far is in Redis, up to `timeout`.
@@ -496,8 +518,8 @@ fn group(refusals: &mut Refusals, why: String, job: (u64, PushItem)) {
 }
 
 impl Buffer {
-    /// The batch reached Redis; the jobs it refused are set aside. Returns the batch's size.
-    fn landed(&self, batch: Batch, refused: &[(u64, String)]) -> usize {
+    /// The batch reached Redis; the jobs it refused are set aside.
+    fn landed(&self, batch: Batch, refused: &[(u64, String)]) {
         let n = batch.items.len();
         let last = batch.items.last().map_or(0, |(s, _)| *s);
         if !refused.is_empty() {
@@ -513,7 +535,12 @@ impl Buffer {
             }
         }
         self.confirm(last, n - refused.len());
-        n
+    }
+
+    /// Whether a full batch (by count or bytes) waits to be sent.
+    fn full_batch_waits(&self) -> bool {
+        let state = self.lock();
+        state.jobs >= MAX_BATCH || state.bytes >= MAX_BATCH_BYTES
     }
 
     /// Nothing was written because keys hold the wrong kind of value: their
@@ -594,7 +621,11 @@ pub async fn run(buffer: Arc<Buffer>, pool: Arc<Pool>, keys: Keys) {
         match sent {
             Ok(PushReply::Done { refused }) => {
                 backoff = buffer.config.flush_interval;
-                if buffer.landed(batch, &refused) < MAX_BATCH {
+                buffer.landed(batch, &refused);
+                // Jobs gather for flush_interval before the next round trip,
+                // unless a full batch waits already (a batch ends at a
+                // segment's edge, so its own size does not tell).
+                if !buffer.full_batch_waits() {
                     buffer.sync_spool();
                     tokio::time::sleep(buffer.config.flush_interval).await;
                 }

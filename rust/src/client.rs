@@ -152,25 +152,41 @@ pub async fn push_numbered<C: ConnectionLike>(
             queues.push(&item.queue);
         }
     }
+    // Each job's target (0: the schedule, i: the i-th queue), then runs of
+    // consecutive numbers and one target (see `push.lua`).
+    let targets: Vec<usize> = items
+        .iter()
+        .map(|(_, item)| match item.at {
+            Some(_) => 0,
+            None => queues.iter().position(|q| **q == *item.queue).unwrap_or(0) + 1,
+        })
+        .collect();
+    let mut runs: Vec<(u64, usize, usize)> = Vec::new();
+    for ((seq, _), &target) in items.iter().zip(&targets) {
+        match runs.last_mut() {
+            Some((first, count, t)) if *t == target && *first + *count as u64 == *seq => *count += 1,
+            _ => runs.push((*seq, 1, target)),
+        }
+    }
     // One command buffer for the whole call (a ScriptInvocation allocates
     // each argument on its own, then copies them all into a command).
-    let bytes: usize = items.iter().map(|(_, item)| item.payload.len() + 40).sum();
-    let mut cmd = redis::Cmd::with_capacity(8 + 2 * queues.len() + 4 * items.len(), bytes + 256);
+    let bytes: usize = items.iter().map(|(_, item)| item.payload.len() + 24).sum();
+    let mut cmd = redis::Cmd::with_capacity(8 + 2 * queues.len() + 3 * runs.len() + 2 * items.len(), bytes + 256);
     cmd.arg("EVALSHA").arg(scripts::PUSH.get_hash()).arg(3 + queues.len());
     cmd.arg(keys.pushed(producer)).arg(keys.queues()).arg(keys.schedule());
     for q in &queues {
         cmd.arg(keys.queue(q));
     }
-    cmd.arg(ttl.as_millis() as u64).arg(items.len());
+    cmd.arg(ttl.as_millis() as u64).arg(runs.len());
     for q in &queues {
         cmd.arg(*q);
     }
-    for (seq, item) in items {
+    for (first, count, target) in &runs {
+        cmd.arg(*first).arg(*count).arg(*target);
+    }
+    for (_, item) in items {
         if let Some(at) = item.at {
-            cmd.arg(*seq).arg(0).arg(timestamp::float_json(at));
-        } else {
-            let target = queues.iter().position(|q| **q == *item.queue).unwrap_or(0) + 1;
-            cmd.arg(*seq).arg(target).arg("");
+            cmd.arg(timestamp::float_json(at));
         }
         cmd.arg(&item.payload);
     }

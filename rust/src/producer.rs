@@ -232,6 +232,16 @@ impl Producer {
         }
     }
 
+    /// Buffers jobs when that takes no waiting (room now, no spool to write;
+    /// see [`Buffer::try_push`]), so a caller may keep Python's GIL; else
+    /// gives them back for [`Producer::deliver_items`].
+    pub fn try_buffer(&self, items: Vec<PushItem>, sync: bool) -> std::result::Result<(), Vec<PushItem>> {
+        match &self.buffer {
+            Some(buffer) if !sync => buffer.try_push(items),
+            _ => Err(items),
+        }
+    }
+
     /// Waits until every buffered job is in Redis, up to `timeout`. Blocks.
     pub fn flush(&self, timeout: Duration) -> Result<()> {
         self.buffer.as_ref().map_or(Ok(()), |b| b.flush(timeout))

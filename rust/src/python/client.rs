@@ -162,9 +162,16 @@ impl Client {
         if let Some(b) = batch {
             b.tag(&mut job)?;
         }
-        let prepared = py_result(self.producer.prepare(&job, at, timestamp::now()))?;
-        let jid = prepared.0.clone();
-        let skipped = self.send(py, vec![prepared], sync, batch)?;
+        let (jid, item, lock) = py_result(self.producer.prepare(&job, at, timestamp::now()))?;
+        if lock.is_none() && batch.is_none() {
+            // The usual job: straight into the buffer while there is room,
+            // without handing the GIL over and back; else the blocking way.
+            if let Err(items) = self.producer.try_buffer(vec![item], sync) {
+                gil::run(py, || self.producer.deliver_items(items, sync))?;
+            }
+            return Ok((jid, None));
+        }
+        let skipped = self.send(py, vec![(jid.clone(), item, lock)], sync, batch)?;
         let held = skipped.get(&jid).map(|h| h.clone().unwrap_or_default());
         Ok((jid, held))
     }

@@ -49,7 +49,8 @@ pub(crate) fn new_job(spec: &Bound<'_, PyAny>, with_args: bool, seal: Option<Arc
     job.jid = spec.getattr(intern!(py, "jid"))?.extract()?;
     let opts = spec.getattr(intern!(py, "options"))?;
     if let Ok(d) = opts.cast::<PyDict>() {
-        for (k, v) in d.iter() {
+        // Most jobs have no options: an empty dict sets up no iteration.
+        for (k, v) in (!d.is_empty()).then(|| d.iter()).into_iter().flatten() {
             push_option(&mut job, &k, &v)?;
         }
     } else if !opts.is_none() {

@@ -12,47 +12,67 @@
 -- KEYS[3]     schedule               ZSET of jobs to run later
 -- KEYS[4..]   queue:<name>           LIST per queue of the batch
 -- ARGV[1]     milliseconds KEYS[1] lives after this push
--- ARGV[2]     number of jobs N
+-- ARGV[2]     number of runs R
 -- ARGV[3 .. 3+Q-1]   the bare queue names of KEYS[4..] (Q = #KEYS - 3)
--- then per job, 4 values: sequence number, target (0 = schedule, i >= 1 = KEYS[3 + i]),
---                         score (epoch seconds, for the schedule), payload
+-- then R runs, 3 values each: first sequence number, job count, target
+--   (0 = schedule, i >= 1 = KEYS[3 + i]); a run is jobs in batch order with
+--   consecutive numbers and one target (one run for a batch of one queue)
+-- then the jobs, run after run: the payload of a queued job, or the score
+--   (epoch seconds) and payload of a scheduled one (ZADD's order)
+--
+-- Runs let a batch go to LPUSH/ZADD straight from ARGV, with no Lua work per job.
 --
 -- Returns {"wrongtype", key, type, key, type, ...} when a key holds the wrong
 -- kind of value (nothing written), else {"ok", seq, error, seq, error, ...}
 -- listing the jobs Redis refused (an ACL, say), usually none.
 
 local q = #KEYS - 3
-local n = tonumber(ARGV[2])
-local base = 3 + q
+local nruns = tonumber(ARGV[2])
+local rbase = 3 + q
 local hw = tonumber(redis.call('HGET', KEYS[1], 'hw') or '0')
 
 local function kind(key)
   return redis.call('TYPE', key)['ok']
 end
 
--- Which targets get new jobs.
-local wants_list, wants_zset = {}, false
+-- The runs, with where their jobs' values start in ARGV.
+local runs = {}
+local at = rbase + 3 * nruns
 local maxseq = hw
-for i = 0, n - 1 do
-  local seq = tonumber(ARGV[base + 4 * i])
-  if seq > hw then
-    local target = tonumber(ARGV[base + 4 * i + 1])
+local wants_list, wants_zset = {}, false
+for r = 0, nruns - 1 do
+  local first = tonumber(ARGV[rbase + 3 * r])
+  local count = tonumber(ARGV[rbase + 3 * r + 1])
+  local target = tonumber(ARGV[rbase + 3 * r + 2])
+  local per = (target == 0) and 2 or 1
+  runs[#runs + 1] = {first = first, count = count, target = target, per = per, at = at}
+  at = at + per * count
+  local last = first + count - 1
+  if last > hw then
     if target == 0 then wants_zset = true else wants_list[target] = true end
-    if seq > maxseq then maxseq = seq end
+    if last > maxseq then maxseq = last end
   end
+end
+
+local function seqtext(seq)
+  return string.format('%d', seq)
 end
 
 -- Refusals recorded when jobs of this batch landed before (a replay).
 local refused, lines = {'ok'}, {}
 local rej = redis.call('HGET', KEYS[1], 'rej')
 if rej then
-  local asked = {}
-  for i = 0, n - 1 do asked[ARGV[base + 4 * i]] = true end
   for seq, err in string.gmatch(rej, '(%d+) ([^\n]*)\n') do
-    if asked[seq] and tonumber(seq) <= hw then
-      refused[#refused + 1] = seq
-      refused[#refused + 1] = err
-      lines[#lines + 1] = seq .. ' ' .. err .. '\n'
+    local s = tonumber(seq)
+    if s <= hw then
+      for _, run in ipairs(runs) do
+        if s >= run.first and s < run.first + run.count then
+          refused[#refused + 1] = seq
+          refused[#refused + 1] = err
+          lines[#lines + 1] = seq .. ' ' .. err .. '\n'
+          break
+        end
+      end
     end
   end
 end
@@ -84,54 +104,73 @@ end
 redis.call('HSET', KEYS[1], 'hw', maxseq)
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 
-local function refuse(seqs, from, err)
-  local msg = string.gsub(tostring(err), '\n', ' ')
-  for k = from, #seqs do
-    local seq = seqs[k]
-    refused[#refused + 1] = seq
-    refused[#refused + 1] = msg
-    lines[#lines + 1] = seq .. ' ' .. msg .. '\n'
+-- Per target, the new jobs' runs (what landed before skipped), in batch order.
+local groups, order = {}, {}
+for _, run in ipairs(runs) do
+  local skip = math.max(0, math.min(run.count, hw - run.first + 1))
+  if skip < run.count then
+    local g = groups[run.target]
+    if not g then
+      g = {}
+      groups[run.target] = g
+      order[#order + 1] = run.target
+    end
+    g[#g + 1] = {first = run.first + skip, count = run.count - skip, from = run.at + run.per * skip}
   end
 end
 
--- Per target, in batch order, in slices small enough for Lua's stack.
-local SLICE = 1000
-local groups = {}
-for i = 0, n - 1 do
-  local seq = ARGV[base + 4 * i]
-  if tonumber(seq) > hw then
-    local target = tonumber(ARGV[base + 4 * i + 1])
-    local g = groups[target]
-    if not g then
-      g = {seqs = {}, args = {}}
-      groups[target] = g
+local function refuse(g, failed_at, err)
+  -- Jobs from the failed_at-th of the target's new jobs on were not written.
+  local msg = string.gsub(tostring(err), '\n', ' ')
+  local k = 0
+  for _, part in ipairs(g) do
+    for j = 0, part.count - 1 do
+      k = k + 1
+      if k >= failed_at then
+        local seq = seqtext(part.first + j)
+        refused[#refused + 1] = seq
+        refused[#refused + 1] = msg
+        lines[#lines + 1] = seq .. ' ' .. msg .. '\n'
+      end
     end
-    g.seqs[#g.seqs + 1] = seq
-    if target == 0 then
-      g.args[#g.args + 1] = ARGV[base + 4 * i + 2]
-    end
-    g.args[#g.args + 1] = ARGV[base + 4 * i + 3]
   end
 end
-for target, g in pairs(groups) do
+
+-- In slices small enough for Lua's stack; straight from ARGV when a target
+-- has one run (the usual batch), else gathered into one list first.
+local SLICE = 1000
+for _, target in ipairs(order) do
+  local g = groups[target]
   local per = (target == 0) and 2 or 1
+  local src, lo, hi
+  if #g == 1 then
+    src, lo, hi = ARGV, g[1].from, g[1].from + per * g[1].count - 1
+  else
+    src, lo = {}, 1
+    for _, part in ipairs(g) do
+      for i = part.from, part.from + per * part.count - 1 do
+        src[#src + 1] = ARGV[i]
+      end
+    end
+    hi = #src
+  end
   local failed_at, err = nil, nil
-  for from = 1, #g.args, SLICE * per do
-    local to = math.min(from + SLICE * per - 1, #g.args)
+  for from = lo, hi, SLICE * per do
+    local to = math.min(from + SLICE * per - 1, hi)
     local r
     if target == 0 then
-      r = redis.pcall('ZADD', KEYS[3], unpack(g.args, from, to))
+      r = redis.pcall('ZADD', KEYS[3], unpack(src, from, to))
     else
-      r = redis.pcall('LPUSH', KEYS[3 + target], unpack(g.args, from, to))
+      r = redis.pcall('LPUSH', KEYS[3 + target], unpack(src, from, to))
     end
     if type(r) == 'table' and r['err'] then
       -- Slices before this one are in; this one and the rest are not.
-      failed_at, err = (from - 1) / per + 1, r['err']
+      failed_at, err = (from - lo) / per + 1, r['err']
       break
     end
   end
   if failed_at then
-    refuse(g.seqs, failed_at, err)
+    refuse(g, failed_at, err)
   end
   if target ~= 0 and failed_at ~= 1 then
     -- Jobs in the list run either way; the set only lists the queue for the Web UI.
