@@ -6,6 +6,7 @@ can be replayed exactly once."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -74,6 +75,33 @@ def test_a_broken_queue_never_holds_up_a_healthy_one(make_app: Any, r: redis.Red
     stats = app.buffer_stats()
     assert stats is not None
     assert sorted(json.loads(k["payload"])["jid"] for k in dead_letters(stats["undeliverable_path"])) == sorted(bad)
+
+
+def test_an_in_progress_list_of_the_wrong_type_leaves_the_jobs_in_their_queue(
+    make_app: Any, r: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    ran: list[tuple[str, int]] = []
+
+    @worker(name="Rec")
+    def rec(queue: str, i: int) -> None:
+        ran.append((queue, i))
+
+    app = make_app(queues={"good": 3, "stuck": 3}, workers=[rec])
+    r.set(f"kiq:wip|{app.identity}|stuck", "a string")
+    app.enqueue_bulk(Job("Rec", queue="stuck"), [["stuck", i] for i in range(5)])
+    app.enqueue_bulk(Job("Rec", queue="good"), [["good", i] for i in range(20)])
+    app.flush(5)
+    order = r.lrange("queue:stuck", 0, -1)
+    assert len(order) == 5
+    with caplog.at_level(logging.WARNING, logger="kiq"):
+        app.start()
+        wait_for(lambda: len(ran) == 20, timeout=30, what="the good queue's jobs")
+        time.sleep(0.5)
+    assert r.lrange("queue:stuck", 0, -1) == order, "the jobs are still in their queue, in their order"
+    assert any('queue "stuck"' in m and "WRONGTYPE" in m for m in caplog.messages), caplog.messages
+    r.delete(f"kiq:wip|{app.identity}|stuck")
+    wait_for(lambda: len(ran) == 25, timeout=30, what="the stuck queue's jobs once the key is fixed")
+    assert sorted(ran) == sorted([("good", i) for i in range(20)] + [("stuck", i) for i in range(5)])
 
 
 def test_sync_and_unique_pushes_to_a_broken_key_fail_at_once(make_app: Any, r: redis.Redis) -> None:

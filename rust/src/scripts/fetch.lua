@@ -13,7 +13,14 @@
 -- ARGV[1]  the most jobs to take (>= 1).
 -- ARGV[2]  this call's token (unique per fetcher and call).
 --
--- Returns the jobs taken, oldest first (empty when the queue is empty).
+-- Returns the jobs taken, oldest first (empty when the queue is empty), or
+-- a WRONGTYPE error, before anything is taken, when the in-progress list is
+-- not a list: a script's writes are not undone when it fails, so popping
+-- first would drop the jobs the LPUSH then refused.
+local t = redis.call('TYPE', KEYS[2])['ok']
+if t ~= 'none' and t ~= 'list' then
+  return redis.error_reply('WRONGTYPE ' .. KEYS[2] .. ' holds a ' .. t .. ', not a list (the jobs stay in ' .. KEYS[1] .. ')')
+end
 redis.call('DEL', KEYS[3])
 redis.call('SET', KEYS[4], ARGV[2])
 local jobs = redis.call('RPOP', KEYS[1], ARGV[1])
