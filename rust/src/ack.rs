@@ -352,12 +352,10 @@ async fn write(
             }
         }
     }
-    // One command buffer for the whole batch (a ScriptInvocation allocates
-    // each argument on its own, then copies them all into a command).
     // (A retry, dead or schedule entry carries the payload a second time, about as long.)
     let bytes: usize = batch.iter().map(|(_, s)| 2 * s.raw.len() + 64).sum();
-    let mut inv = redis::Cmd::with_capacity(24 + 3 * levels.len() + 10 * batch.len(), bytes + 512);
-    inv.arg("EVALSHA").arg(scripts::SETTLE.get_hash()).arg(9 + extra.len() + 3 * levels.len());
+    let nkeys = 9 + extra.len() + 3 * levels.len();
+    let mut inv = scripts::evalsha(&scripts::SETTLE, nkeys, nkeys + 9 + levels.len() + 10 * batch.len(), bytes + 448);
     inv.arg(numbers)
         .arg(keys.retry())
         .arg(keys.dead())
@@ -423,15 +421,7 @@ async fn write(
             .arg(jid)
             .arg(parked);
     }
-    let mut conn = pool.get();
-    let (refused, fired): (Vec<String>, Vec<String>) = match inv.query_async(&mut conn).await {
-        // Redis does not know the script yet (a new or flushed server): load it, send again.
-        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-            scripts::SETTLE.load_async(&mut conn).await?;
-            inv.query_async(&mut conn).await?
-        }
-        sent => sent?,
-    };
+    let (refused, fired): (Vec<String>, Vec<String>) = scripts::eval(&inv, &scripts::SETTLE, &mut pool.get()).await?;
     let refused =
         refused.chunks(2).filter_map(|c| Some((c[0].parse().ok()?, c.get(1).cloned().unwrap_or_default()))).collect();
     Ok((refused, fired))

@@ -168,11 +168,9 @@ pub async fn push_numbered<C: ConnectionLike>(
             _ => runs.push((*seq, 1, target)),
         }
     }
-    // One command buffer for the whole call (a ScriptInvocation allocates
-    // each argument on its own, then copies them all into a command).
     let bytes: usize = items.iter().map(|(_, item)| item.payload.len() + 24).sum();
-    let mut cmd = redis::Cmd::with_capacity(8 + 2 * queues.len() + 3 * runs.len() + 2 * items.len(), bytes + 256);
-    cmd.arg("EVALSHA").arg(scripts::PUSH.get_hash()).arg(3 + queues.len());
+    let args = 5 + 2 * queues.len() + 3 * runs.len() + 2 * items.len();
+    let mut cmd = scripts::evalsha(&scripts::PUSH, 3 + queues.len(), args, bytes + 192);
     cmd.arg(keys.pushed(producer)).arg(keys.queues()).arg(keys.schedule());
     for q in &queues {
         cmd.arg(keys.queue(q));
@@ -190,14 +188,7 @@ pub async fn push_numbered<C: ConnectionLike>(
         }
         cmd.arg(&item.payload);
     }
-    let reply: Vec<String> = match cmd.query_async(conn).await {
-        // Redis does not know the script yet (a new or flushed server): load it, send again.
-        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-            scripts::PUSH.load_async(conn).await?;
-            cmd.query_async(conn).await?
-        }
-        sent => sent?,
-    };
+    let reply: Vec<String> = scripts::eval(&cmd, &scripts::PUSH, conn).await?;
     Ok(match reply.split_first() {
         Some((head, rest)) if head == "wrongtype" => PushReply::WrongType(
             rest.chunks(2).map(|p| (p[0].clone(), p.get(1).cloned().unwrap_or_default())).collect(),
