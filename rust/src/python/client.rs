@@ -167,7 +167,7 @@ impl Client {
             // The usual job: straight into the buffer while there is room,
             // without handing the GIL over and back; else the blocking way.
             if let Err(items) = self.producer.try_buffer(vec![item], sync) {
-                gil::run(py, || self.producer.deliver_items(items, sync))?;
+                self.send_items(py, items, sync, None)?;
             }
             return Ok((jid, None));
         }
