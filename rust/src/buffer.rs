@@ -3,17 +3,18 @@
 //! is away.
 //!
 //! Jobs wait in segments. The newest segment is kept as plain items; a
-//! segment that grows past 64 KiB while more than one batch waits before it
-//! (or no flusher runs), and every segment once a flush has failed, is
+//! segment that grows past 64 KiB while no flusher runs or more than half of
+//! `max_bytes` waits before it, and every segment once a flush has failed, is
 //! LZ4-compressed (JSON payloads of one app compress several times over), so
-//! a long outage holds many jobs in little memory, while jobs that go out in
-//! the next round trip are not compressed only to be decompressed at once. Memory is bounded by
+//! a long outage holds many jobs in little memory, while jobs a healthy
+//! flusher sends soon are not compressed only to be decompressed. Memory is bounded by
 //! `max_bytes` (plain bytes of open segments, compressed bytes of the rest):
 //! a push that does not fit waits up to `full_timeout` for room, then fails
 //! with a clear error; nothing is dropped. With a spool (see `spool.rs`) each
 //! push is written to disk before it returns and acked once in Redis.
 //!
-//! The flusher sends at most `MAX_BATCH` jobs per round trip to `push.lua`,
+//! The flusher sends at most `MAX_BATCH` jobs per round trip (a batch's first
+//! send as plain LPUSHes in a transaction, see `fresh.rs`; a resend to `push.lua`),
 //! each job numbered (the buffer's producer id and a sequence number), so a
 //! batch sent again after a lost reply pushes nothing twice. A batch whose
 //! outcome is unknown is sent again exactly as it was. Jobs Redis refuses for
@@ -33,6 +34,7 @@ use crate::batch;
 use crate::client::{self, PushItem, PushReply, Trouble};
 use crate::deadletter::DeadLetters;
 use crate::error::{KiqError, Result};
+use crate::fresh::{self, Fresh};
 use crate::keys::Keys;
 use crate::pool::Pool;
 use crate::spool::{Fsync, Recovered, Spool};
@@ -153,6 +155,9 @@ pub struct Batch {
     items: Arc<Vec<(u64, PushItem)>>,
     /// When Redis first refused it (out of memory, say), if it did.
     refused_since: Option<Instant>,
+    /// Never sent: it may go as plain LPUSHes (see `fresh.rs`); a batch sent
+    /// before goes through `push.lua`, which pushes only what did not land.
+    fresh: bool,
 }
 
 pub struct Buffer {
@@ -271,12 +276,12 @@ impl Buffer {
             }
             _ => state.segments.push_back((first, Segment::Open(items, size))),
         }
-        // Compressed only if it will wait: behind a full batch, or with no flusher or a failing one.
-        let (in_flight, in_flight_bytes) = state.inflight.map_or((0, 0), |(_, jobs, bytes, _)| (jobs, bytes));
-        let waits = !state.flusher
-            || state.failing.is_some()
-            || state.jobs - in_flight > MAX_BATCH
-            || state.bytes - in_flight_bytes > MAX_BATCH_BYTES;
+        // Compressed only if it will wait long: with no flusher or a failing one, or behind half the
+        // buffer's room. A healthy flusher takes a full batch every few milliseconds, and compressing
+        // what it takes next costs the pushing thread more than the flusher's round trip.
+        let in_flight_bytes = state.inflight.map_or(0, |(_, _, bytes, _)| bytes);
+        let waits =
+            !state.flusher || state.failing.is_some() || state.bytes - in_flight_bytes > self.config.max_bytes / 2;
         if let Some((_, seg @ Segment::Open(_, _))) = state.segments.back_mut()
             && waits
             && seg.bytes() >= SEAL_BYTES
@@ -371,7 +376,7 @@ impl Buffer {
         state.inflight = Some((first, items.len(), bytes, raw));
         let items = Arc::new(items);
         state.sending = Some(items.clone());
-        Some(Batch { items, refused_since: None })
+        Some(Batch { items, refused_since: None, fresh: true })
     }
 
     /// The jobs of a batch the flusher is done sending, to change or drop.
@@ -568,12 +573,13 @@ impl Buffer {
         }
         let items = Arc::new(keep);
         self.lock().sending = Some(items.clone());
-        Some(Batch { items, refused_since: batch.refused_since })
+        Some(Batch { items, refused_since: batch.refused_since, fresh: false })
     }
 
     /// The batch failed: returned to be sent again as it is, unless the
     /// failure is one retrying cannot fix (then its jobs are set aside).
     fn not_sent(&self, mut batch: Batch, e: &KiqError) -> Option<Batch> {
+        batch.fresh = false;
         let message = e.to_string();
         let give_up = match client::trouble(e) {
             Trouble::Permanent => true,
@@ -614,10 +620,22 @@ pub async fn run(buffer: Arc<Buffer>, pool: Arc<Pool>, keys: Keys) {
             continue;
         };
         let numbered: Vec<client::Numbered<'_>> = batch.items.iter().map(|(s, i)| (*s, i)).collect();
-        let sent =
-            client::push_numbered(&mut pool.get(), &keys, &buffer.producer, buffer.config.producer_ttl, &numbered)
-                .await;
-        drop(numbered);
+        let (producer, ttl) = (&buffer.producer, buffer.config.producer_ttl);
+        let sent = if batch.fresh && fresh::eligible(&batch.items) {
+            match fresh::push_fresh(&mut pool.get(), &keys, producer, ttl, &numbered).await {
+                Ok(Fresh::Pushed) => Ok(PushReply::Done { refused: Vec::new() }),
+                Ok(Fresh::WrongType(wrong)) => Ok(PushReply::WrongType(wrong)),
+                Ok(Fresh::Replay) => {
+                    // Jobs of it landed before (a spool replayed at start): push.lua skips them.
+                    drop(numbered);
+                    pinned = Some(Batch { fresh: false, ..batch });
+                    continue;
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            client::push_numbered(&mut pool.get(), &keys, producer, ttl, &numbered).await
+        };
         match sent {
             Ok(PushReply::Done { refused }) => {
                 backoff = buffer.config.flush_interval;

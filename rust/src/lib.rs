@@ -22,6 +22,7 @@ pub mod deadletter;
 pub mod error;
 pub mod exec;
 pub mod fetch;
+pub mod fresh;
 pub mod health;
 pub mod heartbeat;
 pub mod isolation;

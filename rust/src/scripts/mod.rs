@@ -45,6 +45,8 @@ pub static RECOVER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(include_str!("batch_lib.lua"), include_str!("dead_lib.lua"), include_str!("recover.lua")))
 });
 pub static PUSH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("push.lua")));
+/// Sent as text (`EVAL`) inside a transaction: see `fresh.rs`.
+pub const PUSH_MARK_SOURCE: &str = include_str!("push_mark.lua");
 pub static SETTLE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(include_str!("batch_lib.lua"), include_str!("dead_lib.lua"), include_str!("settle.lua")))
 });
