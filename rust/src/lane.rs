@@ -100,6 +100,8 @@ impl Delivery {
 struct Ready {
     jobs: VecDeque<Delivery>,
     closed: bool,
+    /// Threads asleep in [`Lane::take`]: a notify with none costs a futex syscall for nothing.
+    waiting: usize,
 }
 
 /// What waiting for a job gave.
@@ -205,8 +207,11 @@ impl Lane {
             return Some(jobs);
         }
         ready.jobs.extend(jobs);
+        let waiting = ready.waiting;
         drop(ready);
-        self.cond.notify_one();
+        if waiting > 0 {
+            self.cond.notify_one();
+        }
         None
     }
 
@@ -222,7 +227,7 @@ impl Lane {
         let mut slept = false;
         loop {
             if let Some(job) = ready.jobs.pop_front() {
-                if slept && !ready.jobs.is_empty() {
+                if slept && !ready.jobs.is_empty() && ready.waiting > 0 {
                     // Pass the wake-up on: more jobs wait than this thread can take.
                     self.cond.notify_one();
                 }
@@ -232,16 +237,16 @@ impl Lane {
                 return Take::Closed;
             }
             slept = true;
-            ready = match deadline {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
+                return Take::TimedOut;
+            }
+            ready.waiting += 1;
+            ready = match left {
                 None => self.cond.wait(ready).unwrap_or_else(PoisonError::into_inner),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Take::TimedOut;
-                    }
-                    self.cond.wait_timeout(ready, left).unwrap_or_else(PoisonError::into_inner).0
-                }
+                Some(left) => self.cond.wait_timeout(ready, left).unwrap_or_else(PoisonError::into_inner).0,
             };
+            ready.waiting -= 1;
         }
     }
 
