@@ -217,7 +217,19 @@ impl Lane {
 
     /// A ready job, without waiting.
     pub fn try_take(&self) -> Option<Delivery> {
-        self.lock().jobs.pop_front()
+        let mut ready = self.lock();
+        let job = ready.jobs.pop_front();
+        if job.is_some() {
+            self.drained(&ready);
+        }
+        job
+    }
+
+    /// After a job is taken: once none is ready, the fetcher must not wait for more slots.
+    fn drained(&self, ready: &Ready) {
+        if ready.jobs.is_empty() && self.free() > 0 {
+            self.demand.notify_one();
+        }
     }
 
     /// Waits for a job until `timeout` (forever when `None`) or until the lane closes.
@@ -231,6 +243,7 @@ impl Lane {
                     // Pass the wake-up on: more jobs wait than this thread can take.
                     self.cond.notify_one();
                 }
+                self.drained(&ready);
                 return Take::Job(job);
             }
             if ready.closed {
@@ -251,9 +264,17 @@ impl Lane {
     }
 
     /// Records that a job taken from this lane is finished (or given up).
+    /// Wakes the fetcher only when a quarter of the lane's slots is free or no
+    /// job is ready for the threads (else [`Lane::drained`] wakes it when the
+    /// last ready job is taken): a wake-up per job costs the core a thread
+    /// hand-off and Redis a fetch for one or two jobs.
     pub fn finish(&self) {
         let _ = self.out.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-        self.demand.notify_one();
+        // `out` drops before the lock is taken, so a thread emptying the ready
+        // jobs meanwhile sees the free slot (and wakes the fetcher) if this does not.
+        if self.free() >= (self.concurrency + self.prefetch).div_ceil(4) || self.lock().jobs.is_empty() {
+            self.demand.notify_one();
+        }
     }
 
     /// Closes the lane: waiting threads get `Closed`, and the jobs no thread
@@ -297,6 +318,42 @@ mod tests {
         assert_eq!(lane.free(), 2);
         assert!(matches!(lane.take(Some(Duration::ZERO)), Take::Job(_)));
         assert!(matches!(lane.take(Some(Duration::from_millis(5))), Take::TimedOut));
+    }
+
+    /// Whether the fetcher was woken (a stored permit), consuming it.
+    fn woken(lane: &Lane) -> bool {
+        let notified = lane.demand.notified();
+        let mut notified = std::pin::pin!(notified);
+        let waker = std::task::Waker::noop();
+        notified.as_mut().poll(&mut std::task::Context::from_waker(waker)).is_ready()
+    }
+
+    #[test]
+    fn the_fetcher_is_woken_for_a_quarter_of_the_slots_or_when_no_job_is_ready() {
+        let lane = Lane::new("q", 8);
+        lane.offer((0..8).map(job).collect());
+        for _ in 0..3 {
+            assert!(matches!(lane.take(Some(Duration::ZERO)), Take::Job(_)));
+        }
+        assert!(!woken(&lane));
+        // One slot free and five jobs ready for the threads: no wake-up yet.
+        lane.finish();
+        assert!(!woken(&lane));
+        lane.finish();
+        assert!(woken(&lane), "two of eight slots free");
+        // Taking the last ready job with a slot free wakes it, however few slots are free.
+        let lane = Lane::new("q", 8);
+        lane.offer((0..8).map(job).collect());
+        for _ in 0..7 {
+            assert!(matches!(lane.take(Some(Duration::ZERO)), Take::Job(_)));
+        }
+        lane.finish();
+        assert!(!woken(&lane));
+        assert!(lane.try_take().is_some());
+        assert!(woken(&lane), "no job ready and a slot free");
+        // A finish with no job ready wakes it too.
+        lane.finish();
+        assert!(woken(&lane));
     }
 
     #[test]
