@@ -238,3 +238,30 @@ def _log(admin: redis.Redis) -> list[dict[str, Any]]:
         else:
             out.append(dict(zip(entry[::2], entry[1::2])))
     return out
+
+
+def test_an_older_acl_without_transactions_still_pushes_every_job_once(caplog: Any) -> None:
+    """A producer ACL from before kiq pushed batches as a transaction (no
+    MULTI, EXEC or EVAL): the first batch is refused up front, kiq says so once
+    and pushes through push.lua from then on; every job lands once."""
+    server = RedisServer().start()
+    try:
+        admin = redis.Redis(port=server.port, decode_responses=True)
+        rules = [r for r in acl.rules("secret", roles=["producer"]) if r not in ("+multi", "+exec", "+eval")]
+        admin.execute_command("ACL", "SETUSER", "kiq", *rules)
+        url = f"redis://kiq:secret@127.0.0.1:{server.port}/0"
+        app = Kiq(url)
+        try:
+            with caplog.at_level("WARNING", logger="kiq"):
+                for start in range(0, 30_000, 10_000):
+                    app.enqueue_bulk("Noop", [[i] for i in range(start, start + 10_000)])
+                    app.flush(30)
+        finally:
+            app.stop(5)
+        args = [json.loads(p)["args"][0] for p in admin.lrange("queue:default", 0, -1)]
+        assert sorted(args) == list(range(30_000)), "every job once"
+        warned = [r for r in caplog.records if "Redis refuses the transaction" in r.getMessage()]
+        assert len(warned) == 1, [r.getMessage() for r in caplog.records]
+        assert not [r for r in caplog.records if r.levelname == "ERROR"], "a refused fast path is no push failure"
+    finally:
+        server.stop()

@@ -35,8 +35,8 @@ LIMITER: tuple[str, ...] = (
 )
 
 PRODUCER: tuple[str, ...] = LIMITER + (
-    # inside push.lua and unique_push.lua
-    "type", "hget", "hset", "hdel", "pexpire", "lpush", "zadd", "sadd", "get", "set", "del",
+    # inside push.lua and unique_push.lua; a batch's first send: MULTI, SADD, LPUSH, EVAL push_mark.lua, EXEC
+    "type", "hget", "hset", "hdel", "pexpire", "lpush", "zadd", "sadd", "get", "set", "del", "multi", "exec", "eval",
     # batches: batch_stage.lua, batch_commit.lua (with batch_lib.lua), moving fired callbacks
     # (enqueue_due.lua), reopening, Batch.valid, dropping a raised block's staged jobs
     "rpush", "lrange", "ltrim", "exists", "hexists", "hmget", "hincrby", "hsetnx", "hlen", "hscan", "pttl",

@@ -608,6 +608,12 @@ pub async fn run(buffer: Arc<Buffer>, pool: Arc<Pool>, keys: Keys) {
     let mut backoff = buffer.config.flush_interval;
     // A batch whose outcome is not known yet: sent again exactly as it is.
     let mut pinned: Option<Batch> = None;
+    // Whether a batch's first send may be plain LPUSHes (see `fresh.rs`): off
+    // for good once Redis refuses the transaction itself (an ACL without
+    // MULTI, EXEC or EVAL, a server that does not take them).
+    let mut use_fresh = true;
+    // The transaction's own connection: MULTI and the commands after it must not share one with other tasks.
+    let mut dedicated = pool.blocking(Duration::ZERO);
     loop {
         let batch = if let Some(b) = pinned.take() {
             b
@@ -621,12 +627,28 @@ pub async fn run(buffer: Arc<Buffer>, pool: Arc<Pool>, keys: Keys) {
         };
         let numbered: Vec<client::Numbered<'_>> = batch.items.iter().map(|(s, i)| (*s, i)).collect();
         let (producer, ttl) = (&buffer.producer, buffer.config.producer_ttl);
-        let sent = if batch.fresh && fresh::eligible(&batch.items) {
-            match fresh::push_fresh(&mut pool.get(), &keys, producer, ttl, &numbered).await {
+        let sent = if use_fresh && batch.fresh && fresh::eligible(&batch.items) {
+            match fresh::push_fresh(&mut dedicated, &keys, producer, ttl, &numbered).await {
                 Ok(Fresh::Pushed) => Ok(PushReply::Done { refused: Vec::new() }),
                 Ok(Fresh::WrongType(wrong)) => Ok(PushReply::WrongType(wrong)),
                 Ok(Fresh::Replay) => {
                     // Jobs of it landed before (a spool replayed at start): push.lua skips them.
+                    drop(numbered);
+                    pinned = Some(Batch { fresh: false, ..batch });
+                    continue;
+                }
+                // Redis answered and kept nothing (a refused transaction, or
+                // push_mark.lua took the jobs out): push.lua at once, which
+                // reports whatever is wrong as it always did.
+                Err(e) if client::trouble(&e) != Trouble::Away => {
+                    if client::trouble(&e) == Trouble::Permanent {
+                        use_fresh = false;
+                        log::warn!(
+                            "Redis refuses the transaction kiq pushes batches with ({e}); pushing through push.lua \
+                             from now on, which costs Redis about twice the CPU per job (an ACL user needs MULTI, \
+                             EXEC and EVAL: see `kiq acl`)"
+                        );
+                    }
                     drop(numbered);
                     pinned = Some(Batch { fresh: false, ..batch });
                     continue;

@@ -12,11 +12,11 @@
 //! outcome, and one with scheduled jobs, go through `push.lua`.
 
 use redis::Value;
-use redis::aio::ConnectionLike;
 
 use crate::client::{Numbered, PushItem};
 use crate::error::Result;
 use crate::keys::Keys;
+use crate::pool::BlockingConn;
 use crate::scripts;
 
 /// What Redis did with a fresh batch.
@@ -36,8 +36,8 @@ pub fn eligible(items: &[(u64, PushItem)]) -> bool {
 }
 
 /// Pushes a batch of queued jobs (see [`eligible`]), all or nothing, in one round trip.
-pub async fn push_fresh<C: ConnectionLike>(
-    conn: &mut C,
+pub async fn push_fresh(
+    conn: &mut BlockingConn,
     keys: &Keys,
     producer: &str,
     ttl: std::time::Duration,
@@ -62,19 +62,27 @@ pub async fn push_fresh<C: ConnectionLike>(
         payloads.push(&item.payload);
         *bytes += item.payload.len() + 16;
     }
+    // MULTI goes alone and must say OK before the rest is sent: where it is
+    // refused (an ACL, a proxy) the LPUSHes would otherwise run on their own,
+    // without their mark, and the resend through push.lua would push them twice.
+    let multi: String = conn.query(&redis::cmd("MULTI")).await.inspect_err(|_| conn.reset())?;
+    if multi != "OK" {
+        conn.reset();
+        return Err(unexpected("MULTI", &multi).into());
+    }
     let mut pipe = redis::pipe();
-    pipe.atomic().ignore_errors();
+    pipe.ignore_errors();
     let mut sadd = redis::cmd("SADD");
     sadd.arg(keys.queues());
     for (q, ..) in &queues {
         sadd.arg(*q);
     }
-    pipe.add_command(sadd).ignore();
+    pipe.add_command(sadd);
     for (q, payloads, bytes) in &queues {
         let mut lpush = redis::Cmd::with_capacity(payloads.len() + 2, bytes + 64);
         // One queue's jobs in batch order: the newest ends at the head, as `push.lua` leaves them.
         lpush.arg("LPUSH").arg(keys.queue(q)).arg(payloads.as_slice());
-        pipe.add_command(lpush).ignore();
+        pipe.add_command(lpush);
     }
     let mut mark = redis::cmd("EVAL");
     // EVAL, not EVALSHA: a script Redis does not know fails only when EXEC runs it, after the LPUSHes.
@@ -88,8 +96,14 @@ pub async fn push_fresh<C: ConnectionLike>(
         mark.arg(payloads.len());
     }
     pipe.add_command(mark);
-    let reply: Vec<Value> = pipe.query_async(conn).await?;
-    let outcome = reply.into_iter().next().unwrap_or(Value::Nil).extract_error()?;
+    pipe.add_command(redis::cmd("EXEC"));
+    let outcome = match conn.query_pipeline(&pipe).await {
+        Ok(replies) => exec_outcome(replies),
+        Err(e) => Err(e),
+    };
+    // After any failure the connection may still be inside the transaction
+    // (an EXEC that was refused): a new one, and Redis drops the old one's.
+    let outcome = outcome.inspect_err(|_| conn.reset())?;
     let words: Vec<String> = redis::from_redis_value(outcome).map_err(redis::RedisError::from)?;
     Ok(match words.split_first() {
         Some((head, _)) if head == "ok" => Fresh::Pushed,
@@ -106,4 +120,41 @@ pub async fn push_fresh<C: ConnectionLike>(
             .into());
         }
     })
+}
+
+/// The last command's reply (`push_mark.lua`'s) from the replies to the
+/// queued commands and EXEC; a command Redis refused to queue (`NOPERM`,
+/// `OOM`) aborted the transaction, and is the error returned.
+fn exec_outcome(mut replies: Vec<Value>) -> redis::RedisResult<Value> {
+    let exec = replies.pop().unwrap_or(Value::Nil);
+    if let Some(Value::ServerError(refused)) = replies.into_iter().find(|v| matches!(v, Value::ServerError(_))) {
+        return Err(refused.into());
+    }
+    // Not `extract_error` on the whole reply: it would fail on an LPUSH's
+    // WRONGTYPE inside it, which push_mark.lua has dealt with.
+    match exec {
+        Value::Array(mut results) => results.pop().unwrap_or(Value::Nil).extract_error(),
+        Value::ServerError(refused) => Err(unwrapped(refused)),
+        other => Err(unexpected("EXEC", &format!("{other:?}"))),
+    }
+}
+
+/// An EXEC refused by the ACL comes back as `EXECABORT Transaction discarded
+/// because of: NOPERM ...`: the `NOPERM` is what tells a refusal for good.
+fn unwrapped(refused: redis::ServerError) -> redis::RedisError {
+    let inner = refused.details().and_then(|d| d.strip_prefix("Transaction discarded because of: "));
+    match inner.and_then(|d| d.split_once(' ')) {
+        Some((code, detail)) if refused.code() == "EXECABORT" && code == "NOPERM" => {
+            redis::make_extension_error(code.to_owned(), Some(detail.to_owned()))
+        }
+        _ => refused.into(),
+    }
+}
+
+fn unexpected(what: &str, reply: &str) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        "unexpected reply in a batch's transaction",
+        format!("{what} answered {reply}"),
+    ))
 }

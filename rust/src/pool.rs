@@ -323,6 +323,14 @@ impl BlockingConn {
         cmd.query_async(conn).await
     }
 
+    /// Sends `pipe` on this connection alone (no other task's commands come
+    /// between its commands) and returns every reply, errors included as values.
+    pub async fn query_pipeline(&mut self, pipe: &redis::Pipeline) -> redis::RedisResult<Vec<redis::Value>> {
+        self.connect().await?;
+        let conn = self.conn.as_mut().expect("connection was just opened");
+        pipe.query_async(conn).await
+    }
+
     /// Redis's id for this connection, used to `CLIENT UNBLOCK` it on stop.
     pub fn client_id(&self) -> Option<i64> {
         self.client_id

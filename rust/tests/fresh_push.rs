@@ -9,7 +9,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use _kiq::client::{PushItem, PushReply, push_numbered};
+use _kiq::client::{PushItem, PushReply, Trouble, push_numbered, trouble};
 use _kiq::fresh::{Fresh, push_fresh};
 use _kiq::keys::Keys;
 use _kiq::pool::{Pool, RedisConfig};
@@ -36,7 +36,9 @@ impl Fixture {
 
     fn fresh(&self, batch: &[(u64, PushItem)]) -> Fresh {
         let numbered: Vec<(u64, &PushItem)> = batch.iter().map(|(s, i)| (*s, i)).collect();
-        runtime::get().block_on(push_fresh(&mut self.pool.get(), &self.keys, "p", TTL, &numbered)).unwrap()
+        runtime::get()
+            .block_on(push_fresh(&mut self.pool.blocking(Duration::ZERO), &self.keys, "p", TTL, &numbered))
+            .unwrap()
     }
 
     fn numbered(&self, batch: &[(u64, PushItem)]) -> PushReply {
@@ -122,17 +124,44 @@ fn a_key_of_the_wrong_type_leaves_every_list_as_it_was() {
 }
 
 #[test]
-fn a_commandredis_refuses_up_front_writes_nothing() {
+fn a_producer_hash_of_the_wrong_type_is_an_error_and_the_jobs_are_taken_out() {
     let _guard = runtime::get().enter();
     let f = Fixture::new();
-    let _: () = f.cmd(&["ACL", "SETUSER", "nolpush", "on", "nopass", "~*", "+@all", "-lpush"]);
-    let url = f.redis.url().replace("redis://", "redis://nolpush:x@");
-    let pool = Pool::new(RedisConfig::new(url)).unwrap();
-    let batch = [(1, item("a", "a1"))];
+    let _: () = f.cmd(&["SET", &f.keys.pushed("p"), "not a hash"]);
+    let batch = [(1, item("a", "a1")), (2, item("b", "b2"))];
     let numbered: Vec<(u64, &PushItem)> = batch.iter().map(|(s, i)| (*s, i)).collect();
-    let sent = runtime::get().block_on(push_fresh(&mut pool.get(), &f.keys, "p", TTL, &numbered));
-    assert!(sent.is_err(), "{sent:?}");
-    assert!(f.list("a").is_empty());
-    let hw: Option<String> = f.cmd(&["HGET", &f.keys.pushed("p"), "hw"]);
-    assert_eq!(hw, None);
+    let sent = runtime::get().block_on(push_fresh(&mut f.pool.blocking(Duration::ZERO), &f.keys, "p", TTL, &numbered));
+    let e = sent.unwrap_err();
+    let err = e.to_string();
+    assert!(err.contains("nothing of the batch was kept") && err.contains("holds a string"), "{err}");
+    // Redis answered: the buffer sends the batch through push.lua at once, with no back-off.
+    assert_eq!(trouble(&e), Trouble::Refused, "{err}");
+    assert!(f.list("a").is_empty() && f.list("b").is_empty());
+}
+
+#[test]
+fn a_command_redis_refuses_writes_nothing_whichever_it_is() {
+    let _guard = runtime::get().enter();
+    let f = Fixture::new();
+    // MULTI refused is the dangerous one: the LPUSHes after it would run on their own.
+    for denied in ["lpush", "multi", "exec", "eval", "sadd"] {
+        let user = format!("no{denied}");
+        let rule = format!("-{denied}");
+        let _: () = f.cmd(&["ACL", "SETUSER", &user, "on", "nopass", "~*", "+@all", &rule]);
+        let url = f.redis.url().replace("redis://", &format!("redis://{user}:x@"));
+        let pool = Pool::new(RedisConfig::new(url)).unwrap();
+        let batch = [(1, item("a", "a1"))];
+        let numbered: Vec<(u64, &PushItem)> = batch.iter().map(|(s, i)| (*s, i)).collect();
+        let mut conn = pool.blocking(Duration::ZERO);
+        let sent = runtime::get().block_on(push_fresh(&mut conn, &f.keys, "p", TTL, &numbered));
+        // Refused for good: the buffer stops using the transaction and sends through push.lua.
+        let e = sent.unwrap_err();
+        assert_eq!(trouble(&e), Trouble::Permanent, "{denied}: {e}");
+        assert!(f.list("a").is_empty(), "{denied}: nothing pushed");
+        let hw: Option<String> = f.cmd(&["HGET", &f.keys.pushed("p"), "hw"]);
+        assert_eq!(hw, None, "{denied}");
+        // The connection is usable afterwards, outside any transaction.
+        let pong: String = runtime::get().block_on(conn.query(&redis::cmd("PING"))).unwrap();
+        assert_eq!(pong, "PONG", "{denied}");
+    }
 }

@@ -13,9 +13,12 @@
 --     only what is new;
 --   * a key holds the wrong kind of value (the LPUSH or SADD failed):
 --     returns {"wrongtype", key, type, ...}, as push.lua does;
---   * a list is missing although it was pushed to: an error (not expected;
---     the caller sends the batch again through push.lua).
--- Otherwise writes the mark and returns {"ok"}.
+--   * anything else fails (the producer's hash of the wrong type, memory
+--     full for the mark, a list missing although it was pushed to): an error
+--     reply, with the jobs taken out; the caller sends the batch through
+--     push.lua, which reports the problem as it always did.
+-- Otherwise writes the mark and returns {"ok"}. The checks run under pcall:
+-- jobs left in without their mark would be pushed again by the resend.
 --
 -- KEYS[1]     kiq:pushed|<producer>  HASH: hw, rej (see push.lua)
 -- KEYS[2]     queues                 SET of queue names
@@ -25,8 +28,6 @@
 -- ARGV[3]     its last sequence number
 -- ARGV[4..]   how many jobs the transaction pushed to KEYS[3..], in order
 
-local hw = tonumber(redis.call('HGET', KEYS[1], 'hw') or '0')
-
 local function undo()
   for i = 3, #KEYS do
     if redis.call('TYPE', KEYS[i])['ok'] == 'list' then
@@ -35,37 +36,48 @@ local function undo()
   end
 end
 
-if hw >= tonumber(ARGV[2]) then
-  undo()
-  return {'replay'}
+local function mark()
+  local ht = redis.call('TYPE', KEYS[1])['ok']
+  if ht ~= 'hash' and ht ~= 'none' then
+    error(KEYS[1] .. ' holds a ' .. ht)
+  end
+  local hw = tonumber(redis.call('HGET', KEYS[1], 'hw') or '0')
+  if hw >= tonumber(ARGV[2]) then
+    return {'replay'}
+  end
+  local wrong = {}
+  for i = 3, #KEYS do
+    local t = redis.call('TYPE', KEYS[i])['ok']
+    if t == 'none' then
+      error(KEYS[i] .. ' is empty after its LPUSH')
+    elseif t ~= 'list' then
+      wrong[#wrong + 1] = KEYS[i]
+      wrong[#wrong + 1] = t
+    end
+  end
+  local qt = redis.call('TYPE', KEYS[2])['ok']
+  if qt ~= 'set' and qt ~= 'none' then
+    wrong[#wrong + 1] = KEYS[2]
+    wrong[#wrong + 1] = qt
+  end
+  if #wrong > 0 then
+    table.insert(wrong, 1, 'wrongtype')
+    return wrong
+  end
+  -- The only write that can be refused (memory); the two after it cannot.
+  redis.call('HSET', KEYS[1], 'hw', ARGV[3])
+  redis.call('HDEL', KEYS[1], 'rej')
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  return {'ok'}
 end
 
-local wrong = {}
-local missing = nil
-for i = 3, #KEYS do
-  local t = redis.call('TYPE', KEYS[i])['ok']
-  if t == 'none' then
-    missing = KEYS[i]
-  elseif t ~= 'list' then
-    wrong[#wrong + 1] = KEYS[i]
-    wrong[#wrong + 1] = t
-  end
+local ok, res = pcall(mark)
+if ok and res[1] == 'ok' then
+  return res
 end
-local qt = redis.call('TYPE', KEYS[2])['ok']
-if qt ~= 'set' and qt ~= 'none' then
-  wrong[#wrong + 1] = KEYS[2]
-  wrong[#wrong + 1] = qt
+undo()
+if ok then
+  return res
 end
-if #wrong > 0 then
-  undo()
-  table.insert(wrong, 1, 'wrongtype')
-  return wrong
-end
-if missing then
-  undo()
-  return redis.error_reply('push_mark: ' .. missing .. ' is empty after its LPUSH; nothing of the batch was kept')
-end
-redis.call('HSET', KEYS[1], 'hw', ARGV[3])
-redis.call('HDEL', KEYS[1], 'rej')
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-return {'ok'}
+local why = type(res) == 'table' and res['err'] or tostring(res)
+return redis.error_reply('ERR push_mark: nothing of the batch was kept: ' .. why)
