@@ -254,3 +254,26 @@ def test_exactly_once_when_redis_replies_are_lost(redis_server: Any, r: redis.Re
     assert proxy.lost >= 20, "replies were lost"
     assert lost == 0 and dups == 0
     assert r.llen("queue:default") == 0 and int(r.get("stat:processed") or 0) == n
+
+
+def test_bulk_batches_land_exactly_once_when_replies_are_lost(redis_server: Any, r: redis.Redis) -> None:
+    """Big batches (a batch's first send is a transaction of plain LPUSHes,
+    resends go through push.lua) through a proxy that drops a fifth of Redis's
+    replies after Redis ran the command: every job is in its queue once."""
+    from lossy_proxy import LossyProxy
+
+    proxy = LossyProxy(redis_server.port, loss=0.2, seed=11)
+    n = 50_000
+    producer = Kiq(proxy.url, shutdown_timeout=5)
+    try:
+        for start in range(0, n, 5_000):
+            producer.enqueue_bulk("Count", [[i] for i in range(start, start + 5_000)])
+            producer.enqueue_bulk(Job("Count", queue="other"), [[n + i] for i in range(start, start + 5_000, 5)])
+        producer.flush(120)
+    finally:
+        producer.stop(5)
+        proxy.close()
+    got = [json.loads(p)["args"][0] for q in ("queue:default", "queue:other") for p in r.lrange(q, 0, -1)]
+    print(f"bulk through a lossy proxy: {proxy.lost} replies lost, {len(got)} jobs in Redis for {n + n // 5}")
+    assert proxy.lost >= 5, "replies were lost"
+    assert sorted(got) == list(range(n)) + [n + i for i in range(0, n, 5)], "every job once"
