@@ -10,6 +10,11 @@
 //! landed before (so a transaction that reaches Redis late, after its batch
 //! was replayed, pushes nothing twice). A batch sent again after an unknown
 //! outcome, and one with scheduled jobs, go through `push.lua`.
+//!
+//! The transaction runs on a connection of its own, and `MULTI` is sent
+//! alone and must be acknowledged first: a `MULTI` refused (an ACL, a proxy)
+//! while the rest was already on its way would run the `LPUSH`es outside any
+//! transaction, without their mark.
 
 use redis::Value;
 
