@@ -122,3 +122,47 @@ def test_the_async_client(make_app, r):
 
     jids = asyncio.run(main())
     assert len(jids) == 3 and r.llen("queue:default") == 3
+
+
+def test_an_app_of_async_workers_runs_a_queues_full_concurrency_on_one_thread(make_app, r):
+    """With every worker async, each queue has one thread (it only hands jobs
+    to the loop): the queue still runs exactly its concurrency at once, every
+    job runs once, and /ready counts one thread as the full set."""
+    from test_health import probe
+
+    lock = threading.Lock()
+    running, peak, seen = [0], [0], Counter()
+    gate = threading.Event()
+
+    @worker(name="Gated")
+    async def gated(n: int) -> None:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            seen[n] += 1
+        while not gate.is_set():
+            await asyncio.sleep(0.005)
+        with lock:
+            running[0] -= 1
+
+    app = make_app(queues={"default": 10, "other": 4}, workers=[gated], health_address="127.0.0.1:0",
+                   heartbeat_interval=0.3)
+    app.enqueue_bulk(gated, [[i] for i in range(30)])
+    app.enqueue_bulk(Job("Gated", queue="other"), [[100 + i] for i in range(6)])
+    app.start()
+    try:
+        assert app._threads is not None and app._threads.wanted == [1, 1]
+        assert len(app._threads.threads) == 2
+        wait_for(lambda: running[0] == 14, what="10 + 4 jobs running at once")
+        time.sleep(0.3)
+        assert running[0] == 14 and peak[0] == 14, "no more than each queue's concurrency"
+        assert app.health_address is not None
+        status, body = probe(app.health_address, "/ready")
+        assert status == 200, body
+        gate.set()
+        wait_for(lambda: sum(seen.values()) == 36 and running[0] == 0, what="all 36 jobs ran")
+    finally:
+        gate.set()
+        app.stop(5)
+    assert sorted(seen) == list(range(30)) + [100 + i for i in range(6)] and set(seen.values()) == {1}
+    assert r.llen("queue:default") == 0 and r.llen("queue:other") == 0

@@ -102,7 +102,7 @@ def test_a_dead_worker_thread_is_replaced_and_ready_says_so_meanwhile(make_app: 
     assert address is not None and app._threads is not None and app._server is not None
     wait_for(lambda: probe(address, "/ready")[0] == 200, what="ready")
     # Simulate a thread lost outside kiq's control: the core is told one is gone.
-    app._server.report_threads([1])
+    app._server.report_threads([1], [2])
     status, body = probe(address, "/ready")
     assert status == 503 and "has 1 of its 2 worker threads running" in str(body["reason"])
     # A thread that really ends is replaced by the supervisor within a second.

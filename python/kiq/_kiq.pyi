@@ -473,8 +473,8 @@ class Server:
     def next_signal(self, timeout: float) -> str | None:
         """A signal sent through Redis ("TSTP", "TERM" or "TTIN") within ``timeout`` seconds, else None."""
     def out(self, lane: int) -> int: ...
-    def report_threads(self, alive: list[int]) -> None:
-        """Live worker threads per queue (in queue order), which ``/ready`` checks."""
+    def report_threads(self, alive: list[int], wanted: list[int]) -> None:
+        """Live and wanted worker threads per queue (in queue order), which ``/ready`` compares."""
     def gil_wait_stats(self) -> tuple[int, float]:
         """``(waits, seconds)``: how often a thread slept for a job, and the total
         time those threads then waited to get the GIL back."""

@@ -1,4 +1,6 @@
-"""The worker threads: ``concurrency`` threads per queue.
+"""The worker threads: ``concurrency`` threads per queue, or one per queue
+when every worker is ``async def`` (a thread then only hands each job to the
+event loop; the queue's concurrency still bounds the jobs running there).
 
 Each thread loops in :meth:`Processor.run_lane`. Waiting for a job happens in
 the core with the GIL released; a thread that finishes a job takes the next
@@ -23,15 +25,17 @@ logger = logging.getLogger("kiq")
 
 
 class WorkerThreads:
-    def __init__(self, processor: Processor, queues: list[tuple[str, int]]) -> None:
+    def __init__(self, processor: Processor, queues: list[tuple[str, int]], hand_off_only: bool = False) -> None:
         self.processor = processor
         self.queues = queues
         self.stopping = False
+        #: Threads per queue (in queue order).
+        self.wanted = [1 if hand_off_only else concurrency for _, concurrency in queues]
         #: (lane, thread) for every worker thread, replacements included.
         self.slots: list[tuple[int, threading.Thread]] = [
             (lane, self._thread(lane, f"kiq-{name}-{n}"))
-            for lane, (name, concurrency) in enumerate(queues)
-            for n in range(concurrency)
+            for lane, (name, _) in enumerate(queues)
+            for n in range(self.wanted[lane])
         ]
 
     @property

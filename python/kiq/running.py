@@ -145,6 +145,10 @@ class Running:
     def client(self) -> _kiq.Client:
         raise NotImplementedError
 
+    @property
+    def workers(self) -> dict[str, Registered]:
+        raise NotImplementedError
+
     def flush(self, timeout: Seconds | None = None) -> None:
         raise NotImplementedError
 
@@ -233,7 +237,11 @@ class Running:
         aio = AsyncRunner() if any(w.is_async for w in self._workers.values()) else None
         processor = Processor(server, self._workers, reporters, aio, self._tracing, app=self, limits=self._swarm,
                               limiters=self.limiter)
-        threads = WorkerThreads(processor, list(self.queues.items()))
+        # An app of async workers only: a thread hands each job to the loop and comes back at once, so
+        # one per queue keeps up, where one per concurrency slot would mostly wait for the GIL. (kiq's own
+        # worker, a chain's next step, is sync: a few Redis round trips on that thread when a step ends.)
+        hand_off_only = aio is not None and all(w.is_async for w in self.workers.values())
+        threads = WorkerThreads(processor, list(self.queues.items()), hand_off_only=hand_off_only)
         with self._lock:
             self._server, self._threads, self._reporters, self._aio = server, threads, reporters, aio
         if not self._running_main:
@@ -241,7 +249,7 @@ class Running:
             self._stop_requested.clear()
             self._hurry.clear()
         threads.start()
-        server.report_threads(threads.revive())
+        server.report_threads(threads.revive(), threads.wanted)
         listener = threading.Thread(target=self._listen, args=(server,), name="kiq-signals", daemon=True)
         self._listener = listener
         listener.start()
@@ -269,7 +277,7 @@ class Running:
         while self._server is server:
             threads = self._threads
             if threads is not None:
-                server.report_threads(threads.revive())  # dead worker threads replaced; /ready sees the count
+                server.report_threads(threads.revive(), threads.wanted)  # dead threads replaced; /ready sees it
             aio = self._aio
             if aio is not None:
                 aio.cancel_requested(server.is_cancelled)  # async jobs are cancelled from here

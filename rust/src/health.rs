@@ -290,11 +290,12 @@ impl Probe {
         }
         for lane in &self.lanes {
             if let Some(n) = lane.threads()
-                && n < lane.concurrency
+                && n < lane.threads_wanted()
             {
                 return Some(format!(
                     "queue {:?} has {n} of its {} worker threads running",
-                    lane.name, lane.concurrency
+                    lane.name,
+                    lane.threads_wanted()
                 ));
             }
         }

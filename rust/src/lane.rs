@@ -125,6 +125,9 @@ pub struct Lane {
     out: AtomicUsize,
     /// Worker threads alive, as last reported; `usize::MAX` until the first report.
     threads: AtomicUsize,
+    /// Worker threads the lane should have: its concurrency, or fewer when
+    /// every job is handed off at once (an app of async workers only).
+    threads_wanted: AtomicUsize,
     /// Woken whenever a job finishes, so the fetcher can fetch again.
     pub(crate) demand: Notify,
 }
@@ -139,6 +142,7 @@ impl Lane {
             cond: Condvar::new(),
             out: AtomicUsize::new(0),
             threads: AtomicUsize::new(usize::MAX),
+            threads_wanted: AtomicUsize::new(concurrency),
             demand: Notify::new(),
         }
     }
@@ -159,9 +163,15 @@ impl Lane {
         (self.concurrency + self.prefetch).saturating_sub(self.out.load(Ordering::Acquire))
     }
 
-    /// Records how many worker threads serve this lane now.
-    pub fn set_threads(&self, n: usize) {
-        self.threads.store(n, Ordering::Relaxed);
+    /// Records how many worker threads serve this lane now, and how many it should have.
+    pub fn set_threads(&self, alive: usize, wanted: usize) {
+        self.threads.store(alive, Ordering::Relaxed);
+        self.threads_wanted.store(wanted, Ordering::Relaxed);
+    }
+
+    /// Worker threads this lane should have.
+    pub fn threads_wanted(&self) -> usize {
+        self.threads_wanted.load(Ordering::Relaxed)
     }
 
     /// Worker threads serving this lane, once reported.

@@ -533,10 +533,10 @@ impl Server {
             .map(super::super::heartbeat::Signal::name)
     }
 
-    /// Live worker threads per queue (in queue order), for `/ready`.
-    fn report_threads(&self, alive: Vec<usize>) {
-        for (lane, n) in self.inner.lanes().iter().zip(alive) {
-            lane.set_threads(n);
+    /// Live and wanted worker threads per queue (in queue order), for `/ready`.
+    fn report_threads(&self, alive: Vec<usize>, wanted: Vec<usize>) {
+        for ((lane, n), w) in self.inner.lanes().iter().zip(alive).zip(wanted) {
+            lane.set_threads(n, w);
         }
     }
 
