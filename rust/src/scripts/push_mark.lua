@@ -1,6 +1,6 @@
 -- push_mark.lua: the last command of a fresh batch's transaction
 -- (MULTI, SADD queues, one LPUSH per queue, this, EXEC; see
--- `client::push_fresh`). Plain LPUSHes cost Redis half of what the same jobs
+-- `fresh::push_fresh`). Plain LPUSHes cost Redis half of what the same jobs
 -- cost passed through a script's ARGV; this script then does what push.lua
 -- does around them: it checks the outcome and records the producer's
 -- high-water mark in the same atomic step. When the batch cannot stand as
