@@ -190,9 +190,7 @@ pub async fn push_numbered<C: ConnectionLike>(
     }
     let reply: Vec<String> = scripts::eval(&cmd, &scripts::PUSH, conn).await?;
     Ok(match reply.split_first() {
-        Some((head, rest)) if head == "wrongtype" => PushReply::WrongType(
-            rest.chunks(2).map(|p| (p[0].clone(), p.get(1).cloned().unwrap_or_default())).collect(),
-        ),
+        Some((head, rest)) if head == "wrongtype" => PushReply::WrongType(key_types(rest)),
         Some((_, rest)) => PushReply::Done {
             refused: rest
                 .chunks(2)
@@ -201,6 +199,11 @@ pub async fn push_numbered<C: ConnectionLike>(
         },
         None => PushReply::Done { refused: Vec::new() },
     })
+}
+
+/// The (key, type) pairs after a script's `"wrongtype"` reply (`push.lua`, `push_mark.lua`).
+pub fn key_types(rest: &[String]) -> Vec<(String, String)> {
+    rest.chunks(2).map(|p| (p[0].clone(), p.get(1).cloned().unwrap_or_default())).collect()
 }
 
 /// How long a one-off push ([`push`]) is remembered for its retries.

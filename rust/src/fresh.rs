@@ -18,7 +18,7 @@
 
 use redis::Value;
 
-use crate::client::{Numbered, PushItem};
+use crate::client::{self, Numbered, PushItem};
 use crate::error::Result;
 use crate::keys::Keys;
 use crate::pool::BlockingConn;
@@ -40,7 +40,8 @@ pub fn eligible(items: &[(u64, PushItem)]) -> bool {
     !items.is_empty() && items.iter().all(|(_, item)| item.at.is_none())
 }
 
-/// Pushes a batch of queued jobs (see [`eligible`]), all or nothing, in one round trip.
+/// Pushes a batch of queued jobs (see [`eligible`]), all or nothing, in two
+/// round trips: `MULTI` alone, then the jobs, `push_mark.lua` and `EXEC`.
 pub async fn push_fresh(
     conn: &mut BlockingConn,
     keys: &Keys,
@@ -102,20 +103,14 @@ pub async fn push_fresh(
     }
     pipe.add_command(mark);
     pipe.add_command(redis::cmd("EXEC"));
-    let outcome = match conn.query_pipeline(&pipe).await {
-        Ok(replies) => exec_outcome(replies),
-        Err(e) => Err(e),
-    };
     // After any failure the connection may still be inside the transaction
     // (an EXEC that was refused): a new one, and Redis drops the old one's.
-    let outcome = outcome.inspect_err(|_| conn.reset())?;
+    let outcome = conn.query_pipeline(&pipe).await.and_then(exec_outcome).inspect_err(|_| conn.reset())?;
     let words: Vec<String> = redis::from_redis_value(outcome).map_err(redis::RedisError::from)?;
     Ok(match words.split_first() {
         Some((head, _)) if head == "ok" => Fresh::Pushed,
         Some((head, _)) if head == "replay" => Fresh::Replay,
-        Some((head, rest)) if head == "wrongtype" => {
-            Fresh::WrongType(rest.chunks(2).map(|p| (p[0].clone(), p.get(1).cloned().unwrap_or_default())).collect())
-        }
+        Some((head, rest)) if head == "wrongtype" => Fresh::WrongType(client::key_types(rest)),
         _ => {
             return Err(redis::RedisError::from((
                 redis::ErrorKind::UnexpectedReturnType,

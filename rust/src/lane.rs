@@ -361,9 +361,15 @@ mod tests {
         assert!(!woken(&lane));
         assert!(lane.try_take().is_some());
         assert!(woken(&lane), "no job ready and a slot free");
-        // A finish with no job ready wakes it too.
+        // A finish with no job ready wakes it too, with fewer than a quarter of the slots free.
+        let lane = Lane::new("q", 8);
+        lane.offer((0..8).map(job).collect());
+        for _ in 0..8 {
+            assert!(matches!(lane.take(Some(Duration::ZERO)), Take::Job(_)));
+        }
+        assert!(!woken(&lane), "no slot free yet");
         lane.finish();
-        assert!(woken(&lane));
+        assert!(woken(&lane), "one slot free and no job ready");
     }
 
     #[test]
