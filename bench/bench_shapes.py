@@ -5,8 +5,10 @@
 - mixed: half ``def perform``, half ``async def perform`` no-op jobs in one
   queue (interleaved in chunks of 500), c25: the rate, and how long before
   the end each kind finished (a starved kind would finish last, far behind).
-- 1q x c80 against 8q x c10 (the same 80 threads; the jobs spread evenly
-  over the 8 queues, which kiq fetches independently, one fetcher each).
+- 1q x c80 against 8 queues sharing 80 threads in one ``kiq.Capsule``
+  (strict order, and weighted with weights 1), and against 8q x c10 (the
+  same 80 threads, 10 per queue, one fetcher each); the jobs spread evenly
+  over the 8 queues.
 - pickup latency: one job pushed (synchronously) into an idle queue, timed
   from before the push to the start of ``perform``, repeated with pauses.
 
@@ -49,10 +51,12 @@ def fill(url: str, n: int, kind: str, nqueues: int) -> None:
                 app.enqueue_bulk(Job("NoopJob", queue=q), [[i] for i in range(start, end)])
 
 
-def drain(url: str, n: int, concurrency: int, kind: str, nqueues: int) -> dict[str, Any]:
+def drain(url: str, n: int, concurrency: int, kind: str, shape: str) -> dict[str, Any]:
+    """``shape``: the number of queues, then ``s`` or ``w`` for one capsule (kiq_drain.py's QUEUES)."""
+    nqueues = int(shape.rstrip("sw"))
     fill(url, n, kind, nqueues)
     out = subprocess.run([sys.executable, str(HERE / "kiq_drain.py"), url, str(n // nqueues * nqueues),
-                          str(concurrency), "default", kind, str(nqueues)],
+                          str(concurrency), "default", kind, shape],
                          capture_output=True, text=True, check=True, timeout=900)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -91,8 +95,10 @@ def main() -> None:
     args = ap.parse_args()
 
     def go(url: str) -> None:
-        shapes = {"mixed sync+async, c25": (25, "mixed", 1), "1 queue x c80": (80, "sync", 1),
-                  "8 queues x c10": (10, "sync", 8)}
+        shapes = {"mixed sync+async, c25": (25, "mixed", "1"), "1 queue x c80": (80, "sync", "1"),
+                  "8 queues, one capsule of 80, strict": (80, "sync", "8s"),
+                  "8 queues, one capsule of 80, weighted": (80, "sync", "8w"),
+                  "8 queues x c10": (10, "sync", "8")}
         res: dict[str, list[dict[str, Any]]] = {k: [] for k in shapes}
         for run in range(args.runs):
             for name, (c, kind, q) in shapes.items():

@@ -6,7 +6,9 @@ Run by bench_throughput.py and bench_shapes.py. MODE is default, none,
 warning, info or reporter (logging and reporters, below); KIND is sync,
 async (``async def perform``) or mixed (NoopJob sync and AsyncNoopJob async,
 the queue holding both); QUEUES > 1 serves queues q0..q{QUEUES-1} with
-CONCURRENCY threads each (the jobs are enqueued there by the caller);
+CONCURRENCY threads each (the jobs are enqueued there by the caller), and
+QUEUES followed by ``s`` (strict) or ``w`` (weights 1: random) serves them
+with one ``kiq.Capsule`` of CONCURRENCY threads;
 PREFETCH is ``Kiq(prefetch=...)`` (0 by default).
 Timing runs from the first job started to the last finished; CPU time is
 split between kiq's Rust core threads and the Python threads (from
@@ -21,14 +23,19 @@ import sys
 import threading
 import time
 
-from kiq import Kiq, Reporter, worker
+from kiq import Capsule, Kiq, Reporter, worker
 from kiq.logs import JsonFormatter
 
 
 def thread_cpu() -> dict[str, float]:
-    """CPU seconds per thread-name group of this process."""
+    """CPU seconds of this process: the core's threads and the rest (Python).
+
+    The total is the process CPU clock (nanoseconds); /proc's per-thread
+    counts are in 10 ms ticks, so with 80 threads their sum could be off by
+    most of a second. Only the few core threads are summed from /proc, and
+    Python gets the rest."""
     tick = os.sysconf("SC_CLK_TCK")
-    groups: dict[str, float] = {}
+    core = 0.0
     for tid in os.listdir("/proc/self/task"):
         try:
             with open(f"/proc/self/task/{tid}/comm") as f:
@@ -37,12 +44,11 @@ def thread_cpu() -> dict[str, float]:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        cpu = (int(fields[11]) + int(fields[12])) / tick
-        # CPython 3.11 does not name OS threads, so every thread but the
-        # core's (named by tokio) counts as Python.
-        group = "core" if name.startswith("kiq-core") else "python"
-        groups[group] = groups.get(group, 0.0) + cpu
-    return groups
+        # CPython 3.11 does not name OS threads; the core's are named by tokio.
+        if name.startswith("kiq-core"):
+            core += (int(fields[11]) + int(fields[12])) / tick
+    total = time.clock_gettime(time.CLOCK_PROCESS_CPUTIME_ID)
+    return {"core": core, "python": total - core}
 
 
 def peak_rss_mb() -> float:
@@ -68,7 +74,8 @@ def main() -> None:
     # one no-op extra reporter.
     mode = sys.argv[4] if len(sys.argv) > 4 else "default"
     kind = sys.argv[5] if len(sys.argv) > 5 else "sync"
-    nqueues = int(sys.argv[6]) if len(sys.argv) > 6 else 1
+    shape = sys.argv[6] if len(sys.argv) > 6 else "1"
+    nqueues = int(shape.rstrip("sw"))
     prefetch = int(sys.argv[7]) if len(sys.argv) > 7 else 0
     if mode in ("warning", "info", "reporter"):
         handler = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the process
@@ -107,7 +114,12 @@ def main() -> None:
     async def async_noop(i: int) -> None:
         count("async")
 
-    queues = {"default": concurrency} if nqueues == 1 else {f"q{k}": concurrency for k in range(nqueues)}
+    names = ["default"] if nqueues == 1 else [f"q{k}" for k in range(nqueues)]
+    queues: dict[str, int] | list[Capsule] = {q: concurrency for q in names}
+    if shape.endswith("s"):
+        queues = [Capsule(names, concurrency)]
+    elif shape.endswith("w"):
+        queues = [Capsule(dict.fromkeys(names, 1), concurrency)]
     app = Kiq(url, queues=queues, workers=[noop, async_noop], metrics=mode != "none", prefetch=prefetch,
               extra_reporters=[NoopReporter()] if mode == "reporter" else [])
     app.start()

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from kiq import Job, Worker, worker
+from kiq import Capsule, Job, Worker, worker
 from support import RUBY_PRELUDE, free_port, require_ruby, wait_for
 
 CONFIG_RU = RUBY_PRELUDE + """
@@ -88,8 +88,9 @@ def test_pages_show_kiq_process_and_jobs_and_buttons_work(make_app, r, web: Brow
     def dying() -> None:
         raise RuntimeError("dead on arrival")
 
-    app = make_app(queues={"default": 2, "mail": 1}, workers=[BusyJob, failing, dying], heartbeat_interval=0.2,
-                   tag="kiq-test")
+    # A weighted capsule beside a queue of its own: Sidekiq 7's capsule info, which 6.4's page reads too.
+    app = make_app(queues=[Capsule({"default": 2, "mail": 1}, concurrency=2), Capsule(["solo"], 1)],
+                   workers=[BusyJob, failing, dying], heartbeat_interval=0.2, tag="kiq-test")
     app.enqueue_all([BusyJob.new(1), failing.new(), dying.new()])
     app.enqueue(Job("Kiq::LaterJob", [1]), delay=3600)
     app.enqueue(Job("Kiq::WaitingJob", [2], queue="waiting"))
@@ -101,6 +102,7 @@ def test_pages_show_kiq_process_and_jobs_and_buttons_work(make_app, r, web: Brow
     busy = pages["/busy"][1]
     host, pid, _ = app.identity.split(":")
     assert host in busy and pid in busy and "kiq-test" in busy and "Kiq::BusyJob" in busy
+    assert "mail" in busy and "solo" in busy, "the process's queues"
     assert "Kiq::FailingJob" in pages["/retries"][1] and "shown in the UI" in pages["/retries"][1]
     assert "Kiq::LaterJob" in pages["/scheduled"][1]
     assert "Kiq::DyingJob" in pages["/morgue"][1]

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use _kiq::capsule::Capsule;
 use _kiq::client::{self, Bulk};
 use _kiq::heartbeat::{BeatConfig, ProcessInfo};
 use _kiq::job::NewJob;
@@ -45,7 +46,7 @@ fn main() {
             pid: std::process::id(),
             tag: String::new(),
             labels: Vec::new(),
-            queues: vec![("default".to_owned(), concurrency)],
+            capsules: vec![Capsule::single("default", concurrency)],
             started_at: timestamp::now(),
             version: "kiq-bench".to_owned(),
         },

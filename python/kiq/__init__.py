@@ -20,6 +20,7 @@ from kiq._kiq import __version__
 from kiq.activejob import active_job
 from kiq.app import Kiq, StopResult
 from kiq.batch import Batch, BatchStatus
+from kiq.capsule import Capsule
 from kiq.crontab import Crontab
 from kiq.job import Enqueued, Job
 from kiq.logs import JobContext, current_job
@@ -35,6 +36,7 @@ _logging.getLogger("kiq").addHandler(_logging.NullHandler())
 __all__ = [
     "Batch",
     "BatchStatus",
+    "Capsule",
     "Crontab",
     "Enqueued",
     "FunctionWorker",

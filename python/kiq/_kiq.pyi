@@ -399,7 +399,7 @@ class Server:
         cls,
         client: Client,
         identity: str,
-        queues: Sequence[tuple[str, int]],
+        queues: Sequence[tuple[Sequence[tuple[str, int]], int]],
         *,
         hostname: str,
         tag: str | None = None,

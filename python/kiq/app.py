@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -23,6 +23,7 @@ from typing import Any
 from kiq import _kiq, corelog
 from kiq.aio import AsyncRunner
 from kiq.batch import Batch, BatchStatus, parent_chain, reopen, status_of
+from kiq.capsule import Capsule
 from kiq.errors import ConfigError, KiqError, UndeliverableError
 from kiq.identity import new_identity
 from kiq.instrument import Instrumenter
@@ -64,8 +65,10 @@ class Kiq(Running, Enqueueing):
     Args:
         redis_url: ``redis://[user:password@]host:port/db`` or ``rediss://``;
             defaults to ``$REDIS_URL``, then ``redis://localhost:6379/0``.
-        queues: queue name → the most jobs of that queue run at once, in
-            fetch order, e.g. ``{"default": 25, "events": 5}``.
+        queues: queue name → the most jobs of that queue run at once, each
+            queue with threads of its own, e.g. ``{"default": 25, "events": 5}``;
+            or a list of :class:`~kiq.Capsule`, each serving several queues
+            with one pool of threads in Sidekiq's strict or weighted order.
         workers: worker classes and ``@worker`` functions this process runs.
         pool_size: Redis connections shared by short commands.
         namespace: key prefix for Sidekiq 6 apps that use ``redis-namespace``.
@@ -176,7 +179,7 @@ class Kiq(Running, Enqueueing):
         self,
         redis_url: str | None = None,
         *,
-        queues: Mapping[str, int] | None = None,
+        queues: Mapping[str, int] | Sequence[Capsule] | None = None,
         workers: Iterable[WorkerLike] = (),
         pool_size: int = 5,
         namespace: str | None = None,
@@ -366,9 +369,20 @@ class Kiq(Running, Enqueueing):
                                        unique_until, expires_in, encrypt))
 
     @staticmethod
-    def _check_queues(queues: Mapping[str, int]) -> dict[str, int]:
+    def _check_queues(queues: Mapping[str, int] | Sequence[Capsule]) -> dict[str, int] | tuple[Capsule, ...]:
+        if isinstance(queues, Sequence) and not isinstance(queues, (str, bytes)) and queues:
+            capsules = tuple(queues)
+            for c in capsules:
+                if not isinstance(c, Capsule):
+                    raise ConfigError(f"queues given as a list must hold kiq.Capsule values, not {c!r}")
+            names = [n for c in capsules for n, _ in c.queues]
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ConfigError(f"queue {twice[0]!r} is in two capsules")
+            return capsules
         if not isinstance(queues, Mapping) or not queues:
-            raise ConfigError('queues must be a non-empty mapping of queue name to concurrency, e.g. {"default": 25}')
+            raise ConfigError('queues must be a non-empty mapping of queue name to concurrency, e.g. {"default": 25}, '
+                              'or a list of kiq.Capsule')
         out: dict[str, int] = {}
         for name, n in queues.items():
             if not isinstance(name, str) or not name:

@@ -117,8 +117,10 @@ def cmd_run(ns: argparse.Namespace) -> int:
     if ns.queue:
         default = ns.concurrency or 10
         app.queues = app._check_queues({name: limit or default for name, limit in ns.queue})
-    elif ns.concurrency:
+    elif ns.concurrency and isinstance(app.queues, dict):
         app.queues = app._check_queues(dict.fromkeys(app.queues, ns.concurrency))
+    elif ns.concurrency:
+        app.queues = tuple(c.with_concurrency(ns.concurrency) for c in app.capsules)
     if ns.timeout is not None:
         if ns.timeout < 0:
             raise CliError("-t must not be negative", EXIT_USAGE)

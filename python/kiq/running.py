@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from kiq import _kiq, corelog
 from kiq.aio import AsyncRunner
+from kiq.capsule import Capsule
 from kiq.errors import ConfigError, KiqError, ShutdownError
 from kiq.identity import hostname
 from kiq.limiter import Limiters
@@ -97,7 +98,7 @@ class Running:
 
     # Configuration (app.py).
     identity: str
-    queues: dict[str, int]
+    queues: dict[str, int] | tuple[Capsule, ...]
     tag: str
     labels: list[str]
     shutdown_timeout: float
@@ -140,6 +141,13 @@ class Running:
     _running_main: bool
     _listener: threading.Thread | None
     _health_address: str | None
+
+    @property
+    def capsules(self) -> tuple[Capsule, ...]:
+        """The queues as capsules: one per queue of a ``{name: concurrency}`` mapping."""
+        if isinstance(self.queues, dict):
+            return tuple(Capsule([name], n) for name, n in self.queues.items())
+        return self.queues
 
     @property
     def client(self) -> _kiq.Client:
@@ -207,7 +215,7 @@ class Running:
         server = _kiq.Server(
             self.client,
             self.identity,
-            list(self.queues.items()),
+            [([*c.queues], c.concurrency) for c in self.capsules],
             hostname=hostname(),
             tag=self.tag,
             labels=self.labels,
@@ -241,7 +249,8 @@ class Running:
         # one per queue keeps up, where one per concurrency slot would mostly wait for the GIL. (kiq's own
         # worker, a chain's next step, is sync: a few Redis round trips on that thread when a step ends.)
         hand_off_only = aio is not None and all(w.is_async for w in self.workers.values())
-        threads = WorkerThreads(processor, list(self.queues.items()), hand_off_only=hand_off_only)
+        threads = WorkerThreads(processor, [(c.name, c.concurrency) for c in self.capsules],
+                                hand_off_only=hand_off_only)
         with self._lock:
             self._server, self._threads, self._reporters, self._aio = server, threads, reporters, aio
         if not self._running_main:

@@ -27,7 +27,8 @@ use crate::throttle::{Candidate, Throttles, Verdict};
 pub struct Admitter {
     pub throttles: Arc<Throttles>,
     pub lane: Arc<Lane>,
-    pub wip_key: Arc<str>,
+    /// Every queue of the process by its number (`Delivery::queue`): its name and in-progress list.
+    pub queues: Arc<[(Arc<str>, Arc<str>)]>,
     pub pool: Arc<Pool>,
     pub keys: Keys,
     pub policy: RetryPolicy,
@@ -56,40 +57,56 @@ impl Admitter {
     /// The jobs that may run now; throttled ones over their limit are parked
     /// (their settlement takes them off the in-progress list).
     async fn admit(&self, jobs: Vec<Delivery>) -> Vec<Delivery> {
-        let (checked, mut ready): (Vec<Delivery>, Vec<Delivery>) =
+        let (mut checked, mut ready): (Vec<Delivery>, Vec<Delivery>) =
             jobs.into_iter().partition(|d| self.throttles.at_fetch(&d.class));
-        if checked.is_empty() {
-            return ready;
+        // One check per queue (a capsule of several queues fetches from each).
+        while let Some(queue) = checked.first().map(|d| d.queue) {
+            let (these, rest): (Vec<Delivery>, Vec<Delivery>) = checked.into_iter().partition(|d| d.queue == queue);
+            checked = rest;
+            let (name, wip) = &self.queues[queue];
+            match self.admit_queue(name, wip, these).await {
+                Ok(run) => ready.extend(run),
+                Err(unchecked) => {
+                    // Stopping: the jobs stay in progress and go back to their queues.
+                    ready.extend(unchecked);
+                    ready.extend(checked);
+                    return ready;
+                }
+            }
         }
+        ready
+    }
+
+    /// [`Admitter::admit`] for jobs of one queue; a stop while Redis does not
+    /// answer gives them back unchecked (`Err`).
+    async fn admit_queue(
+        &self,
+        name: &str,
+        wip: &Arc<str>,
+        checked: Vec<Delivery>,
+    ) -> Result<Vec<Delivery>, Vec<Delivery>> {
         // The same tokens if the check is sent again: it then finds the holds it took.
         let candidates: Vec<Candidate<'_>> = checked.iter().map(|d| Candidate::of(d, String::new())).collect();
         let mut delay = Duration::from_millis(50);
         let mut again = false;
         let verdicts = loop {
-            match self.throttles.check(&self.pool, &self.keys, &self.lane.name, &candidates, again).await {
+            match self.throttles.check(&self.pool, &self.keys, name, &candidates, again).await {
                 Ok(v) => break v,
                 Err(e) => {
                     self.pool.note_error(&e);
                     let n = candidates.len();
-                    log::warn!("cannot check the throttles of {n} jobs of queue {:?} yet: {e}", self.lane.name);
+                    log::warn!("cannot check the throttles of {n} jobs of queue {name:?} yet: {e}");
                     again = true;
                     if !self.control.sleep(delay).await {
-                        // Stopping: the jobs stay in progress and go back to the queue.
                         drop(candidates);
-                        ready.extend(checked);
-                        return ready;
+                        return Err(checked);
                     }
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
             }
         };
         drop(candidates);
-        for (d, verdict) in checked.into_iter().zip(verdicts) {
-            if let Some(d) = apply(d, verdict, &self.wip_key, &self.acks) {
-                ready.push(d);
-            }
-        }
-        ready
+        Ok(checked.into_iter().zip(verdicts).filter_map(|(d, verdict)| apply(d, verdict, wip, &self.acks)).collect())
     }
 }
 

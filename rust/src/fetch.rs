@@ -1,18 +1,23 @@
-//! The dequeue loop: one task per queue, fetching only for idle workers.
+//! The dequeue loop: one task per capsule (`capsule.rs`: one queue, or
+//! several sharing threads), fetching only for idle workers.
 //!
 //! Each round asks for `concurrency - out` jobs with `fetch.lua`, which moves
-//! them from the queue into this process's in-progress list in one atomic
-//! step (and keeps the batch under a token, so a lost reply is read back
-//! rather than stranding jobs). When the queue is empty the task blocks in
-//! `BLMOVE` on a connection of its own, so an idle queue costs one command
-//! per 2 s (Sidekiq's fetch timeout) and a new job is picked up as soon as it
-//! is pushed. When every worker is busy it sleeps until a job finishes. Payloads that cannot run
+//! them from the capsule's queues (in the order of its mode) into this
+//! process's in-progress list of each queue in one atomic step (and keeps the
+//! batch under a token, so a lost reply is read back rather than stranding
+//! jobs). When every queue is empty the task blocks in `BLMOVE` on each queue,
+//! each on a connection of its own, so an idle queue costs one command per 2 s
+//! (Sidekiq's fetch timeout) and a new job is picked up as soon as it is
+//! pushed. When every worker is busy it sleeps until a job finishes. Payloads that cannot run
 //! (not JSON, no class, args not an array) never reach a worker: they go to
 //! the dead set or the retry path with an error saying what is wrong. Jobs of
 //! throttled classes are checked here, the batch in one round trip, before
 //! any takes a thread; refused ones are parked (`throttle.rs`).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -24,6 +29,7 @@ use crate::admit::Admitter;
 use crate::args;
 use crate::batches::watch::Watch;
 use crate::batches::{BatchRef, Outcome as BatchOutcome, Settled};
+use crate::capsule::Capsule;
 use crate::control::{Control, RunState};
 use crate::crypto::{self, Keyring};
 use crate::job::{Payload, UniqueUntil, field};
@@ -38,6 +44,10 @@ use crate::worker::WorkerOptions;
 
 /// Sidekiq's fetch timeout: how long one blocking wait lasts.
 pub const BLOCK: Duration = Duration::from_secs(2);
+
+/// How long a fetch's batch copy and token live: they are read back only
+/// right after a failed fetch, and a dead process's stay behind otherwise.
+const BATCH_TTL_MS: u64 = 24 * 3600 * 1000;
 
 /// The error class recorded for payloads kiq cannot run.
 pub const INVALID_JOB_ERROR: &str = "kiq.errors.InvalidJobError";
@@ -60,11 +70,23 @@ pub(crate) fn failure_settlement(
     Settlement { wip_key: wip_key.clone(), raw, settle, processed: true, failed: true, unlock: None, held: None, batch }
 }
 
+/// One queue of a capsule, as its fetcher sees it.
+pub struct Source {
+    /// The queue's number in the process (`Delivery::queue`).
+    pub index: usize,
+    pub name: Arc<str>,
+    pub queue_key: String,
+    pub wip_key: Arc<str>,
+}
+
 pub struct Fetcher {
     pub lane_index: usize,
     pub lane: Arc<Lane>,
-    pub queue_key: String,
-    pub wip_key: Arc<str>,
+    pub capsule: Capsule,
+    /// The capsule's queues, in its listed order.
+    pub sources: Vec<Source>,
+    /// Every queue of the process by its number: its name and in-progress list.
+    pub queues: Arc<[(Arc<str>, Arc<str>)]>,
     /// Where fetch.lua keeps its last batch, and that batch's token.
     pub batch_key: String,
     pub token_key: String,
@@ -81,6 +103,30 @@ pub struct Fetcher {
     pub throttles: Option<Arc<Throttles>>,
 }
 
+/// Jobs fetched, by the position of their queue in [`Fetcher::sources`].
+type Fetched = Vec<(usize, Vec<Vec<u8>>)>;
+
+/// One blocking wait of [`Fetcher::wait_for_push`].
+type Wait = Pin<Box<dyn Future<Output = redis::RedisResult<Option<Vec<u8>>>> + Send>>;
+
+/// The first of `waits` to finish (its position and result); `None` once all have.
+async fn first_of(waits: &mut [Option<Wait>]) -> Option<(usize, redis::RedisResult<Option<Vec<u8>>>)> {
+    std::future::poll_fn(|cx| {
+        let mut any = false;
+        for (i, slot) in waits.iter_mut().enumerate() {
+            if let Some(w) = slot {
+                any = true;
+                if let Poll::Ready(r) = w.as_mut().poll(cx) {
+                    *slot = None;
+                    return Poll::Ready(Some((i, r)));
+                }
+            }
+        }
+        if any { Poll::Pending } else { Poll::Ready(None) }
+    })
+    .await
+}
+
 impl Fetcher {
     pub async fn run(self) {
         let (admitter, admitting) = match &self.throttles {
@@ -89,7 +135,7 @@ impl Fetcher {
                 let admit = Admitter {
                     throttles: t.clone(),
                     lane: self.lane.clone(),
-                    wip_key: self.wip_key.clone(),
+                    queues: self.queues.clone(),
                     pool: self.pool.clone(),
                     keys: self.keys.clone(),
                     policy: self.policy.clone(),
@@ -109,7 +155,7 @@ impl Fetcher {
     }
 
     async fn fetch_loop(&self, admitter: Option<&mpsc::UnboundedSender<Vec<Delivery>>>) {
-        let mut blocking = self.pool.blocking(BLOCK);
+        let mut blocking: Vec<_> = self.sources.iter().map(|_| self.pool.blocking(BLOCK)).collect();
         let mut state = self.control.subscribe();
         let mut failing = false;
         let mut delay = Duration::from_millis(100);
@@ -151,16 +197,13 @@ impl Fetcher {
                             idle = !pushed;
                             continue;
                         }
-                        Err(e) => {
-                            blocking.reset();
-                            Err(e)
-                        }
+                        Err(e) => Err(e),
                     }
                 } else {
                     token += 1;
                     match self.fetch(free, token).await {
                         Ok(jobs) => {
-                            idle = jobs.is_empty();
+                            idle = jobs.iter().all(|(_, j)| j.is_empty());
                             Ok(jobs)
                         }
                         Err(e) => {
@@ -173,7 +216,7 @@ impl Fetcher {
             match result {
                 Ok(jobs) => {
                     if failing {
-                        log::warn!("fetching from queue {:?} works again", self.lane.name);
+                        log::warn!("fetching from {} works again", self.what());
                         failing = false;
                         delay = Duration::from_millis(100);
                     }
@@ -182,7 +225,7 @@ impl Fetcher {
                 Err(e) => {
                     self.pool.note_error(&e);
                     if !failing {
-                        log::error!("cannot fetch from queue {:?}, pausing until Redis answers: {e}", self.lane.name);
+                        log::error!("cannot fetch from {}, pausing until Redis answers: {e}", self.what());
                         failing = true;
                     }
                     if !self.control.sleep(delay).await {
@@ -194,57 +237,120 @@ impl Fetcher {
         }
     }
 
-    async fn fetch(&self, n: usize, token: u64) -> redis::RedisResult<Vec<Vec<u8>>> {
-        scripts::FETCH
-            .key(&self.queue_key)
-            .key(&*self.wip_key)
-            .key(&self.batch_key)
-            .key(&self.token_key)
-            .arg(n)
-            .arg(token)
-            .invoke_async(&mut self.pool.get())
-            .await
+    /// "queue \"x\"", or "queues \"x,y\"" for a capsule of several (messages).
+    fn what(&self) -> String {
+        let plural = if self.sources.len() > 1 { "s" } else { "" };
+        format!("queue{plural} {:?}", self.lane.name)
+    }
+
+    async fn fetch(&self, n: usize, token: u64) -> redis::RedisResult<Fetched> {
+        let order = self.capsule.order(&mut rand::rng());
+        let mut inv = scripts::FETCH.key(&self.batch_key);
+        inv.key(&self.token_key).arg(n).arg(token).arg(BATCH_TTL_MS);
+        for &i in &order {
+            inv.key(&self.sources[i].queue_key).key(&*self.sources[i].wip_key).arg(i);
+        }
+        let groups: Vec<Vec<Vec<u8>>> = inv.invoke_async(&mut self.pool.get()).await?;
+        groups
+            .into_iter()
+            .map(|mut g| {
+                let jobs = g.split_off(1.min(g.len()));
+                Ok((self.tag(g.first().map(Vec::as_slice))?, jobs))
+            })
+            .collect()
+    }
+
+    /// The source a tag of fetch.lua's names.
+    fn tag(&self, tag: Option<&[u8]>) -> redis::RedisResult<usize> {
+        tag.and_then(|t| std::str::from_utf8(t).ok())
+            .and_then(|t| t.parse::<usize>().ok())
+            .filter(|&i| i < self.sources.len())
+            .ok_or_else(|| {
+                redis::RedisError::from((redis::ErrorKind::Parse, "fetch.lua returned an unknown queue tag"))
+            })
     }
 
     /// After a failed fetch: the batch it took, if it ran (it is in the
-    /// in-progress list, so it must be delivered), else nothing.
-    async fn read_back(&self, token: u64) -> redis::RedisResult<Vec<Vec<u8>>> {
+    /// in-progress lists, so it must be delivered), else nothing.
+    async fn read_back(&self, token: u64) -> redis::RedisResult<Fetched> {
         let mut conn = self.pool.get();
         let stored: Option<u64> = redis::cmd("GET").arg(&self.token_key).query_async(&mut conn).await?;
         if stored != Some(token) {
             return Ok(Vec::new());
         }
-        let jobs: Vec<Vec<u8>> =
+        let flat: Vec<Vec<u8>> =
             redis::cmd("LRANGE").arg(&self.batch_key).arg(0).arg(-1).query_async(&mut conn).await?;
-        if !jobs.is_empty() {
-            log::warn!("a fetch from queue {:?} lost its reply; delivering its {} jobs", self.lane.name, jobs.len());
+        // Per queue: its tag, the count, then the jobs.
+        let mut out = Vec::new();
+        let mut rest = flat.into_iter();
+        while let Some(tag) = rest.next() {
+            let source = self.tag(Some(&tag))?;
+            let count = rest.next().and_then(|c| String::from_utf8(c).ok()).and_then(|c| c.parse::<usize>().ok());
+            let count =
+                count.ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Parse, "bad fetch batch count")))?;
+            out.push((source, rest.by_ref().take(count).collect::<Vec<_>>()));
         }
-        Ok(jobs)
+        let n: usize = out.iter().map(|(_, j)| j.len()).sum();
+        if n > 0 {
+            log::warn!("a fetch from {} lost its reply; delivering its {n} jobs", self.what());
+        }
+        Ok(out)
     }
 
-    /// Blocks until the queue has a job (or the block time ends). It waits
-    /// with `BLMOVE queue queue RIGHT RIGHT`, which moves the oldest job onto
-    /// itself: the job never leaves the queue, so a lost reply strands
-    /// nothing, and fetch.lua then takes jobs atomically. A quiet or stop
-    /// meanwhile ends the wait at once with `CLIENT UNBLOCK`.
-    async fn wait_for_push(&self, blocking: &mut crate::pool::BlockingConn) -> redis::RedisResult<bool> {
-        blocking.connect().await?;
-        let id = blocking.client_id();
+    /// Blocks until one of the queues has a job (or the block time ends).
+    /// It waits with `BLMOVE queue queue RIGHT RIGHT` on each queue (each on
+    /// its own connection), which moves the oldest job onto itself: the job
+    /// never leaves the queue, so a lost reply strands nothing, and fetch.lua
+    /// then takes jobs atomically. The first wait to end ends the others, as
+    /// a quiet or stop does, with `CLIENT UNBLOCK`.
+    async fn wait_for_push(&self, blocking: &mut [crate::pool::BlockingConn]) -> redis::RedisResult<bool> {
+        let mut conns = Vec::with_capacity(blocking.len());
+        for b in blocking.iter_mut() {
+            match b.connected().await {
+                Ok(c) => conns.push((c, b.client_id())),
+                Err(e) => {
+                    b.reset();
+                    return Err(e);
+                }
+            }
+        }
         let mut state = self.control.subscribe();
         if *state.borrow_and_update() != RunState::Running {
             return Ok(false);
         }
-        let mut cmd = redis::cmd("BLMOVE");
-        cmd.arg(&self.queue_key).arg(&self.queue_key).arg("RIGHT").arg("RIGHT").arg(BLOCK.as_secs_f64());
-        let wait = blocking.query::<Option<Vec<u8>>>(&cmd);
-        tokio::pin!(wait);
-        // Set once a quiet or stop asks the wait to end; CLIENT UNBLOCK is
-        // sent until it finds the connection blocked (it may be sent before
-        // BLMOVE reaches Redis, and then unblocks nothing).
+        let ids: Vec<Option<i64>> = conns.iter().map(|(_, id)| *id).collect();
+        let mut waits: Vec<Option<Wait>> = conns
+            .into_iter()
+            .zip(&self.sources)
+            .map(|((mut conn, _), s)| {
+                let mut cmd = redis::cmd("BLMOVE");
+                cmd.arg(&s.queue_key).arg(&s.queue_key).arg("RIGHT").arg("RIGHT").arg(BLOCK.as_secs_f64());
+                Some(Box::pin(async move { cmd.query_async::<Option<Vec<u8>>>(&mut conn).await }) as Wait)
+            })
+            .collect();
+        // Set once the waits must end (one ended, or a quiet or stop);
+        // CLIENT UNBLOCK is sent to each until it finds the connection
+        // blocked (it may be sent before BLMOVE reaches Redis, and then
+        // unblocks nothing).
         let mut unblocking = false;
+        let mut unblocked = vec![false; waits.len()];
+        let mut pushed = false;
+        let mut failed = None;
         loop {
             tokio::select! {
-                job = &mut wait => return Ok(job?.is_some()),
+                next = first_of(&mut waits) => match next {
+                    None => break,
+                    Some((i, r)) => {
+                        match r {
+                            Ok(job) => pushed |= job.is_some(),
+                            Err(e) => {
+                                blocking[i].reset();
+                                failed.get_or_insert(e);
+                            }
+                        }
+                        unblocking = true;
+                    }
+                },
                 changed = state.changed(), if !unblocking => {
                     if changed.is_err() || *state.borrow_and_update() != RunState::Running {
                         unblocking = true;
@@ -252,33 +358,44 @@ impl Fetcher {
                 }
                 () = tokio::time::sleep(Duration::from_millis(20)), if unblocking => {}
             }
-            if unblocking && let Some(id) = id {
+            if !unblocking {
+                continue;
+            }
+            for (i, id) in ids.iter().enumerate() {
+                let Some(id) = id.filter(|_| waits[i].is_some() && !unblocked[i]) else { continue };
                 let r: redis::RedisResult<i64> =
                     redis::cmd("CLIENT").arg("UNBLOCK").arg(id).query_async(&mut self.pool.get()).await;
                 match r {
                     Ok(0) => {}
-                    Ok(_) => unblocking = false,
+                    Ok(_) => unblocked[i] = true,
                     Err(e) => {
                         log::debug!("CLIENT UNBLOCK {id} failed: {e}");
-                        unblocking = false;
+                        unblocked[i] = true;
                     }
                 }
             }
         }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(pushed),
+        }
     }
 
-    async fn deliver(&self, raws: Vec<Vec<u8>>, admitter: Option<&mpsc::UnboundedSender<Vec<Delivery>>>) {
-        let mut good = Vec::with_capacity(raws.len());
-        for raw in raws {
-            match self.decode(raw) {
-                Ok(mut d) => {
-                    if let Some(b) = d.batch.as_deref().filter(|b| b.callback.is_none()) {
-                        d.batch_invalidated = self.watch.skip(&self.pool, &self.keys, &b.chain).await;
+    async fn deliver(&self, fetched: Fetched, admitter: Option<&mpsc::UnboundedSender<Vec<Delivery>>>) {
+        let mut good = Vec::with_capacity(fetched.iter().map(|(_, j)| j.len()).sum());
+        for (source, raws) in fetched {
+            let source = &self.sources[source];
+            for raw in raws {
+                match self.decode(source, raw) {
+                    Ok(mut d) => {
+                        if let Some(b) = d.batch.as_deref().filter(|b| b.callback.is_none()) {
+                            d.batch_invalidated = self.watch.skip(&self.pool, &self.keys, &b.chain).await;
+                        }
+                        good.push(d);
                     }
-                    good.push(d);
-                }
-                Err(s) => {
-                    let _ = self.acks.send(Msg::Settle(s));
+                    Err(s) => {
+                        let _ = self.acks.send(Msg::Settle(s));
+                    }
                 }
             }
         }
@@ -299,7 +416,14 @@ impl Fetcher {
 
     /// A runnable job of this lane with these arguments, its expiry and
     /// unique lock read from the payload.
-    fn delivery(&self, payload: Payload, class: String, args: Value, kwargs: Option<Value>) -> Delivery {
+    fn delivery(
+        &self,
+        source: &Source,
+        payload: Payload,
+        class: String,
+        args: Value,
+        kwargs: Option<Value>,
+    ) -> Delivery {
         let jid = payload.jid().unwrap_or_default();
         let expires_at = payload.time(field::EXPIRES_AT);
         let lock = payload.get(field::UNIQUE_TOKEN).and_then(|t| serde_json::from_str::<String>(t).ok()).map(|token| {
@@ -313,9 +437,10 @@ impl Fetcher {
         let suspect = payload.get(field::SUSPECT) == Some("true");
         let batch = BatchRef::of(&payload).map(Box::new);
         if batch.is_none() && payload.contains(field::BID) {
-            self.watch.note_foreign(&payload, &self.lane.name);
+            self.watch.note_foreign(&payload, &source.name);
         }
         let mut d = Delivery::new(self.lane_index, payload, class, jid, args);
+        d.queue = source.index;
         d.batch = batch;
         d.suspect = suspect;
         d.kwargs = kwargs;
@@ -326,14 +451,11 @@ impl Fetcher {
 
     /// A runnable delivery, or the settlement for a payload that cannot run.
     #[allow(clippy::result_large_err)]
-    fn decode(&self, raw: Vec<u8>) -> Result<Delivery, Settlement> {
+    fn decode(&self, source: &Source, raw: Vec<u8>) -> Result<Delivery, Settlement> {
         let bury = |raw: Vec<u8>, why: &str| {
-            log::error!(
-                "queue {:?} held a job that is not a JSON object ({why}); moved to the dead set",
-                self.lane.name
-            );
+            log::error!("queue {:?} held a job that is not a JSON object ({why}); moved to the dead set", source.name);
             Settlement {
-                wip_key: self.wip_key.clone(),
+                wip_key: source.wip_key.clone(),
                 raw: raw.clone(),
                 settle: Settle::Dead { payload: raw },
                 processed: false,
@@ -358,7 +480,7 @@ impl Fetcher {
                 match crypto::open_last(self.keyring.as_deref(), args) {
                     Ok(bag) => match args::parse(args, "args") {
                         Ok(parsed) => {
-                            let mut d = self.delivery(payload, class, parsed, None);
+                            let mut d = self.delivery(source, payload, class, parsed, None);
                             d.bag = Some(Box::new(bag));
                             return Ok(d);
                         }
@@ -380,20 +502,20 @@ impl Fetcher {
                     }
                     Ok((call.class, args, kwargs))
                 }) {
-                    Ok((class, args, kwargs)) => return Ok(self.delivery(payload, class, args, kwargs)),
+                    Ok((class, args, kwargs)) => return Ok(self.delivery(source, payload, class, args, kwargs)),
                     Err(e) => e.to_string(),
                 }
             }
             (Some(class), Some(args)) if !class.is_empty() => match args::parse(args, "args") {
-                Ok(args) => return Ok(self.delivery(payload, class, args, None)),
+                Ok(args) => return Ok(self.delivery(source, payload, class, args, None)),
                 Err(e) => e.to_string(),
             },
             (None, _) => "the job has no \"class\" string".into(),
             (Some(_), None) => "the job's \"args\" is missing or not an array".into(),
             (Some(_), Some(_)) => "the job's \"class\" is empty".into(),
         };
-        log::error!("cannot run job {} from queue {:?}: {problem}", payload.jid().unwrap_or_default(), self.lane.name);
+        log::error!("cannot run job {} from queue {:?}: {problem}", payload.jid().unwrap_or_default(), source.name);
         let failure = Failure { error_class: error_class.to_owned(), error_message: problem, ..Failure::default() };
-        Err(failure_settlement(&self.wip_key, &self.lane.name, &self.policy, payload, &failure))
+        Err(failure_settlement(&source.wip_key, &source.name, &self.policy, payload, &failure))
     }
 }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use crate::capsule::Capsule;
 use crate::control::{Control, RunState};
 use crate::exec;
 use crate::health::Beats;
@@ -49,30 +50,41 @@ pub struct ProcessInfo {
     pub pid: u32,
     pub tag: String,
     pub labels: Vec<String>,
-    /// Queues and their concurrency; each is shown as its own capsule.
-    pub queues: Vec<(String, usize)>,
+    /// The capsules: queues sharing threads (one queue each, by default).
+    pub capsules: Vec<Capsule>,
     pub started_at: f64,
     pub version: String,
 }
 
 impl ProcessInfo {
     pub fn concurrency(&self) -> usize {
-        self.queues.iter().map(|(_, n)| n).sum()
+        self.capsules.iter().map(|c| c.concurrency).sum()
     }
 
-    /// The `info` JSON. Each kiq queue runs with its own limit, which is what
-    /// a Sidekiq 7+ capsule is, so each appears as a strict-mode capsule.
+    /// Every queue, in the capsules' order.
+    pub fn queue_names(&self) -> impl Iterator<Item = &str> {
+        self.capsules.iter().flat_map(|c| c.queues.iter().map(|(q, _)| q.as_str()))
+    }
+
+    /// The `info` JSON. Each kiq capsule (by default one per queue, with its
+    /// own limit) appears as a Sidekiq 7+ capsule, with its mode and weights.
     pub fn to_json(&self) -> String {
-        let names: Vec<String> = self.queues.iter().map(|(q, _)| json_string(q)).collect();
-        let weights: Vec<String> = self.queues.iter().map(|(q, _)| format!("{{{}:0}}", json_string(q))).collect();
+        let names: Vec<String> = self.queue_names().map(json_string).collect();
+        let weights_of = |c: &Capsule| {
+            let w: Vec<String> = c.queues.iter().map(|(q, w)| format!("{}:{w}", json_string(q))).collect();
+            format!("{{{}}}", w.join(","))
+        };
+        let weights: Vec<String> = self.capsules.iter().map(weights_of).collect();
         let capsules: Vec<String> = self
-            .queues
+            .capsules
             .iter()
-            .map(|(q, n)| {
+            .map(|c| {
                 format!(
-                    "{}:{{\"concurrency\":{n},\"mode\":\"strict\",\"weights\":{{{}:0}}}}",
-                    json_string(q),
-                    json_string(q)
+                    "{}:{{\"concurrency\":{},\"mode\":\"{}\",\"weights\":{}}}",
+                    json_string(&c.name()),
+                    c.concurrency,
+                    c.mode().as_str(),
+                    weights_of(c)
                 )
             })
             .collect();
@@ -359,7 +371,11 @@ mod tests {
             pid: 42,
             tag: "app".into(),
             labels: vec!["python".into()],
-            queues: vec![("default".into(), 25), ("events".into(), 5)],
+            capsules: vec![
+                Capsule::single("default", 25),
+                Capsule::single("events", 5),
+                Capsule::new(vec![("a".into(), 3), ("b".into(), 1)], 8),
+            ],
             started_at: 1_700_000_000.5,
             version: "kiq-0.1.0".into(),
         }
@@ -369,12 +385,16 @@ mod tests {
     fn info_has_every_field_each_version_reads() {
         let json = info().to_json();
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(v["concurrency"], 30);
-        assert_eq!(v["queues"], serde_json::json!(["default", "events"]));
-        assert_eq!(v["weights"], serde_json::json!([{"default": 0}, {"events": 0}]));
+        assert_eq!(v["concurrency"], 38);
+        assert_eq!(v["queues"], serde_json::json!(["default", "events", "a", "b"]));
+        assert_eq!(v["weights"], serde_json::json!([{"default": 0}, {"events": 0}, {"a": 3, "b": 1}]));
         assert_eq!(
             v["capsules"]["events"],
             serde_json::json!({"concurrency": 5, "mode": "strict", "weights": {"events": 0}})
+        );
+        assert_eq!(
+            v["capsules"]["a,b"],
+            serde_json::json!({"concurrency": 8, "mode": "weighted", "weights": {"a": 3, "b": 1}})
         );
         assert!(v["started_at"].is_f64());
         for key in ["hostname", "pid", "tag", "labels", "identity", "version", "embedded"] {

@@ -1,4 +1,4 @@
-//! The hand-off between one queue's fetcher and the threads that run its jobs.
+//! The hand-off between one capsule's fetcher and the threads that run its jobs.
 //!
 //! A lane holds the jobs fetched for its queue that no thread has taken yet,
 //! and counts the jobs it has out (fetched and not yet finished). The fetcher
@@ -33,8 +33,10 @@ use crate::throttle;
 pub struct Delivery {
     /// Unique within the process.
     pub id: u64,
-    /// Index of the lane (queue) it came from.
+    /// Index of the lane (capsule) that runs it.
     pub lane: usize,
+    /// Number of the queue it came from (a capsule may serve several).
+    pub queue: usize,
     /// The payload, whose `source()` is the exact string in Redis.
     pub payload: Payload,
     pub class: String,
@@ -76,6 +78,7 @@ impl Delivery {
         Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             lane,
+            queue: lane,
             payload,
             class,
             jid,

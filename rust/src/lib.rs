@@ -14,6 +14,7 @@ pub mod batches;
 pub mod browse;
 pub mod buffer;
 pub mod bulk;
+pub mod capsule;
 pub mod client;
 pub mod control;
 pub mod crontab;

@@ -323,6 +323,13 @@ impl BlockingConn {
         cmd.query_async(conn).await
     }
 
+    /// The open connection (opened if need be), to send one command on from
+    /// a future that owns it (waiting on several connections at once).
+    pub async fn connected(&mut self) -> redis::RedisResult<MultiplexedConnection> {
+        self.connect().await?;
+        Ok(self.conn.clone().expect("connection was just opened"))
+    }
+
     /// Sends `pipe` on this connection alone (no other task's commands come
     /// between its commands) and returns every reply, errors included as values.
     pub async fn query_pipeline(&mut self, pipe: &redis::Pipeline) -> redis::RedisResult<Vec<redis::Value>> {

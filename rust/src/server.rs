@@ -22,7 +22,7 @@ use crate::batches::watch::Watch;
 use crate::batches::{Outcome as BatchOutcome, Settled};
 use crate::control::{Control, RunState};
 use crate::error::{KiqError, Result};
-use crate::fetch::Fetcher;
+use crate::fetch::{Fetcher, Source};
 use crate::health::{self, Beats, Outcome, Probe, Tally};
 use crate::heartbeat::{self, BeatConfig, Heartbeat, ProcessInfo, Signal};
 use crate::isolation::{self, Admission, Gate};
@@ -155,8 +155,8 @@ impl Server {
     /// Starts the background tasks on the current tokio runtime.
     #[allow(clippy::too_many_lines)]
     pub fn start(pool: Arc<Pool>, keys: Keys, config: ServerConfig) -> Result<Arc<Self>> {
-        let queues = &config.process.queues;
-        if queues.is_empty() {
+        let capsules = &config.process.capsules;
+        if capsules.is_empty() {
             return Err(KiqError::config("queues must name at least one queue"));
         }
         let throttled = config.workers.throttles();
@@ -169,23 +169,35 @@ impl Server {
                 names.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
             )));
         }
-        for (i, (name, limit)) in queues.iter().enumerate() {
-            check_queue_name(name).map_err(|e| KiqError::config(e.to_string()))?;
-            if *limit == 0 {
-                return Err(KiqError::config(format!("queue {name:?} needs a concurrency of at least 1")));
+        let mut seen: Vec<&str> = Vec::new();
+        for c in capsules {
+            if c.queues.is_empty() {
+                return Err(KiqError::config("a capsule must name at least one queue"));
             }
-            if queues[..i].iter().any(|(n, _)| n == name) {
-                return Err(KiqError::config(format!("queue {name:?} is listed twice")));
+            if c.concurrency == 0 {
+                let what = if c.queues.len() == 1 { "queue" } else { "queues" };
+                return Err(KiqError::config(format!("{what} {:?} need a concurrency of at least 1", c.name())));
+            }
+            for (name, _) in &c.queues {
+                check_queue_name(name).map_err(|e| KiqError::config(e.to_string()))?;
+                if seen.contains(&name.as_str()) {
+                    return Err(KiqError::config(format!("queue {name:?} is listed twice")));
+                }
+                seen.push(name);
             }
         }
         // Before any task starts, so a taken port leaves nothing running.
         let health = config.health.map(bind_health).transpose()?;
         let health_addr = health.as_ref().and_then(|l| l.local_addr().ok());
         let identity = &config.process.identity;
-        let lanes: Vec<Arc<Lane>> =
-            queues.iter().map(|(n, c)| Arc::new(Lane::new(n.clone(), *c).prefetching(config.prefetch))).collect();
-        let wip_keys: Vec<Arc<str>> = queues.iter().map(|(n, _)| Arc::from(keys.in_progress(identity, n))).collect();
-        let queue_names: Vec<Arc<str>> = queues.iter().map(|(n, _)| Arc::from(n.as_str())).collect();
+        let lanes: Vec<Arc<Lane>> = capsules
+            .iter()
+            .map(|c| Arc::new(Lane::new(c.name(), c.concurrency).prefetching(config.prefetch)))
+            .collect();
+        let queue_names: Vec<Arc<str>> = config.process.queue_names().map(Arc::from).collect();
+        let wip_keys: Vec<Arc<str>> = queue_names.iter().map(|n| Arc::from(keys.in_progress(identity, n))).collect();
+        let by_number: Arc<[(Arc<str>, Arc<str>)]> =
+            queue_names.iter().cloned().zip(wip_keys.iter().cloned()).collect::<Vec<_>>().into();
         let (tx, rx) = mpsc::unbounded_channel();
         let control = Control::default();
         let watch = Arc::new(Watch::default());
@@ -196,14 +208,31 @@ impl Server {
         let throttles = (!throttled.is_empty()).then(|| Arc::new(Throttles::new(throttled)));
         let acker = tokio::spawn(ack::run(rx, pool.clone(), keys.clone(), config.policy.clone(), identity.clone()));
         let mut tasks = Vec::new();
-        for (i, lane) in lanes.iter().enumerate() {
+        let mut number = 0;
+        for (i, (lane, capsule)) in lanes.iter().zip(capsules).enumerate() {
+            let sources = capsule
+                .queues
+                .iter()
+                .map(|(name, _)| {
+                    number += 1;
+                    Source {
+                        index: number - 1,
+                        name: queue_names[number - 1].clone(),
+                        queue_key: keys.queue(name),
+                        wip_key: wip_keys[number - 1].clone(),
+                    }
+                })
+                .collect();
+            // Named after its first queue, which no other capsule of the process has.
+            let first = &capsule.queues[0].0;
             let fetcher = Fetcher {
                 lane_index: i,
                 lane: lane.clone(),
-                queue_key: keys.queue(&lane.name),
-                wip_key: wip_keys[i].clone(),
-                batch_key: keys.last_fetch(identity, &lane.name),
-                token_key: keys.last_fetch_token(identity, &lane.name),
+                capsule: capsule.clone(),
+                sources,
+                queues: by_number.clone(),
+                batch_key: keys.last_fetch(identity, first),
+                token_key: keys.last_fetch_token(identity, first),
                 pool: pool.clone(),
                 keys: keys.clone(),
                 policy: config.policy.clone(),
@@ -391,7 +420,7 @@ impl Server {
     /// in progress and goes back to its queue): its slot is then free.
     pub fn admit_keyed(&self, d: Delivery, key: std::result::Result<String, Failure>) -> Option<Delivery> {
         let Some(t) = self.throttles.as_ref().filter(|t| t.keyed(&d.class)) else { return Some(d) };
-        let lane = d.lane;
+        let (lane, queue) = (d.lane, d.queue);
         let key = match key.and_then(throttle::check_key) {
             Ok(key) => key,
             Err(failure) => {
@@ -402,10 +431,9 @@ impl Server {
                     failure.error_class,
                     failure.error_message
                 );
-                let queue = &self.lanes[lane].name;
                 let s = crate::fetch::failure_settlement(
-                    &self.wip_keys[lane],
-                    queue,
+                    &self.wip_keys[queue],
+                    &self.queue_names[queue],
                     &self.config.policy,
                     d.payload,
                     &failure,
@@ -418,7 +446,7 @@ impl Server {
         let candidate = [throttle::Candidate::of(&d, key)];
         let mut delay = Duration::from_millis(50);
         let verdict = loop {
-            match t.check_blocking(&self.pool, &self.keys, &self.lanes[lane].name, &candidate) {
+            match t.check_blocking(&self.pool, &self.keys, &self.queue_names[queue], &candidate) {
                 Ok(mut v) => break v.pop(),
                 Err(e) => {
                     log::warn!("cannot check the throttle of job {} jid={} yet: {e}", d.class, d.jid);
@@ -432,7 +460,7 @@ impl Server {
             }
         };
         let Some(verdict) = verdict else { return Some(d) };
-        let run = crate::admit::apply(d, verdict, &self.wip_keys[lane], &self.acks);
+        let run = crate::admit::apply(d, verdict, &self.wip_keys[queue], &self.acks);
         if run.is_none() {
             self.lanes[lane].finish();
         }
@@ -517,7 +545,7 @@ impl Server {
             d.id,
             Work {
                 tid: work::current_tid(),
-                queue: self.queue_names[d.lane].clone(),
+                queue: self.queue_names[d.queue].clone(),
                 payload: Arc::from(d.payload.source()),
                 run_at: timestamp::now() as i64,
                 cancelled: false,
@@ -558,8 +586,8 @@ impl Server {
         let unlock = unlock_of(&d);
         let batch = batch_of(&mut d, BatchOutcome::Ok);
         let held = self.take_held(&mut d);
-        let lane = d.lane;
-        self.send(lane, d.payload.into_source().into_bytes(), Settle::Done, false, unlock, batch, held);
+        let at = (d.lane, d.queue);
+        self.send(at, d.payload.into_source().into_bytes(), Settle::Done, false, unlock, batch, held);
     }
 
     /// The job's batch was invalidated: it is not run, counts as done for its
@@ -579,12 +607,12 @@ impl Server {
         }
         self.end(&d, true, Outcome::Rescheduled);
         let raw = d.payload.source().as_bytes().to_vec();
-        let (lane, unlock, held) = (d.lane, None, self.take_held(&mut d));
+        let (at, unlock, held) = ((d.lane, d.queue), None, self.take_held(&mut d));
         let Some(r) = crate::overlimit::reschedule(d.payload, max, delay, timestamp::now(), rand::random()) else {
             unreachable!("the count was checked above")
         };
         let settle = Settle::Schedule { at: r.at, payload: r.payload, parked: None };
-        self.send(lane, raw, settle, false, unlock, None, held);
+        self.send(at, raw, settle, false, unlock, None, held);
         Ok(r.at)
     }
 
@@ -603,9 +631,9 @@ impl Server {
         let unlock = unlock_of(&d);
         let batch = batch_of(&mut d, BatchOutcome::Ok);
         let held = self.take_held(&mut d);
-        let lane = d.lane;
+        let (lane, queue) = (d.lane, d.queue);
         let s = Settlement {
-            wip_key: self.wip_keys[lane].clone(),
+            wip_key: self.wip_keys[queue].clone(),
             raw: d.payload.into_source().into_bytes(),
             settle,
             processed: false,
@@ -624,7 +652,7 @@ impl Server {
         if !d.expires_at.is_some_and(|at| timestamp::now() > at) {
             return Some(d);
         }
-        log::warn!("job_aborted {} jid={} queue={} reason=expired", d.class, d.jid, self.lanes[d.lane].name);
+        log::warn!("job_aborted {} jid={} queue={} reason=expired", d.class, d.jid, self.queue_names[d.queue]);
         self.expire(d);
         None
     }
@@ -641,9 +669,9 @@ impl Server {
         let worker = self.config.workers.of(&d.class);
         self.end(&d, false, Outcome::Failed);
         let held = self.take_held(&mut d);
-        let queue = self.lanes[d.lane].name.clone();
+        let queue = self.queue_names[d.queue].clone();
         let raw = d.payload.source().to_owned();
-        let lane = d.lane;
+        let at = (d.lane, d.queue);
         let lock = unlock_of(&d);
         let batch = d.batch.take();
         let jid = std::mem::take(&mut d.jid);
@@ -661,7 +689,7 @@ impl Server {
         let (settle, gone) = Settle::of_failure(disposition);
         let unlock = lock.filter(|_| gone);
         let batch = batch.and_then(|b| Settled::from_ref(*b, jid, outcome));
-        self.send(lane, raw.into_bytes(), settle, true, unlock, batch, held);
+        self.send(at, raw.into_bytes(), settle, true, unlock, batch, held);
         fate
     }
 
@@ -673,7 +701,7 @@ impl Server {
         self.release_held(d);
         if self.memory_stop.load(Ordering::Acquire) {
             let mut back = self.handed_back.lock().unwrap_or_else(PoisonError::into_inner);
-            back.push((d.lane, d.payload.source().as_bytes().to_vec(), d.alone));
+            back.push((d.queue, d.payload.source().as_bytes().to_vec(), d.alone));
         }
         self.lanes[d.lane].finish();
     }
@@ -706,9 +734,10 @@ impl Server {
     }
 
     #[allow(clippy::too_many_arguments)]
+    /// Sends a finished job's settlement; `at` is its (lane, queue).
     fn send(
         &self,
-        lane: usize,
+        (lane, queue): (usize, usize),
         raw: Vec<u8>,
         settle: Settle,
         failed: bool,
@@ -717,7 +746,7 @@ impl Server {
         held: Option<Box<Held>>,
     ) {
         let s = Settlement {
-            wip_key: self.wip_keys[lane].clone(),
+            wip_key: self.wip_keys[queue].clone(),
             raw,
             settle,
             processed: true,
@@ -782,7 +811,7 @@ impl Server {
             return;
         }
         let alone = back.iter().any(|(_, _, a)| *a);
-        for (lane, raw, was_alone) in &back {
+        for (queue, raw, was_alone) in &back {
             let verdict = if *was_alone || (!alone && back.len() == 1) {
                 Verdict::Blame
             } else if alone {
@@ -791,8 +820,8 @@ impl Server {
                 Verdict::Suspect
             };
             let (policy, identity) = (&self.config.policy, &self.config.process.identity);
-            let list = &self.wip_keys[*lane];
-            let queue = &self.lanes[*lane].name;
+            let list = &self.wip_keys[*queue];
+            let queue = &self.queue_names[*queue];
             let why = "was recycled for memory";
             let r = poison::hand_back(
                 &self.pool,
@@ -816,19 +845,22 @@ impl Server {
     /// Moves every job left in this process's in-progress lists back to its queue.
     async fn requeue_all(&self) -> Result<usize> {
         let mut total = 0;
-        for (lane, wip) in self.lanes.iter().zip(&self.wip_keys) {
+        for (queue, wip) in self.queue_names.iter().zip(&self.wip_keys) {
             let moved: usize = scripts::REQUEUE
                 .key(&**wip)
-                .key(self.keys.queue(&lane.name))
+                .key(self.keys.queue(queue))
                 .key(self.keys.queues())
-                .arg(&lane.name)
+                .arg(&**queue)
                 .invoke_async(&mut self.pool.get())
                 .await?;
             total += moved;
-            let identity = &self.config.process.identity;
+        }
+        let identity = &self.config.process.identity;
+        for capsule in &self.config.process.capsules {
+            let first = &capsule.queues[0].0;
             let _: () = redis::cmd("UNLINK")
-                .arg(self.keys.last_fetch(identity, &lane.name))
-                .arg(self.keys.last_fetch_token(identity, &lane.name))
+                .arg(self.keys.last_fetch(identity, first))
+                .arg(self.keys.last_fetch_token(identity, first))
                 .query_async(&mut self.pool.get())
                 .await?;
         }

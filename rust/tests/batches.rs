@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use _kiq::batches::build::{Builder, Spec};
 use _kiq::batches::{Callback, status};
+use _kiq::capsule::Capsule;
 use _kiq::client::{self, PushItem};
 use _kiq::heartbeat::ProcessInfo;
 use _kiq::job::{NewJob, Retry};
@@ -27,7 +28,7 @@ fn config() -> ServerConfig {
             pid: 1,
             tag: String::new(),
             labels: Vec::new(),
-            queues: vec![("default".into(), 10), ("cb".into(), 10)],
+            capsules: vec![Capsule::single("default", 10), Capsule::single("cb", 10)],
             started_at: timestamp::now(),
             version: "kiq-test".into(),
         },

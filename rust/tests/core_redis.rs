@@ -5,6 +5,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use _kiq::capsule::Capsule;
 use _kiq::client::{self, PushItem};
 use _kiq::heartbeat::{BeatConfig, ProcessInfo};
 use _kiq::job::{NewJob, Payload};
@@ -25,7 +26,7 @@ fn config(queues: &[(&str, usize)]) -> ServerConfig {
             pid: 1,
             tag: String::new(),
             labels: Vec::new(),
-            queues: queues.iter().map(|(q, n)| ((*q).to_owned(), *n)).collect(),
+            capsules: queues.iter().map(|(q, n)| Capsule::single(*q, *n)).collect(),
             started_at: timestamp::now(),
             version: "kiq-test".into(),
         },

@@ -16,6 +16,7 @@ use super::errors::{ShutdownError, py_result};
 use super::fate::Fate;
 use super::jobspec;
 use super::{gil, options};
+use crate::capsule::Capsule;
 use crate::crontab;
 use crate::heartbeat::{BeatConfig, ProcessInfo};
 use crate::job::field;
@@ -190,7 +191,7 @@ impl Server {
         py: Python<'_>,
         client: &Client,
         identity: String,
-        queues: Vec<(String, usize)>,
+        queues: Vec<(Vec<(String, u32)>, usize)>,
         hostname: String,
         tag: Option<String>,
         labels: Option<Vec<String>>,
@@ -243,7 +244,8 @@ impl Server {
                 "heartbeat_interval must be positive and shorter than heartbeat_ttl",
             ));
         }
-        let names = queues.iter().map(|(q, _)| PyString::new(py, q).unbind()).collect();
+        let capsules: Vec<Capsule> = queues.into_iter().map(|(q, n)| Capsule::new(q, n)).collect();
+        let names = capsules.iter().flat_map(|c| c.queues.iter()).map(|(q, _)| PyString::new(py, q).unbind()).collect();
         let config = ServerConfig {
             process: ProcessInfo {
                 identity,
@@ -251,7 +253,7 @@ impl Server {
                 pid: std::process::id(),
                 tag: tag.unwrap_or_default(),
                 labels: labels.unwrap_or_default(),
-                queues,
+                capsules,
                 started_at: timestamp::now(),
                 version: format!("kiq-{}", env!("CARGO_PKG_VERSION")),
             },
@@ -382,7 +384,7 @@ impl Server {
             batch_invalidated: d.batch_invalidated,
             class_name: PyString::new(py, &d.class).unbind(),
             jid: PyString::new(py, &d.jid).unbind(),
-            queue: self.names[d.lane].clone_ref(py),
+            queue: self.names[d.queue].clone_ref(py),
             lane: d.lane,
             expires_at: d.expires_at,
             args,

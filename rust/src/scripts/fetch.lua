@@ -1,32 +1,51 @@
--- fetch.lua: take up to ARGV[1] jobs from a queue into this process's
--- in-progress list, in one atomic step, so a fetched job is always in one of
--- the two lists. The batch is also kept, under the caller's token, until the
--- next fetch: if the reply is lost (a dropped connection, a timeout), the
--- caller reads it back instead of stranding those jobs.
+-- fetch.lua: take up to ARGV[1] jobs from a capsule's queues, in the order
+-- given, each job moved into its queue's in-progress list of this process in
+-- one atomic step, so a fetched job is always in one of the two lists. The
+-- batch is also kept, under the caller's token, until the next fetch: if the
+-- reply is lost (a dropped connection, a timeout), the caller reads it back
+-- instead of stranding those jobs.
 --
--- KEYS[1]  queue:<name>         LIST of job payloads; Sidekiq pushes on the left,
---                               so the oldest job is at the right end.
--- KEYS[2]  in-progress list     LIST of this process's unacknowledged jobs for
---                               that queue; jobs are pushed on its left end.
--- KEYS[3]  last batch           LIST, the jobs this call returned (oldest first).
--- KEYS[4]  last batch token     STRING, the token of the call that wrote KEYS[3].
+-- KEYS[1]      last batch              LIST: per queue that gave jobs, its tag,
+--                                      the count, then the jobs (oldest first).
+-- KEYS[2]      last batch token        STRING, the token of the call that wrote KEYS[1].
+-- then per queue i (1..N), in the order to take from:
+-- KEYS[1+2i]   queue:<name>            LIST of job payloads; Sidekiq pushes on the
+--                                      left, so the oldest job is at the right end.
+-- KEYS[2+2i]   in-progress list        LIST of this process's unacknowledged jobs
+--                                      of that queue; jobs are pushed on its left end.
 -- ARGV[1]  the most jobs to take (>= 1).
 -- ARGV[2]  this call's token (unique per fetcher and call).
+-- ARGV[3]  milliseconds KEYS[1] and KEYS[2] live (they only matter right after the call).
+-- ARGV[3+i]  queue i's tag (the caller's number for it), returned and kept with its jobs.
 --
--- Returns the jobs taken, oldest first (empty when the queue is empty), or
--- a WRONGTYPE error, before anything is taken, when the in-progress list is
--- not a list: a script's writes are not undone when it fails, so popping
--- first would drop the jobs the LPUSH then refused.
-local t = redis.call('TYPE', KEYS[2])['ok']
-if t ~= 'none' and t ~= 'list' then
-  return redis.error_reply('WRONGTYPE ' .. KEYS[2] .. ' holds a ' .. t .. ', not a list (the jobs stay in ' .. KEYS[1] .. ')')
+-- Returns, per queue that gave jobs, {tag, job, job, ...} (oldest first;
+-- empty when every queue is empty), or a WRONGTYPE error, before anything is
+-- taken from that queue, when its in-progress list is not a list (a script's
+-- writes are not undone when it fails, so popping first would drop the jobs
+-- the LPUSH then refused; jobs taken from earlier queues are in KEYS[1]).
+local want = tonumber(ARGV[1])
+local ttl = ARGV[3]
+redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
+local out = {}
+local n = (#KEYS - 2) / 2
+for i = 1, n do
+  if want <= 0 then
+    break
+  end
+  local queue, wip = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
+  local t = redis.call('TYPE', wip)['ok']
+  if t ~= 'none' and t ~= 'list' then
+    return redis.error_reply('WRONGTYPE ' .. wip .. ' holds a ' .. t .. ', not a list (the jobs stay in ' .. queue .. ')')
+  end
+  local jobs = redis.call('RPOP', queue, want)
+  if jobs then
+    redis.call('LPUSH', wip, unpack(jobs))
+    redis.call('RPUSH', KEYS[1], ARGV[3 + i], #jobs, unpack(jobs))
+    redis.call('PEXPIRE', KEYS[1], ttl)
+    want = want - #jobs
+    table.insert(jobs, 1, ARGV[3 + i])
+    out[#out + 1] = jobs
+  end
 end
-redis.call('DEL', KEYS[3])
-redis.call('SET', KEYS[4], ARGV[2])
-local jobs = redis.call('RPOP', KEYS[1], ARGV[1])
-if not jobs then
-  return {}
-end
-redis.call('LPUSH', KEYS[2], unpack(jobs))
-redis.call('RPUSH', KEYS[3], unpack(jobs))
-return jobs
+return out
