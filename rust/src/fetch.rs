@@ -29,7 +29,7 @@ use crate::admit::Admitter;
 use crate::args;
 use crate::batches::watch::Watch;
 use crate::batches::{BatchRef, Outcome as BatchOutcome, Settled};
-use crate::capsule::Capsule;
+use crate::capsule::{Capsule, Mode};
 use crate::control::{Control, RunState};
 use crate::crypto::{self, Keyring};
 use crate::job::{Payload, UniqueUntil, field};
@@ -244,18 +244,23 @@ impl Fetcher {
     }
 
     async fn fetch(&self, n: usize, token: u64) -> redis::RedisResult<Fetched> {
-        let order = self.capsule.order(&mut rand::rng());
         let mut inv = scripts::FETCH.key(&self.batch_key);
         inv.key(&self.token_key).arg(n).arg(token).arg(BATCH_TTL_MS);
-        for &i in &order {
+        let mut add = |i: usize| {
             inv.key(&self.sources[i].queue_key).key(&*self.sources[i].wip_key).arg(i);
+        };
+        if self.sources.len() == 1 || self.capsule.mode() == Mode::Strict {
+            (0..self.sources.len()).for_each(&mut add);
+        } else {
+            self.capsule.order(&mut rand::rng()).into_iter().for_each(&mut add);
         }
         let groups: Vec<Vec<Vec<u8>>> = inv.invoke_async(&mut self.pool.get()).await?;
         groups
             .into_iter()
+            .filter(|g| !g.is_empty())
             .map(|mut g| {
-                let jobs = g.split_off(1.min(g.len()));
-                Ok((self.tag(g.first().map(Vec::as_slice))?, jobs))
+                let tag = g.remove(0);
+                Ok((self.tag(Some(&tag))?, g))
             })
             .collect()
     }
