@@ -152,3 +152,41 @@ def test_stats_count_processed_and_failed_like_sidekiq(make_app, r):
     assert r.get(f"stat:processed:{day}") == "10" and r.get(f"stat:failed:{day}") == "3"
     assert 157_000_000 < r.ttl(f"stat:processed:{day}") <= 157_680_000
     assert r.ttl("stat:processed") == -1
+
+
+def test_after_many_short_jobs_a_slow_one_does_not_hold_up_the_next(make_app, redis_url, r):
+    """Short jobs let a woken thread leave the jobs behind it to threads coming
+    back (no relay wake-up); when the thread that would come back is stuck in
+    a slow job, a free thread still takes the next job within milliseconds
+    (the standby), not when the slow job ends."""
+    started: dict[str, float] = {}
+    release = threading.Event()
+
+    @worker(name="Quick")
+    def quick(n: int) -> None:
+        pass
+
+    @worker(name="Mark")
+    def mark(name: str) -> None:
+        started[name] = time.monotonic()
+        if name == "slow":
+            release.wait(10)
+
+    app = make_app(queues={"default": 4}, workers=[quick, mark])
+    app.start()
+    for _ in range(5):  # runs of short jobs, each pushed while the threads sleep
+        app.enqueue_bulk(quick, [[i] for i in range(300)], sync=True)
+        wait_for(lambda: r.llen("queue:default") == 0 and int(r.get("stat:processed") or 0) % 300 == 0,
+                 what="a run of short jobs")
+    # Several pairs, so a slow job lands on a thread that leaves the next one behind.
+    for k in range(5):
+        release.clear()
+        started.clear()
+        app.enqueue_bulk(mark, [["slow"], ["next"]], sync=True)
+        wait_for(lambda: len(started) == 2, timeout=5, what="both jobs started")
+        gap = abs(started["next"] - started["slow"])
+        assert gap < 0.5, f"round {k}: the next job started {gap:.3f}s after the slow one"
+        release.set()
+        wait_for(lambda: r.llen(f"kiq:wip|{app.identity}|default") == 0, what="both done")
+        app.enqueue_bulk(quick, [[i] for i in range(100)], sync=True)  # short again
+        wait_for(lambda: r.llen("queue:default") == 0, what="short jobs")

@@ -80,7 +80,8 @@ def test_failing_job_shows_in_retries_and_retry_now_runs_it(make_app, r, web: st
     [row] = rows(browser)
     assert "Billing::Flaky" in row and "RuntimeError" in row and "first attempt of 7 fails" in row
     browser.find_element(By.LINK_TEXT, "Billing::Flaky").click()
-    assert jid in browser.find_element(By.ID, "job").text
+    job = wait_for(lambda: browser.find_elements(By.ID, "job"), what="the job's page")
+    assert jid in job[0].text
     assert "in `flaky'" in browser.find_element(By.CSS_SELECTOR, "pre.backtrace").text
     click(browser, 'button[value="retry"]')
     wait_for(lambda: runs == [7, 7], what="the retried job to run")
@@ -108,7 +109,9 @@ def test_bulk_delete_of_filtered_dead_jobs(make_app, r, web: str, browser: Any) 
     browser.get(web + "/morgue")
     browser.find_element(By.NAME, "class").send_keys("mailer")
     click(browser, "form.filter button")
-    assert "reads the set" in browser.find_element(By.ID, "scan-note").text
+    # The click starts a navigation; the filtered page is there once its note is.
+    note = wait_for(lambda: browser.find_elements(By.ID, "scan-note"), what="the filtered page")
+    assert "reads the set" in note[0].text
     assert len(rows(browser)) == 4 and all("Doomed::Mailer" in row for row in rows(browser))
     click(browser, '#all button[value="delete"]', accept=True)
     wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, ".notice"), what="the action's notice")

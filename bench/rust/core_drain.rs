@@ -66,7 +66,7 @@ fn main() {
         keyring: None,
         quiet: false,
         prefetch: 0,
-        workers: Default::default(),
+        workers: _kiq::worker::Workers::default(),
         limits: None,
     };
     let server = Server::start(pool, Keys::default(), config).unwrap();

@@ -101,6 +101,9 @@ pub struct Fetcher {
     pub watch: Arc<Watch>,
     /// The process's throttles, if any worker has one.
     pub throttles: Option<Arc<Throttles>>,
+    /// True once the process's heartbeat reached Redis (at once without a
+    /// heartbeat): nothing is fetched before, see `Heartbeat::registered`.
+    pub registered: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Jobs fetched, by the position of their queue in [`Fetcher::sources`].
@@ -155,6 +158,16 @@ impl Fetcher {
     }
 
     async fn fetch_loop(&self, admitter: Option<&mpsc::UnboundedSender<Vec<Delivery>>>) {
+        let mut registered = self.registered.clone();
+        let mut stopping = self.control.subscribe();
+        tokio::select! {
+            r = registered.wait_for(|r| *r) => {
+                if r.is_err() {
+                    return;
+                }
+            }
+            _ = stopping.wait_for(|s| *s == RunState::Stopping) => return,
+        }
         let mut blocking: Vec<_> = self.sources.iter().map(|_| self.pool.blocking(BLOCK)).collect();
         let mut state = self.control.subscribe();
         let mut failing = false;

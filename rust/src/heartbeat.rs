@@ -171,6 +171,11 @@ pub struct Heartbeat {
     pub beats: Arc<Beats>,
     /// Failed commands already logged (each is reported once).
     pub reported: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Set once a beat reached Redis: the fetchers wait for it, so no
+    /// in-progress list of this process exists without its heartbeat (a
+    /// leader would take such a list for a dead process's and requeue jobs
+    /// that are running).
+    pub registered: watch::Sender<bool>,
 }
 
 impl Heartbeat {
@@ -196,6 +201,7 @@ impl Heartbeat {
             let beat = self.beat(&info, &mut had_work).await;
             if beat.is_ok() {
                 self.beats.ok();
+                self.registered.send_if_modified(|r| !std::mem::replace(r, true));
             }
             match beat {
                 Ok(()) if failing => {
@@ -210,8 +216,10 @@ impl Heartbeat {
                     }
                 }
             }
+            // Until the first beat lands nothing is fetched: try again soon.
+            let wait = if *self.registered.borrow() { self.config.interval } else { Duration::from_millis(100) };
             tokio::select! {
-                () = tokio::time::sleep(self.config.interval) => {}
+                () = tokio::time::sleep(wait.min(self.config.interval)) => {}
                 _ = halt.wait_for(|h| *h) => return,
             }
         }

@@ -60,8 +60,16 @@ pub struct TimedOut {
     pub workers: Workers,
 }
 
-/// One pass: recovers every dead process's in-progress jobs.
-pub async fn recover(pool: &Pool, keys: &Keys, policy: &RetryPolicy, max_recoveries: u32) -> Result<Recovery> {
+/// One pass: recovers every dead process's in-progress jobs; `me` (the
+/// calling process, alive by definition) is never taken for dead, even while
+/// its heartbeat does not reach Redis.
+pub async fn recover(
+    pool: &Pool,
+    keys: &Keys,
+    policy: &RetryPolicy,
+    max_recoveries: u32,
+    me: &str,
+) -> Result<Recovery> {
     let mut conn = pool.get();
     let mut report = Recovery::default();
     let mut lists: Vec<String> = Vec::new();
@@ -86,6 +94,9 @@ pub async fn recover(pool: &Pool, keys: &Keys, policy: &RetryPolicy, max_recover
     let mut alive: HashMap<String, bool> = HashMap::new();
     for list in &lists {
         let Some((identity, queue)) = keys.parse_in_progress(list) else { continue };
+        if identity == me {
+            continue;
+        }
         if !alive.contains_key(identity) {
             let exists: bool = redis::cmd("EXISTS").arg(keys.process(identity)).query_async(&mut conn).await?;
             alive.insert(identity.to_owned(), exists);
@@ -328,6 +339,8 @@ pub struct Recoverer {
     pub interval: Duration,
     pub max_recoveries: u32,
     pub leadership: Arc<Leadership>,
+    /// This process's identity (never recovered by itself).
+    pub identity: String,
 }
 
 impl Recoverer {
@@ -345,7 +358,7 @@ impl Recoverer {
                 wait = self.interval.min(Duration::from_secs(1));
                 continue;
             }
-            if let Err(e) = recover(&self.pool, &self.keys, &self.policy, self.max_recoveries).await {
+            if let Err(e) = recover(&self.pool, &self.keys, &self.policy, self.max_recoveries, &self.identity).await {
                 log::error!("orphan recovery failed, will retry: {e}");
             }
         }

@@ -208,6 +208,7 @@ impl Server {
         let throttles = (!throttled.is_empty()).then(|| Arc::new(Throttles::new(throttled)));
         let acker = tokio::spawn(ack::run(rx, pool.clone(), keys.clone(), config.policy.clone(), identity.clone()));
         let mut tasks = Vec::new();
+        let (registered, registered_rx) = tokio::sync::watch::channel(config.beat.is_none());
         let mut number = 0;
         for (i, (lane, capsule)) in lanes.iter().zip(capsules).enumerate() {
             let sources = capsule
@@ -241,6 +242,7 @@ impl Server {
                 keyring: config.keyring.clone(),
                 watch: watch.clone(),
                 throttles: throttles.clone(),
+                registered: registered_rx.clone(),
             };
             tasks.push(tokio::spawn(fetcher.run()));
         }
@@ -271,6 +273,7 @@ impl Server {
                 signals: signal_tx.clone(),
                 beats: beats.clone(),
                 reported: std::sync::Mutex::default(),
+                registered,
             };
             tokio::spawn(hb.run(halted.clone()))
         });
@@ -311,6 +314,7 @@ impl Server {
                 interval,
                 max_recoveries: config.max_recoveries,
                 leadership: leadership.clone(),
+                identity: config.process.identity.clone(),
             };
             background.push(tokio::spawn(recoverer.run(halted.clone())));
         }
@@ -568,10 +572,14 @@ impl Server {
         self.work.remove(d.id);
         self.release(d);
         self.count_finished(outcome);
+        let took = d.started.map(|t| t.elapsed());
+        if let Some(took) = took {
+            self.lanes[d.lane].ran(took);
+        }
         if !self.config.beat.is_some_and(|b| b.metrics) {
             return;
         }
-        let ms = d.started.map_or(0, |t| t.elapsed().as_millis() as u64);
+        let ms = took.map_or(0, |t| t.as_millis() as u64);
         // Sidekiq counts ActiveJob jobs under the class they wrap.
         match d.payload.get(field::WRAPPED).and_then(|w| serde_json::from_str::<String>(w).ok()) {
             Some(wrapped) => self.metrics.record(&wrapped, ok, ms),

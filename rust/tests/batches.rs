@@ -47,7 +47,7 @@ fn config() -> ServerConfig {
         stuck_after: None,
         quiet: false,
         prefetch: 0,
-        workers: Default::default(),
+        workers: _kiq::worker::Workers::default(),
         limits: None,
         keyring: None,
     }

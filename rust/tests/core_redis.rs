@@ -45,7 +45,7 @@ fn config(queues: &[(&str, usize)]) -> ServerConfig {
         stuck_after: None,
         keyring: None,
         prefetch: 0,
-        workers: Default::default(),
+        workers: _kiq::worker::Workers::default(),
         limits: None,
         quiet: false,
     }
@@ -447,5 +447,34 @@ fn a_throttled_job_over_its_limit_is_parked_and_comes_back_when_the_holder_ends(
         assert!(Instant::now() < deadline, "the last hold given back");
         std::thread::sleep(Duration::from_millis(20));
     }
+    rt.block_on(server.finish_stop(Instant::now() + Duration::from_secs(2))).unwrap();
+}
+
+#[test]
+fn a_process_never_recovers_itself_and_fetches_only_once_its_heartbeat_landed() {
+    let redis = support::RedisServer::start();
+    let rt = _kiq::runtime::get();
+    let _g = rt.enter();
+    let pool = Pool::new(RedisConfig::new(redis.url())).unwrap();
+    let mut conn = pool.get();
+    let me = "test:1:abcdefabcdef";
+    // Its own in-progress list (say, fetched before a heartbeat that was lost) and a dead neighbour's.
+    let job = |jid: &str| format!(r#"{{"class":"Echo","args":[],"jid":"{jid}","queue":"default"}}"#);
+    let _: () = rt.block_on(conn.rpush(format!("kiq:wip|{me}|default"), job("mine"))).unwrap();
+    let _: () = rt.block_on(conn.rpush("kiq:wip|host:9:dead|default", job("theirs"))).unwrap();
+    let r = rt.block_on(_kiq::orphans::recover(&pool, &Keys::default(), &RetryPolicy::default(), 3, me)).unwrap();
+    assert_eq!(r.requeued, 1, "only the dead neighbour's job");
+    let queued: Vec<String> = rt.block_on(conn.lrange("queue:default", 0, -1)).unwrap();
+    assert!(queued.len() == 1 && queued[0].contains(r#""jid":"theirs""#), "{queued:?}");
+    assert_eq!(rt.block_on(conn.llen::<_, i64>(format!("kiq:wip|{me}|default"))).unwrap(), 1);
+    let _: () = rt.block_on(conn.del("queue:default")).unwrap();
+    let _: () = rt.block_on(conn.del(format!("kiq:wip|{me}|default"))).unwrap();
+    // Started: nothing is fetched before the first beat, and the beat comes first.
+    push_jobs(&rt, &pool, "default", 1);
+    let server = Server::start(pool.clone(), Keys::default(), config(&[("default", 3)])).unwrap();
+    let d = take(&server, 0);
+    assert!(rt.block_on(conn.exists::<_, bool>(me)).unwrap(), "the heartbeat landed before the fetch");
+    server.complete(d);
+    server.begin_stop();
     rt.block_on(server.finish_stop(Instant::now() + Duration::from_secs(2))).unwrap();
 }
