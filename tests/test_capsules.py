@@ -151,10 +151,11 @@ def test_a_wrong_type_in_progress_key_holds_back_only_its_queue(make_app, redis_
     app = make_app(queues=[Capsule(["first", "second"], concurrency=50)], workers=[recorder(ran)])
     wip = f"kiq:wip|{app.identity}|second"
     r.set(wip, "in the way")
+    order = r.lrange("queue:second", 0, -1)
     app.start()
     wait_for(lambda: len(ran) == 30, what="the first queue's jobs")
     time.sleep(0.5)
-    assert len(ran) == 30 and r.llen("queue:second") == 30, "the second queue's jobs stay put"
+    assert len(ran) == 30 and r.lrange("queue:second", 0, -1) == order, "the second queue's jobs stay put, in order"
     r.delete(wip)
     wait_for(lambda: len(ran) == 60, timeout=10, what="the second queue's jobs once the key is fixed")
     assert sorted(ran.order) == sorted((q, i) for q in ("first", "second") for i in range(30)), "each once"

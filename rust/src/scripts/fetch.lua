@@ -19,10 +19,11 @@
 -- ARGV[3+i]  queue i's tag (the caller's number for it), returned and kept with its jobs.
 --
 -- Returns, per queue that gave jobs, {tag, job, job, ...} (oldest first;
--- empty when every queue is empty), or a WRONGTYPE error, before anything is
--- taken from that queue, when its in-progress list is not a list (a script's
--- writes are not undone when it fails, so popping first would drop the jobs
--- the LPUSH then refused; jobs taken from earlier queues are in KEYS[1]).
+-- empty when every queue is empty), or a WRONGTYPE error when a queue's
+-- in-progress list is not a list: the jobs popped from that queue are put
+-- back where they were first (the type is checked only once a queue gave
+-- jobs, so an empty queue costs one RPOP); jobs taken from earlier queues
+-- are in KEYS[1], for the caller to read back.
 local want = tonumber(ARGV[1])
 local ttl = ARGV[3]
 redis.call('DEL', KEYS[1])
@@ -34,12 +35,18 @@ for i = 1, n do
     break
   end
   local queue, wip = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
-  local t = redis.call('TYPE', wip)['ok']
-  if t ~= 'none' and t ~= 'list' then
-    return redis.error_reply('WRONGTYPE ' .. wip .. ' holds a ' .. t .. ', not a list (the jobs stay in ' .. queue .. ')')
-  end
   local jobs = redis.call('RPOP', queue, want)
   if jobs then
+    local t = redis.call('TYPE', wip)['ok']
+    if t ~= 'none' and t ~= 'list' then
+      -- Put back as they were (the oldest at the right end) before refusing.
+      local back = {}
+      for k = #jobs, 1, -1 do
+        back[#back + 1] = jobs[k]
+      end
+      redis.call('RPUSH', queue, unpack(back))
+      return redis.error_reply('WRONGTYPE ' .. wip .. ' holds a ' .. t .. ', not a list (the jobs stay in ' .. queue .. ')')
+    end
     redis.call('LPUSH', wip, unpack(jobs))
     redis.call('RPUSH', KEYS[1], ARGV[3 + i], #jobs, unpack(jobs))
     redis.call('PEXPIRE', KEYS[1], ttl)
