@@ -297,6 +297,31 @@ def test_papercuts(tmp_path: Path, redis_url: str, r: redis.Redis) -> None:
     assert "runs to its end and succeeds" in said
 
 
+def test_run_with_sidekiq_weights_shares_threads(tmp_path: Path, redis_url: str, r: redis.Redis) -> None:
+    """-q NAME,WEIGHT (Sidekiq's spelling) puts those queues in one capsule of -c threads; a plain -q
+    queue keeps threads of its own."""
+    (tmp_path / "jobs.py").write_text("from kiq import Kiq\napp = Kiq(queues={'default': 1})\n")
+    proc = subprocess.Popen([str(KIQ), "run", "jobs:app", "-r", redis_url, "-t", "2", "-q", "critical,3",
+                             "-q", "default,1", "-q", "reports:2", "-c", "6"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        identity = wait_for(lambda: next(iter(r.smembers("processes")), None), timeout=30, what="kiq run to beat")
+        info = json.loads(wait_for(lambda: r.hget(identity, "info"), what="its info"))
+        assert info["capsules"] == {
+            "critical,default": {"concurrency": 6, "mode": "weighted", "weights": {"critical": 3, "default": 1}},
+            "reports": {"concurrency": 2, "mode": "strict", "weights": {"reports": 0}},
+        }
+        assert info["concurrency"] == 8
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    bad = kiq("run", "jobs:app", "-q", "critical,x", cwd=tmp_path, check=2).stderr
+    assert "QUEUE,WEIGHT takes a whole number" in bad
+
+
 def test_jobs_busy_lists_running_jobs(make_app, redis_url: str, r: redis.Redis) -> None:
     release = threading.Event()
 

@@ -35,6 +35,7 @@ from typing import Any
 from kiq import _kiq, acl, gen, swarm
 from kiq.api import Api, JobSet, Queue
 from kiq.app import DEFAULT_URL, Kiq
+from kiq.capsule import Capsule
 from kiq.errors import ArgumentError, ConfigError, ConnectionError, KiqError
 from kiq.errors import TimeoutError as KiqTimeoutError
 from kiq.job import Job
@@ -86,12 +87,19 @@ def _positive(text: str) -> int:
     return value
 
 
-def _queue_limit(text: str) -> tuple[str, int | None]:
+def _queue_limit(text: str) -> tuple[str, int | None, int | None]:
+    """``QUEUE``, ``QUEUE:CONCURRENCY`` (threads of its own) or Sidekiq's
+    ``QUEUE,WEIGHT`` (shared threads): (name, concurrency, weight)."""
+    if "," in text:
+        name, _, weight = text.partition(",")
+        if not name or not weight.isdigit():
+            raise argparse.ArgumentTypeError(f"-q {text!r}: QUEUE,WEIGHT takes a whole number >= 0 as the weight")
+        return name, None, int(weight)
     name, colon, limit = text.partition(":")
     if not name or (colon and not limit):
-        raise argparse.ArgumentTypeError(f"-q takes QUEUE or QUEUE:CONCURRENCY, not {text!r}")
+        raise argparse.ArgumentTypeError(f"-q takes QUEUE, QUEUE:CONCURRENCY or QUEUE,WEIGHT, not {text!r}")
     try:
-        return name, _positive(limit) if limit else None
+        return name, _positive(limit) if limit else None, None
     except argparse.ArgumentTypeError as exc:
         raise argparse.ArgumentTypeError(f"-q {text!r}: the concurrency must be a whole number >= 1 ({exc})") from None
 
@@ -116,7 +124,14 @@ def cmd_run(ns: argparse.Namespace) -> int:
         app.namespace = ns.namespace if ns.namespace is not None else app.namespace
     if ns.queue:
         default = ns.concurrency or 10
-        app.queues = app._check_queues({name: limit or default for name, limit in ns.queue})
+        own = {name: limit or default for name, limit, weight in ns.queue if weight is None}
+        shared = {name: weight for name, _, weight in ns.queue if weight is not None}
+        if shared:
+            # Sidekiq's -q NAME,WEIGHT: those queues share -c threads (all weights 0: strict order).
+            capsules = [Capsule(shared, default), *(Capsule([name], n) for name, n in own.items())]
+            app.queues = app._check_queues(capsules)
+        else:
+            app.queues = app._check_queues(own)
     elif ns.concurrency and isinstance(app.queues, dict):
         app.queues = app._check_queues(dict.fromkeys(app.queues, ns.concurrency))
     elif ns.concurrency:
@@ -525,8 +540,10 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", aliases=["worker"], help="run an app's workers until SIGTERM or SIGINT")
     p.add_argument("target", help="module:attribute of a Kiq (or of a function returning one), or a module")
-    p.add_argument("-q", "--queue", action="append", type=_queue_limit, metavar="QUEUE[:N]",
-                   help="queue to work and its concurrency (repeatable; replaces the app's queues)")
+    p.add_argument("-q", "--queue", action="append", type=_queue_limit, metavar="QUEUE[:N|,WEIGHT]",
+                   help="queue to work and its concurrency (repeatable; replaces the app's queues); "
+                        "QUEUE,WEIGHT (Sidekiq's) puts the queue in one pool of -c threads shared by weight "
+                        "(all weights 0: strict order)")
     p.add_argument("-c", "--concurrency", type=_positive, help="concurrency of each queue without its own")
     p.add_argument("-t", "--timeout", type=float, help="shutdown timeout in seconds (default: the app's, 25)")
     p.add_argument("-g", "--tag", help="tag shown next to the process on the Busy page")
