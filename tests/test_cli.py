@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import os
@@ -11,6 +12,7 @@ import sys
 import http.client
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,21 @@ def kiq(*args: str, url: str | None = None, cwd: Path | None = None, check: int 
     if check is not None:
         assert out.returncode == check, f"exit {out.returncode}\n{out.stdout}\n{out.stderr}"
     return out
+
+
+@contextlib.contextmanager
+def kiq_run(cwd: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[None]:
+    """``kiq run jobs:app ARGS`` in ``cwd`` while the block runs; then SIGTERM, which must end it with 0."""
+    proc = subprocess.Popen([str(KIQ), "run", "jobs:app", "-t", "2", *args], cwd=cwd, env={**os.environ, **(env or {})},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_enqueue_writes_a_sidekiq_job(redis_url: str, r: redis.Redis) -> None:
@@ -262,17 +279,8 @@ def test_papercuts(tmp_path: Path, redis_url: str, r: redis.Redis) -> None:
     (tmp_path / "jobs.py").write_text("from kiq import Kiq\napp = Kiq(queues={'default': 1})\n")
     (tmp_path / "broken.py").write_text("import os\n\n\ndef f():\n    return 1 / 0\n\n\nf()\n")
     # -r works for run as for every other command; -q default:0 and -c 0 are refused, not replaced.
-    proc = subprocess.Popen([str(KIQ), "run", "jobs:app", "-r", redis_url, "-t", "2"], cwd=tmp_path,
-                            env={**os.environ, "REDIS_URL": NOWHERE}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
+    with kiq_run(tmp_path, "-r", redis_url, env={"REDIS_URL": NOWHERE}):
         wait_for(lambda: r.scard("processes") == 1, timeout=30, what="kiq run -r to beat")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert "a queue runs at least 1 job" in kiq("run", "jobs:app", "-q", "default:0", cwd=tmp_path, check=2).stderr
     assert "a queue runs at least 1 job" in kiq("run", "jobs:app", "-c", "0", cwd=tmp_path, check=2).stderr
     out = kiq("enqueue", "X", "--args-json", "not json", url=redis_url, check=2)
@@ -301,10 +309,7 @@ def test_run_with_sidekiq_weights_shares_threads(tmp_path: Path, redis_url: str,
     """-q NAME,WEIGHT (Sidekiq's spelling) puts those queues in one capsule of -c threads; a plain -q
     queue keeps threads of its own."""
     (tmp_path / "jobs.py").write_text("from kiq import Kiq\napp = Kiq(queues={'default': 1})\n")
-    proc = subprocess.Popen([str(KIQ), "run", "jobs:app", "-r", redis_url, "-t", "2", "-q", "critical,3",
-                             "-q", "default,1", "-q", "reports:2", "-c", "6"], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    with kiq_run(tmp_path, "-r", redis_url, "-q", "critical,3", "-q", "default,1", "-q", "reports:2", "-c", "6"):
         identity = wait_for(lambda: next(iter(r.smembers("processes")), None), timeout=30, what="kiq run to beat")
         info = json.loads(wait_for(lambda: r.hget(identity, "info"), what="its info"))
         assert info["capsules"] == {
@@ -312,12 +317,6 @@ def test_run_with_sidekiq_weights_shares_threads(tmp_path: Path, redis_url: str,
             "reports": {"concurrency": 2, "mode": "strict", "weights": {"reports": 0}},
         }
         assert info["concurrency"] == 8
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     bad = kiq("run", "jobs:app", "-q", "critical,x", cwd=tmp_path, check=2).stderr
     assert "QUEUE,WEIGHT takes a whole number" in bad
 
