@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-from kiq import Capsule, Job, Kiq, current_job, worker
+from kiq import Capsule, Job, Kiq, Throttle, current_job, worker
 from kiq.errors import ConfigError
 from support import wait_for
 
@@ -235,3 +235,45 @@ def test_kill_9_of_a_capsule_returns_each_job_to_its_own_queue(make_app, redis_u
     assert sorted(ran.order) == sorted((q, i) for q in ("k1", "k2") for i in range(20)), "each once, from its queue"
     assert not r.exists(wip1) and not r.exists(wip2)
     assert not r.keys(f"kiq:fetch*|{identity}|*"), "the dead fetcher's batch copy is gone"
+
+
+def test_throttled_jobs_of_a_capsule_are_checked_per_queue_and_parked_back_to_their_own(make_app, r) -> None:
+    """A throttle checked at fetch (a static key) and one checked at dispatch
+    (a key function) over a capsule of two queues: never two at once per key,
+    each job runs once and from the queue it was pushed to (a parked job goes
+    back to its own queue through the schedule set)."""
+    lock = threading.Lock()
+    running: dict[str, int] = {}
+    most: dict[str, int] = {}
+    ran = Ran()
+
+    def body(key: str, queue: str, n: int) -> None:
+        job = current_job()
+        assert job is not None and job.queue == queue, f"{queue}/{n} ran from {job and job.queue}"
+        with lock:
+            running[key] = running.get(key, 0) + 1
+            most[key] = max(most.get(key, 0), running[key])
+        time.sleep(0.01)
+        with lock:
+            running[key] -= 1
+        ran.add(queue, n)
+
+    @worker(name="Static", throttle=Throttle(concurrency=1))
+    def static(queue: str, n: int) -> None:
+        body("static", queue, n)
+
+    @worker(name="Keyed", throttle=Throttle(concurrency=1, key=lambda queue, n: f"k{n % 2}"))
+    def keyed(queue: str, n: int) -> None:
+        body(f"k{n % 2}", queue, n)
+
+    app = make_app(queues=[Capsule({"t1": 1, "t2": 1}, concurrency=6)], workers=[static, keyed],
+                   poll_interval_average=0.05)
+    for q in ("t1", "t2"):
+        app.enqueue_bulk(Job("Static", queue=q), [[q, i] for i in range(6)], sync=True)
+        app.enqueue_bulk(Job("Keyed", queue=q), [[q, 100 + i] for i in range(6)], sync=True)
+    app.start()
+    wait_for(lambda: len(ran) == 24, timeout=60, what="all 24 jobs")
+    assert most == {"static": 1, "k0": 1, "k1": 1}, most
+    expected = [(q, i) for q in ("t1", "t2") for i in [*range(6), *range(100, 106)]]
+    assert sorted(ran.order) == sorted(expected), "each once"
+    wait_for(lambda: r.zcard("schedule") == 0 and r.llen("queue:t1") == r.llen("queue:t2") == 0, what="nothing left")
