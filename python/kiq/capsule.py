@@ -90,7 +90,8 @@ class Capsule:
         return "random" if all(w == 1 for w in weights) else "weighted"
 
     def with_concurrency(self, concurrency: int) -> Capsule:
-        return Capsule(dict(self.queues) if self.mode != "strict" else [n for n, _ in self.queues], concurrency)
+        """The same queues and weights with another concurrency."""
+        return Capsule(dict(self.queues), concurrency)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Capsule) and (self.queues, self.concurrency) == (other.queues, other.concurrency)

@@ -61,10 +61,15 @@ impl Capsule {
         }
     }
 
+    /// Whether each fetch draws its order (else it is the listed one).
+    pub fn drawn(&self) -> bool {
+        self.queues.len() > 1 && self.mode() != Mode::Strict
+    }
+
     /// The order of the next fetch, as indexes into `queues`.
     pub fn order(&self, rng: &mut impl Rng) -> Vec<usize> {
         let n = self.queues.len();
-        if n == 1 || self.mode() == Mode::Strict {
+        if !self.drawn() {
             return (0..n).collect();
         }
         // A weighted draw without replacement: each pick takes a queue with a

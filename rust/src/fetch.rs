@@ -29,7 +29,7 @@ use crate::admit::Admitter;
 use crate::args;
 use crate::batches::watch::Watch;
 use crate::batches::{BatchRef, Outcome as BatchOutcome, Settled};
-use crate::capsule::{Capsule, Mode};
+use crate::capsule::Capsule;
 use crate::control::{Control, RunState};
 use crate::crypto::{self, Keyring};
 use crate::job::{Payload, UniqueUntil, field};
@@ -70,13 +70,12 @@ pub(crate) fn failure_settlement(
     Settlement { wip_key: wip_key.clone(), raw, settle, processed: true, failed: true, unlock: None, held: None, batch }
 }
 
-/// One queue of a capsule, as its fetcher sees it.
+/// One queue of a capsule, as its fetcher sees it (its name and in-progress
+/// list are [`Fetcher::queues`]`[index]`).
 pub struct Source {
     /// The queue's number in the process (`Delivery::queue`).
     pub index: usize,
-    pub name: Arc<str>,
     pub queue_key: String,
-    pub wip_key: Arc<str>,
 }
 
 pub struct Fetcher {
@@ -260,12 +259,13 @@ impl Fetcher {
         let mut inv = scripts::FETCH.key(&self.batch_key);
         inv.key(&self.token_key).arg(n).arg(token).arg(BATCH_TTL_MS);
         let mut add = |i: usize| {
-            inv.key(&self.sources[i].queue_key).key(&*self.sources[i].wip_key).arg(i);
+            let s = &self.sources[i];
+            inv.key(&s.queue_key).key(&*self.queues[s.index].1).arg(i);
         };
-        if self.sources.len() == 1 || self.capsule.mode() == Mode::Strict {
-            (0..self.sources.len()).for_each(&mut add);
-        } else {
+        if self.capsule.drawn() {
             self.capsule.order(&mut rand::rng()).into_iter().for_each(&mut add);
+        } else {
+            (0..self.sources.len()).for_each(&mut add);
         }
         let groups: Vec<Vec<Vec<u8>>> = inv.invoke_async(&mut self.pool.get()).await?;
         groups
@@ -273,14 +273,15 @@ impl Fetcher {
             .filter(|g| !g.is_empty())
             .map(|mut g| {
                 let tag = g.remove(0);
-                Ok((self.tag(Some(&tag))?, g))
+                Ok((self.tag(&tag)?, g))
             })
             .collect()
     }
 
     /// The source a tag of fetch.lua's names.
-    fn tag(&self, tag: Option<&[u8]>) -> redis::RedisResult<usize> {
-        tag.and_then(|t| std::str::from_utf8(t).ok())
+    fn tag(&self, tag: &[u8]) -> redis::RedisResult<usize> {
+        std::str::from_utf8(tag)
+            .ok()
             .and_then(|t| t.parse::<usize>().ok())
             .filter(|&i| i < self.sources.len())
             .ok_or_else(|| {
@@ -302,7 +303,7 @@ impl Fetcher {
         let mut out = Vec::new();
         let mut rest = flat.into_iter();
         while let Some(tag) = rest.next() {
-            let source = self.tag(Some(&tag))?;
+            let source = self.tag(&tag)?;
             let count = rest.next().and_then(|c| String::from_utf8(c).ok()).and_then(|c| c.parse::<usize>().ok());
             let count =
                 count.ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Parse, "bad fetch batch count")))?;
@@ -455,10 +456,9 @@ impl Fetcher {
         let suspect = payload.get(field::SUSPECT) == Some("true");
         let batch = BatchRef::of(&payload).map(Box::new);
         if batch.is_none() && payload.contains(field::BID) {
-            self.watch.note_foreign(&payload, &source.name);
+            self.watch.note_foreign(&payload, &self.queues[source.index].0);
         }
-        let mut d = Delivery::new(self.lane_index, payload, class, jid, args);
-        d.queue = source.index;
+        let mut d = Delivery::new(self.lane_index, source.index, payload, class, jid, args);
         d.batch = batch;
         d.suspect = suspect;
         d.kwargs = kwargs;
@@ -470,10 +470,11 @@ impl Fetcher {
     /// A runnable delivery, or the settlement for a payload that cannot run.
     #[allow(clippy::result_large_err)]
     fn decode(&self, source: &Source, raw: Vec<u8>) -> Result<Delivery, Settlement> {
+        let (name, wip_key) = &self.queues[source.index];
         let bury = |raw: Vec<u8>, why: &str| {
-            log::error!("queue {:?} held a job that is not a JSON object ({why}); moved to the dead set", source.name);
+            log::error!("queue {name:?} held a job that is not a JSON object ({why}); moved to the dead set");
             Settlement {
-                wip_key: source.wip_key.clone(),
+                wip_key: wip_key.clone(),
                 raw: raw.clone(),
                 settle: Settle::Dead { payload: raw },
                 processed: false,
@@ -532,8 +533,8 @@ impl Fetcher {
             (Some(_), None) => "the job's \"args\" is missing or not an array".into(),
             (Some(_), Some(_)) => "the job's \"class\" is empty".into(),
         };
-        log::error!("cannot run job {} from queue {:?}: {problem}", payload.jid().unwrap_or_default(), source.name);
+        log::error!("cannot run job {} from queue {name:?}: {problem}", payload.jid().unwrap_or_default());
         let failure = Failure { error_class: error_class.to_owned(), error_message: problem, ..Failure::default() };
-        Err(failure_settlement(&source.wip_key, &source.name, &self.policy, payload, &failure))
+        Err(failure_settlement(wip_key, name, &self.policy, payload, &failure))
     }
 }

@@ -217,9 +217,12 @@ impl Heartbeat {
                 }
             }
             // Until the first beat lands nothing is fetched: try again soon.
-            let wait = if *self.registered.borrow() { self.config.interval } else { Duration::from_millis(100) };
+            let mut wait = self.config.interval;
+            if !*self.registered.borrow() {
+                wait = wait.min(Duration::from_millis(100));
+            }
             tokio::select! {
-                () = tokio::time::sleep(wait.min(self.config.interval)) => {}
+                () = tokio::time::sleep(wait) => {}
                 _ = halt.wait_for(|h| *h) => return,
             }
         }

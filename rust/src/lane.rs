@@ -83,11 +83,11 @@ pub struct Delivery {
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Delivery {
-    pub fn new(lane: usize, payload: Payload, class: String, jid: String, args: Value) -> Self {
+    pub fn new(lane: usize, queue: usize, payload: Payload, class: String, jid: String, args: Value) -> Self {
         Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             lane,
-            queue: lane,
+            queue,
             payload,
             class,
             jid,
@@ -364,7 +364,7 @@ mod tests {
 
     fn job(n: u32) -> Delivery {
         let payload = Payload::parse(format!(r#"{{"class":"X","args":[{n}],"jid":"j{n}"}}"#)).unwrap();
-        Delivery::new(0, payload, "X".into(), format!("j{n}"), serde_json::json!([n]))
+        Delivery::new(0, 0, payload, "X".into(), format!("j{n}"), serde_json::json!([n]))
     }
 
     #[test]

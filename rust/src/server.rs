@@ -216,12 +216,7 @@ impl Server {
                 .iter()
                 .map(|(name, _)| {
                     number += 1;
-                    Source {
-                        index: number - 1,
-                        name: queue_names[number - 1].clone(),
-                        queue_key: keys.queue(name),
-                        wip_key: wip_keys[number - 1].clone(),
-                    }
+                    Source { index: number - 1, queue_key: keys.queue(name) }
                 })
                 .collect();
             // Named after its first queue, which no other capsule of the process has.
@@ -741,8 +736,8 @@ impl Server {
         None
     }
 
-    #[allow(clippy::too_many_arguments)]
     /// Sends a finished job's settlement; `at` is its (lane, queue).
+    #[allow(clippy::too_many_arguments)]
     fn send(
         &self,
         (lane, queue): (usize, usize),

@@ -49,10 +49,12 @@ for i = 1, n do
     end
     redis.call('LPUSH', wip, unpack(jobs))
     redis.call('RPUSH', KEYS[1], ARGV[3 + i], #jobs, unpack(jobs))
-    redis.call('PEXPIRE', KEYS[1], ttl)
     want = want - #jobs
     table.insert(jobs, 1, ARGV[3 + i])
     out[#out + 1] = jobs
   end
+end
+if #out > 0 then
+  redis.call('PEXPIRE', KEYS[1], ttl)
 end
 return out
