@@ -6,7 +6,9 @@
 ``python/kiq/`` holds its own built ``_kiq`` extension); "this" is the kiq this
 interpreter imports. Rounds alternate which goes first, each on a fresh
 redis-server, so drift on a noisy VM hits both alike. Prints each run and the
-medians of drain rate and worker CPU per job (from ``bench/kiq_drain.py``).
+medians of drain rate, worker CPU per job (from ``bench/kiq_drain.py``), and
+Redis's CPU and script calls (``EVALSHA``: fetches, settlements) per job,
+from ``INFO`` around the drain.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+import redis
 
 from kiq import Kiq
 from kiq.redis_server import RedisServer
@@ -36,7 +40,7 @@ def main() -> None:
         "other": ({**os.environ, "PYTHONPATH": str(other)}, other.parent / "bench" / "kiq_drain.py"),
         "this": (dict(os.environ), HERE / "kiq_drain.py"),
     }
-    results: dict[str, list[tuple[float, float]]] = {"other": [], "this": []}
+    results: dict[str, list[tuple[float, float, float, float]]] = {"other": [], "this": []}
     for rnd in range(ns.rounds):
         for name in ("other", "this") if rnd % 2 == 0 else ("this", "other"):
             env, script = setups[name]
@@ -47,18 +51,30 @@ def main() -> None:
                     app.enqueue_bulk("NoopJob", ([i] for i in range(start, min(start + 10_000, ns.jobs))))
                 app.flush()
                 app.stop()
+                r = redis.Redis.from_url(server.url)
+                cpu0, req0 = redis_load(r)
                 out = subprocess.run([sys.executable, str(script), server.url, str(ns.jobs), "25"],
                                      capture_output=True, text=True, check=True, env=env, timeout=900)
                 report = json.loads(out.stdout.strip().splitlines()[-1])
+                cpu1, req1 = redis_load(r)
+                r.close()
                 cpu = report["cpu_core_us_per_job"] + report["cpu_python_us_per_job"]
-                results[name].append((report["rate"], cpu))
-                print(f"round {rnd} {name:5} {report['rate']:>9,.0f} jobs/s  {cpu:5.1f} us/job CPU", flush=True)
+                rcpu, reqs = (cpu1 - cpu0) / ns.jobs * 1e6, (req1 - req0) / ns.jobs
+                results[name].append((report["rate"], cpu, rcpu, reqs))
+                print(f"round {rnd} {name:5} {report['rate']:>9,.0f} jobs/s  {cpu:5.1f} us/job CPU  "
+                      f"Redis {rcpu:5.1f} us/job, {reqs:.3f} scripts/job", flush=True)
             finally:
                 server.close()
     for name, runs in results.items():
-        rate = statistics.median(r for r, _ in runs)
-        cpu = statistics.median(c for _, c in runs)
-        print(f"{name:5} median {rate:,.0f} jobs/s, {cpu:.1f} us/job CPU")
+        rate, cpu, rcpu, reqs = (statistics.median(run[k] for run in runs) for k in range(4))
+        print(f"{name:5} median {rate:,.0f} jobs/s, {cpu:.1f} us/job CPU; Redis {rcpu:.1f} us/job, "
+              f"{reqs:.3f} scripts/job")
+
+
+def redis_load(r: redis.Redis) -> tuple[float, int]:
+    """Redis's CPU seconds so far, and the ``EVALSHA`` calls it has served."""
+    info = r.info("all")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"]), int(info.get("cmdstat_evalsha", {}).get("calls", 0))
 
 
 if __name__ == "__main__":

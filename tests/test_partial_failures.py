@@ -143,6 +143,41 @@ def test_a_refused_result_keeps_its_job_in_progress_and_counts_once(make_app: An
     assert len(ran) == 6
 
 
+def test_results_for_an_in_progress_list_turned_into_a_string_wait_and_count_once(
+    make_app: Any, r: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Jobs that simply succeed take settle.lua's short path: a refusal there
+    keeps them counted nowhere until the key is fixed, then once."""
+    go = threading.Event()
+    ran: list[int] = []
+
+    @worker(name="Held")
+    def held(i: int) -> None:
+        go.wait(30)
+        ran.append(i)
+
+    app = make_app(workers=[held], queues={"default": 4})
+    app.enqueue_bulk(Job("Held"), [[i] for i in range(4)])
+    app.flush(5)
+    wip = f"kiq:wip|{app.identity}|default"
+    with caplog.at_level(logging.ERROR, logger="kiq"):
+        app.start()
+        wait_for(lambda: r.llen(wip) == 4, what="four jobs in progress")
+        r.delete(wip)
+        r.set(wip, "a string")
+        go.set()
+        wait_for(lambda: len(ran) == 4, what="the jobs ran")
+        wait_for(lambda: any("refused the result" in m and "WRONGTYPE" in m for m in caplog.messages),
+                 what="the refusal logged")
+    time.sleep(0.3)
+    assert r.get("stat:processed") is None, "nothing counted while the results cannot be written"
+    r.delete(wip)
+    wait_for(lambda: r.get("stat:processed") == "4", timeout=15, what="the four results written once the key is fixed")
+    time.sleep(0.3)
+    assert r.get("stat:processed") == "4" and r.llen("queue:default") == 0 and not r.exists(wip)
+    assert sorted(ran) == [0, 1, 2, 3]
+
+
 def test_due_jobs_for_a_broken_queue_stay_scheduled_and_the_rest_move(make_app: Any, r: redis.Redis) -> None:
     r.set("queue:bad", "a string")
     now = time.time()

@@ -28,7 +28,7 @@
 -- ARGV[3]    now (epoch seconds): the dead entries' score
 -- ARGV[4]    the oldest score kept in dead
 -- ARGV[5]    dead_limit (Sidekiq's trim: ranks 0 .. -dead_limit removed)
--- ARGV[6]    number of results N
+-- ARGV[6]    N, the number of results given in full (plain ones come last, below)
 -- ARGV[7]    now in the jobs' timestamp unit (callback jobs' created_at)
 -- ARGV[8]    seconds a batch is kept after it succeeded
 -- ARGV[9]    milliseconds a kiq:parked key lives after a job is parked in it
@@ -41,6 +41,10 @@
 --   "dead"; "c <event> <levels>" for a callback job that succeeded; levels
 --   are level numbers, the batch first, then its ancestors), its jid, and
 --   the kiq:parked key a scheduled job is also listed in (j: KEYS[9 + j]) or 0
+-- then P, the number of plain results (done, counted as processed, nothing
+--   else to write: most jobs), and per plain result 3 values: number,
+--   in-progress list (i: KEYS[9 + i]), the job as in its list. Shorter
+--   than the 10 above, because passing arguments is much of this script's cost.
 --
 -- Returns {{number, reason, ...} of the results refused, {payload, ...} of
 -- the batch callback jobs written to the schedule set}.
@@ -64,9 +68,16 @@ local function wrong(key, want)
   return types[key]
 end
 
+local pbase = base + 10 * n + 1
+local np = tonumber(ARGV[pbase])
+
 local maxseq = hw
 for i = 0, n - 1 do
   local seq = tonumber(at(i, 1))
+  if seq > maxseq then maxseq = seq end
+end
+for k = pbase + 1, pbase + 3 * np - 2, 3 do
+  local seq = tonumber(ARGV[k])
   if seq > maxseq then maxseq = seq end
 end
 if maxseq == hw then
@@ -141,6 +152,23 @@ for i = 0, n - 1 do
       if c == 'p' or c == 'pf' then processed = processed + 1 end
       if c == 'pf' then failed = failed + 1 end
       if kind == 'expired' then expired = expired + 1 end
+    end
+  end
+end
+-- The plain results: the loop most jobs go through, so kept lean (the type
+-- check once per list; LREM cannot fail on a list).
+local call = redis.call
+for k = pbase + 1, pbase + 3 * np - 2, 3 do
+  local seq = ARGV[k]
+  if tonumber(seq) > hw then
+    local wip = KEYS[9 + ARGV[k + 1]]
+    local why = wrong(wip, 'list')
+    if why then
+      refused[#refused + 1] = seq
+      refused[#refused + 1] = why
+    else
+      call('LREM', wip, -1, ARGV[k + 2])
+      processed = processed + 1
     end
   end
 end
