@@ -157,7 +157,6 @@ for i = 0, n - 1 do
 end
 -- The plain results: the loop most jobs go through, so kept lean (the type
 -- check once per list; LREM cannot fail on a list).
-local call = redis.call
 for k = pbase + 1, pbase + 3 * np - 2, 3 do
   local seq = ARGV[k]
   if tonumber(seq) > hw then
@@ -167,7 +166,7 @@ for k = pbase + 1, pbase + 3 * np - 2, 3 do
       refused[#refused + 1] = seq
       refused[#refused + 1] = why
     else
-      call('LREM', wip, -1, ARGV[k + 2])
+      redis.call('LREM', wip, -1, ARGV[k + 2])
       processed = processed + 1
     end
   end
