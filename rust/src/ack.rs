@@ -1,8 +1,9 @@
 //! Settling finished jobs in Redis, in batches.
 //!
 //! A thread that finishes a job hands its settlement to this task and goes on
-//! without waiting. The task writes everything that piled up meanwhile in one
-//! round trip to `settle.lua`: for each job, its retry or dead entry (if any)
+//! without waiting. The task writes everything that piled up meanwhile (under
+//! load, at most one write per [`WRITE_GAP`]) in one round trip to
+//! `settle.lua`: for each job, its retry or dead entry (if any)
 //! and the `LREM` that takes it off the in-progress list, plus Sidekiq's
 //! processed/failed counters, and a batch job's bookkeeping (its batch, and
 //! the callback jobs that fire). Because the write is atomic, a job is never in
