@@ -2,7 +2,7 @@
 //!
 //! A thread that finishes a job hands its settlement to this task and goes on
 //! without waiting. The task writes everything that piled up meanwhile (under
-//! load, at most one write per [`WRITE_GAP`]) in one round trip to
+//! load, at most one write per `WRITE_GAP`) in one round trip to
 //! `settle.lua`: for each job, its retry or dead entry (if any)
 //! and the `LREM` that takes it off the in-progress list, plus Sidekiq's
 //! processed/failed counters, and a batch job's bookkeeping (its batch, and
