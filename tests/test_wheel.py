@@ -28,23 +28,36 @@ ROOT = Path(__file__).parent.parent
 VERSIONS = ("3.11", "3.12", "3.13")
 
 JOB_SCRIPT = """
-import sys, time
+import asyncio, sys, time
 from pathlib import Path
-from kiq import Kiq, Worker
+from kiq import Kiq, Worker, current_job
 
 out = Path(sys.argv[2])
+seen = []
 
 class Touch(Worker, name="WheelTouch"):
     def perform(self, word: str) -> None:
         out.write_text(f"{self.jid} {word} {sys.version_info[0]}.{sys.version_info[1]}")
 
-app = Kiq(sys.argv[1], workers=[Touch], shutdown_timeout=5)
+# Async jobs (started eagerly on 3.12+): one done before any wait, one after
+# waits; each sees its own job and runs as an asyncio task.
+class Later(Worker, name="WheelAsync"):
+    async def perform(self, word: str, waits: int) -> None:
+        for _ in range(waits):
+            await asyncio.sleep(0.001)
+        job = current_job()
+        seen.append((word, job is not None and job.jid == self.jid, asyncio.current_task() is not None))
+
+app = Kiq(sys.argv[1], workers=[Touch, Later], shutdown_timeout=5)
 jid = app.enqueue(Touch.new("ran"))
+for i in range(20):
+    app.enqueue(Later.new(f"a{i}", i % 3))
 app.flush(10)
 with app:
     deadline = time.monotonic() + 30
-    while not out.exists() and time.monotonic() < deadline:
+    while not (out.exists() and len(seen) == 20) and time.monotonic() < deadline:
         time.sleep(0.02)
+assert sorted(seen) == sorted((f"a{i}", True, True) for i in range(20)), seen
 print(jid)
 """
 
@@ -139,4 +152,4 @@ def test_wheel_installs_and_runs_a_job(minor: str, tmp_path: Path, redis_server:
     assert run.returncode == 0, run.stderr
     jid = run.stdout.strip()
     assert out.read_text() == f"{jid} ran {minor}"
-    assert r.get("stat:processed") == "1"
+    assert r.get("stat:processed") == "21"

@@ -8,7 +8,10 @@ finished, and an async job finishes when the loop settles it. Hand-offs are
 batched: threads append to one list and wake the loop only when it was not
 woken already. At a stop the threads wait for the loop's jobs (as they would
 for their own); at the deadline the jobs still running are cancelled and
-handed back to their queues.
+handed back to their queues. On Python 3.12+ a job starts eagerly (asyncio's
+eager task factory): it runs up to its first real wait as it is handed to the
+loop, so a job that finishes without waiting costs no loop iteration of its
+own (about half of a task's cost, measured on 3.12).
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ class AsyncRunner:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
+        eager = getattr(asyncio, "eager_task_factory", None)  # Python 3.12+
+        if eager is not None:
+            self.loop.set_task_factory(eager)
         self.stopping = False
         #: Each running job's task: its delivery, settle and count (touched on the loop thread; read by
         #: cancel_requested). The done callback finds them here (no per-job partial to build).
@@ -79,9 +85,13 @@ class AsyncRunner:
         incoming, create, inflight, done = self._incoming, self.loop.create_task, self._inflight, self._done
         while incoming:
             coro, ctx, d, settle, tally = incoming.popleft()
-            task = create(coro, context=ctx)
             if self.stopping:
-                task.cancel()  # handed over after the stop's deadline: back to its queue
+                # Handed over after the stop's deadline: never started (not even
+                # eagerly), cancelled, and so back to its queue.
+                task = asyncio.Task(coro, loop=self.loop, context=ctx)
+                task.cancel()
+            else:
+                task = create(coro, context=ctx)
             inflight[task] = (d, settle, tally)
             task.add_done_callback(done, context=ctx)
 
