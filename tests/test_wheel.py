@@ -40,13 +40,22 @@ class Touch(Worker, name="WheelTouch"):
         out.write_text(f"{self.jid} {word} {sys.version_info[0]}.{sys.version_info[1]}")
 
 # Async jobs (started eagerly on 3.12+): one done before any wait, one after
-# waits; each sees its own job and runs as an asyncio task.
+# waits; each sees its own job and runs as an asyncio task, and a task it
+# creates does not start before the job's next wait (asyncio's default order).
 class Later(Worker, name="WheelAsync"):
     async def perform(self, word: str, waits: int) -> None:
+        started: list[int] = []
+
+        async def inner() -> None:
+            started.append(1)
+
+        task = asyncio.create_task(inner())
+        lazy = not started
+        await task
         for _ in range(waits):
             await asyncio.sleep(0.001)
         job = current_job()
-        seen.append((word, job is not None and job.jid == self.jid, asyncio.current_task() is not None))
+        seen.append((word, job is not None and job.jid == self.jid, asyncio.current_task() is not None, lazy))
 
 app = Kiq(sys.argv[1], workers=[Touch, Later], shutdown_timeout=5)
 jid = app.enqueue(Touch.new("ran"))
@@ -57,7 +66,7 @@ with app:
     deadline = time.monotonic() + 30
     while not (out.exists() and len(seen) == 20) and time.monotonic() < deadline:
         time.sleep(0.02)
-assert sorted(seen) == sorted((f"a{i}", True, True) for i in range(20)), seen
+assert sorted(seen) == sorted((f"a{i}", True, True, True) for i in range(20)), seen
 print(jid)
 """
 
