@@ -49,7 +49,7 @@ def kiq_enqueue(url: str, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def kiq_drain(url: str, n: int, kind: str = "sync", prefetch: int = 0) -> dict[str, Any]:
+def kiq_drain(url: str, n: int, kind: str = "sync", prefetch: str = "auto") -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, str(HERE / "kiq_drain.py"), url, str(n), "25", "default", kind, "1", str(prefetch)],
         capture_output=True, text=True, check=True, timeout=900,
@@ -103,7 +103,7 @@ def measure(system: str, url: str, n: int) -> dict[str, Any]:
     if system == "sidekiq":
         drained = ruby_drain(url, n)
     else:
-        drained = kiq_drain(url, n, "async" if system == "kiq-async" else "sync", 25 if system == "kiq-prefetch" else 0)
+        drained = kiq_drain(url, n, "async" if system == "kiq-async" else "sync", "0" if system == "kiq-p0" else "auto")
     calls1, cpu1 = redis_counters(r)
     r.close()
     return {"enqueue_rate": rate_in, **drained,
@@ -114,9 +114,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=200_000)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--only", choices=["kiq", "kiq-prefetch", "kiq-async", "sidekiq"])
+    ap.add_argument("--only", choices=["kiq", "kiq-p0", "kiq-async", "sidekiq"])
     args = ap.parse_args()
-    systems = [args.only] if args.only else ["kiq", "kiq-prefetch", "kiq-async", "sidekiq"]
+    systems = [args.only] if args.only else ["kiq", "kiq-p0", "kiq-async", "sidekiq"]
 
     def go(url: str) -> None:
         results: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
@@ -140,7 +140,7 @@ def main() -> None:
             if s != "sidekiq":
                 cpu = f"{med('cpu_core_us_per_job') + med('cpu_python_us_per_job'):.1f} " \
                       f"(core {med('cpu_core_us_per_job'):.1f} + python {med('cpu_python_us_per_job'):.1f})"
-                name = {"kiq-async": "kiq (async def)", "kiq-prefetch": "kiq (prefetch=25)"}.get(s, "kiq")
+                name = {"kiq-async": "kiq (async def)", "kiq-p0": "kiq (prefetch=0, as Sidekiq)"}.get(s, "kiq")
             else:
                 cpu = f"{med('cpu_us_per_job'):.1f}"
                 name = "Ruby Sidekiq 6.4.1"
@@ -154,7 +154,7 @@ def main() -> None:
             k, s = results["kiq"], results["sidekiq"]
             print(f"\nkiq / Sidekiq: drain {statistics.median(x['rate'] for x in k) / statistics.median(x['rate'] for x in s):.1f}x, "
                   f"bulk enqueue {statistics.median(x['enqueue_rate'] for x in k) / statistics.median(x['enqueue_rate'] for x in s):.1f}x")
-        for other, label in (("kiq-prefetch", "kiq prefetch=25"), ("kiq-async", "kiq async")):
+        for other, label in (("kiq-p0", "kiq prefetch=0"), ("kiq-async", "kiq async")):
             if other in systems and "sidekiq" in systems:
                 a, s = results[other], results["sidekiq"]
                 print(f"{label} / Sidekiq: drain "

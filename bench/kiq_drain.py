@@ -9,7 +9,9 @@ the queue holding both); QUEUES > 1 serves queues q0..q{QUEUES-1} with
 CONCURRENCY threads each (the jobs are enqueued there by the caller), and
 QUEUES followed by ``s`` (strict) or ``w`` (weights 1: random) serves them
 with one ``kiq.Capsule`` of CONCURRENCY threads;
-PREFETCH is ``Kiq(prefetch=...)`` (0 by default).
+PREFETCH is ``Kiq(prefetch=...)`` (``auto``, kiq's default, unless given);
+only the workers a KIND needs are registered (an ``async def`` worker turns
+the automatic prefetch off).
 Timing runs from the first job started to the last finished; CPU time is
 split between kiq's Rust core threads and the Python threads (from
 /proc/self/task)."""
@@ -76,7 +78,8 @@ def main() -> None:
     kind = sys.argv[5] if len(sys.argv) > 5 else "sync"
     shape = sys.argv[6] if len(sys.argv) > 6 else "1"
     nqueues = int(shape.rstrip("sw"))
-    prefetch = int(sys.argv[7]) if len(sys.argv) > 7 else 0
+    prefetch: int | str = sys.argv[7] if len(sys.argv) > 7 else "auto"
+    prefetch = prefetch if prefetch == "auto" else int(prefetch)
     if mode in ("warning", "info", "reporter"):
         handler = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the process
         handler.setFormatter(JsonFormatter())
@@ -122,7 +125,8 @@ def main() -> None:
         queues = [Capsule(names, concurrency)]
     elif shape.endswith("w"):
         queues = [Capsule(dict.fromkeys(names, 1), concurrency)]
-    app = Kiq(url, queues=queues, workers=[noop, async_noop], metrics=mode != "none", prefetch=prefetch,
+    workers = [noop, async_noop] if kind == "mixed" else [noop]
+    app = Kiq(url, queues=queues, workers=workers, metrics=mode != "none", prefetch=prefetch,  # type: ignore[arg-type]
               extra_reporters=[NoopReporter()] if mode == "reporter" else [])
     app.start()
     done.wait(600)

@@ -229,3 +229,100 @@ def test_prefetched_jobs_wait_in_the_process_and_a_stop_hands_them_back(make_app
     assert sorted(done + queued) == list(range(20)), (done, queued)
     assert r.keys("kiq:wip|*") == []
     assert list(reversed(queued)) == sorted(queued), "the queue still runs oldest first"
+
+
+
+class _HeldWatch:
+    """Polls how many jobs an app's queue has out (fetched, not finished: running or waiting
+    for a thread), keeping the most seen. (Its in-progress list also holds finished jobs
+    until their results are written, so its length would overstate it.)"""
+
+    def __init__(self, app) -> None:
+        self.most = 0
+        self._app = app
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.0005):
+            server = self._app._server
+            if server is not None:
+                self.most = max(self.most, server.out(0))
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(5)
+        return self.most
+
+
+def _auto_prefetch_run(make_app, r, extra_workers=()) -> int:
+    """2 threads; one job holds a thread for a while, the other thread runs 3,000 quick jobs
+    (the lane learns they are short). Every job records its jid, and each must run exactly
+    once. Returns the most jobs the process held at once."""
+    ran: list[str] = []
+    lock = threading.Lock()
+    release = threading.Event()
+
+    class Quick(Worker, name="AutoQuick"):
+        def perform(self, n: int) -> None:
+            with lock:
+                ran.append(self.jid)
+                if len(ran) == 3000:
+                    release.set()
+
+    class Hold(Worker, name="AutoHold"):
+        def perform(self) -> None:
+            release.wait(30)
+            with lock:
+                ran.append(self.jid)
+
+    app = make_app(queues={"default": 2}, workers=[Quick, Hold, *extra_workers])
+    jids = [app.enqueue(Hold.new())] + app.enqueue_bulk(Quick, [[i] for i in range(3000)])
+    app.flush(10)
+    watch = _HeldWatch(app)
+    app.start()
+    try:
+        wait_for(lambda: len(ran) == 3001, timeout=60, what="every job ran")
+    finally:
+        most = watch.stop()
+        release.set()
+        app.stop(timeout=5)
+    assert sorted(ran) == sorted(jids), "each job ran once"
+    assert r.llen("queue:default") == 0 and r.keys("kiq:wip|*") == []
+    return most
+
+
+def test_auto_prefetch_holds_more_jobs_while_they_are_short_and_loses_none(make_app, r):
+    """The default prefetch: with short jobs the process holds up to 2 x (1 + 4) = 10 jobs."""
+    most = _auto_prefetch_run(make_app, r)
+    assert 2 < most <= 10, most
+
+
+def test_auto_prefetch_is_off_for_slow_jobs_and_with_async_workers(make_app, r):
+    """Slow jobs, and a process with an async worker: only what the threads can start now is
+    taken, as Sidekiq does."""
+    release = threading.Event()
+
+    class Hold(Worker, name="AutoHoldOnly"):
+        def perform(self, n: int) -> None:
+            release.wait(30)
+
+    app = make_app(queues={"default": 2}, workers=[Hold])
+    app.enqueue_bulk(Hold, [[i] for i in range(10)])
+    app.flush(10)
+    app.start()
+    try:
+        wait_for(lambda: r.llen("queue:default") == 8, what="2 running")
+        time.sleep(0.3)
+        assert sum(r.llen(k) for k in r.keys("kiq:wip|*")) == 2
+    finally:
+        release.set()
+        app.stop(timeout=5)
+    r.delete("queue:default")
+
+    class Later(Worker, name="AutoAsync"):
+        async def perform(self) -> None:
+            pass
+
+    assert _auto_prefetch_run(make_app, r, extra_workers=[Later]) <= 2, "no prefetch with an async worker"

@@ -237,5 +237,11 @@ def test_prefetch_is_refused_with_throttled_workers(make_app: Any) -> None:
 
     with pytest.raises(errors.ConfigError, match=r"prefetch cannot be used with throttled workers \(OnePerUser\)"):
         make_app(workers=[one], prefetch=5).start()
-    with pytest.raises(errors.ConfigError, match="prefetch must be an int >= 0, not -1"):
+    # The default, "auto", is simply off with throttles.
+    app = make_app(workers=[one])
+    app.start()
+    app.stop(timeout=5)
+    with pytest.raises(errors.ConfigError, match='prefetch must be an int >= 0 or "auto", not -1'):
         Kiq(prefetch=-1)
+    with pytest.raises(errors.ConfigError, match='prefetch must be an int >= 0 or "auto", not \'fast\''):
+        Kiq(prefetch="fast")  # type: ignore[arg-type]

@@ -65,7 +65,7 @@ fn main() {
         stuck_after: None,
         keyring: None,
         quiet: false,
-        prefetch: 0,
+        prefetch: _kiq::lane::Prefetch::Fixed(0),
         workers: _kiq::worker::Workers::default(),
         limits: None,
     };

@@ -421,7 +421,7 @@ class Server:
         periodic_clock: tuple[float, float, float] | None = None,
         health: str | None = None,
         max_jobs: int | None = None,
-        prefetch: int = 0,
+        prefetch: int | None = None,
         max_memory_bytes: int | None = None,
         stuck_after: float | None = None,
         quiet: bool = False,

@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from kiq import _kiq, corelog
 from kiq.aio import AsyncRunner
@@ -132,15 +132,19 @@ class Kiq(Running, Enqueueing):
             HTTP health checks (``/live``, ``/ready``) from a core thread;
             ``"0.0.0.0:8080"`` for Kubernetes probes, port 0 for any free port
             (read back from :attr:`health_address`). Off by default.
-        prefetch: jobs each queue fetches beyond its concurrency (default 0:
-            like Sidekiq, a process takes only jobs a thread can start now).
-            With ``prefetch=N`` up to N more wait in the process for a free
-            thread, so threads do not wait for a fetch's round trip (no-op
-            jobs at concurrency 25 drain ~1.5× faster with N=25). The cost:
-            those jobs wait here even if another process is idle, and a crash
-            hands them back as it does running ones (they had not started).
-            Not with throttled workers (a fetched job takes its throttle's
-            slot).
+        prefetch: jobs each queue fetches beyond its concurrency, to wait in
+            the process for a free thread so threads do not wait for a
+            fetch's round trip. ``"auto"`` (the default): while a queue's
+            recent jobs average under 100 µs, up to 4 × its concurrency more;
+            once they are slower, none (Sidekiq's behaviour: a process takes
+            only jobs a thread can start now); and none in a process with an
+            ``async def`` worker or a throttle. ``0`` never prefetches;
+            ``N`` always fetches up to N more. The cost: those jobs wait here
+            even if another process is idle, and a crash hands them back as it
+            does running ones (they had not started). A fixed N is refused
+            with throttled workers (a fetched job takes its throttle's slot);
+            with ``async def`` workers it raises how many run at once (an
+            async job starts as soon as a thread takes it).
         max_jobs: recycle the process after it finished this many jobs: it
             quiets and stops gracefully (``run()`` returns, ``kiq run``
             exits 0) for its supervisor to start a fresh one; a cure for
@@ -216,7 +220,7 @@ class Kiq(Running, Enqueueing):
         health_address: str | None = None,
         max_jobs: int | None = None,
         max_memory_bytes: int | None = None,
-        prefetch: int = 0,
+        prefetch: int | Literal["auto"] = "auto",
         tracing: str | None = None,
         state_dir: str | os.PathLike[str] | None = None,
         stuck_after: Seconds | None = None,
@@ -299,8 +303,8 @@ class Kiq(Running, Enqueueing):
                 raise ConfigError(f"{name} must be a positive int or None, not {limit!r}")
         self.max_jobs = max_jobs
         self.max_memory_bytes = max_memory_bytes
-        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
-            raise ConfigError(f"prefetch must be an int >= 0, not {prefetch!r}")
+        if prefetch != "auto" and (isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0):
+            raise ConfigError(f"prefetch must be an int >= 0 or \"auto\", not {prefetch!r}")
         self.prefetch = prefetch
         self.stuck_after = None if stuck_after is None else seconds(stuck_after, "stuck_after")
         if self.stuck_after is not None and self.stuck_after <= 0:

@@ -118,7 +118,7 @@ class Running:
     scheduler: bool
     max_jobs: int | None
     max_memory_bytes: int | None
-    prefetch: int
+    prefetch: int | str
     stuck_after: float | None
     buffer_path: Any
     extra_reporters: list[Reporter]
@@ -235,7 +235,7 @@ class Running:
             scheduler=self.scheduler,
             health=self._health_address,
             max_jobs=self.max_jobs,
-            prefetch=self.prefetch,
+            prefetch=self._prefetch(),
             max_memory_bytes=self.max_memory_bytes,
             stuck_after=self.stuck_after,
             quiet=self._start_quiet,
@@ -385,6 +385,14 @@ class Running:
             where = f"; they are in the spool at {self.buffer_path}" if self.buffer_path else ""
             logger.error("kiq %s: %s buffered jobs are not in Redis yet (%s)%s", self.identity, left.get("jobs"), exc,
                          where)
+
+    def _prefetch(self) -> int | None:
+        """The core's prefetch: a number, or None for the automatic one. Off
+        with an async worker: a thread starts an async job as soon as it takes
+        it, so jobs held for threads would run at once, past the concurrency."""
+        if self.prefetch != "auto":
+            return int(self.prefetch)
+        return 0 if any(w.is_async for w in self._workers.values()) else None
 
     def _start_reporters(self) -> list[ReporterThread]:
         """A thread per reporter (and one for instrumentation handlers), started."""

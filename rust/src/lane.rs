@@ -3,8 +3,10 @@
 //! A lane holds the jobs fetched for its queue that no thread has taken yet,
 //! and counts the jobs it has out (fetched and not yet finished). The fetcher
 //! only asks Redis for `concurrency + prefetch - out` jobs, so a process never
-//! holds more jobs of a queue than it can run at once, plus `prefetch` (0
-//! unless asked for: `Kiq(prefetch=N)`) waiting for a thread. Taking a ready job is a mutex pop;
+//! holds more jobs of a queue than it can run at once, plus a prefetch
+//! waiting for a thread ([`Prefetch`]: a fixed number, or, by default,
+//! [`AUTO_PREFETCH`] × concurrency while the lane's jobs are short and none
+//! otherwise). Taking a ready job is a mutex pop;
 //! only an empty lane makes a thread sleep (on a condvar, so it costs nothing).
 //!
 //! Waking is a relay: new jobs wake one sleeping thread, and a thread woken
@@ -141,11 +143,29 @@ pub enum Take {
     TimedOut,
 }
 
+/// How many jobs a lane fetches beyond its concurrency, to wait for a free
+/// thread so threads need not wait for a fetch's round trip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prefetch {
+    /// Exactly this many (0: only jobs a thread can start now, as Sidekiq).
+    Fixed(usize),
+    /// [`AUTO_PREFETCH`] × concurrency while recent jobs average under
+    /// [`SHORT_JOB`], none otherwise: the fetch round trip is most of a short
+    /// job's cost, and jobs held for short jobs wait at most a few milliseconds,
+    /// while a slow job's queue keeps Sidekiq's behaviour.
+    Auto,
+}
+
+/// The automatic prefetch, in multiples of the lane's concurrency. (no-op jobs
+/// at c25, 3 interleaved rounds: 0×, 2×, 4×, 8× drained about 58k, 102k,
+/// 115k, 133k jobs/s; 4× keeps the jobs held to 100 at c25.)
+pub const AUTO_PREFETCH: usize = 4;
+
 pub struct Lane {
     pub name: String,
     pub concurrency: usize,
-    /// Jobs fetched beyond `concurrency`, so threads need not wait for a fetch's round trip.
-    prefetch: usize,
+    /// Jobs fetched beyond `concurrency`.
+    prefetch: Prefetch,
     ready: Mutex<Ready>,
     cond: Condvar,
     out: AtomicUsize,
@@ -166,7 +186,7 @@ impl Lane {
         Self {
             name: name.into(),
             concurrency,
-            prefetch: 0,
+            prefetch: Prefetch::Fixed(0),
             ready: Mutex::new(Ready::default()),
             cond: Condvar::new(),
             out: AtomicUsize::new(0),
@@ -177,11 +197,20 @@ impl Lane {
         }
     }
 
-    /// The lane, fetching up to `n` jobs beyond its concurrency.
+    /// The lane, fetching jobs beyond its concurrency as `prefetch` says.
     #[must_use]
-    pub fn prefetching(mut self, n: usize) -> Self {
-        self.prefetch = n;
+    pub fn prefetching(mut self, prefetch: Prefetch) -> Self {
+        self.prefetch = prefetch;
         self
+    }
+
+    /// Jobs the lane may hold now: running, and waiting for a thread.
+    fn capacity(&self) -> usize {
+        match self.prefetch {
+            Prefetch::Fixed(n) => self.concurrency + n,
+            Prefetch::Auto if self.short_jobs() => self.concurrency * (1 + AUTO_PREFETCH),
+            Prefetch::Auto => self.concurrency,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Ready> {
@@ -190,7 +219,7 @@ impl Lane {
 
     /// How many more jobs the fetcher may take for this lane.
     pub fn free(&self) -> usize {
-        (self.concurrency + self.prefetch).saturating_sub(self.out.load(Ordering::Acquire))
+        self.capacity().saturating_sub(self.out.load(Ordering::Acquire))
     }
 
     /// Records how many worker threads serve this lane now, and how many it should have.
@@ -334,7 +363,7 @@ impl Lane {
         let _ = self.out.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
         // `out` drops before the lock is taken, so a thread emptying the ready
         // jobs meanwhile sees the free slot (and wakes the fetcher) if this does not.
-        if self.free() >= (self.concurrency + self.prefetch).div_ceil(4) || self.lock().jobs.is_empty() {
+        if self.free() >= self.capacity().div_ceil(4) || self.lock().jobs.is_empty() {
             self.demand.notify_one();
         }
     }
@@ -369,7 +398,7 @@ mod tests {
 
     #[test]
     fn counts_out_jobs_and_frees_on_finish() {
-        assert_eq!(Lane::new("q", 3).prefetching(2).free(), 5);
+        assert_eq!(Lane::new("q", 3).prefetching(Prefetch::Fixed(2)).free(), 5);
         let lane = Lane::new("q", 3);
         assert_eq!(lane.free(), 3);
         assert!(lane.offer(vec![job(1), job(2)]).is_none());
@@ -380,6 +409,29 @@ mod tests {
         assert_eq!(lane.free(), 2);
         assert!(matches!(lane.take(Some(Duration::ZERO)), Take::Job(_)));
         assert!(matches!(lane.take(Some(Duration::from_millis(5))), Take::TimedOut));
+    }
+
+    #[test]
+    fn auto_prefetch_holds_more_only_while_jobs_are_short() {
+        let lane = Lane::new("q", 3).prefetching(Prefetch::Auto);
+        // No job seen yet: counted as long, so only what the threads can start.
+        assert_eq!(lane.free(), 3);
+        for _ in 0..64 {
+            lane.ran(Duration::from_micros(10));
+        }
+        assert_eq!(lane.free(), 3 * (1 + AUTO_PREFETCH));
+        assert!(lane.offer((0..10).map(job).collect()).is_none());
+        assert_eq!(lane.free(), 3 * (1 + AUTO_PREFETCH) - 10);
+        // Jobs turn slow: nothing more is fetched until the lane is back under its concurrency.
+        for _ in 0..64 {
+            lane.ran(Duration::from_millis(5));
+        }
+        assert_eq!(lane.free(), 0);
+        for _ in 0..8 {
+            assert!(matches!(lane.take(Some(Duration::ZERO)), Take::Job(_)));
+            lane.finish();
+        }
+        assert_eq!(lane.free(), 1);
     }
 
     /// Whether the fetcher was woken (a stored permit), consuming it.

@@ -28,7 +28,7 @@ use crate::heartbeat::{self, BeatConfig, Heartbeat, ProcessInfo, Signal};
 use crate::isolation::{self, Admission, Gate};
 use crate::job::{Backtrace, UniqueUntil, check_queue_name, field};
 use crate::keys::Keys;
-use crate::lane::{Delivery, Lane, Take};
+use crate::lane::{Delivery, Lane, Prefetch, Take};
 use crate::leader::{Elector, Leadership};
 use crate::limits::Limits;
 use crate::metrics::{self, Metrics};
@@ -83,8 +83,8 @@ pub struct ServerConfig {
     /// Start quiet: fetch nothing until resumed (a swarm's child started
     /// while the swarm is quiet).
     pub quiet: bool,
-    /// Jobs each queue fetches beyond its concurrency (0: none; see `lane.rs`).
-    pub prefetch: usize,
+    /// Jobs each queue fetches beyond its concurrency (see `lane.rs`).
+    pub prefetch: Prefetch,
     /// The workers this process runs, by class: their options apply where a
     /// failing job's payload is silent, and their throttles are checked at fetch.
     pub workers: Workers,
@@ -160,7 +160,9 @@ impl Server {
             return Err(KiqError::config("queues must name at least one queue"));
         }
         let throttled = config.workers.throttles();
-        if config.prefetch > 0 && !throttled.is_empty() {
+        // A fetched job takes its throttle's slot: the automatic prefetch is off with throttles.
+        let prefetch = if throttled.is_empty() { config.prefetch } else { Prefetch::Fixed(0) };
+        if matches!(config.prefetch, Prefetch::Fixed(n) if n > 0) && !throttled.is_empty() {
             let mut names: Vec<&String> = throttled.keys().collect();
             names.sort();
             return Err(KiqError::config(format!(
@@ -190,10 +192,8 @@ impl Server {
         let health = config.health.map(bind_health).transpose()?;
         let health_addr = health.as_ref().and_then(|l| l.local_addr().ok());
         let identity = &config.process.identity;
-        let lanes: Vec<Arc<Lane>> = capsules
-            .iter()
-            .map(|c| Arc::new(Lane::new(c.name(), c.concurrency).prefetching(config.prefetch)))
-            .collect();
+        let lanes: Vec<Arc<Lane>> =
+            capsules.iter().map(|c| Arc::new(Lane::new(c.name(), c.concurrency).prefetching(prefetch))).collect();
         let queue_names: Vec<Arc<str>> = config.process.queue_names().map(Arc::from).collect();
         let wip_keys: Vec<Arc<str>> = queue_names.iter().map(|n| Arc::from(keys.in_progress(identity, n))).collect();
         let by_number: Arc<[(Arc<str>, Arc<str>)]> =

@@ -46,7 +46,7 @@ fn config() -> ServerConfig {
         max_rss_kb: None,
         stuck_after: None,
         quiet: false,
-        prefetch: 0,
+        prefetch: _kiq::lane::Prefetch::Fixed(0),
         workers: _kiq::worker::Workers::default(),
         limits: None,
         keyring: None,

@@ -44,7 +44,7 @@ fn config(queues: &[(&str, usize)]) -> ServerConfig {
         max_rss_kb: None,
         stuck_after: None,
         keyring: None,
-        prefetch: 0,
+        prefetch: _kiq::lane::Prefetch::Fixed(0),
         workers: _kiq::worker::Workers::default(),
         limits: None,
         quiet: false,

@@ -20,7 +20,7 @@ use crate::capsule::Capsule;
 use crate::crontab;
 use crate::heartbeat::{BeatConfig, ProcessInfo};
 use crate::job::field;
-use crate::lane::{self, Take};
+use crate::lane::{self, Prefetch, Take};
 use crate::periodic::{Clock, Entry};
 use crate::retry::{Failure, RetryPolicy};
 use crate::runtime;
@@ -184,7 +184,7 @@ pub struct Server {
 #[pymethods]
 impl Server {
     #[new]
-    #[pyo3(signature = (client, identity, queues, *, hostname, tag = None, labels = None, max_retries = 25, dead_limit = 10_000, dead_timeout = 15_552_000.0, poll_interval_average = None, average_scheduled_poll_interval = 5.0, scheduler = true, heartbeat = true, heartbeat_interval = 5.0, heartbeat_ttl = 60.0, metrics = true, leader_ttl = 30.0, orphan_check_interval = 60.0, max_recoveries = 3, periodics = None, periodic_clock = None, health = None, max_jobs = None, prefetch = 0, max_memory_bytes = None, stuck_after = None, quiet = false, workers = None))]
+    #[pyo3(signature = (client, identity, queues, *, hostname, tag = None, labels = None, max_retries = 25, dead_limit = 10_000, dead_timeout = 15_552_000.0, poll_interval_average = None, average_scheduled_poll_interval = 5.0, scheduler = true, heartbeat = true, heartbeat_interval = 5.0, heartbeat_ttl = 60.0, metrics = true, leader_ttl = 30.0, orphan_check_interval = 60.0, max_recoveries = 3, periodics = None, periodic_clock = None, health = None, max_jobs = None, prefetch = None, max_memory_bytes = None, stuck_after = None, quiet = false, workers = None))]
     // Keyword arguments of one Python constructor, mirrored one to one.
     #[allow(clippy::too_many_arguments, clippy::fn_params_excessive_bools)]
     fn new(
@@ -212,7 +212,7 @@ impl Server {
         periodic_clock: Option<(f64, f64, f64)>,
         health: Option<String>,
         max_jobs: Option<u64>,
-        prefetch: usize,
+        prefetch: Option<usize>,
         max_memory_bytes: Option<u64>,
         stuck_after: Option<f64>,
         quiet: bool,
@@ -285,7 +285,8 @@ impl Server {
             stuck_after: stuck_after.filter(|s| *s > 0.0).map(Duration::from_secs_f64),
             keyring: client.producer.keyring.clone(),
             quiet,
-            prefetch,
+            // None: the automatic prefetch.
+            prefetch: prefetch.map_or(Prefetch::Auto, Prefetch::Fixed),
             workers: Workers::new(by_class),
             limits: Some(client.limits.clone()),
         };
