@@ -53,17 +53,19 @@ def recorder(ran: Ran, pause: float = 0.0) -> Any:
     return rec
 
 
-def test_strict_order_empties_each_queue_before_the_next(make_app, redis_url, r) -> None:
+@pytest.mark.parametrize(("prefetch", "window"), [("auto", 3 * (1 + 4)), (0, 3)])
+def test_strict_order_empties_each_queue_before_the_next(make_app, redis_url, r, prefetch, window) -> None:
     ran = Ran()
     fill(redis_url, {"low": 200, "mid": 200, "high": 200})
-    app = make_app(queues=[Capsule(["high", "mid", "low"], concurrency=3)], workers=[recorder(ran)])
+    app = make_app(queues=[Capsule(["high", "mid", "low"], concurrency=3)], workers=[recorder(ran)], prefetch=prefetch)
     app.start()
     wait_for(lambda: len(ran) == 600, what="600 jobs")
     queues = [q for q, _ in ran.order]
-    # A fetch takes up to the free slots from the first queue that has jobs:
-    # at most a fetch's worth (3) of jobs can start out of order.
-    assert queues.index("mid") >= 200 - 3 and queues.index("low") >= 400 - 3, queues[195:205]
-    assert max(i for i, q in enumerate(queues) if q == "high") < 200 + 3
+    # A fetch takes up to the free slots from the first queue that has jobs,
+    # and the process holds at most `window` jobs (3 threads, plus 4 × 3 with
+    # the automatic prefetch of short jobs): at most that many end out of order.
+    assert queues.index("mid") >= 200 - window and queues.index("low") >= 400 - window, queues[185:215]
+    assert max(i for i, q in enumerate(queues) if q == "high") < 200 + window
     assert sorted(ran.order) == sorted((q, i) for q in ("low", "mid", "high") for i in range(200)), "each once"
     assert r.llen("queue:high") == r.llen("queue:mid") == r.llen("queue:low") == 0
     # The last results may still be on their way to Redis.
