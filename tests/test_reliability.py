@@ -3,6 +3,7 @@ enqueuer's spool, leader election, a rolling restart. Every job is counted."""
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import signal
@@ -105,6 +106,82 @@ def test_kill_9_with_100_jobs_in_flight(make_app, redis_url, r):
     assert sorted(set(done)) == list(range(150))
     assert len(done) - 150 <= 100, "duplicates at most the in-flight jobs"
     assert not r.exists(wip) and not r.sismember("processes", identity)
+
+
+
+SHORT_VICTIM = textwrap.dedent(
+    """
+    import os, sys, threading
+    from kiq import Kiq, Worker
+
+    out = os.open(sys.argv[2], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+
+    class Short(Worker, name="Short"):
+        def perform(self, n):
+            os.write(out, (self.jid + "\\n").encode())   # one unbuffered write: survives kill -9
+
+    app = Kiq(sys.argv[1], queues={"default": 10}, workers=[Short], heartbeat_interval=0.5,
+              heartbeat_ttl=3, leader_ttl=2, orphan_check_interval=1)
+    app.start()
+    print(app.identity, flush=True)
+
+    def watch():
+        # The most jobs out at once (running or prefetched), for the test.
+        most = 0
+        while True:
+            most = max(most, app._server.out(0))
+            with open(sys.argv[2] + ".tmp", "w") as f:
+                f.write(str(most))
+            os.replace(sys.argv[2] + ".tmp", sys.argv[2] + ".out")   # never seen half written
+            threading.Event().wait(0.002)
+
+    threading.Thread(target=watch, daemon=True).start()
+    threading.Event().wait(600)
+    """
+)
+
+
+def test_kill_9_mid_drain_of_short_jobs_with_the_automatic_prefetch(make_app, redis_url, r, tmp_path):
+    """A victim draining short jobs at the default (automatic) prefetch, so it holds more jobs
+    than threads, is killed mid-drain. Every job records its jid (an unbuffered write, so what
+    ran before the kill is on disk): none lost, and a job runs twice only if it was in the
+    victim's in-progress list when it died (ran, result not yet written)."""
+    n = 20_000
+    jids = Kiq(redis_url).enqueue_bulk(Job("Short"), [[i] for i in range(n)], sync=True)
+    ran_file = tmp_path / "ran"
+    victim = subprocess.Popen([sys.executable, "-c", SHORT_VICTIM, redis_url, str(ran_file)],
+                              stdout=subprocess.PIPE, text=True)
+    assert victim.stdout is not None
+    wip = f"kiq:wip|{victim.stdout.readline().strip()}|default"
+    lines = lambda: ran_file.read_text().count("\n") if ran_file.exists() else 0  # noqa: E731
+    wait_for(lambda: lines() >= 3000, timeout=30, what="the victim ran 3,000 jobs")
+    victim.kill()
+    victim.wait()
+    victim.stdout.close()
+    most = int((tmp_path / "ran.out").read_text() or 0)
+    assert most > 10, f"the victim prefetched (at most {most} jobs out with 10 threads)"
+    in_flight = {json.loads(j)["jid"] for j in r.lrange(wip, 0, -1)}
+    assert 0 < lines() < n, "killed mid-drain"
+    fd = os.open(ran_file, os.O_WRONLY | os.O_APPEND)
+
+    class Short(Worker, name="Short"):
+        def perform(self, n: int) -> None:
+            os.write(fd, (self.jid + "\n").encode())
+
+    try:
+        make_app(queues={"default": 10}, workers=[Short], heartbeat_interval=0.5, leader_ttl=2,
+                 orphan_check_interval=1).start()
+        wait_for(lambda: len(set(ran_file.read_text().split())) == n, timeout=60, what="every job ran")
+        wait_for(lambda: not r.exists(wip) and r.llen("queue:default") == 0, what="queue and in-progress list empty")
+    finally:
+        os.close(fd)
+    ran = ran_file.read_text().split()
+    assert set(ran) == set(jids), "none lost"
+    runs = collections.Counter(ran)
+    twice = {j for j, c in runs.items() if c > 1}
+    assert max(runs.values()) <= 2, "none ran three times"
+    print(f"most out {most}, in flight at death {len(in_flight)}, ran twice {len(twice)}")
+    assert twice <= in_flight, "only jobs in the victim's in-progress list at its death ran again"
 
 
 ASYNC_VICTIM = textwrap.dedent(
