@@ -76,7 +76,7 @@ def main() -> None:
                       f"({rates['single_in_redis']:>9,.0f} into Redis)  bulk {rates['bulk']:>11,.0f} jobs/s", flush=True)
     finally:
         r.close()
-        server.stop()
+        server.close()
     for name, runs in results.items():
         med = {k: statistics.median(x[k] for x in runs) for k in runs[0]}
         print(f"median {name:5} single {med['calls']:>9,.0f} calls/s ({med['single_in_redis']:>9,.0f} into Redis)  "

@@ -72,7 +72,7 @@ def main() -> None:
         for _ in range(ns.runs):
             run(server.url, ns.jobs)
     finally:
-        server.stop()
+        server.close()
 
 
 if __name__ == "__main__":

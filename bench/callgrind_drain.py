@@ -78,7 +78,7 @@ def main() -> None:
         small = instructions(server.url, ns.jobs, ns.concurrency, ns.is_async)
         big = instructions(server.url, 2 * ns.jobs, ns.concurrency, ns.is_async)
     finally:
-        server.stop()
+        server.close()
     print(json.dumps({"jobs": ns.jobs, "async": ns.is_async, "instructions_per_job": (big - small) / ns.jobs,
                       "instructions_small": small, "instructions_big": big}))
 

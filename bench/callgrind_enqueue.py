@@ -100,7 +100,7 @@ def main() -> None:
                 "caller_small": small[0], "caller_big": big[0], "all_small": small[1], "all_big": big[1],
             }), flush=True)
     finally:
-        server.stop()
+        server.close()
 
 
 if __name__ == "__main__":

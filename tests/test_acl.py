@@ -206,7 +206,7 @@ def test_the_documented_acl_is_enough_and_redis_denies_nothing() -> None:
                      "zrange", "get", "hgetall", "lpush", "sadd", "flushall"}
         assert used - set(acl.COMMANDS) - tests_own == set(), "every command kiq sent is documented"
     finally:
-        server.stop()
+        server.close()
 
 
 def test_a_workload_without_a_recovery_command_fails_loudly() -> None:
@@ -227,7 +227,7 @@ def test_a_workload_without_a_recovery_command_fails_loudly() -> None:
             app.stop(2)
         assert admin.llen("kiq:wip|gone:1:aaaaaaaaaaaa|default") == 1, "not recovered, and not lost"
     finally:
-        server.stop()
+        server.close()
 
 
 def _log(admin: redis.Redis) -> list[dict[str, Any]]:
@@ -264,4 +264,4 @@ def test_an_older_acl_without_transactions_still_pushes_every_job_once(caplog: A
         assert len(warned) == 1, [r.getMessage() for r in caplog.records]
         assert not [r for r in caplog.records if r.levelname == "ERROR"], "a refused fast path is no push failure"
     finally:
-        server.stop()
+        server.close()

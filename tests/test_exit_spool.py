@@ -59,7 +59,7 @@ def test_jobs_left_at_exit_are_saved_and_delivered_exactly_once(tmp_path: Path) 
         assert again.returncode == 0 and "0 jobs delivered" in again.stdout, again
         assert r.llen("queue:default") == 5
     finally:
-        server.stop()
+        server.close()
 
 
 def test_a_reachable_redis_at_exit_says_nothing(redis_url: str, r: redis.Redis, tmp_path: Path) -> None:
@@ -92,7 +92,7 @@ def test_a_spool_from_an_earlier_run_flushes_at_construction(tmp_path: Path) -> 
         app.flush(5)
         assert sorted(json.loads(p)["args"][0] for p in r.lrange("queue:default", 0, -1)) == list(range(300))
     finally:
-        server.stop()
+        server.close()
 
 
 def test_flush_includes_the_spool_of_an_earlier_run(tmp_path: Path, redis_url: str, r: redis.Redis) -> None:

@@ -176,7 +176,7 @@ def test_a_job_stuck_in_c_code_shows_in_ready_and_metrics() -> None:
     finally:
         proc.terminate()
         proc.wait(30)
-        server.stop()
+        server.close()
 
 
 def _ready(address: str) -> bool:
