@@ -12,7 +12,7 @@ import textwrap
 import threading
 import time
 
-from kiq import Worker
+from kiq import Throttle, Worker, worker
 from support import wait_for
 
 
@@ -231,7 +231,6 @@ def test_prefetched_jobs_wait_in_the_process_and_a_stop_hands_them_back(make_app
     assert list(reversed(queued)) == sorted(queued), "the queue still runs oldest first"
 
 
-
 class _HeldWatch:
     """Polls how many jobs an app's queue has out (fetched, not finished: running or waiting
     for a thread), keeping the most seen. (Its in-progress list also holds finished jobs
@@ -326,3 +325,14 @@ def test_auto_prefetch_is_off_for_slow_jobs_and_with_async_workers(make_app, r):
             pass
 
     assert _auto_prefetch_run(make_app, r, extra_workers=[Later]) <= 2, "no prefetch with an async worker"
+
+
+def test_auto_prefetch_is_off_with_a_throttled_worker(make_app, r):
+    """A fetched job takes its throttle's slot, so a process with a throttle never holds
+    more jobs than its threads, however short they are."""
+
+    @worker(name="AutoThrottled", throttle=Throttle(1))
+    def throttled(user: int) -> None:
+        pass
+
+    assert _auto_prefetch_run(make_app, r, extra_workers=[throttled]) <= 2, "no prefetch with a throttle"

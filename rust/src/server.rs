@@ -160,8 +160,6 @@ impl Server {
             return Err(KiqError::config("queues must name at least one queue"));
         }
         let throttled = config.workers.throttles();
-        // A fetched job takes its throttle's slot: the automatic prefetch is off with throttles.
-        let prefetch = if throttled.is_empty() { config.prefetch } else { Prefetch::Fixed(0) };
         if matches!(config.prefetch, Prefetch::Fixed(n) if n > 0) && !throttled.is_empty() {
             let mut names: Vec<&String> = throttled.keys().collect();
             names.sort();
@@ -171,6 +169,8 @@ impl Server {
                 names.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
             )));
         }
+        // A fetched job takes its throttle's slot: the automatic prefetch is off with throttles.
+        let prefetch = if throttled.is_empty() { config.prefetch } else { Prefetch::Fixed(0) };
         let mut seen: Vec<&str> = Vec::new();
         for c in capsules {
             if c.queues.is_empty() {
