@@ -1,5 +1,5 @@
 -- settle.lua: write the results of finished jobs, exactly once. For each job:
--- its retry, dead or schedule entry (if any), the LREM that takes it off this
+-- its retry, dead or schedule entry (if any), its removal from this
 -- process's in-progress list and, for a batch job or callback, its batch
 -- bookkeeping (batch_lib.lua, prepended: counted once per jid, callbacks
 -- fired once); then Sidekiq's processed/failed counters. Each result carries
@@ -156,7 +156,13 @@ for i = 0, n - 1 do
   end
 end
 -- The plain results: the loop most jobs go through, so kept lean (the type
--- check once per list; LREM cannot fail on a list).
+-- check once per list). fetch.lua pushes jobs on the left, so finished jobs
+-- are mostly the oldest of their list, at its right end among a few still
+-- running. That end is read once and cut off with one LTRIM, the jobs still
+-- running pushed back in their order; a job not found there is removed with
+-- an LREM. Either way the occurrence removed is the one nearest the right end
+-- (an LREM -1 per job did the same at twice the cost).
+local lists, want = {}, {}
 for k = pbase + 1, pbase + 3 * np - 2, 3 do
   local seq = ARGV[k]
   if tonumber(seq) > hw then
@@ -166,8 +172,48 @@ for k = pbase + 1, pbase + 3 * np - 2, 3 do
       refused[#refused + 1] = seq
       refused[#refused + 1] = why
     else
-      redis.call('LREM', wip, -1, ARGV[k + 2])
+      local w = want[wip]
+      if not w then
+        w = {jobs = {}, n = 0}
+        want[wip] = w
+        lists[#lists + 1] = wip
+      end
+      local job = ARGV[k + 2]
+      w.jobs[job] = (w.jobs[job] or 0) + 1
+      w.n = w.n + 1
       processed = processed + 1
+    end
+  end
+end
+-- The most jobs still running read past (and pushed back) per list: the
+-- rest of the finished jobs, if any, are then removed one LREM each.
+local SLACK = 64
+for _, wip in ipairs(lists) do
+  local jobs, n = want[wip].jobs, want[wip].n
+  local tail = redis.call('LRANGE', wip, -(n + SLACK), -1)
+  local keep, found, j = {}, 0, #tail
+  while j >= 1 and found < n and #keep < SLACK do
+    local c = jobs[tail[j]]
+    if c and c > 0 then
+      jobs[tail[j]] = c - 1
+      found = found + 1
+    else
+      keep[#keep + 1] = tail[j]
+    end
+    j = j - 1
+  end
+  if found > 0 then
+    redis.call('LTRIM', wip, 0, j - #tail - 1)
+    if #keep > 0 then
+      -- keep runs from the right end inwards; RPUSH wants them outwards.
+      local back = {}
+      for i = #keep, 1, -1 do back[#back + 1] = keep[i] end
+      redis.call('RPUSH', wip, unpack(back))
+    end
+  end
+  if found < n then
+    for job, c in pairs(jobs) do
+      for _ = 1, c do redis.call('LREM', wip, '-1', job) end
     end
   end
 end

@@ -1,0 +1,122 @@
+"""settle.lua's removal of finished jobs from an in-progress list, run
+directly against Redis: it reads the list's right end once, cuts the
+finished jobs off and pushes the jobs still running back, so whatever the
+order results come in, exactly the finished jobs leave (the occurrence
+nearest the right end, as `LREM -1` would), the others stay in their order,
+and a result sent twice changes nothing twice."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+import redis
+
+from test_lua_scripts import HERE, loaded
+
+WIP = "kiq:wip|me|default"
+KEYS = ["kiq:acked|me", "retry", "dead", "stat:processed", "stat:failed",
+        "stat:processed:d", "stat:failed:d", "kiq:stat:expired", "schedule", WIP]
+
+
+class Settle:
+    """settle.lua with only plain results (done, counted as processed), numbered from 1."""
+
+    def __init__(self, r: redis.Redis) -> None:
+        self.script = r.register_script(loaded(HERE / "settle.lua"))
+        self.seq = 0
+
+    def __call__(self, jobs: list[bytes], *, again: int | None = None) -> list:
+        """Settles `jobs`; `again` sends them under the numbers they had before (a resend)."""
+        first = self.seq + 1 if again is None else again
+        args: list = [60000, 86400, time.time(), 0, 10000, 0, time.time(), 86400, 1000, 0, len(jobs)]
+        for i, job in enumerate(jobs):
+            args += [first + i, 1, job]
+        self.seq = max(self.seq, first + len(jobs) - 1)
+        return self.script(keys=KEYS, args=args)
+
+
+def job(n: int) -> bytes:
+    return b'{"class":"NoopJob","args":[%d],"jid":"j%d"}' % (n, n)
+
+
+def fetched(r: redis.Redis, jobs: list[bytes]) -> None:
+    """Puts jobs in the list as fetch.lua does: pushed on the left, oldest first."""
+    r.lpush(WIP, *jobs)
+
+
+def processed(r: redis.Redis) -> int:
+    return int(r.get("stat:processed") or 0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_exactly_the_finished_jobs_leave_and_the_rest_keep_their_order(rb: redis.Redis, seed: int) -> None:
+    rng = random.Random(seed)
+    settle = Settle(rb)
+    jobs = [job(n) for n in range(600)]
+    fetched(rb, jobs)
+    # Results come in batches of mostly the oldest jobs, some left running for
+    # a while (a few or, for one seed, a hundred), in any order.
+    running = list(jobs)
+    done: list[bytes] = []
+    while running:
+        k = min(len(running), rng.choice([1, 5, 50, 200]))
+        window = running[: k + rng.choice([0, 3, 100])]
+        batch = rng.sample(window, min(k, len(window)))
+        rng.shuffle(batch)
+        assert settle(batch) == [[], []]
+        done += batch
+        running = [j for j in running if j not in set(batch)]
+        left = rb.lrange(WIP, 0, -1)
+        assert left == running[::-1], f"after {len(done)} results"
+    assert not rb.exists(WIP)
+    assert processed(rb) == 600
+
+
+def test_a_job_listed_twice_leaves_once_per_result_nearest_the_right_end(rb: redis.Redis) -> None:
+    settle = Settle(rb)
+    a, b, c = job(1), job(2), job(3)
+    fetched(rb, [a, b, a, c, a])  # the list, left to right: a c a b a
+    settle([a, a])
+    assert rb.lrange(WIP, 0, -1) == [a, c, b]
+    settle([a])
+    assert rb.lrange(WIP, 0, -1) == [c, b]
+    # Listed twice behind many running jobs (past what is read of the right end).
+    rb.delete(WIP)
+    running = [job(n) for n in range(10, 80)]
+    fetched(rb, running + [a, a])
+    settle([a, a])
+    assert rb.lrange(WIP, 0, -1) == running[::-1]
+
+
+def test_results_of_jobs_not_in_the_list_remove_nothing_else(rb: redis.Redis) -> None:
+    settle = Settle(rb)
+    jobs = [job(n) for n in range(10)]
+    fetched(rb, jobs)
+    # Jobs another process already took back (this one was thought dead): not there.
+    assert settle([job(100), jobs[0], job(101)]) == [[], []]
+    assert rb.lrange(WIP, 0, -1) == jobs[1:][::-1]
+    # Results for jobs far from the right end, behind more running jobs than are read past.
+    assert settle(jobs[-3:]) == [[], []]
+    assert rb.lrange(WIP, 0, -1) == jobs[1:7][::-1]
+
+
+def test_a_result_sent_again_changes_nothing_twice(rb: redis.Redis) -> None:
+    settle = Settle(rb)
+    jobs = [job(n) for n in range(20)]
+    fetched(rb, jobs + jobs[:5])  # the first five are listed twice
+    settle(jobs[:5])
+    before = rb.lrange(WIP, 0, -1)
+    # The reply was lost and the same results are sent again, numbered as before.
+    assert settle(jobs[:5], again=1) == [[], []]
+    assert rb.lrange(WIP, 0, -1) == before
+    assert processed(rb) == 5
+
+
+def test_a_list_of_the_wrong_type_refuses_its_results_and_keeps_the_key(rb: redis.Redis) -> None:
+    settle = Settle(rb)
+    rb.set(WIP, "not a list")
+    refused, fired = settle([job(1), job(2)])
+    assert refused[0::2] == [b"1", b"2"] and b"WRONGTYPE" in refused[1]
+    assert fired == [] and rb.get(WIP) == b"not a list" and processed(rb) == 0
