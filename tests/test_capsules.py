@@ -53,20 +53,20 @@ def recorder(ran: Ran, pause: float = 0.0) -> Any:
     return rec
 
 
-@pytest.mark.parametrize(("prefetch", "window"), [("auto", 3 * (1 + 4)), (0, 3)])
-def test_strict_order_empties_each_queue_before_the_next(make_app, redis_url, r, prefetch, window) -> None:
+@pytest.mark.parametrize(("prefetch", "window", "per"), [("auto", 3 + 256, 600), (0, 3, 200)])
+def test_strict_order_empties_each_queue_before_the_next(make_app, redis_url, r, prefetch, window, per) -> None:
     ran = Ran()
-    fill(redis_url, {"low": 200, "mid": 200, "high": 200})
+    fill(redis_url, {"low": per, "mid": per, "high": per})
     app = make_app(queues=[Capsule(["high", "mid", "low"], concurrency=3)], workers=[recorder(ran)], prefetch=prefetch)
     app.start()
-    wait_for(lambda: len(ran) == 600, what="600 jobs")
+    wait_for(lambda: len(ran) == 3 * per, what=f"{3 * per} jobs")
     queues = [q for q, _ in ran.order]
     # A fetch takes up to the free slots from the first queue that has jobs,
-    # and the process holds at most `window` jobs (3 threads, plus 4 × 3 with
+    # and the process holds at most `window` jobs (3 threads, plus 256 with
     # the automatic prefetch of short jobs): at most that many end out of order.
-    assert queues.index("mid") >= 200 - window and queues.index("low") >= 400 - window, queues[185:215]
-    assert max(i for i, q in enumerate(queues) if q == "high") < 200 + window
-    assert sorted(ran.order) == sorted((q, i) for q in ("low", "mid", "high") for i in range(200)), "each once"
+    assert queues.index("mid") >= per - window and queues.index("low") >= 2 * per - window, queues[per - 15:per + 15]
+    assert max(i for i, q in enumerate(queues) if q == "high") < per + window
+    assert sorted(ran.order) == sorted((q, i) for q in ("low", "mid", "high") for i in range(per)), "each once"
     assert r.llen("queue:high") == r.llen("queue:mid") == r.llen("queue:low") == 0
     # The last results may still be on their way to Redis.
     wait_for(lambda: all(r.llen(k) == 0 for k in r.keys("kiq:wip*")), what="every result written")
@@ -75,8 +75,10 @@ def test_strict_order_empties_each_queue_before_the_next(make_app, redis_url, r,
 def test_weighted_order_takes_queues_in_proportion_to_their_weights(make_app, redis_url, r) -> None:
     ran = Ran()
     fill(redis_url, {"a": 600, "b": 600})
-    # One slot: each fetch takes one job, from a queue drawn by weight.
-    app = make_app(queues=[Capsule({"a": 3, "b": 1}, concurrency=1)], workers=[recorder(ran)])
+    # One slot and no prefetch: each fetch takes one job, from a queue drawn by
+    # weight. (With the automatic prefetch a fetch of short jobs takes up to 257
+    # from the queue drawn: the weights then hold per fetch, not per job.)
+    app = make_app(queues=[Capsule({"a": 3, "b": 1}, concurrency=1)], workers=[recorder(ran)], prefetch=0)
     app.start()
     wait_for(lambda: len(ran) == 1200, timeout=30, what="1200 jobs")
     first = [q for q, _ in ran.order[:400]]
@@ -165,11 +167,11 @@ def test_a_wrong_type_in_progress_key_holds_back_only_its_queue(make_app, redis_
 
 
 def test_exactly_once_over_a_capsule_when_replies_are_lost(redis_server: Any, r: redis.Redis) -> None:
-    """A proxy drops 5% of Redis's replies: a lost fetch reply is read back
+    """A proxy drops 10% of Redis's replies: a lost fetch reply is read back
     with each job's queue, so every job of every queue runs once."""
     from lossy_proxy import LossyProxy
 
-    proxy = LossyProxy(redis_server.port, loss=0.05)
+    proxy = LossyProxy(redis_server.port, loss=0.10)
     counts: dict[tuple[str, int], int] = {}
     lock = threading.Lock()
 

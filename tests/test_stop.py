@@ -293,9 +293,53 @@ def _auto_prefetch_run(make_app, r, extra_workers=()) -> int:
 
 
 def test_auto_prefetch_holds_more_jobs_while_they_are_short_and_loses_none(make_app, r):
-    """The default prefetch: with short jobs the process holds up to 2 x (1 + 4) = 10 jobs."""
+    """The default prefetch: with short jobs the process holds up to 2 + 256 jobs."""
     most = _auto_prefetch_run(make_app, r)
-    assert 2 < most <= 10, most
+    assert 2 < most <= 2 + 256, most
+
+
+def test_jobs_held_when_they_turn_slow_go_back_to_their_queue_for_other_processes(make_app, r):
+    """A process with 2 threads learns its jobs are short, then 60 slow ones are pushed at
+    once: it takes them all (held for the automatic prefetch). Once the first slow one ends,
+    those no thread started go back to the queue, oldest first, where a second process
+    takes them. Every job runs exactly once."""
+    ran: list[str] = []
+    lock = threading.Lock()
+
+    class Quick(Worker, name="ShedQuick"):
+        def perform(self, n: int) -> None:
+            with lock:
+                ran.append(self.jid)
+
+    class Slow(Worker, name="ShedSlow"):
+        def perform(self, n: int) -> None:
+            time.sleep(0.3)
+            with lock:
+                ran.append(self.jid)
+
+    a = make_app(queues={"default": 2}, workers=[Quick, Slow])
+    quick = a.enqueue_bulk(Quick, [[i] for i in range(600)])
+    a.flush(10)
+    a.start()
+    b = None
+    try:
+        wait_for(lambda: len(ran) == 600, timeout=30, what="the quick jobs ran")
+        slow = a.enqueue_bulk(Slow, [[i] for i in range(60)])
+        a.flush(10)
+        wait_for(lambda: r.llen("queue:default") == 0, what="all 60 fetched by the process")
+        wait_for(lambda: r.llen("queue:default") >= 50, timeout=10, what="the held ones handed back")
+        back = [json.loads(j)["args"][0] for j in r.lrange("queue:default", 0, -1)]
+        assert list(reversed(back)) == sorted(back) and back[0] == 59, "oldest at the right end"
+        assert a._server.out(0) <= 2 + (60 - len(back)), "no longer held"
+        b = make_app(queues={"default": 10}, workers=[Quick, Slow])
+        b.start()
+        wait_for(lambda: len(ran) == 660, timeout=60, what="every job ran")
+    finally:
+        a.stop(timeout=5)
+        if b is not None:
+            b.stop(timeout=5)
+    assert sorted(ran) == sorted(quick + slow), "each job ran once"
+    assert r.llen("queue:default") == 0 and r.keys("kiq:wip|*") == []
 
 
 def test_auto_prefetch_is_off_for_slow_jobs_and_with_async_workers(make_app, r):

@@ -188,6 +188,11 @@ impl Fetcher {
                 }
                 _ => {}
             }
+            let held = self.lane.excess();
+            if !held.is_empty() {
+                self.hand_back(held).await;
+                continue;
+            }
             let result = if let Some(t) = unsure {
                 let jobs = self.read_back(t).await;
                 if jobs.is_ok() {
@@ -199,6 +204,7 @@ impl Fetcher {
                 if free == 0 {
                     tokio::select! {
                         () = self.lane.demand.notified() => {}
+                        () = self.lane.shed.notified() => {}
                         _ = state.changed() => {}
                     }
                     continue;
@@ -244,6 +250,45 @@ impl Fetcher {
                         break;
                     }
                     delay = (delay * 3 / 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Hands jobs the lane held beyond its capacity back to their queues
+    /// ([`Lane::excess`]), retrying while Redis is away. A stop ends the
+    /// retries: the jobs are still in the in-progress list, which the stop
+    /// hands back. A queue whose keys hold the wrong type keeps its jobs here.
+    async fn hand_back(&self, mut held: Vec<Delivery>) {
+        while let Some(queue) = held.first().map(|d| d.queue) {
+            let (jobs, rest): (Vec<Delivery>, Vec<Delivery>) = held.into_iter().partition(|d| d.queue == queue);
+            held = rest;
+            let (name, wip) = &self.queues[queue];
+            let mut delay = Duration::from_millis(100);
+            loop {
+                match crate::unfetch::hand_back(&self.pool, &self.keys, name, wip, &jobs).await {
+                    Ok(moved) => {
+                        log::debug!(
+                            "{moved} jobs of queue {name:?} held for a prefetch went back to it: its jobs turned slow"
+                        );
+                        break;
+                    }
+                    Err(e) if e.code() == Some("WRONGTYPE") => {
+                        log::error!(
+                            "cannot hand {} held jobs back to queue {name:?}, so they run here: {e}",
+                            jobs.len()
+                        );
+                        let _ = self.lane.offer(jobs);
+                        break;
+                    }
+                    Err(e) => {
+                        self.pool.note_error(&e);
+                        log::warn!("cannot hand {} held jobs back to queue {name:?} yet: {e}", jobs.len());
+                        if !self.control.sleep(delay).await {
+                            return;
+                        }
+                        delay = (delay * 3 / 2).min(Duration::from_secs(2));
+                    }
                 }
             }
         }
@@ -375,6 +420,8 @@ impl Fetcher {
                         unblocking = true;
                     }
                 }
+                // Jobs held for the automatic prefetch turned slow: hand them back first.
+                () = self.lane.shed.notified(), if !unblocking => unblocking = true,
                 () = tokio::time::sleep(Duration::from_millis(20)), if unblocking => {}
             }
             if !unblocking {

@@ -4,10 +4,11 @@
 //! and counts the jobs it has out (fetched and not yet finished). The fetcher
 //! only asks Redis for `concurrency + prefetch - out` jobs, so a process never
 //! holds more jobs of a queue than it can run at once, plus a prefetch
-//! waiting for a thread ([`Prefetch`]: a fixed number, or, by default,
-//! [`AUTO_PREFETCH`] × concurrency while the lane's jobs are short and none
-//! otherwise). Taking a ready job is a mutex pop;
-//! only an empty lane makes a thread sleep (on a condvar, so it costs nothing).
+//! waiting for a thread ([`Prefetch`]: a fixed number, or, by default, some
+//! while the lane's jobs are short and none otherwise; jobs held when they
+//! turn slow are handed back, [`Lane::excess`]). Taking a ready job is a
+//! mutex pop; only an empty lane makes a thread sleep (on a condvar, so it
+//! costs nothing).
 //!
 //! Waking is a relay: new jobs wake one sleeping thread, and a thread woken
 //! from sleep that leaves jobs behind wakes the next. Threads busy with short
@@ -149,17 +150,23 @@ pub enum Take {
 pub enum Prefetch {
     /// Exactly this many (0: only jobs a thread can start now, as Sidekiq).
     Fixed(usize),
-    /// [`AUTO_PREFETCH`] × concurrency while recent jobs average under
-    /// [`SHORT_JOB`], none otherwise: the fetch round trip is most of a short
-    /// job's cost, and jobs held for short jobs wait at most a few milliseconds,
-    /// while a slow job's queue keeps Sidekiq's behaviour.
+    /// [`AUTO_PREFETCH`] × concurrency, and at least [`AUTO_PREFETCH_MIN`],
+    /// while recent jobs average under [`SHORT_JOB`]; none otherwise. A fetch's
+    /// fixed costs (a Redis round trip and script call, a hand-off) are most
+    /// of a short job's cost, and jobs held for short jobs wait a few
+    /// milliseconds at most, while a slow job's queue keeps Sidekiq's
+    /// behaviour. Jobs held when the lane's jobs turn slow go back to their
+    /// queue ([`Lane::excess`]), so another process can start them.
     Auto,
 }
 
-/// The automatic prefetch, in multiples of the lane's concurrency. (no-op jobs
-/// at c25, 3 interleaved rounds: 0×, 2×, 4×, 8× drained about 58k, 102k,
-/// 115k, 133k jobs/s; 4× keeps the jobs held to 100 at c25.)
+/// The automatic prefetch, in multiples of the lane's concurrency.
 pub const AUTO_PREFETCH: usize = 4;
+/// The automatic prefetch's floor: what a fetch carries decides its cost per
+/// job more than the concurrency does (no-op jobs, 8 queues × c10 each:
+/// 125k jobs/s with 40 held per queue, 205k with 118, 241k with 246, against
+/// 169k for 1 queue × c80).
+pub const AUTO_PREFETCH_MIN: usize = 256;
 
 pub struct Lane {
     pub name: String,
@@ -176,6 +183,9 @@ pub struct Lane {
     threads_wanted: AtomicUsize,
     /// Woken whenever a job finishes, so the fetcher can fetch again.
     pub(crate) demand: Notify,
+    /// Woken when the lane's jobs turn slow while it holds jobs for the
+    /// automatic prefetch: the fetcher hands them back ([`Lane::excess`]).
+    pub(crate) shed: Notify,
     /// Recent jobs' mean run time in nanoseconds (a moving average; starts
     /// "long", so the relay holds until a few dozen short jobs are seen).
     job_ns: AtomicU64,
@@ -193,6 +203,7 @@ impl Lane {
             threads: AtomicUsize::new(usize::MAX),
             threads_wanted: AtomicUsize::new(concurrency),
             demand: Notify::new(),
+            shed: Notify::new(),
             job_ns: AtomicU64::new(10 * SHORT_JOB.as_nanos() as u64),
         }
     }
@@ -208,7 +219,9 @@ impl Lane {
     fn capacity(&self) -> usize {
         match self.prefetch {
             Prefetch::Fixed(n) => self.concurrency + n,
-            Prefetch::Auto if self.short_jobs() => self.concurrency * (1 + AUTO_PREFETCH),
+            Prefetch::Auto if self.short_jobs() => {
+                self.concurrency + (self.concurrency * AUTO_PREFETCH).max(AUTO_PREFETCH_MIN)
+            }
             Prefetch::Auto => self.concurrency,
         }
     }
@@ -346,7 +359,33 @@ impl Lane {
         let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).min(3_600_000_000_000);
         // A moving average over about 16 jobs; racing updates only blur it.
         let avg = self.job_ns.load(Ordering::Relaxed);
-        self.job_ns.store(avg - avg / 16 + ns / 16, Ordering::Relaxed);
+        let now = avg - avg / 16 + ns / 16;
+        self.job_ns.store(now, Ordering::Relaxed);
+        let short = SHORT_JOB.as_nanos() as u64;
+        if self.prefetch == Prefetch::Auto && avg < short && now >= short && !self.lock().jobs.is_empty() {
+            self.shed.notify_one();
+        }
+    }
+
+    /// The jobs the lane holds beyond its capacity, which no thread can start
+    /// now (its jobs turned slow, so the automatic prefetch is off): the
+    /// newest ready ones, taken out (oldest first) and no longer counted as
+    /// out, for the fetcher to hand back to their queue. A fixed prefetch
+    /// keeps what it was told to hold.
+    pub fn excess(&self) -> Vec<Delivery> {
+        if self.prefetch != Prefetch::Auto {
+            return Vec::new();
+        }
+        let mut ready = self.lock();
+        let over = self.out().saturating_sub(self.capacity()).min(ready.jobs.len());
+        if over == 0 {
+            return Vec::new();
+        }
+        let keep = ready.jobs.len() - over;
+        let jobs: Vec<Delivery> = ready.jobs.drain(keep..).collect();
+        drop(ready);
+        let _ = self.out.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(jobs.len())));
+        jobs
     }
 
     /// Whether recent jobs were short: threads come back for the next one soon.
@@ -419,9 +458,10 @@ mod tests {
         for _ in 0..64 {
             lane.ran(Duration::from_micros(10));
         }
-        assert_eq!(lane.free(), 3 * (1 + AUTO_PREFETCH));
+        assert_eq!(lane.free(), 3 + AUTO_PREFETCH_MIN, "the floor, above 4 x 3");
+        assert_eq!(Lane::new("q", 100).prefetching(Prefetch::Auto).capacity(), 100, "long until seen");
         assert!(lane.offer((0..10).map(job).collect()).is_none());
-        assert_eq!(lane.free(), 3 * (1 + AUTO_PREFETCH) - 10);
+        assert_eq!(lane.free(), 3 + AUTO_PREFETCH_MIN - 10);
         // Jobs turn slow: nothing more is fetched until the lane is back under its concurrency.
         for _ in 0..64 {
             lane.ran(Duration::from_millis(5));
@@ -432,6 +472,63 @@ mod tests {
             lane.finish();
         }
         assert_eq!(lane.free(), 1);
+    }
+
+    #[test]
+    fn a_big_lane_holds_four_times_its_concurrency() {
+        let lane = Lane::new("q", 100).prefetching(Prefetch::Auto);
+        for _ in 0..64 {
+            lane.ran(Duration::from_micros(10));
+        }
+        assert_eq!(lane.free(), 100 * (1 + AUTO_PREFETCH));
+    }
+
+    /// Whether the fetcher was told to hand held jobs back (a stored permit), consuming it.
+    fn shed(lane: &Lane) -> bool {
+        let notified = lane.shed.notified();
+        let mut notified = std::pin::pin!(notified);
+        let waker = std::task::Waker::noop();
+        notified.as_mut().poll(&mut std::task::Context::from_waker(waker)).is_ready()
+    }
+
+    #[test]
+    fn jobs_held_when_jobs_turn_slow_are_given_up_newest_first() {
+        let lane = Lane::new("q", 3).prefetching(Prefetch::Auto);
+        for _ in 0..64 {
+            lane.ran(Duration::from_micros(10));
+        }
+        lane.offer((0..20).map(job).collect());
+        // Two threads take a job each; the first slow job to end turns the lane slow.
+        let Take::Job(a) = lane.take(Some(Duration::ZERO)) else { panic!() };
+        let Take::Job(_b) = lane.take(Some(Duration::ZERO)) else { panic!() };
+        assert!(lane.excess().is_empty(), "still short: all 20 may be held");
+        assert!(!shed(&lane));
+        lane.ran(Duration::from_secs(1));
+        drop(a);
+        lane.finish();
+        assert!(shed(&lane), "the fetcher is told once");
+        // 19 out (1 running, 18 ready) and room for 3: the 16 newest go back, oldest first.
+        let back: Vec<String> = lane.excess().into_iter().map(|d| d.jid).collect();
+        assert_eq!(back, (4..20).map(|n| format!("j{n}")).collect::<Vec<_>>());
+        assert_eq!(lane.out(), 3);
+        assert!(lane.excess().is_empty());
+        assert!(matches!(lane.take(Some(Duration::ZERO)), Take::Job(d) if d.jid == "j2"));
+        // Turning slow again with nothing held beyond the threads tells the fetcher nothing.
+        for _ in 0..64 {
+            lane.ran(Duration::from_micros(10));
+        }
+        lane.ran(Duration::from_secs(1));
+        assert!(!shed(&lane));
+    }
+
+    #[test]
+    fn a_fixed_prefetch_keeps_what_it_holds() {
+        let lane = Lane::new("q", 2).prefetching(Prefetch::Fixed(6));
+        lane.offer((0..8).map(job).collect());
+        lane.ran(Duration::from_secs(1));
+        assert!(lane.excess().is_empty());
+        assert!(!shed(&lane));
+        assert_eq!(lane.out(), 8);
     }
 
     /// Whether the fetcher was woken (a stored permit), consuming it.

@@ -55,6 +55,7 @@ pub mod server;
 pub mod spool;
 pub mod throttle;
 pub mod timestamp;
+pub mod unfetch;
 pub mod work;
 pub mod worker;
 

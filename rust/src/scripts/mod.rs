@@ -36,6 +36,7 @@ pub async fn eval<T: FromRedisValue, C: ConnectionLike>(cmd: &Cmd, script: &Scri
 
 pub static FETCH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("fetch.lua")));
 pub static REQUEUE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("requeue.lua")));
+pub static UNFETCH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("unfetch.lua")));
 pub static ENQUEUE_DUE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("enqueue_due.lua")));
 pub static BURY: LazyLock<Script> =
     LazyLock::new(|| Script::new(concat!(include_str!("dead_lib.lua"), include_str!("bury.lua"))));
