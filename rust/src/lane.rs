@@ -485,10 +485,7 @@ mod tests {
 
     /// Whether the fetcher was told to hand held jobs back (a stored permit), consuming it.
     fn shed(lane: &Lane) -> bool {
-        let notified = lane.shed.notified();
-        let mut notified = std::pin::pin!(notified);
-        let waker = std::task::Waker::noop();
-        notified.as_mut().poll(&mut std::task::Context::from_waker(waker)).is_ready()
+        permit(&lane.shed)
     }
 
     #[test]
@@ -531,12 +528,17 @@ mod tests {
         assert_eq!(lane.out(), 8);
     }
 
-    /// Whether the fetcher was woken (a stored permit), consuming it.
-    fn woken(lane: &Lane) -> bool {
-        let notified = lane.demand.notified();
+    /// Whether `n` holds a stored permit, consuming it.
+    fn permit(n: &Notify) -> bool {
+        let notified = n.notified();
         let mut notified = std::pin::pin!(notified);
         let waker = std::task::Waker::noop();
         notified.as_mut().poll(&mut std::task::Context::from_waker(waker)).is_ready()
+    }
+
+    /// Whether the fetcher was woken (a stored permit), consuming it.
+    fn woken(lane: &Lane) -> bool {
+        permit(&lane.demand)
     }
 
     #[test]
