@@ -135,10 +135,12 @@ class Kiq(Running, Enqueueing):
         prefetch: jobs each queue fetches beyond its concurrency, to wait in
             the process for a free thread so threads do not wait for a
             fetch's round trip. ``"auto"`` (the default): while a queue's
-            recent jobs average under 100 µs, up to 4 × its concurrency more;
-            once they are slower, none (Sidekiq's behaviour: a process takes
-            only jobs a thread can start now); and none in a process with an
-            ``async def`` worker or a throttle. ``0`` never prefetches;
+            recent jobs average under 100 µs, up to 512 more (4 × its
+            concurrency if that is more; fewer for payloads averaging over
+            16 kB); once they are slower, none (Sidekiq's behaviour: a
+            process takes only jobs a thread can start now), and the held
+            jobs no thread started go back to their queue; and none in a
+            process with an ``async def`` worker or a throttle. ``0`` never prefetches;
             ``N`` always fetches up to N more. The cost: those jobs wait here
             even if another process is idle, and a crash hands them back as it
             does running ones (they had not started). A fixed N is refused

@@ -131,6 +131,9 @@ struct Ready {
     standby: bool,
     /// When jobs were last offered.
     offered: Option<Instant>,
+    /// Jobs taken so far: a standby that sees it move during its poll knows
+    /// the busy threads are coming back for jobs.
+    takes: u64,
 }
 
 /// What waiting for a job gave.
@@ -150,8 +153,9 @@ pub enum Take {
 pub enum Prefetch {
     /// Exactly this many (0: only jobs a thread can start now, as Sidekiq).
     Fixed(usize),
-    /// [`AUTO_PREFETCH`] × concurrency, and at least [`AUTO_PREFETCH_MIN`],
-    /// while recent jobs average under [`SHORT_JOB`]; none otherwise. A fetch's
+    /// [`AUTO_PREFETCH`] × concurrency, and at least [`AUTO_PREFETCH_MIN`]
+    /// (fewer for big payloads: [`AUTO_PREFETCH_BYTES`]), while recent jobs
+    /// average under [`SHORT_JOB`]; none otherwise. A fetch's
     /// fixed costs (a Redis round trip and script call, a hand-off) are most
     /// of a short job's cost, and jobs held for short jobs wait a few
     /// milliseconds at most, while a slow job's queue keeps Sidekiq's
@@ -165,8 +169,12 @@ pub const AUTO_PREFETCH: usize = 4;
 /// The automatic prefetch's floor: what a fetch carries decides its cost per
 /// job more than the concurrency does (no-op jobs, 8 queues × c10 each:
 /// 125k jobs/s with 40 held per queue, 205k with 118, 241k with 246, against
-/// 169k for 1 queue × c80).
-pub const AUTO_PREFETCH_MIN: usize = 256;
+/// 169k for 1 queue × c80; 1 queue × c25, 5 interleaved rounds: 204k with
+/// 256 held, 261k with 512, 270k with 1,024).
+pub const AUTO_PREFETCH_MIN: usize = 512;
+/// What the floor may hold in payload bytes (at the lane's recent average
+/// size), so a queue of big payloads is not held 512 at a time.
+pub const AUTO_PREFETCH_BYTES: u64 = 8 << 20;
 
 pub struct Lane {
     pub name: String,
@@ -189,6 +197,8 @@ pub struct Lane {
     /// Recent jobs' mean run time in nanoseconds (a moving average; starts
     /// "long", so the relay holds until a few dozen short jobs are seen).
     job_ns: AtomicU64,
+    /// Recent jobs' mean payload size in bytes (a moving average over fetches).
+    job_bytes: AtomicU64,
 }
 
 impl Lane {
@@ -205,6 +215,7 @@ impl Lane {
             demand: Notify::new(),
             shed: Notify::new(),
             job_ns: AtomicU64::new(10 * SHORT_JOB.as_nanos() as u64),
+            job_bytes: AtomicU64::new(1024),
         }
     }
 
@@ -220,7 +231,9 @@ impl Lane {
         match self.prefetch {
             Prefetch::Fixed(n) => self.concurrency + n,
             Prefetch::Auto if self.short_jobs() => {
-                self.concurrency + (self.concurrency * AUTO_PREFETCH).max(AUTO_PREFETCH_MIN)
+                let bytes = self.job_bytes.load(Ordering::Relaxed).max(1);
+                let floor = usize::try_from(AUTO_PREFETCH_BYTES / bytes).unwrap_or(usize::MAX).min(AUTO_PREFETCH_MIN);
+                self.concurrency + (self.concurrency * AUTO_PREFETCH).max(floor)
             }
             Prefetch::Auto => self.concurrency,
         }
@@ -288,11 +301,21 @@ impl Lane {
             self.unreserve(jobs.len());
             return Some(jobs);
         }
+        let bytes: usize = jobs.iter().map(|d| d.payload.source().len()).sum();
+        let mean = (bytes / jobs.len()) as u64;
+        let avg = self.job_bytes.load(Ordering::Relaxed);
+        self.job_bytes.store(avg - avg / 4 + mean / 4, Ordering::Relaxed);
         ready.jobs.extend(jobs);
         ready.offered = Some(Instant::now());
         let waiting = ready.waiting;
+        // With short jobs and a standby, a thread still out running one comes
+        // back for these (a woken thread would take one and then wait for
+        // the GIL the busy thread holds); only a lane whose threads all
+        // sleep needs a wake-up.
+        let busy = self.threads().is_some_and(|t| waiting < t);
+        let leave = ready.standby && busy && self.short_jobs();
         drop(ready);
-        if waiting > 0 {
+        if waiting > 0 && !leave {
             self.cond.notify_one();
         }
         None
@@ -303,6 +326,7 @@ impl Lane {
         let mut ready = self.lock();
         let job = ready.jobs.pop_front();
         if job.is_some() {
+            ready.takes += 1;
             self.drained(&ready);
         }
         job
@@ -320,8 +344,11 @@ impl Lane {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut ready = self.lock();
         let mut slept = false;
+        // A standby whose poll saw jobs taken: the busy threads come back, so it sleeps on.
+        let mut leave = false;
         loop {
-            if let Some(job) = ready.jobs.pop_front() {
+            if let Some(job) = if leave { None } else { ready.jobs.pop_front() } {
+                ready.takes += 1;
                 if slept && !ready.jobs.is_empty() && ready.waiting > 0 && !(ready.standby && self.short_jobs()) {
                     // Pass the wake-up on: more jobs wait than this thread can take.
                     self.cond.notify_one();
@@ -342,14 +369,22 @@ impl Lane {
                 !ready.standby && self.short_jobs() && ready.offered.is_some_and(|t| t.elapsed() < STANDBY_FOR);
             ready.standby |= standby;
             let left = if standby { Some(left.map_or(STANDBY_POLL, |l| l.min(STANDBY_POLL))) } else { left };
-            ready = match left {
-                None => self.cond.wait(ready).unwrap_or_else(PoisonError::into_inner),
-                Some(left) => self.cond.wait_timeout(ready, left).unwrap_or_else(PoisonError::into_inner).0,
+            let takes = ready.takes;
+            let timed_out;
+            (ready, timed_out) = match left {
+                None => (self.cond.wait(ready).unwrap_or_else(PoisonError::into_inner), false),
+                Some(left) => {
+                    let (r, t) = self.cond.wait_timeout(ready, left).unwrap_or_else(PoisonError::into_inner);
+                    (r, t.timed_out())
+                }
             };
             if standby {
                 ready.standby = false;
             }
             ready.waiting -= 1;
+            // Taking a job now would mean waiting for the GIL a busy thread
+            // holds, while that thread runs the jobs behind this one.
+            leave = standby && timed_out && ready.takes != takes;
         }
     }
 
@@ -476,11 +511,11 @@ mod tests {
 
     #[test]
     fn a_big_lane_holds_four_times_its_concurrency() {
-        let lane = Lane::new("q", 100).prefetching(Prefetch::Auto);
+        let lane = Lane::new("q", 200).prefetching(Prefetch::Auto);
         for _ in 0..64 {
             lane.ran(Duration::from_micros(10));
         }
-        assert_eq!(lane.free(), 100 * (1 + AUTO_PREFETCH));
+        assert_eq!(lane.free(), 200 * (1 + AUTO_PREFETCH), "above the floor");
     }
 
     /// Whether the fetcher was told to hand held jobs back (a stored permit), consuming it.
@@ -526,6 +561,26 @@ mod tests {
         assert!(lane.excess().is_empty());
         assert!(!shed(&lane));
         assert_eq!(lane.out(), 8);
+    }
+
+    #[test]
+    fn big_payloads_lower_the_floor() {
+        let lane = Lane::new("q", 3).prefetching(Prefetch::Auto);
+        for _ in 0..64 {
+            lane.ran(Duration::from_micros(10));
+        }
+        let big = |n: u32| {
+            let pad = "x".repeat(100_000);
+            let payload = Payload::parse(format!(r#"{{"class":"X","args":["{pad}"],"jid":"j{n}"}}"#)).unwrap();
+            Delivery::new(0, 0, payload, "X".into(), format!("j{n}"), serde_json::json!([]))
+        };
+        for n in 0..40 {
+            lane.offer(vec![big(n)]);
+            assert!(matches!(lane.take(Some(Duration::ZERO)), Take::Job(_)));
+            lane.finish();
+        }
+        // About 8 MiB of 100 kB payloads: 83 jobs held beyond the threads, not 512.
+        assert_eq!(lane.free(), 3 + 83);
     }
 
     /// Whether `n` holds a stored permit, consuming it.
