@@ -13,6 +13,8 @@ as during an outage) and ``buffer_stats()`` gives bytes held per job.
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import tempfile
 import time
 
@@ -67,8 +69,12 @@ def main() -> None:
     print("|---|---|---|---|")
     for label, count, rate, in_redis in rows:
         print(f"| {label} | {count:,} | {rate:,.0f} | {in_redis:,.0f} |")
-    # Memory while Redis is away: everything waits, compressed.
-    app = Kiq("redis://127.0.0.1:1/0", buffer_max_bytes=1 << 30)
+    # Memory while Redis is away: everything waits, compressed. At exit kiq
+    # saves those jobs to an unsent-* dir of its state dir: a temp dir here,
+    # removed after (atexit runs handlers last-registered first).
+    state = tempfile.mkdtemp(prefix="kiq-bench-outage-")
+    atexit.register(shutil.rmtree, state, True)
+    app = Kiq("redis://127.0.0.1:1/0", buffer_max_bytes=1 << 30, state_dir=state, shutdown_timeout=0.1)
     m = min(n, 100_000)
     for i in range(m):
         app.enqueue(HardJob.new(i, f"user-{i}", {"plan": "pro", "amount": i * 1.25}))
