@@ -58,3 +58,51 @@ def test_stop_with_redis_gone_reports_and_keeps_jobs() -> None:
         check.close()
     finally:
         server.close()
+
+
+def test_held_jobs_turning_slow_while_redis_is_away_go_back_once_it_returns(caplog) -> None:
+    """Jobs held for the automatic prefetch turn slow while Redis is away: handing them back
+    waits for Redis (retrying), then moves them to the queue, and every job runs exactly once."""
+    server = RedisServer(None, "--appendonly", "yes", "--appendfsync", "always").start()
+    ran: list[str] = []
+    lock = threading.Lock()
+
+    @worker(name="HeldQuick")
+    def quick(n: int) -> None:
+        with lock:
+            ran.append(f"q{n}")
+
+    @worker(name="HeldSlow")
+    def slow(n: int) -> None:
+        time.sleep(0.3)
+        with lock:
+            ran.append(f"s{n}")
+
+    app = Kiq(server.url, queues={"default": 2}, workers=[quick, slow], heartbeat_interval=0.3, shutdown_timeout=5)
+    check = redis.Redis(port=server.port, decode_responses=True)
+    try:
+        app.enqueue_bulk(quick, [[i] for i in range(600)])
+        app.flush(10)
+        app.start()
+        wait_for(lambda: len(ran) == 600, timeout=30, what="the quick jobs ran (the queue's jobs are short)")
+        app.enqueue_bulk(slow, [[i] for i in range(30)])
+        app.flush(10)
+        wait_for(lambda: check.llen("queue:default") == 0, what="all 30 slow jobs held by the process")
+        check.close()
+        with caplog.at_level("WARNING", logger="kiq"):
+            server.stop()
+            # The first slow jobs end meanwhile: the queue turns slow, and the hand-back fails.
+            wait_for(lambda: any("held jobs back to queue" in r.getMessage() for r in caplog.records),
+                     timeout=10, what="a hand-back tried while Redis is away")
+            server.start()
+            wait_for(lambda: len(ran) == 630, timeout=60, what="every job ran")
+    finally:
+        app.stop(5)
+    try:
+        check = redis.Redis(port=server.port, decode_responses=True)
+        assert sorted(ran) == sorted([f"q{i}" for i in range(600)] + [f"s{i}" for i in range(30)]), "each once"
+        wait_for(lambda: check.get("stat:processed") == "630", what="every result written")
+        assert check.llen("queue:default") == 0 and check.keys("kiq:wip|*") == []
+        check.close()
+    finally:
+        server.close()
