@@ -380,3 +380,42 @@ def test_auto_prefetch_is_off_with_a_throttled_worker(make_app, r):
         pass
 
     assert _auto_prefetch_run(make_app, r, extra_workers=[throttled]) <= 2, "no prefetch with a throttle"
+
+
+def test_held_jobs_refused_back_by_redis_run_here_once(make_app, r, caplog):
+    """The queue set holds the wrong type when held jobs turn slow: Redis refuses the hand-back,
+    so they run in this process (said once, not retried in a loop), each exactly once."""
+    ran: list[str] = []
+    lock = threading.Lock()
+
+    class Quick(Worker, name="KeepQuick"):
+        def perform(self, n: int) -> None:
+            with lock:
+                ran.append(self.jid)
+
+    class Slow(Worker, name="KeepSlow"):
+        def perform(self, n: int) -> None:
+            time.sleep(0.05)
+            with lock:
+                ran.append(self.jid)
+
+    a = make_app(queues={"default": 2}, workers=[Quick, Slow])
+    jids = a.enqueue_bulk(Quick, [[i] for i in range(600)])
+    a.flush(10)
+    a.start()
+    try:
+        wait_for(lambda: len(ran) == 600, timeout=30, what="the quick jobs ran")
+        jids += a.enqueue_bulk(Slow, [[i] for i in range(30)])
+        a.flush(10)
+        wait_for(lambda: r.llen("queue:default") == 0, what="all 30 fetched by the process")
+        with caplog.at_level("ERROR", logger="kiq"):
+            r.delete("queues")
+            r.set("queues", "not a set")
+            wait_for(lambda: len(ran) == 630, timeout=30, what="every job ran")
+            refused = [m for m in (rec.getMessage() for rec in caplog.records) if "cannot hand" in m]
+        assert len(refused) == 1 and "WRONGTYPE" in refused[0], refused
+    finally:
+        a.stop(timeout=5)
+        r.delete("queues")
+    assert sorted(ran) == sorted(jids), "each job ran once"
+    assert r.llen("queue:default") == 0 and r.keys("kiq:wip|*") == []

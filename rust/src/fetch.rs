@@ -258,7 +258,8 @@ impl Fetcher {
     /// Hands jobs the lane held beyond its capacity back to their queues
     /// ([`Lane::excess`]), retrying while Redis is away. A stop ends the
     /// retries: the jobs are still in the in-progress list, which the stop
-    /// hands back. A queue whose keys hold the wrong type keeps its jobs here.
+    /// hands back. If a queue's keys hold the wrong type, the lane keeps its
+    /// held jobs from then on ([`Lane::keep_held`]).
     async fn hand_back(&self, mut held: Vec<Delivery>) {
         while let Some(queue) = held.first().map(|d| d.queue) {
             let (jobs, rest): (Vec<Delivery>, Vec<Delivery>) = held.into_iter().partition(|d| d.queue == queue);
@@ -275,10 +276,11 @@ impl Fetcher {
                     }
                     Err(e) if e.code() == Some("WRONGTYPE") => {
                         log::error!(
-                            "cannot hand {} held jobs back to queue {name:?}, so they run here: {e}",
+                            "cannot hand {} held jobs back to queue {name:?}, so they and the jobs held later \
+                             run here: {e}",
                             jobs.len()
                         );
-                        let _ = self.lane.offer(jobs);
+                        self.lane.keep_held(jobs);
                         break;
                     }
                     Err(e) => {

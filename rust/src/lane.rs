@@ -26,7 +26,7 @@
 //! never waits longer than that for a thread that is free.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -199,6 +199,8 @@ pub struct Lane {
     job_ns: AtomicU64,
     /// Recent jobs' mean payload size in bytes (a moving average over fetches).
     job_bytes: AtomicU64,
+    /// Redis refused a hand-back (a key of the wrong type): held jobs stay.
+    keep_held: AtomicBool,
 }
 
 impl Lane {
@@ -216,6 +218,7 @@ impl Lane {
             shed: Notify::new(),
             job_ns: AtomicU64::new(10 * SHORT_JOB.as_nanos() as u64),
             job_bytes: AtomicU64::new(1024),
+            keep_held: AtomicBool::new(false),
         }
     }
 
@@ -388,6 +391,14 @@ impl Lane {
         }
     }
 
+    /// Jobs given up by [`Lane::excess`] could not be handed back (Redis
+    /// refused): they are offered again and, from now on, held jobs stay
+    /// here to run, as with a fixed prefetch (else they would go round).
+    pub fn keep_held(&self, jobs: Vec<Delivery>) {
+        self.keep_held.store(true, Ordering::Relaxed);
+        let _ = self.offer(jobs);
+    }
+
     /// Records how long a job ran (from its start to its end).
     pub fn ran(&self, took: Duration) {
         // Capped (an hour) so the sum cannot overflow.
@@ -408,7 +419,7 @@ impl Lane {
     /// out, for the fetcher to hand back to their queue. A fixed prefetch
     /// keeps what it was told to hold.
     pub fn excess(&self) -> Vec<Delivery> {
-        if self.prefetch != Prefetch::Auto {
+        if self.prefetch != Prefetch::Auto || self.keep_held.load(Ordering::Relaxed) {
             return Vec::new();
         }
         let mut ready = self.lock();
