@@ -298,47 +298,61 @@ def test_auto_prefetch_holds_more_jobs_while_they_are_short_and_loses_none(make_
     assert 2 < most <= 2 + 512, most
 
 
+class _Held:
+    """A process with 2 threads that learned its jobs are short (600 quick ones ran), then
+    holds `n` slow ones pushed at once (all fetched, for the automatic prefetch). `ran` gets
+    every job's jid as it ends; `jids` are all the jobs pushed."""
+
+    def __init__(self, make_app, r, n: int, slow: float) -> None:
+        self.ran: list[str] = []
+        lock = threading.Lock()
+        ran = self.ran
+
+        class Quick(Worker, name="HeldQuick"):
+            def perform(self, n: int) -> None:
+                with lock:
+                    ran.append(self.jid)
+
+        class Slow(Worker, name="HeldSlow"):
+            def perform(self, n: int) -> None:
+                time.sleep(slow)
+                with lock:
+                    ran.append(self.jid)
+
+        self.workers = [Quick, Slow]
+        self.app = make_app(queues={"default": 2}, workers=self.workers)
+        self.jids = self.app.enqueue_bulk(Quick, [[i] for i in range(600)])
+        self.app.flush(10)
+        self.app.start()
+        try:
+            wait_for(lambda: len(ran) == 600, timeout=30, what="the quick jobs ran")
+            self.jids += self.app.enqueue_bulk(Slow, [[i] for i in range(n)])
+            self.app.flush(10)
+            wait_for(lambda: r.llen("queue:default") == 0, what=f"all {n} slow jobs fetched by the process")
+        except BaseException:
+            self.app.stop(timeout=5)
+            raise
+
+
 def test_jobs_held_when_they_turn_slow_go_back_to_their_queue_for_other_processes(make_app, r):
-    """A process with 2 threads learns its jobs are short, then 60 slow ones are pushed at
-    once: it takes them all (held for the automatic prefetch). Once the first slow one ends,
-    those no thread started go back to the queue, oldest first, where a second process
-    takes them. Every job runs exactly once."""
-    ran: list[str] = []
-    lock = threading.Lock()
-
-    class Quick(Worker, name="ShedQuick"):
-        def perform(self, n: int) -> None:
-            with lock:
-                ran.append(self.jid)
-
-    class Slow(Worker, name="ShedSlow"):
-        def perform(self, n: int) -> None:
-            time.sleep(0.3)
-            with lock:
-                ran.append(self.jid)
-
-    a = make_app(queues={"default": 2}, workers=[Quick, Slow])
-    quick = a.enqueue_bulk(Quick, [[i] for i in range(600)])
-    a.flush(10)
-    a.start()
+    """Once the first of 60 held slow jobs ends, those no thread started go back to the queue,
+    oldest first, where a second process takes them. Every job runs exactly once."""
+    held = _Held(make_app, r, 60, 0.3)
+    a, ran = held.app, held.ran
     b = None
     try:
-        wait_for(lambda: len(ran) == 600, timeout=30, what="the quick jobs ran")
-        slow = a.enqueue_bulk(Slow, [[i] for i in range(60)])
-        a.flush(10)
-        wait_for(lambda: r.llen("queue:default") == 0, what="all 60 fetched by the process")
         wait_for(lambda: r.llen("queue:default") >= 50, timeout=10, what="the held ones handed back")
         back = [json.loads(j)["args"][0] for j in r.lrange("queue:default", 0, -1)]
         assert list(reversed(back)) == sorted(back) and back[0] == 59, "oldest at the right end"
         assert a._server.out(0) <= 2 + (60 - len(back)), "no longer held"
-        b = make_app(queues={"default": 10}, workers=[Quick, Slow])
+        b = make_app(queues={"default": 10}, workers=held.workers)
         b.start()
         wait_for(lambda: len(ran) == 660, timeout=60, what="every job ran")
     finally:
         a.stop(timeout=5)
         if b is not None:
             b.stop(timeout=5)
-    assert sorted(ran) == sorted(quick + slow), "each job ran once"
+    assert sorted(ran) == sorted(held.jids), "each job ran once"
     assert r.llen("queue:default") == 0 and r.keys("kiq:wip|*") == []
 
 
@@ -385,37 +399,16 @@ def test_auto_prefetch_is_off_with_a_throttled_worker(make_app, r):
 def test_held_jobs_refused_back_by_redis_run_here_once(make_app, r, caplog):
     """The queue set holds the wrong type when held jobs turn slow: Redis refuses the hand-back,
     so they run in this process (said once, not retried in a loop), each exactly once."""
-    ran: list[str] = []
-    lock = threading.Lock()
-
-    class Quick(Worker, name="KeepQuick"):
-        def perform(self, n: int) -> None:
-            with lock:
-                ran.append(self.jid)
-
-    class Slow(Worker, name="KeepSlow"):
-        def perform(self, n: int) -> None:
-            time.sleep(0.05)
-            with lock:
-                ran.append(self.jid)
-
-    a = make_app(queues={"default": 2}, workers=[Quick, Slow])
-    jids = a.enqueue_bulk(Quick, [[i] for i in range(600)])
-    a.flush(10)
-    a.start()
+    held = _Held(make_app, r, 30, 0.05)
     try:
-        wait_for(lambda: len(ran) == 600, timeout=30, what="the quick jobs ran")
-        jids += a.enqueue_bulk(Slow, [[i] for i in range(30)])
-        a.flush(10)
-        wait_for(lambda: r.llen("queue:default") == 0, what="all 30 fetched by the process")
         with caplog.at_level("ERROR", logger="kiq"):
             r.delete("queues")
             r.set("queues", "not a set")
-            wait_for(lambda: len(ran) == 630, timeout=30, what="every job ran")
+            wait_for(lambda: len(held.ran) == 630, timeout=30, what="every job ran")
             refused = [m for m in (rec.getMessage() for rec in caplog.records) if "cannot hand" in m]
         assert len(refused) == 1 and "WRONGTYPE" in refused[0], refused
     finally:
-        a.stop(timeout=5)
+        held.app.stop(timeout=5)
         r.delete("queues")
-    assert sorted(ran) == sorted(jids), "each job ran once"
+    assert sorted(held.ran) == sorted(held.jids), "each job ran once"
     assert r.llen("queue:default") == 0 and r.keys("kiq:wip|*") == []
