@@ -476,6 +476,13 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
+    /// The lane sees 64 jobs of this length (its moving average settles there).
+    fn ran_many(lane: &Lane, took: Duration) {
+        for _ in 0..64 {
+            lane.ran(took);
+        }
+    }
+
     fn job(n: u32) -> Delivery {
         let payload = Payload::parse(format!(r#"{{"class":"X","args":[{n}],"jid":"j{n}"}}"#)).unwrap();
         Delivery::new(0, 0, payload, "X".into(), format!("j{n}"), serde_json::json!([n]))
@@ -501,17 +508,13 @@ mod tests {
         let lane = Lane::new("q", 3).prefetching(Prefetch::Auto);
         // No job seen yet: counted as long, so only what the threads can start.
         assert_eq!(lane.free(), 3);
-        for _ in 0..64 {
-            lane.ran(Duration::from_micros(10));
-        }
+        ran_many(&lane, Duration::from_micros(10));
         assert_eq!(lane.free(), 3 + AUTO_PREFETCH_MIN, "the floor, above 4 x 3");
         assert_eq!(Lane::new("q", 100).prefetching(Prefetch::Auto).capacity(), 100, "long until seen");
         assert!(lane.offer((0..10).map(job).collect()).is_none());
         assert_eq!(lane.free(), 3 + AUTO_PREFETCH_MIN - 10);
         // Jobs turn slow: nothing more is fetched until the lane is back under its concurrency.
-        for _ in 0..64 {
-            lane.ran(Duration::from_millis(5));
-        }
+        ran_many(&lane, Duration::from_millis(5));
         assert_eq!(lane.free(), 0);
         for _ in 0..8 {
             assert!(matches!(lane.take(Some(Duration::ZERO)), Take::Job(_)));
@@ -523,9 +526,7 @@ mod tests {
     #[test]
     fn a_big_lane_holds_four_times_its_concurrency() {
         let lane = Lane::new("q", 200).prefetching(Prefetch::Auto);
-        for _ in 0..64 {
-            lane.ran(Duration::from_micros(10));
-        }
+        ran_many(&lane, Duration::from_micros(10));
         assert_eq!(lane.free(), 200 * (1 + AUTO_PREFETCH), "above the floor");
     }
 
@@ -537,9 +538,7 @@ mod tests {
     #[test]
     fn jobs_held_when_jobs_turn_slow_are_given_up_newest_first() {
         let lane = Lane::new("q", 3).prefetching(Prefetch::Auto);
-        for _ in 0..64 {
-            lane.ran(Duration::from_micros(10));
-        }
+        ran_many(&lane, Duration::from_micros(10));
         lane.offer((0..20).map(job).collect());
         // Two threads take a job each; the first slow job to end turns the lane slow.
         let Take::Job(a) = lane.take(Some(Duration::ZERO)) else { panic!() };
@@ -557,9 +556,7 @@ mod tests {
         assert!(lane.excess().is_empty());
         assert!(matches!(lane.take(Some(Duration::ZERO)), Take::Job(d) if d.jid == "j2"));
         // Turning slow again with nothing held beyond the threads tells the fetcher nothing.
-        for _ in 0..64 {
-            lane.ran(Duration::from_micros(10));
-        }
+        ran_many(&lane, Duration::from_micros(10));
         lane.ran(Duration::from_secs(1));
         assert!(!shed(&lane));
     }
@@ -577,9 +574,7 @@ mod tests {
     #[test]
     fn big_payloads_lower_the_floor() {
         let lane = Lane::new("q", 3).prefetching(Prefetch::Auto);
-        for _ in 0..64 {
-            lane.ran(Duration::from_micros(10));
-        }
+        ran_many(&lane, Duration::from_micros(10));
         let big = |n: u32| {
             let pad = "x".repeat(100_000);
             let payload = Payload::parse(format!(r#"{{"class":"X","args":["{pad}"],"jid":"j{n}"}}"#)).unwrap();
@@ -686,9 +681,7 @@ mod tests {
     fn with_short_jobs_a_job_left_behind_still_reaches_a_free_thread() {
         let lane = Arc::new(Lane::new("q", 8));
         assert!(!lane.short_jobs(), "jobs count as long until seen");
-        for _ in 0..64 {
-            lane.ran(Duration::from_micros(5));
-        }
+        ran_many(&lane, Duration::from_micros(5));
         assert!(lane.short_jobs());
         lane.offer(vec![job(100)]);
         assert!(matches!(lane.take(Some(Duration::ZERO)), Take::Job(_)));
