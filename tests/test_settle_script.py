@@ -21,19 +21,32 @@ KEYS = ["kiq:acked|me", "retry", "dead", "stat:processed", "stat:failed",
 
 
 class Settle:
-    """settle.lua with only plain results (done, counted as processed), numbered from 1."""
+    """settle.lua with plain results (done, counted as processed), numbered from 1,
+    and optionally retried ones (`retry`) and cuts (`cut`: K jobs at the list's
+    right end, by count: (K, the job expected at the right end, the K-th))."""
 
     def __init__(self, r: redis.Redis) -> None:
         self.script = r.register_script(loaded(HERE / "settle.lua"))
         self.seq = 0
 
-    def __call__(self, jobs: list[bytes], *, again: int | None = None) -> list:
+    def __call__(self, jobs: list[bytes], *, again: int | None = None, retry: list[bytes] = (),
+                 cut: tuple[int, bytes, bytes] | None = None) -> list:
         """Settles `jobs`; `again` sends them under the numbers they had before (a resend)."""
-        first = self.seq + 1 if again is None else again
-        args: list = [60000, 86400, time.time(), 0, 10000, 0, time.time(), 86400, 1000, 0, len(jobs)]
-        for i, job in enumerate(jobs):
-            args += [first + i, 1, job]
-        self.seq = max(self.seq, first + len(jobs) - 1)
+        seq = self.seq if again is None else again - 1
+        args: list = [60000, 86400, time.time(), 0, 10000, len(retry), time.time(), 86400, 1000, 0]
+        for job in retry:
+            seq += 1
+            args += [seq, 1, "retry", time.time() + 60, job, job, "pf", "", "", 0]
+        args.append(len(jobs))
+        for job in jobs:
+            seq += 1
+            args += [seq, 1, job]
+        if cut is None:
+            args.append(0)
+        else:
+            seq += cut[0]
+            args += [1, 1, cut[0], seq, cut[1], cut[2]]
+        self.seq = max(self.seq, seq)
         return self.script(keys=KEYS, args=args)
 
 
@@ -65,7 +78,7 @@ def test_exactly_the_finished_jobs_leave_and_the_rest_keep_their_order(rb: redis
         window = running[: k + rng.choice([0, 3, 100])]
         batch = rng.sample(window, min(k, len(window)))
         rng.shuffle(batch)
-        assert settle(batch) == [[], []]
+        assert settle(batch) == [[], [], []]
         done += batch
         running = [j for j in running if j not in set(batch)]
         left = rb.lrange(WIP, 0, -1)
@@ -95,10 +108,10 @@ def test_results_of_jobs_not_in_the_list_remove_nothing_else(rb: redis.Redis) ->
     jobs = [job(n) for n in range(10)]
     fetched(rb, jobs)
     # Jobs another process already took back (this one was thought dead): not there.
-    assert settle([job(100), jobs[0], job(101)]) == [[], []]
+    assert settle([job(100), jobs[0], job(101)]) == [[], [], []]
     assert rb.lrange(WIP, 0, -1) == jobs[1:][::-1]
     # Results for jobs far from the right end, behind more running jobs than are read past.
-    assert settle(jobs[-3:]) == [[], []]
+    assert settle(jobs[-3:]) == [[], [], []]
     assert rb.lrange(WIP, 0, -1) == jobs[1:7][::-1]
 
 
@@ -109,7 +122,7 @@ def test_a_result_sent_again_changes_nothing_twice(rb: redis.Redis) -> None:
     settle(jobs[:5])
     before = rb.lrange(WIP, 0, -1)
     # The reply was lost and the same results are sent again, numbered as before.
-    assert settle(jobs[:5], again=1) == [[], []]
+    assert settle(jobs[:5], again=1) == [[], [], []]
     assert rb.lrange(WIP, 0, -1) == before
     assert processed(rb) == 5
 
@@ -117,6 +130,64 @@ def test_a_result_sent_again_changes_nothing_twice(rb: redis.Redis) -> None:
 def test_a_list_of_the_wrong_type_refuses_its_results_and_keeps_the_key(rb: redis.Redis) -> None:
     settle = Settle(rb)
     rb.set(WIP, "not a list")
-    refused, fired = settle([job(1), job(2)])
+    refused, fired, mismatched = settle([job(1), job(2)])
     assert refused[0::2] == [b"1", b"2"] and b"WRONGTYPE" in refused[1]
-    assert fired == [] and rb.get(WIP) == b"not a list" and processed(rb) == 0
+    assert fired == [] and mismatched == [] and rb.get(WIP) == b"not a list" and processed(rb) == 0
+
+
+def test_a_cut_takes_exactly_k_jobs_off_the_right_end(rb: redis.Redis) -> None:
+    settle = Settle(rb)
+    jobs = [job(n) for n in range(10)]
+    fetched(rb, jobs)
+    # The 4 oldest by count; 6 (behind 4 and 5, still running) by its payload.
+    assert settle([jobs[6]], cut=(4, jobs[0], jobs[3])) == [[], [], []]
+    assert rb.lrange(WIP, 0, -1) == [jobs[9], jobs[8], jobs[7], jobs[5], jobs[4]]
+    assert processed(rb) == 5
+    assert settle([], cut=(2, jobs[4], jobs[5])) == [[], [], []]
+    assert settle([], cut=(3, jobs[7], jobs[9])) == [[], [], []]
+    assert not rb.exists(WIP) and processed(rb) == 10
+
+
+@pytest.mark.parametrize("case", ["first", "kth", "short", "absent", "wrongtype"])
+def test_a_cut_that_does_not_find_its_jobs_writes_nothing(rb: redis.Redis, case: str) -> None:
+    settle = Settle(rb)
+    jobs = [job(n) for n in range(6)]
+    if case == "wrongtype":
+        rb.set(WIP, "not a list")
+    elif case != "absent":
+        fetched(rb, jobs)
+    if case == "kth":
+        # Another job where the 3rd should be: a list changed behind the model.
+        rb.lset(WIP, -3, job(99))
+    k, last = (8, jobs[5]) if case == "short" else (3, jobs[2])
+    first = job(98) if case == "first" else jobs[0]
+    before = rb.lrange(WIP, 0, -1) if case != "wrongtype" else None
+    assert settle([jobs[4]], retry=[jobs[5]], cut=(k, first, last)) == [[], [], [b"1"]]
+    if case != "wrongtype":
+        assert rb.lrange(WIP, 0, -1) == before
+    assert processed(rb) == 0 and rb.zcard("retry") == 0 and not rb.exists("kiq:acked|me")
+    # Written again without the cut, under the same numbers: applied once.
+    if case in ("first", "kth", "short"):
+        assert settle(jobs[:4], again=1, retry=[jobs[5]]) == [[], [], []]
+        assert processed(rb) == 5 and rb.zcard("retry") == 1
+
+
+def test_a_cut_is_made_before_a_duplicate_payload_is_removed_by_value(rb: redis.Redis) -> None:
+    settle = Settle(rb)
+    a, x = job(1), job(2)
+    # Left to right: a (listed twice: this copy failed and retries), x (running), a (finished).
+    fetched(rb, [a, x, a])
+    assert settle([], retry=[a], cut=(1, a, a)) == [[], [], []]
+    # The cut took the right end's a, the retry's LREM the other: x stays.
+    assert rb.lrange(WIP, 0, -1) == [x]
+    assert rb.zcard("retry") == 1 and processed(rb) == 2
+
+
+def test_a_cut_sent_again_after_a_lost_reply_cuts_nothing_twice(rb: redis.Redis) -> None:
+    settle = Settle(rb)
+    jobs = [job(n) for n in range(6)]
+    fetched(rb, jobs)
+    assert settle([], cut=(3, jobs[0], jobs[2])) == [[], [], []]
+    # The same call again (numbered as before): already applied, nothing is checked or cut.
+    assert settle([], again=1, cut=(3, jobs[0], jobs[2])) == [[], [], []]
+    assert rb.lrange(WIP, 0, -1) == [jobs[5], jobs[4], jobs[3]] and processed(rb) == 3

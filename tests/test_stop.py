@@ -399,7 +399,8 @@ def test_auto_prefetch_is_off_with_a_throttled_worker(make_app, r):
 def test_held_jobs_refused_back_by_redis_run_here_once(make_app, r, caplog):
     """The queue set holds the wrong type when held jobs turn slow: Redis refuses the hand-back,
     so they run in this process (said once, not retried in a loop), each exactly once."""
-    held = _Held(make_app, r, 30, 0.05)
+    # Slow enough that the first slow job ends after the key is replaced below.
+    held = _Held(make_app, r, 30, 0.2)
     try:
         with caplog.at_level("ERROR", logger="kiq"):
             r.delete("queues")

@@ -4,9 +4,10 @@
 //! without waiting. The task writes everything that piled up meanwhile (under
 //! load, at most one write per `WRITE_GAP`) in one round trip to
 //! `settle.lua`: for each job, its retry or dead entry (if any)
-//! and the `LREM` that takes it off the in-progress list, plus Sidekiq's
+//! and its removal from the in-progress list, plus Sidekiq's
 //! processed/failed counters, and a batch job's bookkeeping (its batch, and
-//! the callback jobs that fire). Because the write is atomic, a job is never in
+//! the callback jobs that fire). Most finished jobs are the oldest in their
+//! list, and those leave it by count, their payloads not sent (`wip.rs`). Because the write is atomic, a job is never in
 //! neither place, and the counters never count a job still in progress; each
 //! settlement is numbered and the script keeps the highest number applied, so
 //! a batch written again after a lost reply counts nothing twice. A failed
@@ -26,6 +27,7 @@ use crate::retry::{Disposition, RetryPolicy};
 use crate::scripts;
 use crate::throttle::{self, Held};
 use crate::timestamp::{self, float_json};
+use crate::wip::WipList;
 
 /// Settlements written per round trip at most.
 const MAX_BATCH: usize = 2000;
@@ -77,8 +79,9 @@ impl Settle {
 
 #[derive(Debug)]
 pub struct Settlement {
-    /// The in-progress list that holds the job.
-    pub wip_key: std::sync::Arc<str>,
+    /// The in-progress list that holds the job, and its position there.
+    pub list: std::sync::Arc<WipList>,
+    pub pos: u64,
     /// The job exactly as it is stored there.
     pub raw: Vec<u8>,
     pub settle: Settle,
@@ -267,9 +270,26 @@ async fn write_pending(
     failing: &mut bool,
 ) {
     let mut delay = Duration::from_millis(20);
+    // After a failed write, the next carries no cuts: the failed one may have
+    // been applied, and a cut sent again would not find its jobs.
+    let mut careful = false;
     while !p.batch.is_empty() {
-        match write(pool, keys, policy, numbers, &p.batch).await {
-            Ok((refused, fired)) => {
+        match write(pool, keys, policy, numbers, &p.batch, careful).await {
+            Ok(Written { mismatched, .. }) if !mismatched.is_empty() => {
+                // Nothing was written: the same results go again, the payload way.
+                for list in mismatched {
+                    if list.distrust() {
+                        log::warn!(
+                            "the in-progress list {} does not hold the jobs this process fetched into it, in \
+                             their order (another process recovered it, or a fetch's lost reply left jobs \
+                             there); its results are written the slower way from now on",
+                            list.key
+                        );
+                    }
+                }
+            }
+            Ok(Written { refused, fired, .. }) => {
+                careful = false;
                 if !fired.is_empty() {
                     // Written due now: the scheduler moves them if this does not.
                     if let Err(e) = crate::scheduled::release(pool, keys, policy.unit, fired).await {
@@ -282,6 +302,7 @@ async fn write_pending(
                 }
                 let refused: std::collections::HashMap<u64, String> = refused.into_iter().collect();
                 let mut again = 0;
+                gone(p.batch.iter().filter(|(seq, _)| !refused.contains_key(seq)).map(|(_, s)| s));
                 for (seq, s) in p.batch.drain(..) {
                     if let Some(why) = refused.get(&seq) {
                         if p.reported.insert(why.clone()) {
@@ -305,6 +326,7 @@ async fn write_pending(
                 }
             }
             Err(e) => {
+                careful = true;
                 pool.note_error(&e);
                 if !*failing {
                     log::error!("cannot write {} job results to Redis, will retry: {e}", p.batch.len());
@@ -320,6 +342,29 @@ async fn write_pending(
             }
         }
     }
+}
+
+/// Takes written settlements' jobs out of their lists' models, one lock per list.
+fn gone<'a>(written: impl Iterator<Item = &'a Settlement>) {
+    let mut by_list: Vec<(&std::sync::Arc<WipList>, Vec<u64>)> = Vec::new();
+    for s in written {
+        match by_list.iter_mut().find(|(l, _)| std::sync::Arc::ptr_eq(l, &s.list)) {
+            Some((_, ps)) => ps.push(s.pos),
+            None => by_list.push((&s.list, vec![s.pos])),
+        }
+    }
+    for (list, positions) in by_list {
+        list.gone(positions);
+    }
+}
+
+/// What a write did: the settlements Redis refused (with why), the batch
+/// callback jobs it wrote to the schedule set (due now), and the lists whose
+/// cut found other jobs than expected (then nothing was written).
+struct Written<'a> {
+    refused: Vec<(u64, String)>,
+    fired: Vec<String>,
+    mismatched: Vec<&'a WipList>,
 }
 
 /// Moves whatever is waiting in the channel into the batch (up to its cap).
@@ -349,41 +394,57 @@ async fn unlock(pool: &Pool, locks: &[(String, String)]) -> redis::RedisResult<(
     inv.invoke_async::<i64>(&mut pool.get()).await.map(|_| ())
 }
 
-/// Writes a batch; returns the settlements Redis refused, with why, and the
-/// batch callback jobs it wrote to the schedule set (due now).
-async fn write(
+/// The keys a batch touches besides the fixed ones, each once.
+struct Touched<'a> {
+    /// In-progress lists and parked-job sets, in the order passed.
+    extra: Vec<&'a str>,
+    /// The in-progress lists among them.
+    lists: Vec<&'a WipList>,
+    /// Every batch any result touches (its own, and its ancestors), numbered from 1.
+    levels: Vec<&'a str>,
+}
+
+fn touched(batch: &[(u64, Settlement)]) -> Touched<'_> {
+    let mut t = Touched { extra: Vec::new(), lists: Vec::new(), levels: Vec::new() };
+    for (_, s) in batch {
+        if !t.extra.contains(&&*s.list.key) {
+            t.extra.push(&s.list.key);
+            t.lists.push(&s.list);
+        }
+        if let Settle::Schedule { parked: Some(k), .. } = &s.settle
+            && !t.extra.contains(&k.as_str())
+        {
+            t.extra.push(k);
+        }
+        for bid in s.batch.iter().flat_map(|b| &b.chain) {
+            if !t.levels.contains(&bid.as_str()) {
+                t.levels.push(bid);
+            }
+        }
+    }
+    t
+}
+
+/// Writes a batch. Plain results that are the jobs at the right end of their
+/// list (by its model, unless `careful`) are cut off by count.
+async fn write<'a>(
     pool: &Pool,
     keys: &Keys,
     policy: &RetryPolicy,
     numbers: &str,
-    batch: &[(u64, Settlement)],
-) -> redis::RedisResult<(Vec<(u64, String)>, Vec<String>)> {
+    batch: &'a [(u64, Settlement)],
+    careful: bool,
+) -> redis::RedisResult<Written<'a>> {
     let now = timestamp::now();
     let day = timestamp::utc_date(now);
-    // In-progress lists and parked-job sets, each passed once.
-    let mut extra: Vec<&str> = Vec::new();
-    // Every batch any result touches (its own, and its ancestors), numbered from 1.
-    let mut levels: Vec<&str> = Vec::new();
-    for (_, s) in batch {
-        if !extra.contains(&&*s.wip_key) {
-            extra.push(&s.wip_key);
-        }
-        if let Settle::Schedule { parked: Some(k), .. } = &s.settle
-            && !extra.contains(&k.as_str())
-        {
-            extra.push(k);
-        }
-        for bid in s.batch.iter().flat_map(|b| &b.chain) {
-            if !levels.contains(&bid.as_str()) {
-                levels.push(bid);
-            }
-        }
-    }
+    let Touched { extra, lists, levels } = touched(batch);
     let (plain, full): (Vec<_>, Vec<_>) = batch.iter().partition(|(_, s)| s.is_plain());
+    let (cuts, plain) = if careful { (Vec::new(), plain) } else { cuts(plain) };
     // (A retry, dead or schedule entry carries the payload a second time, about as long.)
-    let bytes: usize = batch.iter().map(|(_, s)| 2 * s.raw.len() + 64).sum();
+    let bytes: usize = full.iter().chain(&plain).map(|(_, s)| 2 * s.raw.len() + 64).sum::<usize>()
+        + cuts.iter().map(|c| c.first.len() + c.last.len() + 32).sum::<usize>();
     let nkeys = 9 + extra.len() + 3 * levels.len();
-    let nargs = nkeys + 10 + levels.len() + 10 * full.len() + 3 * plain.len();
+    let nargs = nkeys + 11 + levels.len() + 10 * full.len() + 3 * plain.len() + 5 * cuts.len();
     let mut inv = scripts::evalsha(&scripts::SETTLE, nkeys, nargs, bytes + 448);
     inv.arg(numbers)
         .arg(keys.retry())
@@ -414,7 +475,7 @@ async fn write(
     }
     let position = |key: &str| extra.iter().position(|k| *k == key).map_or(0, |i| i + 1);
     for (seq, s) in full {
-        let wip = position(&s.wip_key);
+        let wip = position(&s.list.key);
         let (kind, score, payload): (&str, String, &[u8]) = match &s.settle {
             Settle::Retry { at, payload } => ("retry", float_json(*at), payload.as_bytes()),
             Settle::Dead { payload } => ("dead", String::new(), payload),
@@ -450,12 +511,62 @@ async fn write(
             .arg(jid)
             .arg(parked);
     }
-    inv.arg(plain.len());
-    for (seq, s) in plain {
-        inv.arg(*seq).arg(position(&s.wip_key)).arg(&s.raw);
-    }
-    let (refused, fired): (Vec<String>, Vec<String>) = scripts::eval(&inv, &scripts::SETTLE, &mut pool.get()).await?;
+    plain_args(&mut inv, &plain, &cuts, position);
+    let (refused, fired, mismatched): (Vec<String>, Vec<String>, Vec<usize>) =
+        scripts::eval(&inv, &scripts::SETTLE, &mut pool.get()).await?;
     let refused =
         refused.chunks(2).filter_map(|c| Some((c[0].parse().ok()?, c.get(1).cloned().unwrap_or_default()))).collect();
-    Ok((refused, fired))
+    let mismatched =
+        mismatched.into_iter().filter_map(|i| lists.iter().find(|l| position(&l.key) == i).copied()).collect();
+    Ok(Written { refused, fired, mismatched })
+}
+
+/// The plain results with their payloads, then the cuts (`settle.lua`'s last arguments).
+fn plain_args(inv: &mut redis::Cmd, plain: &[&(u64, Settlement)], cuts: &[Cut<'_>], position: impl Fn(&str) -> usize) {
+    inv.arg(plain.len());
+    for (seq, s) in plain {
+        inv.arg(*seq).arg(position(&s.list.key)).arg(&s.raw);
+    }
+    inv.arg(cuts.len());
+    for c in cuts {
+        inv.arg(position(&c.list.key)).arg(c.k).arg(c.top).arg(c.first).arg(c.last);
+    }
+}
+
+/// K plain results that are the K jobs at a list's right end.
+struct Cut<'a> {
+    list: &'a WipList,
+    k: usize,
+    /// The highest settlement number among them.
+    top: u64,
+    /// The job at the right end, and the K-th from it.
+    first: &'a [u8],
+    last: &'a [u8],
+}
+
+/// Splits plain results into cuts (per list, the results its model puts at
+/// the right end) and the rest, written with their payloads.
+fn cuts(mut plain: Vec<&(u64, Settlement)>) -> (Vec<Cut<'_>>, Vec<&(u64, Settlement)>) {
+    let mut cuts = Vec::new();
+    if plain.is_empty() {
+        return (cuts, plain);
+    }
+    // By list, then position: each list's run is then one slice.
+    plain.sort_unstable_by_key(|(_, s)| (std::sync::Arc::as_ptr(&s.list) as usize, s.pos));
+    let mut rest = Vec::with_capacity(plain.len());
+    for run in plain.chunk_by(|(_, a), (_, b)| std::sync::Arc::ptr_eq(&a.list, &b.list)) {
+        let positions: Vec<u64> = run.iter().map(|(_, s)| s.pos).collect();
+        let k = run[0].1.list.right_end(&positions);
+        if k > 0 {
+            cuts.push(Cut {
+                list: &run[0].1.list,
+                k,
+                top: run[..k].iter().map(|(seq, _)| *seq).max().unwrap_or(0),
+                first: &run[0].1.raw,
+                last: &run[k - 1].1.raw,
+            });
+        }
+        rest.extend_from_slice(&run[k..]);
+    }
+    (cuts, rest)
 }

@@ -23,12 +23,13 @@ use crate::lane::{Delivery, Lane};
 use crate::pool::Pool;
 use crate::retry::RetryPolicy;
 use crate::throttle::{Candidate, Throttles, Verdict};
+use crate::wip::WipList;
 
 pub struct Admitter {
     pub throttles: Arc<Throttles>,
     pub lane: Arc<Lane>,
     /// Every queue of the process by its number (`Delivery::queue`): its name and in-progress list.
-    pub queues: Arc<[(Arc<str>, Arc<str>)]>,
+    pub queues: Arc<[(Arc<str>, Arc<WipList>)]>,
     pub pool: Arc<Pool>,
     pub keys: Keys,
     pub policy: RetryPolicy,
@@ -82,7 +83,7 @@ impl Admitter {
     async fn admit_queue(
         &self,
         name: &str,
-        wip: &Arc<str>,
+        wip: &Arc<WipList>,
         checked: Vec<Delivery>,
     ) -> Result<Vec<Delivery>, Vec<Delivery>> {
         // The same tokens if the check is sent again: it then finds the holds it took.
@@ -115,7 +116,7 @@ impl Admitter {
 pub fn apply(
     mut d: Delivery,
     verdict: Verdict,
-    wip_key: &Arc<str>,
+    list: &Arc<WipList>,
     acks: &mpsc::UnboundedSender<Msg>,
 ) -> Option<Delivery> {
     match verdict {
@@ -130,7 +131,8 @@ pub fn apply(
             let mut payload = d.payload;
             payload.set_json(field::THROTTLED, (before + 1).to_string());
             let s = Settlement {
-                wip_key: wip_key.clone(),
+                list: list.clone(),
+                pos: d.pos,
                 raw,
                 settle: Settle::Schedule { at, payload: payload.encode(), parked: parked_key },
                 processed: false,

@@ -40,6 +40,7 @@ use crate::retry::{self, Failure, RetryPolicy};
 use crate::scripts;
 use crate::throttle::Throttles;
 use crate::timestamp;
+use crate::wip::WipList;
 use crate::worker::WorkerOptions;
 
 /// Sidekiq's fetch timeout: how long one blocking wait lasts.
@@ -54,7 +55,8 @@ pub const INVALID_JOB_ERROR: &str = "kiq.errors.InvalidJobError";
 
 /// The settlement of a job that failed before it could run: the retry path.
 pub(crate) fn failure_settlement(
-    wip_key: &Arc<str>,
+    list: &Arc<WipList>,
+    pos: u64,
     queue: &str,
     policy: &RetryPolicy,
     payload: Payload,
@@ -67,7 +69,7 @@ pub(crate) fn failure_settlement(
         retry::on_failure(payload, queue, failure, &WorkerOptions::default(), policy, timestamp::now(), rand::random());
     let batch = batch_ref.and_then(|b| Settled::new(&b, &jid, BatchOutcome::of(&disposition)));
     let (settle, _) = Settle::of_failure(disposition);
-    Settlement { wip_key: wip_key.clone(), raw, settle, processed: true, failed: true, unlock: None, held: None, batch }
+    Settlement { list: list.clone(), pos, raw, settle, processed: true, failed: true, unlock: None, held: None, batch }
 }
 
 /// One queue of a capsule, as its fetcher sees it (its name and in-progress
@@ -85,7 +87,7 @@ pub struct Fetcher {
     /// The capsule's queues, in its listed order.
     pub sources: Vec<Source>,
     /// Every queue of the process by its number: its name and in-progress list.
-    pub queues: Arc<[(Arc<str>, Arc<str>)]>,
+    pub queues: Arc<[(Arc<str>, Arc<WipList>)]>,
     /// Where fetch.lua keeps its last batch, and that batch's token.
     pub batch_key: String,
     pub token_key: String,
@@ -267,8 +269,10 @@ impl Fetcher {
             let (name, wip) = &self.queues[queue];
             let mut delay = Duration::from_millis(100);
             loop {
-                match crate::unfetch::hand_back(&self.pool, &self.keys, name, wip, &jobs).await {
+                match crate::unfetch::hand_back(&self.pool, &self.keys, name, &wip.key, &jobs).await {
                     Ok(moved) => {
+                        // Out of the in-progress list now (those not found there were gone before).
+                        wip.gone(jobs.iter().map(|d| d.pos));
                         log::debug!(
                             "{moved} jobs of queue {name:?} held for a prefetch went back to it: its jobs turned slow"
                         );
@@ -307,7 +311,7 @@ impl Fetcher {
         inv.key(&self.token_key).arg(n).arg(token).arg(BATCH_TTL_MS);
         let mut add = |i: usize| {
             let s = &self.sources[i];
-            inv.key(&s.queue_key).key(&*self.queues[s.index].1).arg(i);
+            inv.key(&s.queue_key).key(&*self.queues[s.index].1.key).arg(i);
         };
         if self.capsule.drawn() {
             self.capsule.order(&mut rand::rng()).into_iter().for_each(&mut add);
@@ -453,8 +457,10 @@ impl Fetcher {
         let mut good = Vec::with_capacity(fetched.iter().map(|(_, j)| j.len()).sum());
         for (source, raws) in fetched {
             let source = &self.sources[source];
-            for raw in raws {
-                match self.decode(source, raw) {
+            // Positions in the in-progress list, in the order fetch.lua pushed them.
+            let first = self.queues[source.index].1.fetched(raws.len());
+            for (pos, raw) in (first..).zip(raws) {
+                match self.decode(source, pos, raw) {
                     Ok(mut d) => {
                         if let Some(b) = d.batch.as_deref().filter(|b| b.callback.is_none()) {
                             d.batch_invalidated = self.watch.skip(&self.pool, &self.keys, &b.chain).await;
@@ -487,6 +493,7 @@ impl Fetcher {
     fn delivery(
         &self,
         source: &Source,
+        pos: u64,
         payload: Payload,
         class: String,
         args: Value,
@@ -508,6 +515,7 @@ impl Fetcher {
             self.watch.note_foreign(&payload, &self.queues[source.index].0);
         }
         let mut d = Delivery::new(self.lane_index, source.index, payload, class, jid, args);
+        d.pos = pos;
         d.batch = batch;
         d.suspect = suspect;
         d.kwargs = kwargs;
@@ -518,12 +526,13 @@ impl Fetcher {
 
     /// A runnable delivery, or the settlement for a payload that cannot run.
     #[allow(clippy::result_large_err)]
-    fn decode(&self, source: &Source, raw: Vec<u8>) -> Result<Delivery, Settlement> {
-        let (name, wip_key) = &self.queues[source.index];
+    fn decode(&self, source: &Source, pos: u64, raw: Vec<u8>) -> Result<Delivery, Settlement> {
+        let (name, list) = &self.queues[source.index];
         let bury = |raw: Vec<u8>, why: &str| {
             log::error!("queue {name:?} held a job that is not a JSON object ({why}); moved to the dead set");
             Settlement {
-                wip_key: wip_key.clone(),
+                list: list.clone(),
+                pos,
                 raw: raw.clone(),
                 settle: Settle::Dead { payload: raw },
                 processed: false,
@@ -548,7 +557,7 @@ impl Fetcher {
                 match crypto::open_last(self.keyring.as_deref(), args) {
                     Ok(bag) => match args::parse(args, "args") {
                         Ok(parsed) => {
-                            let mut d = self.delivery(source, payload, class, parsed, None);
+                            let mut d = self.delivery(source, pos, payload, class, parsed, None);
                             d.bag = Some(Box::new(bag));
                             return Ok(d);
                         }
@@ -570,12 +579,12 @@ impl Fetcher {
                     }
                     Ok((call.class, args, kwargs))
                 }) {
-                    Ok((class, args, kwargs)) => return Ok(self.delivery(source, payload, class, args, kwargs)),
+                    Ok((class, args, kwargs)) => return Ok(self.delivery(source, pos, payload, class, args, kwargs)),
                     Err(e) => e.to_string(),
                 }
             }
             (Some(class), Some(args)) if !class.is_empty() => match args::parse(args, "args") {
-                Ok(args) => return Ok(self.delivery(source, payload, class, args, None)),
+                Ok(args) => return Ok(self.delivery(source, pos, payload, class, args, None)),
                 Err(e) => e.to_string(),
             },
             (None, _) => "the job has no \"class\" string".into(),
@@ -584,6 +593,6 @@ impl Fetcher {
         };
         log::error!("cannot run job {} from queue {name:?}: {problem}", payload.jid().unwrap_or_default());
         let failure = Failure { error_class: error_class.to_owned(), error_message: problem, ..Failure::default() };
-        Err(failure_settlement(wip_key, name, &self.policy, payload, &failure))
+        Err(failure_settlement(list, pos, name, &self.policy, payload, &failure))
     }
 }

@@ -49,6 +49,8 @@ pub struct Delivery {
     pub lane: usize,
     /// Number of the queue it came from (a capsule may serve several).
     pub queue: usize,
+    /// Its position in that queue's in-progress list ([`crate::wip::WipList`]).
+    pub pos: u64,
     /// The payload, whose `source()` is the exact string in Redis.
     pub payload: Payload,
     pub class: String,
@@ -91,6 +93,7 @@ impl Delivery {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             lane,
             queue,
+            pos: 0,
             payload,
             class,
             jid,

@@ -56,6 +56,7 @@ pub mod spool;
 pub mod throttle;
 pub mod timestamp;
 pub mod unfetch;
+pub mod wip;
 pub mod work;
 pub mod worker;
 

@@ -42,6 +42,7 @@ use crate::scheduled::{PollConfig, Poller};
 use crate::scripts;
 use crate::throttle::{self, Held, Throttles};
 use crate::timestamp;
+use crate::wip::WipList;
 use crate::work::{self, Work, WorkSet};
 use crate::worker::Workers;
 
@@ -111,7 +112,7 @@ pub struct Server {
     keys: Keys,
     config: ServerConfig,
     lanes: Vec<Arc<Lane>>,
-    wip_keys: Vec<Arc<str>>,
+    lists: Vec<Arc<WipList>>,
     acks: mpsc::UnboundedSender<Msg>,
     control: Control,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -195,9 +196,10 @@ impl Server {
         let lanes: Vec<Arc<Lane>> =
             capsules.iter().map(|c| Arc::new(Lane::new(c.name(), c.concurrency).prefetching(prefetch))).collect();
         let queue_names: Vec<Arc<str>> = config.process.queue_names().map(Arc::from).collect();
-        let wip_keys: Vec<Arc<str>> = queue_names.iter().map(|n| Arc::from(keys.in_progress(identity, n))).collect();
-        let by_number: Arc<[(Arc<str>, Arc<str>)]> =
-            queue_names.iter().cloned().zip(wip_keys.iter().cloned()).collect::<Vec<_>>().into();
+        let lists: Vec<Arc<WipList>> =
+            queue_names.iter().map(|n| Arc::new(WipList::new(Arc::from(keys.in_progress(identity, n))))).collect();
+        let by_number: Arc<[(Arc<str>, Arc<WipList>)]> =
+            queue_names.iter().cloned().zip(lists.iter().cloned()).collect::<Vec<_>>().into();
         let (tx, rx) = mpsc::unbounded_channel();
         let control = Control::default();
         let watch = Arc::new(Watch::default());
@@ -344,7 +346,7 @@ impl Server {
             keys,
             config,
             lanes,
-            wip_keys,
+            lists,
             acks: tx,
             control,
             tasks: Mutex::new(tasks),
@@ -431,7 +433,8 @@ impl Server {
                     failure.error_message
                 );
                 let s = crate::fetch::failure_settlement(
-                    &self.wip_keys[queue],
+                    &self.lists[queue],
+                    d.pos,
                     &self.queue_names[queue],
                     &self.config.policy,
                     d.payload,
@@ -459,7 +462,7 @@ impl Server {
             }
         };
         let Some(verdict) = verdict else { return Some(d) };
-        let run = crate::admit::apply(d, verdict, &self.wip_keys[queue], &self.acks);
+        let run = crate::admit::apply(d, verdict, &self.lists[queue], &self.acks);
         if run.is_none() {
             self.lanes[lane].finish();
         }
@@ -589,7 +592,7 @@ impl Server {
         let unlock = unlock_of(&d);
         let batch = batch_of(&mut d, BatchOutcome::Ok);
         let held = self.take_held(&mut d);
-        let at = (d.lane, d.queue);
+        let at = (d.lane, d.queue, d.pos);
         self.send(at, d.payload.into_source().into_bytes(), Settle::Done, false, unlock, batch, held);
     }
 
@@ -610,7 +613,7 @@ impl Server {
         }
         self.end(&d, true, Outcome::Rescheduled);
         let raw = d.payload.source().as_bytes().to_vec();
-        let (at, unlock, held) = ((d.lane, d.queue), None, self.take_held(&mut d));
+        let (at, unlock, held) = ((d.lane, d.queue, d.pos), None, self.take_held(&mut d));
         let Some(r) = crate::overlimit::reschedule(d.payload, max, delay, timestamp::now(), rand::random()) else {
             unreachable!("the count was checked above")
         };
@@ -634,9 +637,10 @@ impl Server {
         let unlock = unlock_of(&d);
         let batch = batch_of(&mut d, BatchOutcome::Ok);
         let held = self.take_held(&mut d);
-        let (lane, queue) = (d.lane, d.queue);
+        let (lane, queue, pos) = (d.lane, d.queue, d.pos);
         let s = Settlement {
-            wip_key: self.wip_keys[queue].clone(),
+            list: self.lists[queue].clone(),
+            pos,
             raw: d.payload.into_source().into_bytes(),
             settle,
             processed: false,
@@ -674,7 +678,7 @@ impl Server {
         let held = self.take_held(&mut d);
         let queue = self.queue_names[d.queue].clone();
         let raw = d.payload.source().to_owned();
-        let at = (d.lane, d.queue);
+        let at = (d.lane, d.queue, d.pos);
         let lock = unlock_of(&d);
         let batch = d.batch.take();
         let jid = std::mem::take(&mut d.jid);
@@ -740,7 +744,7 @@ impl Server {
     #[allow(clippy::too_many_arguments)]
     fn send(
         &self,
-        (lane, queue): (usize, usize),
+        (lane, queue, pos): (usize, usize, u64),
         raw: Vec<u8>,
         settle: Settle,
         failed: bool,
@@ -749,7 +753,8 @@ impl Server {
         held: Option<Box<Held>>,
     ) {
         let s = Settlement {
-            wip_key: self.wip_keys[queue].clone(),
+            list: self.lists[queue].clone(),
+            pos,
             raw,
             settle,
             processed: true,
@@ -823,7 +828,7 @@ impl Server {
                 Verdict::Suspect
             };
             let (policy, identity) = (&self.config.policy, &self.config.process.identity);
-            let list = &self.wip_keys[*queue];
+            let list = &self.lists[*queue].key;
             let queue = &self.queue_names[*queue];
             let why = "was recycled for memory";
             let r = poison::hand_back(
@@ -848,7 +853,7 @@ impl Server {
     /// Moves every job left in this process's in-progress lists back to its queue.
     async fn requeue_all(&self) -> Result<usize> {
         let mut total = 0;
-        for (queue, wip) in self.queue_names.iter().zip(&self.wip_keys) {
+        for (queue, wip) in self.queue_names.iter().zip(self.lists.iter().map(|l| &l.key)) {
             let moved: usize = scripts::REQUEUE
                 .key(&**wip)
                 .key(self.keys.queue(queue))

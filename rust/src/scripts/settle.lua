@@ -45,9 +45,17 @@
 --   else to write: most jobs), and per plain result 3 values: number,
 --   in-progress list (i: KEYS[9 + i]), the job as in its list. Shorter
 --   than the 10 above, because passing arguments is much of this script's cost.
+-- then G, the number of cuts, and per cut 5 values: in-progress list (i:
+--   KEYS[9 + i]), K, the highest number of its results, the job expected at
+--   the list's right end and the job expected K-th from it. A cut is K plain
+--   results that are the K jobs at the list's right end (the caller's model
+--   of the list, wip.rs), removed by count: their payloads are not passed.
 --
 -- Returns {{number, reason, ...} of the results refused, {payload, ...} of
--- the batch callback jobs written to the schedule set}.
+-- the batch callback jobs written to the schedule set, {i, ...} the lists
+-- whose cut did not find the jobs expected at its two ends}. When that third
+-- part is not empty, nothing was written: the caller writes these results
+-- again without cuts.
 
 local hw = tonumber(redis.call('HGET', KEYS[1], 'hw') or '0')
 local n = tonumber(ARGV[6])
@@ -71,6 +79,10 @@ end
 local pbase = base + 10 * n + 1
 local np = tonumber(ARGV[pbase])
 
+local cbase = pbase + 1 + 3 * np
+local ncuts = tonumber(ARGV[cbase] or '0')
+local function cut(g, k) return ARGV[cbase + 5 * g + k] end
+
 local maxseq = hw
 for i = 0, n - 1 do
   local seq = tonumber(at(i, 1))
@@ -80,8 +92,28 @@ for k = pbase + 1, pbase + 3 * np - 2, 3 do
   local seq = tonumber(ARGV[k])
   if seq > maxseq then maxseq = seq end
 end
+for g = 0, ncuts - 1 do
+  local seq = tonumber(cut(g, 3))
+  if seq > maxseq then maxseq = seq end
+end
 if maxseq == hw then
-  return {{}, {}}
+  return {{}, {}, {}}
+end
+-- The cuts are checked before anything is written, and made first: the
+-- LREMs below remove by value, and with a payload listed twice one could
+-- take a job inside a cut, which would then take a job beyond it.
+local mismatched = {}
+for g = 0, ncuts - 1 do
+  if tonumber(cut(g, 3)) > hw then
+    local wip, k = KEYS[9 + tonumber(cut(g, 1))], tonumber(cut(g, 2))
+    local t = redis.call('TYPE', wip)['ok']
+    if t ~= 'list' or redis.call('LINDEX', wip, -1) ~= cut(g, 4) or redis.call('LINDEX', wip, -k) ~= cut(g, 5) then
+      mismatched[#mismatched + 1] = cut(g, 1)
+    end
+  end
+end
+if #mismatched > 0 then
+  return {{}, {}, mismatched}
 end
 -- Counters of the wrong type are skipped (never a reason to keep a job in progress).
 local count_ok = {}
@@ -92,6 +124,13 @@ redis.call('PEXPIRE', KEYS[1], ARGV[1])
 
 local refused = {}
 local processed, failed, expired, buried = 0, 0, 0, false
+for g = 0, ncuts - 1 do
+  if tonumber(cut(g, 3)) > hw then
+    local k = tonumber(cut(g, 2))
+    redis.call('LTRIM', KEYS[9 + tonumber(cut(g, 1))], 0, -(k + 1))
+    processed = processed + k
+  end
+end
 -- Batch jobs that succeeded, per chain: counted together after the loop.
 local succeeded, order = {}, {}
 for i = 0, n - 1 do
@@ -235,4 +274,4 @@ end
 bump(4, 6, processed)
 bump(5, 7, failed)
 if expired > 0 and count_ok[8] then redis.pcall('INCRBY', KEYS[8], expired) end
-return {refused, ctx.fired}
+return {refused, ctx.fired, {}}
