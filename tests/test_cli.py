@@ -361,3 +361,11 @@ def test_batches_and_batch(redis_url: str, r: redis.Redis) -> None:
     assert "no batch NoSuchBatch123" in missing.stderr
     r.flushall()
     assert kiq("batches", url=redis_url).stdout.strip() == "no batches"
+
+
+def test_a_bid_starting_with_a_dash_is_a_bid_not_an_option(redis_url: str) -> None:
+    # URL-safe Base64 bids start with "-" one time in 64.
+    out = kiq("batch", "-5wRq47XXAAXEg", "--json", url=redis_url, check=None)
+    assert "no batch -5wRq47XXAAXEg" in out.stderr and "required" not in out.stderr
+    out = kiq("batch", "-r", redis_url, "-5wRq47XXAAXEg", check=None)
+    assert "no batch -5wRq47XXAAXEg" in out.stderr

@@ -672,9 +672,36 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def _dash_bid(argv: list[str]) -> list[str]:
+    """``kiq batch -5wRq47XXAAXEg``: a bid is URL-safe Base64 and may start
+    with "-", which argparse would take for an unknown option; such a word is
+    the bid (passed after ``--``)."""
+    if not argv or argv[0] != "batch":
+        return argv
+    valued, flags = ("-r", "--redis-url", "--namespace"), ("-h", "--help", "--json")
+    rest: list[str] = []
+    bids: list[str] = []
+    i = 1
+    while i < len(argv):
+        word = argv[i]
+        if word == "--":
+            bids += argv[i + 1:]
+            break
+        if word in valued:
+            rest += argv[i:i + 2]
+            i += 2
+            continue
+        if word.startswith("-") and word.split("=", 1)[0] not in valued + flags:
+            bids.append(word)
+        else:
+            rest.append(word)
+        i += 1
+    return ["batch", *rest, "--", *bids] if bids else argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ``kiq`` command; returns its exit code."""
-    ns = parser().parse_args(argv)
+    ns = parser().parse_args(_dash_bid(list(sys.argv[1:] if argv is None else argv)))
     try:
         code: int = ns.func(ns)
         sys.stdout.flush()
