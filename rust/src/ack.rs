@@ -516,9 +516,13 @@ async fn write<'a>(
         scripts::eval(&inv, &scripts::SETTLE, &mut pool.get()).await?;
     let refused =
         refused.chunks(2).filter_map(|c| Some((c[0].parse().ok()?, c.get(1).cloned().unwrap_or_default()))).collect();
-    let mismatched =
-        mismatched.into_iter().filter_map(|i| lists.iter().find(|l| position(&l.key) == i).copied()).collect();
-    Ok(Written { refused, fired, mismatched })
+    let mut lists_off: Vec<&WipList> =
+        mismatched.iter().filter_map(|i| lists.iter().find(|l| position(&l.key) == *i).copied()).collect();
+    if lists_off.len() < mismatched.len() {
+        // A list number not passed: nothing was written all the same, so every cut's list goes.
+        lists_off = cuts.iter().map(|c| c.list).collect();
+    }
+    Ok(Written { refused, fired, mismatched: lists_off })
 }
 
 /// The plain results with their payloads, then the cuts (`settle.lua`'s last arguments).
