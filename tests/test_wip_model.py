@@ -40,8 +40,11 @@ def test_a_list_changed_behind_the_process_loses_nothing(make_app, r, caplog, wh
                 r.rpush(wip, foreign)
             else:
                 # Between jobs this process fetched: a cut across it finds another job K-th.
-                pivot = r.lindex(wip, r.llen(wip) // 2)
-                r.linsert(wip, "BEFORE", pivot, foreign)
+                # (The list changes meanwhile: tried until the pivot is still there.)
+                def inserted() -> bool:
+                    pivot = r.lindex(wip, r.llen(wip) // 2)
+                    return pivot is not None and r.linsert(wip, "BEFORE", pivot, foreign) > 0
+                wait_for(inserted, timeout=10, interval=0, what="the foreign entry inserted")
             wait_for(lambda: len(ran) == N, timeout=60, what="every job ran")
             wait_for(lambda: r.lrange(wip, 0, -1) == [foreign], timeout=10, what="only the foreign entry left")
         finally:
