@@ -7,8 +7,8 @@
 //! and its removal from the in-progress list, plus Sidekiq's
 //! processed/failed counters, and a batch job's bookkeeping (its batch, and
 //! the callback jobs that fire). Most finished jobs are the oldest in their
-//! list, and those leave it by count, their payloads not sent (`wip.rs`). Because the write is atomic, a job is never in
-//! neither place, and the counters never count a job still in progress; each
+//! list, and those leave it by count, their payloads not sent (`wip.rs`).
+//! Because the write is atomic, a job is never in neither place, and the counters never count a job still in progress; each
 //! settlement is numbered and the script keeps the highest number applied, so
 //! a batch written again after a lost reply counts nothing twice. A failed
 //! write is retried with backoff; a settlement Redis refuses (a key of the
@@ -398,18 +398,15 @@ async fn unlock(pool: &Pool, locks: &[(String, String)]) -> redis::RedisResult<(
 struct Touched<'a> {
     /// In-progress lists and parked-job sets, in the order passed.
     extra: Vec<&'a str>,
-    /// The in-progress lists among them.
-    lists: Vec<&'a WipList>,
     /// Every batch any result touches (its own, and its ancestors), numbered from 1.
     levels: Vec<&'a str>,
 }
 
 fn touched(batch: &[(u64, Settlement)]) -> Touched<'_> {
-    let mut t = Touched { extra: Vec::new(), lists: Vec::new(), levels: Vec::new() };
+    let mut t = Touched { extra: Vec::new(), levels: Vec::new() };
     for (_, s) in batch {
         if !t.extra.contains(&&*s.list.key) {
             t.extra.push(&s.list.key);
-            t.lists.push(&s.list);
         }
         if let Settle::Schedule { parked: Some(k), .. } = &s.settle
             && !t.extra.contains(&k.as_str())
@@ -437,7 +434,7 @@ async fn write<'a>(
 ) -> redis::RedisResult<Written<'a>> {
     let now = timestamp::now();
     let day = timestamp::utc_date(now);
-    let Touched { extra, lists, levels } = touched(batch);
+    let Touched { extra, levels } = touched(batch);
     let (plain, full): (Vec<_>, Vec<_>) = batch.iter().partition(|(_, s)| s.is_plain());
     let (cuts, plain) = if careful { (Vec::new(), plain) } else { cuts(plain) };
     // (A retry, dead or schedule entry carries the payload a second time, about as long.)
@@ -517,9 +514,9 @@ async fn write<'a>(
     let refused =
         refused.chunks(2).filter_map(|c| Some((c[0].parse().ok()?, c.get(1).cloned().unwrap_or_default()))).collect();
     let mut lists_off: Vec<&WipList> =
-        mismatched.iter().filter_map(|i| lists.iter().find(|l| position(&l.key) == *i).copied()).collect();
+        cuts.iter().filter(|c| mismatched.contains(&position(&c.list.key))).map(|c| c.list).collect();
     if lists_off.len() < mismatched.len() {
-        // A list number not passed: nothing was written all the same, so every cut's list goes.
+        // A number no cut was sent for: nothing was written all the same, so every cut's list goes.
         lists_off = cuts.iter().map(|c| c.list).collect();
     }
     Ok(Written { refused, fired, mismatched: lists_off })

@@ -80,7 +80,7 @@ local pbase = base + 10 * n + 1
 local np = tonumber(ARGV[pbase])
 
 local cbase = pbase + 1 + 3 * np
-local ncuts = tonumber(ARGV[cbase] or '0')
+local ncuts = tonumber(ARGV[cbase])
 local function cut(g, k) return ARGV[cbase + 5 * g + k] end
 
 local maxseq = hw
@@ -106,8 +106,8 @@ local mismatched = {}
 for g = 0, ncuts - 1 do
   if tonumber(cut(g, 3)) > hw then
     local wip, k = KEYS[9 + tonumber(cut(g, 1))], tonumber(cut(g, 2))
-    local t = redis.call('TYPE', wip)['ok']
-    if t ~= 'list' or redis.call('LINDEX', wip, -1) ~= cut(g, 4) or redis.call('LINDEX', wip, -k) ~= cut(g, 5) then
+    -- (An absent list passes wrong(), and then finds no job at either end.)
+    if wrong(wip, 'list') or redis.call('LINDEX', wip, -1) ~= cut(g, 4) or redis.call('LINDEX', wip, -k) ~= cut(g, 5) then
       mismatched[#mismatched + 1] = cut(g, 1)
     end
   end
