@@ -472,7 +472,11 @@ class Server:
         """Jobs running now (the heartbeat's ``busy``)."""
     def next_signal(self, timeout: float) -> str | None:
         """A signal sent through Redis ("TSTP", "TERM" or "TTIN") within ``timeout`` seconds, else None."""
-    def out(self, lane: int) -> int: ...
+    def out(self, lane: int) -> int:
+        """Jobs of queue number ``lane`` fetched and not finished."""
+    def capacity(self, lane: int) -> int:
+        """Jobs queue number ``lane`` may hold now: its concurrency plus the prefetch
+        (the automatic one only while its recent jobs are short)."""
     def report_threads(self, alive: list[int], wanted: list[int]) -> None:
         """Live and wanted worker threads per queue (in queue order), which ``/ready`` compares."""
     def gil_wait_stats(self) -> tuple[int, float]:

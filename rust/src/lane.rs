@@ -233,7 +233,7 @@ impl Lane {
     }
 
     /// Jobs the lane may hold now: running, and waiting for a thread.
-    fn capacity(&self) -> usize {
+    pub fn capacity(&self) -> usize {
         match self.prefetch {
             Prefetch::Fixed(n) => self.concurrency + n,
             Prefetch::Auto if self.short_jobs() => {

@@ -548,6 +548,12 @@ impl Server {
         Ok(py_result(self.inner.lane(lane))?.out())
     }
 
+    /// Jobs queue `lane` may hold now: its concurrency plus the prefetch
+    /// (the automatic one only while its recent jobs are short).
+    fn capacity(&self, lane: usize) -> PyResult<usize> {
+        Ok(py_result(self.inner.lane(lane))?.capacity())
+    }
+
     /// Stops fetching and wakes every waiting thread with None. Returns the
     /// number of fetched jobs no thread had started.
     fn begin_stop(&self, py: Python<'_>) -> PyResult<usize> {
