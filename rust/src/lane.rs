@@ -16,8 +16,8 @@
 //! wake (and make fight for the GIL) a thread per job, while a batch of slow
 //! ones still reaches every idle thread, one wake-up apart.
 //!
-//! While the lane's recent jobs are short (under [`SHORT_JOB`] on average)
-//! and it got jobs lately, one sleeping thread is on standby: it waits at most
+//! While the lane's recent jobs are short (see [`SHORT_JOB`]) and it got
+//! jobs lately, one sleeping thread is on standby: it waits at most
 //! [`STANDBY_POLL`] at a time. A woken thread then leaves the jobs behind it
 //! to the threads coming back (no relay): a no-op job costs a quarter of the
 //! Python CPU when it does not wake another thread for the GIL. Should those
@@ -114,10 +114,16 @@ impl Delivery {
     }
 }
 
-/// Jobs shorter than this on average (wall time from start to end) are
-/// "short": a thread is back for the next one sooner than a woken thread
-/// would get the GIL.
+/// A lane's jobs turn "short" once they average under this (wall time from
+/// start to end): a thread is back for the next one sooner than a woken
+/// thread would get the GIL.
 pub const SHORT_JOB: Duration = Duration::from_micros(100);
+/// Short jobs turn "slow" again only once they average this much. Between the
+/// two a lane stays what it was: one job that waited 5 ms for the GIL or a CPU
+/// among short ones would otherwise turn it slow, handing its held jobs back
+/// to be fetched again (several times per 100,000 no-op jobs). Held jobs of
+/// such a lane wait a few milliseconds longer at most.
+pub const SLOW_JOB: Duration = Duration::from_micros(400);
 /// How long the standby thread sleeps at a time.
 pub const STANDBY_POLL: Duration = Duration::from_millis(1);
 /// A standby stays only this long after jobs were last offered (an idle lane polls nothing).
@@ -158,7 +164,7 @@ pub enum Prefetch {
     Fixed(usize),
     /// [`AUTO_PREFETCH`] × concurrency, and at least [`AUTO_PREFETCH_MIN`]
     /// (fewer for big payloads: [`AUTO_PREFETCH_BYTES`]), while recent jobs
-    /// average under [`SHORT_JOB`]; none otherwise. A fetch's
+    /// are short (from under [`SHORT_JOB`] on average until [`SLOW_JOB`]); none otherwise. A fetch's
     /// fixed costs (a Redis round trip and script call, a hand-off) are most
     /// of a short job's cost, and jobs held for short jobs wait a few
     /// milliseconds at most, while a slow job's queue keeps Sidekiq's
@@ -200,6 +206,8 @@ pub struct Lane {
     /// Recent jobs' mean run time in nanoseconds (a moving average; starts
     /// "long", so the relay holds until a few dozen short jobs are seen).
     job_ns: AtomicU64,
+    /// Whether recent jobs are short ([`SHORT_JOB`], [`SLOW_JOB`]).
+    short: AtomicBool,
     /// Recent jobs' mean payload size in bytes (a moving average over fetches).
     job_bytes: AtomicU64,
     /// Redis refused a hand-back (a key of the wrong type): held jobs stay.
@@ -220,6 +228,7 @@ impl Lane {
             demand: Notify::new(),
             shed: Notify::new(),
             job_ns: AtomicU64::new(10 * SHORT_JOB.as_nanos() as u64),
+            short: AtomicBool::new(false),
             job_bytes: AtomicU64::new(1024),
             keep_held: AtomicBool::new(false),
         }
@@ -410,9 +419,15 @@ impl Lane {
         let avg = self.job_ns.load(Ordering::Relaxed);
         let now = avg - avg / 16 + ns / 16;
         self.job_ns.store(now, Ordering::Relaxed);
-        let short = SHORT_JOB.as_nanos() as u64;
-        if self.prefetch == Prefetch::Auto && avg < short && now >= short && !self.lock().jobs.is_empty() {
-            self.shed.notify_one();
+        if !self.short_jobs() {
+            if now < SHORT_JOB.as_nanos() as u64 {
+                self.short.store(true, Ordering::Relaxed);
+            }
+        } else if now >= SLOW_JOB.as_nanos() as u64 {
+            self.short.store(false, Ordering::Relaxed);
+            if self.prefetch == Prefetch::Auto && self.out() > self.capacity() {
+                self.shed.notify_one();
+            }
         }
     }
 
@@ -439,7 +454,7 @@ impl Lane {
 
     /// Whether recent jobs were short: threads come back for the next one soon.
     fn short_jobs(&self) -> bool {
-        self.job_ns.load(Ordering::Relaxed) < SHORT_JOB.as_nanos() as u64
+        self.short.load(Ordering::Relaxed)
     }
 
     /// Records that a job taken from this lane is finished (or given up).
@@ -524,6 +539,28 @@ mod tests {
             lane.finish();
         }
         assert_eq!(lane.free(), 1);
+    }
+
+    #[test]
+    fn short_jobs_turn_slow_only_well_above_the_short_mark() {
+        let lane = Lane::new("q", 2).prefetching(Prefetch::Auto);
+        // Jobs around the mark from the start: never short (the lane starts slow).
+        ran_many(&lane, Duration::from_micros(150));
+        assert_eq!(lane.capacity(), 2);
+        ran_many(&lane, Duration::from_micros(20));
+        assert!(lane.short_jobs());
+        lane.offer((0..100).map(job).collect());
+        // One job that waited 5 ms (for the GIL, say) among short ones: still short, nothing handed back.
+        lane.ran(Duration::from_millis(5));
+        assert!(lane.short_jobs() && !shed(&lane) && lane.excess().is_empty());
+        // Jobs that hover around the mark keep it short.
+        ran_many(&lane, Duration::from_micros(150));
+        assert!(lane.short_jobs() && !shed(&lane));
+        // Slow ones turn it slow at once, and the fetcher is told.
+        lane.ran(Duration::from_millis(100));
+        assert!(!lane.short_jobs() && shed(&lane));
+        assert_eq!(lane.capacity(), 2);
+        assert_eq!(lane.excess().len(), 98);
     }
 
     #[test]
