@@ -193,8 +193,10 @@ impl Server {
         let health = config.health.map(bind_health).transpose()?;
         let health_addr = health.as_ref().and_then(|l| l.local_addr().ok());
         let identity = &config.process.identity;
-        let lanes: Vec<Arc<Lane>> =
-            capsules.iter().map(|c| Arc::new(Lane::new(c.name(), c.concurrency).prefetching(prefetch))).collect();
+        let lanes: Vec<Arc<Lane>> = capsules
+            .iter()
+            .map(|c| Arc::new(Lane::new(c.name(), c.concurrency).prefetching(prefetch).sharing_gil(capsules.len() > 1)))
+            .collect();
         let queue_names: Vec<Arc<str>> = config.process.queue_names().map(Arc::from).collect();
         let lists: Vec<Arc<WipList>> =
             queue_names.iter().map(|n| Arc::new(WipList::new(Arc::from(keys.in_progress(identity, n))))).collect();
@@ -927,9 +929,15 @@ impl Server {
         }
     }
 
-    /// Waits for a job of lane `index`; see [`Lane::take`].
+    /// Waits for a job of lane `index` (see [`Lane::take`]), for a caller
+    /// that holds no GIL: it runs the job at once ([`Lane::resumed`]).
     pub fn take(&self, index: usize, timeout: Option<Duration>) -> Result<Take> {
-        Ok(self.lane(index)?.take(timeout))
+        let lane = self.lane(index)?;
+        let taken = lane.take(timeout);
+        if matches!(taken, Take::Job(_)) {
+            lane.resumed();
+        }
+        Ok(taken)
     }
 }
 

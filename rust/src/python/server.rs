@@ -319,6 +319,7 @@ impl Server {
                 let (taken, woke) = py.detach(|| (l.take(timeout.map(Duration::from_secs_f64)), Instant::now()));
                 match taken {
                     Take::Job(d) => {
+                        l.resumed();
                         self.gil_waits.fetch_add(1, Ordering::Relaxed);
                         self.gil_wait_ns.fetch_add(woke.elapsed().as_nanos() as u64, Ordering::Relaxed);
                         d
