@@ -135,7 +135,8 @@ class Kiq(Running, Enqueueing):
         prefetch: jobs each queue fetches beyond its concurrency, to wait in
             the process for a free thread so threads do not wait for a
             fetch's round trip. ``"auto"`` (the default): once a queue's
-            recent jobs average under 100 µs (until they average 400 µs), up to 512 more (4 × its
+            recent jobs average under 100 µs (until they average 400 µs),
+            up to 512 more (4 × its
             concurrency if that is more; fewer for payloads averaging over
             16 kB); once they are slower, none (Sidekiq's behaviour: a
             process takes only jobs a thread can start now), and the held

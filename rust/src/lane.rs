@@ -385,16 +385,11 @@ impl Lane {
                 if self.shares_gil {
                     ready.pending += 1;
                 }
-                let later = self.short_jobs() && self.shares_gil;
-                if slept
-                    && !ready.jobs.is_empty()
-                    && ready.waiting > 0
-                    && !(ready.standby && self.short_jobs())
-                    && !later
-                {
+                // Short jobs with a standby need no relay; in a lane that shares the
+                // GIL they get it once this thread has the GIL ([`Lane::resumed`]).
+                let later = self.short_jobs() && (ready.standby || self.shares_gil);
+                if slept && !ready.jobs.is_empty() && ready.waiting > 0 && !later {
                     // Pass the wake-up on: more jobs wait than this thread can take.
-                    // (In a lane that shares the GIL, short jobs pass it on once this
-                    // thread has the GIL: [`Lane::resumed`].)
                     self.cond.notify_one();
                 }
                 self.drained(&ready);
