@@ -22,15 +22,17 @@ KEYS = ["kiq:acked|me", "retry", "dead", "stat:processed", "stat:failed",
 
 class Settle:
     """settle.lua with plain results (done, counted as processed), numbered from 1,
-    and optionally retried ones (`retry`) and cuts (`cut`: K jobs at the list's
-    right end, by count: (K, the job expected at the right end, the K-th))."""
+    and optionally retried ones (`retry`) and a cut (`cut`: K jobs at the list's
+    right end, by count: (K, the job expected at the right end, the K-th), or
+    (K, the job expected F-th, the K-th, the offsets of the jobs in it still
+    running, F))."""
 
     def __init__(self, r: redis.Redis) -> None:
         self.script = r.register_script(loaded(HERE / "settle.lua"))
         self.seq = 0
 
     def __call__(self, jobs: list[bytes], *, again: int | None = None, retry: list[bytes] = (),
-                 cut: tuple[int, bytes, bytes] | None = None) -> list:
+                 cut: tuple | None = None) -> list:
         """Settles `jobs`; `again` sends them under the numbers they had before (a resend)."""
         seq = self.seq if again is None else again - 1
         args: list = [60000, 86400, time.time(), 0, 10000, len(retry), time.time(), 86400, 1000, 0]
@@ -44,8 +46,9 @@ class Settle:
         if cut is None:
             args.append(0)
         else:
-            seq += cut[0]
-            args += [1, 1, cut[0], seq, cut[1], cut[2]]
+            k, first, last, holes, f = (*cut, (), 1) if len(cut) == 3 else cut
+            seq += k - len(holes)
+            args += [1, 1, k, seq, f, first, last, len(holes), *holes]
         self.seq = max(self.seq, seq)
         return self.script(keys=KEYS, args=args)
 
@@ -191,3 +194,40 @@ def test_a_cut_sent_again_after_a_lost_reply_cuts_nothing_twice(rb: redis.Redis)
     # The same call again (numbered as before): already applied, nothing is checked or cut.
     assert settle([], again=1, cut=(3, jobs[0], jobs[2])) == [[], [], []]
     assert rb.lrange(WIP, 0, -1) == [jobs[5], jobs[4], jobs[3]] and processed(rb) == 3
+
+
+def test_a_cut_passes_over_jobs_still_running_and_keeps_their_order(rb: redis.Redis) -> None:
+    settle = Settle(rb)
+    jobs = [job(n) for n in range(10)]
+    fetched(rb, jobs)
+    # The 7 oldest by count but for 0 and 3 (offsets 1 and 4), still running: they stay, in order.
+    assert settle([], cut=(7, jobs[1], jobs[6], (1, 4), 2)) == [[], [], []]
+    assert rb.lrange(WIP, 0, -1) == [jobs[9], jobs[8], jobs[7], jobs[3], jobs[0]]
+    assert processed(rb) == 5
+    # Then 0 and 7 finish (7 behind 3, which runs on): a cut of 3 with 3 as its hole.
+    assert settle([], cut=(3, jobs[0], jobs[7], (2,), 1)) == [[], [], []]
+    assert rb.lrange(WIP, 0, -1) == [jobs[9], jobs[8], jobs[3]] and processed(rb) == 7
+    # A cut that takes the whole list but a running job: the list holds just that one.
+    assert settle([], cut=(3, jobs[8], jobs[9], (1,), 2)) == [[], [], []]
+    assert rb.lrange(WIP, 0, -1) == [jobs[3]] and processed(rb) == 9
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cuts_with_running_jobs_leave_exactly_the_running_ones(rb: redis.Redis, seed: int) -> None:
+    """Random batches, as the result writer makes them: the finished jobs that
+    are the list's right end but for running ones go by count, the rest by payload."""
+    rng = random.Random(seed)
+    settle = Settle(rb)
+    jobs = [job(n) for n in range(400)]
+    fetched(rb, jobs)
+    live = list(jobs)  # oldest first, as the model sees the list from its right end
+    while live:
+        window = live[: rng.choice([3, 10, 40])]
+        batch = set(rng.sample(window, rng.randint(1, len(window))))
+        covered = [i for i, j in enumerate(window) if j in batch]
+        width = covered[-1] + 1
+        holes = tuple(i + 1 for i in range(width) if live[i] not in batch)
+        assert settle([], cut=(width, live[covered[0]], live[covered[-1]], holes, covered[0] + 1)) == [[], [], []]
+        live = [j for j in live if j not in batch]
+        assert rb.lrange(WIP, 0, -1) == live[::-1]
+    assert not rb.exists(WIP) and processed(rb) == 400

@@ -54,3 +54,43 @@ def test_a_list_changed_behind_the_process_loses_nothing(make_app, r, caplog, wh
     assert r.llen("queue:default") == 1 and r.lindex("queue:default", 0) == foreign, "the stop handed it back"
     said = [m for m in (rec.getMessage() for rec in caplog.records) if "does not hold the jobs" in m]
     assert len(said) == 1, said
+
+
+def test_quick_jobs_behind_a_slow_one_leave_the_list_by_count(make_app, r) -> None:
+    """A job still running does not make the results behind it go the
+    payload way: the cuts pass over it (and over the quick ones running), and
+    it stays in the list, at its end, until it finishes."""
+    ran: list[str] = []
+    lock = threading.Lock()
+    release = threading.Event()
+
+    class Slow(Worker, name="WipSlow"):
+        def perform(self) -> None:
+            release.wait(30)
+            with lock:
+                ran.append(self.jid)
+
+    class Quick(Worker, name="WipQuick"):
+        def perform(self, n: int) -> None:
+            with lock:
+                ran.append(self.jid)
+
+    app = make_app(queues={"default": 4}, workers=[Slow, Quick])
+    slow = app.enqueue(Slow.new())
+    quick = app.enqueue_bulk(Quick, [[i] for i in range(3_000)])
+    app.flush(10)
+    app.start()
+    try:
+        wip = wait_for(lambda: next(iter(r.keys("kiq:wip|*")), None), what="the in-progress list")
+        wait_for(lambda: len(ran) >= 10, what="some quick jobs ran")
+        r.config_resetstat()  # (after the start's look for lists of dead processes, an LRANGE each)
+        wait_for(lambda: len(ran) == 3_000 and r.llen(wip) == 1, timeout=30, what="the quick jobs settled")
+        # The payload way reads the list's end (LRANGE) and passes each payload: never taken here.
+        assert r.info("commandstats").get("cmdstat_lrange", {}).get("calls", 0) == 0
+        assert '"WipSlow"' in r.lindex(wip, 0)
+        release.set()
+        wait_for(lambda: len(ran) == 3_001 and not r.exists(wip), timeout=10, what="the slow job settled")
+    finally:
+        release.set()
+        app.stop(timeout=5)
+    assert sorted(ran) == sorted([slow, *quick]) and int(r.get("stat:processed")) == 3_001

@@ -7,7 +7,8 @@
 //! and its removal from the in-progress list, plus Sidekiq's
 //! processed/failed counters, and a batch job's bookkeeping (its batch, and
 //! the callback jobs that fire). Most finished jobs are the oldest in their
-//! list, and those leave it by count, their payloads not sent (`wip.rs`).
+//! list, and those leave it by count, their payloads not sent, the few jobs
+//! still running among them put back (`wip.rs`).
 //! Because the write is atomic, a job is never in neither place, and the counters never count a job still in progress; each
 //! settlement is numbered and the script keeps the highest number applied, so
 //! a batch written again after a lost reply counts nothing twice. A failed
@@ -439,9 +440,14 @@ async fn write<'a>(
     let (cuts, plain) = if careful { (Vec::new(), plain) } else { cuts(plain) };
     // (A retry, dead or schedule entry carries the payload a second time, about as long.)
     let bytes: usize = full.iter().chain(&plain).map(|(_, s)| 2 * s.raw.len() + 64).sum::<usize>()
-        + cuts.iter().map(|c| c.first.len() + c.last.len() + 32).sum::<usize>();
+        + cuts.iter().map(|c| c.first.len() + c.last.len() + 40 + 4 * c.holes.len()).sum::<usize>();
     let nkeys = 9 + extra.len() + 3 * levels.len();
-    let nargs = nkeys + 11 + levels.len() + 10 * full.len() + 3 * plain.len() + 5 * cuts.len();
+    let nargs = nkeys
+        + 11
+        + levels.len()
+        + 10 * full.len()
+        + 3 * plain.len()
+        + cuts.iter().map(|c| 7 + c.holes.len()).sum::<usize>();
     let mut inv = scripts::evalsha(&scripts::SETTLE, nkeys, nargs, bytes + 448);
     inv.arg(numbers)
         .arg(keys.retry())
@@ -530,19 +536,28 @@ fn plain_args(inv: &mut redis::Cmd, plain: &[&(u64, Settlement)], cuts: &[Cut<'_
     }
     inv.arg(cuts.len());
     for c in cuts {
-        inv.arg(position(&c.list.key)).arg(c.k).arg(c.top).arg(c.first).arg(c.last);
+        inv.arg(position(&c.list.key)).arg(c.k).arg(c.top).arg(c.first_at).arg(c.first).arg(c.last);
+        inv.arg(c.holes.len());
+        for h in &c.holes {
+            inv.arg(*h);
+        }
     }
 }
 
-/// K plain results that are the K jobs at a list's right end.
+/// Plain results that are the jobs at a list's right end, but for a few
+/// still running among them (`holes`, put back).
 struct Cut<'a> {
     list: &'a WipList,
+    /// How many jobs it takes off the right end, holes included.
     k: usize,
     /// The highest settlement number among them.
     top: u64,
-    /// The job at the right end, and the K-th from it.
+    /// The offset from the right end of its first finished job, that job, and the K-th job from the end.
+    first_at: usize,
     first: &'a [u8],
     last: &'a [u8],
+    /// The offsets of the jobs still running (ascending).
+    holes: Vec<usize>,
 }
 
 /// Splits plain results into cuts (per list, the results its model puts at
@@ -557,17 +572,21 @@ fn cuts(mut plain: Vec<&(u64, Settlement)>) -> (Vec<Cut<'_>>, Vec<&(u64, Settlem
     let mut rest = Vec::with_capacity(plain.len());
     for run in plain.chunk_by(|(_, a), (_, b)| std::sync::Arc::ptr_eq(&a.list, &b.list)) {
         let positions: Vec<u64> = run.iter().map(|(_, s)| s.pos).collect();
-        let k = run[0].1.list.right_end(&positions);
-        if k > 0 {
+        let span = run[0].1.list.right_end(&positions);
+        let n = span.covered;
+        if n > 0 {
             cuts.push(Cut {
                 list: &run[0].1.list,
-                k,
-                top: run[..k].iter().map(|(seq, _)| *seq).max().unwrap_or(0),
+                k: span.width,
+                top: run[..n].iter().map(|(seq, _)| *seq).max().unwrap_or(0),
+                // After the holes at the very end (offsets 1, 2, ...).
+                first_at: span.holes.iter().zip(1..).take_while(|(h, i)| **h == *i).count() + 1,
                 first: &run[0].1.raw,
-                last: &run[k - 1].1.raw,
+                last: &run[n - 1].1.raw,
+                holes: span.holes,
             });
         }
-        rest.extend_from_slice(&run[k..]);
+        rest.extend_from_slice(&run[n..]);
     }
     (cuts, rest)
 }

@@ -4,10 +4,13 @@
 //! Its fetcher is the only one that pushes jobs into it (on the left, oldest
 //! first), so each job gets a position in fetch order and the list, read from
 //! its right end, holds the positions not settled yet, lowest first. When a
-//! batch of finished jobs are exactly the lowest positions still there, the
-//! result writer can cut them off the right end by count (`LTRIM`) instead of
-//! passing every payload to Redis to be found: `settle.lua` then checks only
-//! the two ends of the cut against the payloads expected there, and if the
+//! batch of finished jobs are the lowest positions still there, but for a
+//! few still running among them (a job that waited for the GIL, or a slow
+//! one among quick ones), the result writer can cut them off the right end by
+//! count (`LTRIM`), the running ones read and put back by their offsets,
+//! instead of passing every payload to Redis to be found: `settle.lua` then
+//! checks only two finished jobs of the cut against the payloads expected
+//! there, and if the
 //! list does not hold what this model says (another process recovered it, a
 //! fetch whose reply was lost left jobs the model never saw, a key of the
 //! wrong type), nothing is written, the model is distrusted for good and the
@@ -16,6 +19,22 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
+
+/// The most jobs still running a cut passes over ([`WipList::right_end`]):
+/// each costs `settle.lua` a read and a push back.
+pub const MAX_HOLES: usize = 64;
+
+/// A cut off a list's right end.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Span {
+    /// How many of the finished jobs it takes (the first ones given).
+    pub covered: usize,
+    /// How many jobs it takes off the right end, `covered` plus `holes`.
+    pub width: usize,
+    /// The offsets from the right end (1: the end) of the jobs in it still
+    /// running, ascending: read before the cut and pushed back after it.
+    pub holes: Vec<usize>,
+}
 
 pub struct WipList {
     /// The list's Redis key.
@@ -66,15 +85,29 @@ impl WipList {
         }
     }
 
-    /// How many of `finished` (positions, ascending) are the list's right end:
-    /// the leading ones equal to the lowest positions still in the list.
-    /// 0 once the model is distrusted.
-    pub fn right_end(&self, finished: &[u64]) -> usize {
+    /// What of `finished` (positions, ascending) can be cut off the list's
+    /// right end: its leading ones, among the lowest positions still in the
+    /// list, with at most [`MAX_HOLES`] positions not finished between them.
+    /// Nothing once the model is distrusted.
+    pub fn right_end(&self, finished: &[u64]) -> Span {
         let s = self.state();
         if !s.trusted {
-            return 0;
+            return Span::default();
         }
-        finished.iter().zip(&s.live).take_while(|(f, l)| f == l).count()
+        let (mut covered, mut width, mut holes, mut kept) = (0, 0, Vec::new(), 0);
+        for (at, &live) in (1..).zip(&s.live) {
+            match finished.get(covered) {
+                Some(&f) if f == live => {
+                    covered += 1;
+                    (width, kept) = (at, holes.len());
+                }
+                Some(&f) if f > live && holes.len() < MAX_HOLES => holes.push(at),
+                _ => break,
+            }
+        }
+        // Running jobs past its last finished one are not in it.
+        holes.truncate(kept);
+        Span { covered, width, holes }
     }
 
     /// The list did not hold what the model said: it is not used again.
@@ -101,29 +134,33 @@ mod tests {
         assert_eq!(w.fetched(1), 6);
     }
 
-    #[test]
-    fn only_the_lowest_positions_still_there_are_the_right_end() {
-        let w = list();
-        w.fetched(10);
-        assert_eq!(w.right_end(&[1, 2, 3]), 3);
-        // 1 still runs: nothing of these is at the right end.
-        assert_eq!(w.right_end(&[2, 3]), 0);
-        // A straggler (4) stops the run at it.
-        assert_eq!(w.right_end(&[1, 2, 3, 5, 6]), 3);
-        assert_eq!(w.right_end(&[]), 0);
+    fn span(covered: usize, width: usize, holes: &[usize]) -> Span {
+        Span { covered, width, holes: holes.to_vec() }
     }
 
     #[test]
-    fn settled_and_handed_back_positions_leave_the_model() {
+    fn a_cut_takes_the_lowest_positions_still_there_passing_over_running_ones() {
         let w = list();
         w.fetched(10);
-        w.gone([1, 2, 4]);
-        assert_eq!(w.right_end(&[3, 5, 6]), 3);
-        assert_eq!(w.right_end(&[3, 4]), 1, "4 is gone, so it is not in the list to be cut");
-        w.gone([3, 5, 6, 7, 8, 9, 10]);
-        assert_eq!(w.right_end(&[11]), 0, "never fetched");
-        assert_eq!(w.fetched(2), 11);
-        assert_eq!(w.right_end(&[11, 12]), 2);
+        assert_eq!(w.right_end(&[1, 2, 3]), span(3, 3, &[]));
+        // 1 still runs: the cut passes over it (read and pushed back).
+        assert_eq!(w.right_end(&[2, 3]), span(2, 3, &[1]));
+        // Stragglers (1, 4) among them; the cut ends at the last finished job, not at 9.
+        assert_eq!(w.right_end(&[2, 3, 5, 6, 8]), span(5, 8, &[1, 4, 7]));
+        assert_eq!(w.right_end(&[]), span(0, 0, &[]));
+    }
+
+    #[test]
+    fn a_cut_passes_over_at_most_max_holes_running_jobs() {
+        let (w, m) = (list(), MAX_HOLES as u64);
+        w.fetched(200);
+        // Running: 1..=9 and 11..m, m - 1 in all; the cut ends at m + 2, the
+        // last finished job before more than m running ones.
+        let got = w.right_end(&[10, m + 1, m + 2, 150]);
+        assert_eq!((got.covered, got.width, got.holes.len()), (3, MAX_HOLES + 2, MAX_HOLES - 1));
+        let all: Vec<usize> = (1..=MAX_HOLES).collect();
+        assert_eq!(w.right_end(&[m + 1]), span(1, MAX_HOLES + 1, &all));
+        assert_eq!(w.right_end(&[m + 2]), span(0, 0, &[]));
     }
 
     #[test]
@@ -132,6 +169,6 @@ mod tests {
         w.fetched(5);
         assert!(w.distrust());
         assert!(!w.distrust());
-        assert_eq!(w.right_end(&[1, 2]), 0);
+        assert_eq!(w.right_end(&[1, 2]), span(0, 0, &[]));
     }
 }

@@ -45,11 +45,16 @@
 --   else to write: most jobs), and per plain result 3 values: number,
 --   in-progress list (i: KEYS[9 + i]), the job as in its list. Shorter
 --   than the 10 above, because passing arguments is much of this script's cost.
--- then G, the number of cuts, and per cut 5 values: in-progress list (i:
---   KEYS[9 + i]), K, the highest number of its results, the job expected at
---   the list's right end and the job expected K-th from it. A cut is K plain
---   results that are the K jobs at the list's right end (the caller's model
---   of the list, wip.rs), removed by count: their payloads are not passed.
+-- then G, the number of cuts, and per cut 7 + H values: in-progress list
+--   (i: KEYS[9 + i]), K, the highest number of its results, F, the job
+--   expected F-th from the list's right end, the job expected K-th from it,
+--   H, then H offsets from the right end (1: the end), ascending. A cut is
+--   the K jobs at the list's right end (the caller's model of the list,
+--   wip.rs), all finished but the H at those offsets, which still run: the
+--   K are removed by count and those H read before and pushed back after,
+--   in their order, so no finished job's payload is passed. F is the offset
+--   of its first finished job (the ends checked are finished jobs, whose
+--   payloads the caller has).
 --
 -- Returns {{number, reason, ...} of the results refused, {payload, ...} of
 -- the batch callback jobs written to the schedule set, {i, ...} the lists
@@ -81,7 +86,18 @@ local np = tonumber(ARGV[pbase])
 
 local cbase = pbase + 1 + 3 * np
 local ncuts = tonumber(ARGV[cbase])
-local function cut(g, k) return ARGV[cbase + 5 * g + k] end
+local cuts = {}
+do
+  local a = cbase + 1
+  for g = 1, ncuts do
+    local c = {i = ARGV[a], k = tonumber(ARGV[a + 1]), seq = tonumber(ARGV[a + 2]), f = tonumber(ARGV[a + 3]),
+               first = ARGV[a + 4], last = ARGV[a + 5], holes = {}}
+    c.wip = KEYS[9 + tonumber(c.i)]
+    for h = 1, tonumber(ARGV[a + 6]) do c.holes[h] = tonumber(ARGV[a + 6 + h]) end
+    a = a + 7 + #c.holes
+    cuts[g] = c
+  end
+end
 
 local maxseq = hw
 for i = 0, n - 1 do
@@ -92,9 +108,8 @@ for k = pbase + 1, pbase + 3 * np - 2, 3 do
   local seq = tonumber(ARGV[k])
   if seq > maxseq then maxseq = seq end
 end
-for g = 0, ncuts - 1 do
-  local seq = tonumber(cut(g, 3))
-  if seq > maxseq then maxseq = seq end
+for _, c in ipairs(cuts) do
+  if c.seq > maxseq then maxseq = c.seq end
 end
 if maxseq == hw then
   return {{}, {}, {}}
@@ -103,12 +118,12 @@ end
 -- LREMs below remove by value, and with a payload listed twice one could
 -- take a job inside a cut, which would then take a job beyond it.
 local mismatched = {}
-for g = 0, ncuts - 1 do
-  if tonumber(cut(g, 3)) > hw then
-    local wip, k = KEYS[9 + tonumber(cut(g, 1))], tonumber(cut(g, 2))
+for _, c in ipairs(cuts) do
+  if c.seq > hw then
     -- (An absent list passes wrong(), and then finds no job at either end.)
-    if wrong(wip, 'list') or redis.call('LINDEX', wip, -1) ~= cut(g, 4) or redis.call('LINDEX', wip, -k) ~= cut(g, 5) then
-      mismatched[#mismatched + 1] = cut(g, 1)
+    if wrong(c.wip, 'list') or redis.call('LINDEX', c.wip, -c.f) ~= c.first
+        or redis.call('LINDEX', c.wip, -c.k) ~= c.last then
+      mismatched[#mismatched + 1] = c.i
     end
   end
 end
@@ -124,11 +139,14 @@ redis.call('PEXPIRE', KEYS[1], ARGV[1])
 
 local refused = {}
 local processed, failed, expired, buried = 0, 0, 0, false
-for g = 0, ncuts - 1 do
-  if tonumber(cut(g, 3)) > hw then
-    local k = tonumber(cut(g, 2))
-    redis.call('LTRIM', KEYS[9 + tonumber(cut(g, 1))], 0, -(k + 1))
-    processed = processed + k
+for _, c in ipairs(cuts) do
+  if c.seq > hw then
+    -- The running jobs, newest first: pushed back on the right, the oldest ends there.
+    local back = {}
+    for h = #c.holes, 1, -1 do back[#back + 1] = redis.call('LINDEX', c.wip, -c.holes[h]) end
+    redis.call('LTRIM', c.wip, 0, -(c.k + 1))
+    if #back > 0 then redis.call('RPUSH', c.wip, unpack(back)) end
+    processed = processed + c.k - #c.holes
   end
 end
 -- Batch jobs that succeeded, per chain: counted together after the loop.
