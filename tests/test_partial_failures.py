@@ -255,11 +255,12 @@ def test_exactly_once_pushes_and_runs_under_a_storm_of_lost_replies(redis_url: s
 
 def test_exactly_once_when_redis_replies_are_lost(redis_server: Any, r: redis.Redis) -> None:
     """Every connection (pushes, fetches, results) goes through a proxy that
-    drops 12% of Redis's replies after Redis ran the command: each job is
-    still pushed once and run once, and counted once."""
+    drops a fifth of Redis's replies after Redis ran the command: each job is
+    still pushed once and run once, and counted once. (At 12% a CI run once
+    lost only 18 replies: its settling wrote fewer, bigger batches.)"""
     from lossy_proxy import LossyProxy
 
-    proxy = LossyProxy(redis_server.port, loss=0.12)
+    proxy = LossyProxy(redis_server.port, loss=0.2)
     counts: dict[int, int] = {}
     lock = threading.Lock()
     n = 5000

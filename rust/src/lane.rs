@@ -6,7 +6,8 @@
 //! holds more jobs of a queue than it can run at once, plus a prefetch
 //! waiting for a thread ([`Prefetch`]: a fixed number, or, by default, some
 //! while the lane's jobs are short and none otherwise; jobs held when they
-//! turn slow are handed back, [`Lane::excess`]). Taking a ready job is a
+//! turn slow go to threads asleep, and those left once every thread is busy
+//! are handed back, [`Lane::excess`]). Taking a ready job is a
 //! mutex pop; only an empty lane makes a thread sleep (on a condvar, so it
 //! costs nothing).
 //!
@@ -175,8 +176,9 @@ pub enum Prefetch {
     /// fixed costs (a Redis round trip and script call, a hand-off) are most
     /// of a short job's cost, and jobs held for short jobs wait a few
     /// milliseconds at most, while a slow job's queue keeps Sidekiq's
-    /// behaviour. Jobs held when the lane's jobs turn slow go back to their
-    /// queue ([`Lane::excess`]), so another process can start them.
+    /// behaviour. Jobs held when the lane's jobs turn slow go to its threads
+    /// asleep, and those no thread can start go back to their queue
+    /// ([`Lane::excess`]), so another process can start them.
     Auto,
 }
 
@@ -207,8 +209,9 @@ pub struct Lane {
     threads_wanted: AtomicUsize,
     /// Woken whenever a job finishes, so the fetcher can fetch again.
     pub(crate) demand: Notify,
-    /// Woken when the lane's jobs turn slow while it holds jobs for the
-    /// automatic prefetch: the fetcher hands them back ([`Lane::excess`]).
+    /// Woken when the lane's jobs are slow while it holds jobs for the
+    /// automatic prefetch and every thread is busy: the fetcher hands them
+    /// back ([`Lane::excess`]).
     pub(crate) shed: Notify,
     /// Recent jobs' mean run time in nanoseconds (a moving average; starts
     /// "long", so the relay holds until a few dozen short jobs are seen).
@@ -468,27 +471,41 @@ impl Lane {
         if !self.short_jobs() {
             if now < SHORT_JOB.as_nanos() as u64 {
                 self.short.store(true, Ordering::Relaxed);
+                return;
             }
         } else if now >= SLOW_JOB.as_nanos() as u64 {
             self.short.store(false, Ordering::Relaxed);
-            if self.prefetch == Prefetch::Auto && self.out() > self.capacity() {
+        } else {
+            return;
+        }
+        // Slow, and holding jobs beyond the threads: a thread asleep is woken
+        // for them (the relay wakes the others), and once every thread is
+        // busy the fetcher hands the rest back. (Short jobs leave threads
+        // asleep while one runs them; a job that waited for the GIL can turn
+        // the lane slow for a moment, when those take the jobs held.)
+        if self.prefetch == Prefetch::Auto && self.out() > self.capacity() {
+            let ready = self.lock();
+            if ready.waiting == 0 {
                 self.shed.notify_one();
+            } else if !ready.jobs.is_empty() {
+                self.cond.notify_one();
             }
         }
     }
 
     /// The jobs the lane holds beyond its capacity, which no thread can start
-    /// now (its jobs turned slow, so the automatic prefetch is off): the
-    /// newest ready ones, taken out (oldest first) and no longer counted as
-    /// out, for the fetcher to hand back to their queue. A fixed prefetch
-    /// keeps what it was told to hold.
+    /// now (its jobs turned slow, so the automatic prefetch is off, and no
+    /// thread waits for a job): the newest ready ones, taken out (oldest
+    /// first) and no longer counted as out, for the fetcher to hand back to
+    /// their queue. A fixed prefetch keeps what it was told to hold.
     pub fn excess(&self) -> Vec<Delivery> {
         if self.prefetch != Prefetch::Auto || self.keep_held.load(Ordering::Relaxed) {
             return Vec::new();
         }
         let mut ready = self.lock();
         let over = self.out().saturating_sub(self.capacity()).min(ready.jobs.len());
-        if over == 0 {
+        // A thread waiting for jobs takes them here and now ([`Lane::ran`] asks again once none waits).
+        if over == 0 || ready.waiting > 0 {
             return Vec::new();
         }
         let keep = ready.jobs.len() - over;
@@ -645,6 +662,39 @@ mod tests {
         ran_many(&lane, Duration::from_micros(10));
         lane.ran(Duration::from_secs(1));
         assert!(!shed(&lane));
+    }
+
+    #[test]
+    fn jobs_held_when_jobs_turn_slow_go_to_a_thread_asleep_before_any_is_handed_back() {
+        let lane = Arc::new(Lane::new("q", 2).prefetching(Prefetch::Auto));
+        ran_many(&lane, Duration::from_micros(10));
+        lane.offer((0..20).map(job).collect());
+        // One thread runs the short jobs while the other sleeps (as behind a standby that saw jobs taken).
+        let Take::Job(a) = lane.take(Some(Duration::ZERO)) else { panic!() };
+        let sleeper = {
+            let lane = lane.clone();
+            std::thread::spawn(move || {
+                let mut ready = lane.lock();
+                ready.waiting += 1;
+                ready = lane.cond.wait(ready).unwrap_or_else(PoisonError::into_inner);
+                ready.waiting -= 1;
+                ready.jobs.pop_front().map(|j| j.jid)
+            })
+        };
+        while lane.lock().waiting < 1 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Its job was slow: with a thread asleep nothing is handed back, and that thread is woken.
+        lane.ran(Duration::from_secs(1));
+        assert!(!shed(&lane) && lane.excess().is_empty());
+        assert_eq!(sleeper.join().unwrap().as_deref(), Some("j1"));
+        // Both threads busy now: the next slow job tells the fetcher, which hands back all but 2 out.
+        lane.ran(Duration::from_secs(1));
+        drop(a);
+        lane.finish();
+        assert!(shed(&lane));
+        assert_eq!(lane.excess().len(), 19 - 2);
+        assert_eq!(lane.out(), 2);
     }
 
     #[test]
