@@ -139,8 +139,9 @@ class Kiq(Running, Enqueueing):
             up to 512 more (4 × its
             concurrency if that is more; fewer for payloads averaging over
             16 kB); once they are slower, none (Sidekiq's behaviour: a
-            process takes only jobs a thread can start now), and the held
-            jobs no thread started go back to their queue; and none in a
+            process takes only jobs a thread can start now): threads asleep
+            take the held jobs, and those left once every thread is busy go
+            back to their queue; and none in a
             process with an ``async def`` worker or a throttle. ``0`` never prefetches;
             ``N`` always fetches up to N more. The cost: those jobs wait here
             even if another process is idle, and a crash hands them back as it

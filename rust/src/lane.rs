@@ -375,6 +375,11 @@ impl Lane {
         }
     }
 
+    /// Slow (so no automatic prefetch now), and holding more jobs than its threads run.
+    fn holds_extra(&self) -> bool {
+        self.prefetch == Prefetch::Auto && !self.short_jobs() && self.out() > self.capacity()
+    }
+
     /// Waits for a job until `timeout` (forever when `None`) or until the lane closes.
     pub fn take(&self, timeout: Option<Duration>) -> Take {
         let deadline = timeout.map(|t| Instant::now() + t);
@@ -480,10 +485,15 @@ impl Lane {
         }
         // Slow, and holding jobs beyond the threads: a thread asleep is woken
         // for them (the relay wakes the others), and once every thread is
-        // busy the fetcher hands the rest back. (Short jobs leave threads
-        // asleep while one runs them; a job that waited for the GIL can turn
-        // the lane slow for a moment, when those take the jobs held.)
-        if self.prefetch == Prefetch::Auto && self.out() > self.capacity() {
+        // busy the fetcher hands the rest back. Short jobs leave threads
+        // asleep while one runs them, and a job that waited for the GIL can
+        // turn the lane slow for a moment: those threads take the held jobs.
+        // (Not also told at the take that makes every thread busy: with 8
+        // queues × 10 threads, each queue's threads wait long for the GIL, so
+        // a queue turns slow with every thread holding a job; that handed
+        // 500–1,500 jobs per 100,000 back to be fetched again, and was
+        // slower in 2 of 3 interleaved rounds.)
+        if self.holds_extra() {
             let ready = self.lock();
             if ready.waiting == 0 {
                 self.shed.notify_one();
@@ -688,7 +698,8 @@ mod tests {
         lane.ran(Duration::from_secs(1));
         assert!(!shed(&lane) && lane.excess().is_empty());
         assert_eq!(sleeper.join().unwrap().as_deref(), Some("j1"));
-        // Both threads busy now: the next slow job tells the fetcher, which hands back all but 2 out.
+        let Take::Job(_b) = lane.take(Some(Duration::ZERO)) else { panic!() };
+        // Every thread busy: the next slow job's end tells the fetcher, which hands back all but the 2 running.
         lane.ran(Duration::from_secs(1));
         drop(a);
         lane.finish();
