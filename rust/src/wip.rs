@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 /// The most jobs still running a cut passes over ([`WipList::right_end`]):
 /// each costs `settle.lua` a read and a push back. Jobs a lane's threads
-/// took and have not finished: with 64, 1 × c80 wrote 300–1,600 results per
+/// took and have not finished: with 64, 1 × c80 wrote 290–1,850 results per
 /// 100,000 the payload way (80 threads woken at once, each holding a job
 /// while it waits for the GIL).
 pub const MAX_HOLES: usize = 1024;
