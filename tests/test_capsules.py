@@ -53,7 +53,7 @@ def recorder(ran: Ran, pause: float = 0.0) -> Any:
     return rec
 
 
-@pytest.mark.parametrize(("prefetch", "window", "per"), [("auto", 3 + 512, 3000), (0, 3, 200)])
+@pytest.mark.parametrize(("prefetch", "window", "per"), [("auto", 3 + 1024, 3000), (0, 3, 200)])
 def test_strict_order_empties_each_queue_before_the_next(make_app, redis_url, r, prefetch, window, per) -> None:
     ran = Ran()
     fill(redis_url, {"low": per, "mid": per, "high": per})
@@ -62,7 +62,7 @@ def test_strict_order_empties_each_queue_before_the_next(make_app, redis_url, r,
     wait_for(lambda: len(ran) == 3 * per, what=f"{3 * per} jobs")
     queues = [q for q, _ in ran.order]
     # A fetch takes up to the free slots from the first queue that has jobs,
-    # and the process holds at most `window` jobs (3 threads, plus 512 with
+    # and the process holds at most `window` jobs (3 threads, plus 1,024 with
     # the automatic prefetch of short jobs): at most that many end out of
     # order, but for a job whose thread waits for the GIL meanwhile (one per thread).
     assert queues.index("mid") >= per - window and queues.index("low") >= 2 * per - window, queues[per - 15:per + 15]
@@ -78,7 +78,7 @@ def test_weighted_order_takes_queues_in_proportion_to_their_weights(make_app, re
     ran = Ran()
     fill(redis_url, {"a": 600, "b": 600})
     # One slot and no prefetch: each fetch takes one job, from a queue drawn by
-    # weight. (With the automatic prefetch a fetch of short jobs takes up to 515
+    # weight. (With the automatic prefetch a fetch of short jobs takes up to 1,027
     # from the queue drawn: the weights then hold per fetch, not per job.)
     app = make_app(queues=[Capsule({"a": 3, "b": 1}, concurrency=1)], workers=[recorder(ran)], prefetch=0)
     app.start()

@@ -293,9 +293,9 @@ def _auto_prefetch_run(make_app, r, extra_workers=()) -> int:
 
 
 def test_auto_prefetch_holds_more_jobs_while_they_are_short_and_loses_none(make_app, r):
-    """The default prefetch: with short jobs the process holds up to 2 + 512 jobs."""
+    """The default prefetch: with short jobs the process holds up to 2 + 1,024 jobs."""
     most = _auto_prefetch_run(make_app, r)
-    assert 2 < most <= 2 + 512, most
+    assert 2 < most <= 2 + 1024, most
 
 
 class _Held:

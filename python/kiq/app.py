@@ -136,9 +136,9 @@ class Kiq(Running, Enqueueing):
             the process for a free thread so threads do not wait for a
             fetch's round trip. ``"auto"`` (the default): once a queue's
             recent jobs average under 100 µs (until they average 400 µs),
-            up to 512 more (4 × its
+            up to 1,024 more (4 × its
             concurrency if that is more; fewer for payloads averaging over
-            16 kB); once they are slower, none (Sidekiq's behaviour: a
+            8 kB); once they are slower, none (Sidekiq's behaviour: a
             process takes only jobs a thread can start now): threads asleep
             take the held jobs, and those left once every thread is busy go
             back to their queue; and none in a

@@ -188,10 +188,13 @@ pub const AUTO_PREFETCH: usize = 4;
 /// job more than the concurrency does (no-op jobs, 8 queues × c10 each:
 /// 125k jobs/s with 40 held per queue, 205k with 118, 241k with 246, against
 /// 169k for 1 queue × c80; 1 queue × c25, 5 interleaved rounds: 204k with
-/// 256 held, 261k with 512, 270k with 1,024).
-pub const AUTO_PREFETCH_MIN: usize = 512;
+/// 256 held, 261k with 512, 270k with 1,024; later, 7 interleaved rounds of
+/// 200,000 jobs: c25 ~246k with 512, ~261k with 1,024 and faster in each
+/// round, c80 ~245k against ~260k, 8 × c10 even. The lane then runs dry
+/// less often while a fetch is on its way: fewer, bigger fetches).
+pub const AUTO_PREFETCH_MIN: usize = 1024;
 /// What the floor may hold in payload bytes (at the lane's recent average
-/// size), so a queue of big payloads is not held 512 at a time.
+/// size), so a queue of big payloads is not held 1,024 at a time.
 pub const AUTO_PREFETCH_BYTES: u64 = 8 << 20;
 
 pub struct Lane {
@@ -638,9 +641,9 @@ mod tests {
 
     #[test]
     fn a_big_lane_holds_four_times_its_concurrency() {
-        let lane = Lane::new("q", 200).prefetching(Prefetch::Auto);
+        let lane = Lane::new("q", 400).prefetching(Prefetch::Auto);
         ran_many(&lane, Duration::from_micros(10));
-        assert_eq!(lane.free(), 200 * (1 + AUTO_PREFETCH), "above the floor");
+        assert_eq!(lane.free(), 400 * (1 + AUTO_PREFETCH), "above the floor");
     }
 
     /// Whether the fetcher was told to hand held jobs back (a stored permit), consuming it.
@@ -732,7 +735,7 @@ mod tests {
             assert!(matches!(lane.take(Some(Duration::ZERO)), Take::Job(_)));
             lane.finish();
         }
-        // About 8 MiB of 100 kB payloads: 83 jobs held beyond the threads, not 512.
+        // About 8 MiB of 100 kB payloads: 83 jobs held beyond the threads, not 1,024.
         assert_eq!(lane.free(), 3 + 83);
     }
 
