@@ -184,6 +184,72 @@ def test_kill_9_mid_drain_of_short_jobs_with_the_automatic_prefetch(make_app, re
     assert twice <= in_flight, "only jobs in the victim's in-progress list at its death ran again"
 
 
+STRAGGLER_VICTIM = textwrap.dedent(
+    """
+    import os, sys, threading, time
+    from kiq import Kiq, Worker
+
+    out = os.open(sys.argv[2], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+
+    class Mostly(Worker, name="Mostly"):
+        def perform(self, n):
+            if n % 400 == 0:
+                time.sleep(0.3)   # a straggler among quick jobs: results behind it are cut past it
+            os.write(out, (self.jid + "\\n").encode())
+
+    app = Kiq(sys.argv[1], queues={f"s{k}": 3 for k in range(4)}, workers=[Mostly], heartbeat_interval=0.5,
+              heartbeat_ttl=3, leader_ttl=2, orphan_check_interval=1)
+    app.start()
+    print(app.identity, flush=True)
+    threading.Event().wait(600)
+    """
+)
+
+
+def test_kill_9_mid_drain_with_stragglers_in_four_queues(make_app, redis_url, r, tmp_path):
+    """Four queues of 3 threads each drain quick jobs with a slow one every 400, so results are
+    cut off the in-progress lists past jobs still running (read and pushed back), and most of
+    the time a slow one runs in each queue: a kill -9 mid-drain loses none, and only jobs in
+    the victim's lists at its death run twice."""
+    n, queues = 8_000, [f"s{k}" for k in range(4)]
+    producer = Kiq(redis_url)
+    jids = [j for q in queues for j in producer.enqueue_bulk(Job("Mostly", queue=q), [[i] for i in range(n)], sync=True)]
+    ran_file = tmp_path / "ran"
+    victim = subprocess.Popen([sys.executable, "-c", STRAGGLER_VICTIM, redis_url, str(ran_file)],
+                              stdout=subprocess.PIPE, text=True)
+    assert victim.stdout is not None
+    identity = victim.stdout.readline().strip()
+    wips = [f"kiq:wip|{identity}|{q}" for q in queues]
+    lines = lambda: ran_file.read_text().count("\n") if ran_file.exists() else 0  # noqa: E731
+    wait_for(lambda: lines() >= 6_000, timeout=60, what="the victim ran 6,000 jobs")
+    victim.kill()
+    victim.wait()
+    victim.stdout.close()
+    in_flight = {json.loads(j)["jid"] for w in wips for j in r.lrange(w, 0, -1)}
+    assert 0 < lines() < 4 * n, "killed mid-drain"
+    fd = os.open(ran_file, os.O_WRONLY | os.O_APPEND)
+
+    class Mostly(Worker, name="Mostly"):
+        def perform(self, n: int) -> None:
+            os.write(fd, (self.jid + "\n").encode())
+
+    try:
+        make_app(queues={q: 3 for q in queues}, workers=[Mostly], heartbeat_interval=0.5, leader_ttl=2,
+                 orphan_check_interval=1).start()
+        wait_for(lambda: len(set(ran_file.read_text().split())) == 4 * n, timeout=60, what="every job ran")
+        wait_for(lambda: not any(r.exists(w) for w in wips) and not any(r.llen(f"queue:{q}") for q in queues),
+                 what="queues and in-progress lists empty")
+    finally:
+        os.close(fd)
+    ran = ran_file.read_text().split()
+    assert set(ran) == set(jids), "none lost"
+    runs = collections.Counter(ran)
+    twice = {j for j, c in runs.items() if c > 1}
+    assert max(runs.values()) <= 2, "none ran three times"
+    print(f"in flight at death {len(in_flight)}, ran twice {len(twice)}")
+    assert twice <= in_flight, "only jobs in the victim's in-progress lists at its death ran again"
+
+
 ASYNC_VICTIM = textwrap.dedent(
     """
     import asyncio, sys, threading
