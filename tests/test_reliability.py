@@ -175,13 +175,20 @@ def test_kill_9_mid_drain_of_short_jobs_with_the_automatic_prefetch(make_app, re
         wait_for(lambda: not r.exists(wip) and r.llen("queue:default") == 0, what="queue and in-progress list empty")
     finally:
         os.close(fd)
+    twice = ran_once_or_in_flight(ran_file, jids, in_flight)
+    print(f"most out {most}, in flight at death {len(in_flight)}, ran twice {len(twice)}")
+
+
+def ran_once_or_in_flight(ran_file: Path, jids: list[str], in_flight: set[str]) -> set[str]:
+    """Checks the jids the victim and the rescuer recorded: every job ran, none three times,
+    and only jobs in the victim's in-progress lists at its death twice. Returns those."""
     ran = ran_file.read_text().split()
     assert set(ran) == set(jids), "none lost"
     runs = collections.Counter(ran)
     twice = {j for j, c in runs.items() if c > 1}
     assert max(runs.values()) <= 2, "none ran three times"
-    print(f"most out {most}, in flight at death {len(in_flight)}, ran twice {len(twice)}")
-    assert twice <= in_flight, "only jobs in the victim's in-progress list at its death ran again"
+    assert twice <= in_flight, "only jobs in the victim's in-progress lists at its death ran again"
+    return twice
 
 
 STRAGGLER_VICTIM = textwrap.dedent(
@@ -241,13 +248,8 @@ def test_kill_9_mid_drain_with_stragglers_in_four_queues(make_app, redis_url, r,
                  what="queues and in-progress lists empty")
     finally:
         os.close(fd)
-    ran = ran_file.read_text().split()
-    assert set(ran) == set(jids), "none lost"
-    runs = collections.Counter(ran)
-    twice = {j for j, c in runs.items() if c > 1}
-    assert max(runs.values()) <= 2, "none ran three times"
+    twice = ran_once_or_in_flight(ran_file, jids, in_flight)
     print(f"in flight at death {len(in_flight)}, ran twice {len(twice)}")
-    assert twice <= in_flight, "only jobs in the victim's in-progress lists at its death ran again"
 
 
 ASYNC_VICTIM = textwrap.dedent(
