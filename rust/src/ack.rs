@@ -579,8 +579,7 @@ fn cuts(mut plain: Vec<&(u64, Settlement)>) -> (Vec<Cut<'_>>, Vec<&(u64, Settlem
                 list: &run[0].1.list,
                 k: span.width,
                 top: run[..n].iter().map(|(seq, _)| *seq).max().unwrap_or(0),
-                // After the holes at the very end (offsets 1, 2, ...).
-                first_at: span.holes.iter().zip(1..).take_while(|(h, i)| **h == *i).count() + 1,
+                first_at: span.first_at(),
                 first: &run[0].1.raw,
                 last: &run[n - 1].1.raw,
                 holes: span.holes,

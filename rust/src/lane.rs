@@ -188,10 +188,11 @@ pub const AUTO_PREFETCH: usize = 4;
 /// job more than the concurrency does (no-op jobs, 8 queues × c10 each:
 /// 125k jobs/s with 40 held per queue, 205k with 118, 241k with 246, against
 /// 169k for 1 queue × c80; 1 queue × c25, 5 interleaved rounds: 204k with
-/// 256 held, 261k with 512, 270k with 1,024; later, 7 interleaved rounds of
-/// 200,000 jobs: c25 ~246k with 512, ~261k with 1,024 and faster in each
-/// round, c80 ~245k against ~260k, 8 × c10 even. The lane then runs dry
-/// less often while a fetch is on its way: fewer, bigger fetches).
+/// 256 held, 261k with 512, 270k with 1,024; later, two sets of 3 and 4
+/// interleaved rounds of 200,000 jobs: c25 ~246k with 512, ~261k with 1,024,
+/// c80 ~245k against ~260k, both faster in each round of the second set,
+/// 8 × c10 even. The lane then runs dry less often while a fetch is on its
+/// way: fewer, bigger fetches).
 pub const AUTO_PREFETCH_MIN: usize = 1024;
 /// What the floor may hold in payload bytes (at the lane's recent average
 /// size), so a queue of big payloads is not held 1,024 at a time.

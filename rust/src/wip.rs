@@ -39,6 +39,14 @@ pub struct Span {
     pub holes: Vec<usize>,
 }
 
+impl Span {
+    /// The offset from the right end of its first finished job: after the
+    /// running jobs at the very end (offsets 1, 2, ...), if any.
+    pub fn first_at(&self) -> usize {
+        self.holes.iter().zip(1..).take_while(|(h, i)| **h == *i).count() + 1
+    }
+}
+
 pub struct WipList {
     /// The list's Redis key.
     pub key: Arc<str>,
@@ -150,6 +158,8 @@ mod tests {
         assert_eq!(w.right_end(&[2, 3]), span(2, 3, &[1]));
         // Stragglers (1, 4) among them; the cut ends at the last finished job, not at 9.
         assert_eq!(w.right_end(&[2, 3, 5, 6, 8]), span(5, 8, &[1, 4, 7]));
+        assert_eq!(span(5, 8, &[1, 2, 4, 7]).first_at(), 3, "after the running jobs at the very end");
+        assert_eq!(span(3, 3, &[]).first_at(), 1);
         assert_eq!(w.right_end(&[]), span(0, 0, &[]));
     }
 
