@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::batches::{KEEP_SECS, Settled};
+use crate::job::Payload;
 use crate::keys::{DAILY_STAT_TTL_SECS, Keys};
 use crate::pool::Pool;
 use crate::retry::{Disposition, RetryPolicy};
@@ -84,7 +85,7 @@ pub struct Settlement {
     pub list: std::sync::Arc<WipList>,
     pub pos: u64,
     /// The job exactly as it is stored there.
-    pub raw: Vec<u8>,
+    pub raw: Raw,
     pub settle: Settle,
     /// Counted in `stat:processed` (every job that ran, as Sidekiq counts).
     pub processed: bool,
@@ -98,6 +99,34 @@ pub struct Settlement {
     pub held: Option<Box<Held>>,
 }
 
+/// A job's text as its in-progress list holds it.
+#[derive(Debug)]
+pub enum Raw {
+    Bytes(Vec<u8>),
+    /// A job that ran keeps its parsed payload and arguments until it is
+    /// written, so this task frees them, not the thread that ran the job:
+    /// that thread holds the GIL, and freeing blocks the fetcher allocated
+    /// (above glibc's lock-free sizes: the fields' list, an arguments array
+    /// of 4 slots) waited for the fetcher's allocator lock ~1,000 times a
+    /// second in a drain of no-op jobs.
+    Ran(Payload, serde_json::Value),
+}
+
+impl Raw {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Bytes(b) => b,
+            Self::Ran(p, _) => p.source().as_bytes(),
+        }
+    }
+}
+
+impl From<Vec<u8>> for Raw {
+    fn from(bytes: Vec<u8>) -> Self {
+        Self::Bytes(bytes)
+    }
+}
+
 impl Settlement {
     /// Done and counted as processed, with nothing else to write (most jobs):
     /// `settle.lua` takes these in a shorter form.
@@ -106,6 +135,8 @@ impl Settlement {
     }
 }
 
+// Settlements are most messages; boxing them would allocate once per job.
+#[allow(clippy::large_enum_variant)]
 pub enum Msg {
     Settle(Settlement),
     /// Release a unique job's lock (key, jid): `unique_until: start`.
@@ -439,7 +470,7 @@ async fn write<'a>(
     let (plain, full): (Vec<_>, Vec<_>) = batch.iter().partition(|(_, s)| s.is_plain());
     let (cuts, plain) = if careful { (Vec::new(), plain) } else { cuts(plain) };
     // (A retry, dead or schedule entry carries the payload a second time, about as long.)
-    let bytes: usize = full.iter().chain(&plain).map(|(_, s)| 2 * s.raw.len() + 64).sum::<usize>()
+    let bytes: usize = full.iter().chain(&plain).map(|(_, s)| 2 * s.raw.as_bytes().len() + 64).sum::<usize>()
         + cuts.iter().map(|c| c.first.len() + c.last.len() + 40 + 4 * c.holes.len()).sum::<usize>();
     let nkeys = 9 + extra.len() + 3 * levels.len();
     let nargs = nkeys
@@ -508,7 +539,7 @@ async fn write<'a>(
             .arg(kind)
             .arg(score)
             .arg(payload)
-            .arg(&s.raw)
+            .arg(s.raw.as_bytes())
             .arg(counted)
             .arg(spec)
             .arg(jid)
@@ -532,7 +563,7 @@ async fn write<'a>(
 fn plain_args(inv: &mut redis::Cmd, plain: &[&(u64, Settlement)], cuts: &[Cut<'_>], position: impl Fn(&str) -> usize) {
     inv.arg(plain.len());
     for (seq, s) in plain {
-        inv.arg(*seq).arg(position(&s.list.key)).arg(&s.raw);
+        inv.arg(*seq).arg(position(&s.list.key)).arg(s.raw.as_bytes());
     }
     inv.arg(cuts.len());
     for c in cuts {
@@ -580,8 +611,8 @@ fn cuts(mut plain: Vec<&(u64, Settlement)>) -> (Vec<Cut<'_>>, Vec<&(u64, Settlem
                 k: span.width,
                 top: run[..n].iter().map(|(seq, _)| *seq).max().unwrap_or(0),
                 first_at: span.first_at(),
-                first: &run[0].1.raw,
-                last: &run[n - 1].1.raw,
+                first: run[0].1.raw.as_bytes(),
+                last: run[n - 1].1.raw.as_bytes(),
                 holes: span.holes,
             });
         }

@@ -133,7 +133,7 @@ pub fn apply(
             let s = Settlement {
                 list: list.clone(),
                 pos: d.pos,
-                raw,
+                raw: raw.into(),
                 settle: Settle::Schedule { at, payload: payload.encode(), parked: parked_key },
                 processed: false,
                 failed: false,

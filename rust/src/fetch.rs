@@ -69,7 +69,17 @@ pub(crate) fn failure_settlement(
         retry::on_failure(payload, queue, failure, &WorkerOptions::default(), policy, timestamp::now(), rand::random());
     let batch = batch_ref.and_then(|b| Settled::new(&b, &jid, BatchOutcome::of(&disposition)));
     let (settle, _) = Settle::of_failure(disposition);
-    Settlement { list: list.clone(), pos, raw, settle, processed: true, failed: true, unlock: None, held: None, batch }
+    Settlement {
+        list: list.clone(),
+        pos,
+        raw: raw.into(),
+        settle,
+        processed: true,
+        failed: true,
+        unlock: None,
+        held: None,
+        batch,
+    }
 }
 
 /// One queue of a capsule, as its fetcher sees it (its name and in-progress
@@ -514,7 +524,9 @@ impl Fetcher {
         if batch.is_none() && payload.contains(field::BID) {
             self.watch.note_foreign(&payload, &self.queues[source.index].0);
         }
+        let wrapped = payload.get(field::WRAPPED).and_then(|w| serde_json::from_str::<String>(w).ok());
         let mut d = Delivery::new(self.lane_index, source.index, payload, class, jid, args);
+        d.wrapped = wrapped.map(String::into_boxed_str);
         d.pos = pos;
         d.batch = batch;
         d.suspect = suspect;
@@ -533,7 +545,7 @@ impl Fetcher {
             Settlement {
                 list: list.clone(),
                 pos,
-                raw: raw.clone(),
+                raw: raw.clone().into(),
                 settle: Settle::Dead { payload: raw },
                 processed: false,
                 failed: false,

@@ -30,7 +30,7 @@
 //! queues for it.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -58,6 +58,9 @@ pub struct Delivery {
     /// The payload, whose `source()` is the exact string in Redis.
     pub payload: Payload,
     pub class: String,
+    /// The class an ActiveJob job wraps (its `wrapped`), under which
+    /// Sidekiq's metrics count it; read at fetch, off the thread that runs it.
+    pub wrapped: Option<Box<str>>,
     pub jid: String,
     /// When a thread started it.
     pub started: Option<Instant>,
@@ -100,6 +103,7 @@ impl Delivery {
             pos: 0,
             payload,
             class,
+            wrapped: None,
             jid,
             started: None,
             expires_at: None,
@@ -205,6 +209,9 @@ pub struct Lane {
     prefetch: Prefetch,
     ready: Mutex<Ready>,
     cond: Condvar,
+    /// How many jobs `ready` holds, as of its last change: a finishing job
+    /// reads it without taking the lock the threads take jobs under.
+    ready_len: AtomicUsize,
     out: AtomicUsize,
     /// Worker threads alive, as last reported; `usize::MAX` until the first report.
     threads: AtomicUsize,
@@ -238,6 +245,7 @@ impl Lane {
             prefetch: Prefetch::Fixed(0),
             ready: Mutex::new(Ready::default()),
             cond: Condvar::new(),
+            ready_len: AtomicUsize::new(0),
             out: AtomicUsize::new(0),
             threads: AtomicUsize::new(usize::MAX),
             threads_wanted: AtomicUsize::new(concurrency),
@@ -346,6 +354,7 @@ impl Lane {
         let avg = self.job_bytes.load(Ordering::Relaxed);
         self.job_bytes.store(avg - avg / 4 + mean / 4, Ordering::Relaxed);
         ready.jobs.extend(jobs);
+        self.ready_len.store(ready.jobs.len(), Ordering::Release);
         ready.offered = Some(Instant::now());
         let waiting = ready.waiting;
         // With short jobs and a standby, a thread still out running one comes
@@ -366,6 +375,7 @@ impl Lane {
         let mut ready = self.lock();
         let job = ready.jobs.pop_front();
         if job.is_some() {
+            self.ready_len.store(ready.jobs.len(), Ordering::Release);
             ready.takes += 1;
             self.drained(&ready);
         }
@@ -374,6 +384,8 @@ impl Lane {
 
     /// After a job is taken: once none is ready, the fetcher must not wait for more slots.
     fn drained(&self, ready: &Ready) {
+        // Pairs with the fence in [`Lane::finish`]: the count stored, then `out` read.
+        fence(Ordering::SeqCst);
         if ready.jobs.is_empty() && self.free() > 0 {
             self.demand.notify_one();
         }
@@ -393,6 +405,7 @@ impl Lane {
         let mut leave = false;
         loop {
             if let Some(job) = if leave { None } else { ready.jobs.pop_front() } {
+                self.ready_len.store(ready.jobs.len(), Ordering::Release);
                 ready.takes += 1;
                 if self.shares_gil {
                     ready.pending += 1;
@@ -524,6 +537,7 @@ impl Lane {
         }
         let keep = ready.jobs.len() - over;
         let jobs: Vec<Delivery> = ready.jobs.drain(keep..).collect();
+        self.ready_len.store(ready.jobs.len(), Ordering::Release);
         drop(ready);
         let _ = self.out.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(jobs.len())));
         jobs
@@ -541,9 +555,12 @@ impl Lane {
     /// hand-off and Redis a fetch for one or two jobs.
     pub fn finish(&self) {
         let _ = self.out.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-        // `out` drops before the lock is taken, so a thread emptying the ready
-        // jobs meanwhile sees the free slot (and wakes the fetcher) if this does not.
-        if self.free() >= self.capacity().div_ceil(4) || self.lock().jobs.is_empty() {
+        // `out` drops before the count is read, and a thread emptying the
+        // ready jobs stores the count before it reads `out` ([`Lane::drained`]),
+        // each with a fence between: one of the two sees the other's change
+        // and wakes the fetcher.
+        fence(Ordering::SeqCst);
+        if self.free() >= self.capacity().div_ceil(4) || self.ready_len.load(Ordering::Relaxed) == 0 {
             self.demand.notify_one();
         }
     }
@@ -554,6 +571,7 @@ impl Lane {
         let mut ready = self.lock();
         ready.closed = true;
         let left: Vec<Delivery> = ready.jobs.drain(..).collect();
+        self.ready_len.store(0, Ordering::Release);
         drop(ready);
         let _ = self.out.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(left.len())));
         self.cond.notify_all();

@@ -11,6 +11,8 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
+use foldhash::fast::RandomState;
+
 use crate::keys::Keys;
 use crate::timestamp::Utc;
 
@@ -39,9 +41,12 @@ pub fn bucket(ms: u64) -> usize {
     BUCKETS_MS.iter().position(|&b| ms < b).unwrap_or(BUCKETS_MS.len())
 }
 
+/// Counts by class, with a fast hasher: every finished job looks its class up.
+pub type ByClass = HashMap<String, ClassStats, RandomState>;
+
 #[derive(Default)]
 pub struct Metrics {
-    by_class: Mutex<HashMap<String, ClassStats>>,
+    by_class: Mutex<ByClass>,
 }
 
 impl Metrics {
@@ -62,12 +67,12 @@ impl Metrics {
     }
 
     /// Takes what was recorded since the last call.
-    pub fn take(&self) -> HashMap<String, ClassStats> {
+    pub fn take(&self) -> ByClass {
         std::mem::take(&mut *self.by_class.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Puts counts back after a failed write, so none are lost.
-    pub fn restore(&self, taken: HashMap<String, ClassStats>) {
+    pub fn restore(&self, taken: ByClass) {
         let mut map = self.by_class.lock().unwrap_or_else(PoisonError::into_inner);
         for (class, s) in taken {
             let e = map.entry(class).or_default();
@@ -102,7 +107,7 @@ pub fn minute_hashes(keys: &Keys, now: f64) -> MinuteHashes {
 }
 
 /// Adds the commands writing `stats` at time `now` to a pipeline.
-pub fn write(pipe: &mut redis::Pipeline, keys: &Keys, stats: &HashMap<String, ClassStats>, now: f64) {
+pub fn write(pipe: &mut redis::Pipeline, keys: &Keys, stats: &ByClass, now: f64) {
     if stats.is_empty() {
         return;
     }
@@ -169,7 +174,7 @@ mod tests {
     #[test]
     fn keys_for_both_versions() {
         let mut pipe = redis::pipe();
-        let mut stats = HashMap::new();
+        let mut stats = ByClass::default();
         let mut histogram = [0; 26];
         histogram[0] = 1;
         stats.insert("HardJob".to_owned(), ClassStats { processed: 2, failed: 1, ms: 7, histogram });

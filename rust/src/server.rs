@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::ack::{self, Msg, Settle, Settlement};
+use crate::ack::{self, Msg, Raw, Settle, Settlement};
 use crate::batches::watch::Watch;
 use crate::batches::{Outcome as BatchOutcome, Settled};
 use crate::control::{Control, RunState};
@@ -26,7 +26,7 @@ use crate::fetch::{Fetcher, Source};
 use crate::health::{self, Beats, Outcome, Probe, Tally};
 use crate::heartbeat::{self, BeatConfig, Heartbeat, ProcessInfo, Signal};
 use crate::isolation::{self, Admission, Gate};
-use crate::job::{Backtrace, UniqueUntil, check_queue_name, field};
+use crate::job::{Backtrace, UniqueUntil, check_queue_name};
 use crate::keys::Keys;
 use crate::lane::{Delivery, Lane, Prefetch, Take};
 use crate::leader::{Elector, Leadership};
@@ -541,7 +541,8 @@ impl Server {
     /// Marks a job as started by the calling thread: it shows in the work
     /// hash until it finishes, and its run time is measured from here.
     pub fn begin(&self, d: &mut Delivery) {
-        d.started = Some(Instant::now());
+        let started = Instant::now();
+        d.started = Some(started);
         if let Some((key, UniqueUntil::Start)) = &d.lock {
             let _ = self.acks.send(Msg::Unlock(key.clone(), d.jid.clone()));
         }
@@ -551,7 +552,7 @@ impl Server {
                 tid: work::current_tid(),
                 queue: self.queue_names[d.queue].clone(),
                 payload: Arc::from(d.payload.source()),
-                run_at: timestamp::now() as i64,
+                run_at: self.work.epoch_secs(started),
                 cancelled: false,
             },
         );
@@ -581,10 +582,7 @@ impl Server {
         }
         let ms = took.map_or(0, |t| t.as_millis() as u64);
         // Sidekiq counts ActiveJob jobs under the class they wrap.
-        match d.payload.get(field::WRAPPED).and_then(|w| serde_json::from_str::<String>(w).ok()) {
-            Some(wrapped) => self.metrics.record(&wrapped, ok, ms),
-            None => self.metrics.record(&d.class, ok, ms),
-        }
+        self.metrics.record(d.wrapped.as_deref().unwrap_or(&d.class), ok, ms);
     }
 
     /// Records a job as done: it leaves the in-progress list on the next write
@@ -595,7 +593,7 @@ impl Server {
         let batch = batch_of(&mut d, BatchOutcome::Ok);
         let held = self.take_held(&mut d);
         let at = (d.lane, d.queue, d.pos);
-        self.send(at, d.payload.into_source().into_bytes(), Settle::Done, false, unlock, batch, held);
+        self.send(at, Raw::Ran(d.payload, d.args), Settle::Done, false, unlock, batch, held);
     }
 
     /// The job's batch was invalidated: it is not run, counts as done for its
@@ -620,7 +618,7 @@ impl Server {
             unreachable!("the count was checked above")
         };
         let settle = Settle::Schedule { at: r.at, payload: r.payload, parked: None };
-        self.send(at, raw, settle, false, unlock, None, held);
+        self.send(at, raw.into(), settle, false, unlock, None, held);
         Ok(r.at)
     }
 
@@ -643,7 +641,7 @@ impl Server {
         let s = Settlement {
             list: self.lists[queue].clone(),
             pos,
-            raw: d.payload.into_source().into_bytes(),
+            raw: Raw::Ran(d.payload, d.args),
             settle,
             processed: false,
             failed: false,
@@ -698,7 +696,7 @@ impl Server {
         let (settle, gone) = Settle::of_failure(disposition);
         let unlock = lock.filter(|_| gone);
         let batch = batch.and_then(|b| Settled::from_ref(*b, jid, outcome));
-        self.send(at, raw.into_bytes(), settle, true, unlock, batch, held);
+        self.send(at, raw.into_bytes().into(), settle, true, unlock, batch, held);
         fate
     }
 
@@ -747,7 +745,7 @@ impl Server {
     fn send(
         &self,
         (lane, queue, pos): (usize, usize, u64),
-        raw: Vec<u8>,
+        raw: Raw,
         settle: Settle,
         failed: bool,
         unlock: Option<(String, String)>,

@@ -4,8 +4,12 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use foldhash::fast::RandomState;
 
 use crate::job::{Payload, json_string};
+use crate::timestamp;
 
 /// One running job.
 #[derive(Debug, Clone)]
@@ -33,12 +37,28 @@ impl Work {
     }
 }
 
-#[derive(Default)]
 pub struct WorkSet {
-    running: Mutex<HashMap<u64, Work>>,
+    running: Mutex<HashMap<u64, Work, RandomState>>,
+    /// An instant and its epoch seconds, taken once: a job's start in epoch
+    /// seconds is worked out from its `Instant`, so starting a job reads the
+    /// clock once, not twice (the thread doing it holds the GIL).
+    epoch: (Instant, f64),
+}
+
+impl Default for WorkSet {
+    fn default() -> Self {
+        Self { running: Mutex::default(), epoch: (Instant::now(), timestamp::now()) }
+    }
 }
 
 impl WorkSet {
+    /// Epoch seconds at `at` (Sidekiq's `run_at` of a job started then).
+    pub fn epoch_secs(&self, at: Instant) -> i64 {
+        let (then, epoch) = self.epoch;
+        let since = at.checked_duration_since(then).map_or(0.0, |d| d.as_secs_f64());
+        (epoch + since) as i64
+    }
+
     pub fn insert(&self, id: u64, work: Work) {
         self.running.lock().unwrap_or_else(PoisonError::into_inner).insert(id, work);
     }
