@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::ops::Range;
 
 use serde::Deserialize;
-use serde::de::{self, MapAccess, Visitor};
+use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::error::{KiqError, Result};
@@ -213,8 +213,6 @@ pub struct Payload {
     entries: Vec<(Text, Text)>,
 }
 
-struct Entries<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
-
 /// A key borrowed from the payload's text unless it has escapes (serde's own
 /// `Cow<str>` always allocates: eight needless copies per fetched job).
 struct Key<'a>(Cow<'a, str>);
@@ -241,29 +239,54 @@ impl<'de> Deserialize<'de> for Key<'de> {
     }
 }
 
-impl<'de> Deserialize<'de> for Entries<'de> {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Entries<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self::Value, A::Error> {
-                let mut out: Vec<(Cow<'de, str>, &'de RawValue)> = Vec::with_capacity(12);
-                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
-                    let value: &'de RawValue = map.next_value()?;
-                    // A repeated key keeps its first position and its last value, as Ruby's JSON.parse does.
-                    if let Some(slot) = out.iter_mut().find(|(k, _)| *k == key) {
-                        slot.1 = value;
-                    } else {
-                        out.push((key, value));
-                    }
-                }
-                Ok(Entries(out))
+/// Reads a payload's fields as spans of its text: one pass, one allocation.
+struct Fields<'a> {
+    src: &'a str,
+}
+
+impl Fields<'_> {
+    fn span(&self, s: &str) -> Range<usize> {
+        let start = s.as_ptr() as usize - self.src.as_ptr() as usize;
+        start..start + s.len()
+    }
+
+    fn key<'t>(&'t self, t: &'t Text) -> &'t str {
+        match t {
+            Text::Src(r) => &self.src[r.clone()],
+            Text::Owned(k) => k,
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Fields<'de> {
+    type Value = Vec<(Text, Text)>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Fields<'de> {
+    type Value = Vec<(Text, Text)>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self::Value, A::Error> {
+        // Sidekiq's payloads have 7 fields; retried ones a few more.
+        let mut out: Vec<(Text, Text)> = Vec::with_capacity(8);
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            let value = Text::Src(self.span(map.next_value::<&'de RawValue>()?.get()));
+            // A repeated key keeps its first position and its last value, as Ruby's JSON.parse does.
+            if let Some(slot) = out.iter_mut().find(|(k, _)| self.key(k) == key) {
+                slot.1 = value;
+            } else {
+                let key = match key {
+                    Cow::Borrowed(k) => Text::Src(self.span(k)),
+                    Cow::Owned(k) => Text::Owned(k),
+                };
+                out.push((key, value));
             }
         }
-        d.deserialize_map(V)
+        Ok(out)
     }
 }
 
@@ -275,23 +298,10 @@ impl Payload {
 
     /// Like [`Payload::parse`], handing the text back on error (to bury it as it was).
     pub fn try_parse(src: String) -> std::result::Result<Self, (KiqError, String)> {
-        let base = src.as_ptr() as usize;
-        let span = |s: &str| {
-            let start = s.as_ptr() as usize - base;
-            start..start + s.len()
-        };
-        let entries = match serde_json::from_str::<Entries<'_>>(&src) {
-            Ok(parsed) => parsed
-                .0
-                .into_iter()
-                .map(|(k, v)| {
-                    let key = match k {
-                        Cow::Borrowed(k) => Text::Src(span(k)),
-                        Cow::Owned(k) => Text::Owned(k),
-                    };
-                    (key, Text::Src(span(v.get())))
-                })
-                .collect(),
+        let mut de = serde_json::Deserializer::from_str(&src);
+        let fields = Fields { src: &src };
+        let entries = match fields.deserialize(&mut de).and_then(|e| de.end().map(|()| e)) {
+            Ok(entries) => entries,
             Err(e) => {
                 return Err((KiqError::codec(format!("job payload is not a JSON object: {e}")), src));
             }
@@ -381,7 +391,16 @@ impl Payload {
 
     /// A top-level field that is a JSON string, decoded.
     pub fn string(&self, key: &str) -> Option<String> {
-        self.parsed::<String>(key)
+        let text = self.get(key)?;
+        // The text is valid JSON (parsed whole, or written by `set`): a string
+        // without escapes is exactly what its quotes enclose. Most jids and
+        // class names take this path, read once per fetched job.
+        if let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"'))
+            && !inner.contains('\\')
+        {
+            return Some(inner.to_owned());
+        }
+        serde_json::from_str(text).ok()
     }
 
     /// `class`, when it is a string.
@@ -517,6 +536,17 @@ mod tests {
         assert!(Payload::parse("[1,2]").is_err());
         assert!(Payload::parse("not json").is_err());
         assert!(Payload::parse(r#"{"a":1"#).is_err());
+        assert!(Payload::parse(r#"{"a":1} x"#).is_err(), "trailing text");
+    }
+
+    #[test]
+    fn string_fields_decode_escapes_and_refuse_other_types() {
+        let p = Payload::parse(r#"{"class":"A\"B\u00e9","jid":"plain","queue":7,"x":"","y":"\\"}"#).unwrap();
+        assert_eq!(p.class().as_deref(), Some("A\"B\u{e9}"));
+        assert_eq!(p.jid().as_deref(), Some("plain"));
+        assert_eq!(p.string("queue"), None);
+        assert_eq!(p.string("x").as_deref(), Some(""));
+        assert_eq!(p.string("y").as_deref(), Some("\\"));
     }
 
     #[test]
