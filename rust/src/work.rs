@@ -159,6 +159,16 @@ mod tests {
     }
 
     #[test]
+    fn a_start_instant_becomes_epoch_seconds() {
+        let set = WorkSet::default();
+        let now = timestamp::now();
+        let at = set.epoch_secs(Instant::now());
+        assert!((at as f64 - now).abs() <= 1.0, "{at} vs {now}");
+        let later = set.epoch_secs(Instant::now() + std::time::Duration::from_secs(90));
+        assert!((89..=91).contains(&(later - at)), "{later} - {at}");
+    }
+
+    #[test]
     fn cancelling_marks_the_running_job() {
         let set = WorkSet::default();
         let w = |jid: &str| Work {
