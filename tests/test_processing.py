@@ -192,3 +192,49 @@ def test_after_many_short_jobs_a_slow_one_does_not_hold_up_the_next(make_app, re
         wait_for(lambda: r.llen(f"kiq:wip|{app.identity}|default") == 0, what="both done")
         app.enqueue_bulk(quick, [[i] for i in range(100)], sync=True)  # short again
         wait_for(lambda: r.llen("queue:default") == 0, what="short jobs")
+
+
+def test_a_mixed_burst_runs_each_job_once_as_the_current_job(make_app, r):
+    """Plain jobs of a burst run from the core (``kiq._kiq.run_ready``); jobs
+    that raise, jobs of an unknown class and jobs with an expiry go back to
+    the Python loop in the middle of it. Each job runs once, as the current
+    job; the failures are counted, the unknown class goes to the retry set,
+    and nothing stays in a queue or the in-progress list."""
+    from kiq import current_job
+
+    ran: Counter[str] = Counter()
+    mismatched: list[tuple[str, str | None]] = []
+    lock = threading.Lock()
+
+    @worker(name="Plain", retry=False)
+    def plain(n: int) -> None:
+        job = current_job()
+        with lock:
+            ran[job.jid if job else "?"] += 1
+        if n % 50 == 7:
+            raise ValueError(f"job {n} fails")
+
+    class Checked(Worker, name="Checked"):
+        def perform(self, n: int) -> None:
+            job = current_job()
+            with lock:
+                ran[self.jid] += 1
+                if job is None or job.jid != self.jid:
+                    mismatched.append((self.jid, job.jid if job else None))
+
+    app = make_app(queues={"default": 5}, workers=[plain, Checked])
+    jids = app.enqueue_bulk(plain, [[i] for i in range(600)])
+    jids += app.enqueue_bulk(Checked, [[i] for i in range(300)])
+    jids += [app.enqueue(Job("Plain", args=(1000 + i,), retry=False, expires_in=600)) for i in range(20)]
+    unknown = [app.enqueue(Job("NoSuchWorker", args=(i,))) for i in range(5)]
+    app.start()
+    failing = sum(1 for n in [*range(600), *range(1000, 1020)] if n % 50 == 7)
+    total = len(jids) + len(unknown)
+    wait_for(lambda: r.get("stat:processed") == str(total), timeout=30, what="every job processed")
+    assert r.get("stat:failed") == str(failing + len(unknown))
+    assert sorted(ran) == sorted(jids) and set(ran.values()) == {1}, "each job exactly once, as the current job"
+    assert mismatched == []
+    retried = [json.loads(m) for m in r.zrange("retry", 0, -1)]
+    assert sorted(p["jid"] for p in retried) == sorted(unknown)
+    wait_for(lambda: r.llen(f"kiq:wip|{app.identity}|default") == 0, what="the in-progress list empty")
+    assert r.llen("queue:default") == 0

@@ -70,6 +70,7 @@ __all__ = [
     "encode_job",
     "new_jid",
     "read_envelope",
+    "run_ready",
     "runtime_started",
     "set_log_level",
     "unwrap_active_job",
@@ -495,6 +496,19 @@ class Crontab:
     def __eq__(self, value: object, /) -> bool: ...
     def __hash__(self) -> int: ...
 
+def run_ready(
+    server: Server,
+    lane: int,
+    runners: dict[str, Callable[[list[Any], str, dict[str, Any] | None], Any]],
+    set_current: Callable[[Delivery], Any],
+    reset_current: Callable[[Any], Any],
+    limit: int,
+) -> tuple[Delivery | None, Any, BaseException | None] | None:
+    """Runs up to ``limit`` ready jobs of queue number ``lane`` whose class is
+    in ``runners``, each as the current job. None once none is ready or
+    ``limit`` ran; ``(None, None, None)`` when the server stops; ``(delivery,
+    None, None)`` for a started job the caller runs itself; ``(delivery,
+    token, exception)`` for a job that raised, still current."""
 def encode_backtrace(lines: list[str]) -> str:
     """Encodes backtrace lines as Sidekiq's ``error_backtrace`` (JSON, zlib, Base64)."""
 

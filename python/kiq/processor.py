@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 __all__ = ["HardLimits", "Processor", "Registered", "register"]
 
+#: Jobs a thread runs from the core per call of ``run_ready`` at most.
+READY_BATCH = 64
+
 logger = logging.getLogger("kiq")
 
 UNREADABLE_MESSAGE = "!!! ERROR MESSAGE THREW AN ERROR !!!"
@@ -273,9 +276,19 @@ class Processor:
         reset_current = _current.reset
         _server.set(server)  # this thread's context: what current_job().cancelled asks
         _app.set(self.app)  # and where current_job().batch pushes
+        # Ready jobs of sync workers run from the core (kiq._kiq.run_ready)
+        # while nothing observes them: no reporter, no tracing, no INFO log
+        # (checked once per call, so a level raised meanwhile is seen within
+        # READY_BATCH jobs). The rest come back to this loop.
+        plain = {name: run for name, run in runners.items() if name not in async_timeouts}
+        run_ready = _kiq.run_ready if isinstance(server, _kiq.Server) and plain and not observe else None
+        info = logging.INFO
         while True:
+            ran = None
             try:
-                d = next_job(lane)
+                if run_ready is not None and not enabled(info):
+                    ran = run_ready(server, lane, plain, set_current, reset_current, READY_BATCH)
+                d = next_job(lane) if ran is None else ran[0]
             except Shutdown:
                 raise
             except BaseException as exc:  # noqa: BLE001 - the thread must outlive any one job
@@ -286,8 +299,13 @@ class Processor:
                 continue
             if d is None:
                 return
-            token = set_current(d)
+            token = ran[1] if ran is not None and ran[1] is not None else set_current(d)
             try:
+                if ran is not None and ran[1] is not None:
+                    # It ran in the core and raised; it is still the current job.
+                    if not settle(d, ran[2]):
+                        return
+                    continue
                 expires_at = d.expires_at
                 if expires_at is not None and time.time() > expires_at:
                     self.expired(d)

@@ -16,6 +16,7 @@ mod jobspec;
 mod limiter;
 mod marshal;
 mod options;
+mod runloop;
 mod server;
 mod worker;
 
@@ -49,6 +50,8 @@ mod _kiq {
     use super::fate::Fate;
     #[pymodule_export]
     use super::limiter::{Grant, Limiter, LimiterState, Throttle, limiter_states};
+    #[pymodule_export]
+    use super::runloop::run_ready;
     #[pymodule_export]
     use super::server::{Delivery, Server};
     #[pymodule_export]

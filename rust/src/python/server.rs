@@ -35,9 +35,9 @@ pub struct Delivery {
     inner: Mutex<Option<lane::Delivery>>,
     /// The job's `class` as written by its producer.
     #[pyo3(get)]
-    class_name: Py<PyString>,
+    pub(super) class_name: Py<PyString>,
     #[pyo3(get)]
-    jid: Py<PyString>,
+    pub(super) jid: Py<PyString>,
     /// The queue the job was fetched from.
     #[pyo3(get)]
     queue: Py<PyString>,
@@ -46,19 +46,19 @@ pub struct Delivery {
     lane: usize,
     /// Epoch seconds after which the job must not start (`expires_at`), if any.
     #[pyo3(get)]
-    expires_at: Option<f64>,
+    pub(super) expires_at: Option<f64>,
     /// The decoded arguments.
     #[pyo3(get)]
-    args: Py<PyList>,
+    pub(super) args: Py<PyList>,
     /// Keyword arguments (a Ruby ActiveJob job's keywords); None for Sidekiq jobs.
     #[pyo3(get)]
-    kwargs: Option<Py<PyDict>>,
+    pub(super) kwargs: Option<Py<PyDict>>,
     /// On a batch callback job, its event ("success", "complete", "death"); else None.
     #[pyo3(get)]
-    batch_event: Option<&'static str>,
+    pub(super) batch_event: Option<&'static str>,
     /// The job's batch was invalidated: it is to be skipped (`Server.skip`), not run.
     #[pyo3(get)]
-    batch_invalidated: bool,
+    pub(super) batch_invalidated: bool,
 }
 
 impl Delivery {
@@ -179,6 +179,104 @@ pub struct Server {
     /// Expired jobs are handed to Python (its reporters want to hear of them)
     /// rather than dropped in the core.
     expired_to_python: std::sync::atomic::AtomicBool,
+}
+
+/// What became of a job taken from a lane on its way to a Python thread.
+// Returned once per job and unpacked at once; boxing would allocate per job.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Prepared {
+    /// Started, its arguments decoded: run it.
+    Ready(Delivery),
+    /// Dropped (it expired) or parked (a keyed throttle): take the next.
+    Next,
+    /// The server is stopping: the job went back, and the thread stops.
+    Stop,
+}
+
+impl Server {
+    /// The lane of queue number `lane`.
+    pub(super) fn lane(&self, lane: usize) -> PyResult<Arc<lane::Lane>> {
+        Ok(py_result(self.inner.lane(lane))?.clone())
+    }
+
+    /// A job just taken, made ready to run: an expired one is dropped, a
+    /// keyed throttle and the isolation gate are passed (waiting without the
+    /// GIL if need be), then it starts and its arguments become Python objects.
+    pub(super) fn prepare(&self, py: Python<'_>, d: lane::Delivery) -> PyResult<Prepared> {
+        let d = if self.expired_to_python.load(Ordering::Relaxed) {
+            d
+        } else {
+            match self.inner.unexpired(d) {
+                Some(d) => d,
+                None => return Ok(Prepared::Next),
+            }
+        };
+        let mut d = match self.throttle_keys.get(&d.class).filter(|_| self.inner.keyed_throttle(&d.class)) {
+            // A keyed throttle: the key here, where the GIL is held already; the check without it.
+            Some(key_fn) => {
+                let key = super::limiter::throttle_key(py, key_fn.bind(py), &d);
+                let inner = self.inner.clone();
+                match py.detach(move || inner.admit_keyed(d, key)) {
+                    Some(d) => d,
+                    // Parked (or failed): this thread takes the next job.
+                    None => return Ok(Prepared::Next),
+                }
+            }
+            None => d,
+        };
+        if !self.inner.try_admit(&mut d) {
+            let inner = self.inner.clone();
+            let (admission, back) = py.detach(move || (inner.admit(&mut d), d));
+            d = back;
+            if admission == crate::isolation::Admission::Stopping {
+                self.inner.give_back(&mut d);
+                return Ok(Prepared::Stop);
+            }
+        }
+        self.inner.begin(&mut d);
+        // The core parsed and checked the arguments at fetch (and decrypted an
+        // encrypted job's last one); only a MemoryError can fail here. Never
+        // strand the job if one does.
+        let decoded = super::marshal::delivery_args(py, &d).map(Bound::unbind).and_then(|args| {
+            let kwargs = match &d.kwargs {
+                Some(k) => Some(value_to_py(py, k)?.cast_into::<PyDict>()?.unbind()),
+                None => None,
+            };
+            Ok((args, kwargs))
+        });
+        let (args, kwargs) = match decoded {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                self.inner.fail(
+                    d,
+                    &Failure {
+                        error_class: crate::fetch::INVALID_JOB_ERROR.into(),
+                        error_message: format!("its arguments could not be turned into Python objects: {e}"),
+                        ..Default::default()
+                    },
+                );
+                return Err(e);
+            }
+        };
+        Ok(Prepared::Ready(Delivery {
+            kwargs,
+            batch_event: d.batch.as_ref().and_then(|b| b.callback).map(crate::batches::Event::as_str),
+            batch_invalidated: d.batch_invalidated,
+            class_name: PyString::new(py, &d.class).unbind(),
+            jid: PyString::new(py, &d.jid).unbind(),
+            queue: self.names[d.queue].clone_ref(py),
+            lane: d.lane,
+            expires_at: d.expires_at,
+            args,
+            inner: Mutex::new(Some(d)),
+        }))
+    }
+
+    /// The job succeeded (`complete`).
+    pub(super) fn completed(&self, delivery: &Delivery) -> PyResult<()> {
+        self.inner.complete(delivery.take()?);
+        Ok(())
+    }
 }
 
 #[pymethods]
@@ -310,8 +408,8 @@ impl Server {
     /// `timeout` seconds, forever when None. None once the server stops.
     #[pyo3(signature = (lane, timeout = None))]
     fn next_job(&self, py: Python<'_>, lane: usize, timeout: Option<f64>) -> PyResult<Option<Delivery>> {
-        let l = py_result(self.inner.lane(lane))?.clone();
-        let mut d = loop {
+        let l = self.lane(lane)?;
+        loop {
             // A ready job is taken without releasing the GIL: no thread switch.
             let d = if let Some(d) = l.try_take() {
                 d
@@ -327,71 +425,12 @@ impl Server {
                     Take::Closed | Take::TimedOut => return Ok(None),
                 }
             };
-            let d = if self.expired_to_python.load(Ordering::Relaxed) {
-                d
-            } else {
-                match self.inner.unexpired(d) {
-                    Some(d) => d,
-                    None => continue,
-                }
-            };
-            // A keyed throttle: the key here, where the GIL is held already; the check without it.
-            let Some(key_fn) = self.throttle_keys.get(&d.class).filter(|_| self.inner.keyed_throttle(&d.class)) else {
-                break d;
-            };
-            let key = super::limiter::throttle_key(py, key_fn.bind(py), &d);
-            let inner = self.inner.clone();
-            if let Some(d) = py.detach(move || inner.admit_keyed(d, key)) {
-                break d;
-            }
-            // Parked (or failed): this thread takes the next job.
-        };
-        if !self.inner.try_admit(&mut d) {
-            let inner = self.inner.clone();
-            let (admission, back) = py.detach(move || (inner.admit(&mut d), d));
-            d = back;
-            if admission == crate::isolation::Admission::Stopping {
-                self.inner.give_back(&mut d);
-                return Ok(None);
+            match self.prepare(py, d)? {
+                Prepared::Ready(d) => return Ok(Some(d)),
+                Prepared::Next => {}
+                Prepared::Stop => return Ok(None),
             }
         }
-        self.inner.begin(&mut d);
-        // The core parsed and checked the arguments at fetch (and decrypted an
-        // encrypted job's last one); only a MemoryError can fail here. Never
-        // strand the job if one does.
-        let decoded = super::marshal::delivery_args(py, &d).map(Bound::unbind).and_then(|args| {
-            let kwargs = match &d.kwargs {
-                Some(k) => Some(value_to_py(py, k)?.cast_into::<PyDict>()?.unbind()),
-                None => None,
-            };
-            Ok((args, kwargs))
-        });
-        let (args, kwargs) = match decoded {
-            Ok(decoded) => decoded,
-            Err(e) => {
-                self.inner.fail(
-                    d,
-                    &Failure {
-                        error_class: crate::fetch::INVALID_JOB_ERROR.into(),
-                        error_message: format!("its arguments could not be turned into Python objects: {e}"),
-                        ..Default::default()
-                    },
-                );
-                return Err(e);
-            }
-        };
-        Ok(Some(Delivery {
-            kwargs,
-            batch_event: d.batch.as_ref().and_then(|b| b.callback).map(crate::batches::Event::as_str),
-            batch_invalidated: d.batch_invalidated,
-            class_name: PyString::new(py, &d.class).unbind(),
-            jid: PyString::new(py, &d.jid).unbind(),
-            queue: self.names[d.queue].clone_ref(py),
-            lane: d.lane,
-            expires_at: d.expires_at,
-            args,
-            inner: Mutex::new(Some(d)),
-        }))
     }
 
     /// Whether expired jobs reach Python (to be reported, then `expire`d) or
@@ -414,8 +453,7 @@ impl Server {
 
     /// The job succeeded. Returns at once; the result is written in a batch.
     fn complete(&self, delivery: &Delivery) -> PyResult<()> {
-        self.inner.complete(delivery.take()?);
-        Ok(())
+        self.completed(delivery)
     }
 
     /// Whether a failure of this job keeps a backtrace (its own `backtrace`
