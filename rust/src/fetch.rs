@@ -524,7 +524,7 @@ impl Fetcher {
         if batch.is_none() && payload.contains(field::BID) {
             self.watch.note_foreign(&payload, &self.queues[source.index].0);
         }
-        let wrapped = payload.get(field::WRAPPED).and_then(|w| serde_json::from_str::<String>(w).ok());
+        let wrapped = payload.string(field::WRAPPED);
         let mut d = Delivery::new(self.lane_index, source.index, payload, class, jid, args);
         d.wrapped = wrapped.map(String::into_boxed_str);
         d.pos = pos;

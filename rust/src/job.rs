@@ -204,6 +204,16 @@ enum Text {
     Owned(String),
 }
 
+impl Text {
+    /// The text, given the source it may be a slice of.
+    fn of<'a>(&'a self, src: &'a str) -> &'a str {
+        match self {
+            Self::Src(r) => &src[r.clone()],
+            Self::Owned(s) => s,
+        }
+    }
+}
+
 /// A decoded job payload that re-encodes without disturbing what it did not change.
 #[derive(Debug, Clone)]
 pub struct Payload {
@@ -249,13 +259,6 @@ impl Fields<'_> {
         let start = s.as_ptr() as usize - self.src.as_ptr() as usize;
         start..start + s.len()
     }
-
-    fn key<'t>(&'t self, t: &'t Text) -> &'t str {
-        match t {
-            Text::Src(r) => &self.src[r.clone()],
-            Text::Owned(k) => k,
-        }
-    }
 }
 
 impl<'de> DeserializeSeed<'de> for Fields<'de> {
@@ -276,7 +279,7 @@ impl<'de> Visitor<'de> for Fields<'de> {
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             let value = Text::Src(self.span(map.next_value::<&'de RawValue>()?.get()));
             // A repeated key keeps its first position and its last value, as Ruby's JSON.parse does.
-            if let Some(slot) = out.iter_mut().find(|(k, _)| self.key(k) == key) {
+            if let Some(slot) = out.iter_mut().find(|(k, _)| k.of(self.src) == key) {
                 slot.1 = value;
             } else {
                 let key = match key {
@@ -309,21 +312,13 @@ impl Payload {
         Ok(Self { src, entries })
     }
 
-    /// The text this payload was parsed from, without copying.
-    pub fn into_source(self) -> String {
-        self.src
-    }
-
     /// The JSON text this payload was parsed from, byte for byte.
     pub fn source(&self) -> &str {
         &self.src
     }
 
     fn text<'a>(&'a self, t: &'a Text) -> &'a str {
-        match t {
-            Text::Src(r) => &self.src[r.clone()],
-            Text::Owned(s) => s,
-        }
+        t.of(&self.src)
     }
 
     fn position(&self, key: &str) -> Option<usize> {
