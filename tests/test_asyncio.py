@@ -8,6 +8,8 @@ import threading
 import time
 from collections import Counter
 
+import pytest
+
 from kiq import Job, Worker, worker
 from support import wait_for
 
@@ -122,6 +124,37 @@ def test_the_async_client(make_app, r):
 
     jids = asyncio.run(main())
     assert len(jids) == 3 and r.llen("queue:default") == 3
+
+
+@pytest.mark.parametrize("prefetch", [200, "auto"])
+def test_prefetched_async_jobs_wait_for_a_slot(make_app, r, prefetch):
+    """Held (prefetched) jobs of an app of async workers start only as running ones end:
+    its one thread per queue hands jobs to the loop without waiting for them, yet no
+    more than the concurrency run at once, and each job runs once. With "auto", quick
+    jobs first (the queue turns short and prefetches), then slow ones."""
+    lock = threading.Lock()
+    running, peak, seen = [0], [0], Counter()
+
+    @worker(name="Napper")
+    async def napper(n: int) -> None:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            seen[n] += 1
+        await asyncio.sleep(0.005 if n >= 0 else 0)
+        with lock:
+            running[0] -= 1
+
+    app = make_app(queues={"default": 5}, workers=[napper], prefetch=prefetch)
+    quick = [] if prefetch != "auto" else app.enqueue_bulk(napper, [[-1 - i] for i in range(2000)])
+    jids = quick + app.enqueue_bulk(napper, [[i] for i in range(300)])
+    app.start()
+    wait_for(lambda: sum(seen.values()) >= len(jids) and running[0] == 0, timeout=60, what="every job ran")
+    app.stop(timeout=5)
+    assert peak[0] == 5, f"at most the concurrency at once, and reached: {peak[0]}"
+    assert sorted(seen) == sorted(range(-len(quick), 300)) and set(seen.values()) == {1}, "each ran once"
+    assert r.llen("queue:default") == 0 and r.keys("kiq:wip|*") == []
+    wait_for(lambda: r.get("stat:processed") == str(len(jids)), what="stats")
 
 
 def test_an_app_of_async_workers_runs_a_queues_full_concurrency_on_one_thread(make_app, r):

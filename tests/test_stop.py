@@ -366,9 +366,10 @@ def test_jobs_held_when_they_turn_slow_go_back_to_their_queue_for_other_processe
     assert r.llen("queue:default") == 0 and r.keys("kiq:wip|*") == []
 
 
-def test_auto_prefetch_is_off_for_slow_jobs_and_with_async_workers(make_app, r):
-    """Slow jobs, and a process with an async worker: only what the threads can start now is
-    taken, as Sidekiq does."""
+def test_auto_prefetch_is_off_for_slow_jobs_and_on_with_async_workers(make_app, r):
+    """Slow jobs: only what the threads can start now is taken, as Sidekiq does. A process
+    with an async worker prefetches short jobs too (held jobs wait for a slot:
+    test_asyncio.py checks the concurrency holds)."""
     release = threading.Event()
 
     class Hold(Worker, name="AutoHoldOnly"):
@@ -392,7 +393,8 @@ def test_auto_prefetch_is_off_for_slow_jobs_and_with_async_workers(make_app, r):
         async def perform(self) -> None:
             pass
 
-    assert _auto_prefetch_run(make_app, r, extra_workers=[Later]) <= 2, "no prefetch with an async worker"
+    most = _auto_prefetch_run(make_app, r, extra_workers=[Later])
+    assert 2 < most <= 2 + 1024, most
 
 
 def test_auto_prefetch_is_off_with_a_throttled_worker(make_app, r):

@@ -289,6 +289,11 @@ class Client:
 class Delivery:
     """One job handed to a Python thread."""
 
+    def clock_start(self) -> None:
+        """An async job's coroutine starts now: its run time counts from here."""
+    def clock_stop(self) -> None:
+        """An async job's coroutine returned or raised: its run time ends here."""
+
     @property
     def class_name(self) -> str: ...
     @property

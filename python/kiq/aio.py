@@ -3,8 +3,9 @@
 A worker thread that takes an async job hands its coroutine to the loop and
 goes on to its next job at once; the loop settles the job when it ends. So
 the loop runs many jobs per iteration and no thread waits per job. A queue's
-concurrency still bounds its async jobs: the core fetches only for jobs not
-finished, and an async job finishes when the loop settles it. Hand-offs are
+concurrency still bounds its async jobs: a thread takes a job only while
+fewer than the concurrency of its queue's jobs run (the core's lane counts
+them), and an async job ends when the loop settles it. Hand-offs are
 batched: threads append to one list and wake the loop only when it was not
 woken already. At a stop the threads wait for the loop's jobs (as they would
 for their own); at the deadline the jobs still running are cancelled and
@@ -29,7 +30,7 @@ from typing import Any
 
 from kiq.errors import JobCancelledError, JobTimeoutError
 
-__all__ = ["AsyncRunner"]
+__all__ = ["AsyncRunner", "clocked"]
 
 #: Whether ``asyncio.Task`` takes ``eager_start`` (Python 3.12+).
 EAGER = sys.version_info >= (3, 12)
@@ -164,6 +165,19 @@ class AsyncRunner:
         self._thread.join(5)
         if not self._thread.is_alive():
             self.loop.close()
+
+
+async def clocked(d: Any, coro: Coroutine[Any, Any, Any]) -> Any:
+    """Runs an async job's coroutine with its run time measured from its first
+    step to its end (``d``: its ``kiq._kiq.Delivery``), not from the hand-off
+    to the loop: the time spent queued for the loop is not the job's, as a
+    sync job's wait for the GIL before it starts is not. Its queue's
+    automatic prefetch judges from this whether its jobs are short."""
+    d.clock_start()
+    try:
+        return await coro
+    finally:
+        d.clock_stop()
 
 
 async def _timed(coro: Coroutine[Any, Any, Any], timeout: float) -> Any:

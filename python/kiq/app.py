@@ -141,14 +141,13 @@ class Kiq(Running, Enqueueing):
             8 kB); once they are slower, none (Sidekiq's behaviour: a
             process takes only jobs a thread can start now): threads asleep
             take the held jobs, and those left once every thread is busy go
-            back to their queue; and none in a
-            process with an ``async def`` worker or a throttle. ``0`` never prefetches;
-            ``N`` always fetches up to N more. The cost: those jobs wait here
+            back to their queue; and none in a process with a throttle.
+            ``0`` never prefetches; ``N`` always fetches up to N more. Held
+            jobs start only while fewer than the concurrency run, async
+            ones too. The cost: those jobs wait here
             even if another process is idle, and a crash hands them back as it
             does running ones (they had not started). A fixed N is refused
-            with throttled workers (a fetched job takes its throttle's slot);
-            with ``async def`` workers it raises how many run at once (an
-            async job starts as soon as a thread takes it).
+            with throttled workers (a fetched job takes its throttle's slot).
         max_jobs: recycle the process after it finished this many jobs: it
             quiets and stops gracefully (``run()`` returns, ``kiq run``
             exits 0) for its supervisor to start a fresh one; a cure for

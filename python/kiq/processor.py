@@ -19,7 +19,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kiq import _kiq
-from kiq.aio import AsyncRunner
+from kiq.aio import AsyncRunner, clocked
 from kiq.errors import JobCancelledError, JobTimeoutError, OverLimit, Shutdown, UnknownWorkerError
 from kiq.batch import BatchStatus
 from kiq.logs import _app, _current, _server
@@ -322,7 +322,7 @@ class Processor:
                 args = d.args if d.batch_event is None else callback_args(d.args)
                 if name in async_timeouts:
                     try:
-                        coro = run(args, d.jid, d.kwargs)
+                        coro = clocked(d, run(args, d.jid, d.kwargs))
                         if tracing is not None:
                             coro = _traced(tracing, d, coro)
                     except BaseException as exc:  # noqa: BLE001 - calling an async worker can raise too

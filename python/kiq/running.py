@@ -387,12 +387,12 @@ class Running:
                          where)
 
     def _prefetch(self) -> int | None:
-        """The core's prefetch: a number, or None for the automatic one. Off
-        with an async worker: a thread starts an async job as soon as it takes
-        it, so jobs held for threads would run at once, past the concurrency."""
+        """The core's prefetch: a number, or None for the automatic one. Held
+        jobs wait in the core until fewer than the concurrency run, async ones
+        too (a thread hands an async job to the loop and takes the next)."""
         if self.prefetch != "auto":
             return int(self.prefetch)
-        return 0 if any(w.is_async for w in self._workers.values()) else None
+        return None
 
     def _start_reporters(self) -> list[ReporterThread]:
         """A thread per reporter (and one for instrumentation handlers), started."""

@@ -28,6 +28,16 @@
 //! several lanes, a thread woken for short jobs passes the wake-up on only
 //! once it has the GIL ([`Lane::resumed`]), so one thread per lane at a time
 //! queues for it.
+//!
+//! A lane never runs more than its concurrency at once: a thread takes a job
+//! only while fewer than `concurrency` of the lane's jobs are taken and not
+//! finished. A thread that runs its job holds one of those slots anyway; the
+//! rule matters for async jobs, which a thread hands to the event loop and
+//! then takes the next, so held (prefetched) jobs wait here for a slot
+//! instead of running past the concurrency. Such a thread sleeps on its own
+//! condvar (`slot`) and is woken as jobs finish: after a quarter of the
+//! slots while jobs are short (one wake-up, and one GIL hand-off, starts
+//! several), else after each.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
@@ -62,8 +72,11 @@ pub struct Delivery {
     /// Sidekiq's metrics count it; read at fetch, off the thread that runs it.
     pub wrapped: Option<Box<str>>,
     pub jid: String,
-    /// When a thread started it.
+    /// When a thread started it (for an async job: when its coroutine started).
     pub started: Option<Instant>,
+    /// How long an async job's coroutine ran, from its start to its return
+    /// (it is settled later, on the loop's next round); None for others.
+    pub took: Option<Duration>,
     /// Epoch seconds after which it must not start (`expires_at`).
     pub expires_at: Option<f64>,
     /// A unique job's lock key and when it is released.
@@ -106,6 +119,7 @@ impl Delivery {
             wrapped: None,
             jid,
             started: None,
+            took: None,
             expires_at: None,
             lock: None,
             args,
@@ -209,6 +223,12 @@ pub struct Lane {
     prefetch: Prefetch,
     ready: Mutex<Ready>,
     cond: Condvar,
+    /// Where threads wait for a free slot ([`Wait::Slot`]).
+    slot: Condvar,
+    /// Jobs taken and not finished: at most `concurrency`.
+    running: AtomicUsize,
+    /// Threads asleep on `slot`, read by [`Lane::finish`] without the lock.
+    slot_waiters: AtomicUsize,
     /// How many jobs `ready` holds, as of its last change: a finishing job
     /// reads it without taking the lock the threads take jobs under.
     ready_len: AtomicUsize,
@@ -245,6 +265,9 @@ impl Lane {
             prefetch: Prefetch::Fixed(0),
             ready: Mutex::new(Ready::default()),
             cond: Condvar::new(),
+            slot: Condvar::new(),
+            running: AtomicUsize::new(0),
+            slot_waiters: AtomicUsize::new(0),
             ready_len: AtomicUsize::new(0),
             out: AtomicUsize::new(0),
             threads: AtomicUsize::new(usize::MAX),
@@ -370,16 +393,34 @@ impl Lane {
         None
     }
 
-    /// A ready job, without waiting.
+    /// A ready job, without waiting (none while `concurrency` jobs run).
     pub fn try_take(&self) -> Option<Delivery> {
         let mut ready = self.lock();
-        let job = ready.jobs.pop_front();
+        let job = self.pop(&mut ready);
         if job.is_some() {
-            self.ready_len.store(ready.jobs.len(), Ordering::Release);
-            ready.takes += 1;
             self.drained(&ready);
         }
         job
+    }
+
+    /// The next ready job, if one may start now (a slot is free): counted as running.
+    fn pop(&self, ready: &mut Ready) -> Option<Delivery> {
+        // Taken only under the lock, so `running` cannot pass the concurrency
+        // between this check and the increment (finishes only lower it).
+        if self.running.load(Ordering::Acquire) >= self.concurrency {
+            return None;
+        }
+        let job = ready.jobs.pop_front()?;
+        self.running.fetch_add(1, Ordering::AcqRel);
+        self.ready_len.store(ready.jobs.len(), Ordering::Release);
+        ready.takes += 1;
+        Some(job)
+    }
+
+    /// How many slots must be free before a thread waiting for one is woken:
+    /// a quarter of them while jobs are short, so one wake-up starts several.
+    fn slot_batch(&self) -> usize {
+        if self.short_jobs() { (self.concurrency / 4).max(1) } else { 1 }
     }
 
     /// After a job is taken: once none is ready, the fetcher must not wait for more slots.
@@ -404,9 +445,7 @@ impl Lane {
         // A standby whose poll saw jobs taken: the busy threads come back, so it sleeps on.
         let mut leave = false;
         loop {
-            if let Some(job) = if leave { None } else { ready.jobs.pop_front() } {
-                self.ready_len.store(ready.jobs.len(), Ordering::Release);
-                ready.takes += 1;
+            if let Some(job) = if leave { None } else { self.pop(&mut ready) } {
                 if self.shares_gil {
                     ready.pending += 1;
                 }
@@ -427,6 +466,10 @@ impl Lane {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if left.is_some_and(|l| l.is_zero()) {
                 return Take::TimedOut;
+            }
+            if !leave && !ready.jobs.is_empty() {
+                ready = self.wait_for_slot(ready, left);
+                continue;
             }
             ready.waiting += 1;
             let standby =
@@ -450,6 +493,25 @@ impl Lane {
             // holds, while that thread runs the jobs behind this one.
             leave = standby && timed_out && ready.takes != takes;
         }
+    }
+
+    /// Jobs are ready but `concurrency` of the lane's jobs run: sleeps until
+    /// [`Lane::finish`] frees slots (or `left` passes, or the lane closes).
+    fn wait_for_slot<'a>(&'a self, ready: MutexGuard<'a, Ready>, left: Option<Duration>) -> MutexGuard<'a, Ready> {
+        // Counted before `running` is read again, and `finish` lowers `running`
+        // before it reads the count: one of the two sees the other's change.
+        self.slot_waiters.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let ready = if self.running.load(Ordering::SeqCst) < self.concurrency || ready.closed {
+            ready
+        } else {
+            match left {
+                None => self.slot.wait(ready).unwrap_or_else(PoisonError::into_inner),
+                Some(left) => self.slot.wait_timeout(ready, left).unwrap_or_else(PoisonError::into_inner).0,
+            }
+        };
+        self.slot_waiters.fetch_sub(1, Ordering::SeqCst);
+        ready
     }
 
     /// The thread that got a job from [`Lane::take`] runs Python again (it
@@ -555,11 +617,18 @@ impl Lane {
     /// hand-off and Redis a fetch for one or two jobs.
     pub fn finish(&self) {
         let _ = self.out.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        let was = self.running.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).unwrap_or(0);
         // `out` drops before the count is read, and a thread emptying the
         // ready jobs stores the count before it reads `out` ([`Lane::drained`]),
         // each with a fence between: one of the two sees the other's change
-        // and wakes the fetcher.
+        // and wakes the fetcher. The same for `running` and a thread about
+        // to wait for a slot ([`Lane::wait_for_slot`]).
         fence(Ordering::SeqCst);
+        if self.slot_waiters.load(Ordering::SeqCst) > 0 && self.concurrency + 1 - was.max(1) >= self.slot_batch() {
+            // Through the lock: a thread between its check and its sleep holds it.
+            drop(self.lock());
+            self.slot.notify_one();
+        }
         if self.free() >= self.capacity().div_ceil(4) || self.ready_len.load(Ordering::Relaxed) == 0 {
             self.demand.notify_one();
         }
@@ -575,6 +644,7 @@ impl Lane {
         drop(ready);
         let _ = self.out.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(left.len())));
         self.cond.notify_all();
+        self.slot.notify_all();
         self.demand.notify_one();
         left
     }
@@ -913,6 +983,61 @@ mod tests {
         let (seen, got) = offered_to_sleepers(&lane);
         assert_eq!(seen, (0, 0));
         assert_eq!(got, vec!["j0", "j1", "j2"]);
+    }
+
+    #[test]
+    fn no_more_jobs_start_than_the_concurrency() {
+        // A thread that hands its jobs off (async) takes until 3 run, then waits for a slot.
+        let lane = Arc::new(Lane::new("q", 3).prefetching(Prefetch::Fixed(7)));
+        lane.offer((0..10).map(job).collect());
+        for _ in 0..3 {
+            assert!(lane.try_take().is_some());
+        }
+        assert!(lane.try_take().is_none(), "3 run: the held jobs wait");
+        assert!(matches!(lane.take(Some(Duration::from_millis(5))), Take::TimedOut));
+        let waiter = {
+            let lane = lane.clone();
+            std::thread::spawn(move || match lane.take(Some(Duration::from_secs(5))) {
+                Take::Job(j) => j.jid,
+                other => panic!("{other:?}"),
+            })
+        };
+        while lane.slot_waiters.load(Ordering::SeqCst) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        lane.finish();
+        assert_eq!(waiter.join().unwrap(), "j3", "a finished job frees its slot for the next");
+        assert!(lane.try_take().is_none());
+        assert_eq!(lane.out(), 9);
+    }
+
+    #[test]
+    fn with_short_jobs_a_thread_waiting_for_a_slot_wakes_once_a_quarter_are_free() {
+        let lane = Arc::new(Lane::new("q", 8).prefetching(Prefetch::Fixed(100)));
+        ran_many(&lane, Duration::from_micros(5));
+        lane.offer((0..50).map(job).collect());
+        for _ in 0..8 {
+            assert!(lane.try_take().is_some());
+        }
+        let waiter = {
+            let lane = lane.clone();
+            std::thread::spawn(move || {
+                let Take::Job(_) = lane.take(Some(Duration::from_secs(5))) else { panic!() };
+                let mut n = 1;
+                while lane.try_take().is_some() {
+                    n += 1;
+                }
+                n
+            })
+        };
+        while lane.slot_waiters.load(Ordering::SeqCst) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        lane.finish();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(lane.slot_waiters.load(Ordering::SeqCst), 1, "one slot free: still asleep");
+        lane.finish();
+        assert_eq!(waiter.join().unwrap(), 2, "two free (a quarter of 8): woken, starts two");
     }
 
     #[test]

@@ -573,7 +573,7 @@ impl Server {
         self.work.remove(d.id);
         self.release(d);
         self.count_finished(outcome);
-        let took = d.started.map(|t| t.elapsed());
+        let took = d.took.or_else(|| d.started.map(|t| t.elapsed()));
         if let Some(took) = took {
             self.lanes[d.lane].ran(took);
         }

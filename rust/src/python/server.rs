@@ -77,6 +77,22 @@ impl Delivery {
 
 #[pymethods]
 impl Delivery {
+    /// An async job's coroutine starts now: its run time (for the metrics,
+    /// and for whether its queue's jobs are short) counts from here, not
+    /// from when a thread handed it to the loop.
+    fn clock_start(&self) {
+        if let Some(d) = self.inner.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+            d.started = Some(Instant::now());
+        }
+    }
+
+    /// An async job's coroutine returned (or raised): its run time ends here.
+    fn clock_stop(&self) {
+        if let Some(d) = self.inner.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+            d.took = d.started.map(|t| t.elapsed());
+        }
+    }
+
     /// Whether the job was completed, failed, expired or abandoned already.
     #[getter]
     fn settled(&self) -> bool {
