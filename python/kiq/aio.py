@@ -12,7 +12,7 @@ for their own); at the deadline the jobs still running are cancelled and
 handed back to their queues. On Python 3.12+ a job's task starts eagerly
 (``eager_start``): it runs up to its first real wait as the loop takes it, so
 a job that finishes without waiting costs no loop iteration of its own (about
-half of a task's cost, measured on 3.12). Only the job's own task: tasks the
+half of a task's cost, measured on 3.12) and is settled there and then. Only the job's own task: tasks the
 job creates start as asyncio's default says (on the next iteration), so user
 code sees the usual ordering.
 """
@@ -97,6 +97,14 @@ class AsyncRunner:
                 task.cancel()
             elif EAGER:
                 task = task_of(coro, loop=loop, context=ctx, eager_start=True)  # type: ignore[call-arg]
+                if task.done():
+                    # It never waited: settled now, not by a callback on the next round.
+                    try:
+                        ctx.run(self._ended, task, d, settle, tally)
+                    except Exception as exc:  # noqa: BLE001 - as the loop treats a failing callback
+                        loop.call_exception_handler({"message": "kiq: settling an async job failed",
+                                                     "exception": exc, "task": task})
+                    continue
             else:
                 task = task_of(coro, loop=loop, context=ctx)
             inflight[task] = (d, settle, tally)
@@ -104,6 +112,10 @@ class AsyncRunner:
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         d, settle, tally = self._inflight.pop(task)
+        self._ended(task, d, settle, tally)
+
+    def _ended(self, task: asyncio.Task[Any], d: Any, settle: Settle, tally: list[int]) -> None:
+        """Settles the job of a task that ended, and counts it off."""
         exc: BaseException | None
         if task.cancelled():
             exc = (JobCancelledError("the job was cancelled on request") if task in self._cancelled
