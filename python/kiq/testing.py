@@ -206,6 +206,12 @@ class _Delivery:
         #: Completed, failed, expired or abandoned.
         self.settled = False
 
+    def clock_start(self) -> None:
+        """An async job's coroutine starts (run times are not kept here)."""
+
+    def clock_stop(self) -> None:
+        """An async job's coroutine ended."""
+
 
 @dataclasses.dataclass
 class _DrainServer:
