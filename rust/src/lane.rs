@@ -1012,6 +1012,22 @@ mod tests {
     }
 
     #[test]
+    fn close_wakes_a_thread_waiting_for_a_slot() {
+        let lane = Arc::new(Lane::new("q", 1).prefetching(Prefetch::Fixed(5)));
+        lane.offer((0..3).map(job).collect());
+        assert!(lane.try_take().is_some());
+        let waiter = {
+            let lane = lane.clone();
+            std::thread::spawn(move || matches!(lane.take(None), Take::Closed))
+        };
+        while lane.slot_waiters.load(Ordering::SeqCst) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(lane.close().len(), 2, "the two held jobs stay in the in-progress list");
+        assert!(waiter.join().unwrap());
+    }
+
+    #[test]
     fn with_short_jobs_a_thread_waiting_for_a_slot_wakes_once_a_quarter_are_free() {
         let lane = Arc::new(Lane::new("q", 8).prefetching(Prefetch::Fixed(100)));
         ran_many(&lane, Duration::from_micros(5));
