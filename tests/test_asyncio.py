@@ -199,3 +199,33 @@ def test_an_app_of_async_workers_runs_a_queues_full_concurrency_on_one_thread(ma
         app.stop(5)
     assert sorted(seen) == list(range(30)) + [100 + i for i in range(6)] and set(seen.values()) == {1}
     assert r.llen("queue:default") == 0 and r.llen("queue:other") == 0
+
+
+def test_a_job_cancelled_before_it_starts_leaves_no_coroutine_never_awaited() -> None:
+    """After a stop's deadline the loop cancels jobs handed over before they start: their
+    coroutine is never made (a warning at garbage collection otherwise)."""
+    import gc
+    import warnings
+
+    from kiq.aio import AsyncRunner, clocked
+
+    class Clock:
+        def clock_start(self) -> None: ...
+        def clock_stop(self) -> None: ...
+
+    async def perform() -> None:
+        await asyncio.sleep(1)
+
+    runner = AsyncRunner()
+    ended: list[BaseException | None] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            runner.stopping = True
+            runner.submit(clocked(Clock(), perform), None, Clock(), lambda d, exc: ended.append(exc))
+            wait_for(lambda: ended, what="the job cancelled")
+            gc.collect()
+        assert isinstance(ended[0], asyncio.CancelledError)
+        assert not [w for w in caught if "never awaited" in str(w.message)], [str(w.message) for w in caught]
+    finally:
+        runner.close()

@@ -179,15 +179,17 @@ class AsyncRunner:
             self.loop.close()
 
 
-async def clocked(d: Any, coro: Coroutine[Any, Any, Any]) -> Any:
-    """Runs an async job's coroutine with its run time measured from its first
-    step to its end (``d``: its ``kiq._kiq.Delivery``), not from the hand-off
-    to the loop: the time spent queued for the loop is not the job's, as a
-    sync job's wait for the GIL before it starts is not. Its queue's
-    automatic prefetch judges from this whether its jobs are short."""
+async def clocked(d: Any, run: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> Any:
+    """Runs an async job, ``run(*args)``, with its run time measured from its
+    first step to its end (``d``: its ``kiq._kiq.Delivery``), not from the
+    hand-off to the loop: the time spent queued for the loop is not the
+    job's, as a sync job's wait for the GIL before it starts is not. Its
+    queue's automatic prefetch judges from this whether its jobs are short.
+    The job's coroutine is made here, once this one runs: a job cancelled
+    before it starts (a stop's deadline) leaves no coroutine never awaited."""
     d.clock_start()
     try:
-        return await coro
+        return await run(*args)
     finally:
         d.clock_stop()
 

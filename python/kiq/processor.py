@@ -322,7 +322,7 @@ class Processor:
                 args = d.args if d.batch_event is None else callback_args(d.args)
                 if name in async_timeouts:
                     try:
-                        coro = clocked(d, run(args, d.jid, d.kwargs))
+                        coro = clocked(d, run, args, d.jid, d.kwargs)
                         if tracing is not None:
                             coro = _traced(tracing, d, coro)
                     except BaseException as exc:  # noqa: BLE001 - calling an async worker can raise too
