@@ -321,13 +321,11 @@ class Processor:
                     continue
                 args = d.args if d.batch_event is None else callback_args(d.args)
                 if name in async_timeouts:
-                    try:
-                        coro = clocked(d, run, args, d.jid, d.kwargs)
-                        if tracing is not None:
-                            coro = _traced(tracing, d, coro)
-                    except BaseException as exc:  # noqa: BLE001 - calling an async worker can raise too
-                        settle(d, exc, watch)
-                        continue
+                    # The worker is called inside the job's task (clocked): whatever it raises,
+                    # even before its coroutine exists, settles the job there.
+                    coro = clocked(d, run, args, d.jid, d.kwargs)
+                    if tracing is not None:
+                        coro = _traced(tracing, d, coro)
                     submit(coro, async_timeouts[name], d, watch.settle if watch is not None else settle, mine)  # type: ignore[misc]
                     continue
                 try:
