@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from kiq import _kiq
@@ -57,11 +57,9 @@ class Job:
     def __post_init__(self) -> None:
         _kiq.check_job(self)  # the core's rules, shared with worker options
 
-    @classmethod
-    def _checked(
-        cls,
+    @staticmethod
+    def _maker(
         class_name: str,
-        args: tuple[Any, ...],
         queue: str,
         retry: bool | int,
         options: Mapping[str, Any],
@@ -69,24 +67,31 @@ class Job:
         unique_until: str = "success",
         expires_in: float | None = None,
         encrypt: bool = False,
-    ) -> Job:
-        """A job from parts already validated (a worker's options): skips ``__post_init__``."""
-        # Filled in as an unfrozen twin with the same slots, then turned into a
-        # Job: plain attribute stores instead of ten object.__setattr__ calls
-        # (most of the cost of building a job for every enqueue).
-        job = _Unfrozen()
-        job.class_name = class_name
-        job.args = args
-        job.queue = queue
-        job.retry = retry
-        job.options = options
-        job.jid = None
-        job.unique_for = unique_for
-        job.unique_until = unique_until
-        job.expires_in = expires_in
-        job.encrypt = encrypt
-        job.__class__ = cls  # type: ignore[assignment]
-        return job  # type: ignore[return-value]
+    ) -> Callable[[tuple[Any, ...]], Job]:
+        """Builds jobs from parts already validated (a worker's options), given
+        their arguments: skips ``__post_init__``, and every field but ``args``
+        is bound once (a worker's ``new()`` runs for every enqueue)."""
+        unfrozen, job_class = _Unfrozen, Job
+
+        def make(args: tuple[Any, ...]) -> Job:
+            # Filled in as an unfrozen twin with the same slots, then turned
+            # into a Job: plain attribute stores instead of ten
+            # object.__setattr__ calls.
+            job = unfrozen()
+            job.class_name = class_name
+            job.args = args
+            job.queue = queue
+            job.retry = retry
+            job.options = options
+            job.jid = None
+            job.unique_for = unique_for
+            job.unique_until = unique_until
+            job.expires_in = expires_in
+            job.encrypt = encrypt
+            job.__class__ = job_class  # type: ignore[assignment]
+            return job  # type: ignore[return-value]
+
+        return make
 
     def set(self, **changes: Any) -> Job:
         """A copy with fields changed, like Sidekiq's ``Job.set(queue: ...)``.
@@ -103,8 +108,8 @@ class Job:
 
 
 class _Unfrozen:
-    """Job's slots, writable: what :meth:`Job._checked` fills in before it becomes a Job
-    (``__class__`` may change between classes of the same slot layout)."""
+    """Job's slots, writable: what :meth:`Job._maker` fills in before it turns
+    it into a Job (``__class__`` may change between classes of the same slot layout)."""
 
     __slots__ = Job.__slots__
     class_name: str

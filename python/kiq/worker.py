@@ -248,10 +248,23 @@ class WorkerOptions:
         return out
 
     def job(self, name: str, args: Sequence[Any]) -> Job:
-        return Job._checked(
-            name, tuple(args), self.queue, self.retry, self._payload, self.unique_for, self.unique_until,
-            self.expires_in, self.encrypt,
+        return self.maker(name)(tuple(args))
+
+    def maker(self, name: str) -> Callable[[tuple[Any, ...]], Job]:
+        """What builds this worker's jobs (named ``name``) from their arguments."""
+        return Job._maker(
+            name, self.queue, self.retry, self._payload, self.unique_for, self.unique_until, self.expires_in,
+            self.encrypt,
         )
+
+
+#: What a worker's ``new()`` needs, bound once: (fewest, most arguments, job maker).
+NewJobs = tuple[int, int, Callable[[tuple[Any, ...]], Job]]
+
+
+def new_jobs(w: WorkerLike) -> NewJobs:
+    fewest, most = w._kiq_arity
+    return fewest, most, w.kiq_options.maker(w.wire_name())
 
 
 class Worker:
@@ -265,6 +278,9 @@ class Worker:
     kiq_options: ClassVar[WorkerOptions] = WorkerOptions()
     #: Positional arguments ``perform`` takes, read once per class.
     _kiq_arity: ClassVar[Arity] = _ANY_ARITY
+    #: What ``new()`` needs, set with the options (``kiq_options`` is set by
+    #: the class keywords, once: assigning it later leaves ``new()`` behind).
+    _kiq_new: ClassVar[NewJobs]
     jid: str = ""
 
     def __init_subclass__(
@@ -299,6 +315,7 @@ class Worker:
             throttle=throttle, rate=rate,
         )
         cls._kiq_arity = arity(cls.perform, method=True)
+        cls._kiq_new = new_jobs(cls)
 
     def perform(self, *args: Any) -> Any:
         """Runs one job with its arguments; raise to fail it. May be ``async def``."""
@@ -314,10 +331,10 @@ class Worker:
         """A job for this worker with these arguments, which must fit ``perform``
         (else :class:`~kiq.errors.ArgumentError`, at once)."""
         w: Any = cls
-        fewest, most = w._kiq_arity
+        fewest, most, make = w._kiq_new
         if kwargs or not fewest <= len(args) <= most:
             raise _bad_arguments(w, args, kwargs)
-        return w.kiq_options.job(w.wire_name(), args)  # type: ignore[no-any-return]
+        return make(args)  # type: ignore[no-any-return]
 
     @classmethod
     def perform_async(cls: type[_Performs[P]], *args: P.args, **kwargs: P.kwargs) -> Enqueued:
@@ -346,6 +363,9 @@ class Worker:
         ``unique_for``, ``expires_in``, or payload fields such as ``tags``):
         ``HardJob.set(queue="critical").perform_async("bob", 5)``."""
         return Configured(cls, options)  # type: ignore[arg-type]
+
+
+Worker._kiq_new = new_jobs(Worker)
 
 
 def is_worker(value: object) -> TypeGuard[WorkerLike]:
@@ -382,6 +402,7 @@ class FunctionWorker(Generic[P, R]):
         self.fn = fn
         self.kiq_options = options
         self._kiq_arity = arity(fn, method=False)
+        self._kiq_new = new_jobs(self)
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -397,10 +418,10 @@ class FunctionWorker(Generic[P, R]):
         Sidekiq jobs carry positional arguments only; pass a dict as the last
         argument where keyword-style data is wanted.
         """
-        fewest, most = self._kiq_arity
+        fewest, most, make = self._kiq_new
         if kwargs or not fewest <= len(args) <= most:
             raise _bad_arguments(self, args, kwargs)
-        return self.kiq_options.job(self.wire_name(), args)
+        return make(args)
 
     def perform_async(self, *args: P.args, **kwargs: P.kwargs) -> Enqueued:
         """Enqueues a job to run now, to the one app this worker is registered in."""
