@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
 from kiq import Job, Kiq, Worker
@@ -111,7 +112,7 @@ def test_kill_9_with_100_jobs_in_flight(make_app, redis_url, r):
 
 SHORT_VICTIM = textwrap.dedent(
     """
-    import os, sys, threading
+    import asyncio, os, sys, threading
     from kiq import Kiq, Worker
 
     out = os.open(sys.argv[2], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
@@ -120,7 +121,13 @@ SHORT_VICTIM = textwrap.dedent(
         def perform(self, n):
             os.write(out, (self.jid + "\\n").encode())   # one unbuffered write: survives kill -9
 
-    app = Kiq(sys.argv[1], queues={"default": 10}, workers=[Short], heartbeat_interval=0.5,
+    class ShortAsync(Worker, name="Short"):
+        async def perform(self, n):
+            await asyncio.sleep(0)   # it suspends once, as a real coroutine would
+            os.write(out, (self.jid + "\\n").encode())
+
+    app = Kiq(sys.argv[1], queues={"default": 10}, workers=[ShortAsync if sys.argv[3] == "async" else Short],
+              heartbeat_interval=0.5,
               heartbeat_ttl=3, leader_ttl=2, orphan_check_interval=1)
     app.start()
     print(app.identity, flush=True)
@@ -141,15 +148,17 @@ SHORT_VICTIM = textwrap.dedent(
 )
 
 
-def test_kill_9_mid_drain_of_short_jobs_with_the_automatic_prefetch(make_app, redis_url, r, tmp_path):
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_kill_9_mid_drain_of_short_jobs_with_the_automatic_prefetch(make_app, redis_url, r, tmp_path, kind):
     """A victim draining short jobs at the default (automatic) prefetch, so it holds more jobs
-    than threads, is killed mid-drain. Every job records its jid (an unbuffered write, so what
-    ran before the kill is on disk): none lost, and a job runs twice only if it was in the
-    victim's in-progress list when it died (ran, result not yet written)."""
+    than threads (``async def`` jobs too: held ones wait for a free slot), is killed mid-drain.
+    Every job records its jid (an unbuffered write, so what ran before the kill is on disk):
+    none lost, and a job runs twice only if it was in the victim's in-progress list when it died
+    (ran, result not yet written)."""
     n = 20_000
     jids = Kiq(redis_url).enqueue_bulk(Job("Short"), [[i] for i in range(n)], sync=True)
     ran_file = tmp_path / "ran"
-    victim = subprocess.Popen([sys.executable, "-c", SHORT_VICTIM, redis_url, str(ran_file)],
+    victim = subprocess.Popen([sys.executable, "-c", SHORT_VICTIM, redis_url, str(ran_file), kind],
                               stdout=subprocess.PIPE, text=True)
     assert victim.stdout is not None
     wip = f"kiq:wip|{victim.stdout.readline().strip()}|default"
