@@ -48,7 +48,19 @@ pub fn now() -> f64 {
 /// A float as JSON that always reads back as a float (`1.0`, never `1`),
 /// because Sidekiq 8 would take an integer for milliseconds.
 pub fn float_json(v: f64) -> String {
-    if v.is_finite() { serde_json::to_string(&v).unwrap_or_else(|_| "0.0".to_owned()) } else { "0.0".to_owned() }
+    let mut out = String::new();
+    push_float_json(&mut out, v);
+    out
+}
+
+/// Appends [`float_json`]'s text to `out` (no allocation: args are encoded at every enqueue).
+/// zmij is what `serde_json` writes floats with, so the text is the same.
+pub fn push_float_json(out: &mut String, v: f64) {
+    if v.is_finite() {
+        out.push_str(zmij::Buffer::new().format_finite(v));
+    } else {
+        out.push_str("0.0");
+    }
 }
 
 /// Reads a job timestamp the way Sidekiq 8 does: a float is seconds, an
@@ -101,6 +113,13 @@ pub fn utc_date(secs: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn floats_are_written_as_serde_json_writes_them() {
+        for v in [0.0, -0.0, 1.0, 0.1, 1.25, -2.5e-7, 1e15, 1e16, 1e300, f64::MAX, f64::MIN_POSITIVE, 5e-324] {
+            assert_eq!(float_json(v), serde_json::to_string(&v).unwrap(), "{v:e}");
+        }
+    }
 
     #[test]
     fn floats_stay_floats() {

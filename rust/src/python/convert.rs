@@ -14,7 +14,7 @@ use super::errors::{CodecError, py_result};
 use crate::args::{self, MAX_ARGS_DEPTH, MAX_NESTING, Num};
 use crate::job::json_string;
 use crate::newjob::push_json_str;
-use crate::timestamp::float_json;
+use crate::timestamp::push_float_json;
 
 /// Why a value cannot be written as JSON: a Python error as raised, or a
 /// value refused where `at` says (path segments, innermost first, collected
@@ -90,7 +90,7 @@ fn write_json(obj: &Bound<'_, PyAny>, out: &mut String, depth: usize) -> Result<
         out.push_str(if b.is_true() { "true" } else { "false" });
     } else if let Ok(i) = obj.cast::<PyInt>() {
         if let Ok(v) = i.extract::<i64>() {
-            let _ = write!(out, "{v}");
+            out.push_str(itoa::Buffer::new().format(v));
         } else {
             // Big integers keep every digit, as Ruby's Integer does (and
             // without Python's 4,300-digit limit on int -> str).
@@ -102,7 +102,7 @@ fn write_json(obj: &Bound<'_, PyAny>, out: &mut String, depth: usize) -> Result<
         if !v.is_finite() {
             return Err(Bad::refused(Why::NotFinite(v)));
         }
-        out.push_str(&float_json(v));
+        push_float_json(out, v);
     } else if let Ok(s) = obj.cast::<PyString>() {
         push_json_str(out, s.to_str()?);
     } else if let Ok(list) = obj.cast::<PyList>() {
