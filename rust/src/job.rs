@@ -181,10 +181,17 @@ pub enum Retry {
 
 impl Retry {
     pub fn to_json(self) -> String {
+        let mut out = String::new();
+        self.push_json(&mut out);
+        out
+    }
+
+    /// Appends [`Retry::to_json`]'s text to `out` (every enqueue writes it: no allocation).
+    pub fn push_json(self, out: &mut String) {
         match self {
-            Self::Default => "true".to_owned(),
-            Self::Never => "false".to_owned(),
-            Self::Times(n) => n.to_string(),
+            Self::Default => out.push_str("true"),
+            Self::Never => out.push_str("false"),
+            Self::Times(n) => out.push_str(itoa::Buffer::new().format(n)),
         }
     }
 }

@@ -120,7 +120,7 @@ impl NewJob {
         head.push_str("{\"");
         head.push_str(field::RETRY);
         head.push_str("\":");
-        head.push_str(&self.retry.to_json());
+        self.retry.push_json(head);
         head.push_str(",\"");
         head.push_str(field::QUEUE);
         head.push_str("\":");
