@@ -69,6 +69,17 @@ def test_default_wire_name_is_the_dotted_path():
         pass
 
     assert Child.wire_name().endswith("Child"), "a subclass does not inherit its parent's name"
+    # new() binds the name and options once per class: each class gets its own.
+    assert Local.new().class_name == Local.wire_name() and Child.new(1).class_name == Child.wire_name()
+    assert HardJob.new(1).class_name == "HardJob"
+
+    class Low(Opts, queue="lower"):
+        pass
+
+    job = Low.new(1)
+    assert (job.class_name, job.queue, job.retry, dict(job.options)) == (
+        Low.wire_name(), "lower", 5, {"backtrace": 10, "retry_queue": "slow", "dead": False, "tags": ["a"]})
+    assert Opts.new(1).queue == "low", "the parent keeps its own"
 
 
 def test_enqueue_by_class_name_for_ruby_workers(make_app, r):
