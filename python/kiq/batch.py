@@ -162,6 +162,10 @@ class _Open:
 #: The innermost ``jobs()`` block open in this context.
 _building: contextvars.ContextVar[_Open | None] = contextvars.ContextVar("kiq_batch_building", default=None)
 
+#: The innermost ``jobs()`` block open in this context, if any: a C call, so
+#: an enqueue outside any block learns it without a Python frame.
+current_block = _building.get
+
 
 def open_block(app: object) -> _kiq.BatchBuilder | None:
     """The builder enqueues of ``app`` go to here (inside one of its batches' ``jobs()`` blocks), if any."""

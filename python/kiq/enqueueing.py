@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from kiq import _kiq
-from kiq.batch import open_block
+from kiq.batch import current_block, open_block
 from kiq.errors import ConfigError
 from kiq.job import Enqueued, Job
 from kiq.sandbox import Sandbox
@@ -111,9 +111,10 @@ class Enqueueing:
         if not isinstance(job, Job):
             raise ConfigError(f"enqueue() takes a kiq.Job (e.g. MyWorker.new(...)), not {type(job).__name__}")
         client = self._client
-        if client is not None and self._tracing is None and self._sandbox is None and delay is None and at is None:
-            # The common call, with as few Python steps as it takes.
-            jid, held = client.push(job, sync=sync, batch=open_block(self))
+        if (client is not None and self._tracing is None and self._sandbox is None and delay is None and at is None
+                and current_block() is None):
+            # The common call (no batch block open), with as few Python steps as it takes.
+            jid, held = client.push(job, sync=sync)
             if held is None:
                 return _new_str(Enqueued, jid)
             return self._skipped(job, jid, held)
