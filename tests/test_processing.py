@@ -3,6 +3,7 @@ in-progress list, fast pickup, and idle cost."""
 
 from __future__ import annotations
 
+import contextvars
 import json
 import threading
 import time
@@ -214,6 +215,8 @@ def test_a_mixed_burst_runs_each_job_once_as_the_current_job(make_app, r):
         if n % 50 == 7:
             raise ValueError(f"job {n} fails")
 
+    snapshots: list[tuple[str, contextvars.Context]] = []
+
     class Checked(Worker, name="Checked"):
         def perform(self, n: int) -> None:
             job = current_job()
@@ -221,6 +224,8 @@ def test_a_mixed_burst_runs_each_job_once_as_the_current_job(make_app, r):
                 ran[self.jid] += 1
                 if job is None or job.jid != self.jid:
                     mismatched.append((self.jid, job.jid if job else None))
+                if n % 10 == 0:
+                    snapshots.append((self.jid, contextvars.copy_context()))
 
     app = make_app(queues={"default": 5}, workers=[plain, Checked])
     jids = app.enqueue_bulk(plain, [[i] for i in range(600)])
@@ -234,6 +239,9 @@ def test_a_mixed_burst_runs_each_job_once_as_the_current_job(make_app, r):
     assert r.get("stat:failed") == str(failing + len(unknown))
     assert sorted(ran) == sorted(jids) and set(ran.values()) == {1}, "each job exactly once, as the current job"
     assert mismatched == []
+    # A context copied in a job keeps that job as its current one after the job ended.
+    later = [(jid, ctx.run(current_job)) for jid, ctx in snapshots]
+    assert len(later) == 30 and all(job is not None and job.jid == jid for jid, job in later)
     retried = [json.loads(m) for m in r.zrange("retry", 0, -1)]
     assert sorted(p["jid"] for p in retried) == sorted(unknown)
     wait_for(lambda: r.llen(f"kiq:wip|{app.identity}|default") == 0, what="the in-progress list empty")

@@ -21,7 +21,8 @@ type Handed = (Option<Py<Delivery>>, Option<Py<PyAny>>, Option<Py<PyAny>>);
 /// caller waits with `next_job`); `(None, None, None)` when the server is
 /// stopping; `(delivery, None, None)` for a job the loop must run itself
 /// (started, not current); `(delivery, token, exception)` for a job that
-/// raised, still current, for the loop to settle and then reset.
+/// raised, still current, for the loop to settle and then reset. No job is
+/// current when it returns otherwise, as before it was called.
 #[pyfunction]
 pub fn run_ready(
     py: Python<'_>,
@@ -31,6 +32,30 @@ pub fn run_ready(
     set_current: &Bound<'_, PyAny>,
     reset_current: &Bound<'_, PyAny>,
     limit: usize,
+) -> PyResult<Option<Handed>> {
+    // Each job is made current by one `set`, not a set and a reset: the
+    // token of the first one (which restores "no job") ends the batch, or
+    // goes with a job that raised. Half the context-variable work per job.
+    let mut first: Option<Bound<'_, PyAny>> = None;
+    let ran = run(py, server, lane, runners, set_current, limit, &mut first);
+    match (ran, first) {
+        (Ok(Some((d, Some(_), e))), Some(token)) => Ok(Some((d, Some(token.unbind()), e))),
+        (ran, Some(token)) => {
+            reset_current.call1((token,))?;
+            ran
+        }
+        (ran, None) => ran,
+    }
+}
+
+fn run<'py>(
+    py: Python<'py>,
+    server: &Server,
+    lane: usize,
+    runners: &Bound<'py, PyDict>,
+    set_current: &Bound<'py, PyAny>,
+    limit: usize,
+    first: &mut Option<Bound<'py, PyAny>>,
 ) -> PyResult<Option<Handed>> {
     let l = server.lane(lane)?;
     for _ in 0..limit {
@@ -45,13 +70,14 @@ pub fn run_ready(
         let d = Bound::new(py, d)?;
         let Some(run) = run else { return Ok(Some((Some(d.unbind()), None, None))) };
         let Ok(token) = set_current.call1((&d,)) else { return Ok(Some((Some(d.unbind()), None, None))) };
+        let token = first.get_or_insert(token).clone();
         let job = d.get();
         let kwargs = job.kwargs.as_ref().map(|k| k.bind(py).clone().into_any());
         if let Err(e) = run.call1((job.args.bind(py), job.jid.bind(py), kwargs)) {
+            // The caller swaps in the batch's first token.
             return Ok(Some((Some(d.unbind()), Some(token.unbind()), Some(e.into_value(py).into_any()))));
         }
         server.completed(job)?;
-        reset_current.call1((token,))?;
     }
     Ok(None)
 }
