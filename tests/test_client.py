@@ -80,6 +80,8 @@ def test_default_wire_name_is_the_dotted_path():
     assert (job.class_name, job.queue, job.retry, dict(job.options)) == (
         Low.wire_name(), "lower", 5, {"backtrace": 10, "retry_queue": "slow", "dead": False, "tags": ["a"]})
     assert Opts.new(1).queue == "low", "the parent keeps its own"
+    Low.kiq_options = dataclasses.replace(Low.kiq_options, queue="lowest")
+    assert Low.new(1).queue == "lowest", "options replaced after the class was made are seen"
 
 
 def test_enqueue_by_class_name_for_ruby_workers(make_app, r):

@@ -258,13 +258,15 @@ class WorkerOptions:
         )
 
 
-#: What a worker's ``new()`` needs, bound once: (fewest, most arguments, job maker).
-NewJobs = tuple[int, int, Callable[[tuple[Any, ...]], Job]]
+#: What a worker's ``new()`` needs, bound once: (fewest, most arguments, job
+#: maker, the options it was made from).
+NewJobs = tuple[int, int, Callable[[tuple[Any, ...]], Job], WorkerOptions]
 
 
 def new_jobs(w: WorkerLike) -> NewJobs:
     fewest, most = w._kiq_arity
-    return fewest, most, w.kiq_options.maker(w.wire_name())
+    options = w.kiq_options
+    return fewest, most, options.maker(w.wire_name()), options
 
 
 class Worker:
@@ -278,8 +280,7 @@ class Worker:
     kiq_options: ClassVar[WorkerOptions] = WorkerOptions()
     #: Positional arguments ``perform`` takes, read once per class.
     _kiq_arity: ClassVar[Arity] = _ANY_ARITY
-    #: What ``new()`` needs, set with the options (``kiq_options`` is set by
-    #: the class keywords, once: assigning it later leaves ``new()`` behind).
+    #: What ``new()`` needs, made with the options (again if ``kiq_options`` is replaced).
     _kiq_new: ClassVar[NewJobs]
     jid: str = ""
 
@@ -331,7 +332,9 @@ class Worker:
         """A job for this worker with these arguments, which must fit ``perform``
         (else :class:`~kiq.errors.ArgumentError`, at once)."""
         w: Any = cls
-        fewest, most, make = w._kiq_new
+        fewest, most, make, made_for = w._kiq_new
+        if made_for is not w.kiq_options:
+            fewest, most, make, made_for = w._kiq_new = new_jobs(w)
         if kwargs or not fewest <= len(args) <= most:
             raise _bad_arguments(w, args, kwargs)
         return make(args)  # type: ignore[no-any-return]
@@ -418,7 +421,9 @@ class FunctionWorker(Generic[P, R]):
         Sidekiq jobs carry positional arguments only; pass a dict as the last
         argument where keyword-style data is wanted.
         """
-        fewest, most, make = self._kiq_new
+        fewest, most, make, made_for = self._kiq_new
+        if made_for is not self.kiq_options:
+            fewest, most, make, made_for = self._kiq_new = new_jobs(self)
         if kwargs or not fewest <= len(args) <= most:
             raise _bad_arguments(self, args, kwargs)
         return make(args)
