@@ -38,14 +38,11 @@ pub fn run_ready(
     // goes with a job that raised. Half the context-variable work per job.
     let mut first: Option<Bound<'_, PyAny>> = None;
     let ran = run(py, server, lane, runners, set_current, limit, &mut first);
-    match (ran, first) {
-        (Ok(Some((d, Some(_), e))), Some(token)) => Ok(Some((d, Some(token.unbind()), e))),
-        (ran, Some(token)) => {
-            reset_current.call1((token,))?;
-            ran
-        }
-        (ran, None) => ran,
+    let raised = matches!(ran, Ok(Some((_, Some(_), _))));
+    if let Some(token) = first.filter(|_| !raised) {
+        reset_current.call1((token,))?;
     }
+    ran
 }
 
 fn run<'py>(
@@ -70,11 +67,11 @@ fn run<'py>(
         let d = Bound::new(py, d)?;
         let Some(run) = run else { return Ok(Some((Some(d.unbind()), None, None))) };
         let Ok(token) = set_current.call1((&d,)) else { return Ok(Some((Some(d.unbind()), None, None))) };
+        // The batch's first token: resetting it leaves no job current.
         let token = first.get_or_insert(token).clone();
         let job = d.get();
         let kwargs = job.kwargs.as_ref().map(|k| k.bind(py).clone().into_any());
         if let Err(e) = run.call1((job.args.bind(py), job.jid.bind(py), kwargs)) {
-            // The caller swaps in the batch's first token.
             return Ok(Some((Some(d.unbind()), Some(token.unbind()), Some(e.into_value(py).into_any()))));
         }
         server.completed(job)?;
