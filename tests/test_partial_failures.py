@@ -178,6 +178,54 @@ def test_results_for_an_in_progress_list_turned_into_a_string_wait_and_count_onc
     assert sorted(ran) == [0, 1, 2, 3]
 
 
+#: Jobs for the brake test: well past what the brake lets wait (backlog.rs: 4 x 2,000 results).
+BRAKE_JOBS = 20_000
+#: The most a process runs while every result is refused: 8,000 waiting, a
+#: write's worth counted late, a lane's automatic prefetch (1,024 + 4) and
+#: what its threads took meanwhile.
+BRAKE_MOST = 8_000 + 2_000 + 1_028 + 1_028
+
+
+def test_a_process_whose_results_redis_refuses_stops_taking_jobs(
+    make_app: Any, r: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every job fails and the retry set is a string, so Redis refuses every
+    result. The jobs wait in progress and the process stops fetching once a
+    few thousand results wait, instead of running the whole queue and
+    holding every result in memory; the queue keeps the rest. Once the key
+    is fixed every job gets its retry entry, having run once."""
+    ran: list[int] = []
+
+    @worker(name="Refused", retry=1)
+    def refused(i: int) -> None:
+        ran.append(i)
+        raise ValueError("no")
+
+    r.set("retry", "not a zset")
+    app = make_app(workers=[refused], queues={"default": 4})
+    app.enqueue_bulk(refused, [[i] for i in range(BRAKE_JOBS)])
+    app.flush(10)
+    wip = f"kiq:wip|{app.identity}|default"
+    with caplog.at_level(logging.ERROR, logger="kiq"):
+        app.start()
+        wait_for(lambda: any("refused the result" in m and "WRONGTYPE" in m for m in caplog.messages),
+                 what="the refusal logged")
+        # Running stops: no job starts for a second.
+        seen = -1
+        while seen != len(ran):
+            seen = len(ran)
+            time.sleep(1.0)
+    assert 8_000 <= len(ran) <= BRAKE_MOST, f"{len(ran)} jobs ran while their results could not be written"
+    assert r.llen("queue:default") + r.llen(wip) == BRAKE_JOBS, "every job in its queue or in progress"
+    assert r.llen("queue:default") >= BRAKE_JOBS - BRAKE_MOST
+    r.delete("retry")
+    wait_for(lambda: r.zcard("retry") == BRAKE_JOBS, timeout=60, interval=0.2,
+             what="every job in the retry set once the key is fixed")
+    wait_for(lambda: r.llen(wip) == 0, what="nothing left in progress")
+    assert sorted(ran) == list(range(BRAKE_JOBS)), "each job ran once"
+    assert r.llen("queue:default") == 0 and r.get("stat:failed") == str(BRAKE_JOBS)
+
+
 def test_due_jobs_for_a_broken_queue_stay_scheduled_and_the_rest_move(make_app: Any, r: redis.Redis) -> None:
     r.set("queue:bad", "a string")
     now = time.time()

@@ -15,12 +15,14 @@
 //! write is retried with backoff; a settlement Redis refuses (a key of the
 //! wrong type) is retried on its own while the others flow, and its job stays
 //! in progress meanwhile. Nothing is dropped while the process lives, and
-//! whatever a crash leaves in the in-progress list is re-run later.
+//! whatever a crash leaves in the in-progress list is re-run later. While
+//! too many results wait to be written, the fetchers wait (`backlog.rs`).
 
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::backlog::Backlog;
 use crate::batches::{KEEP_SECS, Settled};
 use crate::job::Payload;
 use crate::keys::{DAILY_STAT_TTL_SECS, Keys};
@@ -32,7 +34,7 @@ use crate::timestamp::{self, float_json};
 use crate::wip::WipList;
 
 /// Settlements written per round trip at most.
-const MAX_BATCH: usize = 2000;
+pub const MAX_BATCH: usize = 2000;
 /// Under load, the least time between two writes: results that finish back to
 /// back then share one request instead of one each (a request costs Redis far
 /// more than the results it carries), at the price of leaving a job in the
@@ -168,6 +170,13 @@ impl Pending {
         self.next += 1;
     }
 
+    /// Tells the fetchers how many results wait: refused ones too (a process
+    /// whose results Redis refuses must not go on running jobs it cannot
+    /// record), and those still in the channel.
+    fn count(&self, rx: &mpsc::UnboundedReceiver<Msg>, backlog: &Backlog) {
+        backlog.set(rx.len() + self.batch.len() + self.refused.len());
+    }
+
     /// Refused settlements whose pause is over go back into the batch, renumbered.
     fn due(&mut self, now: Instant) {
         if self.retry_refused_at.is_some_and(|t| t <= now) {
@@ -187,6 +196,7 @@ pub async fn run(
     keys: Keys,
     policy: RetryPolicy,
     identity: String,
+    backlog: std::sync::Arc<Backlog>,
 ) {
     let mut p = Pending {
         next: 1,
@@ -227,6 +237,7 @@ pub async fn run(
             tokio::time::sleep_until(due.into()).await;
         }
         take_pending(&mut rx, &mut p, &mut unlocks, &mut releases, &mut close);
+        p.count(&rx, &backlog);
         p.due(Instant::now());
         if close.is_some() {
             p.due(Instant::now() + MAX_REFUSED_PAUSE);
@@ -234,8 +245,9 @@ pub async fn run(
         if !p.batch.is_empty() {
             last_write = Some(Instant::now());
         }
-        let mut side = Side { unlocks: &mut unlocks, releases: &mut releases, close: &mut close };
+        let mut side = Side { backlog: &backlog, unlocks: &mut unlocks, releases: &mut releases, close: &mut close };
         write_pending(&pool, &keys, &policy, &numbers, &mut p, &mut rx, &mut side, &mut failing).await;
+        p.count(&rx, &backlog);
         // Locks go after the results that free them; a failure keeps them for the next round.
         if !unlocks.is_empty() {
             if let Err(e) = unlock(&pool, &unlocks).await {
@@ -280,9 +292,11 @@ pub async fn run(
     }
 }
 
-/// What the task does besides writing settlements: unique locks and
-/// throttle holds to release once their results are written, and a stop.
+/// What the task does besides writing settlements: the count the fetchers
+/// read, unique locks and throttle holds to release once their results are
+/// written, and a stop.
 struct Side<'a> {
+    backlog: &'a Backlog,
     unlocks: &'a mut Vec<(String, String)>,
     releases: &'a mut Vec<Held>,
     close: &'a mut Option<(Instant, oneshot::Sender<usize>)>,
@@ -366,6 +380,7 @@ async fn write_pending(
                 }
                 // A stop may arrive while Redis is away: its deadline ends the retries.
                 take_pending(rx, p, side.unlocks, side.releases, side.close);
+                p.count(rx, side.backlog);
                 if side.close.as_ref().is_some_and(|(deadline, _)| Instant::now() >= *deadline) {
                     break;
                 }

@@ -27,6 +27,7 @@ use crate::ack::{Msg, Settle, Settlement};
 use crate::activejob;
 use crate::admit::Admitter;
 use crate::args;
+use crate::backlog::Backlog;
 use crate::batches::watch::Watch;
 use crate::batches::{BatchRef, Outcome as BatchOutcome, Settled};
 use crate::capsule::Capsule;
@@ -105,6 +106,8 @@ pub struct Fetcher {
     pub keys: Keys,
     pub policy: RetryPolicy,
     pub acks: mpsc::UnboundedSender<Msg>,
+    /// Results waiting to be written: no fetch while there are too many.
+    pub backlog: Arc<Backlog>,
     pub control: Control,
     /// Keys for jobs whose last argument is encrypted (Sidekiq Enterprise's format).
     pub keyring: Option<Arc<Keyring>>,
@@ -213,10 +216,12 @@ impl Fetcher {
                 jobs
             } else {
                 let free = self.lane.free();
-                if free == 0 {
+                let braked = self.backlog.full();
+                if free == 0 || braked {
                     tokio::select! {
                         () = self.lane.demand.notified() => {}
                         () = self.lane.shed.notified() => {}
+                        () = self.backlog.room(), if braked => {}
                         _ = state.changed() => {}
                     }
                     continue;

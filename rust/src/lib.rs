@@ -8,6 +8,7 @@ pub mod activejob;
 pub mod admin;
 pub mod admit;
 pub mod args;
+pub mod backlog;
 pub mod backtrace;
 pub mod batch;
 pub mod batches;

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::ack::{self, Msg, Raw, Settle, Settlement};
+use crate::backlog::Backlog;
 use crate::batches::watch::Watch;
 use crate::batches::{Outcome as BatchOutcome, Settled};
 use crate::control::{Control, RunState};
@@ -210,7 +211,15 @@ impl Server {
             control.set(RunState::Quiet);
         }
         let throttles = (!throttled.is_empty()).then(|| Arc::new(Throttles::new(throttled)));
-        let acker = tokio::spawn(ack::run(rx, pool.clone(), keys.clone(), config.policy.clone(), identity.clone()));
+        let backlog = Arc::new(Backlog::default());
+        let acker = tokio::spawn(ack::run(
+            rx,
+            pool.clone(),
+            keys.clone(),
+            config.policy.clone(),
+            identity.clone(),
+            backlog.clone(),
+        ));
         let mut tasks = Vec::new();
         let (registered, registered_rx) = tokio::sync::watch::channel(config.beat.is_none());
         let mut number = 0;
@@ -237,6 +246,7 @@ impl Server {
                 keys: keys.clone(),
                 policy: config.policy.clone(),
                 acks: tx.clone(),
+                backlog: backlog.clone(),
                 control: control.clone(),
                 keyring: config.keyring.clone(),
                 watch: watch.clone(),
