@@ -228,6 +228,20 @@ pub struct Payload {
     /// (key, value) pairs in order; keys without escapes point into `src`
     /// too, so decoding a payload allocates little.
     entries: Vec<(Text, Text)>,
+    /// A filter of the keys present ([`key_bit`]): a key whose bit is clear
+    /// is absent. Most lookups are of fields a job lacks (`expires_at`,
+    /// `unique_token`, `bid`, ...), each a scan of every key without it.
+    keys: u64,
+}
+
+/// A key's bit in [`Payload::keys`], from its length and end bytes.
+fn key_bit(key: &[u8]) -> u64 {
+    let (first, last) = (key.first().copied().unwrap_or(0), key.last().copied().unwrap_or(0));
+    #[allow(clippy::cast_possible_truncation)] // only the low bits are used
+    let h = (key.len() as u32).wrapping_mul(0x9E37_79B9)
+        ^ u32::from(first).wrapping_mul(0x85EB_CA6B)
+        ^ u32::from(last).wrapping_mul(0xC2B2_AE35);
+    1 << (h >> 26)
 }
 
 /// A key borrowed from the payload's text unless it has escapes (serde's own
@@ -269,26 +283,30 @@ impl Fields<'_> {
 }
 
 impl<'de> DeserializeSeed<'de> for Fields<'de> {
-    type Value = Vec<(Text, Text)>;
+    type Value = (Vec<(Text, Text)>, u64);
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
         d.deserialize_map(self)
     }
 }
 
 impl<'de> Visitor<'de> for Fields<'de> {
-    type Value = Vec<(Text, Text)>;
+    type Value = (Vec<(Text, Text)>, u64);
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a JSON object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self::Value, A::Error> {
         // Sidekiq's payloads have 7 fields; retried ones a few more.
         let mut out: Vec<(Text, Text)> = Vec::with_capacity(8);
+        let mut keys = 0;
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             let value = Text::Src(self.span(map.next_value::<&'de RawValue>()?.get()));
+            let bit = key_bit(key.as_bytes());
             // A repeated key keeps its first position and its last value, as Ruby's JSON.parse does.
-            if let Some(slot) = out.iter_mut().find(|(k, _)| k.of(self.src) == key) {
+            let seen = if keys & bit == 0 { None } else { out.iter_mut().find(|(k, _)| k.of(self.src) == key) };
+            if let Some(slot) = seen {
                 slot.1 = value;
             } else {
+                keys |= bit;
                 let key = match key {
                     Cow::Borrowed(k) => Text::Src(self.span(k)),
                     Cow::Owned(k) => Text::Owned(k),
@@ -296,7 +314,7 @@ impl<'de> Visitor<'de> for Fields<'de> {
                 out.push((key, value));
             }
         }
-        Ok(out)
+        Ok((out, keys))
     }
 }
 
@@ -310,13 +328,13 @@ impl Payload {
     pub fn try_parse(src: String) -> std::result::Result<Self, (KiqError, String)> {
         let mut de = serde_json::Deserializer::from_str(&src);
         let fields = Fields { src: &src };
-        let entries = match fields.deserialize(&mut de).and_then(|e| de.end().map(|()| e)) {
-            Ok(entries) => entries,
+        let (entries, keys) = match fields.deserialize(&mut de).and_then(|e| de.end().map(|()| e)) {
+            Ok(parsed) => parsed,
             Err(e) => {
                 return Err((KiqError::codec(format!("job payload is not a JSON object: {e}")), src));
             }
         };
-        Ok(Self { src, entries })
+        Ok(Self { src, entries, keys })
     }
 
     /// The JSON text this payload was parsed from, byte for byte.
@@ -331,6 +349,9 @@ impl Payload {
     fn position(&self, key: &str) -> Option<usize> {
         // Called several times per job: compare lengths, then bytes (no char-boundary checks).
         let key = key.as_bytes();
+        if self.keys & key_bit(key) == 0 {
+            return None;
+        }
         self.entries.iter().position(|(k, _)| match k {
             Text::Src(r) => r.len() == key.len() && &self.src.as_bytes()[r.clone()] == key,
             Text::Owned(s) => s.as_bytes() == key,
@@ -350,7 +371,10 @@ impl Payload {
     pub fn set_json(&mut self, key: &str, json: String) {
         match self.position(key) {
             Some(i) => self.entries[i].1 = Text::Owned(json),
-            None => self.entries.push((Text::Owned(key.to_owned()), Text::Owned(json))),
+            None => {
+                self.keys |= key_bit(key.as_bytes());
+                self.entries.push((Text::Owned(key.to_owned()), Text::Owned(json)));
+            }
         }
     }
 
@@ -361,6 +385,7 @@ impl Payload {
     /// Inserts a field at the front unless present (Sidekiq's normalise puts `retry` first).
     pub fn insert_front_if_absent(&mut self, key: &str, json: String) {
         if !self.contains(key) {
+            self.keys |= key_bit(key.as_bytes());
             self.entries.insert(0, (Text::Owned(key.to_owned()), Text::Owned(json)));
         }
     }
@@ -531,6 +556,26 @@ mod tests {
         p.remove("a");
         p.insert_front_if_absent("retry", "true".into());
         assert_eq!(p.encode(), r#"{"retry":true,"enqueued_at":2.5,"z":"\u00e9","new":"v"}"#);
+    }
+
+    #[test]
+    fn the_key_filter_never_hides_a_key() {
+        // 200 keys over 64 bits: every bit collides; each is still found, once.
+        let names: Vec<String> = (0..200).map(|i| format!("k{i}x")).collect();
+        let body: Vec<String> = names.iter().enumerate().map(|(i, k)| format!("\"{k}\":{i}")).collect();
+        let mut p = Payload::parse(format!("{{{},\"k7x\":\"again\"}}", body.join(","))).unwrap();
+        for (i, k) in names.iter().enumerate() {
+            let want = if k == "k7x" { "\"again\"".to_owned() } else { i.to_string() };
+            assert_eq!(p.get(k), Some(want.as_str()), "{k}");
+        }
+        assert_eq!(p.get(""), None);
+        assert_eq!(p.get("absent"), None);
+        p.set_json("late", "1".into());
+        p.insert_front_if_absent("early", "2".into());
+        p.remove("k3x");
+        assert_eq!((p.get("late"), p.get("early"), p.get("k3x")), (Some("1"), Some("2"), None));
+        let q = Payload::parse(r#"{"":1,"a":2}"#).unwrap();
+        assert_eq!((q.get(""), q.get("a"), q.get("b")), (Some("1"), Some("2"), None));
     }
 
     #[test]
