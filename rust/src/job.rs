@@ -369,12 +369,11 @@ impl Payload {
 
     /// Sets a field to the given JSON text, in place if present, else at the end.
     pub fn set_json(&mut self, key: &str, json: String) {
-        match self.position(key) {
-            Some(i) => self.entries[i].1 = Text::Owned(json),
-            None => {
-                self.keys |= key_bit(key.as_bytes());
-                self.entries.push((Text::Owned(key.to_owned()), Text::Owned(json)));
-            }
+        if let Some(i) = self.position(key) {
+            self.entries[i].1 = Text::Owned(json);
+        } else {
+            self.keys |= key_bit(key.as_bytes());
+            self.entries.push((Text::Owned(key.to_owned()), Text::Owned(json)));
         }
     }
 
