@@ -24,8 +24,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::backlog::Backlog;
 use crate::batches::{KEEP_SECS, Settled};
-use crate::job::Payload;
 use crate::keys::{DAILY_STAT_TTL_SECS, Keys};
+use crate::lane::Delivery;
 use crate::pool::Pool;
 use crate::retry::{Disposition, RetryPolicy};
 use crate::scripts;
@@ -105,20 +105,20 @@ pub struct Settlement {
 #[derive(Debug)]
 pub enum Raw {
     Bytes(Vec<u8>),
-    /// A job that ran keeps its parsed payload and arguments until it is
-    /// written, so this task frees them, not the thread that ran the job:
-    /// that thread holds the GIL, and freeing blocks the fetcher allocated
-    /// (above glibc's lock-free sizes: the fields' list, an arguments array
-    /// of 4 slots) waited for the fetcher's allocator lock ~1,000 times a
-    /// second in a drain of no-op jobs.
-    Ran(Payload, serde_json::Value),
+    /// A job that ran keeps its delivery (parsed payload, arguments) until
+    /// it is written, so this task frees it, not the thread that ran the
+    /// job: that thread holds the GIL, and freeing blocks the fetcher
+    /// allocated (above glibc's lock-free sizes: the fields' list, an
+    /// arguments array of 4 slots) waited for the fetcher's allocator lock
+    /// ~1,000 times a second in a drain of no-op jobs.
+    Ran(Box<Delivery>),
 }
 
 impl Raw {
     pub fn as_bytes(&self) -> &[u8] {
         match self {
             Self::Bytes(b) => b,
-            Self::Ran(p, _) => p.source().as_bytes(),
+            Self::Ran(d) => d.payload.source().as_bytes(),
         }
     }
 }

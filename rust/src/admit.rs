@@ -39,7 +39,7 @@ pub struct Admitter {
 
 impl Admitter {
     /// Checks batches until the fetcher is gone.
-    pub async fn run(self, mut batches: mpsc::UnboundedReceiver<Vec<Delivery>>) {
+    pub async fn run(self, mut batches: mpsc::UnboundedReceiver<Vec<Box<Delivery>>>) {
         while let Some(batch) = batches.recv().await {
             let n = batch.len();
             let ready = self.admit(batch).await;
@@ -57,12 +57,13 @@ impl Admitter {
 
     /// The jobs that may run now; throttled ones over their limit are parked
     /// (their settlement takes them off the in-progress list).
-    async fn admit(&self, jobs: Vec<Delivery>) -> Vec<Delivery> {
-        let (mut checked, mut ready): (Vec<Delivery>, Vec<Delivery>) =
+    async fn admit(&self, jobs: Vec<Box<Delivery>>) -> Vec<Box<Delivery>> {
+        let (mut checked, mut ready): (Vec<Box<Delivery>>, Vec<Box<Delivery>>) =
             jobs.into_iter().partition(|d| self.throttles.at_fetch(&d.class));
         // One check per queue (a capsule of several queues fetches from each).
         while let Some(queue) = checked.first().map(|d| d.queue) {
-            let (these, rest): (Vec<Delivery>, Vec<Delivery>) = checked.into_iter().partition(|d| d.queue == queue);
+            let (these, rest): (Vec<Box<Delivery>>, Vec<Box<Delivery>>) =
+                checked.into_iter().partition(|d| d.queue == queue);
             checked = rest;
             let (name, wip) = &self.queues[queue];
             match self.admit_queue(name, wip, these).await {
@@ -84,8 +85,8 @@ impl Admitter {
         &self,
         name: &str,
         wip: &Arc<WipList>,
-        checked: Vec<Delivery>,
-    ) -> Result<Vec<Delivery>, Vec<Delivery>> {
+        checked: Vec<Box<Delivery>>,
+    ) -> Result<Vec<Box<Delivery>>, Vec<Box<Delivery>>> {
         // The same tokens if the check is sent again: it then finds the holds it took.
         let candidates: Vec<Candidate<'_>> = checked.iter().map(|d| Candidate::of(d, String::new())).collect();
         let mut delay = Duration::from_millis(50);
@@ -114,11 +115,11 @@ impl Admitter {
 /// Carries a verdict out: the job to run (with its hold), or None when it
 /// was parked (its settlement sent to the result writer).
 pub fn apply(
-    mut d: Delivery,
+    mut d: Box<Delivery>,
     verdict: Verdict,
     list: &Arc<WipList>,
     acks: &mpsc::UnboundedSender<Msg>,
-) -> Option<Delivery> {
+) -> Option<Box<Delivery>> {
     match verdict {
         Verdict::Run { held, at } => {
             d.held = held.map(Box::new);

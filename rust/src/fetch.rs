@@ -171,7 +171,7 @@ impl Fetcher {
         }
     }
 
-    async fn fetch_loop(&self, admitter: Option<&mpsc::UnboundedSender<Vec<Delivery>>>) {
+    async fn fetch_loop(&self, admitter: Option<&mpsc::UnboundedSender<Vec<Box<Delivery>>>>) {
         let mut registered = self.registered.clone();
         let mut stopping = self.control.subscribe();
         tokio::select! {
@@ -277,9 +277,10 @@ impl Fetcher {
     /// retries: the jobs are still in the in-progress list, which the stop
     /// hands back. If a queue's keys hold the wrong type, the lane keeps its
     /// held jobs from then on ([`Lane::keep_held`]).
-    async fn hand_back(&self, mut held: Vec<Delivery>) {
+    async fn hand_back(&self, mut held: Vec<Box<Delivery>>) {
         while let Some(queue) = held.first().map(|d| d.queue) {
-            let (jobs, rest): (Vec<Delivery>, Vec<Delivery>) = held.into_iter().partition(|d| d.queue == queue);
+            let (jobs, rest): (Vec<Box<Delivery>>, Vec<Box<Delivery>>) =
+                held.into_iter().partition(|d| d.queue == queue);
             held = rest;
             let (name, wip) = &self.queues[queue];
             let mut delay = Duration::from_millis(100);
@@ -468,7 +469,7 @@ impl Fetcher {
         }
     }
 
-    async fn deliver(&self, fetched: Fetched, admitter: Option<&mpsc::UnboundedSender<Vec<Delivery>>>) {
+    async fn deliver(&self, fetched: Fetched, admitter: Option<&mpsc::UnboundedSender<Vec<Box<Delivery>>>>) {
         let mut good = Vec::with_capacity(fetched.iter().map(|(_, j)| j.len()).sum());
         for (source, raws) in fetched {
             let source = &self.sources[source];
@@ -513,7 +514,7 @@ impl Fetcher {
         class: String,
         args: Value,
         kwargs: Option<Value>,
-    ) -> Delivery {
+    ) -> Box<Delivery> {
         let jid = payload.jid().unwrap_or_default();
         let expires_at = payload.time(field::EXPIRES_AT);
         let lock = payload.get(field::UNIQUE_TOKEN).and_then(|t| serde_json::from_str::<String>(t).ok()).map(|token| {
@@ -530,7 +531,10 @@ impl Fetcher {
             self.watch.note_foreign(&payload, &self.queues[source.index].0);
         }
         let wrapped = payload.string(field::WRAPPED);
-        let mut d = Delivery::new(self.lane_index, source.index, payload, class, jid, args);
+        // Boxed once here: a thread moves a job many times on its way (lane,
+        // start, the Python delivery, its result), each a copy of ~370 bytes
+        // while it holds the GIL, and the result writer frees it.
+        let mut d = Box::new(Delivery::new(self.lane_index, source.index, payload, class, jid, args));
         d.wrapped = wrapped.map(String::into_boxed_str);
         d.pos = pos;
         d.batch = batch;
@@ -543,7 +547,7 @@ impl Fetcher {
 
     /// A runnable delivery, or the settlement for a payload that cannot run.
     #[allow(clippy::result_large_err)]
-    fn decode(&self, source: &Source, pos: u64, raw: Vec<u8>) -> Result<Delivery, Settlement> {
+    fn decode(&self, source: &Source, pos: u64, raw: Vec<u8>) -> Result<Box<Delivery>, Settlement> {
         let (name, list) = &self.queues[source.index];
         let bury = |raw: Vec<u8>, why: &str| {
             log::error!("queue {name:?} held a job that is not a JSON object ({why}); moved to the dead set");

@@ -431,7 +431,7 @@ impl Server {
     /// the GIL). Returns the job to run; None when it was parked, failed (the
     /// key function raised) or a stop came while Redis did not answer (it stays
     /// in progress and goes back to its queue): its slot is then free.
-    pub fn admit_keyed(&self, d: Delivery, key: std::result::Result<String, Failure>) -> Option<Delivery> {
+    pub fn admit_keyed(&self, d: Box<Delivery>, key: std::result::Result<String, Failure>) -> Option<Box<Delivery>> {
         let Some(t) = self.throttles.as_ref().filter(|t| t.keyed(&d.class)) else { return Some(d) };
         let (lane, queue) = (d.lane, d.queue);
         let key = match key.and_then(throttle::check_key) {
@@ -597,18 +597,18 @@ impl Server {
 
     /// Records a job as done: it leaves the in-progress list on the next write
     /// (and a unique job's lock goes with it).
-    pub fn complete(&self, mut d: Delivery) {
+    pub fn complete(&self, mut d: Box<Delivery>) {
         self.end(&d, true, Outcome::Succeeded);
         let unlock = unlock_of(&d);
         let batch = batch_of(&mut d, BatchOutcome::Ok);
         let held = self.take_held(&mut d);
         let at = (d.lane, d.queue, d.pos);
-        self.send(at, Raw::Ran(d.payload, d.args), Settle::Done, false, unlock, batch, held);
+        self.send(at, Raw::Ran(d), Settle::Done, false, unlock, batch, held);
     }
 
     /// The job's batch was invalidated: it is not run, counts as done for its
     /// batch, and is not counted as processed (a unique lock is released).
-    pub fn skip(&self, d: Delivery) {
+    pub fn skip(&self, d: Box<Delivery>) {
         self.drop_unrun(d, Outcome::Skipped, Settle::Done);
     }
 
@@ -617,7 +617,12 @@ impl Server {
     /// failed. Returns when it runs next (epoch seconds), or the delivery
     /// untouched once it was rescheduled `max` times (fail it then).
     #[allow(clippy::result_large_err)]
-    pub fn reschedule(&self, mut d: Delivery, max: u32, delay: Option<f64>) -> std::result::Result<f64, Delivery> {
+    pub fn reschedule(
+        &self,
+        mut d: Box<Delivery>,
+        max: u32,
+        delay: Option<f64>,
+    ) -> std::result::Result<f64, Box<Delivery>> {
         if d.payload.overrated() >= u64::from(max) {
             return Err(d);
         }
@@ -634,13 +639,13 @@ impl Server {
 
     /// The job expired before it could start: it is dropped, not run, not
     /// retried, and counted (`kiq:stat:expired`); a unique lock is released.
-    pub fn expire(&self, d: Delivery) {
+    pub fn expire(&self, d: Box<Delivery>) {
         self.drop_unrun(d, Outcome::Expired, Settle::Expired);
     }
 
     /// Settles a job that will not run (skipped or expired): done for its
     /// batch, not counted as processed, its unique lock released.
-    fn drop_unrun(&self, mut d: Delivery, outcome: Outcome, settle: Settle) {
+    fn drop_unrun(&self, mut d: Box<Delivery>, outcome: Outcome, settle: Settle) {
         self.work.remove(d.id);
         self.release(&d);
         self.count_finished(outcome);
@@ -651,7 +656,7 @@ impl Server {
         let s = Settlement {
             list: self.lists[queue].clone(),
             pos,
-            raw: Raw::Ran(d.payload, d.args),
+            raw: Raw::Ran(d),
             settle,
             processed: false,
             failed: false,
@@ -665,7 +670,7 @@ impl Server {
 
     /// The job if it may still start; else it expired (`expires_at` passed):
     /// dropped here, before any thread runs Python for it, and logged.
-    pub fn unexpired(&self, d: Delivery) -> Option<Delivery> {
+    pub fn unexpired(&self, d: Box<Delivery>) -> Option<Box<Delivery>> {
         if !d.expires_at.is_some_and(|at| timestamp::now() > at) {
             return Some(d);
         }
@@ -682,7 +687,7 @@ impl Server {
 
     /// Records a job as failed, sending it to the retry set, the dead set or
     /// nowhere, as its options (else its worker's) say; returns where it went.
-    pub fn fail(&self, mut d: Delivery, failure: &Failure) -> Fate {
+    pub fn fail(&self, mut d: Box<Delivery>, failure: &Failure) -> Fate {
         let worker = self.config.workers.of(&d.class);
         self.end(&d, false, Outcome::Failed);
         let held = self.take_held(&mut d);

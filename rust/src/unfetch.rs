@@ -18,7 +18,7 @@ pub async fn hand_back(
     keys: &Keys,
     queue: &str,
     wip: &str,
-    jobs: &[Delivery],
+    jobs: &[Box<Delivery>],
 ) -> redis::RedisResult<usize> {
     let mut inv = scripts::UNFETCH.key(wip);
     inv.key(keys.queue(queue)).key(keys.queues()).arg(queue);

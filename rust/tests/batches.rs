@@ -88,7 +88,7 @@ fn commit(pool: &Pool, b: Builder) -> usize {
         .unwrap()
 }
 
-fn take(server: &Server, lane: usize) -> Delivery {
+fn take(server: &Server, lane: usize) -> Box<Delivery> {
     match server.take(lane, Some(Duration::from_secs(5))).unwrap() {
         Take::Job(mut d) => {
             server.begin(&mut d);
@@ -109,7 +109,7 @@ fn read(pool: &Pool, bid: &str) -> status::Status {
     _kiq::runtime::get().block_on(status::read(pool, &Keys::default(), bid)).unwrap().expect("the batch exists")
 }
 
-fn fail(server: &Server, d: Delivery) {
+fn fail(server: &Server, d: Box<Delivery>) {
     let failure = Failure { error_class: "ValueError".into(), error_message: "no".into(), ..Default::default() };
     server.fail(d, &failure);
 }

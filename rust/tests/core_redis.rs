@@ -63,7 +63,7 @@ fn push_jobs(rt: &tokio::runtime::Runtime, pool: &Pool, queue: &str, n: usize) {
     rt.block_on(client::push(pool, &Keys::default(), &items, Instant::now() + Duration::from_secs(5))).unwrap();
 }
 
-fn take(server: &Server, lane: usize) -> _kiq::lane::Delivery {
+fn take(server: &Server, lane: usize) -> Box<_kiq::lane::Delivery> {
     match server.take(lane, Some(Duration::from_secs(5))).unwrap() {
         Take::Job(mut d) => {
             server.begin(&mut d);

@@ -32,7 +32,7 @@ use crate::worker::Workers;
 /// One job handed to a Python thread.
 #[pyclass(module = "kiq._kiq", frozen)]
 pub struct Delivery {
-    inner: Mutex<Option<lane::Delivery>>,
+    inner: Mutex<Option<Box<lane::Delivery>>>,
     /// The job's `class` as written by its producer.
     #[pyo3(get)]
     pub(super) class_name: Py<PyString>,
@@ -62,7 +62,7 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    fn take(&self) -> PyResult<lane::Delivery> {
+    fn take(&self) -> PyResult<Box<lane::Delivery>> {
         self.inner
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -71,7 +71,7 @@ impl Delivery {
     }
 
     fn with<T>(&self, f: impl FnOnce(&lane::Delivery) -> T) -> Option<T> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(f)
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner).as_deref().map(f)
     }
 }
 
@@ -218,7 +218,7 @@ impl Server {
     /// A job just taken, made ready to run: an expired one is dropped, a
     /// keyed throttle and the isolation gate are passed (waiting without the
     /// GIL if need be), then it starts and its arguments become Python objects.
-    pub(super) fn prepare(&self, py: Python<'_>, d: lane::Delivery) -> PyResult<Prepared> {
+    pub(super) fn prepare(&self, py: Python<'_>, d: Box<lane::Delivery>) -> PyResult<Prepared> {
         let d = if self.expired_to_python.load(Ordering::Relaxed) {
             d
         } else {
