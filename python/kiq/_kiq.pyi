@@ -485,6 +485,10 @@ class Server:
         (the automatic one only while its recent jobs are short)."""
     def report_threads(self, alive: list[int], wanted: list[int]) -> None:
         """Live and wanted worker threads per queue (in queue order), which ``/ready`` compares."""
+    def results_waiting(self) -> tuple[int, float | None]:
+        """``(waiting, paused)``: job results waiting to be written to Redis, and
+        for how many seconds fetching has been paused for them without a break
+        (None while it is not: more than 8,000 must wait)."""
     def gil_wait_stats(self) -> tuple[int, float]:
         """``(waits, seconds)``: how often a thread slept for a job, and the total
         time those threads then waited to get the GIL back."""

@@ -38,6 +38,11 @@ __all__ = ["Running", "StopResult", "say", "tell"]
 
 logger = logging.getLogger("kiq")
 
+#: Seconds fetching may stay paused for job results Redis does not take
+#: before the process says so on stderr (the core pauses it while more than
+#: 8,000 results wait; a writer that only lags pauses it for milliseconds).
+RESULTS_STUCK_AFTER = 30.0
+
 
 def say(message: str) -> None:
     """A line on stderr, whether or not logging is configured (jobs at stake at exit)."""
@@ -283,7 +288,9 @@ class Running:
 
     def _listen(self, server: _kiq.Server) -> None:
         """Acts on signals sent through Redis (the Web UI's Quiet and Stop buttons)."""
+        told = False
         while self._server is server:
+            told = self._results_stuck(server, told)
             threads = self._threads
             if threads is not None:
                 server.report_threads(threads.revive(), threads.wanted)  # dead threads replaced; /ready sees it
@@ -306,6 +313,22 @@ class Running:
                 logger.info("process %s: quiet requested through Redis", self.identity)
             elif sig == "TTIN":
                 self.dump_threads()
+
+    def _results_stuck(self, server: _kiq.Server, told: bool) -> bool:
+        """Says once, on stderr too when logging is not configured, that this
+        process stopped taking jobs because its results cannot be written
+        (and logs when they are again). Returns whether it is saying so."""
+        waiting, paused = server.results_waiting()
+        if paused is not None and paused >= RESULTS_STUCK_AFTER:
+            if not told:
+                tell(f"{waiting:,} job results of process {self.identity} have waited {paused:.0f}s to be written to "
+                     "Redis (the ERROR log says why); it takes no new jobs until they are written, and if it dies "
+                     "meanwhile its jobs in progress run again")
+            return True
+        if told and paused is None:
+            logger.warning("process %s: its job results are written again; it takes jobs again", self.identity)
+            return False
+        return told
 
     @staticmethod
     def dump_threads() -> None:

@@ -15,6 +15,8 @@
 //! queue keeps them for a process that can.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -28,6 +30,10 @@ pub struct Backlog {
     /// Results waiting, as the writer last counted them.
     waiting: AtomicUsize,
     room: Notify,
+    /// Since when fetching has been paused without a break (a writer that
+    /// merely lags pauses it for milliseconds; one whose writes fail or are
+    /// refused, for as long as that lasts, which the process must say).
+    full_since: Mutex<Option<Instant>>,
 }
 
 impl Backlog {
@@ -35,8 +41,18 @@ impl Backlog {
     pub fn set(&self, waiting: usize) {
         let was = self.waiting.swap(waiting, Ordering::AcqRel);
         if was >= LIMIT && waiting < LIMIT {
+            *self.full_since.lock().unwrap_or_else(PoisonError::into_inner) = None;
             self.room.notify_waiters();
+        } else if was < LIMIT && waiting >= LIMIT {
+            *self.full_since.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
         }
+    }
+
+    /// Results waiting to be written, and how long fetching has been paused
+    /// for them without a break (None while it is not).
+    pub fn state(&self) -> (usize, Option<Duration>) {
+        let since = *self.full_since.lock().unwrap_or_else(PoisonError::into_inner);
+        (self.waiting.load(Ordering::Acquire), since.map(|t| t.elapsed()))
     }
 
     /// Whether fetching must wait.
@@ -68,9 +84,11 @@ mod tests {
         let b = std::sync::Arc::new(Backlog::default());
         b.set(LIMIT - 1);
         assert!(!b.full());
+        assert_eq!(b.state(), (LIMIT - 1, None));
         b.room().await;
         b.set(LIMIT);
         assert!(b.full());
+        assert!(b.state().1.is_some(), "paused since now");
         let waiter = tokio::spawn({
             let b = b.clone();
             async move { b.room().await }
@@ -82,5 +100,6 @@ mod tests {
         assert!(!waiter.is_finished());
         b.set(10);
         tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await.unwrap().unwrap();
+        assert_eq!(b.state(), (10, None));
     }
 }

@@ -140,6 +140,8 @@ pub struct Server {
     memory_stop: Arc<AtomicBool>,
     handed_back: Mutex<Vec<(usize, Vec<u8>, bool)>>,
     throttles: Option<Arc<Throttles>>,
+    /// Results waiting to be written (fetching pauses while too many do).
+    backlog: Arc<Backlog>,
 }
 
 /// The lock a finished unique job releases: (key, jid).
@@ -378,7 +380,14 @@ impl Server {
             memory_stop,
             handed_back: Mutex::new(Vec::new()),
             throttles,
+            backlog,
         }))
+    }
+
+    /// Results waiting to be written, and how long fetching has been paused
+    /// for them without a break ([`Backlog::state`]).
+    pub fn results_waiting(&self) -> (usize, Option<Duration>) {
+        self.backlog.state()
     }
 
     /// Lets a fetched job start: a suspect waits to run alone (recorded in

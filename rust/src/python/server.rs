@@ -554,6 +554,14 @@ impl Server {
         (self.gil_waits.load(Ordering::Relaxed), self.gil_wait_ns.load(Ordering::Relaxed) as f64 / 1e9)
     }
 
+    /// `(waiting, paused)`: job results waiting to be written to Redis, and
+    /// for how many seconds fetching has been paused for them without a
+    /// break (None while it is not: more than 8,000 must wait).
+    fn results_waiting(&self) -> (usize, Option<f64>) {
+        let (waiting, paused) = self.inner.results_waiting();
+        (waiting, paused.map(|d| d.as_secs_f64()))
+    }
+
     /// Whether cancelling this running job was asked (`kiq.api.Api.cancel`), as of the last heartbeat.
     fn is_cancelled(&self, delivery: &Delivery) -> bool {
         delivery.with(|d| self.inner.is_cancelled(d)).unwrap_or(false)
