@@ -1,10 +1,11 @@
 """Memory through long drains: a worker's VmRSS and the jobs in its
 in-progress lists, sampled from outside every 0.5 s.
 
-    python bench/bench_memory.py [--jobs 2000000] [--shapes c25,8xc10,c80]
+    python bench/bench_memory.py [--jobs 2000000] [--shapes c25,8xc10,c80,async-c25]
 
 Shapes: ``c25`` (one queue, 25 threads: the default), ``c80``, ``8xc10``
-(8 queues with 10 threads each, one fetcher per queue). For each, the table
+(8 queues with 10 threads each, one fetcher per queue), ``async-c25``
+(``async def perform``, 25 at once). For each, the table
 gives the rate, the VmRSS once a tenth, half and nine tenths of the jobs had left
 the queues, the peak (VmHWM), and the most jobs that were in progress at
 once (fetched, not yet written back as done: held, running, or finished
@@ -33,7 +34,8 @@ sys.path.insert(0, str(HERE))
 from bench_encryption import redis_url  # noqa: E402  ($REDIS_URL, else a throwaway redis-server)
 from bench_shapes import fill  # noqa: E402
 
-SHAPES = {"c25": (25, "1"), "c80": (80, "1"), "8xc10": (10, "8")}
+SHAPES = {"c25": (25, "1", "sync"), "c80": (80, "1", "sync"), "8xc10": (10, "8", "sync"),
+          "async-c25": (25, "1", "async")}
 
 
 def vm(pid: int) -> dict[str, int]:
@@ -46,12 +48,12 @@ def vm(pid: int) -> dict[str, int]:
 
 
 def run(url: str, n: int, shape: str) -> dict[str, Any]:
-    concurrency, queues = SHAPES[shape]
-    fill(url, n, "sync", int(queues))
+    concurrency, queues, kind = SHAPES[shape]
+    fill(url, n, kind, int(queues))
     r = redis.Redis.from_url(url)
     queue_keys = [k for k in r.scan_iter("queue:*")]
     proc = subprocess.Popen([sys.executable, str(HERE / "kiq_drain.py"), url, str(n), str(concurrency), "default",
-                             "sync", queues], stdout=subprocess.PIPE, text=True)
+                             kind, queues], stdout=subprocess.PIPE, text=True)
     marks: dict[float, float] = {}
     most, peak = 0, 0
     while proc.poll() is None:
@@ -74,7 +76,7 @@ def run(url: str, n: int, shape: str) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=2_000_000)
-    ap.add_argument("--shapes", default="c25,8xc10,c80")
+    ap.add_argument("--shapes", default="c25,8xc10,c80,async-c25")
     args = ap.parse_args()
     shapes = args.shapes.split(",")
     for s in shapes:
