@@ -488,7 +488,7 @@ class Server:
     def results_waiting(self) -> tuple[int, float | None]:
         """``(waiting, paused)``: job results waiting to be written to Redis, and
         for how many seconds fetching has been paused for them without a break
-        (None while it is not: more than 8,000 must wait)."""
+        (None while it is not: 8,000 or more must wait)."""
     def gil_wait_stats(self) -> tuple[int, float]:
         """``(waits, seconds)``: how often a thread slept for a job, and the total
         time those threads then waited to get the GIL back."""

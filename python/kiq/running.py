@@ -39,7 +39,7 @@ __all__ = ["Running", "StopResult", "say", "tell"]
 logger = logging.getLogger("kiq")
 
 #: Seconds fetching may stay paused for job results Redis does not take
-#: before the process says so on stderr (the core pauses it while more than
+#: before the process says so on stderr (the core pauses it while at least
 #: 8,000 results wait; a writer that only lags pauses it for milliseconds).
 RESULTS_STUCK_AFTER = 30.0
 

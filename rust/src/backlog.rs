@@ -9,7 +9,7 @@
 //! thousand (RSS 76 MB after 100,000 jobs, 301 MB after 1,200,000), the
 //! allocator's work on them slowed the core further, and each write of
 //! 2,000 results took 5–30 ms instead of 1–2. Now fetching pauses while
-//! more than [`LIMIT`] results wait, and resumes once the writer is back
+//! [`LIMIT`] or more results wait, and resumes once the writer is back
 //! under it. Results Redis refuses (a key of the wrong type) count too: a
 //! process that cannot record what it ran stops taking more jobs, and its
 //! queue keeps them for a process that can.
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-/// Results waiting to be written above which no fetcher fetches: a few of
+/// Results waiting to be written from which on no fetcher fetches: a few of
 /// the writer's batches (`ack::MAX_BATCH`), so a writer that keeps up never
 /// brakes a fetch.
 pub const LIMIT: usize = 4 * crate::ack::MAX_BATCH;
@@ -37,7 +37,7 @@ pub struct Backlog {
 }
 
 impl Backlog {
-    /// The writer's count of results waiting (its channel and its batch).
+    /// The writer's count of results waiting (its channel, its batch and the results Redis refused).
     pub fn set(&self, waiting: usize) {
         let was = self.waiting.swap(waiting, Ordering::AcqRel);
         if was >= LIMIT && waiting < LIMIT {

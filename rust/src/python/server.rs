@@ -556,7 +556,7 @@ impl Server {
 
     /// `(waiting, paused)`: job results waiting to be written to Redis, and
     /// for how many seconds fetching has been paused for them without a
-    /// break (None while it is not: more than 8,000 must wait).
+    /// break (None while it is not: 8,000 or more must wait).
     fn results_waiting(&self) -> (usize, Option<f64>) {
         let (waiting, paused) = self.inner.results_waiting();
         (waiting, paused.map(|d| d.as_secs_f64()))
